@@ -1,0 +1,84 @@
+"""The paper's recipe: AlexNet on ILSVRC-2012 (Krizhevsky et al., 2012).
+
+Run:
+  python -m alexnet_jax.prepare --source=/data/imagenet --output=/data/imagenet_prepared
+  python launch.py --config=configs/imagenet.py --workdir=runs/imagenet \
+      --config.data.dir=/data/imagenet_prepared
+
+Smaller configs (configs/digits.py, tests) start from `get_config()` and override fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0  # Seeds parameter init, dropout and the data order.
+  config.batch_size = 128  # Global batch (all devices, all hosts), images per step.
+  config.num_epochs = 90  # Passes over the training split.
+  config.num_train_steps = -1  # -1: derive from num_epochs and the train split size.
+  config.eval_every_epochs = 1  # Validation after every this many epochs.
+  config.final_eval_crops = 10  # View count of the last evaluation: 10 = the paper's test.
+
+  # Device mesh: the paper's two-GPU split is `model=2`; `-1` takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Data-parallel axis size; -1: devices / model.
+  config.mesh.model = 2  # Model-parallel axis size: 2 = one tower per device, 1 = none.
+  # Logical axis name of a weight or activation -> mesh axis (None: replicated).
+  config.mesh.rules = (
+      ('batch', 'data'),
+      ('conv_out', 'model'),
+      ('fc_out', 'model'),
+      ('conv_in', None),
+      ('conv_h', None),
+      ('conv_w', None),
+      ('fc_in', None),
+  )
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_classes = 1000  # Output classes (fc8 width).
+  config.model.towers = 2  # 2: grouped conv2/conv4/conv5 as in the paper; 1: one tower.
+  config.model.use_lrn = True  # Local response normalisation after conv1 and conv2.
+  config.model.dropout_rate = 0.5  # Dropout before fc7 and fc8 (after fc6 and fc7).
+  config.model.conv1_padding = 2  # 2 for 224 crops; 0 for 227 crops (Caffe).
+  config.model.width = 1.0  # Multiplier on every conv and hidden fc width.
+  config.model.dtype = 'float32'  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
+  config.model.init = 'paper'  # 'paper' | 'caffe' | 'he' (see alexnet_jax/model.py).
+  config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.
+  config.data.dir = ''  # Prepared dataset folder (or tfds data_dir for source='tfds').
+  config.data.prepare_from = ''  # If set and `dir` holds no dataset: prepare it from this source.
+  config.data.image_size = 256  # Side of the stored square images, pixels.
+  config.data.crop_size = 224  # Train/eval crop side, pixels (227 with conv1_padding=0).
+  config.data.flip = True  # Random horizontal flips in training.
+  config.data.lighting_std = 0.1  # Std of the PCA lighting alphas; 0 turns lighting off.
+  config.data.mean = 'pixel'  # Subtract the per-pixel mean image ('pixel') or per channel.
+  config.data.num_threads = 2  # Reader/decoder threads per host.
+  config.data.worker_count = 0  # grain worker processes per host; 0: threads only.
+  config.data.prefetch = 2  # Batches prepared ahead of the train step.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 0.01  # Initial learning rate.
+  config.optim.momentum = 0.9  # Momentum of the paper's update rule.
+  config.optim.weight_decay = 5e-4  # Weight decay, applied as in the paper (scaled by lr).
+  config.optim.decay_bias = True  # Decay biases too (paper: yes; Caffe: no).
+  config.optim.schedule = 'plateau'  # 'plateau' | 'step' | 'constant'.
+  config.optim.plateau_patience = 2  # Evaluations without improvement before a drop.
+  config.optim.plateau_factor = 0.1  # Multiplier of each drop.
+  config.optim.plateau_max_drops = 3  # The paper divided the rate by 10 three times.
+  config.optim.step_epochs = (30, 60, 80)  # 'step' schedule: epochs at which lr drops.
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 2000  # Also saved at each epoch end and on SIGTERM.
+  config.checkpoint.keep = 3  # Most recent checkpoints kept (plus the best one).
+  config.checkpoint.keep_best = True  # Also keep the checkpoint with the lowest val top-1 error.
+
+  config.log = ml_collections.ConfigDict()
+  config.log.every_steps = 100  # Train metrics (loss, error, lr, images/s) every this many steps.
+  config.log.tensorboard = True  # Write TensorBoard event files in the workdir.
+  config.log.progress = True  # Progress bar when the console is interactive.
+
+  return config
