@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_padding = 2  # 2 for 224 crops; 0 for 227 crops (Caffe).
   config.model.width = 1.0  # Multiplier on every conv and hidden fc width.
   config.model.dtype = 'float32'  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
-  config.model.init = 'paper'  # 'paper' | 'caffe' | 'he' (see alexnet_jax/model.py).
+  config.model.init_scheme = 'paper'  # 'paper' | 'caffe' | 'he' (see model.layer_init).
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
 
   config.data = ml_collections.ConfigDict()

@@ -1,0 +1,355 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as a Flax Linen module.
+
+The network is applied as a pure function of its parameters:
+
+  model = AlexNet()
+  variables = model.init({'params': key}, images)            # NHWC images
+  logits = model.apply({'params': params}, images, train=False)
+  logits = model.apply({'params': params}, images, train=True,
+                       rngs={'dropout': key})
+
+`towers=2` is the paper's two-GPU network: conv2, conv4 and conv5 connect only
+within a tower (half of the input channels feed half of the output channels);
+conv1, conv3 and the fully connected layers see everything. Every weight carries
+logical axis names (`conv_out`, `fc_out`, ...); `alexnet_jax.sharding` maps them
+onto a device mesh, so this file knows nothing about devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# The paper's layer widths at width=1.0.
+CONV_FEATURES = (96, 256, 384, 384, 256)
+FC_FEATURES = 4096
+# conv name -> (kernel size, stride, padding or None for conv1, grouped in the two-tower net)
+CONV_LAYOUT = {
+    'conv1': (11, 4, None, False),
+    'conv2': (5, 1, 2, True),
+    'conv3': (3, 1, 1, False),
+    'conv4': (3, 1, 1, True),
+    'conv5': (3, 1, 1, True),
+}
+POOL_WINDOW, POOL_STRIDE = 3, 2  # overlapping pooling (section 3.4)
+INIT_SCHEMES = ('paper', 'caffe', 'he')
+GROUP_IMPLS = ('split', 'feature_group')
+
+# Logical axis names of the weights; the sharding rules table maps them to mesh axes.
+CONV_KERNEL_AXES = ('conv_h', 'conv_w', 'conv_in', 'conv_out')
+CONV_BIAS_AXES = ('conv_out',)
+FC_KERNEL_AXES = ('fc_in', 'fc_out')
+FC_BIAS_AXES = ('fc_out',)
+
+
+def local_response_norm(x: Array, *, size: int = 5, k: float = 2.0,
+                        alpha: float = 1e-4, beta: float = 0.75) -> Array:
+  """The paper's local response normalisation over the last (channel) axis.
+
+  b_c = a_c / (k + alpha * sum_{j=max(0, c-size//2)}^{min(N-1, c+size//2)} a_j^2) ** beta
+
+  alpha is not divided by `size` (unlike Caffe and PyTorch). The window is
+  clipped at the first and last channel, which zero padding gives exactly.
+  """
+  if size < 1 or size % 2 == 0:
+    raise ValueError(f'LRN size must be a positive odd number, got {size}')
+  half = size // 2
+  # Squares and their windowed sum in float32 even under bf16 compute: the
+  # denominator is a sum of up to `size` squares raised to a fractional power.
+  sq = jnp.square(x.astype(jnp.float32))
+  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, half)])
+  channels = x.shape[-1]
+  # A sum of shifted slices beats reduce_window on XLA:CPU and fuses on GPU.
+  window = sum(padded[..., i:i + channels] for i in range(size))
+  denom = k + alpha * window
+  if beta == 0.75:
+    # t ** -0.75 = rsqrt(t) * rsqrt(sqrt(t)): cheaper than pow (exp + log).
+    scale = jax.lax.rsqrt(denom) * jax.lax.rsqrt(jnp.sqrt(denom))
+  else:
+    scale = denom ** -beta
+  return (x.astype(jnp.float32) * scale).astype(x.dtype)
+
+
+def max_pool(x: Array) -> Array:
+  return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def _pool_out(size: int) -> int:
+  return (size - POOL_WINDOW) // POOL_STRIDE + 1
+
+
+def spatial_sizes(input_size: int, conv1_padding: int) -> dict[str, int]:
+  """Spatial side after each layer (square inputs), from the layer arithmetic."""
+  s = {}
+  s['conv1'] = _conv_out(input_size, 11, 4, conv1_padding)
+  s['pool1'] = _pool_out(s['conv1'])
+  s['conv2'] = s['pool1']
+  s['pool2'] = _pool_out(s['conv2'])
+  s['conv3'] = s['conv4'] = s['conv5'] = s['pool2']
+  s['pool5'] = _pool_out(s['conv5'])
+  return s
+
+
+def _normal(std: float) -> Initializer:
+  return nn.initializers.normal(stddev=std)
+
+
+def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
+  """(kernel initializer, bias value) of one layer under an init scheme.
+
+  paper: weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (to give
+    the ReLUs positive inputs early on), 0 in conv1, conv3, fc8.
+  caffe: the bvlc_alexnet reproduction, which found the paper's biases of 1 gave a
+    flat loss: std 0.005 in fc6/fc7, biases 0.1 where the paper has 1.
+  he: N(0, 2/fan_in) weights (He et al., 2015), zero biases.
+  """
+  ones = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+  if scheme == 'paper':
+    return _normal(0.01), 1.0 if name in ones else 0.0
+  if scheme == 'caffe':
+    std = 0.005 if name in ('fc6', 'fc7') else 0.01
+    return _normal(std), 0.1 if name in ones else 0.0
+  if scheme == 'he':
+    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0
+  raise ValueError(f'unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}')
+
+
+class Conv(nn.Module):
+  """A convolution with `groups` towers and one HWIO kernel (I = in / groups).
+
+  Output channels are ordered tower-major, so tower t owns output channels
+  [t * out/groups, (t+1) * out/groups): sharding `conv_out` over two devices
+  puts exactly one tower on each.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  groups: int = 1
+  kernel_init: Initializer = _normal(0.01)
+  bias_value: float = 0.0
+  dtype: Any = jnp.float32
+  group_impl: str = 'split'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1]
+    shape = (self.kernel_size, self.kernel_size, in_features // self.groups, self.features)
+    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, CONV_KERNEL_AXES),
+                        shape, jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(
+        nn.initializers.constant(self.bias_value), CONV_BIAS_AXES), (self.features,), jnp.float32)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    conv = lambda inp, ker, groups: jax.lax.conv_general_dilated(
+        inp, ker, (self.stride, self.stride), [(self.padding, self.padding)] * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+    if self.groups == 1:
+      y = conv(x, kernel, 1)
+    elif self.group_impl == 'feature_group':
+      y = conv(x, kernel, self.groups)
+    else:
+      # One plain conv per tower: about 3x faster than feature_group_count on
+      # XLA:CPU (FIELD_NOTES), and each tower's slice maps onto one device.
+      xs = jnp.split(x, self.groups, axis=-1)
+      ks = jnp.split(kernel, self.groups, axis=-1)
+      y = jnp.concatenate([conv(xi, ki, 1) for xi, ki in zip(xs, ks)], axis=-1)
+    return y + bias.astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """A fully connected layer with logically named (in, out) kernel."""
+  features: int
+  kernel_init: Initializer = _normal(0.01)
+  bias_value: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, FC_KERNEL_AXES),
+                        (x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(
+        nn.initializers.constant(self.bias_value), FC_BIAS_AXES), (self.features,), jnp.float32)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+def scaled_widths(width: float) -> tuple[tuple[int, ...], int]:
+  """Conv widths and hidden fc width at a width multiplier."""
+  if not width > 0:
+    raise ValueError(f'model width multiplier must be > 0, got {width}')
+  convs = tuple(max(1, int(round(c * width))) for c in CONV_FEATURES)
+  return convs, max(1, int(round(FC_FEATURES * width)))
+
+
+def resolve_dtype(dtype: Any) -> Any:
+  try:
+    return jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f'unknown model dtype {dtype!r}') from e
+
+
+class AlexNet(nn.Module):
+  """The paper's network; see the module docstring and SPEC section 2."""
+  num_classes: int = 1000
+  towers: int = 2
+  use_lrn: bool = True
+  dropout_rate: float = 0.5
+  conv1_padding: int = 2
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  init_scheme: str = 'paper'
+  group_impl: str = 'split'
+
+  def check(self, input_shape: Sequence[int] | None = None) -> None:
+    """Raises ValueError for a bad configuration or input shape (before any compile)."""
+    if self.init_scheme not in INIT_SCHEMES:
+      raise ValueError(f'unknown init scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}')
+    if self.group_impl not in GROUP_IMPLS:
+      raise ValueError(f'unknown group_impl {self.group_impl!r}; expected one of {GROUP_IMPLS}')
+    if self.towers not in (1, 2):
+      raise ValueError(f'towers must be 1 or 2, got {self.towers}')
+    if self.num_classes < 1:
+      raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
+    if self.conv1_padding < 0:
+      raise ValueError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
+    resolve_dtype(self.dtype)
+    convs, hidden = scaled_widths(self.width)
+    for name, c in zip(CONV_LAYOUT, convs):
+      if c % self.towers:
+        raise ValueError(f'{name} width {c} (width multiplier {self.width}) is not divisible by '
+                         f'towers={self.towers}; choose a width giving even conv widths')
+    if input_shape is None:
+      return
+    if len(input_shape) != 4:
+      raise ValueError(f'images must be NHWC (rank 4), got shape {tuple(input_shape)}')
+    if input_shape[-1] != 3:
+      raise ValueError(f'images must have 3 (RGB) channels last, got shape {tuple(input_shape)}')
+    h, w = input_shape[1], input_shape[2]
+    for side in (h, w):
+      if spatial_sizes(side, self.conv1_padding)['pool5'] < 1:
+        raise ValueError(f'input {h}x{w} is too small: pool5 would be empty '
+                         f'(need at least {min_input_size(self.conv1_padding)} pixels per side)')
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    self.check(x.shape)
+    dtype = resolve_dtype(self.dtype)
+    convs, hidden = scaled_widths(self.width)
+
+    def conv(name: str, features: int, inp: Array) -> Array:
+      ksize, stride, pad, grouped = CONV_LAYOUT[name]
+      pad = self.conv1_padding if pad is None else pad
+      groups = self.towers if grouped else 1
+      # variance_scaling reads fan-in from the HWIO kernel, i.e. per tower.
+      kinit, bias = layer_init(self.init_scheme, name)
+      return Conv(features, ksize, stride, pad, groups, kinit, bias, dtype,
+                  self.group_impl, name=name)(inp)
+
+    def dense(name: str, features: int, inp: Array) -> Array:
+      kinit, bias = layer_init(self.init_scheme, name)
+      return Dense(features, kinit, bias, dtype, name=name)(inp)
+
+    x = nn.relu(conv('conv1', convs[0], x))
+    if self.use_lrn:
+      x = local_response_norm(x)
+    x = max_pool(x)
+    x = nn.relu(conv('conv2', convs[1], x))
+    if self.use_lrn:
+      x = local_response_norm(x)
+    x = max_pool(x)
+    x = nn.relu(conv('conv3', convs[2], x))
+    x = nn.relu(conv('conv4', convs[3], x))
+    x = nn.relu(conv('conv5', convs[4], x))
+    x = max_pool(x)
+    x = x.reshape(x.shape[0], -1)  # (H, W, C) order, as stored in fc6's kernel rows
+    x = nn.relu(dense('fc6', hidden, x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(dense('fc7', hidden, x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    # Logits in float32: the softmax and its loss are computed at full precision.
+    return dense('fc8', self.num_classes, x).astype(jnp.float32)
+
+
+def min_input_size(conv1_padding: int) -> int:
+  """Smallest square input side with a non-empty pool5."""
+  side = 11
+  while spatial_sizes(side, conv1_padding)['pool5'] < 1:
+    side += 1
+  return side
+
+
+def from_config(model_config: Any) -> AlexNet:
+  """An AlexNet from `config.model` (ml_collections ConfigDict or a mapping)."""
+  fields = {f.name for f in dataclasses.fields(AlexNet) if f.name not in ('parent', 'name')}
+  values = dict(model_config)
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
+  model = AlexNet(**values)
+  model.check()
+  return model
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+  name: str
+  output_shape: tuple[int, ...]  # per image (H, W, C) or (C,)
+  params: int
+  macs: int  # multiply-adds per image, forward
+
+
+def layer_table(model: AlexNet, input_size: int = 224) -> list[LayerStats]:
+  """Per-layer output shape, parameter count and forward multiply-adds, from the
+  layer arithmetic alone (no tracing). `count_flops` cross-checks it with XLA."""
+  model.check((1, input_size, input_size, 3))
+  convs, hidden = scaled_widths(model.width)
+  sizes = spatial_sizes(input_size, model.conv1_padding)
+  rows = []
+  c_in = 3
+  for (name, (k, _, _, grouped)), c_out in zip(CONV_LAYOUT.items(), convs):
+    g = model.towers if grouped else 1
+    s = sizes[name]
+    params = k * k * (c_in // g) * c_out + c_out
+    macs = s * s * k * k * (c_in // g) * c_out
+    rows.append(LayerStats(name, (s, s, c_out), params, macs))
+    if name in ('conv1', 'conv2', 'conv5'):
+      pool = {'conv1': 'pool1', 'conv2': 'pool2', 'conv5': 'pool5'}[name]
+      rows.append(LayerStats(pool, (sizes[pool], sizes[pool], c_out), 0, 0))
+    c_in = c_out
+  f_in = sizes['pool5'] ** 2 * convs[-1]
+  for name, f_out in (('fc6', hidden), ('fc7', hidden), ('fc8', model.num_classes)):
+    rows.append(LayerStats(name, (f_out,), f_in * f_out + f_out, f_in * f_out))
+    f_in = f_out
+  return rows
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def count_flops(model: AlexNet, input_size: int = 224, batch: int = 1) -> float:
+  """Forward FLOPs per image as XLA counts them for the compiled eval forward pass.
+
+  XLA counts 2 FLOPs per multiply-add plus the elementwise work (ReLU, LRN, bias).
+  """
+  x = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.float32)
+  params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))['params']
+  fn = lambda p, im: model.apply({'params': p}, im, train=False)
+  cost = jax.jit(fn).lower(params, x).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+    cost = cost[0]
+  return float(cost['flops']) / batch
