@@ -1,0 +1,325 @@
+"""Tests of the AlexNet module, its LRN, init schemes and layer arithmetic."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import model as model_lib
+
+
+def abstract_params(model, size=224):
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))['params']
+
+
+def init_params(model, size, seed=0):
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return nn.unbox(model.init(jax.random.key(seed), x))['params']
+
+
+def lrn_numpy(a, size, k, alpha, beta):
+  """The paper's formula as a plain loop over channels."""
+  n = a.shape[-1]
+  out = np.empty_like(a, dtype=np.float64)
+  for c in range(n):
+    lo, hi = max(0, c - size // 2), min(n - 1, c + size // 2)
+    s = np.sum(a[..., lo:hi + 1].astype(np.float64) ** 2, axis=-1)
+    out[..., c] = a[..., c] / (k + alpha * s) ** beta
+  return out
+
+
+class ParameterCountTest(parameterized.TestCase):
+
+  def test_two_tower_count(self):
+    # conv1 11*11*3*96+96 = 34,944      conv2 5*5*48*256+256 = 307,456
+    # conv3 3*3*256*384+384 = 885,120   conv4 3*3*192*384+384 = 663,936
+    # conv5 3*3*192*256+256 = 442,624   fc6 9216*4096+4096 = 37,752,832
+    # fc7 4096*4096+4096 = 16,781,312   fc8 4096*1000+1000 = 4,097,000
+    expected = (34_944 + 307_456 + 885_120 + 663_936 + 442_624 + 37_752_832 + 16_781_312
+                + 4_097_000)
+    self.assertEqual(expected, 60_965_224)
+    params = abstract_params(model_lib.AlexNet())
+    self.assertEqual(model_lib.count_params(params), 60_965_224)
+    self.assertEqual(sum(r.params for r in model_lib.layer_table(model_lib.AlexNet())), 60_965_224)
+
+  def test_one_tower_count(self):
+    # Ungrouped conv2/4/5 see twice the input channels:
+    # +5*5*48*256 + 3*3*192*384 + 3*3*192*256 = +307,200 + 663,552 + 442,368
+    expected = 60_965_224 + 307_200 + 663_552 + 442_368
+    self.assertEqual(expected, 62_378_344)
+    params = abstract_params(model_lib.AlexNet(towers=1))
+    self.assertEqual(model_lib.count_params(params), 62_378_344)
+
+  def test_parameter_tree(self):
+    params = abstract_params(model_lib.AlexNet())
+    self.assertEqual(sorted(params), ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
+                                      'fc8'])
+    self.assertEqual(params['conv2']['kernel'].shape, (5, 5, 48, 256))
+    self.assertEqual(params['conv4']['kernel'].shape, (3, 3, 192, 384))
+    self.assertEqual(params['fc6']['kernel'].shape, (9216, 4096))
+    for layer in params.values():
+      self.assertEqual(sorted(layer), ['bias', 'kernel'])
+
+  def test_every_weight_has_logical_names(self):
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    boxed = jax.eval_shape(model_lib.AlexNet().init, jax.random.key(0), x)['params']
+    specs = nn.get_partition_spec(boxed)
+    for name, layer in specs.items():
+      kind = 'conv' if name.startswith('conv') else 'fc'
+      self.assertEqual(layer['bias'], jax.sharding.PartitionSpec(f'{kind}_out'))
+      self.assertEqual(layer['kernel'][-1], f'{kind}_out')
+      self.assertLen(layer['kernel'], 4 if kind == 'conv' else 2)
+
+
+class ShapeTest(parameterized.TestCase):
+
+  @parameterized.parameters((224, 2), (227, 0))
+  def test_layer_shapes(self, size, pad):
+    net = model_lib.AlexNet(conv1_padding=pad)
+    table = {r.name: r.output_shape for r in model_lib.layer_table(net, size)}
+    self.assertEqual(table['conv1'], (55, 55, 96))
+    self.assertEqual(table['pool1'], (27, 27, 96))
+    self.assertEqual(table['conv2'], (27, 27, 256))
+    self.assertEqual(table['pool2'], (13, 13, 256))
+    self.assertEqual(table['conv3'], (13, 13, 384))
+    self.assertEqual(table['conv4'], (13, 13, 384))
+    self.assertEqual(table['conv5'], (13, 13, 256))
+    self.assertEqual(table['pool5'], (6, 6, 256))
+    # The traced network agrees with the arithmetic.
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    variables = nn.unbox(jax.eval_shape(net.init, jax.random.key(0), x))
+    _, state = jax.eval_shape(
+        lambda v, im: net.apply(v, im, capture_intermediates=True, mutable=['intermediates']),
+        variables, x)
+    inter = state['intermediates']
+    for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
+      self.assertEqual(inter[name]['__call__'][0].shape, (2,) + table[name])
+    self.assertEqual(inter['fc6']['__call__'][0].shape, (2, 4096))
+
+  def test_other_input_size(self):
+    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    params = abstract_params(net, 112)
+    # 112 -> conv1 27 -> pool1 13 -> pool2 6 -> pool5 2: fc6 sees 2*2*32 inputs.
+    self.assertEqual(params['fc6']['kernel'].shape, (2 * 2 * 32, 512))
+    out = jax.eval_shape(lambda p, x: net.apply({'params': p}, x), params,
+                         jax.ShapeDtypeStruct((3, 112, 112, 3), jnp.float32))
+    self.assertEqual(out.shape, (3, 10))
+    self.assertEqual(out.dtype, jnp.float32)
+
+
+class LRNTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      dict(size=5, k=2.0, alpha=1e-4, beta=0.75, channels=96),
+      dict(size=5, k=2.0, alpha=1e-4, beta=0.75, channels=7),
+      dict(size=3, k=1.0, alpha=0.5, beta=0.5, channels=6),
+      dict(size=7, k=0.5, alpha=2e-2, beta=1.3, channels=5),
+      dict(size=1, k=1.5, alpha=1.0, beta=0.75, channels=4),
+  )
+  def test_matches_formula(self, size, k, alpha, beta, channels):
+    rng = np.random.default_rng(0)
+    # Large activations so that the sum term is not negligible next to k.
+    a = rng.normal(scale=30.0, size=(2, 3, 4, channels)).astype(np.float32)
+    if alpha > 0.1:
+      a /= 30.0
+    got = model_lib.local_response_norm(jnp.asarray(a), size=size, k=k, alpha=alpha, beta=beta)
+    want = lrn_numpy(a, size, k, alpha, beta)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
+    # The window is not trivial at these scales.
+    self.assertGreater(np.max(np.abs(want - a / k ** beta)), 1e-3)
+
+  def test_edge_channels_clipped(self):
+    # One non-zero channel at the edge: only channels within size//2 feel it.
+    a = np.ones((1, 1, 1, 8), np.float32)
+    a[..., 0] = 100.0
+    got = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+    self.assertAlmostEqual(got[0, 0, 0, 1], 1.0 / (2.0 + 1e-4 * (1e4 + 3)) ** 0.75, places=6)
+    self.assertAlmostEqual(got[0, 0, 0, 2], 1.0 / (2.0 + 1e-4 * (1e4 + 4)) ** 0.75, places=6)
+    self.assertAlmostEqual(got[0, 0, 0, 3], 1.0 / (2.0 + 1e-4 * 5) ** 0.75, places=6)
+    self.assertAlmostEqual(got[0, 0, 0, 0], 100.0 / (2.0 + 1e-4 * (1e4 + 2)) ** 0.75, places=4)
+
+  def test_rejects_even_size(self):
+    with self.assertRaisesRegex(ValueError, 'odd'):
+      model_lib.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
+
+
+class TowerTest(parameterized.TestCase):
+
+  @parameterized.parameters('split', 'feature_group')
+  def test_grouped_layers_keep_towers_apart(self, impl):
+    """conv2/4/5 outputs of tower 1 do not depend on tower-0 inputs, and vice versa."""
+    for name, ksize, pad in (('conv2', 5, 2), ('conv4', 3, 1), ('conv5', 3, 1)):
+      conv = model_lib.Conv(8, ksize, 1, pad, groups=2, group_impl=impl)
+      x = jax.random.normal(jax.random.key(1), (1, 6, 6, 6))
+      params = nn.unbox(conv.init(jax.random.key(2), x))
+      f = lambda inp: conv.apply(params, inp)
+      jac = jax.jacrev(f)(x)  # (1,6,6,8, 1,6,6,6)
+      block = lambda out_t, in_t: jac[..., 4 * out_t:4 * out_t + 4, :, :, :, 3 * in_t:3 * in_t + 3]
+      self.assertEqual(float(jnp.abs(block(1, 0)).max()), 0.0, name)
+      self.assertEqual(float(jnp.abs(block(0, 1)).max()), 0.0, name)
+      self.assertGreater(float(jnp.abs(block(0, 0)).max()), 0.0, name)
+      self.assertGreater(float(jnp.abs(block(1, 1)).max()), 0.0, name)
+
+  def test_network_level_independence(self):
+    """Perturbing tower 0 of conv1's output never reaches tower 1 of conv5's output."""
+    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    params = init_params(net, 67)
+    x = jax.random.normal(jax.random.key(0), (1, 67, 67, 3))
+
+    def conv5_from_pool1(p1):
+      h = nn.relu(model_lib.Conv(32, 5, 1, 2, 2).apply({'params': params['conv2']}, p1))
+      h = model_lib.max_pool(h)  # no LRN here: the paper's LRN mixes neighbouring channels
+      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 1).apply({'params': params['conv3']}, h))
+      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 2).apply({'params': params['conv4']}, h))
+      return model_lib.Conv(32, 3, 1, 1, 2).apply({'params': params['conv5']}, h)
+
+    p1 = jax.random.normal(jax.random.key(3), (1, 7, 7, 12))
+    jac = jax.jacrev(conv5_from_pool1)(p1)
+    # conv3 crosses towers, so tower 1 of conv5 does depend on tower 0 of pool1.
+    self.assertGreater(float(jnp.abs(jac[..., 16:, :, :, :, :6]).max()), 0.0)
+    del x
+
+  @parameterized.parameters(1, 2)
+  def test_split_equals_feature_group(self, towers):
+    net_a = model_lib.AlexNet(width=0.125, num_classes=10, towers=towers, group_impl='split')
+    net_b = net_a.clone(group_impl='feature_group')
+    params = init_params(net_a, 67)
+    x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+    ya = net_a.apply({'params': params}, x)
+    yb = net_b.apply({'params': params}, x)
+    np.testing.assert_allclose(np.asarray(ya), np.asarray(yb), rtol=1e-4, atol=1e-5)
+
+
+class InitTest(parameterized.TestCase):
+
+  @parameterized.parameters('paper', 'caffe', 'he')
+  def test_weight_std_and_biases(self, scheme):
+    net = model_lib.AlexNet(init_scheme=scheme, width=0.5, num_classes=100)
+    params = init_params(net, 224, seed=1)
+    ones = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+    for name, layer in params.items():
+      kernel = np.asarray(layer['kernel'])
+      fan_in = int(np.prod(kernel.shape[:-1]))
+      want_std = {'paper': 0.01,
+                  'caffe': 0.005 if name in ('fc6', 'fc7') else 0.01,
+                  'he': np.sqrt(2.0 / fan_in)}[scheme]
+      self.assertAlmostEqual(float(kernel.mean()), 0.0, delta=4 * want_std / np.sqrt(kernel.size))
+      self.assertAlmostEqual(float(kernel.std()), want_std, delta=0.03 * want_std, msg=name)
+      want_bias = {'paper': 1.0 if name in ones else 0.0,
+                   'caffe': 0.1 if name in ones else 0.0,
+                   'he': 0.0}[scheme]
+      np.testing.assert_array_equal(np.asarray(layer['bias']), np.full(layer['bias'].shape,
+                                                                        want_bias, np.float32))
+
+  def test_params_are_float32_under_bf16(self):
+    net = model_lib.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
+    params = abstract_params(net, 67)
+    self.assertTrue(all(p.dtype == jnp.float32 for p in jax.tree.leaves(params)))
+
+
+class DropoutTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.net = model_lib.AlexNet(width=0.125, num_classes=10, init_scheme='he')
+    self.params = init_params(self.net, 67)
+    self.x = jax.random.normal(jax.random.key(0), (4, 67, 67, 3)) * 50
+
+  def apply(self, train, key=None):
+    rngs = {'dropout': key} if key is not None else None
+    return np.asarray(self.net.apply({'params': self.params}, self.x, train=train, rngs=rngs))
+
+  def test_eval_is_deterministic(self):
+    np.testing.assert_array_equal(self.apply(False), self.apply(False))
+
+  def test_train_uses_dropout_reproducibly(self):
+    a = self.apply(True, jax.random.key(1))
+    b = self.apply(True, jax.random.key(1))
+    c = self.apply(True, jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    self.assertGreater(np.abs(a - c).max(), 1e-6)
+    self.assertGreater(np.abs(a - self.apply(False)).max(), 1e-6)
+
+  def test_train_needs_rng(self):
+    with self.assertRaises(Exception):
+      self.apply(True)
+
+
+class DtypeTest(absltest.TestCase):
+
+  def test_bfloat16_close_to_float32(self):
+    net32 = model_lib.AlexNet(width=0.25, num_classes=10, init_scheme='he')
+    net16 = net32.clone(dtype='bfloat16')
+    params = init_params(net32, 99)
+    x = jax.random.normal(jax.random.key(0), (4, 99, 99, 3)) * 50
+    y32 = np.asarray(net32.apply({'params': params}, x))
+    y16 = net16.apply({'params': params}, x)
+    self.assertEqual(y16.dtype, jnp.float32)  # logits are returned in float32
+    y16 = np.asarray(y16)
+    rel = np.linalg.norm(y16 - y32) / np.linalg.norm(y32)
+    self.assertLess(rel, 0.05)
+    self.assertGreater(rel, 0.0)  # it really ran in lower precision
+
+
+class FlopTest(absltest.TestCase):
+
+  def test_paper_macs(self):
+    table = model_lib.layer_table(model_lib.AlexNet())
+    macs = sum(r.macs for r in table)
+    # conv1 55^2*11^2*3*96 + conv2 27^2*5^2*48*256 + conv3 13^2*9*256*384
+    # + conv4 13^2*9*192*384 + conv5 13^2*9*192*256 + fc 9216*4096 + 4096^2 + 4096*1000
+    want = (55**2 * 121 * 3 * 96 + 27**2 * 25 * 48 * 256 + 169 * 9 * 256 * 384
+            + 169 * 9 * 192 * 384 + 169 * 9 * 192 * 256 + 9216 * 4096 + 4096**2 + 4096 * 1000)
+    self.assertEqual(macs, want)
+    self.assertAlmostEqual(macs / 1e9, 0.72, delta=0.01)
+
+  def test_xla_count_agrees(self):
+    """XLA counts only taps that fall inside the image (not on zero padding) and
+    adds elementwise work; count those taps independently and compare."""
+    net = model_lib.AlexNet()
+
+    def valid_taps(size, k, stride, pad):
+      out = (size + 2 * pad - k) // stride + 1
+      per_dim = sum(sum(0 <= o * stride - pad + t < size for t in range(k)) for o in range(out))
+      return per_dim ** 2  # square input: product of the two dims
+
+    taps = (valid_taps(224, 11, 4, 2) * 3 * 96 + valid_taps(27, 5, 1, 2) * 48 * 256
+            + valid_taps(13, 3, 1, 1) * (256 * 384 + 192 * 384 + 192 * 256)
+            + 9216 * 4096 + 4096**2 + 4096 * 1000)
+    xla_macs = model_lib.count_flops(net) / 2
+    self.assertGreater(xla_macs, taps)
+    self.assertLess(xla_macs, taps * 1.02)  # the elementwise rest is under 2%
+
+
+class BadInputTest(parameterized.TestCase):
+
+  def test_bad_shapes(self):
+    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    params = abstract_params(net, 67)
+    for shape, msg in (((67, 67, 3), 'rank 4'), ((1, 67, 67, 1), '3 \\(RGB\\) channels'),
+                       ((1, 40, 40, 3), 'too small')):
+      with self.assertRaisesRegex(ValueError, msg):
+        net.apply({'params': params}, jnp.zeros(shape))
+
+  def test_bad_fields(self):
+    for fields, msg in ((dict(init_scheme='xavier'), 'unknown init scheme'),
+                        (dict(width=0.13), 'not divisible by towers=2'),
+                        (dict(towers=3), 'towers must be 1 or 2'),
+                        (dict(dropout_rate=1.0), 'dropout_rate'),
+                        (dict(group_impl='cudnn'), 'group_impl'),
+                        (dict(dtype='float13'), 'dtype')):
+      with self.assertRaisesRegex(ValueError, msg):
+        model_lib.AlexNet(**fields).check()
+      with self.assertRaisesRegex(ValueError, msg):
+        model_lib.AlexNet(**fields).init(jax.random.key(0), jnp.zeros((1, 67, 67, 3)))
+
+  def test_from_config_unknown_field(self):
+    with self.assertRaisesRegex(ValueError, 'unknown config.model fields'):
+      model_lib.from_config({'num_classes': 10, 'colour': 'red'})
+
+
+if __name__ == '__main__':
+  absltest.main()
