@@ -1,0 +1,828 @@
+r"""One-time conversion of a dataset into the paper's preprocessed form.
+
+  python -m alexnet_jax.prepare --source=SRC --output=DIR [--strict] \
+      [--image_size=256] [--workers=N] [--jpeg_quality=95]
+
+SRC is one of:
+  * a folder with the official ILSVRC-2012 tars, as tensorflow-datasets' imagenet2012
+    expects them: `ILSVRC2012_img_train.tar` (one `<wnid>.tar` per synset inside) and
+    `ILSVRC2012_img_val.tar` (flat `ILSVRC2012_val_NNNNNNNN.JPEG` files, labelled from
+    tfds' `validation_labels.txt`). Both are read in place, never extracted to disk.
+  * an ImageFolder root: `train/<class>/<image>` and `val/<class>/<image>` (any image
+    format PIL reads; the extension does not have to match the content).
+  * the word `digits`: scikit-learn's bundled handwritten digits (1,797 real 8x8
+    images, 10 classes), upsampled and JPEG-encoded through the same path; every
+    fifth image of each class (in load_digits order) is validation.
+  A `val/` folder or val tar is optional (the val split is then empty).
+
+Each image becomes the paper's input: shorter side resized to image_size (bicubic,
+anti-aliased), central image_size x image_size crop, re-encoded as JPEG. Grayscale,
+CMYK, palette and PNG images are converted to RGB; files that cannot be decoded are
+skipped and listed in the report (or stop the run with --strict).
+
+DIR afterwards:
+  train.array_record-00000-of-000NN ...  records: int32 little-endian label + JPEG
+  val.array_record-00000-of-000MM ...
+  stats.npz      training-set statistics of the stored (decoded) pixels:
+                 mean_image (S, S, 3) float32 in 0-255 units; channel_mean (3,);
+                 covariance (3, 3), eigvals (3,), eigvecs (3, 3; columns) of the RGB
+                 covariance of pixels scaled to [0, 1], eigenvalues descending.
+  dataset.json   classes (wnids, in tfds labels.txt order for ImageNet), human-readable
+                 names, split sizes, shard list, image_size, the preparation report.
+                 Written last: it is the completeness marker.
+
+Interruptions: work happens in parts (one per synset tar, or ~512 files) recorded in
+DIR/_partial/; a re-run resumes from the parts already done and a folder without
+dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import importlib.util
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import struct
+import sys
+import tarfile
+import time
+from typing import Any, Iterator, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from array_record.python import array_record_module
+import numpy as np
+from PIL import Image
+
+from alexnet_jax import augment
+
+DATASET_FILE = 'dataset.json'
+STATS_FILE = 'stats.npz'
+PARTIAL_DIR = '_partial'
+LOCK_FILE = '.prepare.lock'
+FORMAT = 'alexnet_jax.prepared/1'
+SPLITS = ('train', 'val')
+TRAIN_TAR = 'ILSVRC2012_img_train.tar'
+VAL_TAR = 'ILSVRC2012_img_val.tar'
+# Optional wnid -> description files a user may keep next to the data (Kaggle's and
+# Caffe's); the official tars themselves carry no human-readable class names.
+DESCRIPTION_FILES = ('LOC_synset_mapping.txt', 'synset_words.txt')
+IMAGE_EXTENSIONS = frozenset((
+    '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif', '.tiff',
+    '.webp', '.ppm', '.pgm', '.pbm', '.pnm'))
+DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight',
+               'nine')
+FILES_PER_PART = 512
+MAX_LISTED_SKIPS = 1000
+# group_size:1 gives each record its own chunk (cheap random access); JPEG bytes do
+# not compress, so compression would only cost read time.
+WRITER_OPTIONS = 'group_size:1,uncompressed'
+_SHARD_RE = re.compile(r'(train|val)\.array_record-\d{5}-of-\d{5}')
+_VAL_NAME_RE = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
+_WNID_TAR_RE = re.compile(r'(n\d{8})\.tar')
+
+
+# ----------------------------------------------------------------------------------
+# Records and the dataset description.
+
+
+def encode_record(label: int, image: bytes) -> bytes:
+  """One stored example: the label as little-endian int32, then the encoded image."""
+  return struct.pack('<i', label) + image
+
+
+def decode_record(record: bytes) -> tuple[bytes, int]:
+  """Inverse of `encode_record`: (image bytes, label)."""
+  return record[4:], struct.unpack_from('<i', record)[0]
+
+
+def read_dataset_json(output: str) -> dict[str, Any] | None:
+  """The description of a complete prepared dataset in `output`, else None."""
+  path = os.path.join(output, DATASET_FILE)
+  try:
+    with open(path) as f:
+      description = json.load(f)
+  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    return None
+  if description.get('format') != FORMAT or not description.get('complete'):
+    return None
+  return description
+
+
+def is_complete(output: str) -> bool:
+  """Whether `output` holds a finished preparation (dataset.json and its files)."""
+  description = read_dataset_json(output)
+  if description is None:
+    return False
+  names = [STATS_FILE] + [name for split in description['shards'].values()
+                          for name, _ in split]
+  return all(os.path.isfile(os.path.join(output, name)) for name in names)
+
+
+def _tfds_imagenet_file(name: str) -> str:
+  """Path of a label file that tensorflow-datasets ships for imagenet2012.
+
+  Located without importing tensorflow_datasets (its import alone takes a second).
+  """
+  spec = importlib.util.find_spec('tensorflow_datasets')
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        'tensorflow-datasets is not installed; its imagenet2012 label files are '
+        'needed to label the official tars (pip install -r requirements.txt)')
+  path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'imagenet2012',
+                      name)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'tensorflow-datasets lacks {path}')
+  return path
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+  """The 1000 ILSVRC-2012 wnids in tfds' labels.txt order (tfds' label indices)."""
+  with open(_tfds_imagenet_file('labels.txt')) as f:
+    return tuple(f.read().split())
+
+
+@functools.cache
+def imagenet_validation_wnids() -> tuple[str, ...]:
+  """wnid of val image k+1 (ILSVRC2012_val_{k+1:08d}.JPEG) at position k."""
+  with open(_tfds_imagenet_file('validation_labels.txt')) as f:
+    return tuple(f.read().split())
+
+
+# ----------------------------------------------------------------------------------
+# Planning: what to read, as independent parts.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+  """A unit of work: its images go to one shard, in a fixed order.
+
+  kind 'synset_tar': a `<wnid>.tar` inside the train tar at byte `offset`, `size` long,
+    all of class `label`. 'tar_members': `items` = (name, offset, size, label) of files
+    inside the tar at `path`. 'files': `items` = (path, label). 'arrays': `items` =
+    (key, uint8 image, label).
+  """
+  split: str
+  index: int
+  kind: str
+  work: int  # Progress weight: bytes read (or images for 'arrays').
+  path: str = ''
+  offset: int = 0
+  size: int = 0
+  label: int = -1
+  items: tuple[Any, ...] = ()
+
+  @property
+  def name(self) -> str:
+    return f'{self.split}-{self.index:05d}'
+
+
+@dataclasses.dataclass
+class _Plan:
+  kind: str  # 'imagenet_tars' | 'image_folder' | 'digits'
+  source: str
+  class_names: list[str]
+  class_descriptions: list[str]
+  parts: list[_Part]
+  notes: dict[str, int]  # Counts of inputs left out before conversion.
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def _read_descriptions(folder: str, class_names: Sequence[str]) -> list[str]:
+  """Human-readable names from an optional mapping file in `folder`, else the names."""
+  for file_name in DESCRIPTION_FILES:
+    path = os.path.join(folder, file_name)
+    if os.path.isfile(path):
+      mapping = {}
+      with open(path) as f:
+        for line in f:
+          key, _, text = line.strip().partition(' ')
+          if key:
+            mapping[key] = text.strip() or key
+      return [mapping.get(name, name) for name in class_names]
+  return list(class_names)
+
+
+def _plan_digits() -> _Plan:
+  from sklearn import datasets  # Imported here: slow, and only this source needs it.
+
+  digits = datasets.load_digits()
+  # load_digits holds 0..16 intensities; map them onto the 0..255 range of a photo.
+  pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  labels = digits.target.astype(int)
+  seen = np.zeros(10, int)
+  splits = {'train': [], 'val': []}
+  for i, label in enumerate(labels):
+    split = 'val' if seen[label] % 5 == 0 else 'train'
+    seen[label] += 1
+    splits[split].append((f'digits[{i}]', pixels[i], int(label)))
+  parts = []
+  for split in SPLITS:
+    for index, chunk in enumerate(_chunks(splits[split], FILES_PER_PART)):
+      parts.append(_Part(split, index, 'arrays', work=len(chunk), items=tuple(chunk)))
+  return _Plan('digits', 'digits', [str(i) for i in range(10)], list(DIGIT_NAMES),
+               parts, {})
+
+
+def _plan_tars(folder: str) -> _Plan:
+  train_tar = os.path.join(folder, TRAIN_TAR)
+  all_wnids = imagenet_wnids()
+  known = set(all_wnids)
+  with tarfile.open(train_tar, 'r:') as archive:
+    members = [m for m in archive.getmembers() if m.isfile()]
+  if not members:
+    raise ValueError(f'{train_tar} is empty: it should hold one <wnid>.tar per class')
+  synsets = {}
+  for member in members:
+    match = _WNID_TAR_RE.fullmatch(os.path.basename(member.name))
+    if not match or match.group(1) not in known:
+      raise ValueError(
+          f'{train_tar} holds {member.name!r}, not an ILSVRC-2012 <wnid>.tar: this is '
+          'not the official train tar (use an ImageFolder train/<class>/ tree instead)')
+    if match.group(1) in synsets:
+      raise ValueError(f'{train_tar} holds {match.group(1)}.tar twice')
+    synsets[match.group(1)] = member
+  class_names = [w for w in all_wnids if w in synsets]
+  label_of = {w: i for i, w in enumerate(class_names)}
+  parts = [
+      _Part('train', i, 'synset_tar', work=synsets[w].size, path=train_tar,
+            offset=synsets[w].offset_data, size=synsets[w].size, label=i)
+      for i, w in enumerate(class_names)
+  ]
+  notes = {'val_outside_classes': 0}
+  val_tar = os.path.join(folder, VAL_TAR)
+  if os.path.isfile(val_tar):
+    val_wnids = imagenet_validation_wnids()
+    with tarfile.open(val_tar, 'r:') as archive:
+      val_members = [m for m in archive.getmembers() if m.isfile()]
+    items = []
+    for member in val_members:
+      match = _VAL_NAME_RE.fullmatch(os.path.basename(member.name))
+      number = int(match.group(1)) if match else 0
+      if not 1 <= number <= len(val_wnids):
+        raise ValueError(
+            f'{val_tar} holds {member.name!r}, not an official validation file name '
+            '(ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG). Its '
+            'labels come from tfds validation_labels.txt by file number, so they '
+            'would be wrong; use an ImageFolder val/<wnid>/ tree instead')
+      label = label_of.get(val_wnids[number - 1])
+      if label is None:  # A class absent from this (partial) train tar.
+        notes['val_outside_classes'] += 1
+        continue
+      items.append((number, member.name, member.offset_data, member.size, label))
+    numbers = [item[0] for item in items]
+    if len(set(numbers)) != len(numbers):
+      raise ValueError(f'{val_tar} holds a validation file name twice')
+    items.sort()
+    for index, chunk in enumerate(_chunks(items, FILES_PER_PART * 2)):
+      parts.append(_Part('val', index, 'tar_members', work=sum(c[3] for c in chunk),
+                         path=val_tar, items=tuple(c[1:] for c in chunk)))
+  else:
+    logging.warning('%s not found: the val split will be empty', val_tar)
+  return _Plan('imagenet_tars', folder, class_names,
+               _read_descriptions(folder, class_names), parts, notes)
+
+
+def _list_images(folder: str) -> tuple[list[str], int]:
+  """Sorted image file paths directly in `folder`, and the count of other files."""
+  images, others = [], 0
+  for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    if entry.name.startswith('.') or not entry.is_file():
+      continue
+    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+      images.append(entry.path)
+    else:
+      others += 1
+  return images, others
+
+
+def _class_folders(folder: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(folder)
+                if e.is_dir() and not e.name.startswith('.'))
+
+
+def _plan_image_folder(root: str) -> _Plan:
+  train_dir = os.path.join(root, 'train')
+  class_names = _class_folders(train_dir)
+  if not class_names:
+    raise ValueError(f'{train_dir} holds no class folders (expected '
+                     'train/<class>/<image>)')
+  known = set(imagenet_wnids())
+  if all(name in known for name in class_names):
+    # ImageNet classes take tfds' labels.txt order (a sorted list, as it happens).
+    order = {w: i for i, w in enumerate(imagenet_wnids())}
+    class_names.sort(key=order.__getitem__)
+  label_of = {name: i for i, name in enumerate(class_names)}
+  notes = {'ignored_files': 0}
+  parts = []
+  val_dir = next((os.path.join(root, d) for d in ('val', 'validation')
+                  if os.path.isdir(os.path.join(root, d))), None)
+  if val_dir is None:
+    logging.warning('%s has no val/ folder: the val split will be empty', root)
+  for split, folder in (('train', train_dir), ('val', val_dir)):
+    if folder is None:
+      continue
+    names = class_names if split == 'train' else _class_folders(folder)
+    loose_images, loose_others = _list_images(folder)  # Outside any class folder.
+    notes['ignored_files'] += len(loose_images) + loose_others
+    items = []
+    for name in names:
+      if name not in label_of:
+        raise ValueError(f'{os.path.join(folder, name)} is not a training class '
+                         f'(no {os.path.join(train_dir, name)})')
+      images, others = _list_images(os.path.join(folder, name))
+      notes['ignored_files'] += others
+      if not images:
+        raise ValueError(
+            f'class folder {os.path.join(folder, name)} holds no images (looked for '
+            f'{", ".join(sorted(IMAGE_EXTENSIONS))})')
+      items.extend((path, label_of[name]) for path in images)
+    for index, chunk in enumerate(_chunks(items, FILES_PER_PART)):
+      parts.append(_Part(split, index, 'files',
+                         work=sum(os.path.getsize(p) for p, _ in chunk),
+                         items=tuple(chunk)))
+  return _Plan('image_folder', root, class_names, _read_descriptions(root, class_names),
+               parts, notes)
+
+
+def _plan(source: str) -> _Plan:
+  """Recognises the source and lists its parts; raises on unusable sources."""
+  if source == 'digits':
+    return _plan_digits()
+  if not source:
+    raise ValueError('no source given: pass --source=FOLDER or --source=digits')
+  if not os.path.exists(source):
+    raise FileNotFoundError(f'source folder {source} does not exist')
+  if not os.path.isdir(source):
+    raise ValueError(f'source {source} is not a folder (give the folder that holds '
+                     f'{TRAIN_TAR}, or an ImageFolder root)')
+  source = os.path.abspath(source)
+  if os.path.isfile(os.path.join(source, TRAIN_TAR)):
+    return _plan_tars(source)
+  if os.path.isdir(os.path.join(source, 'train')):
+    return _plan_image_folder(source)
+  what = 'is empty' if not os.listdir(source) else f'holds neither {TRAIN_TAR} nor train/'
+  raise ValueError(
+      f'source folder {source} {what}: it should hold the official tars ({TRAIN_TAR}, '
+      f'{VAL_TAR}) or an ImageFolder tree (train/<class>/<image>, val/<class>/<image>)')
+
+
+# ----------------------------------------------------------------------------------
+# Converting one part (runs in worker processes).
+
+
+class _Window:
+  """Read-only view of `size` bytes of an open file: one member of an outer tar."""
+
+  def __init__(self, f, size: int):
+    self._f = f
+    self._left = size
+
+  def read(self, n: int = -1) -> bytes:
+    n = self._left if n < 0 else min(n, self._left)
+    data = self._f.read(n)
+    self._left -= len(data)
+    return data
+
+
+def _iter_part(part: _Part) -> Iterator[tuple[str, int, bytes | np.ndarray]]:
+  """Yields (key for messages, label, encoded image or uint8 pixels)."""
+  if part.kind == 'synset_tar':
+    with open(part.path, 'rb') as f:
+      f.seek(part.offset)
+      # Stream mode reads the inner tar sequentially: nothing extracted, ~1 image held.
+      with tarfile.open(fileobj=_Window(f, part.size), mode='r|') as inner:
+        for member in inner:
+          if member.isfile():
+            key = f'{os.path.basename(part.path)}/{member.name}'
+            yield key, part.label, inner.extractfile(member).read()
+  elif part.kind == 'tar_members':
+    with open(part.path, 'rb') as f:
+      for name, offset, size, label in part.items:
+        f.seek(offset)
+        yield f'{os.path.basename(part.path)}/{name}', label, f.read(size)
+  elif part.kind == 'files':
+    for path, label in part.items:
+      with open(path, 'rb') as f:
+        yield path, label, f.read()
+  elif part.kind == 'arrays':
+    for key, pixels, label in part.items:
+      yield key, label, pixels
+  else:
+    raise ValueError(f'unknown part kind {part.kind!r}')
+
+
+class _Stats:
+  """Exact integer sums over stored pixels; mergeable across parts in any order."""
+
+  def __init__(self, image_size: int):
+    self.pixel_sum = np.zeros((image_size, image_size, 3), np.int64)
+    self.outer_sum = np.zeros((3, 3), np.int64)
+    self.count = 0
+
+  def add(self, image: np.ndarray) -> None:
+    self.pixel_sum += image
+    flat = image.reshape(-1, 3).astype(np.float64)
+    # Integer products summed in float64 stay exact below 2**53 (a 4096^2 image).
+    self.outer_sum += np.rint(flat.T @ flat).astype(np.int64)
+    self.count += 1
+
+  def merge(self, pixel_sum, outer_sum, count) -> None:
+    self.pixel_sum += pixel_sum
+    self.outer_sum += outer_sum
+    self.count += int(count)
+
+  def finish(self) -> dict[str, np.ndarray]:
+    """Mean image (0-255) and the eigen-decomposition of the [0, 1] RGB covariance."""
+    size = self.pixel_sum.shape[0]
+    pixels = self.count * size * size
+    channel_mean = self.pixel_sum.sum(axis=(0, 1)) / pixels
+    covariance = (self.outer_sum / pixels - np.outer(channel_mean, channel_mean))
+    covariance /= 255.0**2
+    eigvals, eigvecs = np.linalg.eigh(covariance)
+    eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]
+    # Signs are arbitrary (alpha is symmetric); fix them for reproducible files.
+    peak = eigvecs[np.argmax(np.abs(eigvecs), axis=0), np.arange(3)]
+    eigvecs = eigvecs * np.where(peak < 0, -1.0, 1.0)
+    return {
+        'mean_image': (self.pixel_sum / self.count).astype(np.float32),
+        'channel_mean': channel_mean.astype(np.float32),
+        'covariance': covariance,
+        'eigvals': np.maximum(eigvals, 0).astype(np.float32),
+        'eigvecs': eigvecs.astype(np.float32),
+        'count': np.int64(self.count),
+    }
+
+
+def _convert(payload: bytes | np.ndarray, image_size: int) -> np.ndarray:
+  if isinstance(payload, np.ndarray):
+    return augment.resize_center_crop(Image.fromarray(payload), image_size)
+  return augment.decode_and_resize(payload, image_size)
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
+
+
+def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
+              strict: bool) -> dict[str, Any]:
+  """Converts one part into work_dir/<name>.array_record (+ .npz sums, + .json).
+
+  The .json is written last; its presence marks the part done for a resumed run.
+  """
+  shard = os.path.join(work_dir, part.name + '.array_record')
+  writer = array_record_module.ArrayRecordWriter(shard + '.tmp', WRITER_OPTIONS)
+  stats = _Stats(image_size) if part.split == 'train' else None
+  label_counts: dict[int, int] = {}
+  skipped = []
+  try:
+    for key, label, payload in _iter_part(part):
+      try:
+        pixels = _convert(payload, image_size)
+      except Exception as e:  # pylint: disable=broad-except
+        # PIL signals bad data with many types (OSError, SyntaxError, ValueError, ...).
+        reason = f'{type(e).__name__}: {e}'
+        if strict:
+          raise ValueError(f'cannot decode {key} ({reason}); run without --strict to '
+                           'skip such files and list them in the report') from e
+        skipped.append([key, reason])
+        continue
+      jpeg = augment.encode_jpeg(pixels, jpeg_quality)
+      writer.write(encode_record(label, jpeg))
+      label_counts[label] = label_counts.get(label, 0) + 1
+      if stats is not None:
+        # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
+        stats.add(augment.decode(jpeg))
+  finally:
+    writer.close()
+  os.replace(shard + '.tmp', shard)
+  if stats is not None:
+    with open(os.path.join(work_dir, part.name + '.npz'), 'wb') as f:
+      np.savez(f, pixel_sum=stats.pixel_sum, outer_sum=stats.outer_sum,
+               count=stats.count)
+  result = {'split': part.split, 'index': part.index,
+            'converted': sum(label_counts.values()),
+            'label_counts': sorted(label_counts.items()), 'skipped': skipped}
+  _atomic_write_json(os.path.join(work_dir, part.name + '.json'), result)
+  return result
+
+
+# ----------------------------------------------------------------------------------
+# Progress.
+
+
+class _Progress:
+  """One status line with rate and ETA: redrawn on a terminal, logged sparsely otherwise."""
+
+  def __init__(self, total_work: int, total_parts: int, enabled: bool = True):
+    self._total_work = max(total_work, 1)
+    self._total_parts = total_parts
+    self._enabled = enabled
+    self._tty = sys.stderr.isatty()
+    self._start = self._last = time.monotonic()
+    self.work = self.parts = self.images = 0
+
+  def update(self, work: int, images: int) -> None:
+    self.work += work
+    self.parts += 1
+    self.images += images
+    now = time.monotonic()
+    if self._enabled and (now - self._last >= (0.5 if self._tty else 30.0)
+                          or self.parts == self._total_parts):
+      self._last = now
+      self._print(self._line(now), final=self.parts == self._total_parts)
+
+  def _line(self, now: float) -> str:
+    elapsed = now - self._start
+    fraction = self.work / self._total_work
+    eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float('nan')
+    return (f'prepare: {100 * fraction:5.1f}%  parts {self.parts}/{self._total_parts}  '
+            f'{self.images} images  {self.images / max(elapsed, 1e-9):.0f} img/s  '
+            f'elapsed {_duration(elapsed)}  ETA {_duration(eta)}')
+
+  def _print(self, line: str, final: bool) -> None:
+    if self._tty:
+      sys.stderr.write('\r' + line + ('\n' if final else ''))
+      sys.stderr.flush()
+    else:
+      logging.info('%s', line)
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+# ----------------------------------------------------------------------------------
+# The driver.
+
+
+@contextlib.contextmanager
+def _locked(output: str) -> Iterator[None]:
+  """Serialises preparations of one folder (e.g. several processes of one job)."""
+  with open(os.path.join(output, LOCK_FILE), 'a') as f:  # 'a': leaves mtimes alone.
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_output_usable(output: str) -> None:
+  ours = {PARTIAL_DIR, LOCK_FILE, DATASET_FILE, DATASET_FILE + '.tmp', STATS_FILE,
+          STATS_FILE + '.tmp'}
+  foreign = sorted(name for name in os.listdir(output)
+                   if name not in ours and not _SHARD_RE.fullmatch(name))
+  if foreign:
+    raise ValueError(
+        f'output folder {output} is not empty and holds no prepared dataset (found '
+        f'{", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}); choose a new '
+        'or empty folder')
+
+
+def _noop_report(output: str, description: dict[str, Any], image_size: int,
+                 source: str) -> dict[str, Any]:
+  if description['image_size'] != image_size:
+    raise ValueError(
+        f'{output} already holds a dataset prepared at image_size '
+        f'{description["image_size"]}, not {image_size}; prepare into another folder')
+  if source != description['source'] and os.path.abspath(source) != description['source']:
+    logging.warning('%s was prepared from %s, not %s; using it as it is', output,
+                    description['source'], source)
+  return dict(description['report'], output=output, noop=True)
+
+
+def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
+            workers: int = 1, jpeg_quality: int = 95,
+            progress: bool = True) -> dict[str, Any]:
+  """Prepares `source` into `output` (see the module docstring); returns the report.
+
+  A complete `output` is left as it is (report['noop'] is True). An incomplete one
+  from an interrupted run with the same settings is resumed; one with other settings
+  is restarted.
+
+  Args:
+    source: official-tars folder, ImageFolder root, or 'digits'.
+    output: the folder to fill; created if needed; must be empty or ours.
+    image_size: side of the stored square images.
+    strict: raise on the first undecodable image instead of skipping it.
+    workers: processes converting parts in parallel (1: in this process).
+    jpeg_quality: quality of the re-encoded JPEGs.
+    progress: print a progress line with ETA.
+
+  Raises:
+    FileNotFoundError, ValueError: unusable source or output, with a one-line reason.
+  """
+  if image_size < 8:
+    raise ValueError(f'image_size must be at least 8, got {image_size}')
+  if not 1 <= jpeg_quality <= 100:
+    raise ValueError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ValueError(f'output {output} exists and is not a folder')
+  os.makedirs(output, exist_ok=True)
+  with _locked(output):
+    description = read_dataset_json(output)
+    if description is not None and is_complete(output):
+      return _noop_report(output, description, image_size, source)
+    _check_output_usable(output)
+    start = time.monotonic()
+    plan = _plan(source)
+    work_dir = os.path.join(output, PARTIAL_DIR)
+    run = {'source': plan.source, 'kind': plan.kind, 'image_size': image_size,
+           'jpeg_quality': jpeg_quality, 'parts': [p.name for p in plan.parts]}
+    run_file = os.path.join(work_dir, 'run.json')
+    if os.path.isdir(work_dir):
+      with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), \
+          open(run_file) as f:
+        if json.load(f) != run:
+          logging.info('restarting: %s holds parts of another preparation', work_dir)
+          shutil.rmtree(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    _atomic_write_json(run_file, run)
+
+    done = {p.name for p in plan.parts
+            if os.path.isfile(os.path.join(work_dir, p.name + '.json'))}
+    todo = [p for p in plan.parts if p.name not in done]
+    if done:
+      logging.info('resuming: %d of %d parts already done', len(done), len(plan.parts))
+    _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
+    return _finish(plan, output, work_dir, image_size, jpeg_quality, workers,
+                   time.monotonic() - start)
+
+
+def ensure_prepared(source: str, output: str, *, image_size: int = 256,
+                    strict: bool = False, workers: int = 1,
+                    jpeg_quality: int = 95) -> dict[str, Any]:
+  """`prepare` for callers such as train.py: returns at once when `output` is complete.
+
+  Call it from one process per output folder or let the others wait: a file lock
+  serialises concurrent calls, and the waiting ones then find the dataset complete.
+  """
+  description = read_dataset_json(output)
+  if description is not None and is_complete(output):
+    return _noop_report(os.path.abspath(output), description, image_size, source)
+  return prepare(source, output, image_size=image_size, strict=strict,
+                 workers=workers, jpeg_quality=jpeg_quality)
+
+
+def _run_parts(parts: list[_Part], work_dir: str, image_size: int, jpeg_quality: int,
+               strict: bool, workers: int, progress: bool) -> None:
+  bar = _Progress(sum(p.work for p in parts), len(parts), enabled=progress)
+  if workers <= 1 or len(parts) <= 1:
+    for part in parts:
+      result = _run_part(part, work_dir, image_size, jpeg_quality, strict)
+      bar.update(part.work, result['converted'])
+    return
+  # spawn, not fork: the caller may hold JAX or threads, which do not survive fork.
+  context = multiprocessing.get_context('spawn')
+  pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(parts)),
+                                                mp_context=context)
+  try:
+    futures = {pool.submit(_run_part, p, work_dir, image_size, jpeg_quality, strict): p
+               for p in parts}
+    for future in concurrent.futures.as_completed(futures):
+      bar.update(futures[future].work, future.result()['converted'])
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quality: int,
+            workers: int, seconds: float) -> dict[str, Any]:
+  """Merges the parts into the final layout; dataset.json is written last."""
+  results = []
+  for part in plan.parts:
+    with open(os.path.join(work_dir, part.name + '.json')) as f:
+      results.append((part, json.load(f)))
+
+  train_counts = np.zeros(len(plan.class_names), np.int64)
+  for part, result in results:
+    if part.split == 'train':
+      for label, count in result['label_counts']:
+        train_counts[label] += count
+  if not train_counts.any():
+    raise ValueError(f'no training image of {plan.source} could be decoded')
+  empty = [plan.class_names[i] for i in np.flatnonzero(train_counts == 0)]
+  if empty:
+    raise ValueError(f'classes without any decodable training image: '
+                     f'{", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
+
+  stats = _Stats(image_size)
+  for part, _ in results:
+    if part.split == 'train':
+      with np.load(os.path.join(work_dir, part.name + '.npz')) as sums:
+        stats.merge(sums['pixel_sum'], sums['outer_sum'], sums['count'])
+  statistics = stats.finish()
+  with open(os.path.join(output, STATS_FILE + '.tmp'), 'wb') as f:
+    np.savez(f, **statistics)
+  os.replace(os.path.join(output, STATS_FILE + '.tmp'),
+             os.path.join(output, STATS_FILE))
+
+  shards, sizes, skipped = {}, {}, {}
+  skipped_files = []
+  for split in SPLITS:
+    filled = [(p, r) for p, r in results if p.split == split and r['converted']]
+    shards[split] = []
+    for i, (part, result) in enumerate(filled):
+      name = f'{split}.array_record-{i:05d}-of-{len(filled):05d}'
+      src, dst = (os.path.join(work_dir, part.name + '.array_record'),
+                  os.path.join(output, name))
+      if os.path.exists(src):  # Absent if an interrupted _finish moved it already.
+        os.replace(src, dst)
+      shards[split].append([name, result['converted']])
+    sizes[split] = sum(n for _, n in shards[split])
+    split_skips = [s for p, r in results if p.split == split for s in r['skipped']]
+    skipped[split] = len(split_skips)
+    skipped_files.extend(split_skips)
+  if skipped_files:
+    logging.warning('skipped %d undecodable files, e.g. %s: %s', len(skipped_files),
+                    *skipped_files[0])
+
+  report = {
+      'source': plan.source, 'kind': plan.kind, 'converted': sizes, 'skipped': skipped,
+      'skipped_files': skipped_files[:MAX_LISTED_SKIPS], **plan.notes,
+      'workers': workers, 'seconds': round(seconds, 2),
+  }
+  description = {
+      'format': FORMAT,
+      'record': 'int32 little-endian label, then the JPEG bytes',
+      'source': plan.source,
+      'kind': plan.kind,
+      'image_size': image_size,
+      'jpeg_quality': jpeg_quality,
+      'num_classes': len(plan.class_names),
+      'class_names': plan.class_names,
+      'class_descriptions': plan.class_descriptions,
+      'splits': sizes,
+      'shards': shards,
+      'stats_file': STATS_FILE,
+      'train_class_counts': train_counts.tolist(),
+      'eigvals': statistics['eigvals'].tolist(),
+      'eigvecs': statistics['eigvecs'].tolist(),
+      'channel_mean': statistics['channel_mean'].tolist(),
+      'report': report,
+      'complete': True,
+  }
+  _atomic_write_json(os.path.join(output, DATASET_FILE), description)
+  shutil.rmtree(work_dir, ignore_errors=True)
+  return dict(report, output=output, noop=False)
+
+
+# ----------------------------------------------------------------------------------
+# Command line.
+
+
+def _define_flags() -> None:
+  # Defined only when run as a script: spawned workers re-import this file as
+  # __mp_main__, and flags defined at import would then clash with the package copy.
+  flags.DEFINE_string('source', None, 'Official-tars folder, ImageFolder root, or '
+                      '"digits".', required=True)
+  flags.DEFINE_string('output', None, 'Folder to write the prepared dataset to.',
+                      required=True)
+  flags.DEFINE_bool('strict', False, 'Fail on the first undecodable image instead of '
+                    'skipping it.')
+  flags.DEFINE_integer('image_size', 256, 'Side of the stored square images, pixels.')
+  flags.DEFINE_integer('workers', 1, 'Processes converting in parallel.')
+  flags.DEFINE_integer('jpeg_quality', 95, 'Quality of the stored JPEGs.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  try:
+    report = prepare(f.source, f.output, image_size=f.image_size, strict=f.strict,
+                     workers=f.workers, jpeg_quality=f.jpeg_quality)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'prepare: error: {e}', file=sys.stderr)
+    sys.exit(1)
+  if report['noop']:
+    print(f'{report["output"]} is already complete; nothing to do.')
+    return
+  print(f'prepared {report["output"]}: train {report["converted"]["train"]}, '
+        f'val {report["converted"]["val"]} images; skipped '
+        f'{sum(report["skipped"].values())} undecodable; {report["seconds"]:.1f} s')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,418 @@
+"""prepare.py on tiny fake data in the official-tar and ImageFolder layouts, and digits."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from unittest import mock
+
+from absl.testing import absltest
+from array_record.python import array_record_module
+import numpy as np
+from PIL import Image
+
+from alexnet_jax import augment
+from alexnet_jax import prepare
+
+SIZE = 32  # Stored image side in these tests.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _jpeg(image: np.ndarray, **kwargs) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, 'JPEG', quality=95, **kwargs)
+  return buf.getvalue()
+
+
+def _png(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, 'PNG')
+  return buf.getvalue()
+
+
+def _cmyk_jpeg(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).convert('CMYK').save(buf, 'JPEG', quality=95)
+  return buf.getvalue()
+
+
+def _solid(color, height, width) -> np.ndarray:
+  return np.broadcast_to(np.uint8(color), (height, width, 3)).copy()
+
+
+def _color(i: int) -> tuple[int, int, int]:
+  """A distinct, well separated colour for image i (i < 64)."""
+  return (30 + 60 * (i % 4), 30 + 60 * (i // 4 % 4), 30 + 60 * (i // 16 % 4))
+
+
+def _add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  archive.addfile(info, io.BytesIO(data))
+
+
+def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
+  """Decoded images and labels of a prepared split, in storage order."""
+  with open(os.path.join(folder, prepare.DATASET_FILE)) as f:
+    description = json.load(f)
+  images, labels = [], []
+  for name, count in description['shards'][split]:
+    reader = array_record_module.ArrayRecordReader(os.path.join(folder, name))
+    records = reader.read_all()
+    reader.close()
+    assert len(records) == count
+    for record in records:
+      data, label = prepare.decode_record(record)
+      images.append(augment.decode(data))
+      labels.append(label)
+  return images, labels
+
+
+def _numpy_stats(images):
+  stack = np.stack(images).astype(np.float64)
+  pixels = stack.reshape(-1, 3) / 255.0
+  return stack.mean(0), np.cov(pixels, rowvar=False, bias=True)
+
+
+class _StatsAssertions(absltest.TestCase):
+
+  def assert_stats_match(self, folder, train_images):
+    mean, cov = _numpy_stats(train_images)
+    with np.load(os.path.join(folder, prepare.STATS_FILE)) as stats:
+      self.assertEqual(stats['mean_image'].shape, (SIZE, SIZE, 3))
+      self.assertEqual(stats['mean_image'].dtype, np.float32)
+      np.testing.assert_allclose(stats['mean_image'], mean, rtol=1e-6, atol=1e-4)
+      np.testing.assert_allclose(stats['channel_mean'], mean.reshape(-1, 3).mean(0),
+                                 rtol=1e-5)
+      np.testing.assert_allclose(stats['covariance'], cov, rtol=1e-9, atol=1e-12)
+      eigvals = np.linalg.eigvalsh(cov)[::-1]
+      np.testing.assert_allclose(stats['eigvals'], eigvals, rtol=1e-5, atol=1e-7)
+      vecs = stats['eigvecs'].astype(np.float64)
+      np.testing.assert_allclose(vecs.T @ vecs, np.eye(3), atol=1e-5)
+      for k in range(3):  # Columns are the components: cov v = lambda v.
+        np.testing.assert_allclose(cov @ vecs[:, k], eigvals[k] * vecs[:, k],
+                                   atol=1e-6)
+      self.assertEqual(int(stats['count']), len(train_images))
+
+
+class OfficialTarsTest(_StatsAssertions):
+  """A fake manual_dir: ILSVRC2012_img_train.tar (tar of <wnid>.tar) + val tar."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.source = os.path.join(cls.tmp, 'manual')
+    os.makedirs(cls.source)
+    val_wnids = prepare.imagenet_validation_wnids()
+    # Classes of val images 1-5, plus the first wnid of labels.txt (no val image).
+    cls.wnids = sorted(set(val_wnids[:5]) | {prepare.imagenet_wnids()[0]})
+    cls.expected_color = {}  # (wnid, name) -> RGB of a solid image.
+    index = 0
+    with tarfile.open(os.path.join(cls.source, prepare.TRAIN_TAR), 'w') as outer:
+      for wnid in reversed(cls.wnids):  # Tar order unlike labels.txt order.
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode='w') as inner:
+          for j, (h, w) in enumerate([(48, 36), (30, 50), (40, 40)]):
+            name = f'{wnid}_{j}.JPEG'
+            _add_file(inner, name, _jpeg(_solid(_color(index), h, w)))
+            cls.expected_color[(wnid, name)] = _color(index)
+            index += 1
+          if wnid == cls.wnids[0]:
+            # The bad inputs of ImageNet itself, and a truncated file.
+            _add_file(inner, f'{wnid}_cmyk.JPEG', _cmyk_jpeg(_solid(_color(index), 40, 30)))
+            cls.expected_color[(wnid, f'{wnid}_cmyk.JPEG')] = _color(index)
+            _add_file(inner, f'{wnid}_png.JPEG', _png(_solid(_color(index + 1), 36, 36)))
+            cls.expected_color[(wnid, f'{wnid}_png.JPEG')] = _color(index + 1)
+            gray = np.full((30, 40), 90, np.uint8)
+            _add_file(inner, f'{wnid}_gray.JPEG', _jpeg(gray))
+            cls.expected_color[(wnid, f'{wnid}_gray.JPEG')] = (90, 90, 90)
+            broken = _jpeg(np.random.default_rng(0).integers(0, 256, (40, 40, 3),
+                                                             dtype=np.uint8))
+            _add_file(inner, f'{wnid}_truncated.JPEG', broken[:len(broken) // 2])
+            index += 2
+        _add_file(outer, f'{wnid}.tar', buf.getvalue())
+    # Val images 1..7; 6 and 7 belong to classes absent from this train tar.
+    cls.val_colors = {}
+    with tarfile.open(os.path.join(cls.source, prepare.VAL_TAR), 'w') as val:
+      for number in (3, 1, 7, 2, 5, 4, 6):  # Stored out of order on purpose.
+        color = _color(40 + number)
+        cls.val_colors[number] = color
+        _add_file(val, f'ILSVRC2012_val_{number:08d}.JPEG',
+                  _jpeg(_solid(color, 40, 56)))
+    cls.output = os.path.join(cls.tmp, 'prepared')
+    cls.report = prepare.prepare(cls.source, cls.output, image_size=SIZE,
+                                 progress=False)
+
+  def test_class_order_is_tfds_labels_order(self):
+    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+      description = json.load(f)
+    order = [w for w in prepare.imagenet_wnids() if w in self.wnids]
+    self.assertEqual(description['class_names'], order)
+    self.assertEqual(description['num_classes'], 6)
+    self.assertEqual(description['image_size'], SIZE)
+    self.assertTrue(description['complete'])
+
+  def test_counts_and_report(self):
+    # 6 classes x 3 good images + cmyk + png + gray; the truncated one is skipped.
+    self.assertEqual(self.report['converted'], {'train': 21, 'val': 5})
+    self.assertEqual(self.report['skipped'], {'train': 1, 'val': 0})
+    self.assertIn('_truncated.JPEG', self.report['skipped_files'][0][0])
+    self.assertEqual(self.report['val_outside_classes'], 2)
+    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+      self.assertEqual(json.load(f)['splits'], {'train': 21, 'val': 5})
+    self.assertFalse(os.path.exists(os.path.join(self.output, prepare.PARTIAL_DIR)))
+
+  def test_train_labels_follow_the_synset_tar(self):
+    images, labels = read_split(self.output, 'train')
+    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+      class_names = json.load(f)['class_names']
+    by_color = {}
+    for (wnid, _), color in self.expected_color.items():
+      by_color.setdefault(wnid, []).append(np.float64(color))
+    for image, label in zip(images, labels):
+      self.assertEqual(image.shape, (SIZE, SIZE, 3))
+      mean = image.reshape(-1, 3).mean(0)
+      # Its colour is one of the images of the class its label names.
+      distance = min(np.abs(mean - c).max() for c in by_color[class_names[label]])
+      self.assertLess(distance, 6, f'label {label} has colour {mean}')
+
+  def test_grayscale_cmyk_png_converted(self):
+    images, _ = read_split(self.output, 'train')
+    means = [im.reshape(-1, 3).mean(0) for im in images]
+    wnid = self.wnids[0]
+    for kind in ('cmyk', 'png', 'gray'):
+      color = np.float64(self.expected_color[(wnid, f'{wnid}_{kind}.JPEG')])
+      self.assertLess(min(np.abs(m - color).max() for m in means), 6, kind)
+    gray = min(images, key=lambda im: np.abs(im.reshape(-1, 3).mean(0) - 90).max())
+    np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1)
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1)
+
+  def test_val_labels_by_official_file_number(self):
+    images, labels = read_split(self.output, 'val')
+    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+      class_names = json.load(f)['class_names']
+    val_wnids = prepare.imagenet_validation_wnids()
+    for number, image, label in zip(range(1, 6), images, labels):
+      self.assertEqual(class_names[label], val_wnids[number - 1])
+      np.testing.assert_allclose(image.reshape(-1, 3).mean(0), self.val_colors[number],
+                                 atol=6)
+
+  def test_statistics_match_numpy(self):
+    self.assert_stats_match(self.output, read_split(self.output, 'train')[0])
+
+  def test_non_official_val_names_are_refused(self):
+    source = os.path.join(self.tmp, 'renamed_val')
+    os.makedirs(source)
+    os.link(os.path.join(self.source, prepare.TRAIN_TAR),
+            os.path.join(source, prepare.TRAIN_TAR))
+    with tarfile.open(os.path.join(source, prepare.VAL_TAR), 'w') as val:
+      _add_file(val, 'ILSVRC2012_val_00000001.JPEG', _jpeg(_solid(_color(0), 8, 8)))
+      _add_file(val, 'my_photo.JPEG', _jpeg(_solid(_color(1), 8, 8)))
+    with self.assertRaisesRegex(ValueError, 'not an official validation file name'):
+      prepare.prepare(source, os.path.join(self.tmp, 'renamed_out'), image_size=SIZE,
+                      progress=False)
+    self.assertFalse(prepare.is_complete(os.path.join(self.tmp, 'renamed_out')))
+
+  def test_rerun_is_a_noop(self):
+    before = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
+              for n in os.listdir(self.output)}
+    report = prepare.ensure_prepared(self.source, self.output, image_size=SIZE)
+    self.assertTrue(report['noop'])
+    report = prepare.prepare(self.source, self.output, image_size=SIZE, progress=False)
+    self.assertTrue(report['noop'])
+    after = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
+             for n in os.listdir(self.output)}
+    self.assertEqual(before, after)
+    with self.assertRaisesRegex(ValueError, 'image_size 32, not 64'):
+      prepare.prepare(self.source, self.output, image_size=64, progress=False)
+
+
+def _write_image_folder(root, classes, per_class, val_per_class, rng):
+  """ImageFolder with noise images of assorted sizes; returns {path: label name}."""
+  truth = {}
+  for split, count in (('train', per_class), ('val', val_per_class)):
+    for name in classes:
+      folder = os.path.join(root, split, name)
+      os.makedirs(folder)
+      for j in range(count):
+        h, w = rng.integers(SIZE // 2, 2 * SIZE, 2)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ext = ('.JPEG', '.jpg', '.png')[j % 3]
+        path = os.path.join(folder, f'{name}_{j}{ext}')
+        with open(path, 'wb') as f:
+          f.write(_png(image) if ext == '.png' else _jpeg(image))
+        truth[path] = name
+  return truth
+
+
+class ImageFolderTest(_StatsAssertions):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.source = os.path.join(cls.tmp, 'folder')
+    cls.classes = ['emu', 'cat', 'dog']
+    cls.truth = _write_image_folder(cls.source, cls.classes, 5, 2,
+                                    np.random.default_rng(0))
+    with open(os.path.join(cls.source, 'train', 'cat', 'notes.txt'), 'w') as f:
+      f.write('not an image')
+    cls.output = os.path.join(cls.tmp, 'prepared')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 4):  # Several parts, tiny data.
+      cls.report = prepare.prepare(cls.source, cls.output, image_size=SIZE,
+                                   progress=False)
+
+  def _expected(self, split):
+    """Images as prepare must have stored them (decoded), in storage order, + labels."""
+    order = sorted(self.classes)
+    paths = sorted((p for p, name in self.truth.items()
+                    if f'{os.sep}{split}{os.sep}' in p),
+                   key=lambda p: (order.index(self.truth[p]), os.path.basename(p)))
+    images = []
+    for path in paths:
+      with open(path, 'rb') as f:
+        stored = augment.decode_and_resize(f.read(), SIZE)
+      images.append(augment.decode(augment.encode_jpeg(stored, 95)))
+    return images, [order.index(self.truth[p]) for p in paths]
+
+  def test_classes_counts_labels(self):
+    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+      description = json.load(f)
+    self.assertEqual(description['class_names'], ['cat', 'dog', 'emu'])
+    self.assertEqual(description['splits'], {'train': 15, 'val': 6})
+    self.assertEqual(self.report['ignored_files'], 1)
+    self.assertLen(description['shards']['train'], 4)  # 15 files, 4 per part.
+    for split in ('train', 'val'):
+      images, labels = read_split(self.output, split)
+      want_images, want_labels = self._expected(split)
+      self.assertEqual(labels, want_labels)
+      for got, want in zip(images, want_images):
+        np.testing.assert_array_equal(got, want)
+
+  def test_statistics_match_numpy(self):
+    self.assert_stats_match(self.output, read_split(self.output, 'train')[0])
+
+  def test_workers_give_identical_files(self):
+    output = os.path.join(self.tmp, 'parallel')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+      prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
+    names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
+    self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
+    for name in names + [prepare.STATS_FILE]:
+      with open(os.path.join(self.output, name), 'rb') as a, \
+          open(os.path.join(output, name), 'rb') as b:
+        self.assertEqual(a.read(), b.read(), name)
+
+  def test_interrupted_run_is_not_complete_and_resumes(self):
+    source = os.path.join(self.tmp, 'interrupted')
+    _write_image_folder(source, ['a', 'b'], 4, 1, np.random.default_rng(1))
+    with open(os.path.join(source, 'train', 'b', 'b_9.jpg'), 'wb') as f:
+      f.write(b'\xff\xd8\xff\xe0 not really a jpeg')
+    output = os.path.join(self.tmp, 'interrupted_out')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+      with self.assertRaisesRegex(ValueError, 'cannot decode .*b_9.jpg'):
+        prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
+      self.assertFalse(prepare.is_complete(output))
+      self.assertFalse(os.path.exists(os.path.join(output, prepare.DATASET_FILE)))
+      first = os.path.join(output, prepare.PARTIAL_DIR, 'train-00000.array_record')
+      done_at = os.stat(first).st_mtime_ns  # Part 0 (class a) finished before the error.
+      report = prepare.prepare(source, output, image_size=SIZE, progress=False)
+    self.assertTrue(prepare.is_complete(output))
+    self.assertEqual(report['converted'], {'train': 8, 'val': 2})
+    self.assertEqual(report['skipped']['train'], 1)
+    resumed = os.path.join(output, 'train.array_record-00000-of-00002')
+    self.assertEqual(os.stat(resumed).st_mtime_ns, done_at)  # Reused, not redone.
+
+
+class DigitsTest(_StatsAssertions):
+
+  def test_digits(self):
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+    output = os.path.join(tempfile.mkdtemp(), 'digits')
+    start = time.monotonic()
+    report = prepare.prepare('digits', output, image_size=SIZE, progress=False)
+    seconds = time.monotonic() - start
+    self.assertLess(seconds, 30)
+    digits = datasets.load_digits()
+    per_class = np.bincount(digits.target, minlength=10)
+    val = -(-per_class // 5)  # Every fifth image of a class, starting with the first.
+    self.assertEqual(report['converted'], {'train': int((per_class - val).sum()),
+                                           'val': int(val.sum())})
+    with open(os.path.join(output, prepare.DATASET_FILE)) as f:
+      description = json.load(f)
+    self.assertEqual(description['class_names'], [str(i) for i in range(10)])
+    self.assertEqual(description['class_descriptions'][0], 'zero')
+    images, labels = read_split(output, 'val')
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), val)
+    # The first val image is load_digits' image 0, upsampled: compare 4x4 block means.
+    source = digits.images[0] * 255 / 16
+    blocks = images[0][..., 0].reshape(8, 4, 8, 4).mean((1, 3))
+    self.assertLess(np.abs(blocks - source).mean(), 20)
+    train_images, _ = read_split(output, 'train')
+    self.assert_stats_match(output, train_images)
+
+
+class BadSourceTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = tempfile.mkdtemp()
+
+  def test_missing_source(self):
+    with self.assertRaisesRegex(FileNotFoundError, 'does not exist'):
+      prepare.prepare(os.path.join(self.tmp, 'nope'), os.path.join(self.tmp, 'out'))
+
+  def test_empty_source(self):
+    os.makedirs(os.path.join(self.tmp, 'empty'))
+    with self.assertRaisesRegex(ValueError, 'is empty'):
+      prepare.prepare(os.path.join(self.tmp, 'empty'), os.path.join(self.tmp, 'out'))
+
+  def test_unrecognised_source(self):
+    os.makedirs(os.path.join(self.tmp, 'other', 'pictures'))
+    with self.assertRaisesRegex(ValueError, 'holds neither'):
+      prepare.prepare(os.path.join(self.tmp, 'other'), os.path.join(self.tmp, 'out'))
+
+  def test_class_folder_without_images(self):
+    source = os.path.join(self.tmp, 'src')
+    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
+    os.makedirs(os.path.join(source, 'train', 'b'))
+    with open(os.path.join(source, 'train', 'b', 'readme.txt'), 'w') as f:
+      f.write('x')
+    with self.assertRaisesRegex(ValueError, r'class folder .*train/b holds no images'):
+      prepare.prepare(source, os.path.join(self.tmp, 'out'), image_size=SIZE)
+
+  def test_empty_train_tar(self):
+    source = os.path.join(self.tmp, 'tars')
+    os.makedirs(source)
+    tarfile.open(os.path.join(source, prepare.TRAIN_TAR), 'w').close()
+    with self.assertRaisesRegex(ValueError, 'is empty'):
+      prepare.prepare(source, os.path.join(self.tmp, 'out'))
+
+  def test_foreign_output_folder(self):
+    source = os.path.join(self.tmp, 'src')
+    _write_image_folder(source, ['a'], 1, 0, np.random.default_rng(0))
+    output = os.path.join(self.tmp, 'out')
+    os.makedirs(output)
+    with open(os.path.join(output, 'precious.txt'), 'w') as f:
+      f.write('x')
+    with self.assertRaisesRegex(ValueError, 'not empty'):
+      prepare.prepare(source, output, image_size=SIZE)
+
+  def test_command_line_error_is_one_line(self):
+    result = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.prepare', f'--source={self.tmp}/nope',
+         f'--output={self.tmp}/out'], cwd=REPO, capture_output=True, text=True,
+        timeout=120, check=False)
+    self.assertEqual(result.returncode, 1)
+    self.assertEqual(result.stderr.strip().splitlines(),
+                     [f'prepare: error: source folder {self.tmp}/nope does not exist'])
+
+
+if __name__ == '__main__':
+  absltest.main()
