@@ -70,11 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.plateau_factor = 0.1  # Multiplier of each drop.
   config.optim.plateau_max_drops = 3  # The paper divided the rate by 10 three times.
   config.optim.step_epochs = (30, 60, 80)  # 'step' schedule: epochs at which lr drops.
+  config.optim.step_factor = 0.1  # 'step' schedule: multiplier at each of step_epochs.
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 2000  # Also saved at each epoch end and on SIGTERM.
   config.checkpoint.keep = 3  # Most recent checkpoints kept (plus the best one).
   config.checkpoint.keep_best = True  # Also keep the checkpoint with the lowest val top-1 error.
+  config.checkpoint.start_fresh_if_unusable = False  # All checkpoints unreadable: start over or stop.
 
   config.log = ml_collections.ConfigDict()
   config.log.every_steps = 100  # Train metrics (loss, error, lr, images/s) every this many steps.

@@ -1,0 +1,498 @@
+"""Checkpoints, the stored config and preemption: the only module that imports orbax.
+
+A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with three items:
+
+  state/  the train state pytree (step, params, opt_state), each array written
+          by the devices that hold it and read back straight into the target
+          sharding;
+  meta/   a JSON dict the trainer chooses (epoch, plateau schedule state, config
+          hash, ...);
+  data/   the grain iterator position, one JSON file per host, so a resumed run
+          sees exactly the batches an uninterrupted one would.
+
+Saves are asynchronous: `save` returns once the arrays are copied off the
+devices (their buffers may then be donated), and the files are written in the
+background into a temporary folder that is renamed when complete. A killed
+process therefore leaves either a finished checkpoint or a temporary folder
+that is ignored. A finished checkpoint that was damaged afterwards (a truncated
+or deleted file) fails to read; `restore` then falls back to the previous one
+and moves the damaged folder to `checkpoints/damaged/` so that its step number
+can be saved again.
+
+Retention: the newest `keep` checkpoints plus, with `keep_best`, the one with
+the lowest validation error (orbax's LatestN and BestN preservation policies).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import pprint
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import logging
+import grain
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
+CONFIG_JSON = 'config.json'
+CONFIG_PY = 'config.py'
+# Name under which orbax stores the per-checkpoint metrics that BestN ranks.
+VAL_ERROR = 'val_error'
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but none of them can be restored."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()
+  text = text[0] if text else ''
+  return f'{type(error).__name__}: {text[:limit]}'
+
+
+def _rank_val_error(metrics: Mapping[str, Any]) -> float:
+  # Saves without an evaluation carry val_error=None; they rank last.
+  value = metrics.get(VAL_ERROR)
+  return float('inf') if value is None else float(value)
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+class Checkpointer:
+  """Saves and restores train state, run metadata and the data iterator.
+
+  Usage in a trainer:
+
+    ckpt = Checkpointer.from_config(workdir, config.checkpoint)
+    restored = ckpt.restore(abstract_state, data_iterator=it)
+    ...
+    ckpt.save(step, state, data_iterator=it, meta={...}, force=epoch_end or preempted)
+    ...
+    ckpt.close()  # waits for the last save
+
+  All hosts call every method; each writes its own shards and iterator state.
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3,
+               keep_best: bool = True, every_steps: Optional[int] = None,
+               async_save: bool = True, start_fresh_if_unusable: bool = False):
+    """Opens (creating it if needed) the checkpoint folder `directory`.
+
+    keep: how many of the newest checkpoints to keep (>= 1).
+    keep_best: also keep the checkpoint with the lowest `val_error` given to save.
+    every_steps: `save` without `force` writes only at multiples of this; None: always.
+    async_save: write files in a background thread.
+    start_fresh_if_unusable: restore's default when no checkpoint is readable.
+    """
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+      raise ValueError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
+    if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
+      raise ValueError(f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
+    self._directory = os.path.abspath(os.fspath(directory))
+    self._keep_best = bool(keep_best)
+    self._every_steps = every_steps
+    self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    if self._keep_best:
+      # reverse=True sorts by descending error, and BestN keeps the tail: the lowest.
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=_rank_val_error, reverse=True, n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn makes orbax store the metrics with each checkpoint, so the best
+        # one is still known after a restart; the policy above does the ranking.
+        best_fn=_rank_val_error if self._keep_best else None,
+        best_mode='min',
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self._directory, options=options)
+
+  @classmethod
+  def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
+                  **kwargs: Any) -> 'Checkpointer':
+    """A Checkpointer for WORKDIR/checkpoints configured by config.checkpoint.
+
+    Reads keep, keep_best, every_steps and start_fresh_if_unusable; `kwargs`
+    override them (or set async_save).
+    """
+    every = checkpoint_config.get('every_steps', None)
+    settings = dict(
+        keep=checkpoint_config.get('keep', 3),
+        keep_best=checkpoint_config.get('keep_best', True),
+        every_steps=every if every and every > 0 else None,
+        start_fresh_if_unusable=checkpoint_config.get('start_fresh_if_unusable', False))
+    settings.update(kwargs)
+    return cls(os.path.join(os.fspath(workdir), CHECKPOINT_DIR), **settings)
+
+  @property
+  def directory(self) -> str:
+    return self._directory
+
+  def step_path(self, step: int) -> str:
+    """The folder of the checkpoint of `step`."""
+    return os.path.join(self._directory, str(step))
+
+  def all_steps(self) -> list[int]:
+    """Steps of the finished checkpoints, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    """The newest finished checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    """Step of the kept checkpoint with the lowest val_error (the latest without keep_best)."""
+    return self._manager.best_step()
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` without `force` writes a checkpoint."""
+    return self._every_steps is None or step % self._every_steps == 0
+
+  def save(self, step: int, state: Any, *, meta: Mapping[str, Any],
+           data_iterator: Optional[grain.DatasetIterator] = None,
+           val_error: Optional[float] = None, force: bool = False) -> bool:
+    """Starts saving checkpoint `step`; returns whether one is being written.
+
+    state: any pytree of jax arrays (possibly sharded) and scalars.
+    meta: JSON-serialisable dict stored beside it and returned by restore.
+    data_iterator: a grain iterator; its position is captured before returning.
+    val_error: the validation error at this step, ranking it for keep_best.
+    force: save even if `step` is not a multiple of every_steps (epoch end,
+      preemption). A step that already has a checkpoint is never rewritten.
+
+    The previous save is awaited first, so at most one is in flight. Errors of
+    a background write surface here or in `wait()`.
+    """
+    if not force and not self.should_save(step):
+      return False
+    if step in self._manager.all_steps():
+      logging.info('Checkpoint at step %d already exists in %s; not saved again.',
+                   step, self._directory)
+      return False
+    try:
+      # A copy through JSON: fails here, not in a background thread, and later
+      # changes to the caller's dict do not leak into the checkpoint.
+      meta = json.loads(json.dumps(dict(meta), allow_nan=False))
+    except (TypeError, ValueError) as e:
+      raise TypeError(f'checkpoint meta must be JSON-serialisable: {e}') from None
+    items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    metrics = None
+    if self._keep_best:
+      metrics = {VAL_ERROR: None if val_error is None else float(val_error)}
+    saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    if saved:
+      logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
+    return saved
+
+  def _restore_step(self, step: int, abstract_state: Any,
+                    data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
+    items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    meta = restored['meta']
+    if not isinstance(meta, dict):
+      raise ValueError(f'meta of step {step} is {type(meta).__name__}, not a JSON object')
+    return restored['state'], meta
+
+  def restore(self, abstract_state: Any, *,
+              data_iterator: Optional[grain.DatasetIterator] = None,
+              step: Optional[int] = None,
+              start_fresh_if_unusable: Optional[bool] = None) -> Optional[tuple[Any, dict[str, Any]]]:
+    """Restores the newest readable checkpoint: (state, meta), or None if there is none.
+
+    abstract_state: pytree of jax.ShapeDtypeStruct with .sharding, the layout
+      of the state (e.g. `jax.eval_shape` of the init plus the target
+      shardings); arrays are read directly into those shardings.
+    data_iterator: set to the saved position (in place) when given.
+    step: restore exactly this step, with no fallback.
+
+    A checkpoint that fails to read is reported (a warning naming its step and
+    folder) and the previous one is tried. When an older one succeeds, the
+    newer unreadable ones are moved to checkpoints/damaged/. When none is
+    readable, CheckpointError is raised and nothing is moved, unless
+    `start_fresh_if_unusable` (default: the constructor's): then they are all
+    moved aside and None returned.
+    """
+    if start_fresh_if_unusable is None:
+      start_fresh_if_unusable = self._start_fresh_if_unusable
+    candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not candidates:
+      return None
+    initial_position = data_iterator.get_state() if data_iterator is not None else None
+    failures: list[tuple[int, BaseException]] = []
+    for candidate in candidates:
+      try:
+        state, meta = self._restore_step(candidate, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        # Any read error (truncated array file, missing item, bad JSON) means
+        # this checkpoint is unusable; the kind matters less than moving on.
+        if step is not None:
+          raise CheckpointError(f'cannot restore checkpoint {self.step_path(candidate)}: '
+                                f'{_first_line(e)}') from e
+        logging.warning('Checkpoint at step %d (%s) is unreadable (damaged, or saved with a '
+                        'different model config): %s. Trying the previous one.', candidate,
+                        self.step_path(candidate), _first_line(e))
+        failures.append((candidate, e))
+        continue
+      if failures:
+        moved = self._quarantine([s for s, _ in failures])
+        logging.warning('Resuming from checkpoint step %d instead of %d; damaged checkpoints '
+                        'moved to %s.', candidate, failures[0][0], ', '.join(moved))
+      logging.info('Restored checkpoint at step %d from %s', candidate, self.step_path(candidate))
+      return state, meta
+
+    if data_iterator is not None:
+      data_iterator.set_state(initial_position)
+    summary = '; '.join(f'step {s}: {_first_line(e, 160)}' for s, e in failures)
+    message = f'no usable checkpoint in {self._directory} ({summary})'
+    if start_fresh_if_unusable:
+      moved = self._quarantine([s for s, _ in failures])
+      logging.warning('%s. Starting from scratch as requested; unreadable checkpoints moved to %s.',
+                      message, ', '.join(moved))
+      return None
+    raise CheckpointError(message + '. Move or delete them to start from scratch, or allow a '
+                          'fresh start (config.checkpoint.start_fresh_if_unusable=True).')
+
+  def _quarantine(self, steps: Sequence[int]) -> list[str]:
+    """Moves the given step folders into checkpoints/damaged/ (host 0); returns the new paths."""
+    damaged_root = os.path.join(self._directory, DAMAGED_DIR)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    targets = [os.path.join(damaged_root, f'{s}-{stamp}') for s in steps]
+    if _is_primary():
+      os.makedirs(damaged_root, exist_ok=True)
+      for i, s in enumerate(steps):
+        while os.path.exists(targets[i]):  # the same step damaged twice within a second
+          targets[i] += '+'
+        if os.path.exists(self.step_path(s)):
+          shutil.move(self.step_path(s), targets[i])
+    _sync('alexnet_jax_checkpoint_quarantine')
+    self._manager.reload()
+    return targets
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk; raises if it failed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for the last save and releases orbax's threads."""
+    self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+# ----------------------------------------------------------------------------- preemption
+
+_preempted = threading.Event()
+_previous_handlers: dict[int, Any] = {}
+
+
+def _on_preemption_signal(signum: int, frame: Any) -> None:
+  del signum, frame
+  # Only a flag: the loop saves at its next step boundary, outside the handler.
+  _preempted.set()
+
+
+def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,)) -> bool:
+  """Makes SIGTERM set the flag that `preemption_requested` reports; returns whether installed.
+
+  Multi-process runs (jax.distributed) leave SIGTERM to JAX's preemption
+  service, which agrees on one step for all hosts; a Python handler would
+  replace its own. Handlers can only be set from the main thread.
+  """
+  if jax.process_count() > 1:
+    logging.info('Preemption: using JAX\'s preemption sync service (%d processes).',
+                 jax.process_count())
+    return False
+  if threading.current_thread() is not threading.main_thread():
+    logging.warning('Preemption handler not installed: not on the main thread.')
+    return False
+  for sig in signals:
+    previous = signal.signal(sig, _on_preemption_signal)
+    _previous_handlers.setdefault(sig, previous)
+  return True
+
+
+def uninstall_preemption_handler() -> None:
+  """Restores the handlers replaced by install_preemption_handler and clears the flag."""
+  for sig, previous in _previous_handlers.items():
+    signal.signal(sig, previous)
+  _previous_handlers.clear()
+  _preempted.clear()
+
+
+def preemption_requested(step: int) -> bool:
+  """Whether the loop should save a checkpoint at `step` and stop.
+
+  Single process: True once SIGTERM arrived. Multi-process: True on every host
+  at the same step, as agreed by JAX's preemption sync service; then every host
+  must call this at every step.
+  """
+  if _preempted.is_set():
+    return True
+  try:
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+  except RuntimeError:
+    # jax.distributed without its preemption service: nothing to agree on.
+    return False
+
+
+class PreemptionWatcher:
+  """install_preemption_handler / preemption_requested / uninstall as one object.
+
+    preemption = PreemptionWatcher()
+    for step in ...:
+      ...
+      if preemption.requested(step):
+        save(step, force=True); break
+    preemption.close()
+  """
+
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+    self.installed = install_preemption_handler(signals)
+
+  def requested(self, step: Optional[int] = None) -> bool:
+    """See preemption_requested; multi-process runs must pass the step, at every step."""
+    if step is None:
+      return _preempted.is_set()
+    return preemption_requested(step)
+
+  def close(self) -> None:
+    if self.installed:
+      uninstall_preemption_handler()
+      self.installed = False
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _plain(value: Any) -> Any:
+  """ConfigDict / tuples / numpy scalars -> JSON types (tuples become lists)."""
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if hasattr(value, 'item') and callable(value.item):  # numpy scalar
+    return value.item()
+  return value
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_hash(config: Any) -> str:
+  """A short fingerprint of the config's values (sorted-key JSON, sha256)."""
+  text = json.dumps(_plain(config), sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: str, text: str) -> None:
+  # Write-then-rename: a crash leaves the old file or the new one, never half of it.
+  folder = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
+  """Writes the resolved config to WORKDIR/config.json and WORKDIR/config.py (host 0).
+
+  config.py is loadable by `--config=WORKDIR/config.py` to rerun the same
+  settings. Overwrites earlier files: call check_config first on resume.
+  """
+  if not _is_primary():
+    return
+  workdir = os.fspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _atomic_write(os.path.join(workdir, CONFIG_JSON),
+                json.dumps(_plain(config), indent=2, sort_keys=True, allow_nan=False) + '\n')
+  as_dict = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  literal = pprint.pformat(as_dict, indent=1, width=100, sort_dicts=True)
+  try:
+    ast.literal_eval(literal)
+  except (ValueError, SyntaxError):
+    logging.warning('Config holds values that are not Python literals; %s not written.', CONFIG_PY)
+    return
+  body = '\n'.join('      ' + line for line in literal.splitlines())
+  _atomic_write(os.path.join(workdir, CONFIG_PY), (
+      '"""The resolved config of the run in this folder, written by alexnet_jax at its start.\n\n'
+      'Rerun with: python launch.py --config=<this file> --workdir=<this folder>\n"""\n\n'
+      'import ml_collections\n\n\n'
+      'def get_config() -> ml_collections.ConfigDict:\n'
+      '  return ml_collections.ConfigDict(\n'
+      f'{body})\n'))
+
+
+def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
+  """The stored config.json of WORKDIR as a dict, or None if there is none."""
+  path = os.path.join(os.fspath(workdir), CONFIG_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def config_differences(stored: Mapping[str, Any], current: Any) -> list[str]:
+  """'field: stored -> current' for every dotted field whose value differs."""
+  old, new = _flatten(_plain(stored)), _flatten(_plain(current))
+  missing = '(absent)'
+  return [f'{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}'
+          for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+
+
+def check_config(workdir: str | os.PathLike[str], config: Any) -> Optional[list[str]]:
+  """Compares `config` with WORKDIR/config.json; warns and returns the differing fields.
+
+  Returns None when no config is stored (a fresh workdir), [] when they agree.
+  """
+  stored = load_config_dict(workdir)
+  if stored is None:
+    return None
+  differences = config_differences(stored, config)
+  if differences:
+    logging.warning('The config differs from the one stored in %s (%d fields): %s',
+                    os.path.join(os.fspath(workdir), CONFIG_JSON), len(differences),
+                    '; '.join(differences))
+  return differences

@@ -1,0 +1,404 @@
+"""Checkpoints of sharded state on 2 CPU devices, the data iterator, retention, damage, config."""
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import tempfile
+from unittest import mock
+
+import jax
+
+try:
+  # Two devices for the paper's model split; must happen before JAX starts its backend.
+  jax.config.update('jax_num_cpu_devices', 2)
+except RuntimeError:
+  pass  # An earlier test module started JAX; the sharded tests say so if it has one device.
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import grain
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import checkpoint
+from alexnet_jax import optim
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((2,), ('model',), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=0.01, momentum=0.9, weight_decay=5e-4, decay_bias=True, schedule='plateau',
+      plateau_patience=2, plateau_factor=0.1, plateau_max_drops=3, step_epochs=(30, 60, 80)))
+
+
+def make_state(mesh, seed: int = 0):
+  """A small train state laid out like the trainer's: output features split over 'model'."""
+  rng = np.random.default_rng(seed)
+  split = lambda x, spec: jax.device_put(jnp.asarray(x), NamedSharding(mesh, spec))
+  params = {
+      'conv1': {'kernel': split(rng.normal(size=(3, 3, 3, 8)).astype(np.float32),
+                                P(None, None, None, 'model')),
+                'bias': split(rng.normal(size=(8,)).astype(np.float32), P('model'))},
+      'fc8': {'kernel': split(rng.normal(size=(6, 4)).astype(np.float32), P(None, 'model')),
+              'bias': split(rng.normal(size=(4,)).astype(np.float32), P('model'))},
+  }
+  opt_state = optim.create_optimizer(optim_config()).init(params)
+  # Some velocity, so that the optimizer state is not all zeros.
+  opt_state = jax.tree.map(lambda x: x + 0.5 if x.ndim else x, opt_state)
+  replicated = NamedSharding(mesh, P())
+  return {'step': jax.device_put(jnp.int32(7), replicated), 'params': params,
+          'opt_state': jax.device_put(opt_state, jax.tree.map(lambda x: x.sharding, opt_state))}
+
+
+def abstract_of(state, shardings=None):
+  if shardings is None:
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def to_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def make_iterator(seed: int = 3):
+  return iter(grain.MapDataset.range(40).seed(seed).shuffle().batch(4).to_iter_dataset())
+
+
+def make_tempdir(test: absltest.TestCase) -> str:
+  # Not absltest's create_tempdir: it needs absl flags, which pytest does not parse.
+  path = tempfile.mkdtemp(prefix='alexnet_ckpt_test_')
+  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
+def take(it, n):
+  return [np.asarray(next(it)).tolist() for _ in range(n)]
+
+
+class CheckpointTestCase(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.assertGreaterEqual(jax.device_count(), 2, 'needs 2 CPU devices: run this module first '
+                            'or alone (jax_num_cpu_devices is set at its top)')
+    self.mesh = make_mesh()
+    self.workdir = make_tempdir(self)
+
+  def checkpointer(self, **kwargs) -> checkpoint.Checkpointer:
+    ckpt = checkpoint.Checkpointer(os.path.join(self.workdir, 'checkpoints'), **kwargs)
+    self.addCleanup(ckpt.close)
+    return ckpt
+
+
+class RoundTripTest(CheckpointTestCase):
+
+  def test_sharded_state_restores_into_given_shardings(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer()
+    self.assertTrue(ckpt.save(7, state, meta={'epoch': 1}))
+    ckpt.wait()
+    # Same layout, and a different one (everything replicated) read straight from disk.
+    replicated = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
+    for shardings in (None, replicated):
+      target = abstract_of(state, shardings)
+      restored, meta = ckpt.restore(target)
+      self.assertEqual(meta, {'epoch': 1})
+      self.assertEqual(jax.tree.structure(restored), jax.tree.structure(state))
+      for got, want, t in zip(jax.tree.leaves(restored), jax.tree.leaves(state),
+                              jax.tree.leaves(target)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        self.assertEqual(got.dtype, want.dtype)
+        self.assertEqual(got.sharding, t.sharding)
+    kernel = restored['params']['conv1']['kernel']
+    self.assertEqual(kernel.sharding.spec, P())
+    self.assertEqual(float(optim.get_learning_rate(restored['opt_state'])),
+                     float(optim.get_learning_rate(state['opt_state'])))
+
+  def test_buffers_may_be_donated_once_save_returns(self):
+    state = make_state(self.mesh)
+    expected, target = to_numpy(state), abstract_of(state)
+    ckpt = self.checkpointer()
+    ckpt.save(7, state, meta={})
+    for leaf in jax.tree.leaves(state):
+      leaf.delete()  # what donation to the next train step does
+    ckpt.wait()
+    restored, _ = ckpt.restore(target)
+    jax.tree.map(np.testing.assert_array_equal, to_numpy(restored), expected)
+
+  def test_data_iterator_resumes_at_the_same_batch(self):
+    state = make_state(self.mesh)
+    it = make_iterator()
+    take(it, 3)
+    ckpt = self.checkpointer()
+    ckpt.save(3, state, data_iterator=it, meta={})
+    expected = take(it, 4)  # what the uninterrupted run sees next
+    ckpt.wait()
+    fresh = make_iterator()
+    ckpt.restore(abstract_of(state), data_iterator=fresh)
+    self.assertEqual(take(fresh, 4), expected)
+    self.assertNotEqual(expected, take(make_iterator(), 4))  # not just the start again
+
+  def test_plateau_schedule_survives_checkpoint(self):
+    config = optim_config()
+    plateau = optim.make_plateau(config)
+    errors = [0.9, 0.8, 0.85, 0.86, 0.84, 0.83, 0.83]
+    for e in errors[:4]:
+      plateau.update(e)
+    self.assertEqual(plateau.drops, 1)
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer()
+    ckpt.save(4, state, meta={'epoch': 4, 'plateau': plateau.state_dict()})
+    ckpt.wait()
+    _, meta = ckpt.restore(abstract_of(state))
+    resumed = optim.make_plateau(config, meta['plateau'])
+    self.assertEqual(resumed, plateau)
+    self.assertEqual([resumed.update(e) for e in errors[4:]], [plateau.update(e) for e in errors[4:]])
+
+  def test_empty_directory_restores_none(self):
+    self.assertIsNone(self.checkpointer().restore(abstract_of(make_state(self.mesh))))
+
+
+class SavePolicyTest(CheckpointTestCase):
+
+  def test_every_steps_force_and_no_rewrite(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer(every_steps=5)
+    self.assertFalse(ckpt.save(3, state, meta={}))
+    self.assertTrue(ckpt.save(5, state, meta={}))
+    self.assertTrue(ckpt.save(7, state, meta={}, force=True))
+    ckpt.wait()
+    self.assertFalse(ckpt.save(5, state, meta={}, force=True))
+    self.assertEqual(ckpt.all_steps(), [5, 7])
+
+  def test_retention_keeps_last_k_plus_best_across_restarts(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer(keep=2, keep_best=True)
+    for step, err in zip(range(1, 7), [0.9, 0.5, 0.7, None, 0.8, 0.6]):
+      ckpt.save(step, state, meta={}, val_error=err)
+    ckpt.wait()
+    self.assertEqual(ckpt.all_steps(), [2, 5, 6])
+    self.assertEqual(ckpt.best_step(), 2)
+    ckpt.close()
+    # A restarted run still knows which one is best (orbax stored the metric).
+    ckpt = self.checkpointer(keep=2, keep_best=True)
+    ckpt.save(7, state, meta={}, val_error=0.4)
+    ckpt.save(8, state, meta={})
+    ckpt.wait()
+    self.assertEqual(ckpt.all_steps(), [7, 8])
+    self.assertEqual(ckpt.best_step(), 7)
+
+  def test_without_keep_best_only_last_k(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer(keep=2, keep_best=False)
+    for step, err in zip(range(1, 5), [0.1, 0.5, 0.7, 0.8]):
+      ckpt.save(step, state, meta={}, val_error=err)
+    ckpt.wait()
+    self.assertEqual(ckpt.all_steps(), [3, 4])
+
+  def test_bad_meta_fails_before_writing(self):
+    ckpt = self.checkpointer()
+    with self.assertRaisesRegex(TypeError, 'JSON-serialisable'):
+      ckpt.save(1, make_state(self.mesh), meta={'x': object()})
+    self.assertEqual(ckpt.all_steps(), [])
+
+  def test_failed_write_leaves_previous_checkpoint_intact(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer()
+    ckpt.save(1, state, data_iterator=make_iterator(), meta={'epoch': 1})
+    ckpt.wait()
+    full_disk = OSError(28, 'No space left on device')
+    with mock.patch.object(grain.checkpoint.CheckpointHandler, 'save', side_effect=full_disk):
+      with self.assertRaises(OSError):
+        ckpt.save(2, state, data_iterator=make_iterator(), meta={'epoch': 2})
+        ckpt.wait()
+    reopened = self.checkpointer()
+    self.assertEqual(reopened.all_steps(), [1])
+    _, meta = reopened.restore(abstract_of(state), data_iterator=make_iterator())
+    self.assertEqual(meta, {'epoch': 1})
+    # Once space is back, the same step saves normally.
+    self.assertTrue(reopened.save(2, state, data_iterator=make_iterator(), meta={'epoch': 2}))
+    reopened.wait()
+    self.assertEqual(reopened.restore(abstract_of(state))[1], {'epoch': 2})
+
+  def test_unfinished_save_folder_is_ignored(self):
+    state = make_state(self.mesh)
+    ckpt = self.checkpointer()
+    ckpt.save(1, state, meta={'epoch': 1})
+    ckpt.wait()
+    # What a kill -9 in the middle of an async save leaves behind.
+    os.makedirs(os.path.join(ckpt.directory, '2.orbax-checkpoint-tmp-1700000000000000', 'state'))
+    reopened = self.checkpointer()
+    self.assertEqual(reopened.latest_step(), 1)
+    self.assertEqual(reopened.restore(abstract_of(state))[1], {'epoch': 1})
+
+
+def _damage(step_dir: str, how: str) -> str:
+  if how == 'truncate_array_file':
+    files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)]
+    path = max(files, key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+    return path
+  path = os.path.join(step_dir, {'delete_array_manifest': 'state/manifest.ocdbt',
+                                 'delete_meta': 'meta/metadata',
+                                 'delete_data_state': 'data/process_0-of-1.json',
+                                 'truncate_meta': 'meta/metadata'}[how])
+  if how.startswith('truncate'):
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+  else:
+    os.remove(path)
+  return path
+
+
+class DamagedCheckpointTest(CheckpointTestCase):
+
+  def save_two(self):
+    ckpt = self.checkpointer()
+    it = make_iterator()
+    state1 = make_state(self.mesh, seed=1)
+    ckpt.save(1, state1, data_iterator=it, meta={'epoch': 1})
+    after1 = take(it, 2)
+    ckpt.save(2, make_state(self.mesh, seed=2), data_iterator=it, meta={'epoch': 2})
+    ckpt.wait()
+    return ckpt, state1, after1
+
+  @parameterized.parameters('truncate_array_file', 'delete_array_manifest', 'delete_meta',
+                            'delete_data_state', 'truncate_meta')
+  def test_damaged_newest_falls_back_to_previous(self, how):
+    ckpt, state1, after1 = self.save_two()
+    _damage(ckpt.step_path(2), how)
+    fresh = make_iterator()
+    with self.assertLogs('absl', level='WARNING') as logs:
+      restored, meta = ckpt.restore(abstract_of(state1), data_iterator=fresh)
+    text = '\n'.join(logs.output)
+    self.assertIn('step 2', text)
+    self.assertIn(ckpt.step_path(2), text)
+    self.assertEqual(meta, {'epoch': 1})
+    jax.tree.map(np.testing.assert_array_equal, to_numpy(restored), to_numpy(state1))
+    self.assertEqual(take(fresh, 2), after1)
+    # The damaged folder is kept for inspection, out of the way of the next save of step 2.
+    self.assertEqual(ckpt.all_steps(), [1])
+    self.assertLen(glob.glob(os.path.join(ckpt.directory, 'damaged', '2-*')), 1)
+    self.assertTrue(ckpt.save(2, state1, meta={'epoch': 2}))
+    ckpt.wait()
+
+  def test_no_usable_checkpoint_stops_unless_told(self):
+    ckpt = self.checkpointer()
+    state = make_state(self.mesh)
+    ckpt.save(1, state, data_iterator=make_iterator(), meta={})
+    ckpt.wait()
+    _damage(ckpt.step_path(1), 'truncate_array_file')
+    it = make_iterator()
+    take(it, 1)
+    position = it.get_state()
+    with self.assertRaisesRegex(checkpoint.CheckpointError, 'no usable checkpoint.*step 1'):
+      ckpt.restore(abstract_of(state), data_iterator=it)
+    self.assertEqual(ckpt.all_steps(), [1])  # nothing moved
+    self.assertEqual(it.get_state(), position)
+    self.assertIsNone(ckpt.restore(abstract_of(state), data_iterator=it,
+                                   start_fresh_if_unusable=True))
+    self.assertEqual(ckpt.all_steps(), [])
+
+  def test_from_config_reads_the_checkpoint_group(self):
+    from configs import imagenet  # pylint: disable=g-import-not-at-top
+    config = imagenet.get_config().checkpoint
+    config.keep, config.every_steps, config.start_fresh_if_unusable = 1, 4, True
+    ckpt = checkpoint.Checkpointer.from_config(self.workdir, config)
+    self.addCleanup(ckpt.close)
+    self.assertEqual(ckpt.directory, os.path.join(self.workdir, 'checkpoints'))
+    state = make_state(self.mesh)
+    self.assertEqual([ckpt.save(s, state, meta={}) for s in range(1, 9)],
+                     [False, False, False, True, False, False, False, True])
+    ckpt.wait()
+    self.assertEqual(ckpt.all_steps(), [8])  # keep=1 and no val_error to rank
+    _damage(ckpt.step_path(8), 'delete_meta')
+    self.assertIsNone(ckpt.restore(abstract_of(state)))  # fresh start, as configured
+
+  def test_bad_settings_name_the_field(self):
+    with self.assertRaisesRegex(ValueError, 'config.checkpoint.keep must be'):
+      checkpoint.Checkpointer(self.workdir, keep=0)
+
+  def test_explicit_step_does_not_fall_back(self):
+    ckpt, state1, _ = self.save_two()
+    _damage(ckpt.step_path(2), 'delete_meta')
+    with self.assertRaisesRegex(checkpoint.CheckpointError, 'cannot restore'):
+      ckpt.restore(abstract_of(state1), step=2)
+    self.assertEqual(ckpt.restore(abstract_of(state1), step=1)[1], {'epoch': 1})
+
+
+class ConfigTest(absltest.TestCase):
+
+  def config(self):
+    from configs import imagenet  # pylint: disable=g-import-not-at-top
+    return imagenet.get_config()
+
+  def test_same_config_no_difference(self):
+    workdir = make_tempdir(self)
+    self.assertIsNone(checkpoint.check_config(workdir, self.config()))
+    checkpoint.save_config(workdir, self.config())
+    self.assertEqual(checkpoint.check_config(workdir, self.config()), [])
+    with open(os.path.join(workdir, 'config.json')) as f:
+      self.assertEqual(json.load(f)['optim']['learning_rate'], 0.01)
+
+  def test_changed_config_is_reported(self):
+    workdir = make_tempdir(self)
+    checkpoint.save_config(workdir, self.config())
+    changed = self.config()
+    changed.optim.learning_rate = 0.02
+    changed.optim.step_epochs = (10, 20)
+    with self.assertLogs('absl', level='WARNING') as logs:
+      differences = checkpoint.check_config(workdir, changed)
+    self.assertEqual(differences, ['optim.learning_rate: 0.01 -> 0.02',
+                                   'optim.step_epochs: [30, 60, 80] -> [10, 20]'])
+    self.assertIn('optim.learning_rate: 0.01 -> 0.02', logs.output[0])
+    self.assertNotEqual(checkpoint.config_hash(changed), checkpoint.config_hash(self.config()))
+
+  def test_config_py_reproduces_the_config(self):
+    workdir = make_tempdir(self)
+    config = self.config()
+    config.batch_size = 64
+    checkpoint.save_config(workdir, config)
+    spec = importlib.util.spec_from_file_location('stored_config', os.path.join(workdir, 'config.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    self.assertEqual(module.get_config().to_dict(), config.to_dict())
+
+
+class PreemptionTest(absltest.TestCase):
+
+  def test_sigterm_sets_the_flag(self):
+    before = signal.getsignal(signal.SIGTERM)
+    self.assertTrue(checkpoint.install_preemption_handler())
+    self.addCleanup(checkpoint.uninstall_preemption_handler)
+    self.assertFalse(checkpoint.preemption_requested(3))
+    os.kill(os.getpid(), signal.SIGTERM)
+    self.assertTrue(checkpoint.preemption_requested(4))
+    checkpoint.uninstall_preemption_handler()
+    self.assertFalse(checkpoint.preemption_requested(5))
+    self.assertEqual(signal.getsignal(signal.SIGTERM), before)
+
+  def test_watcher_object(self):
+    before = signal.getsignal(signal.SIGTERM)
+    watcher = checkpoint.PreemptionWatcher()
+    self.addCleanup(watcher.close)
+    self.assertFalse(watcher.requested(1))
+    os.kill(os.getpid(), signal.SIGTERM)
+    self.assertTrue(watcher.requested())
+    self.assertTrue(watcher.requested(2))
+    watcher.close()
+    self.assertFalse(watcher.requested(3))
+    self.assertEqual(signal.getsignal(signal.SIGTERM), before)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,295 @@
+"""metrics.jsonl, TensorBoard event files, console lines, and the losses against numpy."""
+
+import glob
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax.numpy as jnp
+import numpy as np
+from tensorboardX.proto import event_pb2
+
+from alexnet_jax import losses
+from alexnet_jax import metrics
+
+
+def make_tempdir(test: absltest.TestCase) -> str:
+  # Not absltest's create_tempdir: it needs absl flags, which pytest does not parse.
+  path = tempfile.mkdtemp(prefix='alexnet_metrics_test_')
+  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
+def train_record(step, loss=1.0):
+  return {'step': step, 'kind': 'train', 'loss': loss, 'top1_err': 0.5, 'top5_err': 0.25,
+          'lr': 0.01, 'epoch': step / 100, 'images_per_sec': 123.0}
+
+
+def eval_record(step):
+  return {'step': step, 'kind': 'eval', 'val_loss': 2.0, 'val_top1_err': 0.6,
+          'val_top5_err': 0.3}
+
+
+def _crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), bit by bit: independent of tensorboardX's table."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(path: str) -> list[event_pb2.Event]:
+  """Parses a TFRecord file of Event protos, checking both CRCs of every record."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  events, pos = [], 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack('<Q', header)
+    (header_crc,) = struct.unpack('<I', data[pos + 8:pos + 12])
+    body = data[pos + 12:pos + 12 + length]
+    (body_crc,) = struct.unpack('<I', data[pos + 12 + length:pos + 16 + length])
+    if header_crc != _masked(_crc32c(header)) or body_crc != _masked(_crc32c(body)):
+      raise ValueError(f'bad CRC at offset {pos} of {path}')
+    events.append(event_pb2.Event.FromString(body))
+    pos += 16 + length
+  return events
+
+
+class MetricWriterTest(absltest.TestCase):
+
+  def test_lines_are_json_with_step_and_kind_first(self):
+    workdir = make_tempdir(self)
+    with metrics.MetricWriter(workdir, enabled=True, tensorboard=False) as writer:
+      record = train_record(100, loss=np.float32(2.5))
+      record['lr'] = jnp.float32(0.01)
+      writer.write(record)
+      writer.write(dict(eval_record(100), val10_top1_err=float('nan')))
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      lines = f.read().splitlines()
+    self.assertLen(lines, 2)
+    first, second = (json.loads(line) for line in lines)
+    self.assertEqual(list(first)[:2], ['step', 'kind'])
+    self.assertEqual(first['loss'], 2.5)
+    self.assertAlmostEqual(first['lr'], 0.01, places=7)
+    self.assertIsNone(second['val10_top1_err'])  # strict JSON: NaN is written as null
+    self.assertEqual(metrics.read_metrics(workdir), [first, second])
+
+  def test_records_missing_spec_keys_are_refused(self):
+    writer = metrics.MetricWriter(make_tempdir(self), enabled=True, tensorboard=False)
+    self.addCleanup(writer.close)
+    bad = train_record(1)
+    del bad['images_per_sec']
+    with self.assertRaisesRegex(ValueError, 'images_per_sec'):
+      writer.write(bad)
+    with self.assertRaisesRegex(ValueError, 'kind'):
+      writer.write(dict(train_record(1), kind='test'))
+    with self.assertRaisesRegex(ValueError, 'step'):
+      writer.write(dict(train_record(1), step=1.5))
+
+  def test_disabled_writer_writes_nothing(self):
+    workdir = make_tempdir(self)
+    writer = metrics.MetricWriter(workdir, enabled=False)
+    writer.write(train_record(1))
+    self.assertEqual(writer.truncate_after(0), 0)
+    writer.close()
+    self.assertEqual(os.listdir(workdir), [])
+
+  def test_truncate_after_leaves_each_step_once(self):
+    workdir = make_tempdir(self)
+    writer = metrics.MetricWriter(workdir, enabled=True, tensorboard=False)
+    for step in (100, 200, 300):
+      writer.write(train_record(step, loss=1.0))
+    writer.write(eval_record(200))
+    writer.write(eval_record(300))
+    writer.close()
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+      f.write('{"step": 400, "kind": "tr')  # killed in the middle of a line
+    # The resumed run restored the checkpoint of step 200 and redoes 300.
+    writer = metrics.MetricWriter(workdir, enabled=True, tensorboard=False)
+    self.assertEqual(writer.truncate_after(200), 3)
+    writer.write(train_record(300, loss=0.5))
+    writer.write(eval_record(300))
+    writer.close()
+    records = metrics.read_metrics(workdir)
+    self.assertEqual([(r['step'], r['kind']) for r in records],
+                     [(100, 'train'), (200, 'train'), (200, 'eval'), (300, 'train'), (300, 'eval')])
+    self.assertEqual(records[3]['loss'], 0.5)
+    self.assertEqual(sorted(os.listdir(workdir)), ['metrics.jsonl'])  # no temporary left
+
+  def test_tensorboard_event_file_is_readable(self):
+    workdir = make_tempdir(self)
+    writer = metrics.MetricWriter(workdir, enabled=True)
+    writer.write(train_record(10, loss=3.0))
+    writer.write(train_record(20, loss=2.0))
+    writer.write(eval_record(20))
+    writer.close()
+    files = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+    self.assertLen(files, 1)
+    scalars = {}
+    for event in read_events(files[0]):
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    self.assertEqual(scalars['train/loss'], [(10, 3.0), (20, 2.0)])
+    self.assertEqual(scalars['eval/val_top1_err'], [(20, np.float32(0.6))])
+    self.assertNotIn('train/kind', scalars)
+
+  def test_tensorboard_purges_steps_after_resume(self):
+    workdir = make_tempdir(self)
+    writer = metrics.MetricWriter(workdir, enabled=True)
+    writer.truncate_after(200)
+    writer.write(train_record(300))
+    writer.close()
+    (path,) = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+    starts = [e.step for e in read_events(path)
+              if e.HasField('session_log') and e.session_log.status == event_pb2.SessionLog.START]
+    self.assertEqual(starts, [201])
+
+
+class CheckFiniteTest(parameterized.TestCase):
+
+  @parameterized.parameters(float('nan'), float('inf'), -float('inf'))
+  def test_non_finite_stops_with_message(self, value):
+    with self.assertRaises(metrics.NonFiniteError) as ctx:
+      metrics.check_finite(jnp.float32(value), 1200, last_checkpoint_step=1000)
+    message = str(ctx.exception)
+    self.assertIn('loss is', message)
+    self.assertIn('step 1200', message)
+    self.assertIn('checkpoint (step 1000) is kept', message)
+
+  def test_finite_passes(self):
+    metrics.check_finite(np.float32(2.3), 5)
+    metrics.check_finite(0.0, 5, name='val_loss')
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self):
+    return self.now
+
+
+class ProgressReporterTest(absltest.TestCase):
+
+  def test_line_has_every_field_and_eta(self):
+    clock = FakeClock()
+    reporter = metrics.ProgressReporter(1000, start_step=100, steps_per_epoch=100,
+                                        enabled=True, progress_bar=False, clock=clock)
+    reporter.update(100)
+    clock.now = 10.0  # 100 steps in 10 s; 800 left -> 80 s
+    with self.assertLogs('absl', level='INFO') as logs:
+      reporter.update(200, train_record(200, loss=2.25))
+    line = logs.records[-1].getMessage()
+    for part in ('step 200/1000', 'epoch 2.00', 'loss 2.2500', 'top1_err 0.5000',
+                 'top5_err 0.2500', 'lr 0.0100', '123.0 img/s', 'ETA 00:01:20'):
+      self.assertIn(part, line)
+    with self.assertLogs('absl', level='INFO') as logs:
+      reporter.log_eval(200, eval_record(200))
+    self.assertIn('val_top1_err 0.6000', logs.records[-1].getMessage())
+
+  def test_progress_bar_only_when_asked_or_on_a_tty(self):
+    stream = io.StringIO()
+    reporter = metrics.ProgressReporter(10, enabled=True, stream=stream, clock=FakeClock())
+    reporter.update(5)
+    self.assertEqual(stream.getvalue(), '')  # StringIO is not a terminal
+    reporter = metrics.ProgressReporter(10, enabled=True, progress_bar=True, stream=stream,
+                                        clock=FakeClock(), min_redraw_secs=0)
+    reporter.update(5)
+    reporter.close()
+    self.assertEqual(stream.getvalue(), '\r[###############...............]  50.0% 5/10 ETA ?\n')
+
+  def test_format_duration(self):
+    self.assertEqual(metrics.format_duration(3 * 86400 + 4 * 3600 + 5 * 60 + 6), '3d 04:05:06')
+    self.assertEqual(metrics.format_duration(59.6), '00:01:00')
+    self.assertEqual(metrics.format_duration(None), '?')
+
+
+def numpy_cross_entropy(logits, labels):
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_z = np.log(np.exp(shifted).sum(axis=1))
+  return log_z - shifted[np.arange(len(labels)), labels]
+
+
+def numpy_topk_wrong(scores, labels, k):
+  top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+  return np.array([label not in row for row, label in zip(top, labels)], np.float64)
+
+
+class LossesTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(0)
+    self.logits = rng.normal(size=(64, 12)).astype(np.float32) * 3
+    self.labels = rng.integers(0, 12, size=64)
+    self.mask = rng.random(64) < 0.6
+
+  def test_cross_entropy_matches_numpy(self):
+    expected = numpy_cross_entropy(self.logits, self.labels)
+    got = losses.cross_entropy_per_example(jnp.asarray(self.logits), jnp.asarray(self.labels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.cross_entropy(self.logits, self.labels), expected.mean(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(losses.cross_entropy(self.logits, self.labels, self.mask),
+                               expected[self.mask].mean(), rtol=1e-5)
+
+  def test_cross_entropy_is_float32_for_bf16_logits(self):
+    loss = losses.cross_entropy(jnp.asarray(self.logits, jnp.bfloat16), self.labels)
+    self.assertEqual(loss.dtype, jnp.float32)
+    rounded = np.asarray(jnp.asarray(self.logits, jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(loss, numpy_cross_entropy(rounded, self.labels).mean(), rtol=1e-5)
+
+  @parameterized.parameters((1, 5), (1, 3, 12))
+  def test_topk_matches_numpy(self, *ks):
+    wrong = losses.topk_wrong(jnp.asarray(self.logits), jnp.asarray(self.labels), ks)
+    errors = losses.topk_errors(self.logits, self.labels, ks)
+    masked = losses.topk_errors(self.logits, self.labels, ks, mask=self.mask)
+    for k, w, e, m in zip(ks, wrong, errors, masked):
+      expected = numpy_topk_wrong(self.logits, self.labels, k)
+      np.testing.assert_array_equal(w, expected)
+      self.assertAlmostEqual(float(e), expected.mean(), places=6)
+      self.assertAlmostEqual(float(m), expected[self.mask].mean(), places=6)
+    if 12 in ks:  # every class is in the top 12 of 12
+      self.assertEqual(float(errors[ks.index(12)]), 0.0)
+
+  def test_softmax_probabilities_rank_like_logits(self):
+    probs = np.exp(self.logits) / np.exp(self.logits).sum(axis=1, keepdims=True)
+    for a, b in zip(losses.topk_errors(probs, self.labels), losses.topk_errors(self.logits, self.labels)):
+      self.assertAlmostEqual(float(a), float(b), places=6)
+
+  def test_padding_with_nan_is_masked_out_and_nan_label_score_is_wrong(self):
+    logits = self.logits.copy()
+    logits[~self.mask] = np.nan
+    mask = jnp.asarray(self.mask)
+    loss = losses.cross_entropy(logits, self.labels, mask)
+    np.testing.assert_allclose(loss, numpy_cross_entropy(self.logits, self.labels)[self.mask].mean(),
+                               rtol=1e-5)
+    _, top5 = losses.topk_errors(logits, self.labels, mask=mask)
+    self.assertAlmostEqual(float(top5), numpy_topk_wrong(self.logits, self.labels, 5)[self.mask].mean(),
+                           places=6)
+    all_wrong = losses.topk_errors(logits, self.labels)  # unmasked: NaN rows count as wrong
+    self.assertAlmostEqual(float(all_wrong[1]),
+                           (numpy_topk_wrong(self.logits, self.labels, 5)[self.mask].sum()
+                            + (~self.mask).sum()) / 64, places=6)
+
+  def test_ties_count_for_the_label(self):
+    scores = jnp.zeros((2, 10))
+    self.assertEqual([float(e) for e in losses.topk_errors(scores, jnp.array([3, 9]))], [0.0, 0.0])
+
+
+if __name__ == '__main__':
+  absltest.main()
