@@ -14,6 +14,9 @@ SRC is one of:
     images, 10 classes), upsampled and JPEG-encoded through the same path; every
     fifth image of each class (in load_digits order) is validation.
   A `val/` folder or val tar is optional (the val split is then empty).
+  * the word `tfds` with --output=DATA_DIR: nothing is converted; the training
+    statistics of a tensorflow-datasets imagenet2012 already prepared (ArrayRecord) in
+    DATA_DIR are written next to it, for input source 'tfds' (see input_pipeline).
 
 Each image becomes the paper's input: shorter side resized to image_size (bicubic,
 anti-aliased), central image_size x image_size crop, re-encoded as JPEG. Grayscale,
@@ -519,6 +522,7 @@ def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
                count=stats.count)
   result = {'split': part.split, 'index': part.index,
             'converted': sum(label_counts.values()),
+            'images': sum(label_counts.values()),
             'label_counts': sorted(label_counts.items()), 'skipped': skipped}
   _atomic_write_json(os.path.join(work_dir, part.name + '.json'), result)
   return result
@@ -634,6 +638,9 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   """
   if image_size < 8:
     raise ValueError(f'image_size must be at least 8, got {image_size}')
+  if source == 'tfds':
+    return prepare_tfds_stats(output, image_size=image_size, workers=workers,
+                              progress=progress)
   if not 1 <= jpeg_quality <= 100:
     raise ValueError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
   output = os.path.abspath(output)
@@ -685,25 +692,39 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
                  workers=workers, jpeg_quality=jpeg_quality)
 
 
-def _run_parts(parts: list[_Part], work_dir: str, image_size: int, jpeg_quality: int,
-               strict: bool, workers: int, progress: bool) -> None:
-  bar = _Progress(sum(p.work for p in parts), len(parts), enabled=progress)
-  if workers <= 1 or len(parts) <= 1:
-    for part in parts:
-      result = _run_part(part, work_dir, image_size, jpeg_quality, strict)
-      bar.update(part.work, result['converted'])
+def _execute(tasks: list[tuple[Any, ...]], workers: int,
+             bar: _Progress) -> Iterator[Any]:
+  """Runs (work, fn, *args) tasks, in worker processes if workers > 1; yields results.
+
+  Results come in completion order; each task's `work` advances the progress line.
+  """
+  if workers <= 1 or len(tasks) <= 1:
+    for work, fn, *args in tasks:
+      result = fn(*args)
+      bar.update(work, result['images'])
+      yield result
     return
   # spawn, not fork: the caller may hold JAX or threads, which do not survive fork.
   context = multiprocessing.get_context('spawn')
-  pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(parts)),
+  pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)),
                                                 mp_context=context)
   try:
-    futures = {pool.submit(_run_part, p, work_dir, image_size, jpeg_quality, strict): p
-               for p in parts}
+    futures = {pool.submit(fn, *args): work for work, fn, *args in tasks}
     for future in concurrent.futures.as_completed(futures):
-      bar.update(futures[future].work, future.result()['converted'])
+      result = future.result()
+      bar.update(futures[future], result['images'])
+      yield result
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_parts(parts: list[_Part], work_dir: str, image_size: int, jpeg_quality: int,
+               strict: bool, workers: int, progress: bool) -> None:
+  bar = _Progress(sum(p.work for p in parts), len(parts), enabled=progress)
+  tasks = [(p.work, _run_part, p, work_dir, image_size, jpeg_quality, strict)
+           for p in parts]
+  for _ in _execute(tasks, workers, bar):
+    pass
 
 
 def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quality: int,
@@ -788,14 +809,78 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
 
 
 # ----------------------------------------------------------------------------------
+# Statistics for a tensorflow-datasets imagenet2012 read in place (source='tfds').
+
+
+def tfds_stats_file(data_dir: str, image_size: int) -> str:
+  """Where the mean image / PCA of a tfds imagenet2012 at `image_size` are kept."""
+  return os.path.join(data_dir, f'alexnet_jax_stats_{image_size}.npz')
+
+
+@functools.cache
+def _tfds_train_records(data_dir: str):
+  import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
+
+  builder = tfds.builder('imagenet2012', data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(f'no prepared tfds imagenet2012 under {data_dir} '
+                            f'({builder.data_dir} is missing)')
+  return tfds.data_source('imagenet2012', split='train', data_dir=data_dir,
+                          download=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+
+
+def _tfds_stats_part(data_dir: str, start: int, stop: int,
+                     image_size: int) -> dict[str, Any]:
+  records = _tfds_train_records(data_dir)
+  stats = _Stats(image_size)
+  for index in range(start, stop):
+    # The very resize the 'tfds' input pipeline applies on the fly.
+    stats.add(augment.decode_and_resize(records[index]['image'], image_size))
+  return {'pixel_sum': stats.pixel_sum, 'outer_sum': stats.outer_sum,
+          'count': stats.count, 'images': stats.count}
+
+
+def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1,
+                       progress: bool = True) -> dict[str, Any]:
+  """Writes the training statistics of tfds' imagenet2012 train split into data_dir.
+
+  The 'tfds' input source reads the dataset in place and resizes on the fly; this
+  computes the per-pixel mean and RGB PCA of exactly those resized images, streaming,
+  so that source need not fall back to the ImageNet constants. A no-op if the file
+  exists.
+  """
+  data_dir = os.path.abspath(data_dir)
+  path = tfds_stats_file(data_dir, image_size)
+  if os.path.isfile(path):
+    return {'output': path, 'noop': True}
+  start = time.monotonic()
+  num_records = len(_tfds_train_records(data_dir))
+  step = 2 * FILES_PER_PART
+  tasks = [(min(step, num_records - i), _tfds_stats_part, data_dir, i,
+            min(i + step, num_records), image_size)
+           for i in range(0, num_records, step)]
+  bar = _Progress(num_records, len(tasks), enabled=progress)
+  stats = _Stats(image_size)
+  for result in _execute(tasks, workers, bar):
+    stats.merge(result['pixel_sum'], result['outer_sum'], result['count'])
+  with open(path + '.tmp', 'wb') as f:
+    np.savez(f, **stats.finish())
+  os.replace(path + '.tmp', path)
+  return {'output': path, 'noop': False, 'converted': {'train': stats.count},
+          'seconds': round(time.monotonic() - start, 2)}
+
+
+# ----------------------------------------------------------------------------------
 # Command line.
 
 
 def _define_flags() -> None:
   # Defined only when run as a script: spawned workers re-import this file as
   # __mp_main__, and flags defined at import would then clash with the package copy.
-  flags.DEFINE_string('source', None, 'Official-tars folder, ImageFolder root, or '
-                      '"digits".', required=True)
+  flags.DEFINE_string('source', None, 'Official-tars folder, ImageFolder root, '
+                      '"digits", or "tfds" (statistics of a tfds imagenet2012 in '
+                      '--output, its data_dir).', required=True)
   flags.DEFINE_string('output', None, 'Folder to write the prepared dataset to.',
                       required=True)
   flags.DEFINE_bool('strict', False, 'Fail on the first undecodable image instead of '
@@ -817,6 +902,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1)
   if report['noop']:
     print(f'{report["output"]} is already complete; nothing to do.')
+    return
+  if f.source == 'tfds':
+    print(f'wrote {report["output"]} from {report["converted"]["train"]} tfds train '
+          f'images; {report["seconds"]:.1f} s')
     return
   print(f'prepared {report["output"]}: train {report["converted"]["train"]}, '
         f'val {report["converted"]["val"]} images; skipped '
