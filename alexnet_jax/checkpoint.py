@@ -185,6 +185,7 @@ class Checkpointer:
     The previous save is awaited first, so at most one is in flight. Errors of
     a background write surface here or in `wait()`.
     """
+    step = int(step)
     if not force and not self.should_save(step):
       return False
     if step in self._manager.all_steps():
