@@ -11,11 +11,7 @@ from unittest import mock
 
 import jax
 
-try:
-  # Two devices for the paper's model split; must happen before JAX starts its backend.
-  jax.config.update('jax_num_cpu_devices', 2)
-except RuntimeError:
-  pass  # An earlier test module started JAX; the sharded tests say so if it has one device.
+# tests/__init__.py gives the run eight CPU devices; these tests use two of them.
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -88,8 +84,7 @@ class CheckpointTestCase(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.assertGreaterEqual(jax.device_count(), 2, 'needs 2 CPU devices: run this module first '
-                            'or alone (jax_num_cpu_devices is set at its top)')
+    self.assertGreaterEqual(jax.device_count(), 2, 'needs 2 CPU devices (set in tests/__init__.py)')
     self.mesh = make_mesh()
     self.workdir = make_tempdir(self)
 
