@@ -106,12 +106,15 @@ def _prepared_description(data_config: ml_collections.ConfigDict) -> dict[str, A
 def _tfds_builder(data_config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
 
-  builder = tfds.builder(TFDS_NAME, data_dir=data_config.dir or None)
+  if not data_config.dir:
+    raise ValueError("source='tfds' needs config.data.dir: the tfds data_dir that "
+                     f'holds {TFDS_NAME}/')
+  builder = tfds.builder(TFDS_NAME, data_dir=data_config.dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
-        f'no prepared tfds {TFDS_NAME} under {data_config.dir or "the default data_dir"}'
-        f' ({builder.data_dir} is missing); prepare it with tfds in ArrayRecord format,'
-        ' or use source=prepared with python -m alexnet_jax.prepare')
+        f'no prepared tfds {TFDS_NAME} under {data_config.dir} ({builder.data_dir} is '
+        'missing); prepare it with tfds in ArrayRecord format, or use source=prepared '
+        'with python -m alexnet_jax.prepare')
   if builder.info.file_format.value != 'array_record':
     raise ValueError(
         f'{builder.data_dir} is in {builder.info.file_format.value} format; random '
@@ -207,7 +210,7 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
     if TFDS_SPLITS[split] not in builder.info.splits:
       raise ValueError(f'{builder.data_dir} has no {TFDS_SPLITS[split]} split')
     records = tfds.data_source(
-        TFDS_NAME, split=TFDS_SPLITS[split], data_dir=data_config.dir or None,
+        TFDS_NAME, split=TFDS_SPLITS[split], data_dir=data_config.dir,
         download=False, decoders={'image': tfds.decode.SkipDecoding()})
     return RecordSource(records, parse_tfds_example, resize=True)
   raise ValueError(f"data.source must be 'prepared' or 'tfds', got "

@@ -18,8 +18,9 @@ SRC is one of:
     statistics of a tensorflow-datasets imagenet2012 already prepared (ArrayRecord) in
     DATA_DIR are written next to it, for input source 'tfds' (see input_pipeline).
 
-Each image becomes the paper's input: shorter side resized to image_size (bicubic,
-anti-aliased), central image_size x image_size crop, re-encoded as JPEG. Grayscale,
+Each image becomes the paper's input: shorter side resized to image_size (pixel-area
+averaging when shrinking, bicubic when enlarging), central image_size x image_size
+crop, re-encoded as JPEG. Grayscale,
 CMYK, palette and PNG images are converted to RGB; files that cannot be decoded are
 skipped and listed in the report (or stop the run with --strict).
 
@@ -63,7 +64,6 @@ from absl import flags
 from absl import logging
 from array_record.python import array_record_module
 import numpy as np
-from PIL import Image
 
 from alexnet_jax import augment
 
@@ -472,7 +472,7 @@ class _Stats:
 
 def _convert(payload: bytes | np.ndarray, image_size: int) -> np.ndarray:
   if isinstance(payload, np.ndarray):
-    return augment.resize_center_crop(Image.fromarray(payload), image_size)
+    return augment.resize_center_crop(payload, image_size)
   return augment.decode_and_resize(payload, image_size)
 
 
@@ -638,6 +638,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   """
   if image_size < 8:
     raise ValueError(f'image_size must be at least 8, got {image_size}')
+  if not output:
+    raise ValueError('no output folder given: pass --output=DIR')
   if source == 'tfds':
     return prepare_tfds_stats(output, image_size=image_size, workers=workers,
                               progress=progress)
@@ -685,7 +687,7 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
   Call it from one process per output folder or let the others wait: a file lock
   serialises concurrent calls, and the waiting ones then find the dataset complete.
   """
-  description = read_dataset_json(output)
+  description = read_dataset_json(output) if output else None
   if description is not None and is_complete(output):
     return _noop_report(os.path.abspath(output), description, image_size, source)
   return prepare(source, output, image_size=image_size, strict=strict,
