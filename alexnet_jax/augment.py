@@ -128,7 +128,7 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 def random_crop_offsets(
     rng: np.random.Generator, image_size: int, crop_size: int) -> tuple[int, int]:
-  """(top, left) of a crop drawn uniformly from all image_size - crop_size + 1 positions per axis."""
+  """(top, left), each uniform over the image_size - crop_size + 1 positions of its axis."""
   top, left = rng.integers(0, image_size - crop_size + 1, size=2)
   return int(top), int(left)
 
