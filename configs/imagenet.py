@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = 1.0  # Multiplier on every conv and hidden fc width.
   config.model.dtype = 'float32'  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
   config.model.init_scheme = 'paper'  # 'paper' | 'caffe' | 'he' (see model.layer_init).
+  config.model.input_scale = 1.0  # Input multiplier: 1.0 = raw 0-255 pixels minus mean (paper).
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
 
   config.data = ml_collections.ConfigDict()
