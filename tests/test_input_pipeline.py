@@ -7,6 +7,7 @@ model will see, not how the pipeline is built.
 
 import io
 import os
+import shutil
 import tempfile
 
 from absl.testing import absltest
@@ -72,9 +73,21 @@ def _identify(stored: np.ndarray, image: np.ndarray, top: int, left: int,
   return int(matches[0])
 
 
+_ROOT = ''  # Holds every folder these tests write; removed at the end.
+
+
+def _tempdir() -> str:
+  return tempfile.mkdtemp(dir=_ROOT)
+
+
+def tearDownModule():
+  shutil.rmtree(_ROOT, ignore_errors=True)
+
+
 def setUpModule():
-  global FOLDER, TRAIN, TRAIN_LABELS, VAL, VAL_LABELS
-  tmp = tempfile.mkdtemp()
+  global FOLDER, TRAIN, TRAIN_LABELS, VAL, VAL_LABELS, _ROOT
+  _ROOT = tempfile.mkdtemp(prefix='test_input_pipeline_')
+  tmp = _tempdir()
   source = os.path.join(tmp, 'images')
   rng = np.random.default_rng(0)
   for split, counts in (('train', (10, 10, 10, 10)), ('val', (3, 3, 3, 2))):
@@ -116,7 +129,7 @@ class InfoTest(absltest.TestCase):
     np.testing.assert_allclose(channel, TRAIN.reshape(-1, 3).mean(0), rtol=1e-5)
 
   def test_missing_or_incomplete_folder(self):
-    empty = tempfile.mkdtemp()
+    empty = _tempdir()
     for folder in (empty, os.path.join(empty, 'absent')):
       with self.assertRaisesRegex(FileNotFoundError,
                                   f'{folder} holds no complete.*alexnet_jax.prepare'):
@@ -222,7 +235,7 @@ class TrainIteratorTest(parameterized.TestCase):
 
     iterator = self._iterator(seed=6)
     _take(iterator, 2)
-    directory = tempfile.mkdtemp()
+    directory = _tempdir()
     with ocp.CheckpointManager(directory) as manager:
       manager.save(2, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointSave(iterator)))
@@ -299,7 +312,7 @@ class TfdsSourceTest(absltest.TestCase):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-    cls.data_dir = tempfile.mkdtemp()
+    cls.data_dir = _tempdir()
     builder = tfds.builder('imagenet2012', data_dir=cls.data_dir,
                            file_format='array_record')
     os.makedirs(builder.data_dir)
@@ -369,7 +382,7 @@ class TfdsSourceTest(absltest.TestCase):
 
   def test_missing_tfds_dataset(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
-      input_pipeline.load_info(_data_config(tempfile.mkdtemp(), source='tfds'))
+      input_pipeline.load_info(_data_config(_tempdir(), source='tfds'))
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,20 @@ from alexnet_jax import prepare
 
 SIZE = 32  # Stored image side in these tests.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = ''  # Holds every folder these tests write; removed at the end.
+
+
+def setUpModule():
+  global _ROOT
+  _ROOT = tempfile.mkdtemp(prefix='test_prepare_')
+
+
+def tearDownModule():
+  shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+def _tempdir() -> str:
+  return tempfile.mkdtemp(dir=_ROOT)
 
 
 def _jpeg(image: np.ndarray, **kwargs) -> bytes:
@@ -105,7 +120,7 @@ class OfficialTarsTest(_StatsAssertions):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
+    cls.tmp = _tempdir()
     cls.source = os.path.join(cls.tmp, 'manual')
     os.makedirs(cls.source)
     val_wnids = prepare.imagenet_validation_wnids()
@@ -255,7 +270,7 @@ class ImageFolderTest(_StatsAssertions):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
+    cls.tmp = _tempdir()
     cls.source = os.path.join(cls.tmp, 'folder')
     cls.classes = ['emu', 'cat', 'dog']
     cls.truth = _write_image_folder(cls.source, cls.classes, 5, 2,
@@ -334,7 +349,7 @@ class DigitsTest(_StatsAssertions):
   def test_digits(self):
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
-    output = os.path.join(tempfile.mkdtemp(), 'digits')
+    output = os.path.join(_tempdir(), 'digits')
     start = time.monotonic()
     report = prepare.prepare('digits', output, image_size=SIZE, progress=False)
     seconds = time.monotonic() - start
@@ -362,7 +377,7 @@ class BadSourceTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.tmp = tempfile.mkdtemp()
+    self.tmp = _tempdir()
 
   def test_missing_source(self):
     with self.assertRaisesRegex(FileNotFoundError, 'does not exist'):
