@@ -1,7 +1,7 @@
 r"""Train-pipeline throughput against a plain per-image PIL loader, side by side.
 
-  python benchmarks/input_pipeline.py                      # ~1 minute on 2 cores
-  python benchmarks/input_pipeline.py --num_images=2000 --batches=100 --batch_size=128
+  python -m benchmarks.input_pipeline          # from the repo root; 1-2 min on 2 cores
+  python -m benchmarks.input_pipeline --num_images=2000 --batches=100 --batch_size=128
 
 Two kinds of input, both read from files on disk:
   * full-size: generated ImageNet-like JPEGs (500x375, quality 90; random windows of
