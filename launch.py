@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from alexnet_jax import cli
+from alexnet_jax import plan
 from alexnet_jax import sharding
 from alexnet_jax import train
 
@@ -37,7 +38,7 @@ def main(argv):
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run:
-    train.dry_run(FLAGS.config, FLAGS.workdir)
+    plan.dry_run(FLAGS.config, FLAGS.workdir)
     return
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -43,6 +43,21 @@ class TrainState:
 # ----------------------------------------------------------------------------- config
 
 
+def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with the settings the program chooses for the hardware filled in.
+
+  model.dtype 'auto': bfloat16 compute on GPU/TPU (params stay float32), float32 on
+  CPU, where bfloat16 is slower. data.num_threads -1: one decoder thread per core
+  (JPEG decoding releases the GIL, so threads scale with cores).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.model.dtype == 'auto':
+    config.model.dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  if config.data.num_threads == -1:
+    config.data.num_threads = os.cpu_count() or 1
+  return config
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first impossible top-level or data field."""
 
@@ -65,6 +80,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        f'an integer >= data.crop_size ({d.crop_size})')
   need(d.lighting_std >= 0, 'data.lighting_std', '>= 0')
   need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
+  need(is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
+  need(is_int(d.worker_count) and d.worker_count >= 0, 'data.worker_count', 'an integer >= 0')
   need(is_int(config.log.every_steps) and config.log.every_steps > 0, 'log.every_steps',
        'a positive integer')
   need(is_int(config.checkpoint.every_steps) and config.checkpoint.every_steps > 0,
@@ -184,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Restarting with the same workdir resumes from the newest complete checkpoint.
   """
+  config = resolve_auto(config)
   check_config(config)
   prepare_workdir(workdir)
 
@@ -207,6 +225,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             image_size=config.data.image_size)
   sharding.sync_hosts('dataset prepared')
   info = input_pipeline.load_info(config.data)
+  if config.data.crop_size > info.image_size:
+    raise ValueError(f'config.data.crop_size={config.data.crop_size} is larger than the stored '
+                     f'images ({info.image_size}x{info.image_size} in {config.data.dir})')
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '

@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.5  # Dropout before fc7 and fc8 (after fc6 and fc7).
   config.model.conv1_padding = 2  # 2 for 224 crops; 0 for 227 crops (Caffe).
   config.model.width = 1.0  # Multiplier on every conv and hidden fc width.
-  config.model.dtype = 'float32'  # Compute dtype ('float32' or 'bfloat16'); params stay float32.
+  config.model.dtype = 'auto'  # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU),
+  #                               'float32' or 'bfloat16'; params stay float32.
   config.model.init_scheme = 'paper'  # 'paper' | 'caffe' | 'he' (see model.layer_init).
   config.model.input_scale = 1.0  # Input multiplier: 1.0 = raw 0-255 pixels minus mean (paper).
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
@@ -57,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.flip = True  # Random horizontal flips in training.
   config.data.lighting_std = 0.1  # Std of the PCA lighting alphas; 0 turns lighting off.
   config.data.mean = 'pixel'  # Subtract the per-pixel mean image ('pixel') or per channel.
-  config.data.num_threads = 2  # Reader/decoder threads per host.
+  config.data.num_threads = -1  # Reader/decoder threads per host; -1: one per CPU core.
   config.data.worker_count = 0  # grain worker processes per host; 0: threads only.
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
 
