@@ -23,11 +23,13 @@ import optax
 
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import losses
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import run_info
 from alexnet_jax import sharding
 
 Batch = dict[str, jax.Array]
@@ -225,9 +227,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             image_size=config.data.image_size)
   sharding.sync_hosts('dataset prepared')
   info = input_pipeline.load_info(config.data)
-  if config.data.crop_size > info.image_size:
-    raise ValueError(f'config.data.crop_size={config.data.crop_size} is larger than the stored '
-                     f'images ({info.image_size}x{info.image_size} in {config.data.dir})')
+  run_info.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
@@ -354,4 +354,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   preemption.close()
   reporter.close()
+  figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
   return last_eval

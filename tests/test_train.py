@@ -1,0 +1,308 @@
+"""The train and eval steps, train_and_evaluate end to end, resume and preemption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alexnet_jax import augment
+from alexnet_jax import input_pipeline
+from alexnet_jax import optim
+from alexnet_jax import prepare
+from alexnet_jax import train
+from configs import imagenet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DATA = {}
+
+
+def digits_dir() -> str:
+  """The real digits set, prepared once per test run at the quickstart's image size."""
+  if 'dir' not in _DATA:
+    _DATA['tmp'] = tempfile.TemporaryDirectory()
+    path = os.path.join(_DATA['tmp'].name, 'digits')
+    prepare.prepare('digits', path, image_size=72, progress=False)
+    _DATA['dir'] = path
+  return _DATA['dir']
+
+
+def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """A two-tower AlexNet at 1/8 width on 64-px crops: a train step takes milliseconds."""
+  config = imagenet.get_config()
+  config.batch_size = 16
+  config.num_epochs = 1
+  config.num_train_steps = 6
+  config.final_eval_crops = 10
+  config.mesh.data = -1  # all eight test devices (tests/__init__.py), 2 images each
+  config.mesh.model = 1
+  config.model.num_classes = 10
+  config.model.width = 0.125
+  config.model.init_scheme = 'he'
+  config.model.input_scale = 1 / 64
+  config.model.dtype = 'float32'
+  config.data.dir = data_dir
+  config.data.image_size = 72
+  config.data.crop_size = 64
+  config.data.flip = True
+  config.data.num_threads = 1
+  config.optim.schedule = 'constant'
+  config.checkpoint.every_steps = 3
+  config.log.every_steps = 1
+  config.log.tensorboard = False
+  config.log.progress = False
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def write_config_file(path: str, config: ml_collections.ConfigDict) -> str:
+  """A config file launch.py can load, holding exactly `config`."""
+  with open(path, 'w') as f:
+    f.write('import json\nimport ml_collections\n\n'
+            'def get_config():\n'
+            f'  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n')
+  return path
+
+
+def run_launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
+               wait: bool = True):
+  cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
+         f'--workdir={workdir}', *args]
+  # The same eight devices as the in-process runs, so that results compare bitwise.
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  if not wait:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def final_params(config: ml_collections.ConfigDict, workdir: str):
+  """Params of the newest checkpoint in `workdir`, restored on one device."""
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  model = train.create_model(config, 10)
+  optimizer = optim.create_optimizer(config.optim)
+  shapes = jax.eval_shape(lambda r: train.init_state(model, optimizer, r, (1, 64, 64, 3)),
+                          jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          nn.unbox(shapes))
+  ckpt = checkpoint.Checkpointer.from_config(workdir, config.checkpoint)
+  try:
+    state, meta = ckpt.restore(abstract)
+  finally:
+    ckpt.close()
+  return state, meta
+
+
+class StepTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = tiny_config(digits_dir())
+    cls.info = input_pipeline.load_info(cls.config.data)
+    cls.model = train.create_model(cls.config, cls.info.num_classes)
+    cls.optimizer = optim.create_optimizer(cls.config.optim)
+    cls.mean = jnp.asarray(cls.info.mean_image)
+    batches = input_pipeline.create_train_iterator(cls.config.data, global_batch_size=16, seed=0)
+    cls.batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
+
+  def fresh_state(self):
+    return jax.tree.map(lambda x: x, nn.unbox(train.init_state(
+        self.model, self.optimizer, jax.random.key(0), (1, 64, 64, 3))))
+
+  def test_steps_lower_the_loss(self):
+    step = jax.jit(lambda s, b, r: train.train_step(s, b, r, model=self.model,
+                                                      optimizer=self.optimizer,
+                                                      mean_image=self.mean))
+    state = self.fresh_state()
+    losses = []
+    for _ in range(8):
+      state, metrics = step(state, self.batch, jax.random.key(1))
+      losses.append(float(metrics['loss']))
+    self.assertEqual(int(state.step), 8)
+    self.assertLess(losses[-1], 0.7 * losses[0], losses)
+    self.assertAlmostEqual(float(metrics['lr']), self.config.optim.learning_rate, places=7)
+
+  def test_train_metrics_match_numpy(self):
+    state = self.fresh_state()
+    _, metrics = train.train_step(state, self.batch, jax.random.key(1), model=self.model,
+                                  optimizer=self.optimizer, mean_image=self.mean)
+    images = augment.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
+                               self.batch['lighting'], self.mean)
+    rng = jax.random.fold_in(jax.random.key(1), 0)
+    logits = np.asarray(self.model.apply({'params': state.params}, images, train=True,
+                                         rngs={'dropout': rng}), np.float64)
+    labels = np.asarray(self.batch['label'])
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    self.assertAlmostEqual(float(metrics['loss']), -logp[np.arange(16), labels].mean(), places=4)
+    rank = (logits > logits[np.arange(16), labels][:, None]).sum(1)
+    self.assertAlmostEqual(float(metrics['top1_err']), float(np.mean(rank >= 1)), places=6)
+    self.assertAlmostEqual(float(metrics['top5_err']), float(np.mean(rank >= 5)), places=6)
+
+  def test_eval_step_matches_numpy(self):
+    state = self.fresh_state()
+    it = input_pipeline.create_eval_iterator(self.config.data, global_batch_size=16, crops=10)
+    batch = next(it)
+    batch['mask'][-3:] = False  # as if the last three rows were padding
+    out = jax.device_get(train.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+                                         model=self.model, mean_image=self.mean))
+    # Independent: every view through the model one at a time, softmax in numpy.
+    probs = np.zeros((16, 10))
+    for v in range(10):
+      images = augment.normalize(batch['image'][:, v], batch['crop'][:, v], batch['flip'][:, v],
+                                 batch['lighting'][:, v], self.mean)
+      logits = np.asarray(self.model.apply({'params': state.params}, images), np.float64)
+      e = np.exp(logits - logits.max(1, keepdims=True))
+      probs += e / e.sum(1, keepdims=True) / 10
+    labels, mask = batch['label'], batch['mask']
+    p_true = probs[np.arange(16), labels]
+    rank = (probs > p_true[:, None]).sum(1)
+    self.assertEqual(float(out['count']), 13.0)
+    self.assertAlmostEqual(float(out['loss_sum']), float(-np.log(p_true)[mask].sum()), places=3)
+    self.assertEqual(float(out['top1_wrong']), float((rank >= 1)[mask].sum()))
+    self.assertEqual(float(out['top5_wrong']), float((rank >= 5)[mask].sum()))
+
+
+class TrainAndEvaluateTest(absltest.TestCase):
+
+  def test_smoke_run_writes_metrics_and_checkpoints(self):
+    workdir = self.create_tempdir().full_path
+    start = time.time()
+    result = train.train_and_evaluate(tiny_config(digits_dir()), workdir)
+    self.assertLess(time.time() - start, 120)
+    records = read_metrics(workdir)
+    train_steps = [r['step'] for r in records if r['kind'] == 'train']
+    self.assertEqual(train_steps, [1, 2, 3, 4, 5, 6])
+    for r in records:
+      if r['kind'] == 'train':
+        self.assertContainsSubset({'loss', 'top1_err', 'top5_err', 'lr', 'epoch',
+                                   'images_per_sec'}, r)
+    final = [r for r in records if r['kind'] == 'eval'][-1]
+    self.assertEqual(final['step'], 6)
+    for key in ('val_loss', 'val_top1_err', 'val_top5_err', 'val10_top1_err', 'val10_top5_err'):
+      self.assertIn(key, final)
+    for key in ('val_top1_err', 'val_top5_err', 'val10_top1_err', 'val10_top5_err'):
+      self.assertBetween(final[key], 0.0, 1.0)
+    self.assertEqual(result['val_top1_err'], final['val_top1_err'])
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'config.json')))
+    self.assertIn('6', os.listdir(os.path.join(workdir, 'checkpoints')))
+
+  def test_model_split_matches_pure_data_parallel(self):
+    """The paper's split (model=2, data=4) trains the same numbers as data=8."""
+    one, two = self.create_tempdir().full_path, self.create_tempdir().full_path
+    cfg1 = tiny_config(digits_dir(), num_train_steps=3, final_eval_crops=1)
+    cfg2 = tiny_config(digits_dir(), num_train_steps=3, final_eval_crops=1, **{'mesh.model': 2})
+    train.train_and_evaluate(cfg1, one)
+    train.train_and_evaluate(cfg2, two)
+    loss = lambda w: [r['loss'] for r in read_metrics(w) if r['kind'] == 'train']
+    np.testing.assert_allclose(loss(one), loss(two), rtol=1e-4)
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_resume_in_a_fresh_process_equals_uninterrupted_run(self):
+    data = digits_dir()
+    full, split = self.create_tempdir().full_path, self.create_tempdir().full_path
+    config = tiny_config(data, num_train_steps=8, final_eval_crops=1)
+    train.train_and_evaluate(config, full)
+    # Stop after 4 steps (its own end-of-run eval and checkpoint), then resume in a new process.
+    train.train_and_evaluate(tiny_config(data, num_train_steps=4, final_eval_crops=1), split)
+    proc = run_launch(write_config_file(os.path.join(split, 'resume.py'), config), split)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn('Resumed from step 4', proc.stderr)
+
+    steps = lambda w: [(r['step'], r['loss']) for r in read_metrics(w) if r['kind'] == 'train']
+    self.assertEqual(steps(split), steps(full))  # bitwise: the same batches, the same numbers
+    a, meta_a = final_params(config, full)
+    b, meta_b = final_params(config, split)
+    self.assertEqual(meta_a['step'], 8)
+    self.assertEqual(meta_b['step'], 8)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+  def test_sigterm_saves_and_resumes(self):
+    data = digits_dir()
+    workdir = self.create_tempdir().full_path
+    config = tiny_config(data, num_train_steps=400, final_eval_crops=1,
+                         **{'checkpoint.every_steps': 1000})
+    config_file = write_config_file(os.path.join(workdir, 'cfg.py'), config)
+    proc = run_launch(config_file, workdir, wait=False)
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if os.path.exists(metrics) and len(read_metrics(workdir)) >= 5:
+        break
+      time.sleep(0.2)
+    self.assertIsNone(proc.poll(), 'the run ended before it could be preempted')
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    self.assertEqual(proc.returncode, 0, err[-3000:])
+    stopped = max(r['step'] for r in read_metrics(workdir))
+    self.assertLess(stopped, 400)
+    _, meta = final_params(config, workdir)
+    self.assertEqual(meta['step'], stopped)  # a checkpoint at the step it stopped on
+    # Resume and finish a few more steps.
+    config.num_train_steps = stopped + 3
+    proc = run_launch(write_config_file(config_file, config), workdir)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    train_steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
+    self.assertEqual(train_steps, list(range(1, stopped + 4)))
+
+
+class BadInputTest(absltest.TestCase):
+  """Each bad input: exit status 2, one `error:` line naming the field or path, no traceback."""
+
+  def check(self, config, expected: str, workdir=None, args=(), prefix='error:', status=2):
+    workdir = workdir or self.create_tempdir().full_path
+    config_file = write_config_file(os.path.join(self.create_tempdir().full_path, 'c.py'), config)
+    proc = run_launch(config_file, workdir, *args)
+    self.assertEqual(proc.returncode, status, proc.stderr[-2000:])
+    self.assertNotIn('Traceback', proc.stderr)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith(prefix)]
+    self.assertLen(errors, 1, proc.stderr[-2000:])
+    self.assertIn(expected, errors[0])
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'checkpoints')))
+
+  def test_bad_inputs(self):
+    data = digits_dir()
+    self.check(tiny_config(data, **{'optim.learning_rate': -0.1}), 'config.optim.learning_rate')
+    self.check(tiny_config(data, batch_size=15),
+               'config.batch_size=15 is not divisible')
+    self.check(tiny_config(data, **{'data.crop_size': 80}),
+               'config.data.image_size must be an integer >= data.crop_size (80)')
+    self.check(tiny_config(data, **{'data.crop_size': 80, 'data.image_size': 96}),
+               'prepared at image_size 72 but config.data.image_size is 96')
+    self.check(tiny_config('/nonexistent/dataset'), '/nonexistent/dataset')
+    # A wrong type on the command line is refused by absl's flag parser itself.
+    self.check(tiny_config(data), 'flag --config.num_epochs=ten', args=['--config.num_epochs=ten'],
+               prefix='FATAL Flags parsing error', status=1)
+    self.check(tiny_config(data, **{'model.num_classes': 1000}), 'config.model.num_classes')
+    blocker = os.path.join(self.create_tempdir().full_path, 'file')
+    open(blocker, 'w').close()
+    self.check(tiny_config(data), 'cannot be written', workdir=os.path.join(blocker, 'run'))
+
+
+if __name__ == '__main__':
+  absltest.main()
