@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging as py_logging
+import os
 import sys
 from typing import Callable
 
@@ -15,11 +17,32 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 EXIT_USER_ERROR = 2
 
 
+# Libraries whose INFO lines (every async save, every backend probe) would bury the
+# run's own progress lines; their warnings and errors still show.
+QUIET_LIBRARIES = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}', f'{os.sep}jax{os.sep}')
+
+
+class _QuietLibraries(py_logging.Filter):
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING:
+      return True
+    return not any(part in record.pathname for part in QUIET_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Keeps INFO lines of orbax, grain and jax out of the console (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """Wraps an absl `main` so a user error prints `error: ...` and exits with status 2."""
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> None:
+    quiet_library_logs()
     try:
       main(argv)
     except USER_ERRORS as e:

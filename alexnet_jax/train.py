@@ -355,4 +355,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   preemption.close()
   reporter.close()
   figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
+  if is_host0 and last_eval:
+    summary = ', '.join(f'{k} {last_eval[k]:.4f}' for k in last_eval if k.startswith('val'))
+    print(f'Finished at step {last_eval["step"]}: {summary}\n'
+          f'Logs: {os.path.join(workdir, "metrics.jsonl")}, plots in {os.path.join(workdir, "plots")}, '
+          f'TensorBoard: tensorboard --logdir {workdir}', flush=True)
   return last_eval
