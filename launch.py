@@ -27,6 +27,9 @@ flags.DEFINE_string('coordinator_address', None,
                     'environment, e.g. SLURM, when there is one).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.DEFINE_bool('auto_distributed', False,
+                  'Let JAX discover the processes of the job itself (Cloud TPU pod slices, whose '
+                  'worker list comes from the TPU metadata rather than the environment).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,7 +37,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                            auto_detect=FLAGS.auto_distributed)
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run:

@@ -119,14 +119,14 @@ worker_start() {
   echo "$(date -u +%FT%TZ) $(hostname): config=$CONFIG workdir=$WORKDIR data=$DATA_DIR" \
        "extra=[$*]" >> "$LOG"
   nohup .venv/bin/python launch.py --config="$CONFIG" --workdir="$WORKDIR" \
-    --config.data.dir="$DATA_DIR" "$@" >> "$LOG" 2>&1 < /dev/null &
+    --config.data.dir="$DATA_DIR" --auto_distributed "$@" >> "$LOG" 2>&1 < /dev/null &
   echo $! > "$PID_FILE"
   echo "$(hostname): training, pid $!, log ~/$REMOTE_DIR/$LOG"
 }
 
 worker_dry_run() {
   .venv/bin/python launch.py --config="$CONFIG" --workdir="$WORKDIR" \
-    --config.data.dir="$DATA_DIR" --dry_run "$@"
+    --config.data.dir="$DATA_DIR" --auto_distributed --dry_run "$@"
 }
 
 worker_status() {

@@ -390,7 +390,7 @@ class TpuTemplateTest(FakeCommandsTest):
     self.assertEqual(self.calls('venv-python'), [
         ['-m', 'pip', 'install', '-q', '-r', 'requirements-tpu.txt'],
         ['launch.py', '--config=configs/imagenet.py', f'--workdir={self.workdir}',
-         f'--config.data.dir={self.data_dir}', '--config.batch_size=256']])
+         f'--config.data.dir={self.data_dir}', '--auto_distributed', '--config.batch_size=256']])
 
     rc, out = self.run_script(self.script, 'run')
     self.assertEqual(rc, 2, 'a second run while training must be refused')
