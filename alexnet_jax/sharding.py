@@ -1,0 +1,411 @@
+"""Devices: the paper's two-GPU split as a `jax.sharding` mesh, plus data parallelism.
+
+The mesh has two axes. `model` plays the paper's two GPUs: with `model=2`,
+device m holds tower m of the grouped layers (conv2, conv4, conv5), half of
+the kernels of conv1 and conv3, and half of the neurons of fc6, fc7 and fc8
+(every layer's output channels or neurons are split). `data` repeats that pair
+over the remaining devices, each pair taking its own slice of the batch.
+
+The model names the axes of its weights (`conv_out`, `fc_out`, ...); the rules
+table in `config.mesh.rules` maps those names onto the mesh axes, and this
+module turns the pair into shardings. Typical use, in the order a run needs it:
+
+  init_distributed(...)                        # before any other JAX call
+  mesh = create_mesh(config.mesh, model_config=config.model)
+  rules = logical_rules(config)
+  check_batch_divisible(config.batch_size, mesh)
+  state, shardings = create_sharded_state(init_fn, rng, mesh, rules)
+  step = jax.jit(bind_mesh(train_step, mesh, rules),   # grouped convs stay tower-local
+                 in_shardings=(shardings, batch_sharding(mesh)), out_shardings=...)
+  batch = make_global_batch(local_numpy_batch, mesh)
+
+docs/sharding.md shows which device holds what and where devices communicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+from alexnet_jax import model as model_lib
+
+MESH_AXES = ('data', 'model')
+# Every logical axis name the model puts on a weight or activation; the rules
+# table must place each one (on a mesh axis or on None, i.e. replicated).
+MODEL_LOGICAL_AXES = tuple(dict.fromkeys(
+    model_lib.CONV_KERNEL_AXES + model_lib.FC_KERNEL_AXES
+    + tuple(a for a in model_lib.CONV_ACTIVATION_AXES if a is not None)))
+
+Rules = tuple[tuple[str, Any], ...]
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def _get(config: Any, name: str, default: Any = None) -> Any:
+  getter = getattr(config, 'get', None)
+  return getter(name, default) if callable(getter) else getattr(config, name, default)
+
+
+def resolve_mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int]:
+  """(data, model) sizes from `config.mesh`; a -1 takes the devices the other axis leaves."""
+  sizes = {}
+  for axis in MESH_AXES:
+    value = _get(mesh_config, axis)
+    if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
+      raise ValueError(f'config.mesh.{axis} must be a positive integer or -1, got {value!r}')
+    sizes[axis] = value
+  data, model = sizes['data'], sizes['model']
+  if data == -1 and model == -1:
+    raise ValueError('config.mesh.data and config.mesh.model cannot both be -1')
+  if -1 in (data, model):
+    fixed_axis = 'model' if data == -1 else 'data'
+    fixed = sizes[fixed_axis]
+    if num_devices % fixed:
+      raise ValueError(f'{num_devices} devices cannot be split by config.mesh.{fixed_axis}='
+                       f'{fixed}; choose a size dividing {num_devices}')
+    data, model = (num_devices // fixed, fixed) if data == -1 else (fixed, num_devices // fixed)
+  if data * model != num_devices:
+    raise ValueError(f'config.mesh.data={data} x config.mesh.model={model} needs '
+                     f'{data * model} devices, but {num_devices} are visible; set '
+                     f'config.mesh.data=-1 to use all of them')
+  return data, model
+
+
+def check_model_axis(model_config: Any, model_axis: int) -> None:
+  """Raises ValueError unless a `model` axis of this size splits the network cleanly.
+
+  Each device must hold whole towers (else a grouped layer would need its
+  neighbour's channels), and every split width must divide evenly.
+  """
+  towers = _get(model_config, 'towers', 2)
+  if model_axis > 1 and towers > 1 and towers % model_axis:
+    raise ValueError(f'config.mesh.model={model_axis} does not divide config.model.towers='
+                     f'{towers}: each device must hold whole towers (use model=1 or {towers})')
+  convs, hidden = model_lib.scaled_widths(_get(model_config, 'width', 1.0))
+  widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
+  widths += [('fc6/fc7 width', hidden),
+             ('config.model.num_classes', _get(model_config, 'num_classes', 1000))]
+  for what, size in widths:
+    if size % model_axis:
+      raise ValueError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
+                       f'(width multiplier {_get(model_config, "width", 1.0)})')
+
+
+def create_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None, *,
+                model_config: Any = None) -> Mesh:
+  """The ('data', 'model') mesh that `config.mesh` asks for, over `devices` (all by default).
+
+  Both axes are `AxisType.Auto`: the model is written without device code, so
+  XLA's partitioner places the activations from the shardings of the weights
+  and the batch. Explicit axes would make every op state its output sharding,
+  which Linen modules and optax do not do.
+  With `model_config` (config.model) the model split is checked too.
+  Raises ValueError before anything compiles.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  data, model = resolve_mesh_shape(mesh_config, len(devices))
+  if model_config is not None:
+    check_model_axis(model_config, model)
+  # make_mesh orders devices by the physical topology (TPU rings, hosts), so each
+  # model pair sits on the fastest links; the model axis is the minor one.
+  return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def logical_rules(config: Any) -> Rules:
+  """`config.mesh.rules` as flax logical-axis rules, checked against the mesh and model."""
+  rules = tuple(tuple(rule) for rule in _get(config.mesh, 'rules', ()))
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f'config.mesh.rules entries must be (logical name, mesh axis or None), '
+                       f'got {rule!r}')
+    mesh_axes = (rule[1],) if isinstance(rule[1], str) or rule[1] is None else tuple(rule[1])
+    unknown = [a for a in mesh_axes if a is not None and a not in MESH_AXES]
+    if unknown:
+      raise ValueError(f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
+                       f'mesh axes are {MESH_AXES}')
+  named = {rule[0] for rule in rules}
+  missing = [a for a in MODEL_LOGICAL_AXES if a not in named]
+  if missing:
+    raise ValueError(f'config.mesh.rules does not place the logical axes {missing}; give each '
+                     f'a mesh axis or None')
+  return rules
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
+  """Code in this context, jitted or not, sees the mesh and the logical rules.
+
+  A jitted function must be traced (first call, `.lower`) inside it, or be
+  wrapped by `bind_mesh`: that is what lets the grouped convs run tower-local
+  (model.tower_shard_specs). Without it the step is still correct, but XLA
+  gathers every grouped layer onto each device.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def bind_mesh(fn: Callable[..., Any], mesh: Mesh, rules: Rules) -> Callable[..., Any]:
+  """`fn` traced under the mesh's axes and the logical rules, wherever it is called: for jax.jit.
+
+    step = jax.jit(bind_mesh(train_step, mesh, rules), in_shardings=..., out_shardings=...)
+  """
+  @functools.wraps(fn)
+  def bound(*args, **kwargs):
+    # jax.set_mesh is refused inside jit; the abstract mesh is what tracing needs.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args, **kwargs)
+
+  return bound
+
+
+# ----------------------------------------------------------------------------- shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis over `data`; the rest replicated, so model pairs see the same images."""
+  return NamedSharding(mesh, PartitionSpec('data'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _is_box(x: Any) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def _strip(tree: Any) -> Any:
+  """The tree with each metadata box replaced by its value (no sharding constraint added)."""
+  return jax.tree.map(lambda b: b.unbox(apply_constraint=False) if _is_box(b) else b, tree,
+                      is_leaf=_is_box)
+
+
+def _children(node: Any) -> list[Any]:
+  return jax.tree.leaves(node, is_leaf=lambda x: x is not node)
+
+
+def _signature(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+  plain = _strip(tree)
+  return jax.tree.structure(plain), tuple(tuple(x.shape) for x in jax.tree.leaves(plain))
+
+
+def _boxed_groups(tree: Any) -> list[Any]:
+  """The largest subtrees whose every leaf is a box (e.g. the params of a train state)."""
+  if _is_box(tree) or jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)):
+    return []
+  leaves = jax.tree.leaves(tree, is_leaf=_is_box)
+  if leaves and all(_is_box(x) for x in leaves):
+    return [tree]
+  return [group for child in _children(tree) for group in _boxed_groups(child)]
+
+
+def _check_divisible(path: str, shape: Sequence[int], spec: PartitionSpec, names: Any,
+                     mesh: Mesh) -> None:
+  for dim, (size, axes) in enumerate(zip(shape, spec)):
+    if axes is None:
+      continue
+    n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if size % n:
+      raise ValueError(f'{path}: dimension {dim} ({names[dim]!r}, size {size}) does not split '
+                       f'over mesh axis {axes!r} of size {n}')
+
+
+def param_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for `abstract`: jax.eval_shape of params or of a whole train state.
+
+  - a LogicallyPartitioned leaf: its logical names through `rules`;
+  - an unboxed subtree with the structure and shapes of a boxed one (optax
+    momentum built from unboxed params mirrors them): the same shardings;
+  - any other leaf (step counter, learning rate): replicated.
+  The result has the structure of the unboxed tree. Raises ValueError naming
+  the weight when a dimension does not split evenly.
+  """
+  def sharding_of(path: Any, x: Any) -> NamedSharding:
+    if not _is_box(x):
+      return replicated(mesh)
+    spec = nn.logical_to_mesh_axes(x.names, rules)
+    _check_divisible(jax.tree_util.keystr(path), x.value.shape, spec, x.names, mesh)
+    return NamedSharding(mesh, spec)
+
+  def shardings_of(tree: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(sharding_of, tree, is_leaf=_is_box)
+
+  shardings_of(abstract)  # checks every weight first, so an error names its full path
+  mirrors = {_signature(g): shardings_of(g) for g in _boxed_groups(abstract)}
+  return jax.tree.map(
+      lambda x: mirrors[_signature(x)] if _signature(x) in mirrors else shardings_of(x),
+      abstract, is_leaf=lambda x: _is_box(x) or _signature(x) in mirrors)
+
+
+def abstract(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings`: the target layout for a checkpoint restore."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      _strip(tree), shardings)
+
+
+def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh,
+                         rules: Rules) -> tuple[Any, Any]:
+  """Runs `init_fn(rng)` so that each array is created on the devices that keep it.
+
+  `init_fn` returns any pytree, typically a train state whose params are flax
+  LogicallyPartitioned boxes (from `model.init`) and whose optimizer state
+  holds plain arrays. Shapes come from `jax.eval_shape`, shardings from
+  `param_shardings`, and the jitted init writes each shard in place: no array
+  ever exists whole on one device. Returns (state without boxes, shardings).
+  """
+  with use_mesh(mesh, rules):
+    shapes = jax.eval_shape(init_fn, rng)
+    shardings = param_shardings(shapes, mesh, rules)
+    state = jax.jit(lambda r: _strip(init_fn(r)), in_shardings=replicated(mesh),
+                    out_shardings=shardings)(rng)
+  return state, shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+  path: str
+  shape: tuple[int, ...]
+  dtype: str
+  itemsize: int
+  spec: PartitionSpec
+  shard_shape: tuple[int, ...]  # what one device holds
+
+  @property
+  def shard_bytes(self) -> int:
+    return math.prod(self.shard_shape) * self.itemsize
+
+
+def sharding_plan(abstract_tree: Any, shardings: Any) -> list[ShardInfo]:
+  """One row per array: global shape, mesh placement and the per-device shard."""
+  rows = []
+  flat = jax.tree_util.tree_leaves_with_path(_strip(abstract_tree))
+  for (path, x), s in zip(flat, jax.tree.leaves(shardings)):
+    rows.append(ShardInfo(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype),
+                          x.dtype.itemsize, s.spec, tuple(s.shard_shape(x.shape))))
+  return rows
+
+
+def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
+  """Bytes one device holds for the tree (every device holds the same amount here)."""
+  return sum(row.shard_bytes for row in sharding_plan(abstract_tree, shardings))
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+  """Raises ValueError unless config.batch_size splits evenly over the data axis."""
+  data = mesh.shape['data']
+  if global_batch < 1 or global_batch % data:
+    raise ValueError(f'config.batch_size={global_batch} is not divisible by the mesh data axis '
+                     f'({data} device groups); use a multiple of {data}')
+
+
+def data_shard(mesh: Mesh) -> tuple[int, int]:
+  """(index, count): this process feeds slice `index` of `count` equal slices of each batch.
+
+  Processes whose devices share the same rows of the data axis (a model pair
+  split across processes) get the same index and must feed identical images.
+  """
+  rows = np.nonzero(np.vectorize(lambda d: d.process_index == jax.process_index())(
+      mesh.devices).any(axis=1))[0]
+  per_process = len(rows)
+  if per_process == 0 or np.any(np.diff(rows) != 1) or rows[0] % per_process:
+    raise ValueError(f'process {jax.process_index()} holds data rows {rows.tolist()} of the mesh: '
+                     f'expected one contiguous, aligned block')
+  return int(rows[0] // per_process), mesh.shape['data'] // per_process
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """One global array per field, batch-sharded over `data`, from this process's slice.
+
+  `local_batch` holds the rows of slice `data_shard(mesh)[0]` (global batch /
+  count of them); with a single process that is the whole batch.
+  """
+  _, count = data_shard(mesh)
+  sharding = batch_sharding(mesh)
+
+  def put(x: np.ndarray) -> jax.Array:
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * count,) + x.shape[1:])
+
+  return {k: put(v) for k, v in local_batch.items()}
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def cluster_process_count(environ: Mapping[str, str] | None = None) -> int:
+  """Processes a cluster launcher says this job has (1 when none is recognised).
+
+  Recognises what `jax.distributed.initialize()` can read by itself: a SLURM
+  step (srun), Open MPI (mpirun) and TPU workers listed in the environment.
+  """
+  env = os.environ if environ is None else environ
+  slurm = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
+           'SLURM_LOCALID')
+  if all(k in env for k in slurm):
+    return int(env['SLURM_NTASKS'])
+  if 'OMPI_MCA_orte_hnp_uri' in env and 'OMPI_COMM_WORLD_SIZE' in env:
+    return int(env['OMPI_COMM_WORLD_SIZE'])
+  workers = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES')
+  if workers:
+    return len([w for w in workers.split(',') if w.strip()])
+  return 1
+
+
+def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, *,
+                     local_device_ids: Sequence[int] | None = None,
+                     auto_detect: bool = False) -> bool:
+  """Joins a multi-process run; call before any other JAX call. True if it initialised.
+
+  - explicit `num_processes` > 1: uses the three arguments (the coordinator
+    may also come from JAX_COORDINATOR_ADDRESS);
+  - nothing explicit: initialises from the cluster environment when it lists
+    more than one process (`cluster_process_count`), else does nothing;
+  - `auto_detect=True`: always lets JAX find the cluster, e.g. a Cloud TPU pod
+    slice, whose worker list comes from the metadata server, not the environment.
+  A single process needs none of this, and `num_processes=1` is a no-op.
+  """
+  if jax.distributed.is_initialized():
+    return False
+  explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
+  if explicit:
+    if num_processes is None:
+      raise ValueError('--num_processes is required with --coordinator_address/--process_id')
+    if num_processes < 1:
+      raise ValueError(f'--num_processes must be >= 1, got {num_processes}')
+    if num_processes == 1:
+      return False
+    if process_id is None or not 0 <= process_id < num_processes:
+      raise ValueError(f'--process_id must be in [0, {num_processes}), got {process_id}')
+    coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+    if not coordinator_address:
+      raise ValueError('--coordinator_address (host:port of process 0) is required for '
+                       f'{num_processes} processes')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               local_device_ids=local_device_ids)
+    return True
+  if auto_detect or cluster_process_count() > 1:
+    jax.distributed.initialize(local_device_ids=local_device_ids)
+    return True
+  return False
+
+
+def sync_hosts(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
