@@ -330,6 +330,37 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+class ProcessBlocks(grain.MapDataset):
+  """Process `index`'s rows of each global batch: the contiguous block
+  [index * b, (index + 1) * b) of every run of `global_batch` elements, b = global / count.
+
+  Contiguous, not strided, because `jax.make_array_from_process_local_data`
+  places process p's rows at that block of the global batch: a multi-process
+  step then sees exactly the batch (order included, so dropout masks too) of a
+  single process.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self._global, self._local, self._index = global_batch, global_batch // count, index
+    self._length = len(parent) // global_batch * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, i: int) -> int:
+    batch, row = divmod(i, self._local)
+    return batch * self._global + self._index * self._local + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def __str__(self) -> str:
+    return f'ProcessBlocks(global_batch={self._global}, index={self._index})'
+
+
 def make_train_dataset(source: RecordSource, *, image_size: int, crop_size: int,
                        flip: bool, lighting_std: float, eigvals: np.ndarray,
                        eigvecs: np.ndarray, global_batch_size: int, seed: int,
@@ -346,7 +377,7 @@ def make_train_dataset(source: RecordSource, *, image_size: int, crop_size: int,
           .shuffle(seed=int(shuffle_seed))  # Reseeded per epoch by repeat().
           .repeat()
           .random_map(transform, seed=int(augment_seed))
-          [process_index::process_count]
+          .pipe(ProcessBlocks, global_batch_size, process_index, process_count)
           .batch(local_batch, drop_remainder=True))
 
 
@@ -366,7 +397,8 @@ def make_eval_dataset(source: RecordSource, *, image_size: int, crop_size: int,
   transform = EvalTransform(
       records=source.records, parse=source.parse, resize=source.resize,
       num_records=num_records, image_size=image_size, crop_size=crop_size, views=views)
-  return (grain.MapDataset.range(padded)[process_index::process_count]
+  return (grain.MapDataset.range(padded)
+          .pipe(ProcessBlocks, global_batch_size, process_index, process_count)
           .map(transform)
           .batch(local_batch))
 
