@@ -314,6 +314,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   preemption = checkpoint_lib.PreemptionWatcher()
   pending: list[dict[str, jax.Array]] = []
   last_eval: dict[str, float] = {}
+  if start_step >= num_steps:
+    evals = [r for r in metrics_lib.read_metrics(workdir) if r['kind'] == 'eval']
+    last_eval = evals[-1] if evals else {}
+    logging.info('The run in %s already finished at step %d.', workdir, start_step)
   last_time, last_step = time.perf_counter(), start_step
   logging.info('Training %d steps (%d per epoch, global batch %d) from step %d.', num_steps,
                steps_per_epoch, config.batch_size, start_step)
