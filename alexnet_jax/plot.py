@@ -1,0 +1,121 @@
+"""Draws a run's pictures into WORKDIR/plots/ (see figures.py for what each shows).
+
+  python -m alexnet_jax.plot --workdir=runs/digits [--step=N] [--max_train=2000]
+
+- training_curves.png, throughput.png: from metrics.jsonl;
+- conv1_kernels.png (the paper's figure 3): from the newest (or --step) checkpoint;
+- nearest_neighbours.png (figure 4): from the checkpoint and the dataset; skipped,
+  with a note, where the dataset is not on this machine.
+
+Training writes the first three itself when it ends; this command redraws them
+from a finished (or stopped) run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import cli
+from alexnet_jax import figures
+from alexnet_jax import input_pipeline
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import model as model_lib
+from alexnet_jax import predict
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  name: str  # file name in WORKDIR/plots/
+  path: str | None  # where it was written, None if skipped
+  note: str = ''  # why it was skipped
+
+
+def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
+                max_train: int = 2000, num_queries: int = 5,
+                num_neighbours: int = 6) -> list[Outcome]:
+  """Writes every picture the workdir allows; returns what was written or skipped and why.
+
+  Raises FileNotFoundError when the workdir has neither metrics nor a checkpoint,
+  checkpoint.CheckpointError when the checkpoint asked for is unreadable.
+  """
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  folder = figures.plots_dir(workdir)
+  outcomes = []
+  try:
+    written = figures.write_curve_plots(workdir)
+    outcomes += [Outcome(os.path.basename(p), p) for p in written]
+    if len(written) == 1:
+      outcomes.append(Outcome(figures.THROUGHPUT_FILE, None, 'no images_per_sec in metrics'))
+  except FileNotFoundError as e:
+    outcomes += [Outcome(figures.CURVES_FILE, None, str(e)),
+                 Outcome(figures.THROUGHPUT_FILE, None, str(e))]
+
+  try:
+    config = predict.load_config(workdir)
+    model = model_lib.from_config(config.model)
+    params, _ = predict.restore_params(workdir, config, model, step)
+  except FileNotFoundError as e:
+    if not any(o.path for o in outcomes):
+      raise FileNotFoundError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
+                              f'and no checkpoint ({e})') from e
+    return outcomes + [Outcome(figures.KERNELS_FILE, None, str(e)),
+                       Outcome(figures.NEIGHBOURS_FILE, None, str(e))]
+  outcomes.append(Outcome(figures.KERNELS_FILE, figures.plot_conv1_kernels(
+      params['conv1']['kernel'], config.model.towers,
+      os.path.join(folder, figures.KERNELS_FILE))))
+  try:
+    info = predict.dataset_info(workdir, config)
+    path = figures.nearest_neighbour_figure(
+        os.path.join(folder, figures.NEIGHBOURS_FILE), params=params, model=model,
+        data_config=config.data, mean_image=input_pipeline.mean_for_config(info, config.data),
+        class_descriptions=info.class_descriptions, num_queries=num_queries,
+        num_neighbours=num_neighbours, max_train=max_train, seed=config.seed)
+    outcomes.append(Outcome(figures.NEIGHBOURS_FILE, path))
+  except FileNotFoundError as e:
+    note = f'needs the dataset, which is not here: {e}'
+    logging.info('%s skipped: %s', figures.NEIGHBOURS_FILE, note)
+    outcomes.append(Outcome(figures.NEIGHBOURS_FILE, None, note))
+  return outcomes
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step for the figures; default the newest.')
+  flags.DEFINE_integer('max_train', 2000, 'Training images searched for nearest neighbours.',
+                       lower_bound=1)
+  flags.DEFINE_integer('queries', 5, 'Validation images in the nearest-neighbour figure.',
+                       lower_bound=1)
+  flags.DEFINE_integer('neighbours', 6, 'Neighbours shown per validation image.', lower_bound=1)
+  flags.mark_flag_as_required('workdir')
+
+
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
+  try:
+    outcomes = write_plots(FLAGS.workdir, step=FLAGS.step, max_train=FLAGS.max_train,
+                           num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours)
+  except checkpoint_lib.CheckpointError as e:
+    raise ValueError(str(e)) from e
+  for o in outcomes:
+    print(f'wrote   {o.path}' if o.path else f'skipped {o.name}: {o.note}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

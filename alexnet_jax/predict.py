@@ -1,0 +1,357 @@
+"""Classifies image files with a trained run: the paper's 10-crop test, or the center crop.
+
+  python -m alexnet_jax.predict --workdir=runs/digits [--step=N] [--crops=10|1] IMAGE [IMAGE ...]
+
+For each image it prints the five most probable classes (class name, e.g. the
+wnid, and its human-readable description). Without --crops the run's own final
+test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
+crop for digits, where half of the 10 views would be mirrored digits). The run's
+stored config, its checkpoint and the dataset facts it keeps in the workdir
+(run_info) are all it needs: no training data, no accelerator.
+
+Each image goes through exactly what evaluation does: the shorter side resized
+to config.data.image_size and the central square kept (as `prepare` stores
+images), then the views cut, the mean image subtracted and the softmax outputs
+of the views averaged (`view_probabilities` mirrors train.eval_step).
+
+As a library:
+
+  results = predict('runs/digits', ['seven.png'], crops=10)
+  probs, top5 = results[0]          # probs: (num_classes,), top5: [ClassScore, ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from typing import Any, Sequence, Union
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import PIL
+
+from alexnet_jax import augment
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import cli
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import run_info
+from alexnet_jax import train
+
+Image = Union[str, os.PathLike, np.ndarray]
+# Images per forward pass: 10 views each, so a chunk is 80 crops.
+CHUNK = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassScore:
+  label: int
+  prob: float
+  name: str  # wnid or folder name
+  description: str  # human-readable, or the name again when the dataset has none
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run ready to classify: its config, model, weights and dataset facts."""
+  config: ml_collections.ConfigDict
+  model: model_lib.AlexNet
+  params: Any
+  info: input_pipeline.DatasetInfo
+  step: int
+
+  @property
+  def mean_image(self) -> np.ndarray:
+    return input_pipeline.mean_for_config(self.info, self.config.data)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
+  """The resolved config the run in WORKDIR stored at its start."""
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  try:
+    stored = checkpoint_lib.load_config_dict(workdir)
+  except ValueError as e:  # json.JSONDecodeError
+    raise ValueError(f'{os.path.join(workdir, checkpoint_lib.CONFIG_JSON)} is unreadable: '
+                     f'{e}') from e
+  if stored is None:
+    raise FileNotFoundError(f'{workdir} holds no {checkpoint_lib.CONFIG_JSON}: not the workdir '
+                            'of a training run')
+  # Runs store their resolved config; an 'auto' left in an older one is resolved here.
+  return train.resolve_auto(ml_collections.ConfigDict(stored))
+
+
+def abstract_state(config: ml_collections.ConfigDict, model: model_lib.AlexNet,
+                   device: jax.Device | None = None) -> train.TrainState:
+  """Shapes of the run's TrainState, each placed whole on one device: a restore target.
+
+  Traced with jax.eval_shape, so nothing is initialised. The optimizer state is
+  part of it because checkpoints store the whole train state.
+  """
+  device = device or jax.devices()[0]
+  optimizer = optim.create_optimizer(config.optim)
+  crop = config.data.crop_size
+  shapes = jax.eval_shape(
+      lambda rng: nn.unbox(train.init_state(model, optimizer, rng, (1, crop, crop, 3))),
+      jax.random.key(0))
+  place = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place), shapes)
+
+
+def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
+                   model: model_lib.AlexNet, step: int | None = None) -> tuple[Any, int]:
+  """(params, step) of the newest checkpoint in WORKDIR, or of `step`.
+
+  A checkpoint that cannot be read raises checkpoint.CheckpointError; unlike a
+  resuming trainer, this reader never falls back to an older one or moves
+  folders, so what it reports is the step asked for.
+  """
+  workdir = os.fspath(workdir)
+  folder = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'no checkpoint in {workdir} ({folder} does not exist)')
+  ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'no finished checkpoint in {folder}')
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ValueError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
+    try:
+      state, _ = ckpt.restore(abstract_state(config, model), step=step)
+    except checkpoint_lib.CheckpointError as e:
+      older = [s for s in steps if s < step]
+      hint = f'; --step={older[-1]} selects the one before it' if older else ''
+      raise checkpoint_lib.CheckpointError(f'{e}{hint}') from e
+  finally:
+    ckpt.close()
+  return state.params, step
+
+
+def dataset_info(workdir: str | os.PathLike[str],
+                 config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+  """The run's dataset facts, checked against its model."""
+  info = run_info.dataset_info_for_run(workdir, config.data)
+  if info.num_classes != config.model.num_classes:
+    raise ValueError(f'the run in {workdir} has {config.model.num_classes} output classes but '
+                     f'its dataset description lists {info.num_classes}')
+  return info
+
+
+def load_run(workdir: str | os.PathLike[str], step: int | None = None) -> Run:
+  """Config, model, weights (newest checkpoint, or `step`) and dataset facts of a run."""
+  config = load_config(workdir)
+  model = model_lib.from_config(config.model)
+  info = dataset_info(workdir, config)
+  params, step = restore_params(workdir, config, model, step)
+  return Run(config, model, params, info, step)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(image: Image, image_size: int) -> np.ndarray:
+  """uint8 (S, S, 3): a file (any format PIL reads) or an RGB array, stored as prepare does.
+
+  Raises ValueError naming the file when it cannot be read as an image.
+  """
+  if isinstance(image, np.ndarray):
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+        image.ndim == 3 and image.shape[-1] != 3):
+      raise ValueError(f'an image array must be uint8 (H, W, 3) or (H, W), got '
+                       f'{image.dtype} {image.shape}')
+    return augment.resize_center_crop(image, image_size)
+  path = os.fspath(image)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    return augment.decode_and_resize(data, image_size)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # Decoders fail in many ways (OSError, ValueError, SyntaxError, cv2.error, PIL's
+    # DecompressionBombError); to the user each means the same: not a readable image.
+    if isinstance(e, PIL.UnidentifiedImageError):
+      reason = 'not an image in a format Pillow reads'
+    elif isinstance(e, OSError) and e.strerror:
+      reason = e.strerror
+    else:
+      reason = str(e).strip() or type(e).__name__
+    raise ValueError(f'cannot read image {path}: {reason}') from e
+
+
+def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndarray]:
+  """The eval views of one stored image, as the eval pipeline builds them.
+
+  Returns image uint8 (V, c, c, 3), crop int32 (V, 2), flip bool (V,); V is 1
+  (center) or 10 (the paper's corners and center, plain and mirrored).
+  """
+  size = image.shape[0]
+  if crops == 1:
+    views = [(*augment.center_crop_offsets(size, crop_size), False)]
+  elif crops == 10:
+    views = augment.ten_crop_views(size, crop_size)
+  else:
+    raise ValueError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+  return {
+      'image': np.stack([augment.crop_and_flip(image, t, l, crop_size, f) for t, l, f in views]),
+      'crop': np.array([(t, l) for t, l, _ in views], np.int32),
+      'flip': np.array([f for _, _, f in views], bool),
+  }
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+
+def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array, *,
+                       model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
+  """Softmax outputs (b, V, num_classes) of uint8 views (b, V, c, c, 3).
+
+  The input side of train.eval_step: the same normalisation (no lighting), the
+  same deterministic forward pass; eval_step then averages over V.
+  """
+  b, v = image.shape[:2]
+  flat = lambda x: x.reshape((b * v,) + x.shape[2:])
+  x = augment.normalize(flat(image), flat(crop), flat(flip), jnp.zeros((b * v, 3), jnp.float32),
+                        mean_image)
+  logits = model.apply({'params': params}, x, train=False)
+  return jax.nn.softmax(logits).reshape(b, v, -1)
+
+
+# Modules are hashable dataclasses: equal models share one compilation across calls.
+_view_probabilities_jit = jax.jit(view_probabilities, static_argnames='model')
+
+
+def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndarray:
+  """Class probabilities (n, num_classes) of stored uint8 images (S, S, 3).
+
+  Each row is the mean of the softmax outputs over the image's views.
+  """
+  fn = functools.partial(_view_probabilities_jit, model=run.model)
+  mean_image = jnp.asarray(run.mean_image, jnp.float32)
+  out = []
+  for start in range(0, len(images), CHUNK):
+    views = [views_of(im, run.config.data.crop_size, crops) for im in images[start:start + CHUNK]]
+    batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
+    probs = fn(run.params, batch['image'], batch['crop'], batch['flip'], mean_image=mean_image)
+    out.append(np.asarray(jax.device_get(probs), np.float64).mean(axis=1))
+  return np.concatenate(out).astype(np.float32) if out else np.zeros((0, run.info.num_classes),
+                                                                      np.float32)
+
+
+def top_k(probs: np.ndarray, info: input_pipeline.DatasetInfo, k: int = 5) -> list[ClassScore]:
+  """The k most probable classes, most probable first (ties: lower label first)."""
+  order = np.argsort(-probs, kind='stable')[:k]
+  return [ClassScore(int(i), float(probs[i]), info.class_names[i], info.class_descriptions[i])
+          for i in order]
+
+
+def predict_with_run(workdir: str | os.PathLike[str], images: Sequence[Image],
+                     crops: int | None = 10, step: int | None = None
+                     ) -> tuple[Run, list[tuple[np.ndarray, list[ClassScore]]]]:
+  """`predict`, also returning the loaded run (which checkpoint step answered, its classes).
+
+  crops=None takes the run's own final test (config.final_eval_crops).
+  """
+  config = load_config(workdir)
+  crops = config.final_eval_crops if crops is None else crops
+  if crops not in (1, 10):
+    raise ValueError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+  stored = [read_image(im, config.data.image_size) for im in images]  # bad files fail fast
+  run = load_run(workdir, step)
+  probs = classify(run, stored, crops)
+  return run, [(p, top_k(p, run.info)) for p in probs]
+
+
+def predict(workdir: str | os.PathLike[str], images: Sequence[Image], crops: int = 10,
+            step: int | None = None) -> list[tuple[np.ndarray, list[ClassScore]]]:
+  """(probabilities, top-5) for each image, from the run in WORKDIR.
+
+  images: file paths (any format PIL reads) or uint8 RGB arrays of any size.
+  crops: 10 for the paper's test, 1 for the center crop.
+  step: the checkpoint to use; default the newest.
+  """
+  return predict_with_run(workdir, images, crops, step)[1]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def format_prediction(image: Image, top: Sequence[ClassScore], crops: int) -> str:
+  """Lines a person reads: the image, then rank, probability, class name and description."""
+  what = 'paper\'s 10-crop test' if crops == 10 else 'center crop'
+  name = os.fspath(image) if not isinstance(image, np.ndarray) else f'array {image.shape}'
+  width = max(len(s.name) for s in top)
+  lines = [f'{name} ({what}):']
+  for rank, s in enumerate(top, 1):
+    described = f'  {s.description}' if s.description != s.name else ''
+    lines.append(f'  {rank}. {s.prob:7.2%}  {s.name:<{width}}{described}')
+  return '\n'.join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def _drop_aborted_read_callbacks() -> None:
+  """Silences the callbacks of array reads still in flight when a restore failed.
+
+  When one array of a damaged checkpoint fails, orbax closes its event loop while
+  tensorstore finishes the other reads; each of their completion callbacks then
+  raises 'Event loop is closed' into sys.unraisablehook, burying the one-line
+  error under dozens of tracebacks. Those, and only those, are dropped.
+  """
+  default = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    default(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Workdir of a training run (holds config.json and '
+                      'checkpoints/).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to use; default the newest.')
+  flags.DEFINE_enum('crops', None, ['10', '1'], '10: the paper\'s 10-crop test; 1: center crop. '
+                    'Default: the test the run ended with (config.final_eval_crops).')
+  flags.mark_flag_as_required('workdir')
+
+
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> None:
+  images = list(argv[1:])
+  if not images:
+    raise app.UsageError('give one or more image files after the flags')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
+  _drop_aborted_read_callbacks()
+  crops = None if FLAGS.crops is None else int(FLAGS.crops)
+  try:
+    run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
+  except checkpoint_lib.CheckpointError as e:
+    raise ValueError(str(e)) from e  # a damaged checkpoint is the user's to fix: one line
+  crops = run.config.final_eval_crops if crops is None else crops
+  print(f'{FLAGS.workdir}, checkpoint step {run.step}:')
+  for image, (_, top) in zip(images, results):
+    print(format_prediction(image, top, crops))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

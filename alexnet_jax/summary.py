@@ -1,0 +1,177 @@
+"""The network a config describes, layer by layer, without creating it.
+
+  python -m alexnet_jax.summary --config=configs/imagenet.py [--config.FIELD=VALUE ...]
+
+For each layer: output shape per image, parameter count, forward multiply-adds
+and the mesh axes its weights are split over (their logical axis names mapped
+through config.mesh.rules). Totals at the bottom, with what one device holds.
+The parameters are traced with jax.eval_shape, so the paper's 61M-parameter
+network is summarised in a second on a laptop, and the counts are those of the
+arrays the model really creates (not a formula kept beside it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from alexnet_jax import cli
+from alexnet_jax import model as model_lib
+from alexnet_jax import sharding
+from alexnet_jax import train
+
+PartitionSpec = jax.sharding.PartitionSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSharding:
+  shape: tuple[int, ...]
+  logical: tuple[str | None, ...]  # the model's axis names
+  mesh: PartitionSpec  # through config.mesh.rules
+
+  def describe(self) -> str:
+    """'conv_out->model' for each split dimension, or 'replicated'."""
+    split = [f'{name}->{axis if isinstance(axis, str) else "+".join(axis)}'
+             for name, axis in zip(self.logical, self.mesh) if axis is not None]
+    return ', '.join(split) or 'replicated'
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+  name: str
+  output_shape: tuple[int, ...]  # per image
+  params: int
+  macs: int  # forward multiply-adds per image
+  groups: int  # towers a grouped conv is split into; 1 otherwise, 0 for pooling
+  weights: Mapping[str, WeightSharding]  # 'kernel', 'bias' -> sharding; empty for pooling
+
+
+def abstract_params(model: model_lib.AlexNet, input_size: int) -> Any:
+  """The model's params as ShapeDtypeStructs inside their logical-axis boxes."""
+  x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+
+
+def layer_groups(model: model_lib.AlexNet, name: str) -> int:
+  if name not in model_lib.CONV_LAYOUT and not name.startswith('fc'):
+    return 0
+  grouped = name in model_lib.CONV_LAYOUT and model_lib.CONV_LAYOUT[name][3]
+  return model.towers if grouped else 1
+
+
+def summarize(config: ml_collections.ConfigDict) -> list[LayerSummary]:
+  """One row per layer (conv, pool, fc) of the network `config.model` builds."""
+  model = model_lib.from_config(config.model)
+  rules = sharding.logical_rules(config)
+  input_size = config.data.crop_size
+  boxed = abstract_params(model, input_size)
+  logical = nn.get_partition_spec(boxed)
+  params = nn.unbox(boxed)
+  rows = []
+  for stats in model_lib.layer_table(model, input_size):
+    weights = {}
+    for pname, value in sorted(params.get(stats.name, {}).items()):
+      names = tuple(logical[stats.name][pname])
+      weights[pname] = WeightSharding(tuple(value.shape), names,
+                                      nn.logical_to_mesh_axes(names, rules))
+    count = model_lib.count_params(params.get(stats.name, {}))
+    rows.append(LayerSummary(stats.name, stats.output_shape, count, stats.macs,
+                             layer_groups(model, stats.name), weights))
+  return rows
+
+
+def per_device_params(rows: Sequence[LayerSummary], axis_sizes: Mapping[str, int]) -> int | None:
+  """Parameters one device holds when every mesh axis has the given size (None: unknown)."""
+  total = 0
+  for row in rows:
+    for w in row.weights.values():
+      count = math.prod(w.shape)
+      for axis in w.mesh:
+        for name in ((axis,) if isinstance(axis, str) else axis or ()):
+          size = axis_sizes.get(name, -1)
+          if size < 1:
+            return None
+          count //= size
+      total += count
+  return total
+
+
+def _shape(shape: Sequence[int]) -> str:
+  return 'x'.join(str(d) for d in shape)
+
+
+def format_summary(config: ml_collections.ConfigDict, rows: Sequence[LayerSummary]) -> str:
+  """The table a person reads, with totals and a header naming the network."""
+  m, size = config.model, config.data.crop_size
+  lines = [
+      f'AlexNet: {m.towers} tower(s), LRN {"on" if m.use_lrn else "off"}, width {m.width}, '
+      f'{m.num_classes} classes, {m.dtype} compute; input {size}x{size}x3 '
+      f'(conv1 padding {m.conv1_padding})',
+      f'mesh: data={config.mesh.data}, model={config.mesh.model}; rules: '
+      + ', '.join(f'{name}->{axis}' for name, axis in sharding.logical_rules(config)
+                  if axis is not None),
+      '',
+  ]
+  header = ('layer', 'output', 'towers', 'parameters', 'multiply-adds', 'kernel split',
+            'bias split')
+  table = [header]
+  for r in rows:
+    table.append((r.name, _shape(r.output_shape), str(r.groups) if r.groups else '',
+                  f'{r.params:,}', f'{r.macs:,}',
+                  r.weights['kernel'].describe() if 'kernel' in r.weights else '',
+                  r.weights['bias'].describe() if 'bias' in r.weights else ''))
+  total_params = sum(r.params for r in rows)
+  total_macs = sum(r.macs for r in rows)
+  table.append(('total', '', '', f'{total_params:,}', f'{total_macs:,}', '', ''))
+  widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+  right = {2, 3, 4}  # numbers align right
+  for i, row in enumerate(table):
+    if i == len(table) - 1:
+      lines.append('  '.join('-' * w for w in widths).rstrip())
+    cells = [c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))]
+    lines.append('  '.join(cells).rstrip())
+  lines.append('')
+  lines.append(f'{total_params:,} parameters ({total_params * 4 / 2**20:.1f} MiB as float32), '
+               f'{total_macs / 1e9:.3g} G multiply-adds per {size}x{size} image (forward)')
+  sizes = {'data': config.mesh.data, 'model': config.mesh.model}
+  device = per_device_params(rows, sizes)
+  if device is None:
+    lines.append('per device: depends on the device count (a weight is split over an axis '
+                 'of size -1)')
+  else:
+    lines.append(f'per device: {device:,} parameters ({device * 4 / 2**20:.1f} MiB), '
+                 f'with mesh.model={config.mesh.model}')
+  return '\n'.join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config file to summarise.', lock_config=True)
+  flags.mark_flag_as_required('config')
+
+
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the table
+  config = train.resolve_auto(FLAGS.config)  # e.g. model.dtype 'auto' -> this machine's choice
+  print(format_summary(config, summarize(config)))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
