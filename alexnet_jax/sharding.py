@@ -150,7 +150,8 @@ def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
   A jitted function must be traced (first call, `.lower`) inside it, or be
   wrapped by `bind_mesh`: that is what lets the grouped convs run tower-local
   (model.tower_shard_specs). Without it the step is still correct, but XLA
-  gathers every grouped layer onto each device.
+  gathers every grouped layer onto each device. Eager `nn.unbox` of boxed
+  params fails in here (it adds sharding constraints): unbox outside.
   """
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield

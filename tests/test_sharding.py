@@ -442,6 +442,24 @@ class GroupedLayersTest(parameterized.TestCase):
     hlo = self.compile_section(layers, x_shape, mesh_of(1, 2))
     self.assertEqual(collectives(hlo), [])
 
+  @parameterized.parameters('split', 'feature_group')
+  def test_tower_local_conv_matches_whole_conv(self, impl):
+    conv = model_lib.Conv(32, 5, 1, 2, groups=2, group_impl=impl)
+    x = np.random.RandomState(0).randn(8, 7, 7, 12).astype(np.float32)
+    boxed = conv.init(jax.random.key(0), x)['params']
+    params = nn.unbox(boxed)
+    want = conv.apply({'params': params}, x)
+    mesh = mesh_of(2, 2)
+    act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
+                                                                      'model'))
+    fn = jax.jit(sharding.bind_mesh(lambda p, inp: conv.apply({'params': p}, inp), mesh,
+                                    tiny.RULES),
+                 in_shardings=(sharding.param_shardings(boxed, mesh, tiny.RULES), act),
+                 out_shardings=act)
+    compiled = fn.lower(params, x).compile()
+    self.assertEqual(collectives(compiled.as_text()), [])
+    np.testing.assert_allclose(compiled(params, x), want, rtol=1e-5, atol=1e-6)
+
   def test_grouped_layers_with_data_axis_sum_weight_gradients_only(self):
     layers = [self.layer('conv4', 48, 2), self.layer('conv5', 32, 2)]
     hlo = self.compile_section(layers, (8, 3, 3, 48), mesh_of(2, 2))
