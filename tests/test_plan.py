@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
+from tests import XLA_TEST_FLAGS
 from tests.test_train import digits_dir
 from tests.test_train import read_metrics
 from tests.test_train import tiny_config
@@ -23,7 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def launch_env(devices: int, **extra: str) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
   env.update(PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', **extra)
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {XLA_TEST_FLAGS}',
+             **extra)
   return env
 
 

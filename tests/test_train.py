@@ -21,6 +21,7 @@ from alexnet_jax import optim
 from alexnet_jax import prepare
 from alexnet_jax import train
 from configs import imagenet
+from tests import XLA_TEST_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DATA = {}
@@ -89,7 +90,7 @@ def run_launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
          f'--workdir={workdir}', *args]
   # The same eight devices as the in-process runs, so that results compare bitwise.
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_TEST_FLAGS}')
   if not wait:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
