@@ -248,6 +248,20 @@ class DropoutTest(absltest.TestCase):
       self.apply(True)
 
 
+class InputScaleTest(absltest.TestCase):
+
+  def test_scales_the_input(self):
+    net = model_lib.AlexNet(width=0.125, num_classes=10, input_scale=1 / 64)
+    params = init_params(net, 67)
+    x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+    np.testing.assert_allclose(
+        np.asarray(net.apply({'params': params}, x)),
+        np.asarray(net.clone(input_scale=1.0).apply({'params': params}, x / 64)), rtol=1e-5,
+        atol=1e-6)
+    with self.assertRaisesRegex(ValueError, 'input_scale'):
+      model_lib.AlexNet(input_scale=0.0).check()
+
+
 class DtypeTest(absltest.TestCase):
 
   def test_bfloat16_close_to_float32(self):
