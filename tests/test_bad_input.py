@@ -1,0 +1,657 @@
+"""Every bad input a user can give, through the real commands: one line, non-zero, nothing touched.
+
+CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`
+or `python -m alexnet_jax.predict` on one bad input and must exit with the listed status,
+print exactly the listed line (paths shown as the names in FIXTURES), show no Python
+traceback, and leave every file that existed before it byte-for-byte as it was. Bad images
+are the exception that does not fail: prepare skips and counts the undecodable ones (and
+converts the odd but valid ones), unless --strict.
+
+docs/bad_input.md is generated from CASES; a test fails when they differ. After changing a
+message or a case, rewrite it with
+
+  python -m tests.test_bad_input --write_doc
+
+Speed: a helper process imports the libraries once, then forks one child per case that
+runs the command exactly as `python` would run it (runpy as `__main__`, fresh flags, its
+own stdout/stderr); a few cases also run as plain subprocesses to prove both give the same.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Optional
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+from PIL import Image
+
+from tests import test_reliability as reliability
+from tests import test_train
+
+REPO = test_train.REPO
+DOC = os.path.join(REPO, 'docs', 'bad_input.md')
+
+# Placeholders of the matrix, what they stand for, in the order they are substituted back
+# into the printed messages (longer paths first).
+FIXTURES = {
+    'RUN': 'the workdir of a run: config, dataset info, a checkpoint of step 2, metrics',
+    'BROKEN_RUN': 'a copy of {RUN} whose checkpoint has its largest array file cut in half',
+    'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/test_train.py` `tiny_config`)',
+    'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 images)',
+    'DATA': 'the prepared digits dataset (10 classes, image_size 72)',
+    'CASE': 'a folder of this case alone (its bad images, tars, or outputs)',
+    'FILE': 'a plain file',
+}
+
+SKIPPED = 'skipped'  # `status` of the bad-image cases: exit 0, the image skipped and counted
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  group: str
+  what: str  # the bad input, in words
+  tool: str  # launch | prepare | predict
+  args: tuple[str, ...]  # with {PLACEHOLDERS}
+  status: int
+  message: str  # the one line it prints, paths as placeholders
+  # Files the case puts in CASE before it runs: relative path -> kind (see _make_input).
+  inputs: tuple[tuple[str, str], ...] = ()
+  skipped: Optional[int] = None  # bad images: how many prepare reports as skipped
+
+
+def _launch(*extra: str, workdir: str = '{CASE}/new') -> tuple[str, ...]:
+  return ('--config={CFG}', f'--workdir={workdir}', *extra)
+
+
+# Four small good images per class (two classes) and one in val: the bad-image cases add one.
+GOOD_TREE = (('train/a/0.JPEG', 'jpeg'), ('train/a/1.JPEG', 'jpeg'), ('train/b/0.JPEG', 'jpeg'),
+             ('train/b/1.JPEG', 'jpeg'), ('val/a/0.JPEG', 'jpeg'))
+
+CASES = (
+    # --------------------------------------------------------------------- paths
+    Case('missing_data_dir', 'paths', 'config.data.dir does not exist', 'launch',
+         _launch('--config.data.dir={CASE}/nowhere'), 2,
+         'error: {CASE}/nowhere holds no complete prepared dataset (no finished dataset.json); '
+         'run: python -m alexnet_jax.prepare --source=SRC --output={CASE}/nowhere (or set '
+         'config.data.prepare_from)'),
+    Case('data_dir_is_a_file', 'paths', 'config.data.dir is a file', 'launch',
+         _launch('--config.data.dir={FILE}'), 2,
+         'error: {FILE} holds no complete prepared dataset (no finished dataset.json); run: '
+         'python -m alexnet_jax.prepare --source=SRC --output={FILE} (or set '
+         'config.data.prepare_from)'),
+    Case('missing_prepare_from', 'paths', 'config.data.prepare_from does not exist', 'launch',
+         _launch('--config.data.dir={CASE}/new/data',
+                 '--config.data.prepare_from={CASE}/nowhere'), 2,
+         'error: source folder {CASE}/nowhere does not exist'),
+    Case('workdir_is_a_file', 'paths', '--workdir is a file', 'launch',
+         _launch(workdir='{FILE}'), 2,
+         "error: workdir '{FILE}' cannot be written: File exists"),
+    Case('workdir_under_a_file', 'paths', '--workdir cannot be created (a file in its path)',
+         'launch', _launch(workdir='{FILE}/run'), 2,
+         "error: workdir '{FILE}/run' cannot be written: Not a directory"),
+    Case('missing_source', 'paths', 'prepare --source does not exist', 'prepare',
+         ('--source={CASE}/nowhere', '--output={CASE}/out'), 1,
+         'prepare: error: source folder {CASE}/nowhere does not exist'),
+    Case('source_is_a_file', 'paths', 'prepare --source is a file', 'prepare',
+         ('--source={FILE}', '--output={CASE}/out'), 1,
+         'prepare: error: source {FILE} is not a folder (give the folder that holds '
+         'ILSVRC2012_img_train.tar, or an ImageFolder root)'),
+    Case('source_not_a_dataset', 'paths', 'prepare --source holds neither tars nor train/',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
+         'prepare: error: source folder {CASE}/src holds neither ILSVRC2012_img_train.tar nor '
+         'train/: it should hold the official tars (ILSVRC2012_img_train.tar, '
+         'ILSVRC2012_img_val.tar) or an ImageFolder tree (train/<class>/<image>, '
+         'val/<class>/<image>)', inputs=(('src/photo.JPEG', 'jpeg'),)),
+    Case('output_is_a_file', 'paths', 'prepare --output is a file', 'prepare',
+         ('--source=digits', '--output={FILE}'), 1,
+         'prepare: error: output {FILE} exists and is not a folder'),
+    Case('output_prepared_at_other_size', 'paths',
+         'prepare --output holds a dataset of another image_size', 'prepare',
+         ('--source=digits', '--output={DATA}', '--image_size=64'), 1,
+         'prepare: error: {DATA} already holds a dataset prepared at image_size 72, not 64; '
+         'prepare into another folder'),
+    Case('predict_missing_workdir', 'paths', 'predict --workdir does not exist', 'predict',
+         ('--workdir={CASE}/nowhere', '{CASE}/x.JPEG'), 2,
+         'error: workdir {CASE}/nowhere does not exist', inputs=(('x.JPEG', 'jpeg'),)),
+    Case('predict_workdir_not_a_run', 'paths', 'predict --workdir is not a training run',
+         'predict', ('--workdir={DATA}', '{CASE}/x.JPEG'), 2,
+         'error: {DATA} holds no config.json: not the workdir of a training run',
+         inputs=(('x.JPEG', 'jpeg'),)),
+    Case('predict_missing_image', 'paths', 'predict IMAGE does not exist', 'predict',
+         ('--workdir={RUN}', '{CASE}/nowhere.JPEG'), 2,
+         'error: cannot read image {CASE}/nowhere.JPEG: No such file or directory'),
+    # --------------------------------------------------------------------- configs
+    Case('wrong_type', 'configs', 'a value of the wrong type on the command line', 'launch',
+         _launch('--config.num_epochs=ten'), 1,
+         "FATAL Flags parsing error: flag --config.num_epochs=ten: invalid literal for int() "
+         "with base 10: 'ten'"),
+    Case('negative_lr', 'configs', 'negative learning rate', 'launch',
+         _launch('--config.optim.learning_rate=-0.1', workdir='{RUN}'), 2,
+         'error: config.optim.learning_rate must be > 0, got -0.1'),
+    Case('unknown_schedule', 'configs', 'unknown learning-rate schedule', 'launch',
+         _launch('--config.optim.schedule=cosine', workdir='{RUN}'), 2,
+         "error: config.optim.schedule must be one of ('plateau', 'step', 'constant'), got "
+         "'cosine'"),
+    Case('batch_not_divisible', 'configs', 'batch size not divisible by the data axis', 'launch',
+         _launch('--config.batch_size=15', workdir='{RUN}'), 2,
+         'error: config.batch_size=15 is not divisible by the mesh data axis (8 device groups); '
+         'use a multiple of 8'),
+    Case('zero_epochs', 'configs', 'zero epochs', 'launch',
+         _launch('--config.num_epochs=0'), 2,
+         'error: config.num_epochs must be a positive integer, got 0'),
+    Case('crop_larger_than_image', 'configs', 'crop larger than the stored image', 'launch',
+         _launch('--config.data.crop_size=80'), 2,
+         'error: config.data.image_size must be an integer >= data.crop_size (80), got 72'),
+    Case('image_size_mismatch', 'configs', 'image_size other than the prepared one', 'launch',
+         _launch('--config.data.crop_size=80', '--config.data.image_size=96'), 2,
+         'error: {DATA} was prepared at image_size 72 but config.data.image_size is 96'),
+    Case('unknown_init', 'configs', 'unknown init scheme', 'launch',
+         _launch('--config.model.init_scheme=xavier'), 2,
+         "error: unknown init scheme 'xavier'; expected one of ('paper', 'caffe', 'he')"),
+    Case('odd_tower_width', 'configs', 'a width multiplier giving odd tower widths', 'launch',
+         _launch('--config.model.width=0.3'), 2,
+         'error: conv1 width 29 (width multiplier 0.3) is not divisible by towers=2; choose a '
+         'width giving even conv widths'),
+    Case('unknown_dtype', 'configs', 'unknown compute dtype', 'launch',
+         _launch('--config.model.dtype=float8'), 2,
+         "error: unknown model dtype 'float8'"),
+    Case('unknown_data_source', 'configs', 'unknown data source', 'launch',
+         _launch('--config.data.source=imagenet'), 2,
+         "error: data.source must be 'prepared' or 'tfds', got 'imagenet'"),
+    Case('bad_image_size_flag', 'configs', 'prepare --image_size too small', 'prepare',
+         ('--source=digits', '--output={CASE}/out', '--image_size=4'), 1,
+         'prepare: error: image_size must be at least 8, got 4'),
+    # --------------------------------------------------------------------- images
+    *(Case(f'{kind}_image_skipped', 'images', f'{what} in the training set', 'prepare',
+           ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+           'prepared {CASE}/out: train 4, val 1 images; skipped 1 undecodable; T s',
+           inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), (f'src/train/a/{kind}.JPEG', kind)),
+           skipped=1)
+      for kind, what in (('truncated', 'a truncated JPEG'), ('empty', 'an empty file'))),
+    *(Case(f'{kind}_image_converted', 'images', f'{what} in the training set', 'prepare',
+           ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+           'prepared {CASE}/out: train 5, val 1 images; skipped 0 undecodable; T s',
+           inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), (f'src/train/a/{kind}.JPEG', kind)),
+           skipped=0)
+      for kind, what in (('png', 'a PNG named .JPEG'), ('cmyk', 'a CMYK JPEG'),
+                         ('gray', 'a grayscale JPEG'))),
+    Case('truncated_image_strict', 'images', 'a truncated JPEG, with --strict', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 1,
+         'prepare: error: cannot decode {CASE}/src/train/a/truncated.JPEG (OSError: image file '
+         'is truncated (N bytes not processed)); run without --strict to skip such files and '
+         'list them in the report',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/a/truncated.JPEG',
+                                                               'truncated'))),
+    Case('empty_image_strict', 'images', 'an empty file, with --strict', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 1,
+         'prepare: error: cannot decode {CASE}/src/train/a/empty.JPEG (UnidentifiedImageError: '
+         'cannot identify image file <_io.BytesIO object>); run without --strict to skip such '
+         'files and list them in the report',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/a/empty.JPEG', 'empty'))),
+    Case('class_without_images', 'images', 'a class folder with no images', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out'), 1,
+         'prepare: error: class folder {CASE}/src/train/c holds no images (looked for .bmp, '
+         '.gif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp)',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/c/notes.txt', 'text'))),
+    Case('predict_empty_image', 'images', 'predict on an empty file', 'predict',
+         ('--workdir={RUN}', '{CASE}/empty.JPEG'), 2,
+         'error: cannot read image {CASE}/empty.JPEG: not an image in a format Pillow reads',
+         inputs=(('empty.JPEG', 'empty'),)),
+    Case('predict_text_file', 'images', 'predict on a text file', 'predict',
+         ('--workdir={RUN}', '{CASE}/notes.txt'), 2,
+         'error: cannot read image {CASE}/notes.txt: not an image in a format Pillow reads',
+         inputs=(('notes.txt', 'text'),)),
+    # --------------------------------------------------------------------- labels
+    Case('val_tar_unofficial_names', 'labels', 'a val tar with non-official file names',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
+         "prepare: error: {CASE}/src/ILSVRC2012_img_val.tar holds 'my_photo.JPEG', not an "
+         'official validation file name (ILSVRC2012_val_00000001.JPEG ... '
+         'ILSVRC2012_val_00050000.JPEG). Its labels come from tfds validation_labels.txt by file '
+         'number, so they would be wrong; use an ImageFolder val/<wnid>/ tree instead',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar'),
+                 ('src/ILSVRC2012_img_val.tar', 'renamed_val_tar'))),
+    Case('train_tar_not_synsets', 'labels', 'a train tar not made of <wnid>.tar files',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
+         "prepare: error: {CASE}/src/ILSVRC2012_img_train.tar holds 'cats.tar', not an "
+         'ILSVRC-2012 <wnid>.tar: this is not the official train tar (use an ImageFolder '
+         'train/<class>/ tree instead)',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'cats_tar'),)),
+    Case('val_class_not_in_train', 'labels', 'a val/ class that train/ lacks', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out'), 1,
+         'prepare: error: {CASE}/src/val/zebra is not a training class (no '
+         '{CASE}/src/train/zebra)',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/val/zebra/0.JPEG', 'jpeg'))),
+    # --------------------------------------------------------------------- checkpoints
+    Case('predict_corrupt_checkpoint', 'checkpoints', 'predict with a damaged checkpoint',
+         'predict', ('--workdir={BROKEN_RUN}', '{CASE}/x.JPEG'), 2,
+         'error: cannot restore checkpoint {BROKEN_RUN}/checkpoints/2: <reason>',
+         inputs=(('x.JPEG', 'jpeg'),)),
+    Case('predict_no_checkpoint', 'checkpoints', 'predict on a run without checkpoints',
+         'predict', ('--workdir={CASE}/run', '{CASE}/x.JPEG'), 2,
+         'error: no checkpoint in {CASE}/run ({CASE}/run/checkpoints does not exist)',
+         inputs=(('x.JPEG', 'jpeg'), ('run', 'run_without_checkpoints'))),
+    Case('predict_missing_step', 'checkpoints', 'predict --step of no checkpoint', 'predict',
+         ('--workdir={RUN}', '--step=7', '{CASE}/x.JPEG'), 2,
+         'error: no checkpoint of step 7 in {RUN}/checkpoints; it has steps [2]',
+         inputs=(('x.JPEG', 'jpeg'),)),
+    # --------------------------------------------------------------------- flags
+    Case('unknown_flag', 'flags', 'an unknown flag', 'launch', _launch('--epochs=3'), 1,
+         "FATAL Flags parsing error: Unknown command line flag 'epochs'"),
+    Case('missing_workdir', 'flags', '--workdir missing', 'launch', ('--config={CFG}',), 1,
+         'FATAL Flags parsing error: flag --workdir=None: Flag --workdir must have a value other '
+         'than None.'),
+    Case('missing_config', 'flags', '--config missing', 'launch', ('--workdir={CASE}/new',), 1,
+         'FATAL Flags parsing error: flag --config=None: Flag --config must have a value other '
+         'than None.'),
+    Case('predict_bad_crops', 'flags', 'predict --crops other than 1 or 10', 'predict',
+         ('--workdir={RUN}', '--crops=5', '{CASE}/x.JPEG'), 1,
+         'FATAL Flags parsing error: flag --crops=5: value should be one of <10|1>',
+         inputs=(('x.JPEG', 'jpeg'),)),
+    Case('prepare_missing_source_flag', 'flags', 'prepare without --source', 'prepare',
+         ('--output={CASE}/out',), 1,
+         'FATAL Flags parsing error: flag --source=None: Flag --source must have a value other '
+         'than None.'),
+    # --------------------------------------------------------------------- mesh shapes
+    Case('mesh_model_3', 'mesh', 'mesh.model=3 on 8 devices', 'launch',
+         _launch('--config.mesh.model=3', workdir='{RUN}'), 2,
+         'error: 8 devices cannot be split by config.mesh.model=3; choose a size dividing 8'),
+    Case('mesh_wrong_product', 'mesh', 'mesh.data x mesh.model != the device count', 'launch',
+         _launch('--config.mesh.data=3', '--config.mesh.model=2'), 2,
+         'error: config.mesh.data=3 x config.mesh.model=2 needs 6 devices, but 8 are visible; '
+         'set config.mesh.data=-1 to use all of them'),
+    Case('mesh_zero', 'mesh', 'mesh.data=0', 'launch', _launch('--config.mesh.data=0'), 2,
+         'error: config.mesh.data must be a positive integer or -1, got 0'),
+    Case('mesh_model_splits_a_tower', 'mesh', 'mesh.model=4 with two towers', 'launch',
+         _launch('--config.mesh.model=4'), 2,
+         'error: config.mesh.model=4 does not divide config.model.towers=2: each device must '
+         'hold whole towers (use model=1 or 2)'),
+)
+
+# Run also as plain `python ...` subprocesses: the forked runs must print the same.
+SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step')
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _jpeg(image: np.ndarray, mode: Optional[str] = None) -> bytes:
+  buf = io.BytesIO()
+  picture = Image.fromarray(image)
+  (picture.convert(mode) if mode else picture).save(buf, 'JPEG', quality=90)
+  return buf.getvalue()
+
+
+def _image(seed: int, size: int = 40) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w') as archive:
+    for name, data in members.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      archive.addfile(info, io.BytesIO(data))
+  return buf.getvalue()
+
+
+def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> None:
+  """Writes one input of a case: an image of some kind, a tar, a run folder.
+
+  `name` (the path without the temporary folder) seeds the pixels: the same bytes each run.
+  """
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+  if kind == 'run_without_checkpoints':
+    shutil.copytree(fixtures['RUN'], path, ignore=shutil.ignore_patterns('checkpoints'))
+    return
+  if kind == 'jpeg':
+    data = _jpeg(_image(seed))
+  elif kind == 'truncated':
+    whole = _jpeg(_image(seed))
+    data = whole[:len(whole) // 2]
+  elif kind == 'empty':
+    data = b''
+  elif kind == 'text':
+    data = b'not a picture\n'
+  elif kind == 'png':
+    buf = io.BytesIO()
+    Image.fromarray(_image(seed)).save(buf, 'PNG')
+    data = buf.getvalue()
+  elif kind == 'cmyk':
+    data = _jpeg(_image(seed), 'CMYK')
+  elif kind == 'gray':
+    data = _jpeg(_image(seed)[..., 0])
+  elif kind in ('train_tar', 'cats_tar'):
+    from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
+    wnid = 'cats' if kind == 'cats_tar' else prepare.imagenet_validation_wnids()[0]
+    inner = _tar_bytes({f'{wnid}_{i}.JPEG': _jpeg(_image(seed + i)) for i in range(2)})
+    data = _tar_bytes({f'{wnid}.tar': inner})
+  elif kind == 'renamed_val_tar':
+    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': _jpeg(_image(seed)),
+                       'my_photo.JPEG': _jpeg(_image(seed + 1))})
+  else:
+    raise ValueError(f'unknown input kind {kind!r}')
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def _make_fixtures(root: str) -> dict[str, str]:
+  """The shared inputs of the matrix, under `root` (DATA is the test run's digits set)."""
+  from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
+              'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
+              'DATA3': os.path.join(root, 'data3'), 'CFG': os.path.join(root, 'tiny.py')}
+  with open(fixtures['FILE'], 'w') as f:
+    f.write('a file, not a folder\n')
+  config = test_train.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
+  test_train.write_config_file(fixtures['CFG'], config)
+  reliability.write_run_with_checkpoint(config, fixtures['RUN'], step=2)
+  shutil.copytree(fixtures['RUN'], fixtures['BROKEN_RUN'])
+  reliability.damage(os.path.join(fixtures['BROKEN_RUN'], 'checkpoints', '2'), 'truncate')
+  source = os.path.join(root, 'three_classes')
+  for i in range(24):
+    name = os.path.join('train', 'abc'[i % 3], f'{i}.JPEG')
+    _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
+  prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
+  return fixtures
+
+
+def _fill(text: str, fixtures: dict[str, str]) -> str:
+  return text.format(**fixtures)
+
+
+def _normalize(text: str, fixtures: dict[str, str]) -> str:
+  """Real paths back to placeholders; the seconds of a prepare report to T."""
+  for name, path in sorted(fixtures.items(), key=lambda kv: -len(kv[1])):
+    text = text.replace(path, '{' + name + '}')
+  text = re.sub(r' at 0x[0-9a-f]+>', '>', text)  # repr of an object
+  # The storage library's account of a damaged checkpoint names whichever array read
+  # failed first (they run in parallel), and says it in several ways.
+  text = re.sub(r'(\(step \d+: ).*?(\)\. Move)', r'\1<reason>\2', text)
+  text = re.sub(r'(cannot restore checkpoint \S+: ).*', r'\1<reason>', text)
+  text = re.sub(r'\(\d+ bytes not processed\)', '(N bytes not processed)', text)
+  return re.sub(r'undecodable; \d+\.\d s', 'undecodable; T s', text)
+
+
+_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')
+_ABSL_HINT = 'Pass --helpshort or --helpfull to see help on flags.'
+
+
+def message_lines(stdout: str, stderr: str) -> list[str]:
+  """What the command said to the user: its output less log records and absl's --help hint."""
+  lines = []
+  for line in (stdout + '\n' + stderr).splitlines():
+    if line.strip() and not _LOG_LINE.match(line) and line != _ABSL_HINT:
+      lines.append(line)
+  return lines
+
+
+def snapshot(folders: list[str]) -> dict[str, str]:
+  """sha256 of every file under `folders` (path -> digest)."""
+  digests = {}
+  for folder in folders:
+    for dirpath, _, files in os.walk(folder):
+      for name in files:
+        path = os.path.join(dirpath, name)
+        with open(path, 'rb') as f:
+          digests[path] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def touched(before: dict[str, str], after: dict[str, str],
+            allowed_new: tuple[str, ...]) -> list[str]:
+  """Files changed, removed, or added outside `allowed_new` prefixes."""
+  changed = [p for p in before if after.get(p) != before[p]]
+  added = [p for p in after if p not in before and not p.startswith(allowed_new)]
+  return sorted(changed + added)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def _command(tool: str) -> list[str]:
+  if tool == 'launch':
+    return [sys.executable, os.path.join(REPO, 'launch.py')]
+  return [sys.executable, '-m', f'alexnet_jax.{tool}']
+
+
+def _run_in_child(tool: str, args: list[str], out_path: str, err_path: str) -> None:
+  """In a forked child: run the command as `python` would, then exit with its status."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  os.dup2(out, 1)
+  os.dup2(err, 2)
+  status = 0
+  try:
+    os.chdir(REPO)
+    if tool == 'launch':
+      sys.argv = [os.path.join(REPO, 'launch.py'), *args]
+      runpy.run_path(sys.argv[0], run_name='__main__')
+    else:
+      sys.modules.pop(f'alexnet_jax.{tool}', None)  # imported fresh as __main__, as by -m
+      sys.argv = [f'alexnet_jax.{tool}', *args]
+      runpy.run_module(f'alexnet_jax.{tool}', run_name='__main__', alter_sys=True)
+  except SystemExit as e:
+    if isinstance(e.code, str):
+      print(e.code, file=sys.stderr)
+    status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except BaseException:  # pylint: disable=broad-exception-caught
+    traceback.print_exc()
+    status = 1
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+
+
+def serve(spec_path: str) -> None:
+  """The helper process: imports once, forks a child per case, writes the results as JSON.
+
+  It must not start JAX's backend itself (threads do not survive fork); each child
+  starts its own.
+  """
+  # pylint: disable=g-import-not-at-top,unused-import
+  import jax
+  from alexnet_jax import cli
+  from alexnet_jax import predict
+  from alexnet_jax import prepare
+  from alexnet_jax import train
+  # pylint: enable=g-import-not-at-top,unused-import
+  with open(spec_path) as f:
+    spec = json.load(f)
+  results = {}
+  for case in spec['cases']:
+    folders = spec['watch']
+    before = snapshot(folders)
+    out_path = os.path.join(case['dir'], '.stdout')
+    err_path = os.path.join(case['dir'], '.stderr')
+    start = time.monotonic()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+      _run_in_child(case['tool'], case['args'], out_path, err_path)
+    _, status = os.waitpid(pid, 0)
+    seconds = time.monotonic() - start
+    after = snapshot(folders)
+    with open(out_path) as f:
+      stdout = f.read()
+    with open(err_path) as f:
+      stderr = f.read()
+    results[case['name']] = {
+        'status': os.waitstatus_to_exitcode(status), 'stdout': stdout, 'stderr': stderr,
+        'touched': touched(before, after, tuple(case['allowed_new'])), 'seconds': seconds}
+  with open(spec['results'], 'w') as f:
+    json.dump(results, f)
+
+
+def _env() -> dict[str, str]:
+  return dict(reliability.launch_env(), PYTHONPATH=REPO)
+
+
+# ----------------------------------------------------------------------------- the doc
+
+
+def render_doc() -> str:
+  groups = {'paths': 'Paths', 'configs': 'Configs', 'images': 'Images', 'labels': 'Labels files',
+            'checkpoints': 'Checkpoints', 'flags': 'Flags', 'mesh': 'Mesh shapes'}
+  names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
+           'predict': 'python -m alexnet_jax.predict'}
+  cell = lambda s: s.replace('|', '\\|')
+  lines = [
+      '# Bad input: what each command says',
+      '',
+      '<!-- Generated by `python -m tests.test_bad_input --write_doc` from CASES in',
+      '     tests/test_bad_input.py; tests/test_bad_input.py fails when they differ. -->',
+      '',
+      'Every input below is a mistake a user can make. Each command exits with the status shown',
+      'and prints the one line shown (besides log lines), with no Python traceback, and leaves',
+      'every existing file (prepared data, workdirs, checkpoints, sources) byte-for-byte as it',
+      'was: `tests/test_bad_input.py` runs each one and checks all of that. Bad images are the',
+      'exception that does not fail: `prepare` skips an undecodable image, counts it in the',
+      'summary line and lists it in `dataset.json` (`skipped_files`), unless `--strict`;',
+      'odd but valid images (PNG content named .JPEG, CMYK, grayscale) are converted.',
+      '',
+      'Exit statuses: 2, a user error reported by the program (`error: ...`); 1, a flag the',
+      'parser refused (`FATAL Flags parsing error: ...`, followed by absl\'s one-line',
+      '`--helpshort` hint) or a `prepare` error (`prepare: error: ...`); 0, images skipped',
+      'and counted.',
+      '',
+      'Names in the commands and messages:',
+      '',
+  ]
+  lines += [f'- `{{{k}}}`: {v}' for k, v in FIXTURES.items()]
+  lines += ['- `T`: seconds the preparation took',
+            '- `N`: a byte count that depends on the image',
+            '- `<reason>`: the first line of the storage library\'s report, which names the array',
+            '  read that failed first (reads run in parallel, so it varies)', '']
+  for group, title in groups.items():
+    lines += [f'## {title}', '', '| Input | Command | Exit | Message |', '|---|---|---|---|']
+    for case in CASES:
+      if case.group != group:
+        continue
+      command = ' '.join([names[case.tool], *case.args])
+      status = '0 (skipped and counted)' if case.status == SKIPPED else str(case.status)
+      if case.status == SKIPPED and not case.skipped:
+        status = '0 (converted)'
+      lines.append(f'| {cell(case.what)} | `{cell(command)}` | {status} | '
+                   f'`{cell(case.message)}` |')
+    lines.append('')
+  lines += [
+      '## Not covered',
+      '',
+      '- A config override naming a field that does not exist (`--config.optim.lr=0.1`)',
+      '  ends in a Python traceback (an `AttributeError` raised inside absl\'s flag parsing,',
+      '  before `launch.py` runs any of our code). Fixing it needs `launch.py` to pass a',
+      '  flags parser that reports it as a flag error.',
+      '- A config file with a Python error in it (a syntax error, an exception in',
+      '  `get_config`) shows Python\'s own report, which points at the offending line.',
+      '- Permission errors: the tests run as root, where `chmod` does not stop writes; a',
+      '  file where a folder should be stands in for an unwritable path.',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+class BadInputTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix='test_bad_input_')
+    cls.fixtures = _make_fixtures(cls.root)
+    cls.case_dirs = {}
+    cases = []
+    for case in CASES:
+      folder = os.path.join(cls.root, 'cases', case.name)
+      os.makedirs(folder)
+      cls.case_dirs[case.name] = folder
+      fixtures = dict(cls.fixtures, CASE=folder)
+      for relative, kind in case.inputs:
+        _make_input(os.path.join(folder, relative), kind, fixtures, f'{case.name}/{relative}')
+      cases.append({'name': case.name, 'tool': case.tool, 'dir': folder,
+                    'args': [_fill(a, fixtures) for a in case.args],
+                    'allowed_new': [os.path.join(folder, 'new'), os.path.join(folder, 'out'),
+                                    os.path.join(folder, '.std')]})
+    spec = {'cases': cases, 'results': os.path.join(cls.root, 'results.json'),
+            'watch': [cls.root, cls.fixtures['DATA']]}
+    spec_path = os.path.join(cls.root, 'spec.json')
+    with open(spec_path, 'w') as f:
+      json.dump(spec, f)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-c', f'from tests import test_bad_input as t; t.serve({spec_path!r})'],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    cls.runner_seconds = time.monotonic() - start
+    if proc.returncode != 0:
+      raise AssertionError(f'the case runner failed:\n{proc.stderr[-5000:]}')
+    with open(spec['results']) as f:
+      cls.results = json.load(f)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def fixtures_of(self, case: Case) -> dict[str, str]:
+    return dict(self.fixtures, CASE=self.case_dirs[case.name])
+
+  @parameterized.named_parameters((c.name, c) for c in CASES)
+  def test_case(self, case: Case):
+    result = self.results[case.name]
+    output = result['stdout'] + result['stderr']
+    lines = message_lines(result['stdout'], result['stderr'])
+    self.assertNotIn('Traceback', output, output[-3000:])
+    self.assertLen(lines, 1, output[-3000:])
+    self.assertEqual(_normalize(lines[0], self.fixtures_of(case)), case.message)
+    self.assertEqual(result['status'], 0 if case.status == SKIPPED else case.status, output)
+    self.assertEqual(result['touched'], [], 'files that existed were changed')
+    if case.status == SKIPPED:
+      with open(os.path.join(self.case_dirs[case.name], 'out', 'dataset.json')) as f:
+        report = json.load(f)['report']
+      self.assertEqual(report['skipped']['train'], case.skipped)
+      listed = [os.path.basename(name) for name, _ in report['skipped_files']]
+      self.assertEqual(listed, [os.path.basename(p) for p, _ in case.inputs][-1:] * case.skipped)
+
+  @parameterized.named_parameters((name, name) for name in SUBPROCESS_CASES)
+  def test_subprocess_prints_the_same(self, name: str):
+    case = next(c for c in CASES if c.name == name)
+    fixtures = self.fixtures_of(case)
+    proc = subprocess.run(_command(case.tool) + [_fill(a, fixtures) for a in case.args],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    forked = self.results[name]
+    self.assertEqual(proc.returncode, forked['status'])
+    self.assertEqual(message_lines(proc.stdout, proc.stderr),
+                     message_lines(forked['stdout'], forked['stderr']))
+
+  def test_doc_matches_the_matrix(self):
+    with open(DOC) as f:
+      self.assertEqual(f.read(), render_doc(),
+                       'docs/bad_input.md is stale: python -m tests.test_bad_input --write_doc')
+
+
+if __name__ == '__main__':
+  if sys.argv[1:] == ['--write_doc']:
+    with open(DOC, 'w') as f:
+      f.write(render_doc())
+    print(f'wrote {DOC}')
+  else:
+    absltest.main()

@@ -1,0 +1,300 @@
+"""Faults injected into real `launch.py` runs: kill -9, SIGTERM, damaged checkpoints, full disk.
+
+Every run here is `python launch.py` in a subprocess on the tiny digits config (batch 64:
+22 steps an epoch, so a 30-step run has an epoch-end eval and checkpoint inside it). One
+uninterrupted reference run is the yardstick: whatever happens to the others, their
+(step, loss) records, eval records and final parameters must equal it bitwise (CPU).
+
+The runs share a persistent XLA compilation cache (launch_env), so only the reference run
+compiles; the others start in seconds. A cached executable is the one compiled, so the
+numbers stay bitwise equal.
+
+The kill points are random; the seed is printed with any failure and can be fixed with
+ALEXNET_FAULT_SEED=N to replay one.
+"""
+
+import atexit
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import input_pipeline
+from alexnet_jax import optim
+from alexnet_jax import run_info
+from alexnet_jax import train
+from tests import XLA_TEST_FLAGS
+from tests import test_train
+
+REPO = test_train.REPO
+NUM_STEPS = 30  # 22 steps an epoch at batch 64: an epoch-end eval at 22, the last at 30
+_CACHE = {}
+
+
+def launch_env() -> dict[str, str]:
+  """Environment of a launch.py subprocess: eight CPU devices and a shared compilation cache."""
+  if 'dir' not in _CACHE:
+    _CACHE['dir'] = tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_')
+    atexit.register(shutil.rmtree, _CACHE['dir'], ignore_errors=True)
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_TEST_FLAGS}',
+              JAX_COMPILATION_CACHE_DIR=_CACHE['dir'],
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+def launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
+           python_args: tuple[str, ...] = ()):
+  """Runs launch.py to its end: the CompletedProcess (stdout, stderr as text)."""
+  cmd = [sys.executable, *python_args, os.path.join(REPO, 'launch.py'),
+         f'--config={config_file}', f'--workdir={workdir}', *args]
+  return subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start_launch(config_file: str, workdir: str, log_file) -> subprocess.Popen:
+  """Starts launch.py with its output going to `log_file` (a pipe nobody reads would fill)."""
+  cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
+         f'--workdir={workdir}']
+  return subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log_file,
+                          stderr=subprocess.STDOUT)
+
+
+def reliability_config(**overrides):
+  settings = {'batch_size': 64, 'num_train_steps': NUM_STEPS, 'final_eval_crops': 1,
+              'checkpoint.every_steps': 4}
+  settings.update(overrides)
+  return test_train.tiny_config(test_train.digits_dir(), **settings)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of metrics.jsonl, also while a run appends to it (a half line is skipped)."""
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      lines = f.readlines()
+  except FileNotFoundError:
+    return []
+  return [json.loads(line) for line in lines if line.endswith('\n')]
+
+
+def records(workdir: str) -> tuple[list[tuple], list[dict]]:
+  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines."""
+  lines = read_metrics(workdir)
+  trains = [(r['step'], r['loss'], r['top1_err'], r['top5_err'], r['lr'])
+            for r in lines if r['kind'] == 'train']
+  return trains, [r for r in lines if r['kind'] == 'eval']
+
+
+def params_of(config, workdir: str) -> list[np.ndarray]:
+  state, _ = test_train.final_params(config, workdir)
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def folder_digest(folder: str) -> dict[str, str]:
+  digests = {}
+  for path in sorted(glob.glob(os.path.join(folder, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def damage(step_dir: str, how: str) -> str:
+  """What a bad disk or a careless `rm` does to a finished checkpoint; returns the file."""
+  if how == 'truncate':  # the largest file of array data
+    files = glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_*', 'd', '*'))
+    path = max(files, key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+  elif how == 'delete':
+    path = os.path.join(step_dir, 'state', 'manifest.ocdbt')
+    os.remove(path)
+  else:
+    raise ValueError(how)
+  return path
+
+
+def write_run_with_checkpoint(config, workdir: str, step: int) -> None:
+  """A workdir as a run leaves it after `step` steps (zero weights): a fixture made in seconds."""
+  config = train.resolve_auto(config)
+  info = input_pipeline.load_info(config.data)
+  model = train.create_model(config, info.num_classes)
+  optimizer = optim.create_optimizer(config.optim)
+  crop = config.data.crop_size
+  shapes = jax.eval_shape(
+      lambda r: nn.unbox(train.init_state(model, optimizer, r, (1, crop, crop, 3))),
+      jax.random.key(0))
+  rng = np.random.default_rng(0)
+  # Random weights: all-zero arrays would compress to almost nothing on disk.
+  state = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
+  state = state.replace(step=jnp.asarray(step, jnp.int32))
+  os.makedirs(workdir)
+  checkpoint_lib.save_config(workdir, config)
+  run_info.save_dataset_info(workdir, info)
+  iterator = input_pipeline.create_train_iterator(config.data, global_batch_size=config.batch_size,
+                                                  seed=config.seed)
+  with checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
+    ckpt.save(step, state, data_iterator=iterator, meta={'step': step, 'plateau': None},
+              force=True)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    for s in range(1, step + 1):
+      f.write(json.dumps({'step': s, 'kind': 'train', 'loss': 2.3}) + '\n')
+
+
+class FaultTestCase(parameterized.TestCase):
+  """Holds the uninterrupted reference run, made once per process."""
+
+  _reference = {}
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix='test_reliability_')
+    cls.config = reliability_config()
+    cls.config_file = test_train.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
+    if 'workdir' not in FaultTestCase._reference:
+      workdir = tempfile.mkdtemp(prefix='test_reliability_reference_')
+      atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+      proc = launch(cls.config_file, workdir)
+      if proc.returncode != 0:
+        raise AssertionError(f'the reference run failed:\n{proc.stderr[-3000:]}')
+      FaultTestCase._reference.update(workdir=workdir, records=records(workdir),
+                                      params=params_of(cls.config, workdir))
+    cls.reference = FaultTestCase._reference['workdir']
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def copy_of_reference(self) -> str:
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(self.reference, workdir)
+    return workdir
+
+  def assert_equals_reference(self, workdir: str, msg: str = ''):
+    trains, evals = records(workdir)
+    ref_trains, ref_evals = FaultTestCase._reference['records']
+    steps = [t[0] for t in trains]
+    self.assertEqual(steps, list(range(1, NUM_STEPS + 1)), f'train steps missing or repeated {msg}')
+    self.assertEqual(trains, ref_trains, msg)  # bitwise: floats compared exactly
+    self.assertEqual([e['step'] for e in evals], [22, NUM_STEPS], msg)
+    self.assertEqual(evals, ref_evals, msg)
+    for got, want in zip(params_of(self.config, workdir), FaultTestCase._reference['params']):
+      np.testing.assert_array_equal(got, want, err_msg=msg)
+    leftovers = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+                 if not n.isdigit() and n != checkpoint_lib.DAMAGED_DIR]
+    self.assertEqual(leftovers, [], f'unfinished checkpoint folders left {msg}')
+
+
+class CrashResumeTest(FaultTestCase):
+
+  def wait_for_step(self, proc, workdir: str, step: int, log: str, what: str) -> int:
+    """Polls metrics.jsonl until its newest train line is >= step; returns that step."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
+      if steps and steps[-1] >= step:
+        return steps[-1]
+      if proc.poll() is not None:
+        with open(log) as f:
+          self.fail(f'the run ended (status {proc.returncode}) before {what}: {f.read()[-3000:]}')
+      time.sleep(0.02)
+    self.fail(f'step {step} not reached in time for {what}')
+
+  def test_kills_and_preemption_lose_nothing(self):
+    """kill -9 twice at random steps, SIGTERM during an eval, then run to the end."""
+    seed = int(os.environ.get('ALEXNET_FAULT_SEED', random.randrange(10**6)))
+    rng = random.Random(seed)
+    msg = f'(ALEXNET_FAULT_SEED={seed})'
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    # (signal, first step at which to send it): before the epoch end, during its eval, after.
+    plan = [(signal.SIGKILL, rng.randint(2, 12)), (signal.SIGTERM, 22),
+            (signal.SIGKILL, rng.randint(25, 28))]
+    for i, (sig, step) in enumerate(plan):
+      log = os.path.join(self.create_tempdir().full_path, f'run{i}.log')
+      with open(log, 'w') as log_file:
+        proc = start_launch(self.config_file, workdir, log_file)
+        try:
+          seen = self.wait_for_step(proc, workdir, step, log, f'signal {sig} at step {step} {msg}')
+          if sig == signal.SIGKILL:
+            time.sleep(rng.uniform(0, 0.3))  # land anywhere in a step, a save, a log line
+          proc.send_signal(sig)
+          proc.wait(timeout=120)
+        finally:
+          if proc.poll() is None:
+            proc.kill()
+      with open(log) as f:
+        err = f.read()
+      if sig == signal.SIGTERM:
+        # The eval of step 22 was running: it finishes, the checkpoint is kept, status 0.
+        self.assertEqual(seen, 22, msg)
+        self.assertEqual(proc.returncode, 0, err[-3000:])
+        self.assertIn('Preemption signal received: saved step 22', err)
+        self.assertEqual([e['step'] for e in records(workdir)[1]], [22], msg)
+      else:
+        self.assertEqual(proc.returncode, -signal.SIGKILL, msg)
+    proc = launch(self.config_file, workdir)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn('Resumed from step', proc.stderr)
+    self.assert_equals_reference(workdir, msg)
+
+
+class DamagedCheckpointTest(FaultTestCase):
+
+  @parameterized.parameters('truncate', 'delete')
+  def test_damaged_newest_falls_back_to_the_previous(self, how):
+    workdir = self.copy_of_reference()
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+    newest, previous = steps[-1], steps[-2]
+    damage(os.path.join(workdir, 'checkpoints', str(newest)), how)
+    proc = launch(self.config_file, workdir)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertRegex(proc.stderr, rf'W.*Checkpoint at step {newest} \(.*\) is unreadable')
+    self.assertIn(f'Resuming from checkpoint step {previous} instead of {newest}', proc.stderr)
+    self.assertIn(f'Resumed from step {previous}.', proc.stderr)
+    self.assertLen(glob.glob(os.path.join(workdir, 'checkpoints', 'damaged', f'{newest}-*')), 1)
+    self.assert_equals_reference(workdir)
+
+
+class DeterminismTest(FaultTestCase):
+
+  def test_same_numbers_for_any_thread_and_worker_count(self):
+    """Six steps with 2 decoder threads, then with 2 worker processes: equal to the reference."""
+    steps = 6
+    outputs = []
+    for threads, workers in ((2, 0), (1, 2)):
+      config = reliability_config(num_train_steps=steps, **{'data.num_threads': threads,
+                                                            'data.worker_count': workers})
+      folder = self.create_tempdir().full_path
+      config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+      workdir = os.path.join(folder, 'run')
+      proc = launch(config_file, workdir)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+      outputs.append((records(workdir), params_of(config, workdir)))
+    (trains_a, evals_a), params_a = outputs[0]
+    (trains_b, evals_b), params_b = outputs[1]
+    self.assertEqual(trains_a, FaultTestCase._reference['records'][0][:steps])
+    self.assertEqual(trains_b, trains_a)
+    self.assertEqual(evals_b, evals_a)
+    for a, b in zip(params_a, params_b):
+      np.testing.assert_array_equal(a, b)
+
+
+if __name__ == '__main__':
+  absltest.main()
