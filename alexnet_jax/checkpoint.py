@@ -32,6 +32,7 @@ import os
 import pprint
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +61,28 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
   text = str(error).strip().splitlines()
   text = text[0] if text else ''
   return f'{type(error).__name__}: {text[:limit]}'
+
+
+def _ignore_aborted_reads() -> None:
+  """Keeps the reads of a failed restore that were still in flight from printing tracebacks.
+
+  When one array of a damaged checkpoint fails, orbax closes its event loop while
+  tensorstore finishes the other reads; each of their completion callbacks then
+  raises 'Event loop is closed' into sys.unraisablehook: dozens of tracebacks that
+  bury the one warning that matters. Those, and only those, are dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'ignores_aborted_reads', False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook.ignores_aborted_reads = True
+  sys.unraisablehook = hook
 
 
 def _rank_val_error(metrics: Mapping[str, Any]) -> float:
@@ -246,6 +269,7 @@ class Checkpointer:
       return None
     initial_position = data_iterator.get_state() if data_iterator is not None else None
     failures: list[tuple[int, BaseException]] = []
+    _ignore_aborted_reads()
     for candidate in candidates:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)

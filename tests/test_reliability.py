@@ -265,6 +265,7 @@ class DamagedCheckpointTest(FaultTestCase):
     damage(os.path.join(workdir, 'checkpoints', str(newest)), how)
     proc = launch(self.config_file, workdir)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertNotIn('Traceback', proc.stderr)
     self.assertRegex(proc.stderr, rf'W.*Checkpoint at step {newest} \(.*\) is unreadable')
     self.assertIn(f'Resuming from checkpoint step {previous} instead of {newest}', proc.stderr)
     self.assertIn(f'Resumed from step {previous}.', proc.stderr)
