@@ -45,6 +45,8 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from alexnet_jax import cli
+
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
 CONFIG_JSON = 'config.json'
@@ -53,7 +55,7 @@ CONFIG_PY = 'config.py'
 VAL_ERROR = 'val_error'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(cli.UserError, RuntimeError):
   """Checkpoints exist but none of them can be restored."""
 
 

@@ -10,9 +10,14 @@ from typing import Callable
 
 from absl import logging
 
+
+class UserError(Exception):
+  """An error the user can act on (a damaged checkpoint, a full disk): one line, no traceback."""
+
+
 # Errors that describe something the user gave us (a path, a config value, an image):
 # they get one clear line, not a traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
                FileExistsError, KeyError)
 EXIT_USER_ERROR = 2
 

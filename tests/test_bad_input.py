@@ -234,6 +234,11 @@ CASES = (
          '{CASE}/src/train/zebra)',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/val/zebra/0.JPEG', 'jpeg'))),
     # --------------------------------------------------------------------- checkpoints
+    Case('corrupt_checkpoint', 'checkpoints', 'the only checkpoint is damaged (resume)',
+         'launch', _launch(workdir='{BROKEN_RUN}'), 2,
+         'error: no usable checkpoint in {BROKEN_RUN}/checkpoints (step 2: <reason>). '
+         'Move or delete them to start from scratch, or allow a fresh start '
+         '(config.checkpoint.start_fresh_if_unusable=True).'),
     Case('predict_corrupt_checkpoint', 'checkpoints', 'predict with a damaged checkpoint',
          'predict', ('--workdir={BROKEN_RUN}', '{CASE}/x.JPEG'), 2,
          'error: cannot restore checkpoint {BROKEN_RUN}/checkpoints/2: <reason>',

@@ -273,6 +273,29 @@ class DamagedCheckpointTest(FaultTestCase):
     self.assert_equals_reference(workdir)
 
 
+  def test_no_usable_checkpoint_stops_unless_told(self):
+    workdir = self.copy_of_reference()
+    folder = os.path.join(workdir, 'checkpoints')
+    steps = sorted((int(n) for n in os.listdir(folder) if n.isdigit()), reverse=True)
+    for step in steps:
+      damage(os.path.join(folder, str(step)), 'truncate')
+    before = folder_digest(workdir)
+    proc = launch(self.config_file, workdir)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertNotIn('Traceback', proc.stderr)
+    last = proc.stderr.strip().splitlines()[-1]
+    self.assertStartsWith(last, f'error: no usable checkpoint in {folder} (step {steps[0]}: ')
+    self.assertEndsWith(last, 'Move or delete them to start from scratch, or allow a fresh '
+                        'start (config.checkpoint.start_fresh_if_unusable=True).')
+    self.assertEqual(folder_digest(workdir), before, 'a refused resume changed the workdir')
+    # Told to, it starts over: the same numbers as the reference, from step 1.
+    proc = launch(self.config_file, workdir, '--config.checkpoint.start_fresh_if_unusable=True')
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn('Starting from scratch as requested', proc.stderr)
+    self.assertLen(os.listdir(os.path.join(folder, checkpoint_lib.DAMAGED_DIR)), len(steps))
+    self.assert_equals_reference(workdir)
+
+
 class DeterminismTest(FaultTestCase):
 
   def test_same_numbers_for_any_thread_and_worker_count(self):
