@@ -26,6 +26,7 @@ the lowest validation error (orbax's LatestN and BestN preservation policies).
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,10 @@ VAL_ERROR = 'val_error'
 
 class CheckpointError(cli.UserError, RuntimeError):
   """Checkpoints exist but none of them can be restored."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+  """A checkpoint could not be written (a full disk, a lost mount); earlier ones are intact."""
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -153,6 +158,7 @@ class Checkpointer:
         create=True,
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
+    self._writing: Optional[int] = None  # Step of the save in flight, if any.
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
@@ -229,10 +235,32 @@ class Checkpointer:
     metrics = None
     if self._keep_best:
       metrics = {VAL_ERROR: None if val_error is None else float(val_error)}
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self.wait()  # A failed background write is reported under its own step.
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                 force=True)
+    except (OSError, ValueError) as e:
+      raise self._write_error(step, e) from e
     if saved:
+      self._writing = step
       logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
     return saved
+
+  def _write_error(self, step: Optional[int], error: BaseException) -> CheckpointWriteError:
+    """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`."""
+    text = str(error)
+    if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
+      reason = f'no space left on the device of {self._directory}'
+    else:
+      reason = _first_line(error, 200)
+    kept = sorted(s for s in self._manager.all_steps() if s != step)
+    if kept:
+      outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
+                 f'make room and rerun to resume from step {kept[-1]}')
+    else:
+      outcome = 'no earlier checkpoint exists'
+    what = 'a checkpoint' if step is None else f'checkpoint of step {step}'
+    return CheckpointWriteError(f'{what} could not be written ({reason}); {outcome}')
 
   def _restore_step(self, step: int, abstract_state: Any,
                     data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
@@ -322,12 +350,19 @@ class Checkpointer:
     return targets
 
   def wait(self) -> None:
-    """Blocks until the last save is on disk; raises if it failed."""
-    self._manager.wait_until_finished()
+    """Blocks until the last save is on disk; raises CheckpointWriteError if it failed."""
+    step, self._writing = self._writing, None
+    try:
+      self._manager.wait_until_finished()
+    except (OSError, ValueError) as e:
+      raise self._write_error(step, e) from e
 
   def close(self) -> None:
     """Waits for the last save and releases orbax's threads."""
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self) -> 'Checkpointer':
     return self

@@ -296,6 +296,62 @@ class DamagedCheckpointTest(FaultTestCase):
     self.assert_equals_reference(workdir)
 
 
+# `python -c FULL_DISK launch.py ...`: launch.py, except that writing a checkpoint's data
+# iterator item fails as on a full disk. For where no small tmpfs can be mounted.
+FULL_DISK = """
+import errno, os, runpy, sys
+import grain
+
+def full_disk(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+grain.checkpoint.CheckpointHandler.save = full_disk
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def disk_usage(folder: str) -> int:
+  """Bytes the files under `folder` take on a tmpfs (whole 4 KiB pages)."""
+  total = 0
+  for dirpath, _, files in os.walk(folder):
+    total += sum(-(-os.path.getsize(os.path.join(dirpath, f)) // 4096) * 4096 for f in files)
+  return total
+
+
+class DiskFullTest(FaultTestCase):
+
+  def test_full_disk_keeps_the_previous_checkpoint(self):
+    """Resumed on a disk with room for half a checkpoint: the next save fails, cleanly."""
+    base = self.create_tempdir().full_path
+    disk = os.path.join(base, 'disk')
+    os.makedirs(disk)
+    newest = os.path.join('checkpoints', str(NUM_STEPS))
+    checkpoint_bytes = disk_usage(os.path.join(self.reference, newest))
+    size = disk_usage(self.reference) + checkpoint_bytes // 2
+    # A small tmpfs gives the real ENOSPC, from the storage library's own writes; without
+    # the right to mount one, a patched write raises it.
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', disk],
+                             capture_output=True, check=False).returncode == 0
+    if mounted:
+      self.addCleanup(subprocess.run, ['umount', '-l', disk], check=False)
+    workdir = os.path.join(disk, 'run')
+    shutil.copytree(self.reference, workdir)
+    before = folder_digest(os.path.join(workdir, newest))
+    config = reliability_config(num_train_steps=NUM_STEPS + 2)
+    config_file = test_train.write_config_file(os.path.join(base, 'cfg.py'), config)
+    proc = launch(config_file, workdir, python_args=() if mounted else ('-c', FULL_DISK))
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    self.assertRegex(last, rf'^error: checkpoint of step {NUM_STEPS + 2} could not be written '
+                     rf'\(no space left on the device of .*\); the checkpoints written before it '
+                     rf'\(.*{NUM_STEPS}\) are intact: make room and rerun to resume from step '
+                     rf'{NUM_STEPS}$')
+    self.assertEqual(folder_digest(os.path.join(workdir, newest)), before)
+    for got, want in zip(params_of(self.config, workdir), FaultTestCase._reference['params']):
+      np.testing.assert_array_equal(got, want)
+
+
 class DeterminismTest(FaultTestCase):
 
   def test_same_numbers_for_any_thread_and_worker_count(self):
