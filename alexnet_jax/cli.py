@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable
 
+from absl import app
 from absl import logging
 
 
@@ -45,15 +46,19 @@ def quiet_library_logs() -> None:
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """Wraps an absl `main` so a user error prints `error: ...` and exits with status 2."""
 
+  def fail(message: object) -> None:
+    logging.flush()
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> None:
     quiet_library_logs()
     try:
       main(argv)
     except USER_ERRORS as e:
-      message = e.args[0] if isinstance(e, KeyError) and e.args else e
-      logging.flush()
-      print(f'error: {message}', file=sys.stderr, flush=True)
-      sys.exit(EXIT_USER_ERROR)
+      fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    except app.UsageError as e:  # absl would print the whole --help text above it
+      fail(f'{e} (--helpshort lists the flags)')
 
   return wrapped

@@ -260,6 +260,12 @@ CASES = (
     Case('missing_config', 'flags', '--config missing', 'launch', ('--workdir={CASE}/new',), 1,
          'FATAL Flags parsing error: flag --config=None: Flag --config must have a value other '
          'than None.'),
+    Case('stray_argument', 'flags', 'a stray positional argument', 'launch',
+         _launch('3'), 2,
+         "error: unexpected arguments: ['3'] (--helpshort lists the flags)"),
+    Case('predict_no_images', 'flags', 'predict without images', 'predict',
+         ('--workdir={RUN}',), 2,
+         'error: give one or more image files after the flags (--helpshort lists the flags)'),
     Case('predict_bad_crops', 'flags', 'predict --crops other than 1 or 10', 'predict',
          ('--workdir={RUN}', '--crops=5', '{CASE}/x.JPEG'), 1,
          'FATAL Flags parsing error: flag --crops=5: value should be one of <10|1>',
