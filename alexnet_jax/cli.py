@@ -43,6 +43,16 @@ def quiet_library_logs() -> None:
     handler.addFilter(_QuietLibraries())
 
 
+def _config_file_error(error: OSError) -> str | None:
+  """The reason, when `error` is ml_collections' deferred failure to load a --config file."""
+  # config_flags keeps a missing config file's error until the config is first read,
+  # then raises a plain OSError chained to the one that describes each attempted path.
+  if not (str(error).startswith('Configuration is not available') and
+          isinstance(error.__cause__, OSError)):
+    return None
+  return str(error.__cause__).strip().splitlines()[-1].strip()
+
+
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """Wraps an absl `main` so a user error prints `error: ...` and exits with status 2."""
 
@@ -60,5 +70,10 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
       fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
     except app.UsageError as e:  # absl would print the whole --help text above it
       fail(f'{e} (--helpshort lists the flags)')
+    except OSError as e:
+      reason = _config_file_error(e)
+      if reason is None:
+        raise
+      fail(f'cannot load the --config file: {reason}')
 
   return wrapped

@@ -101,6 +101,10 @@ CASES = (
     Case('workdir_under_a_file', 'paths', '--workdir cannot be created (a file in its path)',
          'launch', _launch(workdir='{FILE}/run'), 2,
          "error: workdir '{FILE}/run' cannot be written: Not a directory"),
+    Case('missing_config_file', 'paths', '--config file does not exist', 'launch',
+         ('--config={CASE}/nowhere.py', '--workdir={CASE}/new'), 2,
+         "error: cannot load the --config file: [Errno 2] No such file or directory: "
+         "'{CASE}/nowhere.py'"),
     Case('missing_source', 'paths', 'prepare --source does not exist', 'prepare',
          ('--source={CASE}/nowhere', '--output={CASE}/out'), 1,
          'prepare: error: source folder {CASE}/nowhere does not exist'),
