@@ -648,7 +648,10 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   output = os.path.abspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f'output {output} exists and is not a folder')
-  os.makedirs(output, exist_ok=True)
+  try:
+    os.makedirs(output, exist_ok=True)
+  except OSError as e:  # A file where a parent folder should be, no permission, ...
+    raise ValueError(f'cannot create the output folder {output}: {e.strerror or e}') from e
   with _locked(output):
     description = read_dataset_json(output)
     if description is not None and is_complete(output):
