@@ -648,6 +648,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   output = os.path.abspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f'output {output} exists and is not a folder')
+  if os.path.isdir(output) and read_dataset_json(output) is None:
+    _check_output_usable(output)  # before the lock file below lands in someone else's folder
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:  # A file where a parent folder should be, no permission, ...

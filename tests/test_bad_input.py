@@ -124,6 +124,10 @@ CASES = (
     Case('output_under_a_file', 'paths', 'prepare --output cannot be created', 'prepare',
          ('--source=digits', '--output={FILE}/out'), 1,
          'prepare: error: cannot create the output folder {FILE}/out: Not a directory'),
+    Case('output_holds_other_files', 'paths', 'prepare --output is a non-empty folder', 'prepare',
+         ('--source=digits', '--output={RUN}'), 1,
+         'prepare: error: output folder {RUN} is not empty and holds no prepared dataset (found '
+         'checkpoints, config.json, config.py, ...); choose a new or empty folder'),
     Case('output_prepared_at_other_size', 'paths',
          'prepare --output holds a dataset of another image_size', 'prepare',
          ('--source=digits', '--output={DATA}', '--image_size=64'), 1,
