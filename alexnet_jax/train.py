@@ -227,7 +227,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             image_size=config.data.image_size)
   sharding.sync_hosts('dataset prepared')
   info = input_pipeline.load_info(config.data)
-  run_info.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
@@ -260,6 +259,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Resumed from step %d.', int(state.step))
   else:
     checkpoint_lib.save_config(workdir, config)
+  # Written once the run is sure to start: a refused resume leaves the workdir as it was.
+  run_info.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
   start_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard)
   writer.truncate_after(start_step)
