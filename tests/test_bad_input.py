@@ -597,7 +597,7 @@ def render_doc() -> str:
 # ----------------------------------------------------------------------------- the tests
 
 
-class BadInputTest(parameterized.TestCase):
+class BadInputMatrixTest(parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
