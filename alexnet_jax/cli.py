@@ -53,6 +53,23 @@ def _config_file_error(error: OSError) -> str | None:
   return str(error.__cause__).strip().splitlines()[-1].strip()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
+
+  ml_collections reports such a typo as an AttributeError from inside the parser,
+  which absl would show as a traceback.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as e:
+    name = str(e).strip('"\'')
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    flag = next((o for o in overrides if name in o.split('.')), '--config override')
+    print(f'error: {flag}: the config has no field {name!r} (see the config file for the fields)',
+          file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """Wraps an absl `main` so a user error prints `error: ...` and exits with status 2."""
 

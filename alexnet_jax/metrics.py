@@ -29,6 +29,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from alexnet_jax import cli
+
 METRICS_FILE = 'metrics.jsonl'
 KINDS = ('train', 'eval')
 REQUIRED_KEYS = {
@@ -37,7 +39,7 @@ REQUIRED_KEYS = {
 }
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(cli.UserError, FloatingPointError):
   """A logged loss (or metric) is NaN or infinite."""
 
 
