@@ -19,6 +19,7 @@ the grouped convs run tower-local on each device (`tower_shard_specs`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -62,28 +63,101 @@ def local_response_norm(x: Array, *, size: int = 5, k: float = 2.0,
 
   alpha is not divided by `size` (unlike Caffe and PyTorch). The window is
   clipped at the first and last channel, which zero padding gives exactly.
+  The gradient is written out (`_lrn_backward`); like `max_pool`, this makes the
+  model differentiable in reverse mode only (jax.grad, jax.vjp; not jax.jvp or
+  jacfwd): a custom_jvp form of both ran ~10% slower (benchmarks/README.md).
   """
   if size < 1 or size % 2 == 0:
     raise ValueError(f'LRN size must be a positive odd number, got {size}')
+  return _lrn(x, size, float(k), float(alpha), float(beta))
+
+
+def _channel_window_sum(t: Array, size: int) -> Array:
+  """sum_{j=c-size//2}^{c+size//2} t_j for every channel c, zeros beyond the edges.
+
+  A sum of shifted slices beats reduce_window and a banded matmul on XLA:CPU and
+  fuses on GPU (benchmarks/README.md).
+  """
   half = size // 2
-  # Squares and their windowed sum in float32 even under bf16 compute: the
-  # denominator is a sum of up to `size` squares raised to a fractional power.
-  sq = jnp.square(x.astype(jnp.float32))
-  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, half)])
-  channels = x.shape[-1]
-  # A sum of shifted slices beats reduce_window on XLA:CPU and fuses on GPU.
-  window = sum(padded[..., i:i + channels] for i in range(size))
-  denom = k + alpha * window
+  padded = jnp.pad(t, [(0, 0)] * (t.ndim - 1) + [(half, half)])
+  channels = t.shape[-1]
+  return sum(padded[..., i:i + channels] for i in range(size))
+
+
+def _inverse_power(denom: Array, beta: float) -> Array:
   if beta == 0.75:
     # t ** -0.75 = rsqrt(t) * rsqrt(sqrt(t)): cheaper than pow (exp + log).
-    scale = jax.lax.rsqrt(denom) * jax.lax.rsqrt(jnp.sqrt(denom))
-  else:
-    scale = denom ** -beta
-  return (x.astype(jnp.float32) * scale).astype(x.dtype)
+    return jax.lax.rsqrt(denom) * jax.lax.rsqrt(jnp.sqrt(denom))
+  return denom ** -beta
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(x: Array, size: int, k: float, alpha: float, beta: float) -> Array:
+  return _lrn_forward(x, size, k, alpha, beta)[0]
+
+
+def _lrn_forward(x, size, k, alpha, beta):
+  # Squares and their windowed sum in float32 even under bf16 compute: the
+  # denominator is a sum of up to `size` squares raised to a fractional power.
+  x32 = x.astype(jnp.float32)
+  denom = k + alpha * _channel_window_sum(jnp.square(x32), size)
+  return (x32 * _inverse_power(denom, beta)).astype(x.dtype), (x, denom)
+
+
+def _lrn_backward(size, k, alpha, beta, residuals, g):
+  """The analytic gradient: one more windowed sum (autodiff of the forward is slower).
+
+  With d_c the denominator and s_c = d_c ** -beta, b_c = a_c s_c and
+  db_c/da_j = [c == j] s_c - 2 alpha beta a_c a_j s_c / d_c for j in c's window, so
+  dL/da_j = g_j s_j - 2 alpha beta a_j sum_{c in window(j)} g_c a_c s_c / d_c.
+  """
+  del k
+  x, denom = residuals
+  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  scale = _inverse_power(denom, beta)
+  through = _channel_window_sum(g32 * x32 * scale / denom, size)
+  return ((g32 * scale - 2.0 * alpha * beta * x32 * through).astype(x.dtype),)
+
+
+_lrn.defvjp(_lrn_forward, _lrn_backward)
+
+
+@jax.custom_vjp
 def max_pool(x: Array) -> Array:
+  """Overlapping 3x3 max-pooling with stride 2 (section 3.4), no padding, NHWC.
+
+  The gradient goes to the first maximum of each window in row-major order, as
+  XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
+  out here because XLA:CPU lowers select_and_scatter to index tensors and a
+  scatter that took ~20% of the train step (benchmarks/README.md).
+  """
   return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+
+
+def _max_pool_forward(x):
+  y = max_pool(x)
+  return y, (x, y)
+
+
+def _max_pool_backward(residuals, g):
+  x, y = residuals
+  (_, h, w, _), (_, oh, ow, _) = x.shape, y.shape
+  span_h, span_w = POOL_STRIDE * (oh - 1) + 1, POOL_STRIDE * (ow - 1) + 1
+  routed = jnp.zeros(y.shape, bool)
+  dx = jnp.zeros_like(x)
+  for i in range(POOL_WINDOW):
+    for j in range(POOL_WINDOW):
+      # Window element (i, j) of every window, and where it is the first maximum.
+      hit = (x[:, i:i + span_h:POOL_STRIDE, j:j + span_w:POOL_STRIDE] == y) & ~routed
+      routed = routed | hit
+      # Back to input positions: the transpose of the strided slice is an interior pad.
+      dx = dx + jax.lax.pad(jnp.where(hit, g, 0).astype(x.dtype), jnp.zeros((), x.dtype),
+                            [(0, 0, 0), (i, h - i - span_h, POOL_STRIDE - 1),
+                             (j, w - j - span_w, POOL_STRIDE - 1), (0, 0, 0)])
+  return (dx,)
+
+
+max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:

@@ -145,6 +145,61 @@ class LRNTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'odd'):
       model_lib.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
 
+  @parameterized.parameters(
+      dict(size=5, k=2.0, alpha=1e-4, beta=0.75, scale=30.0),
+      dict(size=3, k=1.0, alpha=0.5, beta=0.5, scale=1.0),
+      dict(size=7, k=0.5, alpha=2e-2, beta=1.3, scale=1.0),
+      dict(size=1, k=1.5, alpha=1.0, beta=0.75, scale=1.0),
+  )
+  def test_gradient_matches_autodiff_of_formula(self, size, k, alpha, beta, scale):
+    """The hand-written backward pass equals autodiff of the formula written plainly."""
+    def formula(a):  # lrn_numpy's loop over channels, in jnp
+      n = a.shape[-1]
+      sums = [jnp.sum(a[..., max(0, c - size // 2):c + size // 2 + 1] ** 2, axis=-1)
+              for c in range(n)]
+      return a / (k + alpha * jnp.stack(sums, axis=-1)) ** beta
+
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.normal(scale=scale, size=(2, 3, 4, 9)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=a.shape).astype(np.float32))
+    lrn = lambda x: model_lib.local_response_norm(x, size=size, k=k, alpha=alpha, beta=beta)
+    got = jax.grad(lambda x: jnp.vdot(lrn(x), g))(a)
+    want = jax.grad(lambda x: jnp.vdot(formula(x), g))(a)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+  def test_bfloat16_gradient(self):
+    a = jax.random.normal(jax.random.key(0), (1, 2, 2, 8), jnp.bfloat16) * 30
+    grad = jax.grad(lambda x: model_lib.local_response_norm(x).astype(jnp.float32).sum())(a)
+    self.assertEqual(grad.dtype, jnp.bfloat16)
+    want = jax.grad(lambda x: model_lib.local_response_norm(x).sum())(a.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want), rtol=2e-2, atol=1e-3)
+
+
+class MaxPoolTest(parameterized.TestCase):
+
+  @parameterized.parameters((2, 55, 55, 8), (1, 13, 13, 4), (1, 4, 6, 3), (1, 3, 3, 1))
+  def test_matches_reduce_window_and_its_gradient(self, *shape):
+    """Forward equals flax's max_pool; the gradient equals XLA's select_and_scatter's,
+    which sends each window's gradient to its first maximum, ties included."""
+    rng = np.random.default_rng(0)
+    a = np.maximum(rng.normal(size=shape), 0.0).astype(np.float32)  # ReLU zeros tie
+    a[:, ::3] = np.round(a[:, ::3], 1)  # and so do some positive values
+    x = jnp.asarray(a)
+    reference = lambda v: nn.max_pool(v, (3, 3), (2, 2))
+    g = jnp.asarray(rng.normal(size=reference(x).shape).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(model_lib.max_pool(x)), np.asarray(reference(x)))
+    got = jax.grad(lambda v: jnp.vdot(model_lib.max_pool(v), g))(x)
+    want = jax.grad(lambda v: jnp.vdot(reference(v), g))(x)
+    # The same terms summed in another order where windows overlap.
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+  def test_bfloat16(self):
+    x = jax.random.normal(jax.random.key(0), (1, 7, 7, 4), jnp.bfloat16)
+    grad = jax.grad(lambda v: model_lib.max_pool(v).astype(jnp.float32).sum())(x)
+    self.assertEqual(grad.dtype, jnp.bfloat16)
+    want = jax.grad(lambda v: nn.max_pool(v, (3, 3), (2, 2)).astype(jnp.float32).sum())(x)
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
+
 
 class TowerTest(parameterized.TestCase):
 
