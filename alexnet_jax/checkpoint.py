@@ -124,7 +124,8 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3,
                keep_best: bool = True, every_steps: Optional[int] = None,
-               async_save: bool = True, start_fresh_if_unusable: bool = False):
+               async_save: bool = True, start_fresh_if_unusable: bool = False,
+               read_only: bool = False):
     """Opens (creating it if needed) the checkpoint folder `directory`.
 
     keep: how many of the newest checkpoints to keep (>= 1).
@@ -132,6 +133,8 @@ class Checkpointer:
     every_steps: `save` without `force` writes only at multiples of this; None: always.
     async_save: write files in a background thread.
     start_fresh_if_unusable: restore's default when no checkpoint is readable.
+    read_only: for readers beside a live run (predict, plot): never deletes orbax's
+      temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
       raise ValueError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
@@ -141,6 +144,7 @@ class Checkpointer:
     self._keep_best = bool(keep_best)
     self._every_steps = every_steps
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
+    self._read_only = bool(read_only)
     policies = [checkpoint_managers.LatestN(n=keep)]
     if self._keep_best:
       # reverse=True sorts by descending error, and BestN keeps the tail: the lowest.
@@ -154,8 +158,9 @@ class Checkpointer:
         best_fn=_rank_val_error if self._keep_best else None,
         best_mode='min',
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=read_only,
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
@@ -216,6 +221,8 @@ class Checkpointer:
     The previous save is awaited first, so at most one is in flight. Errors of
     a background write surface here or in `wait()`.
     """
+    if self._read_only:
+      raise ValueError(f'{self._directory} was opened read-only; it cannot save')
     step = int(step)
     if not force and not self.should_save(step):
       return False
@@ -314,7 +321,7 @@ class Checkpointer:
                         self.step_path(candidate), _first_line(e))
         failures.append((candidate, e))
         continue
-      if failures:
+      if failures and not self._read_only:
         moved = self._quarantine([s for s, _ in failures])
         logging.warning('Resuming from checkpoint step %d instead of %d; damaged checkpoints '
                         'moved to %s.', candidate, failures[0][0], ', '.join(moved))

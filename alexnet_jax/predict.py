@@ -123,7 +123,8 @@ def restore_params(workdir: str | os.PathLike[str], config: ml_collections.Confi
   folder = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'no checkpoint in {workdir} ({folder} does not exist)')
-  ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False)
+  ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
+                                                    read_only=True)
   try:
     steps = ckpt.all_steps()
     if not steps:

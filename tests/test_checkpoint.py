@@ -395,5 +395,28 @@ class PreemptionTest(absltest.TestCase):
     self.assertEqual(signal.getsignal(signal.SIGTERM), before)
 
 
+
+class ReadOnlyTest(absltest.TestCase):
+
+  def test_read_only_keeps_a_save_in_flight_and_refuses_to_save(self):
+    workdir = make_tempdir(self)
+    folder = os.path.join(workdir, 'checkpoints')
+    writer = checkpoint.Checkpointer(folder, async_save=False)
+    state = {'w': jnp.arange(4.0)}
+    writer.save(1, state, meta={'step': 1}, force=True)
+    writer.close()
+    # A folder orbax would clean up as an unfinished save of a live run.
+    in_flight = os.path.join(folder, '2.orbax-checkpoint-tmp-123')
+    os.makedirs(in_flight)
+    reader = checkpoint.Checkpointer(folder, read_only=True)
+    self.addCleanup(reader.close)
+    self.assertEqual(reader.all_steps(), [1])
+    restored, meta = reader.restore({'w': jax.ShapeDtypeStruct((4,), jnp.float32)})
+    np.testing.assert_array_equal(np.asarray(restored['w']), np.arange(4.0))
+    self.assertEqual(meta, {'step': 1})
+    self.assertTrue(os.path.isdir(in_flight))
+    with self.assertRaisesRegex(ValueError, 'read-only'):
+      reader.save(3, state, meta={'step': 3}, force=True)
+
 if __name__ == '__main__':
   absltest.main()
