@@ -148,6 +148,10 @@ CASES = (
          _launch('--config.num_epochs=ten'), 1,
          "FATAL Flags parsing error: flag --config.num_epochs=ten: invalid literal for int() "
          "with base 10: 'ten'"),
+    Case('unknown_field', 'configs', 'a config field that does not exist (a typo)', 'launch',
+         _launch('--config.optim.lr=0.1'), 2,
+         "error: --config.optim.lr: the config has no field 'lr' (see the config file for the "
+         "fields)"),
     Case('negative_lr', 'configs', 'negative learning rate', 'launch',
          _launch('--config.optim.learning_rate=-0.1', workdir='{RUN}'), 2,
          'error: config.optim.learning_rate must be > 0, got -0.1'),
