@@ -76,6 +76,9 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
   def fail(message: object) -> None:
     logging.flush()
     print(f'error: {message}', file=sys.stderr, flush=True)
+    # The error is reported; reads that orbax abandoned (a damaged checkpoint) would
+    # otherwise print "Exception ignored in <coroutine ...>" tracebacks at shutdown.
+    sys.unraisablehook = lambda unraisable: None
     sys.exit(EXIT_USER_ERROR)
 
   @functools.wraps(main)
