@@ -1,0 +1,590 @@
+r"""Images/second of the jitted train step, against PyTorch eager in the same process.
+
+  python -m benchmarks.train_step                      # paper net, batch 64, float32; ~3 min on 2 cores
+  python -m benchmarks.train_step --nets=paper,one_tower --batches=32,64,128 \
+      --dtypes=float32,bfloat16 --meshes=1x1,1x2,2x1   # every row (long on a CPU)
+  python -m benchmarks.train_step --dtypes=bfloat16 --batches=128,256,512,1024 \
+      --nets=paper,one_tower --meshes=1x1               # a GPU (see benchmarks/gpu.sh)
+
+What is timed is the project's own step, `train.train_step` (uint8 crops ->
+`augment.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
+`TrainState` created as train.py creates it (`sharding.create_sharded_state`, then
+`jax.jit` with explicit shardings and the state donated), traced under the mesh and
+the logical rules. The batch is one fixed uint8 batch already on the device
+(`--feed=host` transfers a fresh numpy batch every step instead, as the loop does).
+
+The PyTorch reference is the same network in eager mode: grouped convs with groups=2,
+the paper's LRN (torch's LocalResponseNorm divides alpha by size, so it gets
+alpha * size), dropout 0.5, cross-entropy, SGD with momentum 0.9 and weight decay
+5e-4, float32 or bfloat16 autocast. JAX and PyTorch run alternately, `--rounds`
+times; each row reports the median images/second of each and the median of the
+per-round ratios, which cancels most of a shared machine's drift.
+
+Also printed: achieved GFLOP/s (training costs ~3x the forward multiply-adds counted
+by `model.layer_table`, at 2 FLOPs each) and its fraction of a GEMM peak measured in
+this run (a square matmul in the compute dtype: jax.jit, and numpy for float32 on a
+CPU; the best of them).
+
+Meshes `DxM` are (data, model): 1x2 splits the towers over two devices, 2x1 splits
+the batch. On a CPU, 2 devices are forced through XLA_FLAGS before JAX starts; they
+share the same cores, so there the mesh rows check that the sharded step runs, not
+speed.
+
+Only `alexnet_jax.{model,optim,sharding,train}` and jax/flax/optax are needed. On a
+machine without the data stack (grain, simplejpeg, ...) train.py's data imports are
+replaced by placeholders that fail if anything calls them; the step uses none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from typing import Any, Callable, Sequence
+
+# Packages train.py imports for its data and checkpoint code, which the train step never
+# calls; a GPU image may lack them (FIELD_NOTES: "The GPU machine").
+DATA_STACK = ('grain', 'simplejpeg', 'array_record', 'ml_collections', 'tensorflow_datasets',
+              'tensorboardX', 'orbax', 'cv2', 'PIL')
+
+NETS = {  # name -> AlexNet fields
+    'paper': dict(towers=2, use_lrn=True),
+    'one_tower': dict(towers=1, use_lrn=True),
+    'one_tower_no_lrn': dict(towers=1, use_lrn=False),  # torchvision's variant
+}
+RULES = (('batch', 'data'), ('conv_out', 'model'), ('fc_out', 'model'), ('conv_in', None),
+         ('conv_h', None), ('conv_w', None), ('fc_in', None))  # configs/imagenet.py's table
+OPTIM = dict(learning_rate=0.01, momentum=0.9, weight_decay=5e-4, decay_bias=True,
+             schedule='constant')
+IMAGE_SIZE, CROP = 256, 224
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  csv = lambda s: [x for x in s.split(',') if x]
+  p.add_argument('--nets', type=csv, default=['paper'], help=f'of {sorted(NETS)}')
+  p.add_argument('--batches', type=lambda s: [int(x) for x in csv(s)], default=[64])
+  p.add_argument('--dtypes', type=csv, default=['float32'], help='float32, bfloat16')
+  p.add_argument('--meshes', type=csv, default=['1x1'], help='DATAxMODEL, e.g. 1x1,1x2,2x1')
+  p.add_argument('--rounds', type=int, default=3, help='interleaved JAX/PyTorch rounds')
+  p.add_argument('--steps', type=int, default=2, help='timed steps per round and framework')
+  p.add_argument('--torch', choices=('auto', 'yes', 'no'), default='auto',
+                 help='PyTorch eager reference: auto = when torch is installed')
+  p.add_argument('--variants', type=csv, default=['shipped'], help=VARIANTS_HELP)
+  p.add_argument('--xla_cpu', choices=('auto', 'off'), default='auto',
+                 help='auto: the XLA:CPU options launch.py sets (alexnet_jax.platform); '
+                      'off: none (XLA_FLAGS from the environment still apply)')
+  p.add_argument('--gemm', type=int, default=0, help='GEMM side for the peak; 0: by backend')
+  p.add_argument('--json', default='', help='also write the rows to this JSON file')
+  args = p.parse_args(argv)
+  for name in args.nets:
+    if name not in NETS:
+      p.error(f'unknown net {name!r}; choose from {sorted(NETS)}')
+  for dtype in args.dtypes:
+    if dtype not in ('float32', 'bfloat16'):
+      p.error(f'unknown dtype {dtype!r}')
+  try:
+    args.variants = [Variant.parse(v) for v in args.variants]
+  except ValueError as e:
+    p.error(str(e))
+  try:
+    args.meshes = [tuple(int(v) for v in m.lower().split('x')) for m in args.meshes]
+  except ValueError:
+    p.error(f'meshes must look like 1x2, got {args.meshes}')
+  return args
+
+
+def set_cpu_devices(count: int) -> None:
+  """Asks XLA:CPU for `count` host devices; only works before JAX starts its backend."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if count > 1 and '--xla_force_host_platform_device_count' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={count}'.strip()
+
+
+def import_train() -> types.ModuleType:
+  """alexnet_jax.train, with placeholders for the data-stack packages this machine lacks."""
+  stubbed = []
+  while True:
+    try:
+      module = importlib.import_module('alexnet_jax.train')
+      break
+    except ModuleNotFoundError as e:
+      name = e.name or ''
+      if name.split('.')[0] not in DATA_STACK or name in sys.modules:
+        raise
+      sys.modules[name] = _placeholder(name)
+      parent, _, child = name.rpartition('.')
+      if parent in sys.modules:
+        setattr(sys.modules[parent], child, sys.modules[name])
+      stubbed.append(name)
+      for partial in [m for m in sys.modules if m.startswith('alexnet_jax.')]:
+        if partial != 'alexnet_jax.model' and not hasattr(sys.modules[partial], '__file__'):
+          del sys.modules[partial]
+  if stubbed:
+    print(f'note: not installed here, replaced by placeholders (the step does not use them): '
+          f'{", ".join(stubbed)}')
+  return module
+
+
+def _placeholder(name: str) -> types.ModuleType:
+  class Missing(types.ModuleType):
+    __path__: list[str] = []  # a package, so `from name.sub import x` resolves to placeholders
+
+    def __getattr__(self, attr: str) -> Any:
+      if attr.startswith('__'):
+        raise AttributeError(attr)
+      return type(f'{name}.{attr}', (), {
+          '__init__': lambda *a, **k: (_ for _ in ()).throw(
+              ImportError(f'{name} is not installed; the train-step benchmark cannot use it'))})
+
+  return Missing(name)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+@dataclasses.dataclass
+class Case:
+  net: str
+  batch: int
+  dtype: str
+  mesh: tuple[int, int]
+
+
+def forward_macs(model) -> int:
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  return sum(row.macs for row in model_lib.layer_table(model, CROP))
+
+
+def numpy_batch(batch: int, seed: int = 0) -> dict[str, Any]:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (batch, CROP, CROP, 3), dtype=np.uint8),
+          'crop': rng.integers(0, IMAGE_SIZE - CROP + 1, (batch, 2)).astype(np.int32),
+          'flip': rng.random(batch) < 0.5,
+          'lighting': rng.normal(0, 3, (batch, 3)).astype(np.float32),
+          'label': rng.integers(0, 1000, batch).astype(np.int32)}
+
+
+# ----------------------------------------------------------------------------- variants
+
+VARIANTS_HELP = """comma-separated JAX variants timed in the same rounds (the first is the
+reference of the "vs first" ratio); each is "shipped" or changes joined by "&":
+ynn=TYPES (YNNPACK fusion types for this compile, "+"-joined: dot, eltwise, reduce,
+individual_dot, individual_convolution; "none"; "jaxlib" = jaxlib 0.10.2's default
+individual_convolution+individual_dot+reduce), lrn=autodiff|band|cumsum|none,
+pool=autodiff, group=feature_group, feed=host, donate=no (see LRN_FORMS, POOL_FORMS)"""
+YNN_TYPES = ('dot', 'eltwise', 'reduce', 'individual_dot', 'individual_convolution')
+YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
+
+
+def lrn_autodiff(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
+  """The model's LRN before its custom_vjp: the shifted-slice sum, differentiated by JAX."""
+  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x32 = x.astype(jnp.float32)
+  denom = k + alpha * m._channel_window_sum(jnp.square(x32), size)  # pylint: disable=protected-access
+  return (x32 * m._inverse_power(denom, beta)).astype(x.dtype)  # pylint: disable=protected-access
+
+
+def lrn_band(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
+  """The window sum as a matmul with a banded 0/1 channels x channels matrix."""
+  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  idx = np.arange(x.shape[-1])
+  band = jnp.asarray(np.abs(idx[:, None] - idx[None, :]) <= size // 2, jnp.float32)
+  x32 = x.astype(jnp.float32)
+  return (x32 * m._inverse_power(k + alpha * (jnp.square(x32) @ band), beta)).astype(x.dtype)  # pylint: disable=protected-access
+
+
+def lrn_cumsum(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
+  """The window sum as a difference of two cumulative sums over channels."""
+  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  half, c = size // 2, x.shape[-1]
+  x32 = x.astype(jnp.float32)
+  cs = jnp.cumsum(jnp.pad(jnp.square(x32), [(0, 0)] * (x.ndim - 1) + [(half + 1, half)]), -1)
+  window = cs[..., size:size + c] - cs[..., :c]
+  return (x32 * m._inverse_power(k + alpha * window, beta)).astype(x.dtype)  # pylint: disable=protected-access
+
+
+def pool_autodiff(x):
+  """flax's max_pool as JAX differentiates it (select_and_scatter)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.max_pool(x, (3, 3), (2, 2))
+
+
+LRN_FORMS = {'autodiff': lrn_autodiff, 'band': lrn_band, 'cumsum': lrn_cumsum,
+             'none': lambda x: x}  # none: not the paper's net; a lower bound on LRN's cost
+POOL_FORMS = {'autodiff': pool_autodiff}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A change to the shipped train step, for measuring one lever at a time."""
+  name: str = 'shipped'
+  ynn: tuple[str, ...] | None = None  # None: whatever XLA_FLAGS says
+  lrn: str = ''
+  pool: str = ''
+  group_impl: str = ''
+  feed: str = 'device'
+  donate: bool = True
+
+  @classmethod
+  def parse(cls, spec: str) -> 'Variant':
+    fields: dict[str, Any] = {'name': spec}
+    for change in spec.split('&'):
+      key, _, value = change.partition('=')
+      if key == 'shipped' and not value:
+        continue
+      if key == 'ynn':
+        types = {'none': (), 'jaxlib': YNN_JAXLIB_DEFAULT}.get(value, tuple(value.split('+')))
+        if any(t not in YNN_TYPES for t in types):
+          raise ValueError(f'unknown YNN fusion type in {change!r}; known: {YNN_TYPES}')
+        fields['ynn'] = types
+      elif key == 'lrn' and value in LRN_FORMS or key == 'pool' and value in POOL_FORMS:
+        fields[key] = value
+      elif key == 'group' and value in ('split', 'feature_group'):
+        fields['group_impl'] = value
+      elif key == 'feed' and value in ('device', 'host'):
+        fields['feed'] = value
+      elif key == 'donate' and value in ('yes', 'no'):
+        fields['donate'] = value == 'yes'
+      else:
+        raise ValueError(f'unknown variant change {change!r} in {spec!r}')
+    return cls(**fields)
+
+  def compiler_options(self) -> dict[str, str] | None:
+    if self.ynn is None:
+      return None
+    return {'xla_cpu_experimental_ynn_fusion_type':
+            ','.join(f'LIBRARY_FUSION_TYPE_{t.upper()}' for t in self.ynn)}
+
+  def patched_model(self) -> contextlib.AbstractContextManager[None]:
+    """While tracing: the model module's LRN / max-pool swapped for the variant's."""
+    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    swaps = {}
+    if self.lrn:
+      swaps['local_response_norm'] = LRN_FORMS[self.lrn]
+    if self.pool:
+      swaps['max_pool'] = POOL_FORMS[self.pool]
+    stack = contextlib.ExitStack()
+    for attr, fn in swaps.items():
+      stack.enter_context(_swapped(model_lib, attr, fn))
+    return stack
+
+
+@contextlib.contextmanager
+def _swapped(module, attr, value):
+  old = getattr(module, attr)
+  setattr(module, attr, value)
+  try:
+    yield
+  finally:
+    setattr(module, attr, old)
+
+
+class JaxStep:
+  """The project's train step, set up as train.py sets it up."""
+
+  def __init__(self, case: Case, train, variant: Variant = Variant()):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import sharding  # pylint: disable=g-import-not-at-top
+
+    fields = dict(NETS[case.net], dtype=case.dtype)
+    if variant.group_impl:
+      fields['group_impl'] = variant.group_impl
+    self.model = model_lib.AlexNet(**fields)
+    self.batch_size = case.batch
+    data, model_axis = case.mesh
+    self.mesh = sharding.create_mesh({'data': data, 'model': model_axis},
+                                     jax.devices()[:data * model_axis], model_config=fields)
+    rules = RULES
+    sharding.check_batch_divisible(case.batch, self.mesh)
+    optimizer = optim.create_optimizer(OPTIM)
+    init_rng, dropout_rng = jax.random.split(jax.random.key(0))
+    self.state, state_shardings = sharding.create_sharded_state(
+        lambda rng: train.init_state(self.model, optimizer, rng, (1, CROP, CROP, 3)), init_rng,
+        self.mesh, rules)
+    repl = sharding.replicated(self.mesh)
+    mean_image = jax.device_put(
+        jnp.asarray(np.random.default_rng(1).uniform(60, 180, (IMAGE_SIZE, IMAGE_SIZE, 3)),
+                    jnp.float32), repl)
+    self.rng = jax.device_put(dropout_rng, repl)
+    self.host_batch = numpy_batch(case.batch)
+    self.device_batch = sharding.make_global_batch(self.host_batch, self.mesh)
+    self.feed = variant.feed
+    self._put = lambda b: sharding.make_global_batch(b, self.mesh)
+    with sharding.use_mesh(self.mesh, rules), variant.patched_model():
+      self.step = jax.jit(
+          lambda s, b, r: train.train_step(s, b, r, model=self.model, optimizer=optimizer,
+                                           mean_image=mean_image),
+          in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), repl),
+          out_shardings=(state_shardings, repl), donate_argnums=0 if variant.donate else ())
+      start = time.perf_counter()
+      self.step = self.step.lower(self.state, self.device_batch, self.rng).compile(
+          variant.compiler_options())
+      self.compile_s = time.perf_counter() - start
+    self.run(1)  # warm-up
+
+  def run(self, steps: int) -> float:
+    """Images/second over `steps` steps, waiting for the last one."""
+    import jax  # pylint: disable=g-import-not-at-top
+    metrics = None
+    start = time.perf_counter()
+    for _ in range(steps):
+      batch = self._put(self.host_batch) if self.feed == 'host' else self.device_batch
+      self.state, metrics = self.step(self.state, batch, self.rng)
+    loss = float(jax.device_get(metrics['loss']))
+    elapsed = time.perf_counter() - start
+    if loss != loss:
+      raise FloatingPointError('the JAX train step produced a NaN loss')
+    return steps * self.batch_size / elapsed
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def torch_available() -> bool:
+  return importlib.util.find_spec('torch') is not None
+
+
+def torch_alexnet(towers: int, use_lrn: bool, num_classes: int = 1000):
+  """The same network in PyTorch (NCHW), with the paper's LRN."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  lrn = lambda: [nn.LocalResponseNorm(5, alpha=1e-4 * 5, beta=0.75, k=2.0)] if use_lrn else []
+  return nn.Sequential(
+      nn.Conv2d(3, 96, 11, 4, 2), nn.ReLU(inplace=True), *lrn(), nn.MaxPool2d(3, 2),
+      nn.Conv2d(96, 256, 5, 1, 2, groups=towers), nn.ReLU(inplace=True), *lrn(),
+      nn.MaxPool2d(3, 2),
+      nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(inplace=True),
+      nn.Conv2d(384, 384, 3, 1, 1, groups=towers), nn.ReLU(inplace=True),
+      nn.Conv2d(384, 256, 3, 1, 1, groups=towers), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+      nn.Flatten(),
+      nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+      nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+      nn.Linear(4096, num_classes))
+
+
+def check_torch_lrn() -> float:
+  """Max relative gap between torch's LRN (alpha * size) and the model's LRN."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  a = np.random.default_rng(0).uniform(0, 60, (2, 5, 5, 16)).astype(np.float32)
+  want = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+  got = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(
+      torch.from_numpy(a).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  return float(np.max(np.abs(got - want) / np.abs(want).clip(1e-6)))
+
+
+class TorchStep:
+  """The same train step in PyTorch eager: uint8 NHWC crops in, SGD update out."""
+
+  def __init__(self, case: Case):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    self.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if self.device == 'cuda':
+      torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    net = NETS[case.net]
+    self.net = torch_alexnet(net['towers'], net['use_lrn']).to(self.device)
+    for m in self.net.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        torch.nn.init.normal_(m.weight, std=0.01)
+        torch.nn.init.zeros_(m.bias)
+    self.net.train()
+    self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    host = numpy_batch(case.batch)
+    self.image = torch.from_numpy(host['image']).to(self.device)
+    self.label = torch.from_numpy(host['label']).long().to(self.device)
+    self.shift = torch.from_numpy(host['lighting']).to(self.device)[:, :, None, None]
+    self.mean = torch.from_numpy(
+        np.random.default_rng(1).uniform(60, 180, (3, CROP, CROP)).astype(np.float32)
+    ).to(self.device)
+    self.autocast = case.dtype == 'bfloat16'
+    self.batch_size = case.batch
+    self.run(1)  # warm-up
+
+  def _step(self):
+    torch = self.torch
+    x = self.image.permute(0, 3, 1, 2).float() - self.mean + self.shift
+    with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+      logits = self.net(x)
+    loss = torch.nn.functional.cross_entropy(logits.float(), self.label)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    with torch.no_grad():
+      top5 = logits.topk(5, dim=1).indices
+      (top5[:, 0] != self.label).float().mean()
+      (top5 != self.label[:, None]).all(dim=1).float().mean()
+    return loss
+
+  def run(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      loss = self._step()
+    loss = float(loss.item())  # waits for the device
+    elapsed = time.perf_counter() - start
+    if loss != loss:
+      raise FloatingPointError('the PyTorch step produced a NaN loss')
+    return steps * self.batch_size / elapsed
+
+
+# ----------------------------------------------------------------------------- GEMM peak
+
+
+def gemm_peaks(dtypes: Sequence[str], side: int) -> dict[str, float]:
+  """GFLOP/s of a square matmul per compute dtype (jax.jit; numpy too for CPU float32)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  on_cpu = jax.default_backend() == 'cpu'
+  side = side or (2048 if on_cpu else 8192)
+  flops = 2.0 * side ** 3
+  repeats = 5 if on_cpu else 50
+  peaks = {}
+  for dtype in dtypes:
+    a = jax.random.normal(jax.random.key(0), (side, side), jnp.dtype(dtype))
+    dot = jax.jit(lambda x, y: x @ y)
+    dot(a, a).block_until_ready()
+    best = 0.0
+    for _ in range(3):
+      start = time.perf_counter()
+      for _ in range(repeats):
+        out = dot(a, a)
+      out.block_until_ready()
+      best = max(best, repeats * flops / (time.perf_counter() - start) / 1e9)
+    if on_cpu and dtype == 'float32':
+      x = np.asarray(a)
+      for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+          x @ x
+        best = max(best, repeats * flops / (time.perf_counter() - start) / 1e9)
+    peaks[dtype] = best
+  return peaks
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def measure(case: Case, train, args, use_torch: bool) -> list[dict[str, Any]]:
+  """One row per variant: medians over interleaved rounds (each variant, then PyTorch)."""
+  steps = {v.name: JaxStep(case, train, v) for v in args.variants}
+  torch_step = TorchStep(case) if use_torch else None
+  rates: dict[str, list[float]] = {name: [] for name in steps}
+  torch_rates: list[float] = []
+  for r in range(args.rounds):
+    cells = []
+    for name, step in steps.items():
+      rates[name].append(step.run(args.steps))
+      cells.append(f'{name if len(steps) > 1 else "JAX"} {rates[name][-1]:7.1f}')
+    if torch_step is not None:
+      torch_rates.append(torch_step.run(args.steps))
+      cells.append(f'PyTorch {torch_rates[-1]:7.1f}')
+    print(f'    round {r + 1}, img/s: ' + '   '.join(cells), flush=True)
+  first = args.variants[0].name
+  rows = []
+  for name, step in steps.items():
+    row = {'net': case.net, 'batch': case.batch, 'dtype': case.dtype,
+           'mesh': f'{case.mesh[0]}x{case.mesh[1]}', 'variant': name,
+           'compile_s': round(step.compile_s, 1), 'jax_img_s': statistics.median(rates[name]),
+           'vs_first': statistics.median(a / b for a, b in zip(rates[name], rates[first])),
+           'train_gflop_per_image': 6 * forward_macs(step.model) / 1e9}
+    if torch_rates:
+      ratios = [a / b for a, b in zip(rates[name], torch_rates)]
+      row.update(torch_img_s=statistics.median(torch_rates), ratio=statistics.median(ratios),
+                 ratio_min=min(ratios), ratio_max=max(ratios))
+    rows.append(row)
+  return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  # Everything that shapes the XLA backend happens before it starts.
+  set_cpu_devices(max(d * m for d, m in args.meshes))
+  if args.xla_cpu == 'auto':
+    from alexnet_jax import platform  # pylint: disable=g-import-not-at-top
+    platform.configure_xla_cpu()
+  import jax  # pylint: disable=g-import-not-at-top
+  train = import_train()
+
+  need = max(d * m for d, m in args.meshes)
+  if jax.device_count() < need:
+    raise SystemExit(f'meshes {args.meshes} need {need} devices; JAX has {jax.device_count()}')
+  use_torch = args.torch == 'yes' or (args.torch == 'auto' and torch_available())
+  if args.torch == 'yes' and not torch_available():
+    raise SystemExit('--torch=yes but torch is not installed (benchmarks/requirements.txt)')
+  print(f'JAX {jax.__version__}, backend {jax.default_backend()}, devices: '
+        f'{jax.device_count()} x {jax.devices()[0].device_kind}; host cores: {os.cpu_count()}')
+  print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  if use_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    print(f'PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads, device '
+          f'{"cuda" if torch.cuda.is_available() else "cpu"}; LRN vs the model: max rel. gap '
+          f'{check_torch_lrn():.1e}')
+  else:
+    print('PyTorch: not installed or --torch=no; JAX figures only')
+  peaks = gemm_peaks(args.dtypes, args.gemm)
+  print('GEMM peak (GFLOP/s): ' + ', '.join(f'{k} {v:.0f}' for k, v in peaks.items()),
+        flush=True)
+
+  rows = []
+  for net in args.nets:
+    for dtype in args.dtypes:
+      for mesh in args.meshes:
+        for batch in args.batches:
+          case = Case(net, batch, dtype, mesh)
+          print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}:', flush=True)
+          rows.extend(measure(case, train, args, use_torch))
+  after = gemm_peaks(args.dtypes, args.gemm)  # the machine may have changed meanwhile
+  peaks = {k: max(v, after[k]) for k, v in peaks.items()}
+  for row in rows:
+    row['gflop_s'] = row['jax_img_s'] * row['train_gflop_per_image']
+    row['gemm_peak_gflop_s'] = peaks[row['dtype']]
+    row['peak_fraction'] = row['gflop_s'] / peaks[row['dtype']]
+
+  print(f'\ntrain step, images/second (median of {args.rounds} interleaved rounds of '
+        f'{args.steps} steps; JAX/PT: median of the per-round ratios, and their range); '
+        f'GEMM peak: ' + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items()))
+  with_variants = len(args.variants) > 1 or args.variants[0].name != 'shipped'
+  print(f'{"net":<17}{"batch":>6} {"dtype":<9}{"mesh":<5}'
+        + (f'{"variant":<34}' if with_variants else '')
+        + f'{"JAX":>8}{"PyTorch":>9}{"JAX/PT":>8}{"range":>11}{"GFLOP/s":>9}{"of peak":>8}'
+        + (f'{"vs first":>9}' if with_variants else '') + f'{"compile":>8}')
+  for row in rows:
+    pt = (f'{row["torch_img_s"]:9.1f}{row["ratio"]:7.2f}x'
+          f'{row["ratio_min"]:6.2f}-{row["ratio_max"]:.2f}' if 'ratio' in row
+          else f'{"-":>9}{"-":>8}{"":>11}')
+    print(f'{row["net"]:<17}{row["batch"]:>6} {row["dtype"]:<9}{row["mesh"]:<5}'
+          + (f'{row["variant"]:<34}' if with_variants else '')
+          + f'{row["jax_img_s"]:8.1f}{pt}{row["gflop_s"]:9.1f}{row["peak_fraction"]:8.0%}'
+          + (f'{row["vs_first"]:8.2f}x' if with_variants else '') + f'{row["compile_s"]:7.0f}s')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'peaks': peaks, 'rows': rows}, f,
+                indent=1)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
