@@ -95,7 +95,8 @@ def make_imagenet_like(folder: str, train_per_class: int = 100, val_per_class: i
       os.makedirs(os.path.join(raw, split, f'n{c:08d}'), exist_ok=True)
       for i in range(count):
         photo = photos[(c + i) % len(photos)]
-        top, left = rng.integers(0, photo.shape[0] - 375 + 1), rng.integers(0, photo.shape[1] - 500 + 1)
+        top = rng.integers(0, photo.shape[0] - 375 + 1)
+        left = rng.integers(0, photo.shape[1] - 500 + 1)
         image = photo[top:top + 375, left:left + 500] * rng.uniform(0.7, 1.3, 3)
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
             os.path.join(raw, split, f'n{c:08d}', f'{i}.JPEG'), quality=90)

@@ -1,6 +1,6 @@
 r"""Images/second of the jitted train step, against PyTorch eager in the same process.
 
-  python -m benchmarks.train_step                      # paper net, batch 64, float32; ~3 min on 2 cores
+  python -m benchmarks.train_step          # paper net, batch 64, float32: ~3 min on 2 cores
   python -m benchmarks.train_step --nets=paper,one_tower --batches=32,64,128 \
       --dtypes=float32,bfloat16 --meshes=1x1,1x2,2x1   # every row (long on a CPU)
   python -m benchmarks.train_step --dtypes=bfloat16 --batches=128,256,512,1024 \
@@ -187,35 +187,40 @@ YNN_TYPES = ('dot', 'eltwise', 'reduce', 'individual_dot', 'individual_convoluti
 YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
 
 
+def _lrn_parts():
+  """The model's LRN pieces: the channel window sum and d ** -beta."""
+  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
+  return m._channel_window_sum, m._inverse_power  # pylint: disable=protected-access
+
+
 def lrn_autodiff(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
   """The model's LRN before its custom_vjp: the shifted-slice sum, differentiated by JAX."""
-  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  window_sum, inverse_power = _lrn_parts()
   x32 = x.astype(jnp.float32)
-  denom = k + alpha * m._channel_window_sum(jnp.square(x32), size)  # pylint: disable=protected-access
-  return (x32 * m._inverse_power(denom, beta)).astype(x.dtype)  # pylint: disable=protected-access
+  return (x32 * inverse_power(k + alpha * window_sum(jnp.square(x32), size), beta)
+          ).astype(x.dtype)
 
 
 def lrn_band(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
   """The window sum as a matmul with a banded 0/1 channels x channels matrix."""
-  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   idx = np.arange(x.shape[-1])
   band = jnp.asarray(np.abs(idx[:, None] - idx[None, :]) <= size // 2, jnp.float32)
   x32 = x.astype(jnp.float32)
-  return (x32 * m._inverse_power(k + alpha * (jnp.square(x32) @ band), beta)).astype(x.dtype)  # pylint: disable=protected-access
+  inverse_power = _lrn_parts()[1]
+  return (x32 * inverse_power(k + alpha * (jnp.square(x32) @ band), beta)).astype(x.dtype)
 
 
 def lrn_cumsum(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
   """The window sum as a difference of two cumulative sums over channels."""
-  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   half, c = size // 2, x.shape[-1]
   x32 = x.astype(jnp.float32)
   cs = jnp.cumsum(jnp.pad(jnp.square(x32), [(0, 0)] * (x.ndim - 1) + [(half + 1, half)]), -1)
   window = cs[..., size:size + c] - cs[..., :c]
-  return (x32 * m._inverse_power(k + alpha * window, beta)).astype(x.dtype)  # pylint: disable=protected-access
+  return (x32 * _lrn_parts()[1](k + alpha * window, beta)).astype(x.dtype)
 
 
 def pool_autodiff(x):
@@ -452,42 +457,54 @@ class TorchStep:
 # ----------------------------------------------------------------------------- GEMM peak
 
 
-def gemm_peaks(dtypes: Sequence[str], side: int) -> dict[str, float]:
-  """GFLOP/s of a square matmul per compute dtype (jax.jit; numpy too for CPU float32)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  on_cpu = jax.default_backend() == 'cpu'
-  side = side or (2048 if on_cpu else 8192)
-  flops = 2.0 * side ** 3
-  repeats = 5 if on_cpu else 50
-  peaks = {}
-  for dtype in dtypes:
-    a = jax.random.normal(jax.random.key(0), (side, side), jnp.dtype(dtype))
-    dot = jax.jit(lambda x, y: x @ y)
-    dot(a, a).block_until_ready()
-    best = 0.0
-    for _ in range(3):
-      start = time.perf_counter()
-      for _ in range(repeats):
-        out = dot(a, a)
-      out.block_until_ready()
-      best = max(best, repeats * flops / (time.perf_counter() - start) / 1e9)
-    if on_cpu and dtype == 'float32':
-      x = np.asarray(a)
-      for _ in range(3):
+class GemmPeak:
+  """Best GFLOP/s of a square matmul per compute dtype (jax.jit; numpy too for CPU float32).
+
+  Sampled before, between and after the timed rounds: on a shared machine the best
+  sample is the closest to what the chip can do.
+  """
+
+  def __init__(self, dtypes: Sequence[str], side: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    self.on_cpu = jax.default_backend() == 'cpu'
+    side = side or (2048 if self.on_cpu else 8192)
+    self.flops = 2.0 * side ** 3
+    self.repeats = 3 if self.on_cpu else 50
+    self.dot = jax.jit(lambda x, y: x @ y)
+    self.inputs = {d: jax.random.normal(jax.random.key(0), (side, side), jnp.dtype(d))
+                   for d in dtypes}
+    self.best = {d: 0.0 for d in dtypes}
+    for a in self.inputs.values():
+      self.dot(a, a).block_until_ready()
+    self.sample(trials=3)
+
+  def sample(self, trials: int = 1) -> None:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    for dtype, a in self.inputs.items():
+      for _ in range(trials):
         start = time.perf_counter()
-        for _ in range(repeats):
-          x @ x
-        best = max(best, repeats * flops / (time.perf_counter() - start) / 1e9)
-    peaks[dtype] = best
-  return peaks
+        for _ in range(self.repeats):
+          out = self.dot(a, a)
+        out.block_until_ready()
+        self._update(dtype, start)
+        if self.on_cpu and dtype == 'float32':
+          x = np.asarray(a)
+          start = time.perf_counter()
+          for _ in range(self.repeats):
+            x @ x
+          self._update(dtype, start)
+
+  def _update(self, dtype: str, start: float) -> None:
+    rate = self.repeats * self.flops / (time.perf_counter() - start) / 1e9
+    self.best[dtype] = max(self.best[dtype], rate)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def measure(case: Case, train, args, use_torch: bool) -> list[dict[str, Any]]:
+def measure(case: Case, train, args, use_torch: bool,
+            peak: GemmPeak) -> list[dict[str, Any]]:
   """One row per variant: medians over interleaved rounds (each variant, then PyTorch)."""
   steps = {v.name: JaxStep(case, train, v) for v in args.variants}
   torch_step = TorchStep(case) if use_torch else None
@@ -502,6 +519,7 @@ def measure(case: Case, train, args, use_torch: bool) -> list[dict[str, Any]]:
       torch_rates.append(torch_step.run(args.steps))
       cells.append(f'PyTorch {torch_rates[-1]:7.1f}')
     print(f'    round {r + 1}, img/s: ' + '   '.join(cells), flush=True)
+    peak.sample()
   first = args.variants[0].name
   rows = []
   for name, step in steps.items():
@@ -544,8 +562,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f'{check_torch_lrn():.1e}')
   else:
     print('PyTorch: not installed or --torch=no; JAX figures only')
-  peaks = gemm_peaks(args.dtypes, args.gemm)
-  print('GEMM peak (GFLOP/s): ' + ', '.join(f'{k} {v:.0f}' for k, v in peaks.items()),
+  peak = GemmPeak(args.dtypes, args.gemm)
+  print('GEMM peak so far (GFLOP/s): ' + ', '.join(f'{k} {v:.0f}' for k, v in peak.best.items()),
         flush=True)
 
   rows = []
@@ -555,9 +573,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for batch in args.batches:
           case = Case(net, batch, dtype, mesh)
           print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}:', flush=True)
-          rows.extend(measure(case, train, args, use_torch))
-  after = gemm_peaks(args.dtypes, args.gemm)  # the machine may have changed meanwhile
-  peaks = {k: max(v, after[k]) for k, v in peaks.items()}
+          rows.extend(measure(case, train, args, use_torch, peak))
+  peak.sample(trials=3)
+  peaks = peak.best
   for row in rows:
     row['gflop_s'] = row['jax_img_s'] * row['train_gflop_per_image']
     row['gemm_peak_gflop_s'] = peaks[row['dtype']]
