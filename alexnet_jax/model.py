@@ -129,7 +129,7 @@ def max_pool(x: Array) -> Array:
   The gradient goes to the first maximum of each window in row-major order, as
   XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
   out here because XLA:CPU lowers select_and_scatter to index tensors and a
-  scatter that took ~20% of the train step (benchmarks/README.md).
+  scatter, 3-10% slower for the whole train step (benchmarks/README.md).
   """
   return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
 
