@@ -10,8 +10,13 @@ What is timed is the project's own step, `train.train_step` (uint8 crops ->
 `augment.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
 `TrainState` created as train.py creates it (`sharding.create_sharded_state`, then
 `jax.jit` with explicit shardings and the state donated), traced under the mesh and
-the logical rules. The batch is one fixed uint8 batch already on the device
-(`--feed=host` transfers a fresh numpy batch every step instead, as the loop does).
+the logical rules. The batch is one fixed uint8 batch already on the device (the
+variant `feed=host` transfers a fresh numpy batch every step instead, as the loop does).
+
+`--variants` times alternatives to the shipped step in the same rounds (XLA:CPU
+options, LRN and max-pool formulations, grouped-conv form, feeding, donation), e.g.
+
+  python -m benchmarks.train_step --variants='shipped,lrn=autodiff,ynn=jaxlib'
 
 The PyTorch reference is the same network in eager mode: grouped convs with groups=2,
 the paper's LRN (torch's LocalResponseNorm divides alpha by size, so it gets
@@ -23,7 +28,7 @@ per-round ratios, which cancels most of a shared machine's drift.
 Also printed: achieved GFLOP/s (training costs ~3x the forward multiply-adds counted
 by `model.layer_table`, at 2 FLOPs each) and its fraction of a GEMM peak measured in
 this run (a square matmul in the compute dtype: jax.jit, and numpy for float32 on a
-CPU; the best of them).
+CPU; the best sample, taken before, between and after the rounds).
 
 Meshes `DxM` are (data, model): 1x2 splits the towers over two devices, 2x1 splits
 the batch. On a CPU, 2 devices are forced through XLA_FLAGS before JAX starts; they
@@ -81,7 +86,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help='PyTorch eager reference: auto = when torch is installed')
   p.add_argument('--variants', type=csv, default=['shipped'], help=VARIANTS_HELP)
   p.add_argument('--xla_cpu', choices=('auto', 'off'), default='auto',
-                 help='auto: the XLA:CPU options launch.py sets (alexnet_jax.platform); '
+                 help='auto: the XLA:CPU options of alexnet_jax.platform.configure_xla_cpu(); '
                       'off: none (XLA_FLAGS from the environment still apply)')
   p.add_argument('--gemm', type=int, default=0, help='GEMM side for the peak; 0: by backend')
   p.add_argument('--json', default='', help='also write the rows to this JSON file')
