@@ -306,25 +306,6 @@ def format_prediction(image: Image, top: Sequence[ClassScore], crops: int) -> st
 FLAGS = flags.FLAGS
 
 
-def _drop_aborted_read_callbacks() -> None:
-  """Silences the callbacks of array reads still in flight when a restore failed.
-
-  When one array of a damaged checkpoint fails, orbax closes its event loop while
-  tensorstore finishes the other reads; each of their completion callbacks then
-  raises 'Event loop is closed' into sys.unraisablehook, burying the one-line
-  error under dozens of tracebacks. Those, and only those, are dropped.
-  """
-  default = sys.unraisablehook
-
-  def hook(unraisable: Any) -> None:
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-      return
-    default(unraisable)
-
-  sys.unraisablehook = hook
-
-
 def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Workdir of a training run (holds config.json and '
                       'checkpoints/).')
@@ -341,7 +322,6 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('give one or more image files after the flags')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
-  _drop_aborted_read_callbacks()
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
   try:
     run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
