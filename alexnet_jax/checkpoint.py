@@ -29,6 +29,7 @@ import ast
 import errno
 import hashlib
 import json
+import logging as pylogging
 import os
 import pprint
 import shutil
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -70,21 +72,58 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
   return f'{type(error).__name__}: {text[:limit]}'
 
 
+def _is_aborted_read(error: Optional[BaseException], where: str = '') -> bool:
+  """Whether `error` comes from an array read of a checkpoint restore that was abandoned.
+
+  `where` is the report's own text (asyncio's repr of the future, the code of a
+  coroutine). A read error may carry no traceback (tensorstore sets it on the
+  future from C++), so the words of the storage layers are matched too.
+  """
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return True
+  frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+  text = ' '.join([where, str(error)] + [frame.filename for frame in frames]).lower()
+  return any(word in text for word in _STORAGE_WORDS)
+
+
+# Names of the layers a checkpoint read goes through (orbax -> tensorstore -> zarr in OCDBT).
+_STORAGE_WORDS = ('orbax', 'tensorstore', 'ocdbt', 'zarr')
+
+
+class _AbortedReadFilter(pylogging.Filter):
+  """Drops asyncio's report of a checkpoint read whose failure nobody awaited."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    message = str(record.msg)
+    # asyncio words it '<Task|Future|_GatheringFuture|...> exception was never retrieved'.
+    if not message.split('\n', 1)[0].endswith('exception was never retrieved'):
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not _is_aborted_read(error, message)
+
+
 def _ignore_aborted_reads() -> None:
   """Keeps the reads of a failed restore that were still in flight from printing tracebacks.
 
-  When one array of a damaged checkpoint fails, orbax closes its event loop while
-  tensorstore finishes the other reads; each of their completion callbacks then
-  raises 'Event loop is closed' into sys.unraisablehook: dozens of tracebacks that
-  bury the one warning that matters. Those, and only those, are dropped.
+  When one array of a damaged checkpoint fails, orbax stops awaiting the reads
+  of the other arrays. Each of those that fails later is reported on its own,
+  with a traceback: by asyncio ('Task exception was never retrieved'), or into
+  sys.unraisablehook ('Event loop is closed' from a completion callback, or the
+  read's own error from a coroutine that was closed). Dozens of tracebacks that
+  bury the one warning that matters; `restore` reports the failure itself, so
+  these, and only these (errors raised in orbax's reads), are dropped.
   """
+  asyncio_logger = pylogging.getLogger('asyncio')
+  if not any(isinstance(f, _AbortedReadFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbortedReadFilter())
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_aborted_reads', False):
     return
 
   def hook(unraisable: Any) -> None:
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    code = getattr(unraisable.object, 'cr_code', None)
+    where = code.co_filename if code is not None else ''
+    if _is_aborted_read(unraisable.exc_value, where):
       return
     previous(unraisable)
 

@@ -1,12 +1,17 @@
 """Checkpoints of sharded state on 2 CPU devices, the data iterator, retention, damage, config."""
 
+import asyncio
+import gc
 import glob
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import types
 from unittest import mock
 
 import jax
@@ -329,6 +334,70 @@ class DamagedCheckpointTest(CheckpointTestCase):
     with self.assertRaisesRegex(checkpoint.CheckpointError, 'cannot restore'):
       ckpt.restore(abstract_of(state1), step=2)
     self.assertEqual(ckpt.restore(abstract_of(state1), step=1)[1], {'epoch': 1})
+
+
+class AbortedReadReportTest(absltest.TestCase):
+  """The reports of abandoned checkpoint reads are dropped; every other report still shows."""
+
+  def setUp(self):
+    super().setUp()
+    saved_hook, saved_filters = sys.unraisablehook, list(logging.getLogger('asyncio').filters)
+    self.addCleanup(setattr, sys, 'unraisablehook', saved_hook)
+    self.addCleanup(setattr, logging.getLogger('asyncio'), 'filters', saved_filters)
+    self.unraisable = []
+    sys.unraisablehook = self.unraisable.append
+    checkpoint._ignore_aborted_reads()  # pylint: disable=protected-access
+
+  def unretrieved_failure(self, error: Exception) -> list[str]:
+    """asyncio's own report of a failed future nobody awaited: the lines it logs."""
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    future.set_exception(error)
+    handler = _ListHandler()
+    logging.getLogger('asyncio').addHandler(handler)
+    try:
+      del future  # the report is made when the failed future is collected
+      gc.collect()
+    finally:
+      logging.getLogger('asyncio').removeHandler(handler)
+      loop.close()
+    return handler.messages
+
+  def test_read_errors_are_dropped(self):
+    for error in [ValueError('OUT_OF_RANGE: Error reading "params.fc6.kernel/0.0" in OCDBT '
+                             'database at local file "/w/checkpoints/30/state/"'),
+                  ValueError('NOT_FOUND: Error opening "zarr" driver'),
+                  Exception('See full TensorStore details')]:
+      self.assertEqual(self.unretrieved_failure(error), [], error)
+
+  def test_other_errors_still_show(self):
+    messages = self.unretrieved_failure(ValueError('my own coroutine failed'))
+    self.assertLen(messages, 1)
+    self.assertIn('exception was never retrieved', messages[0])
+
+  def test_unraisable_event_loop_closed_is_dropped_and_others_pass(self):
+    closed, other = RuntimeError('Event loop is closed'), RuntimeError('something else')
+    for error in (closed, other):
+      sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
+    self.assertEqual([u.exc_value for u in self.unraisable], [other])
+
+  def test_installing_twice_wraps_once(self):
+    checkpoint._ignore_aborted_reads()  # pylint: disable=protected-access
+    hook = sys.unraisablehook
+    checkpoint._ignore_aborted_reads()  # pylint: disable=protected-access
+    self.assertIs(sys.unraisablehook, hook)
+    self.assertLen([f for f in logging.getLogger('asyncio').filters
+                    if isinstance(f, checkpoint._AbortedReadFilter)], 1)  # pylint: disable=protected-access
+
+
+class _ListHandler(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
 
 
 class ConfigTest(absltest.TestCase):
