@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax import plan
+from alexnet_jax import platform
 from alexnet_jax import sharding
 from alexnet_jax import train
 
@@ -37,6 +38,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  added = platform.configure_xla_cpu()  # before anything starts JAX's backend
+  if added:
+    logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
   sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                             auto_detect=FLAGS.auto_distributed)
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),

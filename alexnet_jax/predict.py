@@ -44,6 +44,7 @@ from alexnet_jax import cli
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import platform
 from alexnet_jax import run_info
 from alexnet_jax import train
 
@@ -320,6 +321,7 @@ def main(argv: Sequence[str]) -> None:
   images = list(argv[1:])
   if not images:
     raise app.UsageError('give one or more image files after the flags')
+  platform.configure_xla_cpu()  # before anything starts JAX's backend
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   crops = None if FLAGS.crops is None else int(FLAGS.crops)

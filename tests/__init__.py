@@ -3,13 +3,18 @@
 - Eight CPU devices for the sharding tests; tests that need one device use
   `jax.devices()[0]` (the default placement).
 - XLA's backend optimisation off: the tests' tiny networks spend far more time in
-  LLVM compiling than running (model.init compiles ~7x faster). Subprocesses that
-  must compare bitwise with in-process runs use the same flags (`XLA_TEST_FLAGS`).
+  LLVM compiling than running (model.init compiles ~7x faster).
+- The XLA:CPU options launch.py sets for itself (`platform.CPU_FLAGS`), so that the
+  code under test compiles as it does in a real run.
+Subprocesses that must compare bitwise with in-process runs use the same flags
+(`XLA_TEST_FLAGS`).
 """
 
 import os
 
-XLA_TEST_FLAGS = '--xla_backend_optimization_level=0'
+from alexnet_jax import platform
+
+XLA_TEST_FLAGS = ' '.join(['--xla_backend_optimization_level=0', *platform.CPU_FLAGS])
 if XLA_TEST_FLAGS not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {XLA_TEST_FLAGS}'.strip()
 

@@ -1,0 +1,107 @@
+"""The XLA:CPU options the programs set for themselves (alexnet_jax/platform.py)."""
+
+import os
+import subprocess
+import sys
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+
+from alexnet_jax import platform
+from tests.test_plan import REPO
+from tests.test_train import digits_dir
+
+OPTION = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
+
+
+class BackendTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # As on a machine where nothing names a platform (JAX reads this only at backend start).
+    self.addCleanup(jax.config.update, 'jax_platforms', jax.config.jax_platforms)
+    jax.config.update('jax_platforms', None)
+
+  @parameterized.parameters(('cpu', True), ('cpu,cuda', True), (' CPU ', True), ('cuda,cpu', False),
+                            ('tpu', False), ('cuda', False))
+  def test_jax_platforms_decides(self, platforms, expected):
+    self.assertEqual(platform.backend_will_be_cpu({'JAX_PLATFORMS': platforms}), expected)
+
+  def test_an_accelerator_package_means_not_cpu(self):
+    with mock.patch.object(platform.importlib.metadata, 'entry_points', return_value=[]), \
+         mock.patch.object(platform.importlib.util, 'find_spec',
+                           side_effect=lambda name: object() if name == 'libtpu' else None):
+      self.assertFalse(platform.backend_will_be_cpu({}))
+    with mock.patch.object(platform.importlib.metadata, 'entry_points', return_value=[]), \
+         mock.patch.object(platform.importlib.util, 'find_spec', return_value=None):
+      self.assertTrue(platform.backend_will_be_cpu({}))
+
+  def test_a_jax_plugin_means_not_cpu(self):
+    with mock.patch.object(platform.importlib.metadata, 'entry_points',
+                           return_value=['jax_cuda12_plugin']):
+      self.assertFalse(platform.backend_will_be_cpu({}))
+
+
+class ConfigureTest(parameterized.TestCase):
+
+  def test_appends_to_existing_flags_once(self):
+    env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+    self.assertEqual(platform.configure_xla_cpu(env), platform.CPU_FLAGS)
+    self.assertEqual(env['XLA_FLAGS'], f'--xla_force_host_platform_device_count=2 {OPTION}')
+    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(env['XLA_FLAGS'].count('ynn_fusion_type'), 1)
+
+  def test_sets_flags_when_there_were_none(self):
+    env = {'JAX_PLATFORMS': 'cpu'}
+    platform.configure_xla_cpu(env)
+    self.assertEqual(env['XLA_FLAGS'], OPTION)
+
+  @parameterized.parameters('--xla_cpu_experimental_ynn_fusion_type=',
+                            '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise')
+  def test_the_users_choice_wins(self, flags):
+    env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags}
+    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(env['XLA_FLAGS'], flags)
+
+  def test_other_backends_are_left_alone(self):
+    env = {'JAX_PLATFORMS': 'cuda'}
+    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertNotIn('XLA_FLAGS', env)
+
+  def test_too_late_in_this_process_warns_and_changes_nothing(self):
+    jax.devices()  # this process's backend has started (the suite's own flags apply)
+    before = os.environ.get('XLA_FLAGS')
+    with mock.patch.dict(os.environ, {'XLA_FLAGS': '--xla_backend_optimization_level=0',
+                                      'JAX_PLATFORMS': 'cpu'}):
+      with self.assertLogs(level='WARNING') as logs:
+        self.assertEqual(platform.configure_xla_cpu(), ())
+      self.assertEqual(os.environ['XLA_FLAGS'], '--xla_backend_optimization_level=0')
+    self.assertIn('not applied', '\n'.join(logs.output))
+    self.assertEqual(os.environ.get('XLA_FLAGS'), before)
+
+
+class LaunchTest(absltest.TestCase):
+  """launch.py sets the options before JAX starts, and XLA accepts them."""
+
+  def dry_run(self, xla_flags: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags)
+    args = ['--config=configs/digits.py', f'--workdir={self.create_tempdir().full_path}',
+            '--dry_run', f'--config.data.dir={digits_dir()}', '--config.mesh.model=1']
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch.py'), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    return proc
+
+  def test_launch_adds_the_options_and_keeps_the_users(self):
+    proc = self.dry_run('--xla_backend_optimization_level=0')
+    self.assertIn(f'XLA:CPU options added to XLA_FLAGS: {OPTION}', proc.stderr)
+    self.assertNotIn('not applied', proc.stderr)
+    proc = self.dry_run('--xla_backend_optimization_level=0 '
+                        '--xla_cpu_experimental_ynn_fusion_type=')
+    self.assertNotIn('XLA:CPU options added', proc.stderr)
+
+
+if __name__ == '__main__':
+  absltest.main()
