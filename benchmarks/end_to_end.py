@@ -63,9 +63,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--imagenet_steps', type=int, default=24,
                  help='train steps of an imagenet_like run')
   p.add_argument('--keep', default='', help='keep the runs and data in this folder')
-  p.add_argument('--xla_cpu', choices=('auto', 'off'), default='auto',
-                 help="auto: the runs get alexnet_jax.platform's XLA:CPU options (as launch.py "
-                      "gives them once it calls configure_xla_cpu); off: the environment's")
   args = p.parse_args(argv)
   for v in args.variants:
     if v not in VARIANTS:
@@ -155,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   os.makedirs(root, exist_ok=True)
   results: dict[str, Any] = {}
   env = dict(os.environ)
-  if args.xla_cpu == 'auto':
-    from alexnet_jax import platform  # pylint: disable=g-import-not-at-top
-    platform.configure_xla_cpu(env)
+  # launch.py adds alexnet_jax.platform's XLA:CPU option itself unless XLA_FLAGS sets it.
   print(f'runs: XLA_FLAGS={env.get("XLA_FLAGS", "")!r}, {os.cpu_count()} cores')
   try:
     for name in args.configs:
