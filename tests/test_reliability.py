@@ -120,12 +120,12 @@ def folder_digest(folder: str) -> dict[str, str]:
 
 
 def damage(step_dir: str, how: str) -> str:
-  """What a bad disk or a careless `rm` does to a finished checkpoint; returns the file."""
-  if how == 'truncate':  # the largest file of array data
-    files = glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_*', 'd', '*'))
-    path = max(files, key=os.path.getsize)
-    with open(path, 'r+b') as f:
-      f.truncate(os.path.getsize(path) // 2)
+  """What a bad disk or a careless `rm` does to a finished checkpoint; returns what it hit."""
+  if how == 'truncate':  # every file of the array store loses its second half
+    path = os.path.join(step_dir, 'state')
+    for name in glob.glob(os.path.join(path, '**', 'd', '*'), recursive=True):
+      with open(name, 'r+b') as f:
+        f.truncate(os.path.getsize(name) // 2)
   elif how == 'delete':
     path = os.path.join(step_dir, 'state', 'manifest.ocdbt')
     os.remove(path)
