@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -107,15 +108,20 @@ def _ignore_aborted_reads() -> None:
 
   When one array of a damaged checkpoint fails, orbax stops awaiting the reads
   of the other arrays. Each of those that fails later is reported on its own,
-  with a traceback: by asyncio ('Task exception was never retrieved'), or into
+  with a traceback: by asyncio ('Task exception was never retrieved'), into
   sys.unraisablehook ('Event loop is closed' from a completion callback, or the
-  read's own error from a coroutine that was closed). Dozens of tracebacks that
+  read's own error from a coroutine that was closed), or as a RuntimeWarning at
+  exit (a coroutine 'was never awaited'). Dozens of tracebacks that
   bury the one warning that matters; `restore` reports the failure itself, so
   these, and only these (errors raised in orbax's reads), are dropped.
   """
   asyncio_logger = pylogging.getLogger('asyncio')
   if not any(isinstance(f, _AbortedReadFilter) for f in asyncio_logger.filters):
     asyncio_logger.addFilter(_AbortedReadFilter())
+  # Reads never started are garbage-collected as coroutines at exit, each warning that it
+  # 'was never awaited'. This program runs no coroutines of its own; orbax's are the only ones.
+  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_aborted_reads', False):
     return

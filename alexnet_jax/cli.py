@@ -6,6 +6,7 @@ import functools
 import logging as py_logging
 import os
 import sys
+import warnings
 from typing import Callable
 
 from absl import app
@@ -77,8 +78,12 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
     logging.flush()
     print(f'error: {message}', file=sys.stderr, flush=True)
     # The error is reported; reads that orbax abandoned (a damaged checkpoint) would
-    # otherwise print "Exception ignored in <coroutine ...>" tracebacks at shutdown.
+    # otherwise print tracebacks and warnings below it at shutdown: "Exception ignored
+    # in <coroutine ...>", asyncio's "exception was never retrieved", "coroutine ... was
+    # never awaited".
     sys.unraisablehook = lambda unraisable: None
+    warnings.simplefilter('ignore')
+    py_logging.getLogger('asyncio').disabled = True
     sys.exit(EXIT_USER_ERROR)
 
   @functools.wraps(main)

@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import types
+import warnings
 from unittest import mock
 
 import jax
@@ -382,6 +383,22 @@ class AbortedReadReportTest(absltest.TestCase):
     for error in (closed, other):
       sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
     self.assertEqual([u.exc_value for u in self.unraisable], [other])
+
+  def test_never_awaited_reads_do_not_warn(self):
+
+    async def read():
+      return 1
+
+    for install in (False, True):
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        if install:
+          checkpoint._ignore_aborted_reads()  # pylint: disable=protected-access
+        coroutine = read()
+        del coroutine  # never awaited, as the reads orbax abandons
+        gc.collect()
+      never_awaited = [w for w in caught if 'was never awaited' in str(w.message)]
+      self.assertLen(never_awaited, 0 if install else 1)
 
   def test_installing_twice_wraps_once(self):
     checkpoint._ignore_aborted_reads()  # pylint: disable=protected-access
