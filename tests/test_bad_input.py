@@ -189,6 +189,10 @@ CASES = (
          'num_classes other than the dataset\'s (resuming RUN on another dataset)', 'launch',
          _launch('--config.data.dir={DATA3}', workdir='{RUN}'), 2,
          'error: config.model.num_classes is 10 but the dataset has 3 classes'),
+    Case('diverging_lr', 'configs', 'a learning rate so high that the loss turns NaN', 'launch',
+         _launch('--config.optim.learning_rate=1e30'), 2,
+         'error: loss is nan at step 2: training stopped; no checkpoint was written yet. Lower '
+         'config.optim.learning_rate or check the input data, then rerun with the same workdir.'),
     Case('bad_image_size_flag', 'configs', 'prepare --image_size too small', 'prepare',
          ('--source=digits', '--output={CASE}/out', '--image_size=4'), 1,
          'prepare: error: image_size must be at least 8, got 4'),
