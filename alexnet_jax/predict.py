@@ -12,7 +12,7 @@ stored config, its checkpoint and the dataset facts it keeps in the workdir
 Each image goes through exactly what evaluation does: the shorter side resized
 to config.data.image_size and the central square kept (as `prepare` stores
 images), then the views cut, the mean image subtracted and the softmax outputs
-of the views averaged (`view_probabilities` mirrors train.eval_step).
+of the views averaged (train.view_probabilities, as train.eval_step).
 
 As a library:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from typing import Any, Sequence, Union
 
 from absl import app
@@ -218,23 +217,8 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
 # ----------------------------------------------------------------------------- the forward pass
 
 
-def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array, *,
-                       model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
-  """Softmax outputs (b, V, num_classes) of uint8 views (b, V, c, c, 3).
-
-  The input side of train.eval_step: the same normalisation (no lighting), the
-  same deterministic forward pass; eval_step then averages over V.
-  """
-  b, v = image.shape[:2]
-  flat = lambda x: x.reshape((b * v,) + x.shape[2:])
-  x = augment.normalize(flat(image), flat(crop), flat(flip), jnp.zeros((b * v, 3), jnp.float32),
-                        mean_image)
-  logits = model.apply({'params': params}, x, train=False)
-  return jax.nn.softmax(logits).reshape(b, v, -1)
-
-
 # Modules are hashable dataclasses: equal models share one compilation across calls.
-_view_probabilities_jit = jax.jit(view_probabilities, static_argnames='model')
+_view_probabilities = jax.jit(train.view_probabilities, static_argnames='model')
 
 
 def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndarray:
@@ -242,13 +226,15 @@ def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndar
 
   Each row is the mean of the softmax outputs over the image's views.
   """
-  fn = functools.partial(_view_probabilities_jit, model=run.model)
+  fn = functools.partial(_view_probabilities, model=run.model)
   mean_image = jnp.asarray(run.mean_image, jnp.float32)
   out = []
   for start in range(0, len(images), CHUNK):
     views = [views_of(im, run.config.data.crop_size, crops) for im in images[start:start + CHUNK]]
     batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
-    probs = fn(run.params, batch['image'], batch['crop'], batch['flip'], mean_image=mean_image)
+    no_lighting = np.zeros(batch['flip'].shape + (3,), np.float32)  # evaluation adds none
+    probs = fn(run.params, batch['image'], batch['crop'], batch['flip'], no_lighting,
+               mean_image=mean_image)
     out.append(np.asarray(jax.device_get(probs), np.float64).mean(axis=1))
   return np.concatenate(out).astype(np.float32) if out else np.zeros((0, run.info.num_classes),
                                                                       np.float32)
@@ -325,10 +311,7 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
-  try:
-    run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
-  except checkpoint_lib.CheckpointError as e:
-    raise ValueError(str(e)) from e  # a damaged checkpoint is the user's to fix: one line
+  run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
   crops = run.config.final_eval_crops if crops is None else crops
   print(f'{FLAGS.workdir}, checkpoint step {run.step}:')
   for image, (_, top) in zip(images, results):

@@ -136,6 +136,17 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: model_
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array,
+                       lighting: jax.Array, *, model: model_lib.AlexNet,
+                       mean_image: jax.Array) -> jax.Array:
+  """Softmax outputs (b, V, num_classes) of uint8 views (b, V, c, c, 3), deterministic."""
+  b, v = image.shape[:2]
+  flat = lambda x: x.reshape((b * v,) + x.shape[2:])
+  images = augment.normalize(flat(image), flat(crop), flat(flip), flat(lighting), mean_image)
+  logits = model.apply({'params': params}, images, train=False)
+  return jax.nn.softmax(logits).reshape(b, v, -1)
+
+
 def eval_step(state: TrainState, batch: Batch, *, model: model_lib.AlexNet,
               mean_image: jax.Array) -> dict[str, jax.Array]:
   """Sums over the real (mask=True) examples of a batch of V views each.
@@ -143,12 +154,8 @@ def eval_step(state: TrainState, batch: Batch, *, model: model_lib.AlexNet,
   With V views (10 for the paper's test), the prediction is the mean of the V
   softmax outputs; the loss is the cross-entropy of that mean distribution.
   """
-  b, v = batch['image'].shape[:2]
-  flat = lambda x: x.reshape((b * v,) + x.shape[2:])
-  images = augment.normalize(flat(batch['image']), flat(batch['crop']), flat(batch['flip']),
-                             flat(batch['lighting']), mean_image)
-  logits = model.apply({'params': state.params}, images, train=False)
-  probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+  probs = view_probabilities(state.params, batch['image'], batch['crop'], batch['flip'],
+                             batch['lighting'], model=model, mean_image=mean_image).mean(axis=1)
   mask = batch['mask'].astype(jnp.float32)
   nll = -jnp.log(jnp.take_along_axis(probs, batch['label'][:, None], axis=1)[:, 0] + 1e-30)
   wrong1, wrong5 = losses.topk_wrong(probs, batch['label'], ks=(1, 5))
