@@ -35,7 +35,6 @@ import pprint
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -50,6 +49,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax import cli
+from alexnet_jax import fileio
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
@@ -536,20 +536,6 @@ def config_hash(config: Any) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: str, text: str) -> None:
-  # Write-then-rename: a crash leaves the old file or the new one, never half of it.
-  folder = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
   """Writes the resolved config to WORKDIR/config.json and WORKDIR/config.py (host 0).
 
@@ -560,8 +546,8 @@ def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
     return
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write(os.path.join(workdir, CONFIG_JSON),
-                json.dumps(_plain(config), indent=2, sort_keys=True, allow_nan=False) + '\n')
+  text = json.dumps(_plain(config), indent=2, sort_keys=True, allow_nan=False) + '\n'
+  fileio.atomic_write(os.path.join(workdir, CONFIG_JSON), lambda f: f.write(text))
   as_dict = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   literal = pprint.pformat(as_dict, indent=1, width=100, sort_dicts=True)
   try:
@@ -570,13 +556,14 @@ def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
     logging.warning('Config holds values that are not Python literals; %s not written.', CONFIG_PY)
     return
   body = '\n'.join('      ' + line for line in literal.splitlines())
-  _atomic_write(os.path.join(workdir, CONFIG_PY), (
+  source = (
       '"""The resolved config of the run in this folder, written by alexnet_jax at its start.\n\n'
       'Rerun with: python launch.py --config=<this file> --workdir=<this folder>\n"""\n\n'
       'import ml_collections\n\n\n'
       'def get_config() -> ml_collections.ConfigDict:\n'
       '  return ml_collections.ConfigDict(\n'
-      f'{body})\n'))
+      f'{body})\n')
+  fileio.atomic_write(os.path.join(workdir, CONFIG_PY), lambda f: f.write(source))
 
 
 def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:

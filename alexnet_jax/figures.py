@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 from absl import logging
@@ -36,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
@@ -75,18 +75,8 @@ def _figure(size: FigureSpec) -> Figure:
 
 def save_png(figure: Figure, path: str) -> str:
   """Writes `figure` as PNG at its own pixel size, atomically; returns `path`."""
-  folder = os.path.dirname(path) or '.'
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      figure.savefig(f, format='png', dpi=DPI)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the picture from other users
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fileio.atomic_write(path, lambda f: figure.savefig(f, format='png', dpi=DPI), 'wb')
   return path
 
 

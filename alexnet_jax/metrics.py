@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Optional, TextIO
 
@@ -30,6 +29,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import cli
+from alexnet_jax import fileio
 
 METRICS_FILE = 'metrics.jsonl'
 KINDS = ('train', 'eval')
@@ -166,12 +166,7 @@ class MetricWriter:
         else:
           dropped += 1
     self._file.close()
-    fd, tmp = tempfile.mkstemp(dir=self.workdir, prefix='.' + METRICS_FILE + '.')
-    with os.fdopen(fd, 'w') as f:
-      f.writelines(kept)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    fileio.atomic_write(self.path, lambda f: f.writelines(kept), fsync=True)
     self._file = open(self.path, 'a')
     if dropped:
       logging.info('Dropped %d lines after step %d from %s.', dropped, step, self.path)

@@ -16,33 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
 
 INFO_FILE = 'dataset_info.json'
 MEAN_FILE = 'mean_image.npy'
 FORMAT = 'alexnet_jax.dataset_info/1'
-
-
-def _atomic_write(path: str, write: Any, mode: str) -> None:
-  # Write-then-rename: a reader never sees half a file, even if training is killed here.
-  folder = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-  try:
-    with os.fdopen(fd, mode) as f:
-      write(f)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the workdir's other files are readable
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def save_dataset_info(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo) -> None:
@@ -61,10 +45,10 @@ def save_dataset_info(workdir: str | os.PathLike[str], info: input_pipeline.Data
       'eigvecs': np.asarray(info.eigvecs, np.float64).tolist(),
       'stats_source': info.stats_source,
   }
-  _atomic_write(os.path.join(workdir, MEAN_FILE),
-                lambda f: np.save(f, np.asarray(info.mean_image, np.float32)), 'wb')
-  _atomic_write(os.path.join(workdir, INFO_FILE),
-                lambda f: f.write(json.dumps(description, indent=1) + '\n'), 'w')
+  fileio.atomic_write(os.path.join(workdir, MEAN_FILE),
+                      lambda f: np.save(f, np.asarray(info.mean_image, np.float32)), 'wb')
+  fileio.atomic_write(os.path.join(workdir, INFO_FILE),
+                      lambda f: f.write(json.dumps(description, indent=1) + '\n'))
 
 
 def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.DatasetInfo | None:

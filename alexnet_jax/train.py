@@ -7,7 +7,6 @@ steps; the loop with its periodic actions (log, evaluate, checkpoint).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Iterator
