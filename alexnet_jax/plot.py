@@ -21,12 +21,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import cli
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax import platform
 from alexnet_jax import predict
 
 
@@ -105,13 +105,11 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  platform.configure_xla_cpu()  # before anything starts JAX's backend
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
-  try:
-    outcomes = write_plots(FLAGS.workdir, step=FLAGS.step, max_train=FLAGS.max_train,
-                           num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours)
-  except checkpoint_lib.CheckpointError as e:
-    raise ValueError(str(e)) from e
+  outcomes = write_plots(FLAGS.workdir, step=FLAGS.step, max_train=FLAGS.max_train,
+                         num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours)
   for o in outcomes:
     print(f'wrote   {o.path}' if o.path else f'skipped {o.name}: {o.note}')
 
