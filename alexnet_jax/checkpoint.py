@@ -1,12 +1,11 @@
-"""Checkpoints, the stored config and preemption: the only module that imports orbax.
+"""Checkpoints of a run: the only module that imports orbax.
 
 A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with three items:
 
   state/  the train state pytree (step, params, opt_state), each array written
           by the devices that hold it and read back straight into the target
           sharding;
-  meta/   a JSON dict the trainer chooses (epoch, plateau schedule state, config
-          hash, ...);
+  meta/   a JSON dict the trainer chooses (step, epoch, plateau schedule state);
   data/   the grain iterator position, one JSON file per host, so a resumed run
           sees exactly the batches an uninterrupted one would.
 
@@ -19,26 +18,20 @@ or deleted file) fails to read; `restore` then falls back to the previous one
 and moves the damaged folder to `checkpoints/damaged/` so that its step number
 can be saved again.
 
-Retention: the newest `keep` checkpoints plus, with `keep_best`, the one with
-the lowest validation error (orbax's LatestN and BestN preservation policies).
+Cadence: orbax's FixedIntervalPolicy decides which unforced saves are written
+(multiples of `every_steps`). Retention: the newest `keep` checkpoints plus,
+with `keep_best`, the one with the lowest validation error (orbax's LatestN and
+BestN preservation policies). docs/design.md, "Checkpoints and preemption",
+says why preemption is handled by the trainer rather than by an orbax policy.
 """
 
 from __future__ import annotations
 
-import ast
 import errno
-import hashlib
 import json
-import logging as pylogging
 import os
-import pprint
 import shutil
-import signal
-import sys
-import threading
 import time
-import traceback
-import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -48,93 +41,20 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax import cli
-from alexnet_jax import fileio
+from alexnet_jax import errors
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
-CONFIG_JSON = 'config.json'
-CONFIG_PY = 'config.py'
 # Name under which orbax stores the per-checkpoint metrics that BestN ranks.
 VAL_ERROR = 'val_error'
 
 
-class CheckpointError(cli.UserError, RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """Checkpoints exist but none of them can be restored."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):
   """A checkpoint could not be written (a full disk, a lost mount); earlier ones are intact."""
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-  text = str(error).strip().splitlines()
-  text = text[0] if text else ''
-  return f'{type(error).__name__}: {text[:limit]}'
-
-
-def _is_aborted_read(error: Optional[BaseException], where: str = '') -> bool:
-  """Whether `error` comes from an array read of a checkpoint restore that was abandoned.
-
-  `where` is the report's own text (asyncio's repr of the future, the code of a
-  coroutine). A read error may carry no traceback (tensorstore sets it on the
-  future from C++), so the words of the storage layers are matched too.
-  """
-  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-    return True
-  frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-  text = ' '.join([where, str(error)] + [frame.filename for frame in frames]).lower()
-  return any(word in text for word in _STORAGE_WORDS)
-
-
-# Names of the layers a checkpoint read goes through (orbax -> tensorstore -> zarr in OCDBT).
-_STORAGE_WORDS = ('orbax', 'tensorstore', 'ocdbt', 'zarr')
-
-
-class _AbortedReadFilter(pylogging.Filter):
-  """Drops asyncio's report of a checkpoint read whose failure nobody awaited."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    message = str(record.msg)
-    # asyncio words it '<Task|Future|_GatheringFuture|...> exception was never retrieved'.
-    if not message.split('\n', 1)[0].endswith('exception was never retrieved'):
-      return True
-    error = record.exc_info[1] if record.exc_info else None
-    return not _is_aborted_read(error, message)
-
-
-def _ignore_aborted_reads() -> None:
-  """Keeps the reads of a failed restore that were still in flight from printing tracebacks.
-
-  When one array of a damaged checkpoint fails, orbax stops awaiting the reads
-  of the other arrays. Each of those that fails later is reported on its own,
-  with a traceback: by asyncio ('Task exception was never retrieved'), into
-  sys.unraisablehook ('Event loop is closed' from a completion callback, or the
-  read's own error from a coroutine that was closed), or as a RuntimeWarning at
-  exit (a coroutine 'was never awaited'). Dozens of tracebacks that
-  bury the one warning that matters; `restore` reports the failure itself, so
-  these, and only these (errors raised in orbax's reads), are dropped.
-  """
-  asyncio_logger = pylogging.getLogger('asyncio')
-  if not any(isinstance(f, _AbortedReadFilter) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_AbortedReadFilter())
-  # Reads never started are garbage-collected as coroutines at exit, each warning that it
-  # 'was never awaited'. This program runs no coroutines of its own; orbax's are the only ones.
-  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
-                          category=RuntimeWarning)
-  previous = sys.unraisablehook
-  if getattr(previous, 'ignores_aborted_reads', False):
-    return
-
-  def hook(unraisable: Any) -> None:
-    code = getattr(unraisable.object, 'cr_code', None)
-    where = code.co_filename if code is not None else ''
-    if _is_aborted_read(unraisable.exc_value, where):
-      return
-    previous(unraisable)
-
-  hook.ignores_aborted_reads = True
-  sys.unraisablehook = hook
 
 
 def _rank_val_error(metrics: Mapping[str, Any]) -> float:
@@ -157,12 +77,11 @@ class Checkpointer:
 
   Usage in a trainer:
 
-    ckpt = Checkpointer.from_config(workdir, config.checkpoint)
-    restored = ckpt.restore(abstract_state, data_iterator=it)
-    ...
-    ckpt.save(step, state, data_iterator=it, meta={...}, force=epoch_end or preempted)
-    ...
-    ckpt.close()  # waits for the last save
+    with Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
+      restored = ckpt.restore(abstract_state, data_iterator=it)
+      ...
+      ckpt.save(step, state, data_iterator=it, meta={...}, force=epoch_end or preempted)
+    # leaving the block waits for the last save
 
   All hosts call every method; each writes its own shards and iterator state.
   """
@@ -175,7 +94,8 @@ class Checkpointer:
 
     keep: how many of the newest checkpoints to keep (>= 1).
     keep_best: also keep the checkpoint with the lowest `val_error` given to save.
-    every_steps: `save` without `force` writes only at multiples of this; None: always.
+    every_steps: `save` without `force` writes only at multiples of this (orbax's
+      FixedIntervalPolicy); None: always.
     async_save: write files in a background thread.
     start_fresh_if_unusable: restore's default when no checkpoint is readable.
     read_only: for readers beside a live run (predict, plot): never deletes orbax's
@@ -187,7 +107,6 @@ class Checkpointer:
       raise ValueError(f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
-    self._every_steps = every_steps
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
     self._read_only = bool(read_only)
     policies = [checkpoint_managers.LatestN(n=keep)]
@@ -202,6 +121,7 @@ class Checkpointer:
         # one is still known after a restart; the policy above does the ranking.
         best_fn=_rank_val_error if self._keep_best else None,
         best_mode='min',
+        save_decision_policy=checkpoint_managers.FixedIntervalPolicy(every_steps or 1),
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,
         create=not read_only,
@@ -243,14 +163,6 @@ class Checkpointer:
     """The newest finished checkpoint's step, or None."""
     return self._manager.latest_step()
 
-  def best_step(self) -> Optional[int]:
-    """Step of the kept checkpoint with the lowest val_error (the latest without keep_best)."""
-    return self._manager.best_step()
-
-  def should_save(self, step: int) -> bool:
-    """Whether `save(step, ...)` without `force` writes a checkpoint."""
-    return self._every_steps is None or step % self._every_steps == 0
-
   def save(self, step: int, state: Any, *, meta: Mapping[str, Any],
            data_iterator: Optional[grain.DatasetIterator] = None,
            val_error: Optional[float] = None, force: bool = False) -> bool:
@@ -269,7 +181,7 @@ class Checkpointer:
     if self._read_only:
       raise ValueError(f'{self._directory} was opened read-only; it cannot save')
     step = int(step)
-    if not force and not self.should_save(step):
+    if not force and not self._manager.should_save(step):
       return False
     if step in self._manager.all_steps():
       logging.info('Checkpoint at step %d already exists in %s; not saved again.',
@@ -290,7 +202,7 @@ class Checkpointer:
     self.wait()  # A failed background write is reported under its own step.
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                 force=True)
+                                 force=True)  # the cadence was decided above
     except (OSError, ValueError) as e:
       raise self._write_error(step, e) from e
     if saved:
@@ -304,7 +216,7 @@ class Checkpointer:
     if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
       reason = f'no space left on the device of {self._directory}'
     else:
-      reason = _first_line(error, 200)
+      reason = errors.first_line(error, 200)
     kept = sorted(s for s in self._manager.all_steps() if s != step)
     if kept:
       outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
@@ -351,7 +263,7 @@ class Checkpointer:
       return None
     initial_position = data_iterator.get_state() if data_iterator is not None else None
     failures: list[tuple[int, BaseException]] = []
-    _ignore_aborted_reads()
+    errors.ignore_aborted_reads()
     for candidate in candidates:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
@@ -360,10 +272,10 @@ class Checkpointer:
         # this checkpoint is unusable; the kind matters less than moving on.
         if step is not None:
           raise CheckpointError(f'cannot restore checkpoint {self.step_path(candidate)}: '
-                                f'{_first_line(e)}') from e
+                                f'{errors.first_line(e)}') from e
         logging.warning('Checkpoint at step %d (%s) is unreadable (damaged, or saved with a '
                         'different model config): %s. Trying the previous one.', candidate,
-                        self.step_path(candidate), _first_line(e))
+                        self.step_path(candidate), errors.first_line(e))
         failures.append((candidate, e))
         continue
       if failures and not self._read_only:
@@ -375,7 +287,7 @@ class Checkpointer:
 
     if data_iterator is not None:
       data_iterator.set_state(initial_position)
-    summary = '; '.join(f'step {s}: {_first_line(e, 160)}' for s, e in failures)
+    summary = '; '.join(f'step {s}: {errors.first_line(e, 160)}' for s, e in failures)
     message = f'no usable checkpoint in {self._directory} ({summary})'
     if start_fresh_if_unusable:
       moved = self._quarantine([s for s, _ in failures])
@@ -423,177 +335,3 @@ class Checkpointer:
     self.close()
 
 
-# ----------------------------------------------------------------------------- preemption
-
-_preempted = threading.Event()
-_previous_handlers: dict[int, Any] = {}
-
-
-def _on_preemption_signal(signum: int, frame: Any) -> None:
-  del signum, frame
-  # Only a flag: the loop saves at its next step boundary, outside the handler.
-  _preempted.set()
-
-
-def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,)) -> bool:
-  """Makes SIGTERM set the flag that `preemption_requested` reports; returns whether installed.
-
-  Multi-process runs (jax.distributed) leave SIGTERM to JAX's preemption
-  service, which agrees on one step for all hosts; a Python handler would
-  replace its own. Handlers can only be set from the main thread.
-  """
-  if jax.process_count() > 1:
-    logging.info('Preemption: using JAX\'s preemption sync service (%d processes).',
-                 jax.process_count())
-    return False
-  if threading.current_thread() is not threading.main_thread():
-    logging.warning('Preemption handler not installed: not on the main thread.')
-    return False
-  for sig in signals:
-    previous = signal.signal(sig, _on_preemption_signal)
-    _previous_handlers.setdefault(sig, previous)
-  return True
-
-
-def uninstall_preemption_handler() -> None:
-  """Restores the handlers replaced by install_preemption_handler and clears the flag."""
-  for sig, previous in _previous_handlers.items():
-    signal.signal(sig, previous)
-  _previous_handlers.clear()
-  _preempted.clear()
-
-
-def preemption_requested(step: int) -> bool:
-  """Whether the loop should save a checkpoint at `step` and stop.
-
-  Single process: True once SIGTERM arrived. Multi-process: True on every host
-  at the same step, as agreed by JAX's preemption sync service; then every host
-  must call this at every step.
-  """
-  if _preempted.is_set():
-    return True
-  try:
-    return bool(multihost_utils.reached_preemption_sync_point(step))
-  except RuntimeError:
-    # jax.distributed without its preemption service: nothing to agree on.
-    return False
-
-
-class PreemptionWatcher:
-  """install_preemption_handler / preemption_requested / uninstall as one object.
-
-    preemption = PreemptionWatcher()
-    for step in ...:
-      ...
-      if preemption.requested(step):
-        save(step, force=True); break
-    preemption.close()
-  """
-
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
-    self.installed = install_preemption_handler(signals)
-
-  def requested(self, step: Optional[int] = None) -> bool:
-    """See preemption_requested; multi-process runs must pass the step, at every step."""
-    if step is None:
-      return _preempted.is_set()
-    return preemption_requested(step)
-
-  def close(self) -> None:
-    if self.installed:
-      uninstall_preemption_handler()
-      self.installed = False
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def _plain(value: Any) -> Any:
-  """ConfigDict / tuples / numpy scalars -> JSON types (tuples become lists)."""
-  if hasattr(value, 'to_dict'):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if hasattr(value, 'item') and callable(value.item):  # numpy scalar
-    return value.item()
-  return value
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, Mapping):
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: tree}
-
-
-def config_hash(config: Any) -> str:
-  """A short fingerprint of the config's values (sorted-key JSON, sha256)."""
-  text = json.dumps(_plain(config), sort_keys=True, default=repr)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
-  """Writes the resolved config to WORKDIR/config.json and WORKDIR/config.py (host 0).
-
-  config.py is loadable by `--config=WORKDIR/config.py` to rerun the same
-  settings. Overwrites earlier files: call check_config first on resume.
-  """
-  if not _is_primary():
-    return
-  workdir = os.fspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  text = json.dumps(_plain(config), indent=2, sort_keys=True, allow_nan=False) + '\n'
-  fileio.atomic_write(os.path.join(workdir, CONFIG_JSON), lambda f: f.write(text))
-  as_dict = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-  literal = pprint.pformat(as_dict, indent=1, width=100, sort_dicts=True)
-  try:
-    ast.literal_eval(literal)
-  except (ValueError, SyntaxError):
-    logging.warning('Config holds values that are not Python literals; %s not written.', CONFIG_PY)
-    return
-  body = '\n'.join('      ' + line for line in literal.splitlines())
-  source = (
-      '"""The resolved config of the run in this folder, written by alexnet_jax at its start.\n\n'
-      'Rerun with: python launch.py --config=<this file> --workdir=<this folder>\n"""\n\n'
-      'import ml_collections\n\n\n'
-      'def get_config() -> ml_collections.ConfigDict:\n'
-      '  return ml_collections.ConfigDict(\n'
-      f'{body})\n')
-  fileio.atomic_write(os.path.join(workdir, CONFIG_PY), lambda f: f.write(source))
-
-
-def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
-  """The stored config.json of WORKDIR as a dict, or None if there is none."""
-  path = os.path.join(os.fspath(workdir), CONFIG_JSON)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def config_differences(stored: Mapping[str, Any], current: Any) -> list[str]:
-  """'field: stored -> current' for every dotted field whose value differs."""
-  old, new = _flatten(_plain(stored)), _flatten(_plain(current))
-  missing = '(absent)'
-  return [f'{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}'
-          for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
-
-
-def check_config(workdir: str | os.PathLike[str], config: Any) -> Optional[list[str]]:
-  """Compares `config` with WORKDIR/config.json; warns and returns the differing fields.
-
-  Returns None when no config is stored (a fresh workdir), [] when they agree.
-  """
-  stored = load_config_dict(workdir)
-  if stored is None:
-    return None
-  differences = config_differences(stored, config)
-  if differences:
-    logging.warning('The config differs from the one stored in %s (%d fields): %s',
-                    os.path.join(os.fspath(workdir), CONFIG_JSON), len(differences),
-                    '; '.join(differences))
-  return differences

@@ -6,22 +6,16 @@ import functools
 import logging as py_logging
 import os
 import sys
-import warnings
+import traceback
 from typing import Callable
 
 from absl import app
 from absl import logging
 
+from alexnet_jax import errors
 
-class UserError(Exception):
-  """An error the user can act on (a damaged checkpoint, a full disk): one line, no traceback."""
-
-
-# Errors that describe something the user gave us (a path, a config value, an image):
-# they get one clear line, not a traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-               FileExistsError, KeyError)
-EXIT_USER_ERROR = 2
+# Set to 1 to see the traceback above a user error's one line (for reporting bugs).
+TRACEBACK_ENV = 'ALEXNET_JAX_TRACEBACK'
 
 
 # Libraries whose INFO lines (every async save, every backend probe) would bury the
@@ -68,7 +62,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     flag = next((o for o in overrides if name in o.split('.')), '--config override')
     print(f'error: {flag}: the config has no field {name!r} (see the config file for the fields)',
           file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(errors.EXIT_USER_ERROR)
 
 
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -76,22 +70,18 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
 
   def fail(message: object) -> None:
     logging.flush()
+    if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+      traceback.print_exc()  # for a bug report: where the user error was raised
     print(f'error: {message}', file=sys.stderr, flush=True)
-    # The error is reported; reads that orbax abandoned (a damaged checkpoint) would
-    # otherwise print tracebacks and warnings below it at shutdown: "Exception ignored
-    # in <coroutine ...>", asyncio's "exception was never retrieved", "coroutine ... was
-    # never awaited".
-    sys.unraisablehook = lambda unraisable: None
-    warnings.simplefilter('ignore')
-    py_logging.getLogger('asyncio').disabled = True
-    sys.exit(EXIT_USER_ERROR)
+    errors.silence_after_user_error()
+    sys.exit(errors.EXIT_USER_ERROR)
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> None:
     quiet_library_logs()
     try:
       main(argv)
-    except USER_ERRORS as e:
+    except errors.USER_ERRORS as e:
       fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
     except app.UsageError as e:  # absl would print the whole --help text above it
       fail(f'{e} (--helpshort lists the flags)')

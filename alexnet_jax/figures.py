@@ -5,7 +5,8 @@ no global backend switch), so it works on headless hosts, inside the trainer
 and from a notebook alike. Every figure has a fixed pixel size (FigureSpec).
 
 - training_curves.png: loss, top-1 and top-5 error of train and val per epoch,
-  the learning-rate drops marked (from metrics.jsonl, SPEC section 6).
+  the learning-rate drops marked (from metrics.jsonl: docs/design.md,
+  "metrics.jsonl").
 - throughput.png: training images per second over the run.
 - conv1_kernels.png: the paper's figure 3, the learned conv1 kernels of each
   tower (the first half of the output channels fed tower 0's conv2, i.e. the
@@ -103,7 +104,8 @@ def epochs_of(records: Sequence[Mapping[str, Any]],
               train: Sequence[Mapping[str, Any]]) -> np.ndarray:
   """The epoch of each record: its own `epoch`, else its step over steps per epoch.
 
-  SPEC requires `epoch` on train lines only; eval lines borrow the rate from them.
+  Only train records must carry `epoch` (metrics.REQUIRED_KEYS); eval records borrow
+  the rate from them.
   """
   steps_per_epoch = next((r['step'] / r['epoch'] for r in train
                           if r.get('epoch') and r['step'] > 0), None)

@@ -25,8 +25,9 @@ Sources (data_config.source):
     center-cropped to image_size on the fly, exactly as prepare does. Its mean image
     and PCA come from `alexnet_jax_stats_<image_size>.npz` in that folder when present
     (written by `python -m alexnet_jax.prepare --source=tfds --output=<data_dir>`),
-    else from the ImageNet constants: SPEC's eigen-decomposition and the per-channel
-    mean (0.485, 0.456, 0.406) x 255 filled into a mean image.
+    else from the ImageNet constants: the widely used eigen-decomposition of
+    ImageNet's RGB covariance and the per-channel mean (0.485, 0.456, 0.406) x 255
+    filled into a mean image (docs/design.md, "Augmentation").
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
-from alexnet_jax import prepare
+from alexnet_jax import codecs
+from alexnet_jax import dataset_format
 
-# Widely used ImageNet statistics of pixels in [0, 1] (SPEC section 3).
+# Widely used ImageNet statistics of pixels in [0, 1] (docs/design.md, "Augmentation").
 IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_EIGVALS = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVECS = ((-0.5675, 0.7192, 0.4009),
@@ -77,25 +79,15 @@ class DatasetInfo:
 def _missing_prepared(folder: str) -> FileNotFoundError:
   return FileNotFoundError(
       f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-      f'(no finished {prepare.DATASET_FILE}); run: python -m alexnet_jax.prepare '
+      f'(no finished {dataset_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
       f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
-
-
-def _check_config(data_config: ml_collections.ConfigDict) -> None:
-  if data_config.crop_size > data_config.image_size:
-    raise ValueError(f'crop_size {data_config.crop_size} exceeds image_size '
-                     f'{data_config.image_size}')
-  if data_config.mean not in ('pixel', 'channel'):
-    raise ValueError(f"data.mean must be 'pixel' or 'channel', got {data_config.mean!r}")
-  if data_config.lighting_std < 0:
-    raise ValueError(f'data.lighting_std must be >= 0, got {data_config.lighting_std}')
 
 
 def _prepared_description(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
   folder = data_config.dir
-  if not folder or not prepare.is_complete(folder):
+  if not folder or not dataset_format.is_complete(folder):
     raise _missing_prepared(folder)
-  description = prepare.read_dataset_json(folder)
+  description = dataset_format.read_dataset_json(folder)
   if description['image_size'] != data_config.image_size:
     raise ValueError(
         f'{folder} was prepared at image_size {description["image_size"]} but '
@@ -124,14 +116,11 @@ def _tfds_builder(data_config: ml_collections.ConfigDict):
 
 def load_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Reads classes, split sizes and training statistics of the configured dataset."""
-  _check_config(data_config)
   size = data_config.image_size
   if data_config.source == 'prepared':
     description = _prepared_description(data_config)
-    stats_path = os.path.join(data_config.dir, prepare.STATS_FILE)
-    with np.load(stats_path) as stats:
-      mean_image, eigvals, eigvecs = (stats['mean_image'], stats['eigvals'],
-                                      stats['eigvecs'])
+    stats_path = os.path.join(data_config.dir, dataset_format.STATS_FILE)
+    mean_image, eigvals, eigvecs = dataset_format.read_stats(stats_path)
     return DatasetInfo(
         num_classes=description['num_classes'],
         class_names=tuple(description['class_names']),
@@ -144,14 +133,12 @@ def load_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         stats_source=stats_path)
   if data_config.source == 'tfds':
     info = _tfds_builder(data_config).info
-    stats_path = prepare.tfds_stats_file(data_config.dir, size)
+    stats_path = dataset_format.tfds_stats_file(data_config.dir, size)
     if os.path.isfile(stats_path):
-      with np.load(stats_path) as stats:
-        mean_image, eigvals, eigvecs = (stats['mean_image'], stats['eigvals'],
-                                        stats['eigvecs'])
+      mean_image, eigvals, eigvecs = dataset_format.read_stats(stats_path)
     else:
       logging.warning(
-          '%s not found: using the ImageNet per-channel mean and SPEC PCA constants '
+          '%s not found: using the ImageNet per-channel mean and PCA constants '
           '(python -m alexnet_jax.prepare --source=tfds --output=%s computes the '
           'per-pixel mean)', stats_path, data_config.dir)
       stats_path = 'imagenet_constants'
@@ -202,7 +189,7 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
     paths = [f'{os.path.join(data_config.dir, name)}[0:{count}]'
              for name, count in shards]
     return RecordSource(grain.sources.ArrayRecordDataSource(paths),
-                        prepare.decode_record, resize=False)
+                        dataset_format.decode_record, resize=False)
   if data_config.source == 'tfds':
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -219,12 +206,13 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
 
 def mean_for_config(info: DatasetInfo,
                     data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """The `mean_image` argument of `augment.normalize`: (S, S, 3) or per channel (3,)."""
+  """The `mean_image` argument of `augment.normalize`: (S, S, 3) or per channel (3,).
+
+  data.mean is 'pixel' or 'channel' (config_lib.validate checks it).
+  """
   if data_config.mean == 'pixel':
     return info.mean_image
-  if data_config.mean == 'channel':
-    return augment.channel_mean_image(info.mean_image)
-  raise ValueError(f"data.mean must be 'pixel' or 'channel', got {data_config.mean!r}")
+  return augment.channel_mean_image(info.mean_image)
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
@@ -235,19 +223,14 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
   return info.split_sizes['train'] // global_batch_size
 
 
-def eval_steps(info: DatasetInfo, global_batch_size: int, split: str = 'val') -> int:
-  """Batches of an eval iterator over the whole split (the last one padded)."""
-  return math.ceil(info.split_sizes[split] / global_batch_size)
-
-
 # ----------------------------------------------------------------------------------
 # Per-record transforms (module level and frozen: picklable for worker processes).
 
 
 def _stored_image(data: bytes, image_size: int, resize: bool) -> np.ndarray:
   if resize:
-    return augment.decode_and_resize(data, image_size)
-  image = augment.decode(data)
+    return codecs.decode_and_resize(data, image_size)
+  image = codecs.decode(data)
   if image.shape != (image_size, image_size, 3):
     raise ValueError(f'stored image is {image.shape}, expected '
                      f'({image_size}, {image_size}, 3)')
@@ -447,8 +430,7 @@ def create_eval_iterator(data_config: ml_collections.ConfigDict, split: str = 'v
                          process_count: int | None = None) -> grain.DatasetIterator:
   """Iterator over the whole split once; every example has mask True exactly once
   across processes, padding has mask False. All processes get the same number of
-  batches (eval_steps)."""
-  _check_config(data_config)
+  batches: ceil(split size / global_batch_size)."""
   index, count = _processes(process_index, process_count)
   dataset = make_eval_dataset(
       open_split(data_config, split), image_size=data_config.image_size,

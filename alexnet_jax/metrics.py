@@ -3,8 +3,8 @@
 Only host 0 writes; on other hosts every method is a no-op, so the trainer
 calls them unconditionally.
 
-metrics.jsonl holds one JSON object per line (SPEC section 6). Every record has
-`step` (optimizer steps done) and `kind`:
+metrics.jsonl holds one JSON object per line (docs/design.md, "metrics.jsonl"). Every
+record has `step` (optimizer steps done) and `kind`:
 
   train: loss, top1_err, top5_err, lr, epoch, images_per_sec
   eval:  val_loss, val_top1_err, val_top5_err (+ val10_top1_err, val10_top5_err
@@ -28,8 +28,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from alexnet_jax import cli
+from alexnet_jax import errors
 from alexnet_jax import fileio
+from alexnet_jax import progress
 
 METRICS_FILE = 'metrics.jsonl'
 KINDS = ('train', 'eval')
@@ -39,7 +40,7 @@ REQUIRED_KEYS = {
 }
 
 
-class NonFiniteError(cli.UserError, FloatingPointError):
+class NonFiniteError(errors.UserError, FloatingPointError):
   """A logged loss (or metric) is NaN or infinite."""
 
 
@@ -200,18 +201,6 @@ class MetricWriter:
 # ----------------------------------------------------------------------------- console
 
 
-def format_duration(seconds: float) -> str:
-  """'1d 02:03:04', '02:03:04' or '?' for an unknown duration."""
-  if seconds is None or not math.isfinite(seconds) or seconds < 0:
-    return '?'
-  seconds = int(round(seconds))
-  days, rest = divmod(seconds, 86400)
-  hours, rest = divmod(rest, 3600)
-  minutes, secs = divmod(rest, 60)
-  clock = f'{hours:02d}:{minutes:02d}:{secs:02d}'
-  return f'{days}d {clock}' if days else clock
-
-
 def _fmt(value: Any) -> str:
   if isinstance(value, float):
     return f'{value:.4g}' if abs(value) < 1e-3 and value != 0 else f'{value:.4f}'
@@ -238,26 +227,23 @@ class ProgressReporter:
     self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
     self.total_steps = int(total_steps)
     self.steps_per_epoch = steps_per_epoch
-    self._stream = stream if stream is not None else sys.stdout
+    stream = stream if stream is not None else sys.stdout
     if progress_bar is None:
-      progress_bar = bool(getattr(self._stream, 'isatty', lambda: False)())
-    self._bar = self.enabled and progress_bar
+      progress_bar = bool(getattr(stream, 'isatty', lambda: False)())
+    self._bar: Optional[progress.StatusLine] = None
+    if self.enabled and progress_bar:
+      self._bar = progress.StatusLine(stream, min_interval=min_redraw_secs, clock=clock)
     self._clock = clock
-    self._min_redraw = min_redraw_secs
     self._anchor: Optional[tuple[int, float]] = None
     self._step = int(start_step)
-    self._last_draw = -math.inf
-    self._bar_visible = False
 
   def eta_seconds(self, step: int) -> Optional[float]:
     """Seconds to total_steps at the pace measured so far, or None before there is one."""
     if self._anchor is None:
       return None
     anchor_step, anchor_time = self._anchor
-    elapsed = self._clock() - anchor_time
-    if step <= anchor_step or elapsed <= 0:
-      return None
-    return (self.total_steps - step) * elapsed / (step - anchor_step)
+    return progress.eta_seconds(step - anchor_step, self.total_steps - step,
+                                self._clock() - anchor_time)
 
   def _epoch(self, step: int, record: Mapping[str, Any]) -> Optional[float]:
     if 'epoch' in record:
@@ -274,7 +260,7 @@ class ProgressReporter:
              if k in record]
     if 'images_per_sec' in record:
       parts.append(f'{float(record["images_per_sec"]):.1f} img/s')
-    parts.append(f'ETA {format_duration(self.eta_seconds(step))}')
+    parts.append(f'ETA {progress.format_duration(self.eta_seconds(step))}')
     return f'{head}: ' + ', '.join(parts)
 
   def eval_line(self, step: int, record: Mapping[str, Any]) -> str:
@@ -293,7 +279,8 @@ class ProgressReporter:
       self._anchor = (self._step, self._clock())
     if record is not None:
       self._log(self.train_line(step, record))
-    self._draw()
+    if self._bar is not None:
+      self._bar.show(self.bar_text())
 
   def log_eval(self, step: int, record: Mapping[str, Any]) -> None:
     """Logs a console line for an eval record."""
@@ -301,37 +288,18 @@ class ProgressReporter:
       self._log(self.eval_line(step, record))
 
   def _log(self, line: str) -> None:
-    self._clear_bar()
+    if self._bar is not None:
+      self._bar.clear()  # The bar is redrawn below the new line at the next update.
     logging.info('%s', line)
-    self._last_draw = -math.inf  # redraw the bar below the new line at once
-
-  def _clear_bar(self) -> None:
-    if self._bar_visible:
-      self._stream.write('\r' + ' ' * (self.BAR_WIDTH + 60) + '\r')
-      self._stream.flush()
-      self._bar_visible = False
 
   def bar_text(self) -> str:
     """'[#####.....]  50.0% 500/1000 ETA 00:01:40'."""
-    frac = min(max(self._step / max(self.total_steps, 1), 0.0), 1.0)
-    filled = int(round(frac * self.BAR_WIDTH))
-    return (f'[{"#" * filled}{"." * (self.BAR_WIDTH - filled)}] {100 * frac:5.1f}% '
-            f'{self._step}/{self.total_steps} ETA {format_duration(self.eta_seconds(self._step))}')
-
-  def _draw(self) -> None:
-    if not self._bar:
-      return
-    now = self._clock()
-    if now - self._last_draw < self._min_redraw:
-      return
-    self._last_draw = now
-    self._stream.write('\r' + self.bar_text())
-    self._stream.flush()
-    self._bar_visible = True
+    fraction = min(max(self._step / max(self.total_steps, 1), 0.0), 1.0)
+    eta = progress.format_duration(self.eta_seconds(self._step))
+    return (f'{progress.bar(fraction, self.BAR_WIDTH)} {100 * fraction:5.1f}% '
+            f'{self._step}/{self.total_steps} ETA {eta}')
 
   def close(self) -> None:
     """Ends the bar's line."""
-    if self._bar and self._bar_visible:
-      self._stream.write('\n')
-      self._stream.flush()
-      self._bar_visible = False
+    if self._bar is not None:
+      self._bar.close()

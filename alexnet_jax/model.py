@@ -268,7 +268,7 @@ class Conv(nn.Module):
       if self.group_impl == 'feature_group':
         return conv(inp, ker, groups)
       # One plain conv per tower: about 3x faster than feature_group_count on
-      # XLA:CPU (FIELD_NOTES).
+      # XLA:CPU (docs/design.md, "XLA:CPU measurements").
       xs = jnp.split(inp, groups, axis=-1)
       ks = jnp.split(ker, groups, axis=-1)
       return jnp.concatenate([conv(xi, ki, 1) for xi, ki in zip(xs, ks)], axis=-1)
@@ -318,7 +318,7 @@ def resolve_dtype(dtype: Any) -> Any:
 
 
 class AlexNet(nn.Module):
-  """The paper's network; see the module docstring and SPEC section 2."""
+  """The paper's network; see the module docstring and docs/design.md, "The network"."""
   num_classes: int = 1000
   towers: int = 2
   use_lrn: bool = True

@@ -32,14 +32,6 @@ SCHEDULES = ('plateau', 'step', 'constant')
 KERNEL_NAMES = ('kernel',)
 
 
-def _get(config: Any, name: str, default: Any = None) -> Any:
-  """Reads `name` from a ConfigDict or dict (`.get`), or an object's attribute."""
-  getter = getattr(config, 'get', None)
-  if callable(getter):
-    return getter(name, default)
-  return getattr(config, name, default)
-
-
 def _is_number(x: Any) -> bool:
   # bool is an int subclass; a True learning rate is a typo, not 1.0.
   return isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -55,37 +47,37 @@ def validate_optim_config(optim_config: Any) -> None:
   def fail(field: str, requirement: str, value: Any) -> None:
     raise ValueError(f'config.optim.{field} must be {requirement}, got {value!r}')
 
-  lr = _get(optim_config, 'learning_rate')
+  lr = optim_config.get('learning_rate')
   if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
     fail('learning_rate', '> 0', lr)
-  momentum = _get(optim_config, 'momentum')
+  momentum = optim_config.get('momentum')
   if not _is_number(momentum) or not 0 <= momentum < 1:
     fail('momentum', 'in [0, 1)', momentum)
-  wd = _get(optim_config, 'weight_decay')
+  wd = optim_config.get('weight_decay')
   if not _is_number(wd) or not math.isfinite(wd) or wd < 0:
     fail('weight_decay', '>= 0', wd)
-  decay_bias = _get(optim_config, 'decay_bias', True)
+  decay_bias = optim_config.get('decay_bias', True)
   if not isinstance(decay_bias, bool):
     fail('decay_bias', 'True or False', decay_bias)
-  schedule = _get(optim_config, 'schedule')
+  schedule = optim_config.get('schedule')
   if schedule not in SCHEDULES:
     fail('schedule', f'one of {SCHEDULES}', schedule)
   if schedule == 'plateau':
-    patience = _get(optim_config, 'plateau_patience')
+    patience = optim_config.get('plateau_patience')
     if not _is_int(patience) or patience < 1:
       fail('plateau_patience', 'an integer >= 1', patience)
-    factor = _get(optim_config, 'plateau_factor')
+    factor = optim_config.get('plateau_factor')
     if not _is_number(factor) or not 0 < factor < 1:
       fail('plateau_factor', 'in (0, 1)', factor)
-    max_drops = _get(optim_config, 'plateau_max_drops')
+    max_drops = optim_config.get('plateau_max_drops')
     if not _is_int(max_drops) or max_drops < 0:
       fail('plateau_max_drops', 'an integer >= 0', max_drops)
   if schedule == 'step':
-    epochs = _get(optim_config, 'step_epochs')
+    epochs = optim_config.get('step_epochs')
     if (not isinstance(epochs, (tuple, list)) or not all(_is_number(e) and e > 0 for e in epochs)
         or list(epochs) != sorted(set(epochs))):
       fail('step_epochs', 'increasing positive epoch numbers', epochs)
-    factor = _get(optim_config, 'step_factor', 0.1)
+    factor = optim_config.get('step_factor', 0.1)
     if not _is_number(factor) or not 0 < factor < 1:
       fail('step_factor', 'in (0, 1)', factor)
 
@@ -130,12 +122,11 @@ def create_optimizer(optim_config: Any) -> optax.GradientTransformation:
   only the learning rate is state (see get_learning_rate / set_learning_rate).
   Works on plain parameter arrays (unbox flax partitioning metadata first).
   """
-  validate_optim_config(optim_config)
   return optax.inject_hyperparams(paper_sgd, static_args=('momentum', 'weight_decay', 'decay_bias'))(
-      learning_rate=float(_get(optim_config, 'learning_rate')),
-      momentum=float(_get(optim_config, 'momentum')),
-      weight_decay=float(_get(optim_config, 'weight_decay')),
-      decay_bias=bool(_get(optim_config, 'decay_bias', True)),
+      learning_rate=float(optim_config.get('learning_rate')),
+      momentum=float(optim_config.get('momentum')),
+      weight_decay=float(optim_config.get('weight_decay')),
+      decay_bias=bool(optim_config.get('decay_bias', True)),
   )
 
 
@@ -183,10 +174,10 @@ class PlateauSchedule:
   def from_config(cls, optim_config: Any) -> 'PlateauSchedule':
     """A fresh schedule from config.optim (plateau_* fields)."""
     validate_optim_config(optim_config)
-    return cls(base_lr=float(_get(optim_config, 'learning_rate')),
-               factor=float(_get(optim_config, 'plateau_factor')),
-               patience=int(_get(optim_config, 'plateau_patience')),
-               max_drops=int(_get(optim_config, 'plateau_max_drops')))
+    return cls(base_lr=float(optim_config.get('learning_rate')),
+               factor=float(optim_config.get('plateau_factor')),
+               patience=int(optim_config.get('plateau_patience')),
+               max_drops=int(optim_config.get('plateau_max_drops')))
 
   @property
   def lr(self) -> float:
@@ -235,14 +226,13 @@ def learning_rate_at(optim_config: Any, epoch: float,
   the lower rate. 'plateau': the current rate of `plateau` (required), which the
   trainer advances with `plateau.update(val_error)` after each evaluation.
   """
-  validate_optim_config(optim_config)
-  schedule = _get(optim_config, 'schedule')
-  base = float(_get(optim_config, 'learning_rate'))
+  schedule = optim_config.get('schedule')
+  base = float(optim_config.get('learning_rate'))
   if schedule == 'constant':
     return base
   if schedule == 'step':
-    drops = sum(1 for e in _get(optim_config, 'step_epochs') if e <= epoch)
-    return base * float(_get(optim_config, 'step_factor', 0.1)) ** drops
+    drops = sum(1 for e in optim_config.get('step_epochs') if e <= epoch)
+    return base * float(optim_config.get('step_factor', 0.1)) ** drops
   if plateau is None:
     raise ValueError("config.optim.schedule='plateau' needs the PlateauSchedule state")
   return plateau.lr
@@ -254,7 +244,7 @@ def make_plateau(optim_config: Any,
 
   `state` is a saved `state_dict()` (from the checkpoint's meta) to resume from.
   """
-  if _get(optim_config, 'schedule') != 'plateau':
+  if optim_config.get('schedule') != 'plateau':
     return None
   plateau = PlateauSchedule.from_config(optim_config)
   if state is not None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from alexnet_jax import config_lib
+from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
 from alexnet_jax import sharding
-from alexnet_jax import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +73,9 @@ def activation_bytes(model: model_lib.AlexNet, crop: int, batch_per_device: int,
 
 def build_plan(config: ml_collections.ConfigDict) -> Plan:
   """The plan of `config` on the visible devices. Raises ValueError for a bad config/mesh."""
-  config = train.resolve_auto(config)
-  train.check_config(config)
-  mesh = sharding.create_mesh(config.mesh, model_config=config.model)
-  rules = sharding.logical_rules(config)
-  sharding.check_batch_divisible(config.batch_size, mesh)
+  config = config_lib.load(config)
+  mesh = experiment.create_mesh(config)
   _, shard_count = sharding.data_shard(mesh)
-
   try:
     info = input_pipeline.load_info(config.data)
   except FileNotFoundError:
@@ -88,41 +83,30 @@ def build_plan(config: ml_collections.ConfigDict) -> Plan:
       raise
     info = None
   if info is None:
-    num_classes = config.model.num_classes
     data_note = (f'{config.data.dir} will be prepared from {config.data.prepare_from!r} '
                  'on the first run')
     train_n = val_n = spe = steps = per_host = None
   else:
-    num_classes = info.num_classes
     data_note = f'{config.data.source} dataset at {config.data.dir}'
     train_n, val_n = info.split_sizes['train'], info.split_sizes.get('val')
-    spe = input_pipeline.steps_per_epoch(info, config.batch_size)
-    if spe < 1:
-      raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                       f'({train_n} images)')
-    steps = train.total_steps(config, spe)
+    spe, steps = experiment.count_steps(config, info)
     per_host = train_n // shard_count
-  model = train.create_model(config, num_classes)
-  optimizer = optim.create_optimizer(config.optim)
-  crop = config.data.crop_size
-  with sharding.use_mesh(mesh, rules):
-    shapes = jax.eval_shape(
-        lambda rng: train.init_state(model, optimizer, rng, (1, crop, crop, 3)),
-        jax.random.key(0))
-    shardings = sharding.param_shardings(shapes, mesh, rules)
+  exp = experiment.setup(config, info, mesh=mesh)
+  shapes, shardings = exp.state_shapes, exp.state_shardings
   param_rows = sharding.sharding_plan(shapes.params, shardings.params)
+  data, model_axis = mesh.shape['data'], mesh.shape['model']
   return Plan(
       backend=jax.default_backend(), num_devices=mesh.size, num_processes=jax.process_count(),
-      mesh_data=mesh.shape['data'], mesh_model=mesh.shape['model'], dtype=str(config.model.dtype),
+      mesh_data=data, mesh_model=model_axis, dtype=str(config.model.dtype),
       global_batch=config.batch_size, batch_per_process=config.batch_size // shard_count,
-      batch_per_device=config.batch_size // mesh.shape['data'],
+      batch_per_device=config.batch_size // data,
       train_examples=train_n, val_examples=val_n, steps_per_epoch=spe, total_steps=steps,
       train_examples_per_host_epoch=per_host,
       param_count=sum(math.prod(r.shape) for r in param_rows),
       param_bytes_per_device=sum(r.shard_bytes for r in param_rows),
       opt_state_bytes_per_device=sharding.bytes_per_device(shapes.opt_state, shardings.opt_state),
       activation_bytes_per_device=activation_bytes(
-          model, crop, config.batch_size // mesh.shape['data'], mesh.shape['model']),
+          exp.model, config.data.crop_size, config.batch_size // data, model_axis),
       shards=param_rows, data_note=data_note)
 
 

@@ -62,7 +62,7 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
   try:
     config = predict.load_config(workdir)
     model = model_lib.from_config(config.model)
-    params, _ = predict.restore_params(workdir, config, model, step)
+    params, _ = predict.restore_params(workdir, config, step)
   except FileNotFoundError as e:
     if not any(o.path for o in outcomes):
       raise FileNotFoundError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '

@@ -7,12 +7,12 @@ wnid, and its human-readable description). Without --crops the run's own final
 test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
 crop for digits, where half of the 10 views would be mirrored digits). The run's
 stored config, its checkpoint and the dataset facts it keeps in the workdir
-(run_info) are all it needs: no training data, no accelerator.
+(see workdir.py) are all it needs: no training data, no accelerator.
 
 Each image goes through exactly what evaluation does: the shorter side resized
 to config.data.image_size and the central square kept (as `prepare` stores
 images), then the views cut, the mean image subtracted and the softmax outputs
-of the views averaged (train.view_probabilities, as train.eval_step).
+of the views averaged (step.view_probabilities, as step.eval_step).
 
 As a library:
 
@@ -30,7 +30,6 @@ from typing import Any, Sequence, Union
 from absl import app
 from absl import flags
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,12 +39,14 @@ import PIL
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import cli
+from alexnet_jax import codecs
+from alexnet_jax import config_lib
+from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
 from alexnet_jax import platform
-from alexnet_jax import run_info
-from alexnet_jax import train
+from alexnet_jax import step as step_lib
+from alexnet_jax import workdir as workdir_lib
 
 Image = Union[str, os.PathLike, np.ndarray]
 # Images per forward pass: 10 views each, so a chunk is 80 crops.
@@ -83,36 +84,30 @@ def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir} does not exist')
   try:
-    stored = checkpoint_lib.load_config_dict(workdir)
+    stored = workdir_lib.load_config_dict(workdir)
   except ValueError as e:  # json.JSONDecodeError
-    raise ValueError(f'{os.path.join(workdir, checkpoint_lib.CONFIG_JSON)} is unreadable: '
+    raise ValueError(f'{os.path.join(workdir, workdir_lib.CONFIG_JSON)} is unreadable: '
                      f'{e}') from e
   if stored is None:
-    raise FileNotFoundError(f'{workdir} holds no {checkpoint_lib.CONFIG_JSON}: not the workdir '
+    raise FileNotFoundError(f'{workdir} holds no {workdir_lib.CONFIG_JSON}: not the workdir '
                             'of a training run')
   # Runs store their resolved config; an 'auto' left in an older one is resolved here.
-  return train.resolve_auto(ml_collections.ConfigDict(stored))
+  return config_lib.resolve_auto(ml_collections.ConfigDict(stored))
 
 
-def abstract_state(config: ml_collections.ConfigDict, model: model_lib.AlexNet,
-                   device: jax.Device | None = None) -> train.TrainState:
+def abstract_state(config: ml_collections.ConfigDict,
+                   device: jax.Device | None = None) -> step_lib.TrainState:
   """Shapes of the run's TrainState, each placed whole on one device: a restore target.
 
   Traced with jax.eval_shape, so nothing is initialised. The optimizer state is
   part of it because checkpoints store the whole train state.
   """
-  device = device or jax.devices()[0]
-  optimizer = optim.create_optimizer(config.optim)
-  crop = config.data.crop_size
-  shapes = jax.eval_shape(
-      lambda rng: nn.unbox(train.init_state(model, optimizer, rng, (1, crop, crop, 3))),
-      jax.random.key(0))
-  place = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place), shapes)
+  mesh = experiment.create_mesh(config, [device or jax.devices()[0]], {'data': 1, 'model': 1})
+  return experiment.setup(config, mesh=mesh).abstract_state
 
 
 def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                   model: model_lib.AlexNet, step: int | None = None) -> tuple[Any, int]:
+                   step: int | None = None) -> tuple[Any, int]:
   """(params, step) of the newest checkpoint in WORKDIR, or of `step`.
 
   A checkpoint that cannot be read raises checkpoint.CheckpointError; unlike a
@@ -134,7 +129,7 @@ def restore_params(workdir: str | os.PathLike[str], config: ml_collections.Confi
     elif step not in steps:
       raise ValueError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
     try:
-      state, _ = ckpt.restore(abstract_state(config, model), step=step)
+      state, _ = ckpt.restore(abstract_state(config), step=step)
     except checkpoint_lib.CheckpointError as e:
       older = [s for s in steps if s < step]
       hint = f'; --step={older[-1]} selects the one before it' if older else ''
@@ -147,7 +142,7 @@ def restore_params(workdir: str | os.PathLike[str], config: ml_collections.Confi
 def dataset_info(workdir: str | os.PathLike[str],
                  config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
   """The run's dataset facts, checked against its model."""
-  info = run_info.dataset_info_for_run(workdir, config.data)
+  info = workdir_lib.dataset_info_for_run(workdir, config.data)
   if info.num_classes != config.model.num_classes:
     raise ValueError(f'the run in {workdir} has {config.model.num_classes} output classes but '
                      f'its dataset description lists {info.num_classes}')
@@ -159,7 +154,7 @@ def load_run(workdir: str | os.PathLike[str], step: int | None = None) -> Run:
   config = load_config(workdir)
   model = model_lib.from_config(config.model)
   info = dataset_info(workdir, config)
-  params, step = restore_params(workdir, config, model, step)
+  params, step = restore_params(workdir, config, step)
   return Run(config, model, params, info, step)
 
 
@@ -176,12 +171,12 @@ def read_image(image: Image, image_size: int) -> np.ndarray:
         image.ndim == 3 and image.shape[-1] != 3):
       raise ValueError(f'an image array must be uint8 (H, W, 3) or (H, W), got '
                        f'{image.dtype} {image.shape}')
-    return augment.resize_center_crop(image, image_size)
+    return codecs.resize_center_crop(image, image_size)
   path = os.fspath(image)
   try:
     with open(path, 'rb') as f:
       data = f.read()
-    return augment.decode_and_resize(data, image_size)
+    return codecs.decode_and_resize(data, image_size)
   except Exception as e:  # pylint: disable=broad-exception-caught
     # Decoders fail in many ways (OSError, ValueError, SyntaxError, cv2.error, PIL's
     # DecompressionBombError); to the user each means the same: not a readable image.
@@ -218,7 +213,7 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
 
 
 # Modules are hashable dataclasses: equal models share one compilation across calls.
-_view_probabilities = jax.jit(train.view_probabilities, static_argnames='model')
+_view_probabilities = jax.jit(step_lib.view_probabilities, static_argnames='model')
 
 
 def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndarray:

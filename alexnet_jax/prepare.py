@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import struct
 import sys
 import tarfile
 import time
@@ -65,14 +64,13 @@ from absl import logging
 from array_record.python import array_record_module
 import numpy as np
 
-from alexnet_jax import augment
+from alexnet_jax import codecs
+from alexnet_jax import dataset_format
+from alexnet_jax import fileio
+from alexnet_jax import progress
 
-DATASET_FILE = 'dataset.json'
-STATS_FILE = 'stats.npz'
 PARTIAL_DIR = '_partial'
 LOCK_FILE = '.prepare.lock'
-FORMAT = 'alexnet_jax.prepared/1'
-SPLITS = ('train', 'val')
 TRAIN_TAR = 'ILSVRC2012_img_train.tar'
 VAL_TAR = 'ILSVRC2012_img_val.tar'
 # Optional wnid -> description files a user may keep next to the data (Kaggle's and
@@ -94,40 +92,7 @@ _WNID_TAR_RE = re.compile(r'(n\d{8})\.tar')
 
 
 # ----------------------------------------------------------------------------------
-# Records and the dataset description.
-
-
-def encode_record(label: int, image: bytes) -> bytes:
-  """One stored example: the label as little-endian int32, then the encoded image."""
-  return struct.pack('<i', label) + image
-
-
-def decode_record(record: bytes) -> tuple[bytes, int]:
-  """Inverse of `encode_record`: (image bytes, label)."""
-  return record[4:], struct.unpack_from('<i', record)[0]
-
-
-def read_dataset_json(output: str) -> dict[str, Any] | None:
-  """The description of a complete prepared dataset in `output`, else None."""
-  path = os.path.join(output, DATASET_FILE)
-  try:
-    with open(path) as f:
-      description = json.load(f)
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-    return None
-  if description.get('format') != FORMAT or not description.get('complete'):
-    return None
-  return description
-
-
-def is_complete(output: str) -> bool:
-  """Whether `output` holds a finished preparation (dataset.json and its files)."""
-  description = read_dataset_json(output)
-  if description is None:
-    return False
-  names = [STATS_FILE] + [name for split in description['shards'].values()
-                          for name, _ in split]
-  return all(os.path.isfile(os.path.join(output, name)) for name in names)
+# ImageNet labels.
 
 
 def _tfds_imagenet_file(name: str) -> str:
@@ -233,7 +198,7 @@ def _plan_digits() -> _Plan:
     seen[label] += 1
     splits[split].append((f'digits[{i}]', pixels[i], int(label)))
   parts = []
-  for split in SPLITS:
+  for split in dataset_format.SPLITS:
     for index, chunk in enumerate(_chunks(splits[split], FILES_PER_PART)):
       parts.append(_Part(split, index, 'arrays', work=len(chunk), items=tuple(chunk)))
   return _Plan('digits', 'digits', [str(i) for i in range(10)], list(DIGIT_NAMES),
@@ -472,16 +437,13 @@ class _Stats:
 
 def _convert(payload: bytes | np.ndarray, image_size: int) -> np.ndarray:
   if isinstance(payload, np.ndarray):
-    return augment.resize_center_crop(payload, image_size)
-  return augment.decode_and_resize(payload, image_size)
+    return codecs.resize_center_crop(payload, image_size)
+  return codecs.decode_and_resize(payload, image_size)
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
+def _write_json(path: str, obj: Any) -> None:
+  # fsync: a part's .json marks it done for a resumed run, so its data must be on disk.
+  fileio.atomic_write(path, lambda f: json.dump(obj, f, indent=1), fsync=True)
 
 
 def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
@@ -507,12 +469,12 @@ def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
                            'skip such files and list them in the report') from e
         skipped.append([key, reason])
         continue
-      jpeg = augment.encode_jpeg(pixels, jpeg_quality)
-      writer.write(encode_record(label, jpeg))
+      jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
+      writer.write(dataset_format.encode_record(label, jpeg))
       label_counts[label] = label_counts.get(label, 0) + 1
       if stats is not None:
         # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
-        stats.add(augment.decode(jpeg))
+        stats.add(codecs.decode(jpeg))
   finally:
     writer.close()
   os.replace(shard + '.tmp', shard)
@@ -524,7 +486,7 @@ def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
             'converted': sum(label_counts.values()),
             'images': sum(label_counts.values()),
             'label_counts': sorted(label_counts.items()), 'skipped': skipped}
-  _atomic_write_json(os.path.join(work_dir, part.name + '.json'), result)
+  _write_json(os.path.join(work_dir, part.name + '.json'), result)
   return result
 
 
@@ -533,47 +495,38 @@ def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
 
 
 class _Progress:
-  """One status line with rate and ETA: redrawn on a terminal, logged sparsely otherwise."""
+  """Parts, images, rate and ETA of a preparation on one status line (stderr)."""
 
   def __init__(self, total_work: int, total_parts: int, enabled: bool = True):
     self._total_work = max(total_work, 1)
     self._total_parts = total_parts
-    self._enabled = enabled
-    self._tty = sys.stderr.isatty()
-    self._start = self._last = time.monotonic()
+    self._line = None
+    if enabled:
+      # Redrawn twice a second on a terminal; a log file gets a line every 30 s.
+      tty = sys.stderr.isatty()
+      self._line = progress.StatusLine(sys.stderr if tty else None,
+                                       min_interval=0.5 if tty else 30.0)
+    self._start = time.monotonic()
     self.work = self.parts = self.images = 0
 
   def update(self, work: int, images: int) -> None:
     self.work += work
     self.parts += 1
     self.images += images
-    now = time.monotonic()
-    if self._enabled and (now - self._last >= (0.5 if self._tty else 30.0)
-                          or self.parts == self._total_parts):
-      self._last = now
-      self._print(self._line(now), final=self.parts == self._total_parts)
+    if self._line is None:
+      return
+    final = self.parts == self._total_parts
+    self._line.show(self._text(time.monotonic() - self._start), force=final)
+    if final:
+      self._line.close()
 
-  def _line(self, now: float) -> str:
-    elapsed = now - self._start
-    fraction = self.work / self._total_work
-    eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float('nan')
-    return (f'prepare: {100 * fraction:5.1f}%  parts {self.parts}/{self._total_parts}  '
-            f'{self.images} images  {self.images / max(elapsed, 1e-9):.0f} img/s  '
-            f'elapsed {_duration(elapsed)}  ETA {_duration(eta)}')
-
-  def _print(self, line: str, final: bool) -> None:
-    if self._tty:
-      sys.stderr.write('\r' + line + ('\n' if final else ''))
-      sys.stderr.flush()
-    else:
-      logging.info('%s', line)
-
-
-def _duration(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return '?'
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+  def _text(self, elapsed: float) -> str:
+    eta = progress.eta_seconds(self.work, self._total_work - self.work, elapsed)
+    return (f'prepare: {100 * self.work / self._total_work:5.1f}%  '
+            f'parts {self.parts}/{self._total_parts}  {self.images} images  '
+            f'{self.images / max(elapsed, 1e-9):.0f} img/s  '
+            f'elapsed {progress.format_duration(elapsed)}  '
+            f'ETA {progress.format_duration(eta)}')
 
 
 # ----------------------------------------------------------------------------------
@@ -591,11 +544,18 @@ def _locked(output: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _is_ours(name: str) -> bool:
+  """Whether a file in an output folder may come from an unfinished preparation."""
+  if name in (PARTIAL_DIR, LOCK_FILE) or _SHARD_RE.fullmatch(name):
+    return True
+  # A killed write leaves its temporary file: '.<name>.<random>' from
+  # fileio.atomic_write, '<name>.tmp' from earlier versions.
+  return any(name in (final, final + '.tmp') or name.startswith(f'.{final}.')
+             for final in (dataset_format.DATASET_FILE, dataset_format.STATS_FILE))
+
+
 def _check_output_usable(output: str) -> None:
-  ours = {PARTIAL_DIR, LOCK_FILE, DATASET_FILE, DATASET_FILE + '.tmp', STATS_FILE,
-          STATS_FILE + '.tmp'}
-  foreign = sorted(name for name in os.listdir(output)
-                   if name not in ours and not _SHARD_RE.fullmatch(name))
+  foreign = sorted(name for name in os.listdir(output) if not _is_ours(name))
   if foreign:
     raise ValueError(
         f'output folder {output} is not empty and holds no prepared dataset (found '
@@ -648,15 +608,15 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   output = os.path.abspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f'output {output} exists and is not a folder')
-  if os.path.isdir(output) and read_dataset_json(output) is None:
+  if os.path.isdir(output) and dataset_format.read_dataset_json(output) is None:
     _check_output_usable(output)  # before the lock file below lands in someone else's folder
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:  # A file where a parent folder should be, no permission, ...
     raise ValueError(f'cannot create the output folder {output}: {e.strerror or e}') from e
   with _locked(output):
-    description = read_dataset_json(output)
-    if description is not None and is_complete(output):
+    description = dataset_format.read_dataset_json(output)
+    if description is not None and dataset_format.is_complete(output):
       return _noop_report(output, description, image_size, source)
     _check_output_usable(output)
     start = time.monotonic()
@@ -672,7 +632,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
           logging.info('restarting: %s holds parts of another preparation', work_dir)
           shutil.rmtree(work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    _atomic_write_json(run_file, run)
+    _write_json(run_file, run)
 
     done = {p.name for p in plan.parts
             if os.path.isfile(os.path.join(work_dir, p.name + '.json'))}
@@ -692,8 +652,8 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
   Call it from one process per output folder or let the others wait: a file lock
   serialises concurrent calls, and the waiting ones then find the dataset complete.
   """
-  description = read_dataset_json(output) if output else None
-  if description is not None and is_complete(output):
+  description = dataset_format.read_dataset_json(output) if output else None
+  if description is not None and dataset_format.is_complete(output):
     return _noop_report(os.path.abspath(output), description, image_size, source)
   return prepare(source, output, image_size=image_size, strict=strict,
                  workers=workers, jpeg_quality=jpeg_quality)
@@ -760,14 +720,11 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       with np.load(os.path.join(work_dir, part.name + '.npz')) as sums:
         stats.merge(sums['pixel_sum'], sums['outer_sum'], sums['count'])
   statistics = stats.finish()
-  with open(os.path.join(output, STATS_FILE + '.tmp'), 'wb') as f:
-    np.savez(f, **statistics)
-  os.replace(os.path.join(output, STATS_FILE + '.tmp'),
-             os.path.join(output, STATS_FILE))
+  dataset_format.write_stats(os.path.join(output, dataset_format.STATS_FILE), statistics)
 
   shards, sizes, skipped = {}, {}, {}
   skipped_files = []
-  for split in SPLITS:
+  for split in dataset_format.SPLITS:
     filled = [(p, r) for p, r in results if p.split == split and r['converted']]
     shards[split] = []
     for i, (part, result) in enumerate(filled):
@@ -791,8 +748,8 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'workers': workers, 'seconds': round(seconds, 2),
   }
   description = {
-      'format': FORMAT,
-      'record': 'int32 little-endian label, then the JPEG bytes',
+      'format': dataset_format.FORMAT,
+      'record': dataset_format.RECORD_LAYOUT,
       'source': plan.source,
       'kind': plan.kind,
       'image_size': image_size,
@@ -802,7 +759,7 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'class_descriptions': plan.class_descriptions,
       'splits': sizes,
       'shards': shards,
-      'stats_file': STATS_FILE,
+      'stats_file': dataset_format.STATS_FILE,
       'train_class_counts': train_counts.tolist(),
       'eigvals': statistics['eigvals'].tolist(),
       'eigvecs': statistics['eigvecs'].tolist(),
@@ -810,18 +767,13 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'report': report,
       'complete': True,
   }
-  _atomic_write_json(os.path.join(output, DATASET_FILE), description)
+  _write_json(os.path.join(output, dataset_format.DATASET_FILE), description)
   shutil.rmtree(work_dir, ignore_errors=True)
   return dict(report, output=output, noop=False)
 
 
 # ----------------------------------------------------------------------------------
 # Statistics for a tensorflow-datasets imagenet2012 read in place (source='tfds').
-
-
-def tfds_stats_file(data_dir: str, image_size: int) -> str:
-  """Where the mean image / PCA of a tfds imagenet2012 at `image_size` are kept."""
-  return os.path.join(data_dir, f'alexnet_jax_stats_{image_size}.npz')
 
 
 @functools.cache
@@ -843,7 +795,7 @@ def _tfds_stats_part(data_dir: str, start: int, stop: int,
   stats = _Stats(image_size)
   for index in range(start, stop):
     # The very resize the 'tfds' input pipeline applies on the fly.
-    stats.add(augment.decode_and_resize(records[index]['image'], image_size))
+    stats.add(codecs.decode_and_resize(records[index]['image'], image_size))
   return {'pixel_sum': stats.pixel_sum, 'outer_sum': stats.outer_sum,
           'count': stats.count, 'images': stats.count}
 
@@ -858,7 +810,7 @@ def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1
   exists.
   """
   data_dir = os.path.abspath(data_dir)
-  path = tfds_stats_file(data_dir, image_size)
+  path = dataset_format.tfds_stats_file(data_dir, image_size)
   if os.path.isfile(path):
     return {'output': path, 'noop': True}
   start = time.monotonic()
@@ -871,9 +823,7 @@ def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1
   stats = _Stats(image_size)
   for result in _execute(tasks, workers, bar):
     stats.merge(result['pixel_sum'], result['outer_sum'], result['count'])
-  with open(path + '.tmp', 'wb') as f:
-    np.savez(f, **stats.finish())
-  os.replace(path + '.tmp', path)
+  dataset_format.write_stats(path, stats.finish())
   return {'output': path, 'noop': False, 'converted': {'train': stats.count},
           'seconds': round(time.monotonic() - start, 2)}
 

@@ -52,16 +52,11 @@ Rules = tuple[tuple[str, Any], ...]
 # ----------------------------------------------------------------------------- mesh
 
 
-def _get(config: Any, name: str, default: Any = None) -> Any:
-  getter = getattr(config, 'get', None)
-  return getter(name, default) if callable(getter) else getattr(config, name, default)
-
-
 def resolve_mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int]:
   """(data, model) sizes from `config.mesh`; a -1 takes the devices the other axis leaves."""
   sizes = {}
   for axis in MESH_AXES:
-    value = _get(mesh_config, axis)
+    value = mesh_config.get(axis)
     if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
       raise ValueError(f'config.mesh.{axis} must be a positive integer or -1, got {value!r}')
     sizes[axis] = value
@@ -88,18 +83,18 @@ def check_model_axis(model_config: Any, model_axis: int) -> None:
   Each device must hold whole towers (else a grouped layer would need its
   neighbour's channels), and every split width must divide evenly.
   """
-  towers = _get(model_config, 'towers', 2)
+  towers = model_config.get('towers', 2)
   if model_axis > 1 and towers > 1 and towers % model_axis:
     raise ValueError(f'config.mesh.model={model_axis} does not divide config.model.towers='
                      f'{towers}: each device must hold whole towers (use model=1 or {towers})')
-  convs, hidden = model_lib.scaled_widths(_get(model_config, 'width', 1.0))
+  convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0))
   widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
   widths += [('fc6/fc7 width', hidden),
-             ('config.model.num_classes', _get(model_config, 'num_classes', 1000))]
+             ('config.model.num_classes', model_config.get('num_classes', 1000))]
   for what, size in widths:
     if size % model_axis:
       raise ValueError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
-                       f'(width multiplier {_get(model_config, "width", 1.0)})')
+                       f'(width multiplier {model_config.get("width", 1.0)})')
 
 
 def create_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None, *,
@@ -125,7 +120,7 @@ def create_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None, *
 
 def logical_rules(config: Any) -> Rules:
   """`config.mesh.rules` as flax logical-axis rules, checked against the mesh and model."""
-  rules = tuple(tuple(rule) for rule in _get(config.mesh, 'rules', ()))
+  rules = tuple(tuple(rule) for rule in config.mesh.get('rules', ()))
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise ValueError(f'config.mesh.rules entries must be (logical name, mesh axis or None), '

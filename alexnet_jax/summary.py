@@ -26,9 +26,9 @@ import ml_collections
 from ml_collections import config_flags
 
 from alexnet_jax import cli
+from alexnet_jax import config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
-from alexnet_jax import train
 
 PartitionSpec = jax.sharding.PartitionSpec
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the table
-  config = train.resolve_auto(FLAGS.config)  # e.g. model.dtype 'auto' -> this machine's choice
+  config = config_lib.load(FLAGS.config)  # e.g. model.dtype 'auto' -> this machine's choice
   print(format_summary(config, summarize(config)))
 
 

@@ -79,10 +79,11 @@ def make_imagenet_like(folder: str, train_per_class: int = 100, val_per_class: i
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import dataset_format  # pylint: disable=g-import-not-at-top
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
 
   prepared = os.path.join(folder, 'prepared')
-  if prepare.is_complete(prepared):
+  if dataset_format.is_complete(prepared):
     return prepared
   photos = [np.asarray(p) for p in datasets.load_sample_images().images]
   rng = np.random.default_rng(0)

@@ -6,9 +6,9 @@ r"""Images/second of the jitted train step, against PyTorch eager in the same pr
   python -m benchmarks.train_step --dtypes=bfloat16 --batches=128,256,512,1024 \
       --nets=paper,one_tower --meshes=1x1               # a GPU (see benchmarks/gpu.sh)
 
-What is timed is the project's own step, `train.train_step` (uint8 crops ->
+What is timed is the project's own step, `step_lib.train_step` (uint8 crops ->
 `augment.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
-`TrainState` created as train.py creates it (`sharding.create_sharded_state`, then
+`TrainState` created as the trainer creates it (`sharding.create_sharded_state`, then
 `jax.jit` with explicit shardings and the state donated), traced under the mesh and
 the logical rules. The batch is one fixed uint8 batch already on the device (the
 variant `feed=host` transfers a fresh numpy batch every step instead, as the loop does).
@@ -35,9 +35,9 @@ the batch. On a CPU, 2 devices are forced through XLA_FLAGS before JAX starts; t
 share the same cores, so there the mesh rows check that the sharded step runs, not
 speed.
 
-Only `alexnet_jax.{model,optim,sharding,train}` and jax/flax/optax are needed. On a
-machine without the data stack (grain, simplejpeg, ...) train.py's data imports are
-replaced by placeholders that fail if anything calls them; the step uses none.
+Only `alexnet_jax.{model,losses,optim,augment,step,sharding}` and jax/flax/optax are
+imported: the step module needs none of the data stack (grain, simplejpeg, orbax, ...),
+so this runs on a machine that has only JAX.
 """
 
 from __future__ import annotations
@@ -52,13 +52,7 @@ import os
 import statistics
 import sys
 import time
-import types
-from typing import Any, Callable, Sequence
-
-# Packages train.py imports for its data and checkpoint code, which the train step never
-# calls; a GPU image may lack them (FIELD_NOTES: "The GPU machine").
-DATA_STACK = ('grain', 'simplejpeg', 'array_record', 'ml_collections', 'tensorflow_datasets',
-              'tensorboardX', 'orbax', 'cv2', 'PIL')
+from typing import Any, Sequence
 
 NETS = {  # name -> AlexNet fields
     'paper': dict(towers=2, use_lrn=True),
@@ -113,45 +107,6 @@ def set_cpu_devices(count: int) -> None:
   flags = os.environ.get('XLA_FLAGS', '')
   if count > 1 and '--xla_force_host_platform_device_count' not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={count}'.strip()
-
-
-def import_train() -> types.ModuleType:
-  """alexnet_jax.train, with placeholders for the data-stack packages this machine lacks."""
-  stubbed = []
-  while True:
-    try:
-      module = importlib.import_module('alexnet_jax.train')
-      break
-    except ModuleNotFoundError as e:
-      name = e.name or ''
-      if name.split('.')[0] not in DATA_STACK or name in sys.modules:
-        raise
-      sys.modules[name] = _placeholder(name)
-      parent, _, child = name.rpartition('.')
-      if parent in sys.modules:
-        setattr(sys.modules[parent], child, sys.modules[name])
-      stubbed.append(name)
-      for partial in [m for m in sys.modules if m.startswith('alexnet_jax.')]:
-        if partial != 'alexnet_jax.model' and not hasattr(sys.modules[partial], '__file__'):
-          del sys.modules[partial]
-  if stubbed:
-    print(f'note: not installed here, replaced by placeholders (the step does not use them): '
-          f'{", ".join(stubbed)}')
-  return module
-
-
-def _placeholder(name: str) -> types.ModuleType:
-  class Missing(types.ModuleType):
-    __path__: list[str] = []  # a package, so `from name.sub import x` resolves to placeholders
-
-    def __getattr__(self, attr: str) -> Any:
-      if attr.startswith('__'):
-        raise AttributeError(attr)
-      return type(f'{name}.{attr}', (), {
-          '__init__': lambda *a, **k: (_ for _ in ()).throw(
-              ImportError(f'{name} is not installed; the train-step benchmark cannot use it'))})
-
-  return Missing(name)
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -305,15 +260,16 @@ def _swapped(module, attr, value):
 
 
 class JaxStep:
-  """The project's train step, set up as train.py sets it up."""
+  """The project's train step, set up as the trainer sets it up."""
 
-  def __init__(self, case: Case, train, variant: Variant = Variant()):
+  def __init__(self, case: Case, variant: Variant = Variant()):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
     from alexnet_jax import sharding  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import step as step_lib  # pylint: disable=g-import-not-at-top
 
     fields = dict(NETS[case.net], dtype=case.dtype)
     if variant.group_impl:
@@ -328,7 +284,7 @@ class JaxStep:
     optimizer = optim.create_optimizer(OPTIM)
     init_rng, dropout_rng = jax.random.split(jax.random.key(0))
     self.state, state_shardings = sharding.create_sharded_state(
-        lambda rng: train.init_state(self.model, optimizer, rng, (1, CROP, CROP, 3)), init_rng,
+        lambda rng: step_lib.init_state(self.model, optimizer, rng, CROP), init_rng,
         self.mesh, rules)
     repl = sharding.replicated(self.mesh)
     mean_image = jax.device_put(
@@ -341,7 +297,7 @@ class JaxStep:
     self._put = lambda b: sharding.make_global_batch(b, self.mesh)
     with sharding.use_mesh(self.mesh, rules), variant.patched_model():
       self.step = jax.jit(
-          lambda s, b, r: train.train_step(s, b, r, model=self.model, optimizer=optimizer,
+          lambda s, b, r: step_lib.train_step(s, b, r, model=self.model, optimizer=optimizer,
                                            mean_image=mean_image),
           in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), repl),
           out_shardings=(state_shardings, repl), donate_argnums=0 if variant.donate else ())
@@ -508,10 +464,10 @@ class GemmPeak:
 # ----------------------------------------------------------------------------- main
 
 
-def measure(case: Case, train, args, use_torch: bool,
+def measure(case: Case, args, use_torch: bool,
             peak: GemmPeak) -> list[dict[str, Any]]:
   """One row per variant: medians over interleaved rounds (each variant, then PyTorch)."""
-  steps = {v.name: JaxStep(case, train, v) for v in args.variants}
+  steps = {v.name: JaxStep(case, v) for v in args.variants}
   torch_step = TorchStep(case) if use_torch else None
   rates: dict[str, list[float]] = {name: [] for name in steps}
   torch_rates: list[float] = []
@@ -549,7 +505,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from alexnet_jax import platform  # pylint: disable=g-import-not-at-top
     platform.configure_xla_cpu()
   import jax  # pylint: disable=g-import-not-at-top
-  train = import_train()
 
   need = max(d * m for d, m in args.meshes)
   if jax.device_count() < need:
@@ -578,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for batch in args.batches:
           case = Case(net, batch, dtype, mesh)
           print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}:', flush=True)
-          rows.extend(measure(case, train, args, use_torch, peak))
+          rows.extend(measure(case, args, use_torch, peak))
   peak.sample(trials=3)
   peaks = peak.best
   for row in rows:

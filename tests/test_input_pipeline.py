@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax import augment
+from alexnet_jax import codecs
+from alexnet_jax import dataset_format
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from configs import imagenet
@@ -56,7 +58,7 @@ def _stored(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = [], []
   for i in range(len(source.records)):
     data, label = source.parse(source.records[i])
-    images.append(augment.decode(data))
+    images.append(codecs.decode(data))
     labels.append(label)
   return np.stack(images), np.array(labels)
 
@@ -124,7 +126,6 @@ class InfoTest(absltest.TestCase):
     np.testing.assert_allclose(info.mean_image, TRAIN.mean(0), rtol=1e-5, atol=1e-4)
     self.assertEqual(info.eigvecs.shape, (3, 3))
     self.assertEqual(input_pipeline.steps_per_epoch(info, 16), 2)
-    self.assertEqual(input_pipeline.eval_steps(info, 4), 3)
     channel = input_pipeline.mean_for_config(info, _data_config(FOLDER, mean='channel'))
     np.testing.assert_allclose(channel, TRAIN.reshape(-1, 3).mean(0), rtol=1e-5)
 
@@ -341,7 +342,7 @@ class TfdsSourceTest(absltest.TestCase):
               filetype_suffix='array_record')))
     builder.info.set_splits(tfds.core.SplitDict(splits))
     builder.info.write_to_directory(builder.data_dir)
-    cls.train = np.stack([augment.decode_and_resize(j, SIZE) for j in cls.jpegs['train']])
+    cls.train = np.stack([codecs.decode_and_resize(j, SIZE) for j in cls.jpegs['train']])
 
   def _config(self, **overrides):
     return _data_config(self.data_dir, source='tfds', **overrides)
@@ -359,7 +360,7 @@ class TfdsSourceTest(absltest.TestCase):
     report = prepare.prepare('tfds', self.data_dir, image_size=SIZE, progress=False)
     self.assertEqual(report['converted'], {'train': 6})
     info = input_pipeline.load_info(self._config())
-    self.assertEqual(info.stats_source, prepare.tfds_stats_file(self.data_dir, SIZE))
+    self.assertEqual(info.stats_source, dataset_format.tfds_stats_file(self.data_dir, SIZE))
     np.testing.assert_allclose(info.mean_image, self.train.mean(0), rtol=1e-5, atol=1e-4)
     cov = np.cov(self.train.reshape(-1, 3) / 255.0, rowvar=False, bias=True)
     np.testing.assert_allclose(info.eigvals, np.linalg.eigvalsh(cov)[::-1], rtol=1e-4)

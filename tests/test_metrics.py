@@ -211,11 +211,6 @@ class ProgressReporterTest(absltest.TestCase):
     reporter.close()
     self.assertEqual(stream.getvalue(), '\r[###############...............]  50.0% 5/10 ETA ?\n')
 
-  def test_format_duration(self):
-    self.assertEqual(metrics.format_duration(3 * 86400 + 4 * 3600 + 5 * 60 + 6), '3d 04:05:06')
-    self.assertEqual(metrics.format_duration(59.6), '00:01:00')
-    self.assertEqual(metrics.format_duration(None), '?')
-
 
 def numpy_cross_entropy(logits, labels):
   logits = logits.astype(np.float64)

@@ -188,7 +188,7 @@ class ValidationTest(parameterized.TestCase):
     # A plain dict: ConfigDict itself would cast True to 1.0 or refuse 'no'.
     config = dict(optim_config().to_dict(), **{field: value})
     with self.assertRaises(ValueError) as ctx:
-      optim.create_optimizer(config)
+      optim.validate_optim_config(config)
     self.assertIn(message, str(ctx.exception))
 
   def test_bad_step_epochs(self):

@@ -26,7 +26,8 @@ def png_size(path: str) -> tuple[int, int]:
 
 
 def synthetic_metrics(steps_per_epoch: int = 10, epochs: int = 6) -> list[dict]:
-  """Train lines every 5 steps, eval lines each epoch (without `epoch`, which SPEC allows),
+  """Train lines every 5 steps, eval lines each epoch (without `epoch`, which
+  docs/design.md, "metrics.jsonl" allows),
   the learning rate divided by 10 after epoch 3, and a last 10-crop evaluation."""
   records = []
   for step in range(5, steps_per_epoch * epochs + 1, 5):

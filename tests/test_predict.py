@@ -12,11 +12,13 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax import augment
+from alexnet_jax import codecs
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import prepare
-from alexnet_jax import run_info
-from alexnet_jax import train
+from alexnet_jax import step as step_lib
+from alexnet_jax import workdir as workdir_lib
 from tests import trained_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ class PredictTest(absltest.TestCase):
     source = input_pipeline.open_split(config.data, 'val')
     cls.stored, cls.labels, cls.paths = [], [], []
     for i in (0, 1):
-      image = augment.decode(source.parse(source.records[i])[0])
+      image = codecs.decode(source.parse(source.records[i])[0])
       np.testing.assert_array_equal(image[center[0]:center[0] + 64, center[1]:center[1] + 64],
                                     batch['image'][i, 0])  # the same pixels eval sees
       path = os.path.join(cls.tmp.name, f'val{i}.png')
@@ -81,9 +83,9 @@ class PredictTest(absltest.TestCase):
     batch = {k: v[None] for k, v in views.items()}
     batch['lighting'] = np.zeros((1, 10, 3), np.float32)
     batch['mask'] = np.ones((1,), bool)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=self.trained.params,
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.trained.params,
                              opt_state=None)
-    step = jax.jit(lambda s, b: train.eval_step(
+    step = jax.jit(lambda s, b: step_lib.eval_step(
         s, b, model=self.trained.model, mean_image=jnp.asarray(self.trained.mean_image)))
     for label in range(10):
       out = step(state, dict(batch, label=np.array([label], np.int32)))
@@ -135,12 +137,12 @@ class PredictTest(absltest.TestCase):
         np.testing.assert_array_equal(p_got, p_expected)
         self.assertEqual(top_got, top_expected)
       # A run from before the stored description existed needs its dataset.
-      os.remove(os.path.join(moved, run_info.INFO_FILE))
+      os.remove(os.path.join(moved, workdir_lib.INFO_FILE))
       with self.assertRaisesRegex(FileNotFoundError, 'dataset_info.json'):
         predict.predict(moved, self.paths, crops=1)
 
   def test_stored_description_matches_the_dataset(self):
-    stored = run_info.load_dataset_info(self.workdir)
+    stored = workdir_lib.load_dataset_info(self.workdir)
     live = input_pipeline.load_info(self.trained.config.data)
     self.assertEqual(stored.class_names, live.class_names)
     self.assertEqual(stored.class_descriptions, live.class_descriptions)
@@ -205,7 +207,7 @@ class ViewsTest(absltest.TestCase):
       path = os.path.join(tmp, 'wide.png')
       Image.fromarray(image).save(path)
       np.testing.assert_array_equal(predict.read_image(path, 72),
-                                    augment.resize_center_crop(image, 72))
+                                    codecs.resize_center_crop(image, 72))
       with self.assertRaisesRegex(ValueError, 'cannot read image .*missing.png'):
         predict.read_image(os.path.join(tmp, 'missing.png'), 72)
 

@@ -16,7 +16,8 @@ from array_record.python import array_record_module
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import augment
+from alexnet_jax import codecs
+from alexnet_jax import dataset_format
 from alexnet_jax import prepare
 
 SIZE = 32  # Stored image side in these tests.
@@ -72,7 +73,7 @@ def _add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
   """Decoded images and labels of a prepared split, in storage order."""
-  with open(os.path.join(folder, prepare.DATASET_FILE)) as f:
+  with open(os.path.join(folder, dataset_format.DATASET_FILE)) as f:
     description = json.load(f)
   images, labels = [], []
   for name, count in description['shards'][split]:
@@ -81,8 +82,8 @@ def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
     reader.close()
     assert len(records) == count
     for record in records:
-      data, label = prepare.decode_record(record)
-      images.append(augment.decode(data))
+      data, label = dataset_format.decode_record(record)
+      images.append(codecs.decode(data))
       labels.append(label)
   return images, labels
 
@@ -97,7 +98,7 @@ class _StatsAssertions(absltest.TestCase):
 
   def assert_stats_match(self, folder, train_images):
     mean, cov = _numpy_stats(train_images)
-    with np.load(os.path.join(folder, prepare.STATS_FILE)) as stats:
+    with np.load(os.path.join(folder, dataset_format.STATS_FILE)) as stats:
       self.assertEqual(stats['mean_image'].shape, (SIZE, SIZE, 3))
       self.assertEqual(stats['mean_image'].dtype, np.float32)
       np.testing.assert_allclose(stats['mean_image'], mean, rtol=1e-6, atol=1e-4)
@@ -164,7 +165,7 @@ class OfficialTarsTest(_StatsAssertions):
                                  progress=False)
 
   def test_class_order_is_tfds_labels_order(self):
-    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
       description = json.load(f)
     order = [w for w in prepare.imagenet_wnids() if w in self.wnids]
     self.assertEqual(description['class_names'], order)
@@ -178,13 +179,13 @@ class OfficialTarsTest(_StatsAssertions):
     self.assertEqual(self.report['skipped'], {'train': 1, 'val': 0})
     self.assertIn('_truncated.JPEG', self.report['skipped_files'][0][0])
     self.assertEqual(self.report['val_outside_classes'], 2)
-    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
       self.assertEqual(json.load(f)['splits'], {'train': 21, 'val': 5})
     self.assertFalse(os.path.exists(os.path.join(self.output, prepare.PARTIAL_DIR)))
 
   def test_train_labels_follow_the_synset_tar(self):
     images, labels = read_split(self.output, 'train')
-    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
       class_names = json.load(f)['class_names']
     by_color = {}
     for (wnid, _), color in self.expected_color.items():
@@ -209,7 +210,7 @@ class OfficialTarsTest(_StatsAssertions):
 
   def test_val_labels_by_official_file_number(self):
     images, labels = read_split(self.output, 'val')
-    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
       class_names = json.load(f)['class_names']
     val_wnids = prepare.imagenet_validation_wnids()
     for number, image, label in zip(range(1, 6), images, labels):
@@ -231,7 +232,7 @@ class OfficialTarsTest(_StatsAssertions):
     with self.assertRaisesRegex(ValueError, 'not an official validation file name'):
       prepare.prepare(source, os.path.join(self.tmp, 'renamed_out'), image_size=SIZE,
                       progress=False)
-    self.assertFalse(prepare.is_complete(os.path.join(self.tmp, 'renamed_out')))
+    self.assertFalse(dataset_format.is_complete(os.path.join(self.tmp, 'renamed_out')))
 
   def test_rerun_is_a_noop(self):
     before = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
@@ -291,12 +292,12 @@ class ImageFolderTest(_StatsAssertions):
     images = []
     for path in paths:
       with open(path, 'rb') as f:
-        stored = augment.decode_and_resize(f.read(), SIZE)
-      images.append(augment.decode(augment.encode_jpeg(stored, 95)))
+        stored = codecs.decode_and_resize(f.read(), SIZE)
+      images.append(codecs.decode(codecs.encode_jpeg(stored, 95)))
     return images, [order.index(self.truth[p]) for p in paths]
 
   def test_classes_counts_labels(self):
-    with open(os.path.join(self.output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
       description = json.load(f)
     self.assertEqual(description['class_names'], ['cat', 'dog', 'emu'])
     self.assertEqual(description['splits'], {'train': 15, 'val': 6})
@@ -318,7 +319,7 @@ class ImageFolderTest(_StatsAssertions):
       prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
     names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
     self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
-    for name in names + [prepare.STATS_FILE]:
+    for name in names + [dataset_format.STATS_FILE]:
       with open(os.path.join(self.output, name), 'rb') as a, \
           open(os.path.join(output, name), 'rb') as b:
         self.assertEqual(a.read(), b.read(), name)
@@ -332,12 +333,12 @@ class ImageFolderTest(_StatsAssertions):
     with mock.patch.object(prepare, 'FILES_PER_PART', 4):
       with self.assertRaisesRegex(ValueError, 'cannot decode .*b_9.jpg'):
         prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
-      self.assertFalse(prepare.is_complete(output))
-      self.assertFalse(os.path.exists(os.path.join(output, prepare.DATASET_FILE)))
+      self.assertFalse(dataset_format.is_complete(output))
+      self.assertFalse(os.path.exists(os.path.join(output, dataset_format.DATASET_FILE)))
       first = os.path.join(output, prepare.PARTIAL_DIR, 'train-00000.array_record')
       done_at = os.stat(first).st_mtime_ns  # Part 0 (class a) finished before the error.
       report = prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertTrue(prepare.is_complete(output))
+    self.assertTrue(dataset_format.is_complete(output))
     self.assertEqual(report['converted'], {'train': 8, 'val': 2})
     self.assertEqual(report['skipped']['train'], 1)
     resumed = os.path.join(output, 'train.array_record-00000-of-00002')
@@ -359,7 +360,7 @@ class DigitsTest(_StatsAssertions):
     val = -(-per_class // 5)  # Every fifth image of a class, starting with the first.
     self.assertEqual(report['converted'], {'train': int((per_class - val).sum()),
                                            'val': int(val.sum())})
-    with open(os.path.join(output, prepare.DATASET_FILE)) as f:
+    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
       description = json.load(f)
     self.assertEqual(description['class_names'], [str(i) for i in range(10)])
     self.assertEqual(description['class_descriptions'][0], 'zero')
@@ -418,6 +419,16 @@ class BadSourceTest(absltest.TestCase):
       f.write('x')
     with self.assertRaisesRegex(ValueError, 'not empty'):
       prepare.prepare(source, output, image_size=SIZE)
+
+  def test_temporary_files_of_a_killed_run_are_not_foreign(self):
+    source = os.path.join(self.tmp, 'src')
+    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
+    output = os.path.join(self.tmp, 'out')
+    os.makedirs(output)
+    for name in ('.dataset.json.k3x9_q', '.stats.npz.a1b2c3', 'dataset.json.tmp'):
+      open(os.path.join(output, name), 'w').close()
+    prepare.prepare(source, output, image_size=SIZE, progress=False)
+    self.assertTrue(dataset_format.is_complete(output))
 
   def test_command_line_error_is_one_line(self):
     result = subprocess.run(

@@ -34,10 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config_lib
+from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
-from alexnet_jax import run_info
-from alexnet_jax import train
+from alexnet_jax import step as step_lib
+from alexnet_jax import workdir as workdir_lib
 from tests import XLA_TEST_FLAGS
 from tests import test_train
 
@@ -136,21 +138,21 @@ def damage(step_dir: str, how: str) -> str:
 
 def write_run_with_checkpoint(config, workdir: str, step: int) -> None:
   """A workdir as a run leaves it after `step` steps (zero weights): a fixture made in seconds."""
-  config = train.resolve_auto(config)
+  config = config_lib.resolve_auto(config)
   info = input_pipeline.load_info(config.data)
-  model = train.create_model(config, info.num_classes)
+  model = experiment.create_model(config, info.num_classes)
   optimizer = optim.create_optimizer(config.optim)
   crop = config.data.crop_size
   shapes = jax.eval_shape(
-      lambda r: nn.unbox(train.init_state(model, optimizer, r, (1, crop, crop, 3))),
+      lambda r: nn.unbox(step_lib.init_state(model, optimizer, r, crop)),
       jax.random.key(0))
   rng = np.random.default_rng(0)
   # Random weights: all-zero arrays would compress to almost nothing on disk.
   state = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
   state = state.replace(step=jnp.asarray(step, jnp.int32))
   os.makedirs(workdir)
-  checkpoint_lib.save_config(workdir, config)
-  run_info.save_dataset_info(workdir, info)
+  workdir_lib.save_config(workdir, config)
+  workdir_lib.save_dataset_info(workdir, info)
   iterator = input_pipeline.create_train_iterator(config.data, global_batch_size=config.batch_size,
                                                   seed=config.seed)
   with checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:

@@ -16,9 +16,11 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import prepare
+from alexnet_jax import step as step_lib
 from alexnet_jax import train
 from configs import imagenet
 from tests import XLA_TEST_FLAGS
@@ -100,9 +102,9 @@ def run_launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
 def final_params(config: ml_collections.ConfigDict, workdir: str):
   """Params of the newest checkpoint in `workdir`, restored on one device."""
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  model = train.create_model(config, 10)
+  model = experiment.create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim)
-  shapes = jax.eval_shape(lambda r: train.init_state(model, optimizer, r, (1, 64, 64, 3)),
+  shapes = jax.eval_shape(lambda r: step_lib.init_state(model, optimizer, r, 64),
                           jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -122,18 +124,18 @@ class StepTest(absltest.TestCase):
     super().setUpClass()
     cls.config = tiny_config(digits_dir())
     cls.info = input_pipeline.load_info(cls.config.data)
-    cls.model = train.create_model(cls.config, cls.info.num_classes)
+    cls.model = experiment.create_model(cls.config, cls.info.num_classes)
     cls.optimizer = optim.create_optimizer(cls.config.optim)
     cls.mean = jnp.asarray(cls.info.mean_image)
     batches = input_pipeline.create_train_iterator(cls.config.data, global_batch_size=16, seed=0)
     cls.batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
 
   def fresh_state(self):
-    return jax.tree.map(lambda x: x, nn.unbox(train.init_state(
-        self.model, self.optimizer, jax.random.key(0), (1, 64, 64, 3))))
+    return jax.tree.map(lambda x: x, nn.unbox(step_lib.init_state(
+        self.model, self.optimizer, jax.random.key(0), 64)))
 
   def test_steps_lower_the_loss(self):
-    step = jax.jit(lambda s, b, r: train.train_step(s, b, r, model=self.model,
+    step = jax.jit(lambda s, b, r: step_lib.train_step(s, b, r, model=self.model,
                                                       optimizer=self.optimizer,
                                                       mean_image=self.mean))
     state = self.fresh_state()
@@ -147,7 +149,7 @@ class StepTest(absltest.TestCase):
 
   def test_train_metrics_match_numpy(self):
     state = self.fresh_state()
-    _, metrics = train.train_step(state, self.batch, jax.random.key(1), model=self.model,
+    _, metrics = step_lib.train_step(state, self.batch, jax.random.key(1), model=self.model,
                                   optimizer=self.optimizer, mean_image=self.mean)
     images = augment.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
                                self.batch['lighting'], self.mean)
@@ -167,7 +169,7 @@ class StepTest(absltest.TestCase):
     it = input_pipeline.create_eval_iterator(self.config.data, global_batch_size=16, crops=10)
     batch = next(it)
     batch['mask'][-3:] = False  # as if the last three rows were padding
-    out = jax.device_get(train.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+    out = jax.device_get(step_lib.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
                                          model=self.model, mean_image=self.mean))
     # Independent: every view through the model one at a time, softmax in numpy.
     probs = np.zeros((16, 10))

@@ -1,0 +1,93 @@
+"""The config of a run: the hardware-dependent choices filled in, then every field checked.
+
+Every entry point (launch.py's train and dry run, predict, summary) calls
+`resolve_auto` and `validate` once, before anything is compiled or written, so
+a bad value is one line naming the field. The modules below this one trust
+the config they are given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+
+
+def resolve_auto(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with the settings the program chooses for the hardware filled in.
+
+  model.dtype 'auto': bfloat16 compute on GPU/TPU (params stay float32), float32 on
+  CPU, where bfloat16 is slower. data.num_threads -1: one decoder thread per core
+  (JPEG decoding releases the GIL, so threads scale with cores).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.model.dtype == 'auto':
+    config.model.dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  if config.data.num_threads == -1:
+    config.data.num_threads = os.cpu_count() or 1
+  return config
+
+
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of a dotted field name: get(config, 'data.crop_size')."""
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first field of a resolved config with an impossible value.
+
+  Covers the top-level, data, log and checkpoint fields here; the optimizer
+  (optim.validate_optim_config), the mesh rules (sharding.logical_rules) and
+  the network at the configured crop (AlexNet.check). The mesh sizes depend on
+  the devices and are checked when the mesh is made.
+  """
+
+  def need(ok: bool, field: str, requirement: str) -> None:
+    if not ok:
+      raise ValueError(f'config.{field} must be {requirement}, got {get(config, field)!r}')
+
+  need(_is_int(config.batch_size) and config.batch_size > 0, 'batch_size', 'a positive integer')
+  need(_is_int(config.num_epochs) and config.num_epochs > 0, 'num_epochs', 'a positive integer')
+  need(_is_int(config.num_train_steps) and (config.num_train_steps > 0
+                                            or config.num_train_steps == -1),
+       'num_train_steps', 'a positive integer or -1')
+  need(_is_int(config.eval_every_epochs) and config.eval_every_epochs > 0, 'eval_every_epochs',
+       'a positive integer')
+  need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
+  d = config.data
+  need(d.source in ('prepared', 'tfds'), 'data.source', "'prepared' or 'tfds'")
+  need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
+  need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',
+       f'an integer >= data.crop_size ({d.crop_size})')
+  need(d.lighting_std >= 0, 'data.lighting_std', '>= 0')
+  need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
+  need(_is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
+  need(_is_int(d.worker_count) and d.worker_count >= 0, 'data.worker_count', 'an integer >= 0')
+  need(_is_int(config.log.every_steps) and config.log.every_steps > 0, 'log.every_steps',
+       'a positive integer')
+  need(_is_int(config.checkpoint.every_steps) and config.checkpoint.every_steps > 0,
+       'checkpoint.every_steps', 'a positive integer')
+  need(_is_int(config.checkpoint.keep) and config.checkpoint.keep > 0, 'checkpoint.keep',
+       'a positive integer')
+  optim.validate_optim_config(config.optim)
+  sharding.logical_rules(config)
+  model_lib.from_config(config.model).check((1, d.crop_size, d.crop_size, 3))
+
+
+def load(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """resolve_auto, then validate: the config an entry point works with."""
+  config = resolve_auto(config)
+  validate(config)
+  return config

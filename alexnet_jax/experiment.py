@@ -1,0 +1,153 @@
+"""Everything a run is made of before its first step: one setup for train, plan and predict.
+
+  exp = experiment.setup(config, info)           # config from config_lib.load
+  state = exp.init_state(jax.random.key(seed))   # created where it lives
+  train_step, eval_step = exp.train_step(), exp.eval_step()
+
+`setup` builds the mesh, the logical-axis rules, the model (checked against the
+dataset's classes), the optimizer, the state's shapes and shardings, and hands
+out the jitted steps. Nothing is allocated until `init_state` or a step runs:
+the dry run uses the same object to print its plan from shapes alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+from alexnet_jax import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  config: ml_collections.ConfigDict  # resolved and validated
+  mesh: jax.sharding.Mesh
+  rules: sharding.Rules
+  info: Optional[input_pipeline.DatasetInfo]  # None: the dataset is still to be prepared
+  model: model_lib.AlexNet
+  optimizer: optax.GradientTransformation
+  state_shapes: step_lib.TrainState  # jax.eval_shape of the init, params still boxed
+  state_shardings: step_lib.TrainState  # NamedShardings, same structure unboxed
+
+  @property
+  def abstract_state(self) -> step_lib.TrainState:
+    """ShapeDtypeStructs with their target shardings: what a checkpoint restores into."""
+    return sharding.abstract(self.state_shapes, self.state_shardings)
+
+  @property
+  def mean_image(self) -> np.ndarray:
+    """The mean that `augment.normalize` subtracts: (S, S, 3) per pixel or (3,) per channel."""
+    if self.info is None:
+      raise ValueError('the dataset is not prepared yet: no mean image')
+    return input_pipeline.mean_for_config(self.info, self.config.data)
+
+  def init_state(self, rng: jax.Array) -> step_lib.TrainState:
+    """The initial train state, each array created on the devices that keep it."""
+    init_fn = functools.partial(step_lib.init_state, self.model, self.optimizer,
+                                crop_size=self.config.data.crop_size)
+    state, _ = sharding.create_sharded_state(init_fn, rng, self.mesh, self.rules)
+    return state
+
+  def _replicated(self, x: Any) -> jax.Array:
+    return jax.device_put(x, sharding.replicated(self.mesh))
+
+  def train_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch, jax.Array],
+                                   tuple[step_lib.TrainState, dict[str, jax.Array]]]:
+    """step(state, global batch, dropout rng) -> (state, metrics); the state is donated."""
+    mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
+    fn = functools.partial(step_lib.train_step, model=self.model, optimizer=self.optimizer,
+                           mean_image=mean_image)
+    repl = sharding.replicated(self.mesh)
+    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh), repl),
+                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
+
+  def eval_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch], dict[str, jax.Array]]:
+    """step(state, global eval batch) -> sums of loss, top-1/top-5 mistakes and count."""
+    mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
+    fn = functools.partial(step_lib.eval_step, model=self.model, mean_image=mean_image)
+    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=sharding.replicated(self.mesh))
+
+  def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_lib.TrainState,
+               batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Loss, top-1 and top-5 error over every real example of `batches` (this host's part)."""
+    totals = None
+    for local in batches:
+      out = eval_step(state, sharding.make_global_batch(local, self.mesh))
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    if totals is None:
+      raise ValueError('the validation split is empty')
+    totals = jax.device_get(totals)
+    n = float(totals['count'])
+    return {'loss': float(totals['loss_sum']) / n, 'top1_err': float(totals['top1_wrong']) / n,
+            'top5_err': float(totals['top5_wrong']) / n, 'count': n}
+
+
+def count_steps(config: ml_collections.ConfigDict,
+                info: input_pipeline.DatasetInfo) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a run over the train split of `info`."""
+  steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
+  if steps_per_epoch < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
+                     f'({info.split_sizes["train"]} images)')
+  if config.num_train_steps > 0:
+    return steps_per_epoch, config.num_train_steps
+  return steps_per_epoch, config.num_epochs * steps_per_epoch
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
+  """The configured network; its output layer must match the dataset's classes."""
+  if config.model.num_classes != num_classes:
+    raise ValueError(f'config.model.num_classes is {config.model.num_classes} but the dataset '
+                     f'has {num_classes} classes')
+  return model_lib.from_config(config.model)
+
+
+def create_mesh(config: ml_collections.ConfigDict,
+                devices: Optional[Sequence[jax.Device]] = None,
+                mesh_config: Any = None) -> jax.sharding.Mesh:
+  """The mesh of config.mesh (or `mesh_config`) over `devices`, checked against the batch.
+
+  Raises ValueError for a mesh the devices cannot form, a model axis that does
+  not split the network, or a batch the data axis cannot split.
+  """
+  mesh = sharding.create_mesh(config.mesh if mesh_config is None else mesh_config, devices,
+                              model_config=config.model)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  return mesh
+
+
+def setup(config: ml_collections.ConfigDict,
+          info: Optional[input_pipeline.DatasetInfo] = None, *,
+          mesh: Optional[jax.sharding.Mesh] = None) -> Experiment:
+  """The Experiment of a resolved, validated config.
+
+  info: the dataset's facts; None when it is still to be prepared (the dry run):
+    the classes then come from config.model.num_classes, and the steps, which
+    need the mean image, cannot be made.
+  mesh: default `create_mesh(config)` over all devices.
+  """
+  mesh = create_mesh(config) if mesh is None else mesh
+  rules = sharding.logical_rules(config)
+  num_classes = config.model.num_classes if info is None else info.num_classes
+  model = create_model(config, num_classes)
+  optimizer = optim.create_optimizer(config.optim)
+  init_fn = lambda rng: step_lib.init_state(model, optimizer, rng, config.data.crop_size)
+  with sharding.use_mesh(mesh, rules):
+    shapes = jax.eval_shape(init_fn, jax.random.key(0))
+    shardings = sharding.param_shardings(shapes, mesh, rules)
+  return Experiment(config=config, mesh=mesh, rules=rules, info=info, model=model,
+                    optimizer=optimizer, state_shapes=shapes, state_shardings=shardings)

@@ -1,0 +1,75 @@
+"""Host image codecs: decoding any input to RGB, and the stored-image geometry."""
+
+import io
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+
+from alexnet_jax import codecs
+
+
+def _encode(image: np.ndarray, fmt: str, **kwargs) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, fmt, **kwargs)
+  return buf.getvalue()
+
+
+class DecodeTest(absltest.TestCase):
+
+  def test_png_named_anything_decodes_exactly(self):
+    image = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(codecs.decode(_encode(image, 'PNG')), image)
+
+  def test_jpeg_grayscale_and_cmyk_become_rgb(self):
+    gray = np.full((16, 16), 77, np.uint8)
+    out = codecs.decode(_encode(gray, 'JPEG', quality=95))
+    self.assertEqual(out.shape, (16, 16, 3))
+    np.testing.assert_allclose(out, 77, atol=1)
+    rgb = np.zeros((16, 16, 3), np.uint8) + np.uint8([200, 40, 120])
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert('CMYK').save(buf, 'JPEG', quality=95)
+    out = codecs.decode(buf.getvalue())
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [200, 40, 120], atol=4)
+
+  def test_sixteen_bit_png_is_rescaled(self):
+    gray16 = np.full((8, 8), 32768, np.uint16)
+    out = codecs.decode(_encode(gray16, 'PNG'))
+    np.testing.assert_allclose(out, 128, atol=1)
+
+  def test_truncated_jpeg_raises(self):
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = _encode(image, 'JPEG', quality=90)
+    with self.assertRaises(OSError):
+      codecs.decode(data[:len(data) // 2])
+
+  def test_resize_center_crop_keeps_the_central_square(self):
+    # A tall image of three stacked squares: only the middle one survives.
+    tall = np.zeros((60, 20, 3), np.uint8)
+    tall[:20] = (255, 0, 0)
+    tall[20:40] = (0, 255, 0)
+    tall[40:] = (0, 0, 255)
+    out = codecs.resize_center_crop(tall, 10)
+    self.assertEqual(out.shape, (10, 10, 3))
+    np.testing.assert_array_equal(out[2:-2, 2:-2], np.broadcast_to([0, 255, 0], (6, 6, 3)))
+    wide = np.ascontiguousarray(tall.transpose(1, 0, 2))
+    np.testing.assert_array_equal(codecs.resize_center_crop(wide, 10)[2:-2, 2:-2],
+                                  np.broadcast_to([0, 255, 0], (6, 6, 3)))
+
+  def test_resize_is_antialiased(self):
+    # A 1-pixel checkerboard shrunk 4x must become flat grey, not a moire pattern.
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    out = codecs.resize_center_crop(np.stack([board] * 3, -1), 16)
+    np.testing.assert_allclose(out, 127.5, atol=3)
+
+  def test_upsampling_small_images(self):
+    small = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    out = codecs.decode_and_resize(_encode(small, 'PNG'), 32)
+    self.assertEqual(out.shape, (32, 32, 3))
+    # Block averages of a smooth 4x enlargement stay near the source pixels.
+    blocks = out.reshape(8, 4, 8, 4, 3).mean((1, 3))
+    self.assertLess(np.abs(blocks - small).mean(), 25)
+
+
+if __name__ == '__main__':
+  absltest.main()
