@@ -67,7 +67,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'a positive integer')
   need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
   d = config.data
-  need(d.source in ('prepared', 'tfds'), 'data.source', "'prepared' or 'tfds'")
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',
        f'an integer >= data.crop_size ({d.crop_size})')

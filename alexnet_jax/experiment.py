@@ -47,7 +47,7 @@ class Experiment:
 
   @property
   def mean_image(self) -> np.ndarray:
-    """The mean that `augment.normalize` subtracts: (S, S, 3) per pixel or (3,) per channel."""
+    """The mean that `preprocess.normalize` subtracts: (S, S, 3) per pixel or (3,) per channel."""
     if self.info is None:
       raise ValueError('the dataset is not prepared yet: no mean image')
     return input_pipeline.mean_for_config(self.info, self.config.data)

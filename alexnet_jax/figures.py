@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import preprocess
 from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
@@ -281,7 +282,7 @@ def fc7_features(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array
 
   The paper's figure 4 compares images by these "last hidden layer" vectors.
   """
-  x = augment.normalize(image, crop, flip, jnp.zeros(image.shape[:1] + (3,), jnp.float32),
+  x = preprocess.normalize(image, crop, flip, jnp.zeros(image.shape[:1] + (3,), jnp.float32),
                         mean_image)
   _, state = model.apply({'params': params}, x, train=False,
                          capture_intermediates=lambda mdl, method: mdl.name == 'fc7')

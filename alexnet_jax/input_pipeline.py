@@ -7,7 +7,7 @@ slice, so each record's rng depends on its global position: processes never shar
 crops, and the global batch sequence is a pure function of (seed, data, step); each
 process's part of it depends only on its index and the process count.
 
-Batches hold uint8 crops plus the per-image parameters; `augment.normalize` turns
+Batches hold uint8 crops plus the per-image parameters; `preprocess.normalize` turns
 them into float model input inside the jitted step (mean subtraction with the same
 crop/flip of the mean image, plus the lighting shift).
 
@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import preprocess
 from alexnet_jax import codecs
 from alexnet_jax import dataset_format
 
@@ -206,13 +207,13 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
 
 def mean_for_config(info: DatasetInfo,
                     data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """The `mean_image` argument of `augment.normalize`: (S, S, 3) or per channel (3,).
+  """The `mean_image` argument of `preprocess.normalize`: (S, S, 3) or per channel (3,).
 
   data.mean is 'pixel' or 'channel' (config_lib.validate checks it).
   """
   if data_config.mean == 'pixel':
     return info.mean_image
-  return augment.channel_mean_image(info.mean_image)
+  return preprocess.channel_mean_image(info.mean_image)
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:

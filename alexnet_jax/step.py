@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax import augment
 from alexnet_jax import losses
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import preprocess
 
 Batch = dict[str, jax.Array]
 
@@ -44,7 +44,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: model_
                optimizer: optax.GradientTransformation, mean_image: jax.Array
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch of uint8 crops; returns the new state and metrics."""
-  images = augment.normalize(batch['image'], batch['crop'], batch['flip'], batch['lighting'],
+  images = preprocess.normalize(batch['image'], batch['crop'], batch['flip'], batch['lighting'],
                              mean_image)
   dropout_rng = jax.random.fold_in(rng, state.step)
 
@@ -67,7 +67,7 @@ def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax
   """Softmax outputs (b, V, num_classes) of uint8 views (b, V, c, c, 3), deterministic."""
   b, v = image.shape[:2]
   flat = lambda x: x.reshape((b * v,) + x.shape[2:])
-  images = augment.normalize(flat(image), flat(crop), flat(flip), flat(lighting), mean_image)
+  images = preprocess.normalize(flat(image), flat(crop), flat(flip), flat(lighting), mean_image)
   logits = model.apply({'params': params}, images, train=False)
   return jax.nn.softmax(logits).reshape(b, v, -1)
 

@@ -7,7 +7,7 @@ r"""Images/second of the jitted train step, against PyTorch eager in the same pr
       --nets=paper,one_tower --meshes=1x1               # a GPU (see benchmarks/gpu.sh)
 
 What is timed is the project's own step, `step_lib.train_step` (uint8 crops ->
-`augment.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
+`preprocess.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
 `TrainState` created as the trainer creates it (`sharding.create_sharded_state`, then
 `jax.jit` with explicit shardings and the state donated), traced under the mesh and
 the logical rules. The batch is one fixed uint8 batch already on the device (the

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax import augment
+from alexnet_jax import preprocess
 from alexnet_jax import codecs
 from alexnet_jax import dataset_format
 from alexnet_jax import input_pipeline
@@ -295,7 +296,7 @@ class EvalIteratorTest(parameterized.TestCase):
   def test_normalized_views_equal_numpy(self):
     info = input_pipeline.load_info(_data_config(FOLDER))
     b = self._batches(10)[0]
-    out = np.asarray(augment.normalize(b['image'], b['crop'], b['flip'], b['lighting'],
+    out = np.asarray(preprocess.normalize(b['image'], b['crop'], b['flip'], b['lighting'],
                                        info.mean_image))
     for k in range(4):
       for v, (top, left, flip) in enumerate(augment.ten_crop_views(SIZE, CROP)):

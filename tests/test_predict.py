@@ -13,7 +13,6 @@ from PIL import Image
 
 from alexnet_jax import augment
 from alexnet_jax import codecs
-from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import prepare

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import augment
+from alexnet_jax import preprocess
 from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
@@ -151,7 +151,7 @@ class StepTest(absltest.TestCase):
     state = self.fresh_state()
     _, metrics = step_lib.train_step(state, self.batch, jax.random.key(1), model=self.model,
                                   optimizer=self.optimizer, mean_image=self.mean)
-    images = augment.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
+    images = preprocess.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
                                self.batch['lighting'], self.mean)
     rng = jax.random.fold_in(jax.random.key(1), 0)
     logits = np.asarray(self.model.apply({'params': state.params}, images, train=True,
@@ -174,7 +174,7 @@ class StepTest(absltest.TestCase):
     # Independent: every view through the model one at a time, softmax in numpy.
     probs = np.zeros((16, 10))
     for v in range(10):
-      images = augment.normalize(batch['image'][:, v], batch['crop'][:, v], batch['flip'][:, v],
+      images = preprocess.normalize(batch['image'][:, v], batch['crop'][:, v], batch['flip'][:, v],
                                  batch['lighting'][:, v], self.mean)
       logits = np.asarray(self.model.apply({'params': state.params}, images), np.float64)
       e = np.exp(logits - logits.max(1, keepdims=True))
