@@ -580,6 +580,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
             progress: bool = True) -> dict[str, Any]:
   """Prepares `source` into `output` (see the module docstring); returns the report.
 
+  (Long only by its argument list; the work is in the helpers it calls.)
+
   A complete `output` is left as it is (report['noop'] is True). An incomplete one
   from an interrupted run with the same settings is resumed; one with other settings
   is restarted.
@@ -694,14 +696,8 @@ def _run_parts(parts: list[_Part], work_dir: str, image_size: int, jpeg_quality:
     pass
 
 
-def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quality: int,
-            workers: int, seconds: float) -> dict[str, Any]:
-  """Merges the parts into the final layout; dataset.json is written last."""
-  results = []
-  for part in plan.parts:
-    with open(os.path.join(work_dir, part.name + '.json')) as f:
-      results.append((part, json.load(f)))
-
+def _train_counts(plan: _Plan, results: list[tuple[_Part, dict[str, Any]]]) -> np.ndarray:
+  """Decoded training images per class; raises ValueError when a class has none."""
   train_counts = np.zeros(len(plan.class_names), np.int64)
   for part, result in results:
     if part.split == 'train':
@@ -713,15 +709,23 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
   if empty:
     raise ValueError(f'classes without any decodable training image: '
                      f'{", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
+  return train_counts
 
+
+def _merge_stats(results: list[tuple[_Part, dict[str, Any]]], work_dir: str,
+                 image_size: int) -> dict[str, np.ndarray]:
+  """The mean image and RGB PCA of the training split, from each part's sums."""
   stats = _Stats(image_size)
   for part, _ in results:
     if part.split == 'train':
       with np.load(os.path.join(work_dir, part.name + '.npz')) as sums:
         stats.merge(sums['pixel_sum'], sums['outer_sum'], sums['count'])
-  statistics = stats.finish()
-  dataset_format.write_stats(os.path.join(output, dataset_format.STATS_FILE), statistics)
+  return stats.finish()
 
+
+def _move_shards(results: list[tuple[_Part, dict[str, Any]]], work_dir: str, output: str
+                 ) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, int], list[Any]]:
+  """Renames the parts' shards into place: (shards, sizes, skipped counts, skipped files)."""
   shards, sizes, skipped = {}, {}, {}
   skipped_files = []
   for split in dataset_format.SPLITS:
@@ -738,6 +742,20 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
     split_skips = [s for p, r in results if p.split == split for s in r['skipped']]
     skipped[split] = len(split_skips)
     skipped_files.extend(split_skips)
+  return shards, sizes, skipped, skipped_files
+
+
+def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quality: int,
+            workers: int, seconds: float) -> dict[str, Any]:
+  """Merges the parts into the final layout; dataset.json is written last."""
+  results = []
+  for part in plan.parts:
+    with open(os.path.join(work_dir, part.name + '.json')) as f:
+      results.append((part, json.load(f)))
+  train_counts = _train_counts(plan, results)
+  statistics = _merge_stats(results, work_dir, image_size)
+  dataset_format.write_stats(os.path.join(output, dataset_format.STATS_FILE), statistics)
+  shards, sizes, skipped, skipped_files = _move_shards(results, work_dir, output)
   if skipped_files:
     logging.warning('skipped %d undecodable files, e.g. %s: %s', len(skipped_files),
                     *skipped_files[0])

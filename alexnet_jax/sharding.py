@@ -8,9 +8,10 @@ over the remaining devices, each pair taking its own slice of the batch.
 
 The model names the axes of its weights (`conv_out`, `fc_out`, ...); the rules
 table in `config.mesh.rules` maps those names onto the mesh axes, and this
-module turns the pair into shardings. Typical use, in the order a run needs it:
+module turns the pair into shardings. `experiment.setup` uses it in the order a
+run needs it:
 
-  init_distributed(...)                        # before any other JAX call
+  init_distributed(...)                        # before any other JAX call (launch.py)
   mesh = create_mesh(config.mesh, model_config=config.model)
   rules = logical_rules(config)
   check_batch_divisible(config.batch_size, mesh)
