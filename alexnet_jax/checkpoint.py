@@ -159,6 +159,19 @@ class Checkpointer:
     """Steps of the finished checkpoints, ascending."""
     return sorted(self._manager.all_steps())
 
+  def val_errors(self) -> dict[int, Optional[float]]:
+    """Step -> the validation error stored with that finished checkpoint (None: saved without).
+
+    Orbax keeps these beside each checkpoint for the keep_best policy; reading them
+    changes nothing. Runs with keep_best=False store none.
+    """
+    errors_by_step = {}
+    for step in self.all_steps():
+      metrics = self._manager.metrics(step) if self._keep_best else None
+      value = metrics.get(VAL_ERROR) if isinstance(metrics, Mapping) else None
+      errors_by_step[step] = None if value is None else float(value)
+    return errors_by_step
+
   def latest_step(self) -> Optional[int]:
     """The newest finished checkpoint's step, or None."""
     return self._manager.latest_step()
