@@ -218,15 +218,16 @@ def _check_ensemble(runs: Sequence[_Run]) -> None:
   where = lambda r: (r.config.data.source, os.path.realpath(r.config.data.dir))
   for run in runs[1:]:
     if run.info.class_names != first.info.class_names:
-      what = (f'{run.info.num_classes} classes' if run.info.num_classes != first.info.num_classes
-              else 'other classes')
-      raise ValueError(f'{run.workdir} was trained on {what} than {first.workdir} '
-                       f'({first.info.num_classes}): an ensemble averages predictions of the '
-                       'same classes')
+      if run.info.num_classes != first.info.num_classes:
+        what = f'{run.info.num_classes} classes but {first.workdir} on {first.info.num_classes}'
+      else:
+        what = f'other classes than {first.workdir}'
+      raise ValueError(f'{run.workdir} was trained on {what}: an ensemble averages predictions '
+                       'over the same classes')
     if where(run) != where(first):
-      raise ValueError(f'{run.workdir} and {first.workdir} were trained on different datasets '
-                       f'({run.config.data.dir} and {first.config.data.dir}); give --data_dir '
-                       'to evaluate all of them on one')
+      raise ValueError(f'{run.workdir} was trained on other data ({run.config.data.dir}) than '
+                       f'{first.workdir} ({first.config.data.dir}); give --data_dir to evaluate '
+                       'all of them on one dataset')
 
 
 # ----------------------------------------------------------------------------- computing
