@@ -126,6 +126,8 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         create=not read_only,
         read_only=read_only,
+        # What orbax would set itself for a reader, with a warning on every open.
+        **({'save_interval_steps': 0} if read_only else {}),
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
