@@ -101,6 +101,22 @@ class PaperConfigTest(parameterized.TestCase):
                      {k: v for k, v in fields.items() if base[k] != v})
     self.assertNotEmpty({k: v for k, v in fields.items() if base[k] != v})
 
+  @parameterized.parameters(
+      ('model.pool_stride', 0, 'config.model.pool_stride must be a positive integer, got 0'),
+      ('model.pool_size', 2.5, 'config.model.pool_size must be a positive integer, got 2.5'),
+      ('model.conv_widths', (48, 128, 192, 192),
+       r'config.model.conv_widths must be None or five positive integers \(conv1-conv5\), got '
+       r'\(48, 128, 192, 192\)'),
+      ('data.random_crop', 'no', "config.data.random_crop must be True or False, got 'no'"))
+  def test_validation_of_the_new_fields(self, field, value, message):
+    config = imagenet.get_config()
+    config.data.dir = '/data/imagenet_prepared'
+    group, name = field.split('.')
+    with config.unlocked(), config[group].ignore_type():
+      config[group][name] = value
+    with self.assertRaisesRegex(ValueError, message):
+      config_lib.load(config)
+
   def test_digits_baseline_and_unknown_names(self):
     self.assertEqual(changes(digits.get_config(), paper_digits.get_config()), {})
     self.assertEqual(changes(digits.get_config(), paper_digits.get_config('baseline')), {})
