@@ -24,7 +24,7 @@ ended with (config.final_eval_crops). --data_dir replaces the run's config.data.
 
 The step is sharded like training: over the run's own mesh (config.mesh) when
 the devices here can form it, else data-parallel over as many devices as divide
-the batch. The runs are only read: checkpoints are opened read-only (safe
+the batch. It runs as one process, over that process's devices. The runs are only read: checkpoints are opened read-only (safe
 beside a run still training) and nothing but WORKDIR/eval/ is written.
 """
 

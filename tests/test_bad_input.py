@@ -594,7 +594,8 @@ def _env() -> dict[str, str]:
 
 def render_doc() -> str:
   groups = {'paths': 'Paths', 'configs': 'Configs', 'images': 'Images', 'labels': 'Labels files',
-            'checkpoints': 'Checkpoints', 'ensembles': 'Ensembles (evaluate with several --workdir)',
+            'checkpoints': 'Checkpoints',
+            'ensembles': 'Ensembles (evaluate with several --workdir)',
             'flags': 'Flags', 'mesh': 'Mesh shapes'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
            'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate'}
