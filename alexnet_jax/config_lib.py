@@ -70,6 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',
        f'an integer >= data.crop_size ({d.crop_size})')
+  need(isinstance(d.random_crop, bool), 'data.random_crop', 'True or False')
   need(d.lighting_std >= 0, 'data.lighting_std', '>= 0')
   need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
   need(_is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
@@ -80,6 +81,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'checkpoint.every_steps', 'a positive integer')
   need(_is_int(config.checkpoint.keep) and config.checkpoint.keep > 0, 'checkpoint.keep',
        'a positive integer')
+  m = config.model
+  need(_is_int(m.pool_size) and m.pool_size > 0, 'model.pool_size', 'a positive integer')
+  need(_is_int(m.pool_stride) and m.pool_stride > 0, 'model.pool_stride', 'a positive integer')
+  need(m.conv_widths is None or (
+      isinstance(m.conv_widths, (tuple, list)) and len(m.conv_widths) == 5
+      and all(_is_int(c) and c > 0 for c in m.conv_widths)),
+       'model.conv_widths', 'None or five positive integers (conv1-conv5)')
   optim.validate_optim_config(config.optim)
   sharding.logical_rules(config)
   model_lib.from_config(config.model).check((1, d.crop_size, d.crop_size, 3))

@@ -81,19 +81,43 @@ class Experiment:
                    in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
                    out_shardings=sharding.replicated(self.mesh))
 
+  def probability_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch], jax.Array]:
+    """step(state, global eval batch) -> (b, num_classes) predictions, on every device.
+
+    The same forward pass as eval_step, stopped before the sums: what an ensemble averages.
+    """
+    mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
+    fn = functools.partial(_state_probabilities, model=self.model, mean_image=mean_image)
+    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=sharding.replicated(self.mesh))
+
   def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_lib.TrainState,
-               batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over every real example of `batches` (this host's part)."""
+               batches: Iterator[dict[str, np.ndarray]],
+               on_batch: Optional[Callable[[dict[str, np.ndarray], step_lib.Batch], None]] = None
+               ) -> dict[str, float]:
+    """Loss, top-1 and top-5 error over every real example of `batches` (this host's part).
+
+    on_batch(local batch, global batch) is called after each step (progress, predictions).
+    """
     totals = None
     for local in batches:
-      out = eval_step(state, sharding.make_global_batch(local, self.mesh))
+      batch = sharding.make_global_batch(local, self.mesh)
+      out = eval_step(state, batch)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+      if on_batch is not None:
+        on_batch(local, batch)
     if totals is None:
       raise ValueError('the validation split is empty')
     totals = jax.device_get(totals)
     n = float(totals['count'])
     return {'loss': float(totals['loss_sum']) / n, 'top1_err': float(totals['top1_wrong']) / n,
             'top5_err': float(totals['top5_wrong']) / n, 'count': n}
+
+
+def _state_probabilities(state: step_lib.TrainState, batch: step_lib.Batch, *,
+                         model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
+  return step_lib.example_probabilities(state.params, batch, model=model, mean_image=mean_image)
 
 
 def count_steps(config: ml_collections.ConfigDict,

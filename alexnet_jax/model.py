@@ -122,61 +122,72 @@ def _lrn_backward(size, k, alpha, beta, residuals, g):
 _lrn.defvjp(_lrn_forward, _lrn_backward)
 
 
-@jax.custom_vjp
-def max_pool(x: Array) -> Array:
-  """Overlapping 3x3 max-pooling with stride 2 (section 3.4), no padding, NHWC.
+def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
+  """window x window max-pooling with `stride`, no padding, NHWC.
+
+  The paper's overlapping pooling (section 3.4) is window 3, stride 2; window 2,
+  stride 2 is the non-overlapping scheme it was compared with.
 
   The gradient goes to the first maximum of each window in row-major order, as
   XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
   out here because XLA:CPU lowers select_and_scatter to index tensors and a
   scatter, 3-10% slower for the whole train step (benchmarks/README.md).
   """
-  return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+  if window < 1 or stride < 1:
+    raise ValueError(f'pooling window and stride must be >= 1, got {window} and {stride}')
+  return _max_pool(x, int(window), int(stride))
 
 
-def _max_pool_forward(x):
-  y = max_pool(x)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: Array, window: int, stride: int) -> Array:
+  return nn.max_pool(x, (window, window), (stride, stride))
+
+
+def _max_pool_forward(x, window, stride):
+  y = _max_pool(x, window, stride)
   return y, (x, y)
 
 
-def _max_pool_backward(residuals, g):
+def _max_pool_backward(window, stride, residuals, g):
   x, y = residuals
   (_, h, w, _), (_, oh, ow, _) = x.shape, y.shape
-  span_h, span_w = POOL_STRIDE * (oh - 1) + 1, POOL_STRIDE * (ow - 1) + 1
+  span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
   routed = jnp.zeros(y.shape, bool)
   dx = jnp.zeros_like(x)
-  for i in range(POOL_WINDOW):
-    for j in range(POOL_WINDOW):
+  for i in range(window):
+    for j in range(window):
       # Window element (i, j) of every window, and where it is the first maximum.
-      hit = (x[:, i:i + span_h:POOL_STRIDE, j:j + span_w:POOL_STRIDE] == y) & ~routed
+      hit = (x[:, i:i + span_h:stride, j:j + span_w:stride] == y) & ~routed
       routed = routed | hit
       # Back to input positions: the transpose of the strided slice is an interior pad.
       dx = dx + jax.lax.pad(jnp.where(hit, g, 0).astype(x.dtype), jnp.zeros((), x.dtype),
-                            [(0, 0, 0), (i, h - i - span_h, POOL_STRIDE - 1),
-                             (j, w - j - span_w, POOL_STRIDE - 1), (0, 0, 0)])
+                            [(0, 0, 0), (i, h - i - span_h, stride - 1),
+                             (j, w - j - span_w, stride - 1), (0, 0, 0)])
   return (dx,)
 
 
-max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
   return (size + 2 * pad - kernel) // stride + 1
 
 
-def _pool_out(size: int) -> int:
-  return (size - POOL_WINDOW) // POOL_STRIDE + 1
+def _pool_out(size: int, window: int, stride: int) -> int:
+  return (size - window) // stride + 1
 
 
-def spatial_sizes(input_size: int, conv1_padding: int) -> dict[str, int]:
+def spatial_sizes(input_size: int, conv1_padding: int, pool_size: int = POOL_WINDOW,
+                  pool_stride: int = POOL_STRIDE) -> dict[str, int]:
   """Spatial side after each layer (square inputs), from the layer arithmetic."""
+  pool = lambda size: _pool_out(size, pool_size, pool_stride)
   s = {}
   s['conv1'] = _conv_out(input_size, 11, 4, conv1_padding)
-  s['pool1'] = _pool_out(s['conv1'])
+  s['pool1'] = pool(s['conv1'])
   s['conv2'] = s['pool1']
-  s['pool2'] = _pool_out(s['conv2'])
+  s['pool2'] = pool(s['conv2'])
   s['conv3'] = s['conv4'] = s['conv5'] = s['pool2']
-  s['pool5'] = _pool_out(s['conv5'])
+  s['pool5'] = pool(s['conv5'])
   return s
 
 
@@ -302,11 +313,20 @@ class Dense(nn.Module):
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
-def scaled_widths(width: float) -> tuple[tuple[int, ...], int]:
-  """Conv widths and hidden fc width at a width multiplier."""
+def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
+                  ) -> tuple[tuple[int, ...], int]:
+  """Conv widths and hidden fc width at a width multiplier.
+
+  conv_widths: the five conv widths at width 1.0; None is the paper's CONV_FEATURES.
+  """
   if not width > 0:
     raise ValueError(f'model width multiplier must be > 0, got {width}')
-  convs = tuple(max(1, int(round(c * width))) for c in CONV_FEATURES)
+  base = CONV_FEATURES if conv_widths is None else tuple(conv_widths)
+  if len(base) != len(CONV_FEATURES) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base):
+    raise ValueError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
+                     f'(conv1-conv5), got {conv_widths!r}')
+  convs = tuple(max(1, int(round(c * width))) for c in base)
   return convs, max(1, int(round(FC_FEATURES * width)))
 
 
@@ -332,6 +352,12 @@ class AlexNet(nn.Module):
   # scale, which its N(0, 0.01^2) init was chosen for; He init assumes inputs of
   # unit variance, i.e. about 1/64 here (pixel deviations have a std of ~50-80).
   input_scale: float = 1.0
+  # Max-pooling window and stride: 3 and 2 overlap (the paper, section 3.4); 2 and 2 do not.
+  pool_size: int = POOL_WINDOW
+  pool_stride: int = POOL_STRIDE
+  # The five conv widths at width 1.0 (a tuple); None: the paper's CONV_FEATURES. The
+  # one-tower comparison net of section 3.2 halves conv1-conv4: (48, 128, 192, 192, 256).
+  conv_widths: tuple[int, ...] | None = None
 
   def check(self, input_shape: Sequence[int] | None = None) -> None:
     """Raises ValueError for a bad configuration or input shape (before any compile)."""
@@ -350,7 +376,11 @@ class AlexNet(nn.Module):
     if self.conv1_padding < 0:
       raise ValueError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
     resolve_dtype(self.dtype)
-    convs, hidden = scaled_widths(self.width)
+    for name in ('pool_size', 'pool_stride'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    convs, hidden = scaled_widths(self.width, self.conv_widths)
     for name, c in zip(CONV_LAYOUT, convs):
       if c % self.towers:
         raise ValueError(f'{name} width {c} (width multiplier {self.width}) is not divisible by '
@@ -363,15 +393,20 @@ class AlexNet(nn.Module):
       raise ValueError(f'images must have 3 (RGB) channels last, got shape {tuple(input_shape)}')
     h, w = input_shape[1], input_shape[2]
     for side in (h, w):
-      if spatial_sizes(side, self.conv1_padding)['pool5'] < 1:
-        raise ValueError(f'input {h}x{w} is too small: pool5 would be empty '
-                         f'(need at least {min_input_size(self.conv1_padding)} pixels per side)')
+      if self.spatial_sizes(side)['pool5'] < 1:
+        raise ValueError(f'input {h}x{w} is too small: pool5 would be empty (need at least '
+                         f'{min_input_size(self.conv1_padding, self.pool_size, self.pool_stride)}'
+                         ' pixels per side)')
+
+  def spatial_sizes(self, input_size: int) -> dict[str, int]:
+    """`spatial_sizes` of this network's conv1 padding and pooling."""
+    return spatial_sizes(input_size, self.conv1_padding, self.pool_size, self.pool_stride)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     self.check(x.shape)
     dtype = resolve_dtype(self.dtype)
-    convs, hidden = scaled_widths(self.width)
+    convs, hidden = scaled_widths(self.width, self.conv_widths)
     if self.input_scale != 1.0:
       x = x * self.input_scale
 
@@ -391,15 +426,15 @@ class AlexNet(nn.Module):
     x = nn.relu(conv('conv1', convs[0], x))
     if self.use_lrn:
       x = local_response_norm(x)
-    x = max_pool(x)
+    x = max_pool(x, self.pool_size, self.pool_stride)
     x = nn.relu(conv('conv2', convs[1], x))
     if self.use_lrn:
       x = local_response_norm(x)
-    x = max_pool(x)
+    x = max_pool(x, self.pool_size, self.pool_stride)
     x = nn.relu(conv('conv3', convs[2], x))
     x = nn.relu(conv('conv4', convs[3], x))
     x = nn.relu(conv('conv5', convs[4], x))
-    x = max_pool(x)
+    x = max_pool(x, self.pool_size, self.pool_stride)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order, as stored in fc6's kernel rows
     x = nn.relu(dense('fc6', hidden, x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -409,10 +444,11 @@ class AlexNet(nn.Module):
     return dense('fc8', self.num_classes, x).astype(jnp.float32)
 
 
-def min_input_size(conv1_padding: int) -> int:
+def min_input_size(conv1_padding: int, pool_size: int = POOL_WINDOW,
+                   pool_stride: int = POOL_STRIDE) -> int:
   """Smallest square input side with a non-empty pool5."""
   side = 11
-  while spatial_sizes(side, conv1_padding)['pool5'] < 1:
+  while spatial_sizes(side, conv1_padding, pool_size, pool_stride)['pool5'] < 1:
     side += 1
   return side
 
@@ -421,6 +457,8 @@ def from_config(model_config: Any) -> AlexNet:
   """An AlexNet from `config.model` (ml_collections ConfigDict or a mapping)."""
   fields = {f.name for f in dataclasses.fields(AlexNet) if f.name not in ('parent', 'name')}
   values = dict(model_config)
+  if isinstance(values.get('conv_widths'), list):  # a config read back from JSON
+    values['conv_widths'] = tuple(values['conv_widths'])
   unknown = sorted(set(values) - fields)
   if unknown:
     raise ValueError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
@@ -441,8 +479,8 @@ def layer_table(model: AlexNet, input_size: int = 224) -> list[LayerStats]:
   """Per-layer output shape, parameter count and forward multiply-adds, from the
   layer arithmetic alone (no tracing). `count_flops` cross-checks it with XLA."""
   model.check((1, input_size, input_size, 3))
-  convs, hidden = scaled_widths(model.width)
-  sizes = spatial_sizes(input_size, model.conv1_padding)
+  convs, hidden = scaled_widths(model.width, model.conv_widths)
+  sizes = model.spatial_sizes(input_size)
   rows = []
   c_in = 3
   for (name, (k, _, _, grouped)), c_out in zip(CONV_LAYOUT.items(), convs):

@@ -88,7 +88,8 @@ def check_model_axis(model_config: Any, model_axis: int) -> None:
   if model_axis > 1 and towers > 1 and towers % model_axis:
     raise ValueError(f'config.mesh.model={model_axis} does not divide config.model.towers='
                      f'{towers}: each device must hold whole towers (use model=1 or {towers})')
-  convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0))
+  convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0),
+                                          model_config.get('conv_widths', None))
   widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
   widths += [('fc6/fc7 width', hidden),
              ('config.model.num_classes', model_config.get('num_classes', 1000))]

@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_scheme = 'paper'  # 'paper' | 'caffe' | 'he' (see model.layer_init).
   config.model.input_scale = 1.0  # Input multiplier: 1.0 = raw 0-255 pixels minus mean (paper).
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
+  config.model.pool_size = 3  # Max-pool window z: 3 with stride 2 overlaps (section 3.4).
+  config.model.pool_stride = 2  # Max-pool stride s; s=z=2 is the paper's non-overlapping control.
+  config.model.conv_widths = None  # conv1-conv5 widths at width 1.0, a tuple; None: the paper.
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.
@@ -55,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.prepare_from = ''  # If set and `dir` holds no dataset: prepare it from this source.
   config.data.image_size = 256  # Side of the stored square images, pixels.
   config.data.crop_size = 224  # Train/eval crop side, pixels (227 with conv1_padding=0).
+  config.data.random_crop = True  # Random crops in training; False: the central crop.
   config.data.flip = True  # Random horizontal flips in training.
   config.data.lighting_std = 0.1  # Std of the PCA lighting alphas; 0 turns lighting off.
   config.data.mean = 'pixel'  # Subtract the per-pixel mean image ('pixel') or per channel.

@@ -1,11 +1,11 @@
 """Every bad input a user can give, through the real commands: one line, non-zero, nothing touched.
 
-CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`
-or `python -m alexnet_jax.predict` on one bad input and must exit with the listed status,
-print exactly the listed line (paths shown as the names in FIXTURES), show no Python
-traceback, and leave every file that existed before it byte-for-byte as it was. Bad images
-are the exception that does not fail: prepare skips and counts the undecodable ones (and
-converts the odd but valid ones), unless --strict.
+CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`,
+`python -m alexnet_jax.predict` or `python -m alexnet_jax.evaluate` on one bad input and must
+exit with the listed status, print exactly the listed line (paths shown as the names in
+FIXTURES), show no Python traceback, and leave every file that existed before it
+byte-for-byte as it was. Bad images are the exception that does not fail: prepare skips and
+counts the undecodable ones (and converts the odd but valid ones), unless --strict.
 
 docs/bad_input.md is generated from CASES; a test fails when they differ. After changing a
 message or a case, rewrite it with
@@ -46,6 +46,7 @@ DOC = os.path.join(REPO, 'docs', 'bad_input.md')
 # into the printed messages (longer paths first).
 FIXTURES = {
     'RUN': 'the workdir of a run: config, dataset info, a checkpoint of step 2, metrics',
+    'RUN3': 'the same on {DATA3}, with 3 output classes',
     'BROKEN_RUN': 'a copy of {RUN} whose checkpoint has its largest array file cut in half',
     'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/test_train.py` `tiny_config`)',
     'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 images)',
@@ -62,7 +63,7 @@ class Case:
   name: str
   group: str
   what: str  # the bad input, in words
-  tool: str  # launch | prepare | predict
+  tool: str  # launch | prepare | predict | evaluate
   args: tuple[str, ...]  # with {PLACEHOLDERS}
   status: int
   message: str  # the one line it prints, paths as placeholders
@@ -140,6 +141,11 @@ CASES = (
          'predict', ('--workdir={DATA}', '{CASE}/x.JPEG'), 2,
          'error: {DATA} holds no config.json: not the workdir of a training run',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_missing_data', 'paths', 'evaluate with a --data_dir that does not exist',
+         'evaluate', ('--workdir={RUN}', '--data_dir={CASE}/nowhere'), 2,
+         'error: {CASE}/nowhere holds no complete prepared dataset (no finished dataset.json); '
+         'run: python -m alexnet_jax.prepare --source=SRC --output={CASE}/nowhere (or set '
+         'config.data.prepare_from)'),
     Case('predict_missing_image', 'paths', 'predict IMAGE does not exist', 'predict',
          ('--workdir={RUN}', '{CASE}/nowhere.JPEG'), 2,
          'error: cannot read image {CASE}/nowhere.JPEG: No such file or directory'),
@@ -172,6 +178,9 @@ CASES = (
     Case('image_size_mismatch', 'configs', 'image_size other than the prepared one', 'launch',
          _launch('--config.data.crop_size=80', '--config.data.image_size=96'), 2,
          'error: {DATA} was prepared at image_size 72 but config.data.image_size is 96'),
+    Case('zero_pool_size', 'configs', 'a max-pooling window of 0', 'launch',
+         _launch('--config.model.pool_size=0'), 2,
+         'error: config.model.pool_size must be a positive integer, got 0'),
     Case('unknown_init', 'configs', 'unknown init scheme', 'launch',
          _launch('--config.model.init_scheme=xavier'), 2,
          "error: unknown init scheme 'xavier'; expected one of ('paper', 'caffe', 'he')"),
@@ -274,6 +283,28 @@ CASES = (
          ('--workdir={RUN}', '--step=7', '{CASE}/x.JPEG'), 2,
          'error: no checkpoint of step 7 in {RUN}/checkpoints; it has steps [2]',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_no_checkpoint', 'checkpoints', 'evaluate a run without checkpoints',
+         'evaluate', ('--workdir={CASE}/run',), 2,
+         'error: no checkpoint in {CASE}/run ({CASE}/run/checkpoints does not exist)',
+         inputs=(('run', 'run_without_checkpoints'),)),
+    Case('evaluate_missing_step', 'checkpoints', 'evaluate --step of no checkpoint', 'evaluate',
+         ('--workdir={RUN}', '--step=7'), 2,
+         'error: no checkpoint of step 7 in {RUN}/checkpoints; it has steps [2]'),
+    Case('evaluate_best_without_errors', 'checkpoints',
+         'evaluate --step=best where no checkpoint has a validation error', 'evaluate',
+         ('--workdir={RUN}', '--step=best'), 2,
+         'error: no checkpoint in {RUN}/checkpoints has a validation error stored (steps [2]); '
+         'use --step=newest or a step number'),
+    # --------------------------------------------------------------------- ensembles
+    Case('ensemble_other_classes', 'ensembles', 'runs trained with different class counts',
+         'evaluate', ('--workdir={RUN}', '--workdir={RUN3}'), 2,
+         'error: {RUN3} was trained on 3 classes but {RUN} on 10: an ensemble averages '
+         'predictions over the same classes'),
+    Case('ensemble_other_datasets', 'ensembles', 'runs trained on different datasets',
+         'evaluate', ('--workdir={RUN}', '--workdir={CASE}/run'), 2,
+         'error: {CASE}/run was trained on other data ({CASE}/elsewhere) than {RUN} ({DATA}); '
+         'give --data_dir to evaluate all of them on one dataset',
+         inputs=(('run', 'run_on_other_data'),)),
     # --------------------------------------------------------------------- flags
     Case('unknown_flag', 'flags', 'an unknown flag', 'launch', _launch('--epochs=3'), 1,
          "FATAL Flags parsing error: Unknown command line flag 'epochs'"),
@@ -293,6 +324,12 @@ CASES = (
          ('--workdir={RUN}', '--crops=5', '{CASE}/x.JPEG'), 1,
          'FATAL Flags parsing error: flag --crops=5: value should be one of <10|1>',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_bad_step', 'flags', 'evaluate --step neither a number nor newest/best',
+         'evaluate', ('--workdir={RUN}', '--step=last'), 2,
+         "error: --step must be a checkpoint step, 'newest' or 'best', got 'last'"),
+    Case('evaluate_no_workdir', 'flags', 'evaluate without --workdir', 'evaluate', (), 1,
+         'FATAL Flags parsing error: flag --workdir=None: Flag --workdir must have a value other '
+         'than None.'),
     Case('prepare_missing_source_flag', 'flags', 'prepare without --source', 'prepare',
          ('--output={CASE}/out',), 1,
          'FATAL Flags parsing error: flag --source=None: Flag --source must have a value other '
@@ -314,7 +351,8 @@ CASES = (
 )
 
 # Run also as plain `python ...` subprocesses: the forked runs must print the same.
-SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step')
+SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step',
+                    'ensemble_other_classes')
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -350,6 +388,14 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
   if kind == 'run_without_checkpoints':
     shutil.copytree(fixtures['RUN'], path, ignore=shutil.ignore_patterns('checkpoints'))
+    return
+  if kind == 'run_on_other_data':  # the same run, as if trained on data in another folder
+    shutil.copytree(fixtures['RUN'], path)
+    with open(os.path.join(path, 'config.json')) as f:
+      config = json.load(f)
+    config['data']['dir'] = os.path.join(os.path.dirname(path), 'elsewhere')
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      json.dump(config, f)
     return
   if kind == 'jpeg':
     data = _jpeg(_image(seed))
@@ -387,6 +433,7 @@ def _make_fixtures(root: str) -> dict[str, str]:
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
   fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
+              'RUN3': os.path.join(root, 'run3'),
               'DATA3': os.path.join(root, 'data3'), 'CFG': os.path.join(root, 'tiny.py')}
   with open(fixtures['FILE'], 'w') as f:
     f.write('a file, not a folder\n')
@@ -400,6 +447,9 @@ def _make_fixtures(root: str) -> dict[str, str]:
     name = os.path.join('train', 'abc'[i % 3], f'{i}.JPEG')
     _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
+  reliability.write_run_with_checkpoint(
+      test_train.tiny_config(fixtures['DATA3'], num_train_steps=4, final_eval_crops=1,
+                             **{'model.num_classes': 3}), fixtures['RUN3'], step=2)
   return fixtures
 
 
@@ -502,6 +552,7 @@ def serve(spec_path: str) -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   import jax
   from alexnet_jax import cli
+  from alexnet_jax import evaluate
   from alexnet_jax import predict
   from alexnet_jax import prepare
   from alexnet_jax import train
@@ -543,9 +594,11 @@ def _env() -> dict[str, str]:
 
 def render_doc() -> str:
   groups = {'paths': 'Paths', 'configs': 'Configs', 'images': 'Images', 'labels': 'Labels files',
-            'checkpoints': 'Checkpoints', 'flags': 'Flags', 'mesh': 'Mesh shapes'}
+            'checkpoints': 'Checkpoints',
+            'ensembles': 'Ensembles (evaluate with several --workdir)',
+            'flags': 'Flags', 'mesh': 'Mesh shapes'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
-           'predict': 'python -m alexnet_jax.predict'}
+           'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate'}
   cell = lambda s: s.replace('|', '\\|')
   lines = [
       '# Bad input: what each command says',
