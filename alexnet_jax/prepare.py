@@ -288,7 +288,10 @@ def _plan_image_folder(root: str) -> _Plan:
   if not class_names:
     raise ValueError(f'{train_dir} holds no class folders (expected '
                      'train/<class>/<image>)')
-  known = set(imagenet_wnids())
+  try:
+    known = set(imagenet_wnids())
+  except FileNotFoundError:  # no tensorflow-datasets: its labels.txt is sorted, as these are
+    known = set()
   if all(name in known for name in class_names):
     # ImageNet classes take tfds' labels.txt order (a sorted list, as it happens).
     order = {w: i for i, w in enumerate(imagenet_wnids())}

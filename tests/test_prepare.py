@@ -324,6 +324,22 @@ class ImageFolderTest(_StatsAssertions):
           open(os.path.join(output, name), 'rb') as b:
         self.assertEqual(a.read(), b.read(), name)
 
+  def test_without_tensorflow_datasets(self):
+    # An ImageFolder needs no ImageNet label file: the same dataset, byte for byte.
+    output = os.path.join(self.tmp, 'no_tfds')
+    missing = FileNotFoundError('tensorflow-datasets is not installed')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 4), \
+        mock.patch.object(prepare, 'imagenet_wnids', side_effect=missing):
+      prepare.prepare(self.source, output, image_size=SIZE, progress=False)
+    names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
+    self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
+    for name in names + [dataset_format.STATS_FILE]:
+      with open(os.path.join(self.output, name), 'rb') as a, \
+          open(os.path.join(output, name), 'rb') as b:
+        self.assertEqual(a.read(), b.read(), name)
+    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+      self.assertEqual(json.load(f)['class_names'], ['cat', 'dog', 'emu'])
+
   def test_interrupted_run_is_not_complete_and_resumes(self):
     source = os.path.join(self.tmp, 'interrupted')
     _write_image_folder(source, ['a', 'b'], 4, 1, np.random.default_rng(1))
