@@ -9,10 +9,17 @@ on a 2-core AMD EPYC (AVX2) the option makes the paper net's train step ~1.9x fa
 for the paper net and lost ~10% on the one-tower net (benchmarks/README.md). Results
 stay bitwise reproducible from run to run.
 
+Only for jaxlib 0.10, where it was measured (`cpu_flags`). On jaxlib 0.11.2 XLA's own
+choice ran about as fast as `dot,reduce` (0.94x-1.08x among `dot,reduce`, `reduce` and
+the default; 0.79x with YNNPACK off or with 0.10.2's default list; 2 cores, float32,
+batch 32), and the option's `dot` fusion makes the jitted bfloat16 inference forward of
+the network NaN: there XLA keeps its own choice.
+
 It appends to XLA_FLAGS, and changes nothing when that option is already in XLA_FLAGS
 (`--xla_cpu_experimental_ynn_fusion_type=` with nothing after `=` turns YNNPACK off),
 when JAX_PLATFORMS names another backend first or an accelerator plugin is installed,
-or when this process's JAX backend has already started (XLA reads XLA_FLAGS once).
+when this jaxlib gets no option, or when this process's JAX backend has already started
+(XLA reads XLA_FLAGS once).
 """
 
 from __future__ import annotations
@@ -25,7 +32,23 @@ from typing import MutableMapping
 from absl import logging
 
 YNN_OPTION = '--xla_cpu_experimental_ynn_fusion_type'
-CPU_FLAGS = (f'{YNN_OPTION}=dot,reduce',)
+MEASURED_JAXLIB = '0.10.'  # the jaxlib releases the option was measured on
+
+
+def cpu_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:
+  """The XLA:CPU options for a jaxlib release (default: the installed one)."""
+  if jaxlib_version is None:
+    try:
+      jaxlib_version = importlib.metadata.version('jaxlib')
+    except importlib.metadata.PackageNotFoundError:
+      return ()
+  if jaxlib_version.startswith(MEASURED_JAXLIB):
+    return (f'{YNN_OPTION}=dot,reduce',)
+  return ()
+
+
+CPU_FLAGS = cpu_flags()
+
 # Packages that give JAX a default backend other than the CPU when none is named.
 ACCELERATOR_PACKAGES = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                         'jax_rocm7_plugin')
@@ -54,7 +77,7 @@ def configure_xla_cpu(environ: MutableMapping[str, str] | None = None) -> tuple[
   """
   env = os.environ if environ is None else environ
   current = env.get('XLA_FLAGS', '')
-  if YNN_OPTION in current or not backend_will_be_cpu(env):
+  if not CPU_FLAGS or YNN_OPTION in current or not backend_will_be_cpu(env):
     return ()
   if env is os.environ:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top

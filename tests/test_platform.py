@@ -8,7 +8,9 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import numpy as np
 
+from alexnet_jax import model as model_lib
 from alexnet_jax import platform
 from tests.test_plan import REPO
 from tests.test_train import digits_dir
@@ -44,7 +46,41 @@ class BackendTest(parameterized.TestCase):
       self.assertFalse(platform.backend_will_be_cpu({}))
 
 
+class JaxlibTest(parameterized.TestCase):
+
+  @parameterized.parameters(('0.10.2', (OPTION,)), ('0.10.0', (OPTION,)), ('0.11.2', ()),
+                            ('0.12.0.1', ()), ('0.1.0', ()))
+  def test_option_only_for_the_measured_jaxlib(self, version, expected):
+    self.assertEqual(platform.cpu_flags(version), expected)
+
+  def test_no_option_means_nothing_added(self):
+    env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+    with mock.patch.object(platform, 'CPU_FLAGS', ()):
+      self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(env['XLA_FLAGS'], '--xla_force_host_platform_device_count=2')
+
+  def test_bfloat16_inference_forward_is_right_under_the_options(self):
+    # The suite compiles with the options launch.py sets (tests/__init__.py). jaxlib 0.11.2
+    # with dot,reduce computed NaN here; the float32 forward is the reference.
+    kwargs = dict(num_classes=10, towers=2, width=0.25)
+    x = np.random.default_rng(0).normal(0, 50, (4, 64, 64, 3)).astype(np.float32)
+    params = model_lib.AlexNet(**kwargs).init(jax.random.key(0), x[:1])['params']
+    forward = lambda dtype: np.asarray(jax.jit(
+        lambda p, x: model_lib.AlexNet(dtype=dtype, **kwargs).apply({'params': p}, x,
+                                                                    train=False))(params, x))
+    got, want = forward('bfloat16'), forward('float32')
+    self.assertTrue(np.isfinite(got).all(), got)
+    self.assertLess(np.linalg.norm(got - want) / np.linalg.norm(want), 3e-2)
+
+
 class ConfigureTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # What the measured jaxlib gets, whichever jaxlib runs the tests.
+    patcher = mock.patch.object(platform, 'CPU_FLAGS', (OPTION,))
+    patcher.start()
+    self.addCleanup(patcher.stop)
 
   def test_appends_to_existing_flags_once(self):
     env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
@@ -96,7 +132,11 @@ class LaunchTest(absltest.TestCase):
 
   def test_launch_adds_the_options_and_keeps_the_users(self):
     proc = self.dry_run('--xla_backend_optimization_level=0')
-    self.assertIn(f'XLA:CPU options added to XLA_FLAGS: {OPTION}', proc.stderr)
+    if platform.CPU_FLAGS:  # this jaxlib's options (none for an unmeasured release)
+      self.assertIn(f'XLA:CPU options added to XLA_FLAGS: {" ".join(platform.CPU_FLAGS)}',
+                    proc.stderr)
+    else:
+      self.assertNotIn('XLA:CPU options added', proc.stderr)
     self.assertNotIn('not applied', proc.stderr)
     proc = self.dry_run('--xla_backend_optimization_level=0 '
                         '--xla_cpu_experimental_ynn_fusion_type=')
