@@ -2,6 +2,8 @@ r"""Train-pipeline throughput against a plain per-image PIL loader, side by side
 
   python -m benchmarks.input_pipeline          # from the repo root; 1-2 min on 2 cores
   python -m benchmarks.input_pipeline --num_images=2000 --batches=100 --batch_size=128
+  python -m benchmarks.input_pipeline --prepared=DIR --modes=grain_1,grain_n,grain_p \
+      --batch_size=512 --json=input.json          # an existing prepared dataset only
 
 Two kinds of input, both read from files on disk:
   * full-size: generated ImageNet-like JPEGs (500x375, quality 90; random windows of
@@ -19,11 +21,16 @@ For each, images/second of
     and one worker process per core;
 and the ratios pipeline / baseline at equal parallelism. The prepared baseline reads
 the prepared 256x256 JPEGs as files (its resize is then a no-op).
+
+--prepared=DIR skips the generated images and times DIR's train split (the kind
+"prepared" only); --modes picks the measurements (pil_1, grain_1, pil_n, grain_n,
+grain_p); --json writes the rates.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -51,6 +58,12 @@ _CORES = flags.DEFINE_integer('cores', 0, 'Parallelism of the "all cores" rows; 
 _PROCESSES = flags.DEFINE_bool('processes', True, 'Also measure grain worker processes.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Interleaved rounds; the best counts.')
 _KEEP = flags.DEFINE_string('keep', '', 'Keep the generated files in this folder.')
+_PREPARED = flags.DEFINE_string('prepared', '', 'Time this prepared dataset instead of '
+                                'generated images (kind "prepared" only).')
+MODES = ('pil_1', 'grain_1', 'pil_n', 'grain_n', 'grain_p')
+_MODES = flags.DEFINE_list('modes', list(MODES), f'Measurements, of {MODES} (grain_p only '
+                           'with --processes).')
+_JSON = flags.DEFINE_string('json', '', 'Also write the rates to this JSON file.')
 
 CLASSES = 8
 
@@ -199,7 +212,11 @@ def measure_pipeline(source: input_pipeline.RecordSource, info_like: dict[str, A
     iter_dataset = iter_dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=2))
   iterator = iter(iter_dataset)
-  for _ in range(max(1, processes)):  # Warm up (and start the workers).
+  # Warm up (and start the workers) past what the buffers hold, twice over: the threads'
+  # prefetch buffer, or each worker's. Timed from a full buffer, the first batches would
+  # come for free (with 16 threads, 16 of them).
+  buffered = max(2, threads) + 2 * processes
+  for _ in range(2 * buffered):
     next(iterator)
   start = time.perf_counter()
   for _ in range(_BATCHES.value):
@@ -228,53 +245,64 @@ def _best(measurements: dict[str, Callable[[], float]], repeats: int) -> dict[st
   return rates
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  cores = _CORES.value or os.cpu_count() or 1
-  root = _KEEP.value or tempfile.mkdtemp(prefix='input_bench_')
-  os.makedirs(root, exist_ok=True)
-  try:
+def _sources(root: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+  """(record sources, baseline file lists, lighting stats) of each kind of input."""
+  need_files = any(m.startswith('pil') for m in _MODES.value)
+  if _PREPARED.value:
+    prepared, kinds = _PREPARED.value, ('prepared',)
+    full_items = []
+  else:
     start = time.perf_counter()
     full_items = _generate(os.path.join(root, 'images'), _NUM_IMAGES.value,
                            np.random.default_rng(0))
     sizes = [os.path.getsize(p) for p, _ in full_items]
     print(f'generated {len(full_items)} 500x375 JPEGs (quality 90, mean '
           f'{np.mean(sizes) / 1024:.0f} KiB) in {time.perf_counter() - start:.1f} s')
-
-    prepared = os.path.join(root, 'prepared')
+    prepared, kinds = os.path.join(root, 'prepared'), ('full-size', 'prepared')
     shutil.rmtree(prepared, ignore_errors=True)
     report = prepare.prepare(os.path.join(root, 'images'), prepared,
                              image_size=_IMAGE_SIZE.value, progress=False)
     print(f'prepare (1 process): {report["converted"]["train"] / report["seconds"]:.0f}'
           f' img/s')
-    prepared_items = _extract_prepared(prepared, os.path.join(root, 'prepared_files'))
-    info = input_pipeline.load_info(_data_config(prepared))
-    stats = {'eigvals': info.eigvals, 'eigvecs': info.eigvecs}
+  info = input_pipeline.load_info(_data_config(prepared))
+  stats = {'eigvals': info.eigvals, 'eigvecs': info.eigvecs}
+  prepared_source = input_pipeline.open_split(_data_config(prepared), 'train')
+  print(f'prepared train split: {len(prepared_source.records)} records in {prepared}')
+  sources = {'prepared': input_pipeline.RecordSource(Cycled(prepared_source.records),
+                                                     prepared_source.parse, resize=False)}
+  baseline_items = {'prepared': _extract_prepared(prepared, os.path.join(root, 'prepared_files'))
+                    if need_files else []}
+  if 'full-size' in kinds:
+    sources['full-size'] = input_pipeline.RecordSource(Cycled(full_items), read_file,
+                                                       resize=True)
+    baseline_items['full-size'] = full_items
+  return {k: sources[k] for k in kinds}, baseline_items, stats
 
-    prepared_source = input_pipeline.open_split(_data_config(prepared), 'train')
-    sources = {
-        'full-size': input_pipeline.RecordSource(Cycled(full_items), read_file,
-                                                 resize=True),
-        'prepared': input_pipeline.RecordSource(Cycled(prepared_source.records),
-                                                prepared_source.parse, resize=False),
-    }
-    baseline_items = {'full-size': full_items, 'prepared': prepared_items}
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  cores = _CORES.value or os.cpu_count() or 1
+  for mode in _MODES.value:
+    if mode not in MODES:
+      raise app.UsageError(f'unknown mode {mode!r}; choose from {MODES}')
+  root = _KEEP.value or tempfile.mkdtemp(prefix='input_bench_')
+  os.makedirs(root, exist_ok=True)
+  try:
+    sources, baseline_items, stats = _sources(root)
     print(f'batch {_BATCH_SIZE.value}, {_BATCHES.value} timed batches, crop '
           f'{_CROP_SIZE.value}, {cores} cores')
-    measurements = {}
-    for kind in sources:
-      measurements[f'{kind}: pil_1'] = functools.partial(
-          measure_baseline, baseline_items[kind], 1)
-      measurements[f'{kind}: grain_1'] = functools.partial(
-          measure_pipeline, sources[kind], stats, 1, 0)
-      if cores > 1:
-        measurements[f'{kind}: pil_n'] = functools.partial(
-            measure_baseline, baseline_items[kind], cores)
-        measurements[f'{kind}: grain_n'] = functools.partial(
-            measure_pipeline, sources[kind], stats, cores, 0)
-        if _PROCESSES.value:
-          measurements[f'{kind}: grain_p'] = functools.partial(
-              measure_pipeline, sources[kind], stats, 1, cores)
+    factories = {
+        'pil_1': lambda kind: functools.partial(measure_baseline, baseline_items[kind], 1),
+        'grain_1': lambda kind: functools.partial(measure_pipeline, sources[kind], stats, 1, 0),
+        'pil_n': lambda kind: functools.partial(measure_baseline, baseline_items[kind], cores),
+        'grain_n': lambda kind: functools.partial(measure_pipeline, sources[kind], stats, cores,
+                                                  0),
+        'grain_p': lambda kind: functools.partial(measure_pipeline, sources[kind], stats, 1,
+                                                  cores),
+    }
+    modes = [m for m in MODES if m in _MODES.value and (cores > 1 or not m.endswith('_n'))
+             and (m != 'grain_p' or (cores > 1 and _PROCESSES.value))]
+    measurements = {f'{kind}: {m}': factories[m](kind) for kind in sources for m in modes}
     rates = _best(measurements, _REPEATS.value)
     results = {kind: {key.split(': ')[1]: rate for key, rate in rates.items()
                       if key.startswith(kind + ':')} for kind in sources}
@@ -283,17 +311,24 @@ def main(argv: Sequence[str]) -> None:
           'equal parallelism)')
     header = f'{"":30s}' + ''.join(f'{kind:>24s}' for kind in results)
     print(header)
-    rows = [('PIL, 1 worker', 'pil_1', 'pil_1'), ('grain, 1 thread', 'grain_1', 'pil_1')]
-    if cores > 1:
-      rows += [(f'PIL, {cores} workers', 'pil_n', 'pil_n'),
-               (f'grain, {cores} threads', 'grain_n', 'pil_n')]
-      if _PROCESSES.value:
-        rows.append((f'grain, {cores} processes', 'grain_p', 'pil_n'))
+    rows = [('PIL, 1 worker', 'pil_1', 'pil_1'), ('grain, 1 thread', 'grain_1', 'pil_1'),
+            (f'PIL, {cores} workers', 'pil_n', 'pil_n'),
+            (f'grain, {cores} threads', 'grain_n', 'pil_n'),
+            (f'grain, {cores} processes', 'grain_p', 'pil_n')]
     for label, key, ref in rows:
-      cells = ''.join(f'{r[key]:>14.0f} ({r[key] / r[ref]:4.2f}x)' for r in results.values())
+      if key not in modes:
+        continue
+      cells = ''.join(f'{r[key]:>14.0f}' + (f' ({r[key] / r[ref]:4.2f}x)' if ref in r else
+                                              f'{"":>8s}') for r in results.values())
       print(f'{label:30s}{cells}')
-    full, prep = results['full-size'], results['prepared']
-    print(f'prepared vs full-size, grain 1 thread: {prep["grain_1"] / full["grain_1"]:.2f}x')
+    if 'full-size' in results and 'grain_1' in modes:
+      full, prep = results['full-size'], results['prepared']
+      print(f'prepared vs full-size, grain 1 thread: {prep["grain_1"] / full["grain_1"]:.2f}x')
+    if _JSON.value:
+      with open(_JSON.value, 'w') as f:
+        json.dump({'cores': cores, 'batch_size': _BATCH_SIZE.value, 'batches': _BATCHES.value,
+                   'repeats': _REPEATS.value, 'crop_size': _CROP_SIZE.value,
+                   'prepared': _PREPARED.value or None, 'images_per_sec': results}, f, indent=1)
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)

@@ -83,7 +83,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help='auto: the XLA:CPU options of alexnet_jax.platform.configure_xla_cpu(); '
                       'off: none (XLA_FLAGS from the environment still apply)')
   p.add_argument('--gemm', type=int, default=0, help='GEMM side for the peak; 0: by backend')
-  p.add_argument('--json', default='', help='also write the rows to this JSON file')
+  p.add_argument('--json', default='', help='also write the rows to this JSON file (after '
+                 'each case, so a time limit keeps the finished ones)')
+  p.add_argument('--json_append', action='store_true',
+                 help='keep the rows already in --json and add these (peaks: the best of both)')
   args = p.parse_args(argv)
   for name in args.nets:
     if name not in NETS:
@@ -360,9 +363,16 @@ def check_torch_lrn() -> float:
 
 
 class TorchStep:
-  """The same train step in PyTorch eager: uint8 NHWC crops in, SGD update out."""
+  """The same train step in PyTorch: uint8 NHWC crops in, SGD update out.
 
-  def __init__(self, case: Case):
+  Eager NCHW by default; channels_last puts the net and its input in NHWC memory
+  order (what cuDNN's tensor-core convolutions prefer); compile wraps the net in
+  torch.compile (the forward and backward; the optimizer stays eager), compiled at
+  the warm-up step, which `compile_s` times.
+  """
+
+  def __init__(self, case: Case, channels_last: bool = False, compile: bool = False,  # pylint: disable=redefined-builtin
+               warmup: int = 1):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     self.torch = torch
@@ -376,6 +386,8 @@ class TorchStep:
       if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
         torch.nn.init.normal_(m.weight, std=0.01)
         torch.nn.init.zeros_(m.bias)
+    self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    self.net = self.net.to(memory_format=self.memory_format)
     self.net.train()
     self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     host = numpy_batch(case.batch)
@@ -387,13 +399,21 @@ class TorchStep:
     ).to(self.device)
     self.autocast = case.dtype == 'bfloat16'
     self.batch_size = case.batch
-    self.run(1)  # warm-up
+    self.model = self.net
+    if compile:
+      self.model = torch.compile(self.net, dynamic=False)
+    start = time.perf_counter()
+    self.run(1)  # warm-up: cuDNN's algorithm search, and compilation if asked
+    self.compile_s = time.perf_counter() - start
+    if warmup > 1:
+      self.run(warmup - 1)
 
   def _step(self):
     torch = self.torch
     x = self.image.permute(0, 3, 1, 2).float() - self.mean + self.shift
+    x = x.contiguous(memory_format=self.memory_format)
     with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
-      logits = self.net(x)
+      logits = self.model(x)
     loss = torch.nn.functional.cross_entropy(logits.float(), self.label)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -497,6 +517,41 @@ def measure(case: Case, args, use_torch: bool,
   return rows
 
 
+def _add_rates(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
+  """Achieved GFLOP/s and its fraction of the measured GEMM peak of the row's dtype."""
+  for row in rows:
+    row['gflop_s'] = row['jax_img_s'] * row['train_gflop_per_image']
+    row['gemm_peak_gflop_s'] = peaks[row['dtype']]
+    row['peak_fraction'] = row['gflop_s'] / peaks[row['dtype']]
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, earlier: dict[str, Any], rows: list[dict[str, Any]],
+                peaks: dict[str, float]) -> None:
+  """Writes `earlier`'s rows and these (their rates against `peaks`), atomically."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rows = [dict(r) for r in rows]
+  _add_rates(rows, peaks)
+  merged = dict(earlier.get('peaks', {}))
+  for dtype, value in peaks.items():
+    merged[dtype] = max(merged.get(dtype, 0.0), value)
+  runs = earlier.get('runs', []) + [{
+      'argv': sys.argv[1:], 'xla_flags': os.environ.get('XLA_FLAGS', ''), 'peaks': dict(peaks),
+      'jax': jax.__version__, 'backend': jax.default_backend(),
+      'device_kind': jax.devices()[0].device_kind, 'host_cores': os.cpu_count()}]
+  out = {'xla_flags': os.environ.get('XLA_FLAGS', ''), 'peaks': merged, 'runs': runs,
+         'rows': earlier.get('rows', []) + rows}
+  with open(path + '.tmp', 'w') as f:
+    json.dump(out, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   # Everything that shapes the XLA backend happens before it starts.
@@ -526,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   print('GEMM peak so far (GFLOP/s): ' + ', '.join(f'{k} {v:.0f}' for k, v in peak.best.items()),
         flush=True)
 
-  rows = []
+  earlier = _read_json(args.json) if args.json and args.json_append else {}
+  rows: list[dict[str, Any]] = []
   for net in args.nets:
     for dtype in args.dtypes:
       for mesh in args.meshes:
@@ -534,12 +590,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           case = Case(net, batch, dtype, mesh)
           print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}:', flush=True)
           rows.extend(measure(case, args, use_torch, peak))
+          if args.json:
+            _write_json(args.json, earlier, rows, peak.best)
   peak.sample(trials=3)
   peaks = peak.best
-  for row in rows:
-    row['gflop_s'] = row['jax_img_s'] * row['train_gflop_per_image']
-    row['gemm_peak_gflop_s'] = peaks[row['dtype']]
-    row['peak_fraction'] = row['gflop_s'] / peaks[row['dtype']]
+  _add_rates(rows, peaks)
 
   print(f'\ntrain step, images/second (median of {args.rounds} interleaved rounds of '
         f'{args.steps} steps; JAX/PT: median of the per-round ratios, and their range); '
@@ -558,9 +613,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           + f'{row["jax_img_s"]:8.1f}{pt}{row["gflop_s"]:9.1f}{row["peak_fraction"]:8.0%}'
           + (f'{row["vs_first"]:8.2f}x' if with_variants else '') + f'{row["compile_s"]:7.0f}s')
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'xla_flags': os.environ.get('XLA_FLAGS', ''), 'peaks': peaks, 'rows': rows}, f,
-                indent=1)
+    _write_json(args.json, earlier, rows, peaks)
   return rows
 
 
