@@ -70,6 +70,8 @@ if (( smoke )); then
   torch_eager=(--batches=2,4 --rounds=1 --steps=1 --warmup=1)
   torch_compile=(--batches=4 --rounds=1 --steps=1 --warmup=1)
 else
+  # A JAX whose CUDA plugin fails would fall back to the CPU with a warning; fail instead.
+  export JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}"
   budget="${GPU_BUDGET_S:-500}"
   cap_scale=1
   step_bf16=(--batches=128,256,512,1024 --rounds=5 --steps=20)
