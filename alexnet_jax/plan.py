@@ -147,7 +147,7 @@ class Plan:
   train_examples_per_host_epoch: int | None
   param_count: int
   memory: Memory
-  device_memory: int | None  # bytes, from Target.device_memory_gib
+  device_memory_gib: float | None  # Target.device_memory_gib
   flops_per_image: int  # training, per image
   epoch_flops: int | None  # the images of one epoch's steps
   images_per_sec: float | None  # whole job: given, or devices x peak x efficiency
@@ -159,6 +159,10 @@ class Plan:
   @property
   def param_bytes_per_device(self) -> int:
     return self.memory.params
+
+  @property
+  def device_memory(self) -> int | None:
+    return None if self.device_memory_gib is None else int(self.device_memory_gib * GIB)
 
   @property
   def epoch_seconds(self) -> float | None:
@@ -341,8 +345,6 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
   if classes_split == 1 and model_splits > 1:
     whole_note = (f'whole on every device: {exp.model.num_classes} classes do not split over '
                   f'{model_splits} devices (docs/sharding.md)')
-  device_memory = (None if target.device_memory_gib is None
-                   else int(target.device_memory_gib * GIB))
   plan = Plan(
       backend=platform, planned=target.devices is not None, num_devices=mesh.size,
       num_processes=processes, mesh_data=data_axis, mesh_model=model_axis, mesh_note=mesh_note,
@@ -353,7 +355,8 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       val_examples=None if info is None else info.split_sizes.get('val'),
       steps_per_epoch=spe, total_steps=steps, train_examples_per_host_epoch=per_host,
       param_count=sum(math.prod(r.shape) for r in param_rows), memory=memory,
-      device_memory=device_memory, flops_per_image=flops_per_image, epoch_flops=epoch_flops,
+      device_memory_gib=target.device_memory_gib, flops_per_image=flops_per_image,
+      epoch_flops=epoch_flops,
       images_per_sec=images_per_sec, speed_note=speed_note, shards=param_rows,
       whole_note=whole_note, not_computed=tuple(not_computed))
   check_memory(plan)
@@ -376,7 +379,7 @@ def check_memory(plan: Plan) -> None:
       f'the plan needs about {_size(m.total)} per device (weights, gradients and optimizer '
       f'state {_size(m.params + m.gradients + m.opt_state)}, activations '
       f'{_size(m.activations)} at {plan.batch_per_device} images per device), more than '
-      f'--plan_device_memory_gib={plan.device_memory / GIB:g}; {advice}')
+      f'--plan_device_memory_gib={plan.device_memory_gib:g}; {advice}')
 
 
 # ----------------------------------------------------------------------------- output
@@ -434,7 +437,7 @@ def format_plan(plan: Plan) -> str:
       f'  total           {m.total:>16,} bytes ({_size(m.total)})',
   ]
   if plan.device_memory is not None:
-    lines.append(f'  fits in --plan_device_memory_gib={plan.device_memory / GIB:g}; the largest '
+    lines.append(f'  fits in --plan_device_memory_gib={plan.device_memory_gib:g}; the largest '
                  f'per-device batch that fits is {m.largest_batch(plan.device_memory)}')
   work = (f'work: {plan.flops_per_image:,} FLOP per training image (3 x 2 x the forward '
           'multiply-adds)')
