@@ -237,10 +237,12 @@ def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int
   for p in range(processes):
     try:
       counts.add(sharding.data_shard_of(owners, p)[1])
-    except ValueError as e:
-      raise ValueError(f'{mesh_data * mesh_model // processes} devices per process do not '
-                       f'hold whole model pairs or whole data rows of the mesh data={mesh_data} '
-                       f'x model={mesh_model} ({e}); choose another --plan_processes') from None
+    except ValueError:
+      raise ValueError(f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
+                       f'devices in each process, which cuts the model pairs of the mesh '
+                       f'data={mesh_data} x model={mesh_model} unevenly (a process holds whole '
+                       'pairs, or one device of one pair); choose another --plan_processes'
+                       ) from None
   return counts.pop()
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -434,6 +435,54 @@ class ShardedStepTest(parameterized.TestCase):
         # Only the data-parallel sum of the grouped weights' gradients.
         self.assertEqual(kind, 'all-reduce', name)
         self.assertGreater(data, 1, name)
+
+
+  def test_whole_fc8_collectives(self):
+    """3 classes over model=2: fc8 whole on both devices (docs/sharding.md, "Any class count").
+
+    Each device multiplies its half of fc7's neurons by the matching rows of fc8 and the
+    partial logits are summed: no gather of fc8's input, and no all-reduce in the softmax.
+    """
+    model_config = dict(tiny.MODEL, num_classes=3)
+    mesh = sharding.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2],
+                                model_config=model_config)
+    rules = sharding.rules_for_sizes(tiny.RULES, mesh.shape, 3)
+    model = model_lib.AlexNet(**model_config)
+    optimizer = tiny.create_optimizer()
+
+    def init(rng):
+      params = model.init(rng, np.zeros((1, tiny.IMAGE, tiny.IMAGE, 3), np.float32))['params']
+      return {'params': params, 'opt_state': optimizer.init(nn.unbox(params))}
+
+    def step(state, batch):
+      def loss_fn(params):
+        logits = model.apply({'params': params}, batch['image'])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                             batch['label'][:, None], axis=1))
+      grads = jax.grad(loss_fn)(state['params'])
+      updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+      return {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state}
+
+    with sharding.use_mesh(mesh, rules):
+      shapes = jax.eval_shape(init, jax.random.key(0))
+      shardings = sharding.param_shardings(shapes, mesh, rules)
+    self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
+    abstract = sharding.abstract(shapes, shardings)
+    batch = {'image': jax.ShapeDtypeStruct((tiny.BATCH, tiny.IMAGE, tiny.IMAGE, 3), jnp.float32,
+                                           sharding=sharding.batch_sharding(mesh)),
+             'label': jax.ShapeDtypeStruct((tiny.BATCH,), jnp.int32,
+                                           sharding=sharding.batch_sharding(mesh))}
+    hlo = jax.jit(sharding.bind_mesh(step, mesh, rules), out_shardings=shardings).lower(
+        abstract, batch).compile().as_text()
+    found = collectives(hlo)
+    forward_fc8 = [(kind, shape) for kind, shape, name in found
+                   if re.search(r'jvp\(AlexNet\)/fc8/', name) and 'transpose' not in name]
+    self.assertEqual(forward_fc8, [('all-reduce', f'f32[{tiny.BATCH},3]{{1,0}}')], found)
+    softmax = [name for kind, _, name in found if kind == 'all-reduce'
+               and re.search(r'reduce_(max|sum)$', name)]
+    self.assertEqual(softmax, [], found)
+    self.assertNotIn('fc8', ' '.join(name for kind, _, name in found if kind == 'all-gather'
+                                     and 'dot_general' in name and 'transpose' not in name))
 
 
 # ----------------------------------------------------------------------------- grouped layers
