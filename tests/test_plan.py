@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -252,6 +253,36 @@ class PlannedTargetTest(parameterized.TestCase):
     for row in fc8_rows:
       self.assertIn('whole on every device: 37 classes do not split over 2 devices', row)
     self.assertIn('(4096, 37)', next(r for r in fc8_rows if 'kernel' in r).split(')', 1)[1])
+
+
+def indented_blocks(markdown: str) -> list[list[str]]:
+  """The markdown's indented code blocks, each as its lines without the 4-space indent."""
+  blocks, current = [], []
+  for line in markdown.splitlines() + ['']:
+    if line.startswith('    '):
+      current.append(line[4:])
+    elif current:
+      blocks.append(current)
+      current = []
+  return blocks
+
+
+class ReadmeClusterPlanTest(absltest.TestCase):
+
+  def test_readme_shows_the_real_output(self):
+    """README "Clusters": the login-node dry run and the output pasted under it agree."""
+    with open(os.path.join(REPO, 'README.md')) as f:
+      readme = f.read()
+    clusters = readme[readme.index('## Clusters'):]
+    clusters = clusters[:clusters.index('\n## ', 3)]
+    blocks = indented_blocks(clusters)
+    index = next(i for i, b in enumerate(blocks)
+                 if b[0].startswith('python launch.py') and '--plan_devices' in ' '.join(b))
+    command = shlex.split(' '.join(line.rstrip('\\') for line in blocks[index]))
+    self.assertEqual(command[:2], ['python', 'launch.py'])
+    proc = launch(command[2:], launch_env(1))
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertEqual(proc.stdout.splitlines(), blocks[index + 1])
 
 
 def free_slurm_port() -> int:
