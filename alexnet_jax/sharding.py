@@ -3,22 +3,27 @@
 The mesh has two axes. `model` plays the paper's two GPUs: with `model=2`,
 device m holds tower m of the grouped layers (conv2, conv4, conv5), half of
 the kernels of conv1 and conv3, and half of the neurons of fc6, fc7 and fc8
-(every layer's output channels or neurons are split). `data` repeats that pair
+(every layer's output channels or neurons are split; fc8 only when the class
+count splits, else it is whole on every device). `data` repeats that pair
 over the remaining devices, each pair taking its own slice of the batch.
+`config.mesh.model='auto'` is 2 on an even device count, else 1.
 
-The model names the axes of its weights (`conv_out`, `fc_out`, ...); the rules
-table in `config.mesh.rules` maps those names onto the mesh axes, and this
-module turns the pair into shardings. `experiment.setup` uses it in the order a
-run needs it:
+The model names the axes of its weights (`conv_out`, `fc_out`, `classes`, ...);
+the rules table in `config.mesh.rules` maps those names onto the mesh axes
+(`rules_for_sizes` adapts it to a mesh), and this module turns the pair into
+shardings. `experiment.setup` uses it in the order a run needs it:
 
   init_distributed(...)                        # before any other JAX call (launch.py)
   mesh = create_mesh(config.mesh, model_config=config.model)
-  rules = logical_rules(config)
+  rules = rules_for_sizes(logical_rules(config), mesh.shape, num_classes)
   check_batch_divisible(config.batch_size, mesh)
   state, shardings = create_sharded_state(init_fn, rng, mesh, rules)
   step = jax.jit(bind_mesh(train_step, mesh, rules),   # grouped convs stay tower-local
                  in_shardings=(shardings, batch_sharding(mesh)), out_shardings=...)
   batch = make_global_batch(local_numpy_batch, mesh)
+
+A mesh can be abstract (`create_abstract_mesh`): shapes and shardings without
+devices, for the dry run's plan of a cluster.
 
 docs/sharding.md shows which device holds what and where devices communicate.
 """

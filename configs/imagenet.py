@@ -89,8 +89,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log.every_steps = 100  # Train metrics (loss, error, lr, images/s) every this many steps.
   config.log.tensorboard = True  # Write TensorBoard event files in the workdir.
   config.log.progress = True  # Progress bar when the console is interactive.
-  # (start, stop): a jax.profiler trace of steps start..stop-1 in WORKDIR/profile (host 0);
-  # () = off.
-  config.log.profile_steps = ()
+  config.log.profile_steps = ()  # (start, stop): profile steps start..stop-1 into WORKDIR/profile.
 
   return config
