@@ -92,9 +92,11 @@ def auto_model_axis(num_devices: int, model_config: Any = None) -> tuple[int, st
   two; else 1 (data parallelism only). On one device the two-tower network is
   still the same network: its grouped convs run on that device.
   """
+  if num_devices == 1:
+    return 1, "config.mesh.model 'auto' chose 1: 1 device holds both towers"
   if num_devices % 2:
-    return 1, (f"config.mesh.model 'auto' chose 1: {num_devices} device"
-               f"{'s' if num_devices > 1 else ''}, an odd count, cannot pair up")
+    return 1, (f"config.mesh.model 'auto' chose 1: {num_devices} devices, an odd count, "
+               'cannot pair up; each holds both towers')
   if model_config is not None:
     try:
       check_model_axis(model_config, 2)

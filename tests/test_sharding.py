@@ -149,7 +149,7 @@ class MeshTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ('even', 4, -1, (2, 2), "'auto' chose 2: 4 devices, an even count"),
       ('odd', 3, -1, (3, 1), "'auto' chose 1: 3 devices, an odd count"),
-      ('one', 1, -1, (1, 1), "'auto' chose 1: 1 device, an odd count"),
+      ('one', 1, -1, (1, 1), "'auto' chose 1: 1 device holds both towers"),
       ('data_fixed', 4, 2, (2, 2), "'auto' takes the devices config.mesh.data=2 leaves"))
   def test_auto_model_axis(self, devices, data, expected, note):
     shape = sharding.mesh_shape({'data': data, 'model': 'auto'}, devices, tiny.MODEL)
