@@ -214,6 +214,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
     self.assertEqual(result['val_top1_err'], final['val_top1_err'])
     self.assertTrue(os.path.exists(os.path.join(workdir, 'config.json')))
     self.assertIn('6', os.listdir(os.path.join(workdir, 'checkpoints')))
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'profile')))  # profiling is off
 
   def test_model_split_matches_pure_data_parallel(self):
     """The paper's split (model=2, data=4) trains the same numbers as data=8."""
