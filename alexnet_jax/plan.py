@@ -274,6 +274,56 @@ def _choice_notes(raw: ml_collections.ConfigDict, platform: str, cores_from: str
   return dtype_note, threads_note
 
 
+@dataclasses.dataclass(frozen=True)
+class _Topology:
+  config: ml_collections.ConfigDict  # resolved for the platform and cores planned for
+  mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
+  platform: str
+  processes: int
+  batch_slices: int  # sharding.data_shard's count: slices of each batch over the processes
+  cores_from: str  # where the decoder-thread count came from, in words
+
+
+def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
+  """The resolved config and the mesh: of the visible devices, or of the target's."""
+  if target.devices is None:
+    cores = os.cpu_count() or 1
+    config = config_lib.load(raw)
+    mesh = experiment.create_mesh(config)
+    return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
+                     sharding.data_shard(mesh)[1], f"this machine's {cores} cores")
+  if target.host_cores is None:
+    cores = os.cpu_count() or 1
+    cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
+  else:
+    cores, cores_from = target.host_cores, f'--plan_host_cores={target.host_cores}'
+  config = config_lib.load(raw, platform=target.platform, cpu_count=cores)
+  mesh = experiment.create_abstract_mesh(config, target.devices)
+  processes = target.processes or 1
+  slices = _planned_batch_split(mesh.shape['data'], mesh.shape['model'], processes)
+  return _Topology(config, mesh, target.platform, processes, slices, cores_from)
+
+
+def _speed(target: Target, num_devices: int, flops_per_image: int
+           ) -> tuple[float | None, str]:
+  """Training images per second of the whole job, and where the figure came from."""
+  if target.peak_tflops is None:
+    return target.images_per_sec, '--plan_images_per_sec'
+  flops_per_sec = num_devices * target.peak_tflops * 1e12 * target.efficiency
+  return flops_per_sec / flops_per_image, (f'{num_devices} devices x {target.peak_tflops:g} '
+                                           f'TFLOP/s x efficiency {target.efficiency:g}')
+
+
+def _whole_note(config: ml_collections.ConfigDict, exp: experiment.Experiment) -> str:
+  """Why fc8 is whole on every device, when the mesh's rules keep it whole ('' otherwise)."""
+  sizes = dict(exp.mesh.shape)
+  configured = output_splits(sharding.logical_rules(config), sizes)['classes']
+  if output_splits(exp.rules, sizes)['classes'] == 1 and configured > 1:
+    return (f'whole on every device: {exp.model.num_classes} classes do not split over '
+            f'{configured} devices (docs/sharding.md)')
+  return ''
+
+
 def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) -> Plan:
   """The plan of `config` on the visible devices, or on `target`'s.
 
@@ -282,28 +332,10 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
   """
   target = target or Target()
   target.check()
-  raw = config
-  if target.devices is None:
-    platform, processes = jax.default_backend(), jax.process_count()
-    cores = os.cpu_count() or 1
-    cores_from = f"this machine's {cores} cores"
-    config = config_lib.load(raw)
-    mesh = experiment.create_mesh(config)
-    shard_count = sharding.data_shard(mesh)[1]
-  else:
-    platform, processes = target.platform, target.processes or 1
-    if target.host_cores is None:
-      cores = os.cpu_count() or 1
-      cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
-    else:
-      cores, cores_from = target.host_cores, f'--plan_host_cores={target.host_cores}'
-    config = config_lib.load(raw, platform=platform, cpu_count=cores)
-    mesh = experiment.create_abstract_mesh(config, target.devices)
+  top = _topology(config, target)
+  raw, config, mesh = config, top.config, top.mesh
   data_axis, model_axis = mesh.shape['data'], mesh.shape['model']
-  if target.devices is not None:
-    shard_count = _planned_batch_split(data_axis, model_axis, processes)
-  mesh_note = sharding.mesh_shape(config.mesh, mesh.size, config.model).note
-  dtype_note, threads_note = _choice_notes(raw, platform, cores_from)
+  dtype_note, threads_note = _choice_notes(raw, top.platform, top.cores_from)
 
   info, train_n, data_note = _read_dataset(config, target)
   exp = experiment.setup(config, info, mesh=mesh)
@@ -319,48 +351,37 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       activations=activation_bytes(exp.model, crop, batch_per_device, splits),
       activations_per_image=activation_bytes(exp.model, crop, 1, splits))
 
+  flops_per_image = training_flops_per_image(exp.model, crop)
+  images_per_sec, speed_note = _speed(target, mesh.size, flops_per_image)
   spe = steps = per_host = epoch_flops = None
   not_computed = []
   if train_n is not None:
     spe, steps = experiment.count_steps_for(config, train_n)
-    per_host = train_n // shard_count
+    per_host = train_n // top.batch_slices
+    epoch_flops = spe * config.batch_size * flops_per_image
   else:
     not_computed += ['steps per epoch', 'total steps', 'train images per process',
                      'FLOPs per epoch']
-  flops_per_image = training_flops_per_image(exp.model, crop)
-  if spe is not None:
-    epoch_flops = spe * config.batch_size * flops_per_image
-  images_per_sec, speed_note = target.images_per_sec, '--plan_images_per_sec'
-  if target.peak_tflops is not None:
-    images_per_sec = mesh.size * target.peak_tflops * 1e12 * target.efficiency / flops_per_image
-    speed_note = (f'{mesh.size} devices x {target.peak_tflops:g} TFLOP/s x efficiency '
-                  f'{target.efficiency:g}')
   if images_per_sec is None:
     not_computed.append('time per epoch and per run (give --plan_images_per_sec, or '
                         '--plan_peak_tflops with --plan_efficiency)')
   elif spe is None:
     not_computed.append('time per epoch and per run')
 
-  classes_split = splits['classes']
-  model_splits = output_splits(sharding.logical_rules(config), dict(mesh.shape))['classes']
-  whole_note = ''
-  if classes_split == 1 and model_splits > 1:
-    whole_note = (f'whole on every device: {exp.model.num_classes} classes do not split over '
-                  f'{model_splits} devices (docs/sharding.md)')
   plan = Plan(
-      backend=platform, planned=target.devices is not None, num_devices=mesh.size,
-      num_processes=processes, mesh_data=data_axis, mesh_model=model_axis, mesh_note=mesh_note,
+      backend=top.platform, planned=target.devices is not None, num_devices=mesh.size,
+      num_processes=top.processes, mesh_data=data_axis, mesh_model=model_axis,
+      mesh_note=sharding.mesh_shape(config.mesh, mesh.size, config.model).note,
       dtype=str(config.model.dtype), dtype_note=dtype_note, num_threads=config.data.num_threads,
       threads_note=threads_note, global_batch=config.batch_size,
-      batch_per_process=config.batch_size // shard_count, batch_per_device=batch_per_device,
-      data_note=data_note, train_examples=train_n,
+      batch_per_process=config.batch_size // top.batch_slices,
+      batch_per_device=batch_per_device, data_note=data_note, train_examples=train_n,
       val_examples=None if info is None else info.split_sizes.get('val'),
       steps_per_epoch=spe, total_steps=steps, train_examples_per_host_epoch=per_host,
       param_count=sum(math.prod(r.shape) for r in param_rows), memory=memory,
       device_memory_gib=target.device_memory_gib, flops_per_image=flops_per_image,
-      epoch_flops=epoch_flops,
-      images_per_sec=images_per_sec, speed_note=speed_note, shards=param_rows,
-      whole_note=whole_note, not_computed=tuple(not_computed))
+      epoch_flops=epoch_flops, images_per_sec=images_per_sec, speed_note=speed_note,
+      shards=param_rows, whole_note=_whole_note(config, exp), not_computed=tuple(not_computed))
   check_memory(plan)
   return plan
 
