@@ -1,7 +1,10 @@
 """The train and eval steps, train_and_evaluate end to end, resume and preemption."""
 
+import glob
+import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +214,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
     self.assertEqual(result['val_top1_err'], final['val_top1_err'])
     self.assertTrue(os.path.exists(os.path.join(workdir, 'config.json')))
     self.assertIn('6', os.listdir(os.path.join(workdir, 'checkpoints')))
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'profile')))  # profiling is off
 
   def test_model_split_matches_pure_data_parallel(self):
     """The paper's split (model=2, data=4) trains the same numbers as data=8."""
@@ -221,6 +225,31 @@ class TrainAndEvaluateTest(absltest.TestCase):
     train.train_and_evaluate(cfg2, two)
     loss = lambda w: [r['loss'] for r in read_metrics(w) if r['kind'] == 'train']
     np.testing.assert_allclose(loss(one), loss(two), rtol=1e-4)
+
+
+class ProfileTest(absltest.TestCase):
+
+  def test_trace_of_the_chosen_steps(self):
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(tiny_config(digits_dir(), num_train_steps=4, final_eval_crops=1,
+                                         **{'log.profile_steps': (2, 4)}), workdir)
+    runs = glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*'))
+    self.assertLen(runs, 1)  # one trace, started once
+    # TensorBoard's profile plugin reads the XPlane file, Perfetto the trace events.
+    xplane = glob.glob(os.path.join(runs[0], '*.xplane.pb'))
+    self.assertLen(xplane, 1)
+    self.assertGreater(os.path.getsize(xplane[0]), 0)
+    perfetto = os.path.join(runs[0], 'perfetto_trace.json.gz')
+    with gzip.open(perfetto, 'rt') as f:
+      events = json.load(f)
+    events = events['traceEvents'] if isinstance(events, dict) else events
+    names = [e.get('name', '') for e in events]
+    # Steps 2 and 3, and only they, ran inside the trace: two executions of the train step.
+    executions = [n for n in names if re.fullmatch(r'\S*Execute \(jit_train_step\)', n)]
+    self.assertLen(executions, 2, sorted(set(names)))
+
+  def test_off_by_default(self):
+    self.assertEqual(tuple(imagenet.get_config().log.profile_steps), ())
 
 
 class ResumeTest(absltest.TestCase):
