@@ -222,10 +222,11 @@ class TowerTest(parameterized.TestCase):
   def test_network_level_towers(self, impl):
     """In the real network, conv2, conv4 and conv5 connect only within a tower; conv3 crosses.
 
-    Changing conv1's tower-0 filters (all but the last two, which the LRN's window of 5
-    would carry into tower 1) changes conv2's tower-0 outputs and leaves its tower-1
-    outputs bitwise as they were, yet reaches both towers of conv3. Changing conv3's
-    tower-0 filters leaves tower 1 of conv4 and conv5 as it was.
+    The filters changed in conv1 and conv2 are those of tower 0 but its last two, which
+    the LRN's window of 5 channels would carry into tower 1. Changing them in conv1
+    changes conv2's tower-0 outputs and leaves its tower-1 outputs bitwise as they were;
+    changing them in conv2 reaches tower 1 of conv3. Changing conv3's tower-0 filters
+    leaves tower 1 of conv4 and conv5 as it was.
     """
     net = model_lib.AlexNet(width=0.125, num_classes=10, group_impl=impl)
     params = init_params(net, 67)  # conv widths 12, 32, 48, 48, 32: towers of 6, 16, 24, 24, 16
@@ -253,6 +254,7 @@ class TowerTest(parameterized.TestCase):
     after = changed('conv1', slice(0, 4))
     np.testing.assert_array_equal(tower(after['conv2'], 1), tower(base['conv2'], 1))
     self.assertFalse(np.array_equal(tower(after['conv2'], 0), tower(base['conv2'], 0)))
+    after = changed('conv2', slice(0, 14))
     self.assertFalse(np.array_equal(tower(after['conv3'], 1), tower(base['conv3'], 1)),
                      'conv3 reads both towers of conv2 (section 3.2)')
     after = changed('conv3', slice(0, 24))

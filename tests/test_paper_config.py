@@ -148,16 +148,10 @@ class ImagenetConfigTest(absltest.TestCase):
 
   def test_fields_are_the_papers(self):
     config = imagenet.get_config()
-    for field, (value, source) in PAPER_FIELDS.items():
-      with self.subTest(field):
-        self.assertEqual(config_lib.get(config, field), value,
-                         f'config.{field} must be {value!r} ({source})')
-
-  def test_pooling_and_dropout_placement_are_the_papers(self):
-    # Overlapping pooling (section 3.4) at every max-pool, and the LRN after conv1 and
-    # conv2 (section 3.5), are not config fields: see PaperNetworkTest for the network.
-    self.assertEqual((model_lib.POOL_WINDOW, model_lib.POOL_STRIDE), (POOL_Z, POOL_S),
-                     'section 3.4: s = 2, z = 3')
+    wrong = [f'config.{field} is {config_lib.get(config, field)!r}, the paper\'s is {value!r} '
+             f'({source})' for field, (value, source) in PAPER_FIELDS.items()
+             if config_lib.get(config, field) != value]
+    self.assertEqual(wrong, [], '\n'.join(wrong))
 
 
 class DigitsConfigTest(absltest.TestCase):
@@ -176,18 +170,11 @@ class DigitsConfigTest(absltest.TestCase):
     for field, value in listed.items():
       self.assertEqual(changed[field], value, f'config.{field} of digits.py')
 
-  def test_digits_keeps_the_papers_optimizer_and_network(self):
-    config = digits.get_config()
-    for field in ('optim.learning_rate', 'optim.momentum', 'optim.weight_decay',
-                  'model.dropout_rate', 'model.use_lrn', 'model.towers', 'data.lighting_std'):
-      value, source = PAPER_FIELDS[field]
-      self.assertEqual(config_lib.get(config, field), value, f'{field} ({source})')
-
 
 class PaperNetworkTest(absltest.TestCase):
   """The network configs/imagenet.py builds, at 1/8 width (every other field as shipped).
 
-  One training-mode forward pass of eight 224x224 images, intermediates captured.
+  One training-mode forward pass of eight 224x224 images in float32, intermediates captured.
   conv1 and conv2 kernels are scaled up so that the ReLU outputs reach the size at
   which the LRN's sum term matters next to k (pixels minus the mean, as in the paper,
   give that only with trained kernels).
@@ -200,6 +187,7 @@ class PaperNetworkTest(absltest.TestCase):
     super().setUpClass()
     config = paper_config()
     config.model.width = 0.125  # conv widths 12, 32, 48, 48, 32; fc 512
+    config.model.dtype = 'float32'  # as on CPU ('auto'); the tolerances below are float32's
     cls.model = model_lib.from_config(config.model)
     crop = config.data.crop_size
     params = nn.unbox(cls.model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 3))))['params']
