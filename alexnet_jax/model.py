@@ -429,23 +429,30 @@ class AlexNet(nn.Module):
       kinit, bias = layer_init(self.init_scheme, name)
       return Dense(features, kinit, bias, dtype, out_axis, name=name)(inp)
 
+    def sown(name: str, value: Array) -> Array:
+      # LRN, pooling and dropout are functions, not modules, so `capture_intermediates`
+      # does not see them; sown under names, the tests can check each against the paper.
+      # A no-op unless the caller makes 'intermediates' mutable.
+      self.sow('intermediates', name, value)
+      return value
+
     x = nn.relu(conv('conv1', convs[0], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x, self.pool_size, self.pool_stride)
+      x = sown('lrn1', local_response_norm(x))
+    x = sown('pool1', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv2', convs[1], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x, self.pool_size, self.pool_stride)
+      x = sown('lrn2', local_response_norm(x))
+    x = sown('pool2', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv3', convs[2], x))
     x = nn.relu(conv('conv4', convs[3], x))
     x = nn.relu(conv('conv5', convs[4], x))
-    x = max_pool(x, self.pool_size, self.pool_stride)
+    x = sown('pool5', max_pool(x, self.pool_size, self.pool_stride))
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order, as stored in fc6's kernel rows
     x = nn.relu(dense('fc6', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout6', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     x = nn.relu(dense('fc7', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout7', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     # Logits in float32: the softmax and its loss are computed at full precision.
     return dense('fc8', self.num_classes, x, CLASSES_AXIS).astype(jnp.float32)
 
