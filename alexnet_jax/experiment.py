@@ -32,8 +32,8 @@ from alexnet_jax import step as step_lib
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
   config: ml_collections.ConfigDict  # resolved and validated
-  mesh: jax.sharding.Mesh
-  rules: sharding.Rules
+  mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
+  rules: sharding.Rules  # config.mesh.rules for this mesh (sharding.rules_for_sizes)
   info: Optional[input_pipeline.DatasetInfo]  # None: the dataset is still to be prepared
   model: model_lib.AlexNet
   optimizer: optax.GradientTransformation
@@ -123,10 +123,17 @@ def _state_probabilities(state: step_lib.TrainState, batch: step_lib.Batch, *,
 def count_steps(config: ml_collections.ConfigDict,
                 info: input_pipeline.DatasetInfo) -> tuple[int, int]:
   """(steps per epoch, total steps) of a run over the train split of `info`."""
-  steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
+  return count_steps_for(config, info.split_sizes['train'])
+
+
+def count_steps_for(config: ml_collections.ConfigDict, train_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a run over a train split of `train_examples` images."""
+  # Full global batches: the endless train stream carries an epoch's remainder into the
+  # next one (input_pipeline.steps_per_epoch).
+  steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                     f'({info.split_sizes["train"]} images)')
+                     f'({train_examples} images)')
   if config.num_train_steps > 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, config.num_epochs * steps_per_epoch
@@ -154,6 +161,17 @@ def create_mesh(config: ml_collections.ConfigDict,
   return mesh
 
 
+def create_abstract_mesh(config: ml_collections.ConfigDict,
+                         num_devices: int) -> jax.sharding.AbstractMesh:
+  """The mesh `create_mesh` would make over `num_devices` devices, with the same checks.
+
+  No device is needed: the dry run plans a cluster's job from a login node.
+  """
+  mesh = sharding.create_abstract_mesh(config.mesh, num_devices, model_config=config.model)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  return mesh
+
+
 def setup(config: ml_collections.ConfigDict,
           info: Optional[input_pipeline.DatasetInfo] = None, *,
           mesh: Optional[jax.sharding.Mesh] = None) -> Experiment:
@@ -162,12 +180,13 @@ def setup(config: ml_collections.ConfigDict,
   info: the dataset's facts; None when it is still to be prepared (the dry run):
     the classes then come from config.model.num_classes, and the steps, which
     need the mean image, cannot be made.
-  mesh: default `create_mesh(config)` over all devices.
+  mesh: default `create_mesh(config)` over all devices; an AbstractMesh (a planned
+    target) gives shapes and shardings only, no steps or state.
   """
   mesh = create_mesh(config) if mesh is None else mesh
-  rules = sharding.logical_rules(config)
   num_classes = config.model.num_classes if info is None else info.num_classes
   model = create_model(config, num_classes)
+  rules = sharding.rules_for_sizes(sharding.logical_rules(config), mesh.shape, num_classes)
   optimizer = optim.create_optimizer(config.optim)
   init_fn = lambda rng: step_lib.init_state(model, optimizer, rng, config.data.crop_size)
   with sharding.use_mesh(mesh, rules):

@@ -11,7 +11,7 @@ The network is applied as a pure function of its parameters:
 `towers=2` is the paper's two-GPU network: conv2, conv4 and conv5 connect only
 within a tower (half of the input channels feed half of the output channels);
 conv1, conv3 and the fully connected layers see everything. Every weight carries
-logical axis names (`conv_out`, `fc_out`, ...); `alexnet_jax.sharding` maps them
+logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding` maps them
 onto a device mesh, so this file names no devices or mesh axes. Under such a mesh
 the grouped convs run tower-local on each device (`tower_shard_specs`).
 """
@@ -51,6 +51,9 @@ CONV_KERNEL_AXES = ('conv_h', 'conv_w', 'conv_in', 'conv_out')
 CONV_BIAS_AXES = ('conv_out',)
 FC_KERNEL_AXES = ('fc_in', 'fc_out')
 FC_BIAS_AXES = ('fc_out',)
+# fc8's outputs have a name of their own: any class count must work, and a count the
+# model axis does not divide keeps fc8 whole (sharding.rules_for_sizes, docs/sharding.md).
+CLASSES_AXIS = 'classes'
 # Logical names of a conv activation (NHWC): images on `batch`, feature maps on `conv_out`.
 CONV_ACTIVATION_AXES = ('batch', None, None, 'conv_out')
 
@@ -303,13 +306,16 @@ class Dense(nn.Module):
   kernel_init: Initializer = _normal(0.01)
   bias_value: float = 0.0
   dtype: Any = jnp.float32
+  out_axis: str = FC_KERNEL_AXES[1]  # logical name of the outputs: fc_out, or classes for fc8
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, FC_KERNEL_AXES),
-                        (x.shape[-1], self.features), jnp.float32)
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        self.kernel_init, (FC_KERNEL_AXES[0], self.out_axis)), (x.shape[-1], self.features),
+                        jnp.float32)
     bias = self.param('bias', nn.with_logical_partitioning(
-        nn.initializers.constant(self.bias_value), FC_BIAS_AXES), (self.features,), jnp.float32)
+        nn.initializers.constant(self.bias_value), (self.out_axis,)), (self.features,),
+                      jnp.float32)
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
@@ -419,29 +425,36 @@ class AlexNet(nn.Module):
       return Conv(features, ksize, stride, pad, groups, kinit, bias, dtype,
                   self.group_impl, name=name)(inp)
 
-    def dense(name: str, features: int, inp: Array) -> Array:
+    def dense(name: str, features: int, inp: Array, out_axis: str = FC_KERNEL_AXES[1]) -> Array:
       kinit, bias = layer_init(self.init_scheme, name)
-      return Dense(features, kinit, bias, dtype, name=name)(inp)
+      return Dense(features, kinit, bias, dtype, out_axis, name=name)(inp)
+
+    def sown(name: str, value: Array) -> Array:
+      # LRN, pooling and dropout are functions, not modules, so `capture_intermediates`
+      # does not see them; sown under names, the tests can check each against the paper.
+      # A no-op unless the caller makes 'intermediates' mutable.
+      self.sow('intermediates', name, value)
+      return value
 
     x = nn.relu(conv('conv1', convs[0], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x, self.pool_size, self.pool_stride)
+      x = sown('lrn1', local_response_norm(x))
+    x = sown('pool1', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv2', convs[1], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x, self.pool_size, self.pool_stride)
+      x = sown('lrn2', local_response_norm(x))
+    x = sown('pool2', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv3', convs[2], x))
     x = nn.relu(conv('conv4', convs[3], x))
     x = nn.relu(conv('conv5', convs[4], x))
-    x = max_pool(x, self.pool_size, self.pool_stride)
+    x = sown('pool5', max_pool(x, self.pool_size, self.pool_stride))
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order, as stored in fc6's kernel rows
     x = nn.relu(dense('fc6', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout6', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     x = nn.relu(dense('fc7', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout7', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     # Logits in float32: the softmax and its loss are computed at full precision.
-    return dense('fc8', self.num_classes, x).astype(jnp.float32)
+    return dense('fc8', self.num_classes, x, CLASSES_AXIS).astype(jnp.float32)
 
 
 def min_input_size(conv1_padding: int, pool_size: int = POOL_WINDOW,

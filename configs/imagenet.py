@@ -9,6 +9,7 @@ Smaller configs (configs/digits.py, tests) start from `get_config()` and overrid
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,12 +25,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Device mesh: the paper's two-GPU split is `model=2`; `-1` takes the remaining devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Data-parallel axis size; -1: devices / model.
-  config.mesh.model = 2  # Model-parallel axis size: 2 = one tower per device, 1 = none.
+  # Model-parallel axis size: 2 = one tower per device, 1 = none; 'auto': 2 on an even
+  # device count, else 1 (the log and --dry_run say which). Typed `object` so that the
+  # field takes both 'auto' and a number (--config.mesh.model=2).
+  config.mesh.model = config_dict.FieldReference('auto', field_type=object)
   # Logical axis name of a weight or activation -> mesh axis (None: replicated).
   config.mesh.rules = (
       ('batch', 'data'),
       ('conv_out', 'model'),
       ('fc_out', 'model'),
+      ('classes', 'model'),  # fc8's outputs; kept whole where num_classes does not divide
       ('conv_in', None),
       ('conv_h', None),
       ('conv_w', None),
@@ -88,5 +93,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log.every_steps = 100  # Train metrics (loss, error, lr, images/s) every this many steps.
   config.log.tensorboard = True  # Write TensorBoard event files in the workdir.
   config.log.progress = True  # Progress bar when the console is interactive.
+  config.log.profile_steps = ()  # (start, stop): profile steps start..stop-1 into WORKDIR/profile.
 
   return config

@@ -348,6 +348,61 @@ CASES = (
          _launch('--config.mesh.model=4'), 2,
          'error: config.mesh.model=4 does not divide config.model.towers=2: each device must '
          'hold whole towers (use model=1 or 2)'),
+    Case('mesh_model_text', 'mesh', "mesh.model neither 'auto' nor a number", 'launch',
+         ('--config=configs/digits.py', '--workdir={CASE}/new', '--config.mesh.model=two'), 2,
+         "error: config.mesh.model must be 'auto', a positive integer or -1, got 'two'"),
+    # --------------------------------------------------------------------- plans
+    Case('plan_too_little_memory', 'plan', 'a device memory too small for the batch', 'launch',
+         _launch('--dry_run', '--plan_devices=2', '--plan_platform=gpu',
+                 '--plan_device_memory_gib=0.005'), 2,
+         'error: the plan needs about 5.2 MiB per device (weights, gradients and optimizer state '
+         '3.7 MiB, activations 1.5 MiB at 8 images per device), more than '
+         '--plan_device_memory_gib=0.005; the largest per-device batch that fits is 7 '
+         '(config.batch_size=14 on the data axis of 2)'),
+    Case('plan_memory_for_no_batch', 'plan', 'a device memory too small for the weights',
+         'launch', _launch('--dry_run', '--plan_devices=2', '--plan_platform=gpu',
+                           '--plan_device_memory_gib=0.002'), 2,
+         'error: the plan needs about 5.2 MiB per device (weights, gradients and optimizer state '
+         '3.7 MiB, activations 1.5 MiB at 8 images per device), more than '
+         '--plan_device_memory_gib=0.002; not even one image per device fits: split the weights '
+         'over more devices (config.mesh.model) or narrow the network (config.model.width)'),
+    Case('plan_zero_devices', 'plan', '--plan_devices=0', 'launch',
+         _launch('--dry_run', '--plan_devices=0', '--plan_platform=gpu'), 2,
+         'error: --plan_devices must be a positive integer, got 0'),
+    Case('plan_uneven_processes', 'plan', 'devices that do not spread evenly over the processes',
+         'launch', _launch('--dry_run', '--plan_devices=6', '--plan_processes=4',
+                           '--plan_platform=gpu'), 2,
+         'error: --plan_devices=6 cannot be spread evenly over --plan_processes=4'),
+    Case('plan_processes_cut_pairs', 'plan', 'processes that cut the model pairs unevenly',
+         'launch', _launch('--dry_run', '--plan_devices=6', '--plan_processes=2',
+                           '--plan_platform=gpu', '--config.mesh.model=2',
+                           '--config.batch_size=12'), 2,
+         'error: --plan_processes=2 puts 3 devices in each process, which cuts the model pairs '
+         'of the mesh data=3 x model=2 unevenly (a process holds whole pairs, or one device of '
+         'one pair); choose another --plan_processes'),
+    Case('plan_without_platform', 'plan', '--plan_devices without --plan_platform', 'launch',
+         _launch('--dry_run', '--plan_devices=8'), 2,
+         'error: --plan_devices=8 needs --plan_platform (cpu, gpu, tpu): it decides the compute '
+         'dtype'),
+    Case('plan_unknown_platform', 'plan', 'an unknown --plan_platform', 'launch',
+         _launch('--dry_run', '--plan_devices=8', '--plan_platform=fpga'), 1,
+         'FATAL Flags parsing error: flag --plan_platform=fpga: value should be one of '
+         '<cpu|gpu|tpu>'),
+    Case('plan_efficiency_above_one', 'plan', '--plan_efficiency above 1', 'launch',
+         _launch('--dry_run', '--plan_peak_tflops=100', '--plan_efficiency=1.5'), 2,
+         'error: --plan_efficiency must be in (0, 1], got 1.5'),
+    Case('plan_peak_alone', 'plan', '--plan_peak_tflops without --plan_efficiency', 'launch',
+         _launch('--dry_run', '--plan_peak_tflops=100'), 2,
+         'error: --plan_peak_tflops and --plan_efficiency go together: the time estimate is '
+         'devices x peak x efficiency'),
+    Case('plan_without_dry_run', 'plan', 'a --plan_* flag on a training command', 'launch',
+         _launch('--plan_devices=8', '--plan_platform=gpu'), 2,
+         'error: --plan_devices describes a plan: use it with --dry_run'),
+    Case('profile_steps_backwards', 'configs', 'log.profile_steps with stop before start',
+         'launch', ('--config=configs/digits.py', '--workdir={CASE}/new',
+                    '--config.log.profile_steps=(5,2)'), 2,
+         'error: config.log.profile_steps must be () or (start, stop) with 1 <= start < stop, '
+         'got (5, 2)'),
 )
 
 # Run also as plain `python ...` subprocesses: the forked runs must print the same.
@@ -596,7 +651,7 @@ def render_doc() -> str:
   groups = {'paths': 'Paths', 'configs': 'Configs', 'images': 'Images', 'labels': 'Labels files',
             'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
-            'flags': 'Flags', 'mesh': 'Mesh shapes'}
+            'flags': 'Flags', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
            'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate'}
   cell = lambda s: s.replace('|', '\\|')

@@ -69,8 +69,10 @@ class ParameterCountTest(parameterized.TestCase):
     specs = nn.get_partition_spec(boxed)
     for name, layer in specs.items():
       kind = 'conv' if name.startswith('conv') else 'fc'
-      self.assertEqual(layer['bias'], jax.sharding.PartitionSpec(f'{kind}_out'))
-      self.assertEqual(layer['kernel'][-1], f'{kind}_out')
+      # fc8's outputs are the classes: their own name, split only where the count allows.
+      out = 'classes' if name == 'fc8' else f'{kind}_out'
+      self.assertEqual(layer['bias'], jax.sharding.PartitionSpec(out))
+      self.assertEqual(layer['kernel'][-1], out)
       self.assertLen(layer['kernel'], 4 if kind == 'conv' else 2)
 
 
@@ -287,24 +289,49 @@ class TowerTest(parameterized.TestCase):
       self.assertGreater(float(jnp.abs(block(0, 0)).max()), 0.0, name)
       self.assertGreater(float(jnp.abs(block(1, 1)).max()), 0.0, name)
 
-  def test_network_level_independence(self):
-    """Perturbing tower 0 of conv1's output never reaches tower 1 of conv5's output."""
-    net = model_lib.AlexNet(width=0.125, num_classes=10)
-    params = init_params(net, 67)
-    x = jax.random.normal(jax.random.key(0), (1, 67, 67, 3))
+  @parameterized.parameters('split', 'feature_group')
+  def test_network_level_towers(self, impl):
+    """In the real network, conv2, conv4 and conv5 connect only within a tower; conv3 crosses.
 
-    def conv5_from_pool1(p1):
-      h = nn.relu(model_lib.Conv(32, 5, 1, 2, 2).apply({'params': params['conv2']}, p1))
-      h = model_lib.max_pool(h)  # no LRN here: the paper's LRN mixes neighbouring channels
-      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 1).apply({'params': params['conv3']}, h))
-      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 2).apply({'params': params['conv4']}, h))
-      return model_lib.Conv(32, 3, 1, 1, 2).apply({'params': params['conv5']}, h)
+    The filters changed in conv1 and conv2 are those of tower 0 but its last two, which
+    the LRN's window of 5 channels would carry into tower 1. Changing them in conv1
+    changes conv2's tower-0 outputs and leaves its tower-1 outputs bitwise as they were;
+    changing them in conv2 reaches tower 1 of conv3. Changing conv3's tower-0 filters
+    leaves tower 1 of conv4 and conv5 as it was.
+    """
+    net = model_lib.AlexNet(width=0.125, num_classes=10, group_impl=impl)
+    params = init_params(net, 67)  # conv widths 12, 32, 48, 48, 32: towers of 6, 16, 24, 24, 16
+    x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+    forward = jax.jit(lambda p: net.apply({'params': p}, x, capture_intermediates=True,
+                                          mutable=['intermediates'])[1]['intermediates'])
 
-    p1 = jax.random.normal(jax.random.key(3), (1, 7, 7, 12))
-    jac = jax.jacrev(conv5_from_pool1)(p1)
-    # conv3 crosses towers, so tower 1 of conv5 does depend on tower 0 of pool1.
-    self.assertGreater(float(jnp.abs(jac[..., 16:, :, :, :, :6]).max()), 0.0)
-    del x
+    def convs(p):
+      inter = forward(p)
+      return {n: np.asarray(inter[n]['__call__'][0]) for n in ('conv2', 'conv3', 'conv4',
+                                                               'conv5')}
+
+    def changed(layer, channels):
+      """Outputs with `layer`'s filters `channels` replaced by others."""
+      noise = jax.random.normal(jax.random.key(5), params[layer]['kernel'].shape) * 0.02
+      kernel = params[layer]['kernel'].at[..., channels].add(noise[..., channels])
+      bias = params[layer]['bias'].at[channels].add(1.0)
+      return convs(dict(params, **{layer: {'kernel': kernel, 'bias': bias}}))
+
+    def tower(a, t):
+      half = a.shape[-1] // 2
+      return a[..., t * half:(t + 1) * half]
+
+    base = convs(params)
+    after = changed('conv1', slice(0, 4))
+    np.testing.assert_array_equal(tower(after['conv2'], 1), tower(base['conv2'], 1))
+    self.assertFalse(np.array_equal(tower(after['conv2'], 0), tower(base['conv2'], 0)))
+    after = changed('conv2', slice(0, 14))
+    self.assertFalse(np.array_equal(tower(after['conv3'], 1), tower(base['conv3'], 1)),
+                     'conv3 reads both towers of conv2 (section 3.2)')
+    after = changed('conv3', slice(0, 24))
+    for name in ('conv4', 'conv5'):
+      np.testing.assert_array_equal(tower(after[name], 1), tower(base[name], 1), name)
+      self.assertFalse(np.array_equal(tower(after[name], 0), tower(base[name], 0)), name)
 
   @parameterized.parameters(1, 2)
   def test_split_equals_feature_group(self, towers):
@@ -356,8 +383,15 @@ class DropoutTest(absltest.TestCase):
     rngs = {'dropout': key} if key is not None else None
     return np.asarray(self.net.apply({'params': self.params}, self.x, train=train, rngs=rngs))
 
-  def test_eval_is_deterministic(self):
-    np.testing.assert_array_equal(self.apply(False), self.apply(False))
+  def test_eval_ignores_the_dropout_rng(self):
+    """Evaluation gives the same output for any dropout key: that of the network without
+    dropout (section 4.2: at test time every neuron is used)."""
+    a = self.apply(False, jax.random.key(1))
+    np.testing.assert_array_equal(a, self.apply(False, jax.random.key(2)))
+    no_dropout = self.net.clone(dropout_rate=0.0)
+    want = no_dropout.apply({'params': self.params}, self.x, train=True,
+                            rngs={'dropout': jax.random.key(3)})
+    np.testing.assert_allclose(a, np.asarray(want), rtol=1e-6, atol=1e-6)
 
   def test_train_uses_dropout_reproducibly(self):
     a = self.apply(True, jax.random.key(1))
