@@ -102,9 +102,10 @@ class Checkpointer:
       temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-      raise ValueError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
+      raise errors.InputError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
     if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
-      raise ValueError(f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
+      raise errors.InputError(
+          f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -101,8 +102,9 @@ def count_steps(config: ml_collections.ConfigDict,
   """(steps per epoch, total steps) of a run over the train split of `info`."""
   steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
   if steps_per_epoch < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                     f'({info.split_sizes["train"]} images)')
+    raise errors.InputError(
+        f'config.batch_size={config.batch_size} is larger than the training split '
+        f'({info.split_sizes["train"]} images)')
   if config.num_train_steps > 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, config.num_epochs * steps_per_epoch
@@ -111,8 +113,9 @@ def count_steps(config: ml_collections.ConfigDict,
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
   """The configured network; its output layer must match the dataset's classes."""
   if config.model.num_classes != num_classes:
-    raise ValueError(f'config.model.num_classes is {config.model.num_classes} but the dataset '
-                     f'has {num_classes} classes')
+    raise errors.InputError(
+        f'config.model.num_classes is {config.model.num_classes} but the dataset '
+        f'has {num_classes} classes')
   return model_lib.from_config(config.model)
 
 

@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from alexnet_jax import errors
 from alexnet_jax import cli
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
@@ -47,7 +48,7 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
   """
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
+    raise errors.MissingInputError(f'workdir {workdir} does not exist')
   folder = figures.plots_dir(workdir)
   outcomes = []
   try:
@@ -65,8 +66,8 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
     params, _ = predict.restore_params(workdir, config, step)
   except FileNotFoundError as e:
     if not any(o.path for o in outcomes):
-      raise FileNotFoundError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
-                              f'and no checkpoint ({e})') from e
+      raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
+                                     f'and no checkpoint ({e})') from e
     return outcomes + [Outcome(figures.KERNELS_FILE, None, str(e)),
                        Outcome(figures.NEIGHBOURS_FILE, None, str(e))]
   outcomes.append(Outcome(figures.KERNELS_FILE, figures.plot_conv1_kernels(

@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 
 MESH_AXES = ('data', 'model')
@@ -59,22 +60,22 @@ def resolve_mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int]:
   for axis in MESH_AXES:
     value = mesh_config.get(axis)
     if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
-      raise ValueError(f'config.mesh.{axis} must be a positive integer or -1, got {value!r}')
+      raise errors.InputError(f'config.mesh.{axis} must be a positive integer or -1, got {value!r}')
     sizes[axis] = value
   data, model = sizes['data'], sizes['model']
   if data == -1 and model == -1:
-    raise ValueError('config.mesh.data and config.mesh.model cannot both be -1')
+    raise errors.InputError('config.mesh.data and config.mesh.model cannot both be -1')
   if -1 in (data, model):
     fixed_axis = 'model' if data == -1 else 'data'
     fixed = sizes[fixed_axis]
     if num_devices % fixed:
-      raise ValueError(f'{num_devices} devices cannot be split by config.mesh.{fixed_axis}='
-                       f'{fixed}; choose a size dividing {num_devices}')
+      raise errors.InputError(f'{num_devices} devices cannot be split by config.mesh.{fixed_axis}='
+                              f'{fixed}; choose a size dividing {num_devices}')
     data, model = (num_devices // fixed, fixed) if data == -1 else (fixed, num_devices // fixed)
   if data * model != num_devices:
-    raise ValueError(f'config.mesh.data={data} x config.mesh.model={model} needs '
-                     f'{data * model} devices, but {num_devices} are visible; set '
-                     f'config.mesh.data=-1 to use all of them')
+    raise errors.InputError(f'config.mesh.data={data} x config.mesh.model={model} needs '
+                            f'{data * model} devices, but {num_devices} are visible; set '
+                            f'config.mesh.data=-1 to use all of them')
   return data, model
 
 
@@ -86,16 +87,17 @@ def check_model_axis(model_config: Any, model_axis: int) -> None:
   """
   towers = model_config.get('towers', 2)
   if model_axis > 1 and towers > 1 and towers % model_axis:
-    raise ValueError(f'config.mesh.model={model_axis} does not divide config.model.towers='
-                     f'{towers}: each device must hold whole towers (use model=1 or {towers})')
+    raise errors.InputError(
+        f'config.mesh.model={model_axis} does not divide config.model.towers={towers}: each '
+        f'device must hold whole towers (use model=1 or {towers})')
   convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0))
   widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
   widths += [('fc6/fc7 width', hidden),
              ('config.model.num_classes', model_config.get('num_classes', 1000))]
   for what, size in widths:
     if size % model_axis:
-      raise ValueError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
-                       f'(width multiplier {model_config.get("width", 1.0)})')
+      raise errors.InputError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
+                              f'(width multiplier {model_config.get("width", 1.0)})')
 
 
 def create_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None, *,
@@ -124,18 +126,21 @@ def logical_rules(config: Any) -> Rules:
   rules = tuple(tuple(rule) for rule in config.mesh.get('rules', ()))
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
-      raise ValueError(f'config.mesh.rules entries must be (logical name, mesh axis or None), '
-                       f'got {rule!r}')
+      raise errors.InputError(
+          f'config.mesh.rules entries must be (logical name, mesh axis or None), '
+          f'got {rule!r}')
     mesh_axes = (rule[1],) if isinstance(rule[1], str) or rule[1] is None else tuple(rule[1])
     unknown = [a for a in mesh_axes if a is not None and a not in MESH_AXES]
     if unknown:
-      raise ValueError(f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
-                       f'mesh axes are {MESH_AXES}')
+      raise errors.InputError(
+          f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
+          f'mesh axes are {MESH_AXES}')
   named = {rule[0] for rule in rules}
   missing = [a for a in MODEL_LOGICAL_AXES if a not in named]
   if missing:
-    raise ValueError(f'config.mesh.rules does not place the logical axes {missing}; give each '
-                     f'a mesh axis or None')
+    raise errors.InputError(
+        f'config.mesh.rules does not place the logical axes {missing}; give each '
+        f'a mesh axis or None')
   return rules
 
 
@@ -215,8 +220,9 @@ def _check_divisible(path: str, shape: Sequence[int], spec: PartitionSpec, names
       continue
     n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
     if size % n:
-      raise ValueError(f'{path}: dimension {dim} ({names[dim]!r}, size {size}) does not split '
-                       f'over mesh axis {axes!r} of size {n}')
+      raise errors.InputError(
+          f'{path}: dimension {dim} ({names[dim]!r}, size {size}) does not split '
+          f'over mesh axis {axes!r} of size {n}')
 
 
 def param_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -306,8 +312,9 @@ def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
   """Raises ValueError unless config.batch_size splits evenly over the data axis."""
   data = mesh.shape['data']
   if global_batch < 1 or global_batch % data:
-    raise ValueError(f'config.batch_size={global_batch} is not divisible by the mesh data axis '
-                     f'({data} device groups); use a multiple of {data}')
+    raise errors.InputError(
+        f'config.batch_size={global_batch} is not divisible by the mesh data axis '
+        f'({data} device groups); use a multiple of {data}')
 
 
 def data_shard(mesh: Mesh) -> tuple[int, int]:
@@ -320,8 +327,9 @@ def data_shard(mesh: Mesh) -> tuple[int, int]:
       mesh.devices).any(axis=1))[0]
   per_process = len(rows)
   if per_process == 0 or np.any(np.diff(rows) != 1) or rows[0] % per_process:
-    raise ValueError(f'process {jax.process_index()} holds data rows {rows.tolist()} of the mesh: '
-                     f'expected one contiguous, aligned block')
+    raise errors.InputError(
+        f'process {jax.process_index()} holds data rows {rows.tolist()} of the mesh: '
+        f'expected one contiguous, aligned block')
   return int(rows[0] // per_process), mesh.shape['data'] // per_process
 
 
@@ -382,17 +390,17 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
   if explicit:
     if num_processes is None:
-      raise ValueError('--num_processes is required with --coordinator_address/--process_id')
+      raise errors.InputError('--num_processes is required with --coordinator_address/--process_id')
     if num_processes < 1:
-      raise ValueError(f'--num_processes must be >= 1, got {num_processes}')
+      raise errors.InputError(f'--num_processes must be >= 1, got {num_processes}')
     if num_processes == 1:
       return False
     if process_id is None or not 0 <= process_id < num_processes:
-      raise ValueError(f'--process_id must be in [0, {num_processes}), got {process_id}')
+      raise errors.InputError(f'--process_id must be in [0, {num_processes}), got {process_id}')
     coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
     if not coordinator_address:
-      raise ValueError('--coordinator_address (host:port of process 0) is required for '
-                       f'{num_processes} processes')
+      raise errors.InputError('--coordinator_address (host:port of process 0) is required for '
+                              f'{num_processes} processes')
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                local_device_ids=local_device_ids)
     return True

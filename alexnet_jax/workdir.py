@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
 
@@ -39,7 +40,7 @@ def prepare_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f'workdir {workdir!r} cannot be written: {e.strerror or e}') from e
+    raise errors.UserError(f'workdir {workdir!r} cannot be written: {e.strerror or e}') from e
 
 
 # ----------------------------------------------------------------------------- config
@@ -189,8 +190,9 @@ def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.Dataset
         eigvecs=np.asarray(d['eigvecs'], np.float32),
         stats_source=d['stats_source'])
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'the dataset description stored in {workdir} ({INFO_FILE}, {MEAN_FILE}) '
-                     f'is unreadable: {e}') from e
+    raise errors.InputError(
+        f'the dataset description stored in {workdir} ({INFO_FILE}, {MEAN_FILE}) '
+        f'is unreadable: {e}') from e
 
 
 def dataset_info_for_run(workdir: str | os.PathLike[str],
@@ -206,6 +208,6 @@ def dataset_info_for_run(workdir: str | os.PathLike[str],
   try:
     return input_pipeline.load_info(data_config)
   except FileNotFoundError as e:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'{workdir} holds no {INFO_FILE} (written by runs since it was added) and its '
         f'dataset is not available: {e}') from e

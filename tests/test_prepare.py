@@ -435,9 +435,10 @@ class BadSourceTest(absltest.TestCase):
         [sys.executable, '-m', 'alexnet_jax.prepare', f'--source={self.tmp}/nope',
          f'--output={self.tmp}/out'], cwd=REPO, capture_output=True, text=True,
         timeout=120, check=False)
-    self.assertEqual(result.returncode, 1)
+    self.assertEqual(result.returncode, 2)
     self.assertEqual(result.stderr.strip().splitlines(),
-                     [f'prepare: error: source folder {self.tmp}/nope does not exist'])
+                     [f'error: source folder {self.tmp}/nope does not exist'])
+    self.assertFalse(os.path.exists(f'{self.tmp}/out'), 'a refused source left an output folder')
 
 
 if __name__ == '__main__':
