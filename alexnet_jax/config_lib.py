@@ -59,6 +59,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise errors.InputError(f'config.{field} must be {requirement}, got {get(config, field)!r}')
 
+  need(_is_int(config.seed) and 0 <= config.seed < 2**31, 'seed', 'an integer in [0, 2**31)')
   need(_is_int(config.batch_size) and config.batch_size > 0, 'batch_size', 'a positive integer')
   need(_is_int(config.num_epochs) and config.num_epochs > 0, 'num_epochs', 'a positive integer')
   need(_is_int(config.num_train_steps) and (config.num_train_steps > 0

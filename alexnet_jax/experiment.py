@@ -110,6 +110,23 @@ def count_steps(config: ml_collections.ConfigDict,
   return steps_per_epoch, config.num_epochs * steps_per_epoch
 
 
+def check_val_split(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> None:
+  """Refuses a dataset without validation images before any training.
+
+  The run evaluates on them (every config.eval_every_epochs epochs and at the end),
+  the plateau schedule and keep_best rank by them, and a run that only failed at its
+  first evaluation would fail there again on every resume.
+  """
+  if info.split_sizes.get('val', 0) > 0:
+    return
+  where = config.data.dir or '(config.data.dir)'
+  raise errors.InputError(
+      f'the dataset in {where} has no validation images: a run evaluates on them (every '
+      f'{config.eval_every_epochs} epochs and at the end) and its schedule and best checkpoint '
+      'rank by them. Prepare the dataset again from a source with a val/<class>/ folder (or '
+      'ILSVRC2012_img_val.tar), into a new folder')
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
   """The configured network; its output layer must match the dataset's classes."""
   if config.model.num_classes != num_classes:

@@ -190,8 +190,11 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
     # "path[0:n]" tells grain the record count, so no shard is opened up front.
     paths = [f'{os.path.join(data_config.dir, name)}[0:{count}]'
              for name, count in shards]
-    return RecordSource(grain.sources.ArrayRecordDataSource(paths),
-                        dataset_format.decode_record, resize=False)
+    records = NamedShards(grain.sources.ArrayRecordDataSource(paths),
+                          tuple(os.path.join(data_config.dir, name) for name, _ in shards),
+                          tuple(np.cumsum([count for _, count in shards]).tolist()),
+                          _prepare_again(data_config.dir, description))
+    return RecordSource(records, dataset_format.decode_record, resize=False)
   if data_config.source == 'tfds':
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -204,6 +207,43 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
     return RecordSource(records, parse_tfds_example, resize=True)
   raise errors.InputError(f"data.source must be 'prepared' or 'tfds', got "
                           f'{data_config.source!r}')
+
+
+def _prepare_again(folder: str, description: dict[str, Any]) -> str:
+  """The commands that make the prepared dataset in `folder` again, as it was made."""
+  options = f' --image_size={description["image_size"]}'
+  if description.get('jpeg_quality', 95) != 95:
+    options += f' --jpeg_quality={description["jpeg_quality"]}'
+  return (f'delete {folder} and run python -m alexnet_jax.prepare '
+          f'--source={description.get("source", "SRC")} --output={folder}{options} (the same '
+          'source gives the same dataset, so the run resumes unchanged)')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NamedShards:
+  """The records of a prepared split, whose read errors name the damaged shard file.
+
+  array_record reports a damaged file ("Corrupted Riegeli/records file", a bad
+  checksum) without its name; this says which shard it was and how to make it
+  again. Picklable, for grain's worker processes.
+  """
+  records: Any  # grain.sources.ArrayRecordDataSource over `paths`
+  paths: tuple[str, ...]
+  ends: tuple[int, ...]  # cumulative record counts: shard i holds [ends[i-1], ends[i])
+  fix: str  # what to do about a damaged shard
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> bytes:
+    try:
+      return self.records[index]
+    except RuntimeError as e:
+      shard = self.paths[min(int(np.searchsorted(self.ends, index, side='right')),
+                             len(self.paths) - 1)]
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise errors.InputError(f'{shard} is damaged ({reason[:200]}); prepare the dataset '
+                              f'again: {self.fix}') from e
 
 
 def mean_for_config(info: DatasetInfo,

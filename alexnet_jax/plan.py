@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import config_lib
 from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
+from alexnet_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,7 @@ def build_plan(config: ml_collections.ConfigDict) -> Plan:
                  'on the first run')
     train_n = val_n = spe = steps = per_host = None
   else:
+    experiment.check_val_split(config, info)  # the run would refuse it: so does its plan
     data_note = f'{config.data.source} dataset at {config.data.dir}'
     train_n, val_n = info.split_sizes['train'], info.split_sizes.get('val')
     spe, steps = experiment.count_steps(config, info)
@@ -145,9 +147,20 @@ def format_plan(plan: Plan) -> str:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
-  """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing."""
+  """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing.
+
+  Refuses what the run would refuse before training: a dataset without validation
+  images, a resume whose config changes what the run computes.
+  """
   plan = build_plan(config)
-  resume = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  accepted = workdir_lib.check_resume(workdir, config_lib.load(config))
+  resume = bool(checkpoint_lib.finished_steps(workdir))
   print(format_plan(plan))
-  print(f'workdir: {workdir} ({"resumes from its checkpoints" if resume else "new run"})')
+  state = f'resumes from step {checkpoint_lib.finished_steps(workdir)[-1]}' if resume else 'new run'
+  if accepted:
+    state += '; changed fields it accepts: ' + ', '.join(c.field for c in accepted)
+  holder = workdir_lib.lock_status(workdir)
+  if holder:
+    state += f'; in use by a run: {holder}'
+  print(f'workdir: {workdir} ({state})')
   return plan

@@ -305,6 +305,7 @@ def main(argv: Sequence[str]) -> None:
   if not images:
     raise app.UsageError('give one or more image files after the flags')
   platform.configure_xla_cpu()  # before anything starts JAX's backend
+  cli.start_backend()
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   crops = None if FLAGS.crops is None else int(FLAGS.crops)

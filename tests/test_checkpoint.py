@@ -427,26 +427,6 @@ class ConfigTest(absltest.TestCase):
     from configs import imagenet  # pylint: disable=g-import-not-at-top
     return imagenet.get_config()
 
-  def test_same_config_no_difference(self):
-    workdir = make_tempdir(self)
-    self.assertIsNone(workdir_lib.check_config(workdir, self.config()))
-    workdir_lib.save_config(workdir, self.config())
-    self.assertEqual(workdir_lib.check_config(workdir, self.config()), [])
-    with open(os.path.join(workdir, 'config.json')) as f:
-      self.assertEqual(json.load(f)['optim']['learning_rate'], 0.01)
-
-  def test_changed_config_is_reported(self):
-    workdir = make_tempdir(self)
-    workdir_lib.save_config(workdir, self.config())
-    changed = self.config()
-    changed.optim.learning_rate = 0.02
-    changed.optim.step_epochs = (10, 20)
-    with self.assertLogs('absl', level='WARNING') as logs:
-      differences = workdir_lib.check_config(workdir, changed)
-    self.assertEqual(differences, ['optim.learning_rate: 0.01 -> 0.02',
-                                   'optim.step_epochs: [30, 60, 80] -> [10, 20]'])
-    self.assertIn('optim.learning_rate: 0.01 -> 0.02', logs.output[0])
-
   def test_config_py_reproduces_the_config(self):
     workdir = make_tempdir(self)
     config = self.config()
