@@ -95,6 +95,7 @@ def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:
   a user error naming the file (ml_collections accepts any object)."""
   config = getattr(flags.FLAGS, name)
   if not isinstance(config, ml_collections.ConfigDict):
+    getattr(config, 'keys', None)  # a file that failed to load raises its deferred error here
     filename = flags.FLAGS[name].config_filename
     raise errors.InputError(
         f'get_config() of the --{name} file {filename} returned a {type(config).__name__}, not '

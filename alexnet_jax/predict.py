@@ -84,11 +84,7 @@ def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.MissingInputError(f'workdir {workdir} does not exist')
-  try:
-    stored = workdir_lib.load_config_dict(workdir)
-  except ValueError as e:  # json.JSONDecodeError
-    raise errors.InputError(f'{os.path.join(workdir, workdir_lib.CONFIG_JSON)} is unreadable: '
-                            f'{e}') from e
+  stored = workdir_lib.load_config_dict(workdir)  # a damaged file is named in its error
   if stored is None:
     raise errors.MissingInputError(f'{workdir} holds no {workdir_lib.CONFIG_JSON}: not the workdir '
                                    'of a training run')

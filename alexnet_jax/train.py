@@ -86,8 +86,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = config_lib.load(config)
   workdir_lib.prepare_workdir(workdir)
   with workdir_lib.hold_lock(workdir):  # for the run's whole life, its plots included
-    accepted = workdir_lib.check_resume(workdir, config)  # before anything is compiled or written
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
+    accepted = workdir_lib.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
     experiment.check_val_split(config, info)
     workdir_lib.check_dataset(workdir, info)

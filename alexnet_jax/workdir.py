@@ -178,8 +178,9 @@ def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]
       stored = json.load(f)
   except (ValueError, UnicodeDecodeError) as e:
     raise errors.InputError(
-        f'{path} is not valid JSON ({e}); it records the config this run was started with: '
-        f'restore it from a backup, or delete it to run without checking the config') from e
+        f'{path} is not valid JSON ({e}); it holds the config the run was started with '
+        f'({CONFIG_PY} beside it has the same settings): restore it from a backup, or delete '
+        'it to resume training without checking the config') from e
   if not isinstance(stored, dict):
     raise errors.InputError(f'{path} holds a JSON {type(stored).__name__}, not the run\'s '
                             'config object; restore it, or delete it to run without checking '
