@@ -252,14 +252,20 @@ class Lock:
 
   def _beat(self) -> None:
     while not self._stop.wait(self.heartbeat_seconds):
-      if not self.still_held():
+      if not self.refresh():
         logging.error('The lock %s was taken by another process (%s); this run no longer '
                       'holds its workdir.', self.path, _read(self.path) or 'removed')
         return
-      try:
-        os.utime(self.path)  # no times given: the file server's clock sets it
-      except OSError as e:
-        logging.warning('Cannot refresh the lock %s: %s', self.path, e)
+
+  def refresh(self) -> bool:
+    """One heartbeat: touches the lock file if it is still ours; returns whether it is."""
+    if not self.still_held():
+      return False
+    try:
+      os.utime(self.path)  # no times given: the file server's clock sets it
+    except OSError as e:
+      logging.warning('Cannot refresh the lock %s: %s', self.path, e)
+    return True
 
   def still_held(self) -> bool:
     """Whether the lock file is still the one this object wrote."""
