@@ -4,13 +4,14 @@ import asyncio
 import gc
 import glob
 import importlib.util
-import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import textwrap
 import types
 import warnings
 from unittest import mock
@@ -32,6 +33,8 @@ from alexnet_jax import errors
 from alexnet_jax import optim
 from alexnet_jax import preemption
 from alexnet_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -462,6 +465,38 @@ class PreemptionTest(absltest.TestCase):
     watcher.close()
     self.assertFalse(watcher.requested(3))
     self.assertEqual(signal.getsignal(signal.SIGTERM), before)
+
+  def test_first_ctrl_c_asks_to_stop_and_the_second_ends_the_process(self):
+    # In a child process: the second SIGINT must kill it (the default action), not raise
+    # KeyboardInterrupt and not be swallowed by the handler.
+    code = textwrap.dedent('''
+        import os, signal, sys, time
+        from alexnet_jax import preemption
+        watcher = preemption.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs at the next bytecode boundary
+        print(watcher.requested(), watcher.interrupted,
+              signal.getsignal(signal.SIGINT) == signal.SIG_DFL, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+        print('still alive', flush=True)
+        ''')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    self.assertEqual(proc.stdout.split('\n')[0], 'True True True', proc.stderr)
+    self.assertEqual(proc.returncode, -signal.SIGINT, proc.stdout + proc.stderr)
+    self.assertNotIn('still alive', proc.stdout)
+    self.assertNotIn('KeyboardInterrupt', proc.stderr)
+
+  def test_sigterm_is_not_an_interruption_and_close_restores_ctrl_c(self):
+    before = signal.getsignal(signal.SIGINT)
+    watcher = preemption.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
+    self.addCleanup(watcher.close)
+    os.kill(os.getpid(), signal.SIGTERM)
+    self.assertTrue(watcher.requested())
+    self.assertFalse(watcher.interrupted)
+    watcher.close()
+    self.assertIs(signal.getsignal(signal.SIGINT), before)
 
 
 
