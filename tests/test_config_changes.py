@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -112,6 +113,18 @@ class TableTest(absltest.TestCase):
       self.assertEqual(config_changes.decision(field).action, config_changes.REFUSE, field)
     for field in accept:
       self.assertEqual(config_changes.decision(field).action, config_changes.ACCEPT, field)
+
+
+  def test_the_accepted_fields_are_the_ones_docs_list(self):
+    # docs/reliability.md, "Resuming with another config" is what the refusal line points at.
+    with open(os.path.join(test_train.REPO, 'docs', 'reliability.md')) as f:
+      text = f.read()
+    section = text[text.index('- **Accepted and recorded**'):]
+    section = section[:section.index('\n- **', 1)]
+    listed = set(re.findall(r'`([a-z_.]+)`', section)) - {'config.json', 'config.py'}
+    accepted = {f for f, d in config_changes.DECISIONS.items()
+                if d.action == config_changes.ACCEPT}
+    self.assertEqual(listed, accepted)
 
 
 class FieldChangeTest(parameterized.TestCase):
