@@ -367,22 +367,28 @@ class ConcurrentRunsTest(FaultTestCase):
       self.assertEqual(json.load(f)['optim']['learning_rate'], self.config.optim.learning_rate)
 
 
-# `python -c SLOW_SAVE launch.py ...`: launch.py, except that writing a checkpoint's data
-# iterator item takes two seconds, so that a save is still in flight a step later.
-SLOW_SAVE = """
-import runpy, sys, time
-import grain
+# `python -c SLOW_COMMIT launch.py ...`: launch.py, except that the background thread that
+# completes a checkpoint (renames its temporary folder) starts two seconds late, so that a
+# save is still in flight a step later. FAILING_COMMIT: and then fails, as on a full disk.
+SLOW_COMMIT = """
+import asyncio, errno, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
 
-save = grain.checkpoint.CheckpointHandler.save
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+FAIL = FAIL_PLACEHOLDER
 
-def slow_save(*args, **kwargs):
-  time.sleep(2)
-  return save(*args, **kwargs)
+async def slow_finalize(self):
+  await asyncio.sleep(2)
+  if FAIL:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return await finalize(self)
 
-grain.checkpoint.CheckpointHandler.save = slow_save
+atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
+FAILING_COMMIT = SLOW_COMMIT.replace('FAIL_PLACEHOLDER', 'True')
+SLOW_COMMIT = SLOW_COMMIT.replace('FAIL_PLACEHOLDER', 'False')
 
 
 class NanStopTest(FaultTestCase):
@@ -398,7 +404,7 @@ class NanStopTest(FaultTestCase):
                                    'log.every_steps': 5})
     config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
     workdir = os.path.join(folder, 'run')
-    proc = launch(config_file, workdir, python_args=('-c', SLOW_SAVE))
+    proc = launch(config_file, workdir, python_args=('-c', SLOW_COMMIT))
     self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
     self.assertNotIn('Traceback', proc.stderr)
     self.assertEqual(message_lines(proc.stderr), [
@@ -410,6 +416,21 @@ class NanStopTest(FaultTestCase):
     self.assertEqual(meta['step'], 1)
     for leaf in jax.tree.leaves(state.params):
       self.assertTrue(np.isfinite(np.asarray(leaf)).all())
+
+  def test_nan_while_the_save_in_flight_fails_claims_no_checkpoint(self):
+    """The save of step 1 fails (a full disk) when step 2's loss is NaN: the line says so."""
+    folder = self.create_tempdir().full_path
+    config = reliability_config(**{'optim.learning_rate': 1e30, 'checkpoint.every_steps': 1,
+                                   'log.every_steps': 5})
+    config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+    workdir = os.path.join(folder, 'run')
+    proc = launch(config_file, workdir, python_args=('-c', FAILING_COMMIT))
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+    self.assertEqual(errors, [
+        f'error: checkpoint of step 1 could not be written (no space left on the device of '
+        f'{workdir}/checkpoints); no earlier checkpoint exists'])
+    self.assertEqual(checkpoint_lib.finished_steps(workdir), [])
 
 
 class DamagedCheckpointTest(FaultTestCase):
