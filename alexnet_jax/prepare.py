@@ -18,11 +18,13 @@ SRC is one of:
     statistics of a tensorflow-datasets imagenet2012 already prepared (ArrayRecord) in
     DATA_DIR are written next to it, for input source 'tfds' (see input_pipeline).
 
-Each image becomes the paper's input: shorter side resized to image_size (pixel-area
-averaging when shrinking, bicubic when enlarging), central image_size x image_size
-crop, re-encoded as JPEG. Grayscale,
-CMYK, palette and PNG images are converted to RGB; files that cannot be decoded are
-skipped and listed in the report (or stop the run with --strict).
+Each image becomes the paper's input: turned upright when an EXIF orientation tag
+says so, shorter side resized to image_size (pixel-area averaging when shrinking,
+bicubic when enlarging), central image_size x image_size crop, re-encoded as JPEG.
+Grayscale, CMYK, palette and PNG images are converted to RGB; files that cannot be
+decoded are skipped and listed in the report (or stop the run with --strict). The
+summary line counts the turned photos and the files ignored (links to nothing
+included), and says when the val split is empty (training refuses such a dataset).
 
 DIR afterwards:
   train.array_record-00000-of-000NN ...  records: int32 little-endian label + JPEG
@@ -37,7 +39,12 @@ DIR afterwards:
 
 Interruptions: work happens in parts (one per synset tar, or ~512 files) recorded in
 DIR/_partial/; a re-run resumes from the parts already done and a folder without
-dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op.
+dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op. A
+part's shard is read back (record count and CRC-32 of each record) before the part
+counts as done, and the final shards are checked before dataset.json is written. Any
+failure (a full disk, Ctrl-C, an undecodable image with --strict) removes the files of
+the part being written; errors are one `error:` line with exit status 2, Ctrl-C one
+`interrupted:` line with 130. DIR may not lie inside SRC.
 """
 
 from __future__ import annotations
