@@ -2,6 +2,8 @@
 
   python launch.py --config=configs/imagenet.py --workdir=runs/imagenet [--config.FIELD=VALUE ...]
   python launch.py --config=configs/imagenet.py --workdir=runs/imagenet --dry_run
+  python launch.py --config=configs/imagenet.py --workdir=runs/imagenet --dry_run \
+      --plan_devices=16 --plan_processes=2 --plan_platform=gpu   # a cluster, from a login node
 
 This file is intentionally short: everything it runs lives in the `alexnet_jax`
 library, importable and testable on its own.
@@ -23,6 +25,32 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
 flags.DEFINE_bool('dry_run', False, 'Resolve config and mesh, print the plan, and exit.')
+# The cluster a dry run plans for without having it, and the figures of its estimates.
+flags.DEFINE_integer('plan_devices', None,
+                     'With --dry_run: plan for this many accelerator devices instead of the '
+                     'visible ones (an abstract mesh; no devices needed).')
+flags.DEFINE_integer('plan_processes', None,
+                     'With --plan_devices: processes of the job (hosts, or one per GPU); '
+                     'default 1.')
+flags.DEFINE_enum('plan_platform', None, list(plan.PLATFORMS),
+                  'With --plan_devices: the platform, which decides model.dtype \'auto\'.')
+flags.DEFINE_integer('plan_host_cores', None,
+                     'With --plan_devices: CPU cores per process, for data.num_threads -1 '
+                     "(default: this machine's).")
+flags.DEFINE_float('plan_device_memory_gib', None,
+                   'With --dry_run: memory per device; the plan fails when its estimate does '
+                   'not fit and names the largest per-device batch that does.')
+flags.DEFINE_float('plan_images_per_sec', None,
+                   'With --dry_run: training images per second of the whole job, for the time '
+                   'of an epoch and of the run.')
+flags.DEFINE_float('plan_peak_tflops', None,
+                   'With --dry_run and --plan_efficiency: peak TFLOP/s of one device at the '
+                   'compute dtype, for the time estimates.')
+flags.DEFINE_float('plan_efficiency', None,
+                   'With --plan_peak_tflops: the fraction of the peak a train step achieves.')
+flags.DEFINE_integer('plan_train_images', None,
+                     'With --dry_run: the train split size when the dataset cannot be read '
+                     'from this machine (ImageNet: 1281167).')
 flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0 for multi-process runs (else taken from the cluster '
                     'environment, e.g. SLURM, when there is one).')
@@ -38,6 +66,14 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  target = plan.Target(
+      devices=FLAGS.plan_devices, processes=FLAGS.plan_processes, platform=FLAGS.plan_platform,
+      host_cores=FLAGS.plan_host_cores, device_memory_gib=FLAGS.plan_device_memory_gib,
+      images_per_sec=FLAGS.plan_images_per_sec, peak_tflops=FLAGS.plan_peak_tflops,
+      efficiency=FLAGS.plan_efficiency, train_images=FLAGS.plan_train_images)
+  target.check()
+  if not FLAGS.dry_run:
+    target.used_without_dry_run()
   added = platform.configure_xla_cpu()  # before anything starts JAX's backend
   if added:
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
@@ -48,7 +84,7 @@ def main(argv):
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run:
-    plan.dry_run(config, FLAGS.workdir)
+    plan.dry_run(config, FLAGS.workdir, target)
     return
   train.train_and_evaluate(config, FLAGS.workdir)
 

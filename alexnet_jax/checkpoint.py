@@ -142,6 +142,8 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         create=not read_only,
         read_only=read_only,
+        # What orbax would set itself for a reader, with a warning on every open.
+        **({'save_interval_steps': 0} if read_only else {}),
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
@@ -174,6 +176,19 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     """Steps of the finished checkpoints, ascending."""
     return sorted(self._manager.all_steps())
+
+  def val_errors(self) -> dict[int, Optional[float]]:
+    """Step -> the validation error stored with that finished checkpoint (None: saved without).
+
+    Orbax keeps these beside each checkpoint for the keep_best policy; reading them
+    changes nothing. Runs with keep_best=False store none.
+    """
+    errors_by_step = {}
+    for step in self.all_steps():
+      metrics = self._manager.metrics(step) if self._keep_best else None
+      value = metrics.get(VAL_ERROR) if isinstance(metrics, Mapping) else None
+      errors_by_step[step] = None if value is None else float(value)
+    return errors_by_step
 
   def latest_step(self) -> Optional[int]:
     """The newest finished checkpoint's step, or None."""

@@ -33,8 +33,8 @@ from alexnet_jax import step as step_lib
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
   config: ml_collections.ConfigDict  # resolved and validated
-  mesh: jax.sharding.Mesh
-  rules: sharding.Rules
+  mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
+  rules: sharding.Rules  # config.mesh.rules for this mesh (sharding.rules_for_sizes)
   info: Optional[input_pipeline.DatasetInfo]  # None: the dataset is still to be prepared
   model: model_lib.AlexNet
   optimizer: optax.GradientTransformation
@@ -82,13 +82,32 @@ class Experiment:
                    in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
                    out_shardings=sharding.replicated(self.mesh))
 
+  def probability_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch], jax.Array]:
+    """step(state, global eval batch) -> (b, num_classes) predictions, on every device.
+
+    The same forward pass as eval_step, stopped before the sums: what an ensemble averages.
+    """
+    mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
+    fn = functools.partial(_state_probabilities, model=self.model, mean_image=mean_image)
+    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=sharding.replicated(self.mesh))
+
   def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_lib.TrainState,
-               batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over every real example of `batches` (this host's part)."""
+               batches: Iterator[dict[str, np.ndarray]],
+               on_batch: Optional[Callable[[dict[str, np.ndarray], step_lib.Batch], None]] = None
+               ) -> dict[str, float]:
+    """Loss, top-1 and top-5 error over every real example of `batches` (this host's part).
+
+    on_batch(local batch, global batch) is called after each step (progress, predictions).
+    """
     totals = None
     for local in batches:
-      out = eval_step(state, sharding.make_global_batch(local, self.mesh))
+      batch = sharding.make_global_batch(local, self.mesh)
+      out = eval_step(state, batch)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+      if on_batch is not None:
+        on_batch(local, batch)
     if totals is None:
       raise ValueError('the validation split is empty')
     totals = jax.device_get(totals)
@@ -97,14 +116,26 @@ class Experiment:
             'top5_err': float(totals['top5_wrong']) / n, 'count': n}
 
 
+def _state_probabilities(state: step_lib.TrainState, batch: step_lib.Batch, *,
+                         model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
+  return step_lib.example_probabilities(state.params, batch, model=model, mean_image=mean_image)
+
+
 def count_steps(config: ml_collections.ConfigDict,
                 info: input_pipeline.DatasetInfo) -> tuple[int, int]:
   """(steps per epoch, total steps) of a run over the train split of `info`."""
-  steps_per_epoch = input_pipeline.steps_per_epoch(info, config.batch_size)
+  return count_steps_for(config, info.split_sizes['train'])
+
+
+def count_steps_for(config: ml_collections.ConfigDict, train_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a run over a train split of `train_examples` images."""
+  # Full global batches: the endless train stream carries an epoch's remainder into the
+  # next one (input_pipeline.steps_per_epoch).
+  steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise errors.InputError(
         f'config.batch_size={config.batch_size} is larger than the training split '
-        f'({info.split_sizes["train"]} images)')
+        f'({train_examples} images)')
   if config.num_train_steps > 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, config.num_epochs * steps_per_epoch
@@ -150,6 +181,17 @@ def create_mesh(config: ml_collections.ConfigDict,
   return mesh
 
 
+def create_abstract_mesh(config: ml_collections.ConfigDict,
+                         num_devices: int) -> jax.sharding.AbstractMesh:
+  """The mesh `create_mesh` would make over `num_devices` devices, with the same checks.
+
+  No device is needed: the dry run plans a cluster's job from a login node.
+  """
+  mesh = sharding.create_abstract_mesh(config.mesh, num_devices, model_config=config.model)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  return mesh
+
+
 def setup(config: ml_collections.ConfigDict,
           info: Optional[input_pipeline.DatasetInfo] = None, *,
           mesh: Optional[jax.sharding.Mesh] = None) -> Experiment:
@@ -158,12 +200,13 @@ def setup(config: ml_collections.ConfigDict,
   info: the dataset's facts; None when it is still to be prepared (the dry run):
     the classes then come from config.model.num_classes, and the steps, which
     need the mean image, cannot be made.
-  mesh: default `create_mesh(config)` over all devices.
+  mesh: default `create_mesh(config)` over all devices; an AbstractMesh (a planned
+    target) gives shapes and shardings only, no steps or state.
   """
   mesh = create_mesh(config) if mesh is None else mesh
-  rules = sharding.logical_rules(config)
   num_classes = config.model.num_classes if info is None else info.num_classes
   model = create_model(config, num_classes)
+  rules = sharding.rules_for_sizes(sharding.logical_rules(config), mesh.shape, num_classes)
   optimizer = optim.create_optimizer(config.optim)
   init_fn = lambda rng: step_lib.init_state(model, optimizer, rng, config.data.crop_size)
   with sharding.use_mesh(mesh, rules):

@@ -290,11 +290,15 @@ class TrainTransform:
   lighting_std: float
   eigvals: np.ndarray
   eigvecs: np.ndarray
+  random_crop: bool = True  # False: the central crop, as evaluation cuts it
 
   def __call__(self, record: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
     data, label = self.parse(record)
     image = _stored_image(data, self.image_size, self.resize)
-    top, left = augment.random_crop_offsets(rng, self.image_size, self.crop_size)
+    if self.random_crop:
+      top, left = augment.random_crop_offsets(rng, self.image_size, self.crop_size)
+    else:
+      top, left = augment.center_crop_offsets(self.image_size, self.crop_size)
     flip = self.flip and augment.random_flip(rng)
     return {
         'image': augment.crop_and_flip(image, top, left, self.crop_size, flip),
@@ -389,15 +393,20 @@ class ProcessBlocks(grain.MapDataset):
 def make_train_dataset(source: RecordSource, *, image_size: int, crop_size: int,
                        flip: bool, lighting_std: float, eigvals: np.ndarray,
                        eigvecs: np.ndarray, global_batch_size: int, seed: int,
-                       process_index: int, process_count: int) -> grain.MapDataset:
-  """The infinite train MapDataset of one process: batches of uint8 crops."""
+                       process_index: int, process_count: int,
+                       random_crop: bool = True) -> grain.MapDataset:
+  """The infinite train MapDataset of one process: batches of uint8 crops.
+
+  random_crop=False trains on the central crop (flips and lighting still apply).
+  """
   local_batch = _local_batch(global_batch_size, process_count)
   # Explicit seeds, so adding a step to the chain never changes the data order.
   shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
   transform = TrainTransform(
       parse=source.parse, resize=source.resize, image_size=image_size,
       crop_size=crop_size, flip=flip, lighting_std=float(lighting_std),
-      eigvals=np.asarray(eigvals, np.float32), eigvecs=np.asarray(eigvecs, np.float32))
+      eigvals=np.asarray(eigvals, np.float32), eigvecs=np.asarray(eigvecs, np.float32),
+      random_crop=bool(random_crop))
   return (grain.MapDataset.source(source.records)
           .shuffle(seed=int(shuffle_seed))  # Reseeded per epoch by repeat().
           .repeat()
@@ -462,7 +471,8 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *,
       crop_size=data_config.crop_size, flip=data_config.flip,
       lighting_std=data_config.lighting_std, eigvals=info.eigvals,
       eigvecs=info.eigvecs, global_batch_size=global_batch_size, seed=seed,
-      process_index=index, process_count=count)
+      process_index=index, process_count=count,
+      random_crop=data_config.get('random_crop', True))  # absent from runs stored before it
   return _iterator(dataset, data_config)
 
 

@@ -303,3 +303,42 @@ class ProgressReporter:
     """Ends the bar's line."""
     if self._bar is not None:
       self._bar.close()
+
+
+PROFILE_DIR = 'profile'
+
+
+class StepProfiler:
+  """A jax.profiler trace of steps [start, stop) of the run (config.log.profile_steps).
+
+  Written by host 0 into WORKDIR/profile/plugins/profile/<time>/: `<host>.xplane.pb`
+  for TensorBoard's profile plugin (`tensorboard --logdir WORKDIR/profile`) and
+  `perfetto_trace.json.gz` for https://ui.perfetto.dev. A resumed run traces the
+  part of the window it still has to run. `close` ends a trace still open (a
+  preempted or failed run), so the file is always complete.
+  """
+
+  def __init__(self, workdir: str | os.PathLike[str], steps: tuple[int, ...] = (), *,
+               enabled: bool = True):
+    self.logdir = os.path.join(os.fspath(workdir), PROFILE_DIR)
+    self._window = tuple(steps) if enabled else ()
+    self._active = False
+
+  def before_step(self, step: int) -> None:
+    """Starts the trace when `step` (1-based, as in metrics.jsonl) is the first to record."""
+    if self._window and not self._active and self._window[0] <= step < self._window[1]:
+      logging.info('Profiling steps %d to %d into %s.', step, self._window[1] - 1, self.logdir)
+      jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+      self._active = True
+
+  def after_step(self, step: int, outputs: Any) -> None:
+    """Ends the trace after the window's last step, once its work is done on the devices."""
+    if self._active and step + 1 >= self._window[1]:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    if self._active:
+      self._active = False
+      jax.profiler.stop_trace()
+      logging.info('Profile written to %s.', self.logdir)

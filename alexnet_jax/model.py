@@ -11,7 +11,7 @@ The network is applied as a pure function of its parameters:
 `towers=2` is the paper's two-GPU network: conv2, conv4 and conv5 connect only
 within a tower (half of the input channels feed half of the output channels);
 conv1, conv3 and the fully connected layers see everything. Every weight carries
-logical axis names (`conv_out`, `fc_out`, ...); `alexnet_jax.sharding` maps them
+logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding` maps them
 onto a device mesh, so this file names no devices or mesh axes. Under such a mesh
 the grouped convs run tower-local on each device (`tower_shard_specs`).
 """
@@ -53,6 +53,9 @@ CONV_KERNEL_AXES = ('conv_h', 'conv_w', 'conv_in', 'conv_out')
 CONV_BIAS_AXES = ('conv_out',)
 FC_KERNEL_AXES = ('fc_in', 'fc_out')
 FC_BIAS_AXES = ('fc_out',)
+# fc8's outputs have a name of their own: any class count must work, and a count the
+# model axis does not divide keeps fc8 whole (sharding.rules_for_sizes, docs/sharding.md).
+CLASSES_AXIS = 'classes'
 # Logical names of a conv activation (NHWC): images on `batch`, feature maps on `conv_out`.
 CONV_ACTIVATION_AXES = ('batch', None, None, 'conv_out')
 
@@ -124,61 +127,72 @@ def _lrn_backward(size, k, alpha, beta, residuals, g):
 _lrn.defvjp(_lrn_forward, _lrn_backward)
 
 
-@jax.custom_vjp
-def max_pool(x: Array) -> Array:
-  """Overlapping 3x3 max-pooling with stride 2 (section 3.4), no padding, NHWC.
+def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
+  """window x window max-pooling with `stride`, no padding, NHWC.
+
+  The paper's overlapping pooling (section 3.4) is window 3, stride 2; window 2,
+  stride 2 is the non-overlapping scheme it was compared with.
 
   The gradient goes to the first maximum of each window in row-major order, as
   XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
   out here because XLA:CPU lowers select_and_scatter to index tensors and a
   scatter, 3-10% slower for the whole train step (benchmarks/README.md).
   """
-  return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), (POOL_STRIDE, POOL_STRIDE))
+  if window < 1 or stride < 1:
+    raise ValueError(f'pooling window and stride must be >= 1, got {window} and {stride}')
+  return _max_pool(x, int(window), int(stride))
 
 
-def _max_pool_forward(x):
-  y = max_pool(x)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: Array, window: int, stride: int) -> Array:
+  return nn.max_pool(x, (window, window), (stride, stride))
+
+
+def _max_pool_forward(x, window, stride):
+  y = _max_pool(x, window, stride)
   return y, (x, y)
 
 
-def _max_pool_backward(residuals, g):
+def _max_pool_backward(window, stride, residuals, g):
   x, y = residuals
   (_, h, w, _), (_, oh, ow, _) = x.shape, y.shape
-  span_h, span_w = POOL_STRIDE * (oh - 1) + 1, POOL_STRIDE * (ow - 1) + 1
+  span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
   routed = jnp.zeros(y.shape, bool)
   dx = jnp.zeros_like(x)
-  for i in range(POOL_WINDOW):
-    for j in range(POOL_WINDOW):
+  for i in range(window):
+    for j in range(window):
       # Window element (i, j) of every window, and where it is the first maximum.
-      hit = (x[:, i:i + span_h:POOL_STRIDE, j:j + span_w:POOL_STRIDE] == y) & ~routed
+      hit = (x[:, i:i + span_h:stride, j:j + span_w:stride] == y) & ~routed
       routed = routed | hit
       # Back to input positions: the transpose of the strided slice is an interior pad.
       dx = dx + jax.lax.pad(jnp.where(hit, g, 0).astype(x.dtype), jnp.zeros((), x.dtype),
-                            [(0, 0, 0), (i, h - i - span_h, POOL_STRIDE - 1),
-                             (j, w - j - span_w, POOL_STRIDE - 1), (0, 0, 0)])
+                            [(0, 0, 0), (i, h - i - span_h, stride - 1),
+                             (j, w - j - span_w, stride - 1), (0, 0, 0)])
   return (dx,)
 
 
-max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
   return (size + 2 * pad - kernel) // stride + 1
 
 
-def _pool_out(size: int) -> int:
-  return (size - POOL_WINDOW) // POOL_STRIDE + 1
+def _pool_out(size: int, window: int, stride: int) -> int:
+  return (size - window) // stride + 1
 
 
-def spatial_sizes(input_size: int, conv1_padding: int) -> dict[str, int]:
+def spatial_sizes(input_size: int, conv1_padding: int, pool_size: int = POOL_WINDOW,
+                  pool_stride: int = POOL_STRIDE) -> dict[str, int]:
   """Spatial side after each layer (square inputs), from the layer arithmetic."""
+  pool = lambda size: _pool_out(size, pool_size, pool_stride)
   s = {}
   s['conv1'] = _conv_out(input_size, 11, 4, conv1_padding)
-  s['pool1'] = _pool_out(s['conv1'])
+  s['pool1'] = pool(s['conv1'])
   s['conv2'] = s['pool1']
-  s['pool2'] = _pool_out(s['conv2'])
+  s['pool2'] = pool(s['conv2'])
   s['conv3'] = s['conv4'] = s['conv5'] = s['pool2']
-  s['pool5'] = _pool_out(s['conv5'])
+  s['pool5'] = pool(s['conv5'])
   return s
 
 
@@ -294,21 +308,33 @@ class Dense(nn.Module):
   kernel_init: Initializer = _normal(0.01)
   bias_value: float = 0.0
   dtype: Any = jnp.float32
+  out_axis: str = FC_KERNEL_AXES[1]  # logical name of the outputs: fc_out, or classes for fc8
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', nn.with_logical_partitioning(self.kernel_init, FC_KERNEL_AXES),
-                        (x.shape[-1], self.features), jnp.float32)
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        self.kernel_init, (FC_KERNEL_AXES[0], self.out_axis)), (x.shape[-1], self.features),
+                        jnp.float32)
     bias = self.param('bias', nn.with_logical_partitioning(
-        nn.initializers.constant(self.bias_value), FC_BIAS_AXES), (self.features,), jnp.float32)
+        nn.initializers.constant(self.bias_value), (self.out_axis,)), (self.features,),
+                      jnp.float32)
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
-def scaled_widths(width: float) -> tuple[tuple[int, ...], int]:
-  """Conv widths and hidden fc width at a width multiplier."""
+def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
+                  ) -> tuple[tuple[int, ...], int]:
+  """Conv widths and hidden fc width at a width multiplier.
+
+  conv_widths: the five conv widths at width 1.0; None is the paper's CONV_FEATURES.
+  """
   if not width > 0:
     raise errors.InputError(f'model width multiplier must be > 0, got {width}')
-  convs = tuple(max(1, int(round(c * width))) for c in CONV_FEATURES)
+  base = CONV_FEATURES if conv_widths is None else tuple(conv_widths)
+  if len(base) != len(CONV_FEATURES) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base):
+    raise errors.InputError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
+                            f'(conv1-conv5), got {conv_widths!r}')
+  convs = tuple(max(1, int(round(c * width))) for c in base)
   return convs, max(1, int(round(FC_FEATURES * width)))
 
 
@@ -334,6 +360,12 @@ class AlexNet(nn.Module):
   # scale, which its N(0, 0.01^2) init was chosen for; He init assumes inputs of
   # unit variance, i.e. about 1/64 here (pixel deviations have a std of ~50-80).
   input_scale: float = 1.0
+  # Max-pooling window and stride: 3 and 2 overlap (the paper, section 3.4); 2 and 2 do not.
+  pool_size: int = POOL_WINDOW
+  pool_stride: int = POOL_STRIDE
+  # The five conv widths at width 1.0 (a tuple); None: the paper's CONV_FEATURES. The
+  # one-tower comparison net of section 3.2 halves conv1-conv4: (48, 128, 192, 192, 256).
+  conv_widths: tuple[int, ...] | None = None
 
   def check(self, input_shape: Sequence[int] | None = None) -> None:
     """Raises ValueError for a bad configuration or input shape (before any compile)."""
@@ -354,7 +386,11 @@ class AlexNet(nn.Module):
     if self.conv1_padding < 0:
       raise errors.InputError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
     resolve_dtype(self.dtype)
-    convs, hidden = scaled_widths(self.width)
+    for name in ('pool_size', 'pool_stride'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.InputError(f'{name} must be a positive integer, got {value!r}')
+    convs, hidden = scaled_widths(self.width, self.conv_widths)
     for name, c in zip(CONV_LAYOUT, convs):
       if c % self.towers:
         raise errors.InputError(
@@ -368,16 +404,21 @@ class AlexNet(nn.Module):
       raise ValueError(f'images must have 3 (RGB) channels last, got shape {tuple(input_shape)}')
     h, w = input_shape[1], input_shape[2]
     for side in (h, w):
-      if spatial_sizes(side, self.conv1_padding)['pool5'] < 1:
+      if self.spatial_sizes(side)['pool5'] < 1:
         raise errors.InputError(
-            f'input {h}x{w} is too small: pool5 would be empty '
-            f'(need at least {min_input_size(self.conv1_padding)} pixels per side)')
+            f'input {h}x{w} is too small: pool5 would be empty (need at least '
+            f'{min_input_size(self.conv1_padding, self.pool_size, self.pool_stride)}'
+            ' pixels per side)')
+
+  def spatial_sizes(self, input_size: int) -> dict[str, int]:
+    """`spatial_sizes` of this network's conv1 padding and pooling."""
+    return spatial_sizes(input_size, self.conv1_padding, self.pool_size, self.pool_stride)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     self.check(x.shape)
     dtype = resolve_dtype(self.dtype)
-    convs, hidden = scaled_widths(self.width)
+    convs, hidden = scaled_widths(self.width, self.conv_widths)
     if self.input_scale != 1.0:
       x = x * self.input_scale
 
@@ -390,35 +431,43 @@ class AlexNet(nn.Module):
       return Conv(features, ksize, stride, pad, groups, kinit, bias, dtype,
                   self.group_impl, name=name)(inp)
 
-    def dense(name: str, features: int, inp: Array) -> Array:
+    def dense(name: str, features: int, inp: Array, out_axis: str = FC_KERNEL_AXES[1]) -> Array:
       kinit, bias = layer_init(self.init_scheme, name)
-      return Dense(features, kinit, bias, dtype, name=name)(inp)
+      return Dense(features, kinit, bias, dtype, out_axis, name=name)(inp)
+
+    def sown(name: str, value: Array) -> Array:
+      # LRN, pooling and dropout are functions, not modules, so `capture_intermediates`
+      # does not see them; sown under names, the tests can check each against the paper.
+      # A no-op unless the caller makes 'intermediates' mutable.
+      self.sow('intermediates', name, value)
+      return value
 
     x = nn.relu(conv('conv1', convs[0], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x)
+      x = sown('lrn1', local_response_norm(x))
+    x = sown('pool1', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv2', convs[1], x))
     if self.use_lrn:
-      x = local_response_norm(x)
-    x = max_pool(x)
+      x = sown('lrn2', local_response_norm(x))
+    x = sown('pool2', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv3', convs[2], x))
     x = nn.relu(conv('conv4', convs[3], x))
     x = nn.relu(conv('conv5', convs[4], x))
-    x = max_pool(x)
+    x = sown('pool5', max_pool(x, self.pool_size, self.pool_stride))
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order, as stored in fc6's kernel rows
     x = nn.relu(dense('fc6', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout6', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     x = nn.relu(dense('fc7', hidden, x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = sown('dropout7', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     # Logits in float32: the softmax and its loss are computed at full precision.
-    return dense('fc8', self.num_classes, x).astype(jnp.float32)
+    return dense('fc8', self.num_classes, x, CLASSES_AXIS).astype(jnp.float32)
 
 
-def min_input_size(conv1_padding: int) -> int:
+def min_input_size(conv1_padding: int, pool_size: int = POOL_WINDOW,
+                   pool_stride: int = POOL_STRIDE) -> int:
   """Smallest square input side with a non-empty pool5."""
   side = 11
-  while spatial_sizes(side, conv1_padding)['pool5'] < 1:
+  while spatial_sizes(side, conv1_padding, pool_size, pool_stride)['pool5'] < 1:
     side += 1
   return side
 
@@ -427,6 +476,8 @@ def from_config(model_config: Any) -> AlexNet:
   """An AlexNet from `config.model` (ml_collections ConfigDict or a mapping)."""
   fields = {f.name for f in dataclasses.fields(AlexNet) if f.name not in ('parent', 'name')}
   values = dict(model_config)
+  if isinstance(values.get('conv_widths'), list):  # a config read back from JSON
+    values['conv_widths'] = tuple(values['conv_widths'])
   unknown = sorted(set(values) - fields)
   if unknown:
     raise errors.InputError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
@@ -447,8 +498,8 @@ def layer_table(model: AlexNet, input_size: int = 224) -> list[LayerStats]:
   """Per-layer output shape, parameter count and forward multiply-adds, from the
   layer arithmetic alone (no tracing). `count_flops` cross-checks it with XLA."""
   model.check((1, input_size, input_size, 3))
-  convs, hidden = scaled_widths(model.width)
-  sizes = spatial_sizes(input_size, model.conv1_padding)
+  convs, hidden = scaled_widths(model.width, model.conv_widths)
+  sizes = model.spatial_sizes(input_size)
   rows = []
   c_in = 3
   for (name, (k, _, _, grouped)), c_out in zip(CONV_LAYOUT.items(), convs):

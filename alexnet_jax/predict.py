@@ -103,13 +103,12 @@ def abstract_state(config: ml_collections.ConfigDict,
   return experiment.setup(config, mesh=mesh).abstract_state
 
 
-def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                   step: int | None = None) -> tuple[Any, int]:
-  """(params, step) of the newest checkpoint in WORKDIR, or of `step`.
+def open_checkpoints(workdir: str | os.PathLike[str],
+                     config: ml_collections.ConfigDict) -> checkpoint_lib.Checkpointer:
+  """The run's checkpoints, opened read-only; raises FileNotFoundError when it has none.
 
-  A checkpoint that cannot be read raises checkpoint.CheckpointError; unlike a
-  resuming trainer, this reader never falls back to an older one or moves
-  folders, so what it reports is the step asked for.
+  Unlike a resuming trainer, this reader never falls back to an older checkpoint,
+  moves folders or deletes a save in flight: it is safe beside a live run.
   """
   workdir = os.fspath(workdir)
   folder = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
@@ -117,22 +116,53 @@ def restore_params(workdir: str | os.PathLike[str], config: ml_collections.Confi
     raise errors.MissingInputError(f'no checkpoint in {workdir} ({folder} does not exist)')
   ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
                                                     read_only=True)
+  if not ckpt.all_steps():
+    ckpt.close()
+    raise errors.MissingInputError(f'no finished checkpoint in {folder}')
+  return ckpt
+
+
+def check_step(ckpt: checkpoint_lib.Checkpointer, step: int,
+               workdir: str | os.PathLike[str]) -> None:
+  """Raises errors.InputError unless `step` is a finished checkpoint of WORKDIR's `ckpt`."""
+  steps = ckpt.all_steps()
+  if step not in steps:
+    folder = os.path.join(os.fspath(workdir), checkpoint_lib.CHECKPOINT_DIR)
+    raise errors.InputError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
+
+
+def restore_state(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
+                  step: int | None, target: step_lib.TrainState) -> tuple[Any, int]:
+  """(state, step) of the newest checkpoint in WORKDIR, or of `step`, read into `target`.
+
+  target: the abstract state (shapes, dtypes, shardings) to restore into. A
+  checkpoint that cannot be read raises checkpoint.CheckpointError naming it.
+  """
+  ckpt = open_checkpoints(workdir, config)
   try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise errors.MissingInputError(f'no finished checkpoint in {folder}')
     if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise errors.InputError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
+      step = ckpt.all_steps()[-1]
+    check_step(ckpt, step, workdir)
     try:
-      state, _ = ckpt.restore(abstract_state(config), step=step)
+      state, _ = ckpt.restore(target, step=step)
     except checkpoint_lib.CheckpointError as e:
-      older = [s for s in steps if s < step]
+      older = [s for s in ckpt.all_steps() if s < step]
       hint = f'; --step={older[-1]} selects the one before it' if older else ''
       raise checkpoint_lib.CheckpointError(f'{e}{hint}') from e
   finally:
     ckpt.close()
+  return state, step
+
+
+def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
+                   step: int | None = None) -> tuple[Any, int]:
+  """(params, step) of the newest checkpoint in WORKDIR, or of `step`, on one device.
+
+  A checkpoint that cannot be read raises checkpoint.CheckpointError; unlike a
+  resuming trainer, this reader never falls back to an older one or moves
+  folders, so what it reports is the step asked for.
+  """
+  state, step = restore_state(workdir, config, step, abstract_state(config))
   return state.params, step
 
 

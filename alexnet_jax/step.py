@@ -72,6 +72,31 @@ def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax
   return jax.nn.softmax(logits).reshape(b, v, -1)
 
 
+def example_probabilities(params: Any, batch: Batch, *, model: model_lib.AlexNet,
+                          mean_image: jax.Array) -> jax.Array:
+  """(b, num_classes): each example's prediction, the mean of its V views' softmax outputs.
+
+  With V=10 this is the paper's test; averaging these over several networks is
+  its ensemble ("5 CNNs", Table 2).
+  """
+  return view_probabilities(params, batch['image'], batch['crop'], batch['flip'],
+                            batch['lighting'], model=model, mean_image=mean_image).mean(axis=1)
+
+
+def probability_sums(probs: jax.Array, label: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """Sums over the real (mask=True) examples of predictions `probs` (b, num_classes).
+
+  loss_sum adds the cross-entropy of each prediction, -log p(label); top1_wrong
+  and top5_wrong count the examples whose label is not among the 1 or 5 most
+  probable classes; count is the number of real examples.
+  """
+  mask = mask.astype(jnp.float32)
+  nll = -jnp.log(jnp.take_along_axis(probs, label[:, None], axis=1)[:, 0] + 1e-30)
+  wrong1, wrong5 = losses.topk_wrong(probs, label, ks=(1, 5))
+  return {'loss_sum': jnp.sum(nll * mask), 'top1_wrong': jnp.sum(wrong1 * mask),
+          'top5_wrong': jnp.sum(wrong5 * mask), 'count': jnp.sum(mask)}
+
+
 def eval_step(state: TrainState, batch: Batch, *, model: model_lib.AlexNet,
               mean_image: jax.Array) -> dict[str, jax.Array]:
   """Sums over the real (mask=True) examples of a batch of V views each.
@@ -79,10 +104,5 @@ def eval_step(state: TrainState, batch: Batch, *, model: model_lib.AlexNet,
   With V views (10 for the paper's test), the prediction is the mean of the V
   softmax outputs; the loss is the cross-entropy of that mean distribution.
   """
-  probs = view_probabilities(state.params, batch['image'], batch['crop'], batch['flip'],
-                             batch['lighting'], model=model, mean_image=mean_image).mean(axis=1)
-  mask = batch['mask'].astype(jnp.float32)
-  nll = -jnp.log(jnp.take_along_axis(probs, batch['label'][:, None], axis=1)[:, 0] + 1e-30)
-  wrong1, wrong5 = losses.topk_wrong(probs, batch['label'], ks=(1, 5))
-  return {'loss_sum': jnp.sum(nll * mask), 'top1_wrong': jnp.sum(wrong1 * mask),
-          'top5_wrong': jnp.sum(wrong5 * mask), 'count': jnp.sum(mask)}
+  probs = example_probabilities(state.params, batch, model=model, mean_image=mean_image)
+  return probability_sums(probs, batch['label'], batch['mask'])

@@ -69,10 +69,26 @@ def layer_groups(model: model_lib.AlexNet, name: str) -> int:
   return model.towers if grouped else 1
 
 
+def summary_model_axis(config: ml_collections.ConfigDict) -> int | None:
+  """The model axis the summary assumes: config.mesh.model, 2 for 'auto' (any even device
+  count), None when it depends on the device count (-1)."""
+  model_axis = config.mesh.model
+  if model_axis == sharding.AUTO:
+    return 2
+  return model_axis if model_axis > 0 else None
+
+
 def summarize(config: ml_collections.ConfigDict) -> list[LayerSummary]:
-  """One row per layer (conv, pool, fc) of the network `config.model` builds."""
+  """One row per layer (conv, pool, fc) of the network `config.model` builds.
+
+  Weights are placed as on a mesh whose model axis is `summary_model_axis`: fc8
+  is whole where the class count does not split over it.
+  """
   model = model_lib.from_config(config.model)
   rules = sharding.logical_rules(config)
+  model_axis = summary_model_axis(config)
+  if model_axis is not None:
+    rules = sharding.rules_for_sizes(rules, {'data': 1, 'model': model_axis}, model.num_classes)
   input_size = config.data.crop_size
   boxed = abstract_params(model, input_size)
   logical = nn.get_partition_spec(boxed)
@@ -143,14 +159,16 @@ def format_summary(config: ml_collections.ConfigDict, rows: Sequence[LayerSummar
   lines.append('')
   lines.append(f'{total_params:,} parameters ({total_params * 4 / 2**20:.1f} MiB as float32), '
                f'{total_macs / 1e9:.3g} G multiply-adds per {size}x{size} image (forward)')
-  sizes = {'data': config.mesh.data, 'model': config.mesh.model}
-  device = per_device_params(rows, sizes)
+  model_axis = summary_model_axis(config)
+  device = per_device_params(rows, {'data': config.mesh.data, 'model': model_axis or -1})
   if device is None:
     lines.append('per device: depends on the device count (a weight is split over an axis '
                  'of size -1)')
   else:
+    auto = (f" ('auto' on an even device count; on an odd one, mesh.model=1 and all "
+            f'{total_params:,})' if config.mesh.model == sharding.AUTO else '')
     lines.append(f'per device: {device:,} parameters ({device * 4 / 2**20:.1f} MiB), '
-                 f'with mesh.model={config.mesh.model}')
+                 f'with mesh.model={model_axis}{auto}')
   return '\n'.join(lines)
 
 

@@ -69,6 +69,7 @@ class _Run:
   writer: metrics_lib.MetricWriter
   reporter: metrics_lib.ProgressReporter
   preemption: preemption_lib.PreemptionWatcher
+  profiler: metrics_lib.StepProfiler
 
 
 # ----------------------------------------------------------------------------- the run
@@ -143,12 +144,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         steps_per_epoch=steps_per_epoch, enabled=is_host0,
         progress_bar=None if config.log.progress else False)
     stack.callback(reporter.close)
+    profiler = metrics_lib.StepProfiler(workdir, config.log.get('profile_steps', ()),
+                                        enabled=is_host0)
+    stack.callback(profiler.close)
     run = _Run(config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
                num_steps=num_steps, train_iter=train_iter,
                train_step=exp.train_step(), eval_step=exp.eval_step(),
                dropout_rng=jax.device_put(dropout_rng, sharding.replicated(mesh)),
                plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
-               preemption=preemption)
+               preemption=preemption, profiler=profiler)
     state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
     interrupted = None
     if stopped is not None and preemption.interrupted:
@@ -205,8 +209,10 @@ def _loop(run: _Run, state: step_lib.TrainState, start_step: int
   pending: list[dict[str, jax.Array]] = []  # metrics of the steps not yet logged or checked
   timer = (time.perf_counter(), start_step)
   for step in range(start_step + 1, run.num_steps + 1):
+    run.profiler.before_step(step)  # the trace includes reading the batch
     batch = sharding.make_global_batch(next(run.train_iter), run.exp.mesh)
     state, metrics = run.train_step(state, batch, run.dropout_rng)
+    run.profiler.after_step(step, state)
     pending.append(metrics)
     epoch, epoch_end, last = step // spe, step % spe == 0, step == run.num_steps
     if step % config.log.every_steps == 0 or epoch_end or last:

@@ -183,10 +183,10 @@ def lrn_cumsum(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
   return (x32 * _lrn_parts()[1](k + alpha * window, beta)).astype(x.dtype)
 
 
-def pool_autodiff(x):
+def pool_autodiff(x, window=3, stride=2):
   """flax's max_pool as JAX differentiates it (select_and_scatter)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  return nn.max_pool(x, (3, 3), (2, 2))
+  return nn.max_pool(x, (window, window), (stride, stride))
 
 
 LRN_FORMS = {'autodiff': lrn_autodiff, 'band': lrn_band, 'cumsum': lrn_cumsum,

@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.final_eval_crops = 1
 
   config.mesh.data = -1
-  config.mesh.model = 1  # A laptop has one device; the split needs two (see docs/sharding.md).
+  config.mesh.model = 'auto'  # 1 on a laptop's one device, 2 on an even device count.
 
   config.model.num_classes = 10
   config.model.width = 0.25  # conv widths 24, 64, 96, 96, 64; fc 1024

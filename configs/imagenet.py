@@ -9,6 +9,7 @@ Smaller configs (configs/digits.py, tests) start from `get_config()` and overrid
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,12 +25,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Device mesh: the paper's two-GPU split is `model=2`; `-1` takes the remaining devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Data-parallel axis size; -1: devices / model.
-  config.mesh.model = 2  # Model-parallel axis size: 2 = one tower per device, 1 = none.
+  # Model-parallel axis size: 2 = one tower per device, 1 = none; 'auto': 2 on an even
+  # device count, else 1 (the log and --dry_run say which). Typed `object` so that the
+  # field takes both 'auto' and a number (--config.mesh.model=2).
+  config.mesh.model = config_dict.FieldReference('auto', field_type=object)
   # Logical axis name of a weight or activation -> mesh axis (None: replicated).
   config.mesh.rules = (
       ('batch', 'data'),
       ('conv_out', 'model'),
       ('fc_out', 'model'),
+      ('classes', 'model'),  # fc8's outputs; kept whole where num_classes does not divide
       ('conv_in', None),
       ('conv_h', None),
       ('conv_w', None),
@@ -48,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_scheme = 'paper'  # 'paper' | 'caffe' | 'he' (see model.layer_init).
   config.model.input_scale = 1.0  # Input multiplier: 1.0 = raw 0-255 pixels minus mean (paper).
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
+  config.model.pool_size = 3  # Max-pool window z: 3 with stride 2 overlaps (section 3.4).
+  config.model.pool_stride = 2  # Max-pool stride s; s=z=2 is the paper's non-overlapping control.
+  config.model.conv_widths = None  # conv1-conv5 widths at width 1.0, a tuple; None: the paper.
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.
@@ -55,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.prepare_from = ''  # If set and `dir` holds no dataset: prepare it from this source.
   config.data.image_size = 256  # Side of the stored square images, pixels.
   config.data.crop_size = 224  # Train/eval crop side, pixels (227 with conv1_padding=0).
+  config.data.random_crop = True  # Random crops in training; False: the central crop.
   config.data.flip = True  # Random horizontal flips in training.
   config.data.lighting_std = 0.1  # Std of the PCA lighting alphas; 0 turns lighting off.
   config.data.mean = 'pixel'  # Subtract the per-pixel mean image ('pixel') or per channel.
@@ -84,5 +93,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log.every_steps = 100  # Train metrics (loss, error, lr, images/s) every this many steps.
   config.log.tensorboard = True  # Write TensorBoard event files in the workdir.
   config.log.progress = True  # Progress bar when the console is interactive.
+  config.log.profile_steps = ()  # (start, stop): profile steps start..stop-1 into WORKDIR/profile.
 
   return config

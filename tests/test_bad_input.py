@@ -1,11 +1,11 @@
 """Every bad input a user can give, through the real commands: one line, non-zero, nothing touched.
 
-CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`
-or `python -m alexnet_jax.predict` on one bad input and must exit with the listed status,
-print exactly the listed line (paths shown as the names in FIXTURES), show no Python
-traceback, and leave every file that existed before it byte-for-byte as it was. Bad images
-are the exception that does not fail: prepare skips and counts the undecodable ones (and
-converts the odd but valid ones), unless --strict.
+CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`,
+`python -m alexnet_jax.predict` or `python -m alexnet_jax.evaluate` on one bad input and must
+exit with the listed status, print exactly the listed line (paths shown as the names in
+FIXTURES), show no Python traceback, and leave every file that existed before it
+byte-for-byte as it was. Bad images are the exception that does not fail: prepare skips and
+counts the undecodable ones (and converts the odd but valid ones), unless --strict.
 
 docs/bad_input.md is generated from CASES; a test fails when they differ. After changing a
 message or a case, rewrite it with
@@ -46,6 +46,7 @@ DOC = os.path.join(REPO, 'docs', 'bad_input.md')
 # into the printed messages (longer paths first).
 FIXTURES = {
     'RUN': 'the workdir of a run: config, dataset info, a checkpoint of step 2, metrics',
+    'RUN3': 'the same on {DATA3}, with 3 output classes',
     'BROKEN_RUN': 'a copy of {RUN} whose checkpoint has its largest array file cut in half',
     'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/test_train.py` `tiny_config`)',
     'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 train and 6 val images)',
@@ -64,7 +65,7 @@ class Case:
   name: str
   group: str
   what: str  # the bad input, in words
-  tool: str  # launch | prepare | predict
+  tool: str  # launch | prepare | predict | evaluate
   args: tuple[str, ...]  # with {PLACEHOLDERS}
   status: int
   message: str  # the one line it prints, paths as placeholders
@@ -175,6 +176,11 @@ CASES = (
          'predict', ('--workdir={DATA}', '{CASE}/x.JPEG'), 2,
          'error: {DATA} holds no config.json: not the workdir of a training run',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_missing_data', 'paths', 'evaluate with a --data_dir that does not exist',
+         'evaluate', ('--workdir={RUN}', '--data_dir={CASE}/nowhere'), 2,
+         'error: {CASE}/nowhere holds no complete prepared dataset (no finished dataset.json); '
+         'run: python -m alexnet_jax.prepare --source=SRC --output={CASE}/nowhere (or set '
+         'config.data.prepare_from)'),
     Case('predict_missing_image', 'paths', 'predict IMAGE does not exist', 'predict',
          ('--workdir={RUN}', '{CASE}/nowhere.JPEG'), 2,
          'error: cannot read image {CASE}/nowhere.JPEG: No such file or directory'),
@@ -207,6 +213,9 @@ CASES = (
     Case('image_size_mismatch', 'configs', 'image_size other than the prepared one', 'launch',
          _launch('--config.data.crop_size=80', '--config.data.image_size=96'), 2,
          'error: {DATA} was prepared at image_size 72 but config.data.image_size is 96'),
+    Case('zero_pool_size', 'configs', 'a max-pooling window of 0', 'launch',
+         _launch('--config.model.pool_size=0'), 2,
+         'error: config.model.pool_size must be a positive integer, got 0'),
     Case('unknown_init', 'configs', 'unknown init scheme', 'launch',
          _launch('--config.model.init_scheme=xavier'), 2,
          "error: unknown init scheme 'xavier'; expected one of ('paper', 'caffe', 'he')"),
@@ -378,6 +387,28 @@ CASES = (
          ('--workdir={RUN}', '--step=7', '{CASE}/x.JPEG'), 2,
          'error: no checkpoint of step 7 in {RUN}/checkpoints; it has steps [2]',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_no_checkpoint', 'checkpoints', 'evaluate a run without checkpoints',
+         'evaluate', ('--workdir={CASE}/run',), 2,
+         'error: no checkpoint in {CASE}/run ({CASE}/run/checkpoints does not exist)',
+         inputs=(('run', 'run_without_checkpoints'),)),
+    Case('evaluate_missing_step', 'checkpoints', 'evaluate --step of no checkpoint', 'evaluate',
+         ('--workdir={RUN}', '--step=7'), 2,
+         'error: no checkpoint of step 7 in {RUN}/checkpoints; it has steps [2]'),
+    Case('evaluate_best_without_errors', 'checkpoints',
+         'evaluate --step=best where no checkpoint has a validation error', 'evaluate',
+         ('--workdir={RUN}', '--step=best'), 2,
+         'error: no checkpoint in {RUN}/checkpoints has a validation error stored (steps [2]); '
+         'use --step=newest or a step number'),
+    # --------------------------------------------------------------------- ensembles
+    Case('ensemble_other_classes', 'ensembles', 'runs trained with different class counts',
+         'evaluate', ('--workdir={RUN}', '--workdir={RUN3}'), 2,
+         'error: {RUN3} was trained on 3 classes but {RUN} on 10: an ensemble averages '
+         'predictions over the same classes'),
+    Case('ensemble_other_datasets', 'ensembles', 'runs trained on different datasets',
+         'evaluate', ('--workdir={RUN}', '--workdir={CASE}/run'), 2,
+         'error: {CASE}/run was trained on other data ({CASE}/elsewhere) than {RUN} ({DATA}); '
+         'give --data_dir to evaluate all of them on one dataset',
+         inputs=(('run', 'run_on_other_data'),)),
     # --------------------------------------------------------------------- flags
     Case('unknown_flag', 'flags', 'an unknown flag', 'launch', _launch('--epochs=3'), 1,
          "FATAL Flags parsing error: Unknown command line flag 'epochs'"),
@@ -397,6 +428,12 @@ CASES = (
          ('--workdir={RUN}', '--crops=5', '{CASE}/x.JPEG'), 1,
          'FATAL Flags parsing error: flag --crops=5: value should be one of <10|1>',
          inputs=(('x.JPEG', 'jpeg'),)),
+    Case('evaluate_bad_step', 'flags', 'evaluate --step neither a number nor newest/best',
+         'evaluate', ('--workdir={RUN}', '--step=last'), 2,
+         "error: --step must be a checkpoint step, 'newest' or 'best', got 'last'"),
+    Case('evaluate_no_workdir', 'flags', 'evaluate without --workdir', 'evaluate', (), 1,
+         'FATAL Flags parsing error: flag --workdir=None: Flag --workdir must have a value other '
+         'than None.'),
     Case('prepare_missing_source_flag', 'flags', 'prepare without --source', 'prepare',
          ('--output={CASE}/out',), 1,
          'FATAL Flags parsing error: flag --source=None: Flag --source must have a value other '
@@ -415,10 +452,66 @@ CASES = (
          _launch('--config.mesh.model=4'), 2,
          'error: config.mesh.model=4 does not divide config.model.towers=2: each device must '
          'hold whole towers (use model=1 or 2)'),
+    Case('mesh_model_text', 'mesh', "mesh.model neither 'auto' nor a number", 'launch',
+         ('--config=configs/digits.py', '--workdir={CASE}/new', '--config.mesh.model=two'), 2,
+         "error: config.mesh.model must be 'auto', a positive integer or -1, got 'two'"),
+    # --------------------------------------------------------------------- plans
+    Case('plan_too_little_memory', 'plan', 'a device memory too small for the batch', 'launch',
+         _launch('--dry_run', '--plan_devices=2', '--plan_platform=gpu',
+                 '--plan_device_memory_gib=0.005'), 2,
+         'error: the plan needs about 5.2 MiB per device (weights, gradients and optimizer state '
+         '3.7 MiB, activations 1.5 MiB at 8 images per device), more than '
+         '--plan_device_memory_gib=0.005; the largest per-device batch that fits is 7 '
+         '(config.batch_size=14 on the data axis of 2)'),
+    Case('plan_memory_for_no_batch', 'plan', 'a device memory too small for the weights',
+         'launch', _launch('--dry_run', '--plan_devices=2', '--plan_platform=gpu',
+                           '--plan_device_memory_gib=0.002'), 2,
+         'error: the plan needs about 5.2 MiB per device (weights, gradients and optimizer state '
+         '3.7 MiB, activations 1.5 MiB at 8 images per device), more than '
+         '--plan_device_memory_gib=0.002; not even one image per device fits: split the weights '
+         'over more devices (config.mesh.model) or narrow the network (config.model.width)'),
+    Case('plan_zero_devices', 'plan', '--plan_devices=0', 'launch',
+         _launch('--dry_run', '--plan_devices=0', '--plan_platform=gpu'), 2,
+         'error: --plan_devices must be a positive integer, got 0'),
+    Case('plan_uneven_processes', 'plan', 'devices that do not spread evenly over the processes',
+         'launch', _launch('--dry_run', '--plan_devices=6', '--plan_processes=4',
+                           '--plan_platform=gpu'), 2,
+         'error: --plan_devices=6 cannot be spread evenly over --plan_processes=4'),
+    Case('plan_processes_cut_pairs', 'plan', 'processes that cut the model pairs unevenly',
+         'launch', _launch('--dry_run', '--plan_devices=6', '--plan_processes=2',
+                           '--plan_platform=gpu', '--config.mesh.model=2',
+                           '--config.batch_size=12'), 2,
+         'error: --plan_processes=2 puts 3 devices in each process, which cuts the model pairs '
+         'of the mesh data=3 x model=2 unevenly (a process holds whole pairs, or one device of '
+         'one pair); choose another --plan_processes'),
+    Case('plan_without_platform', 'plan', '--plan_devices without --plan_platform', 'launch',
+         _launch('--dry_run', '--plan_devices=8'), 2,
+         'error: --plan_devices=8 needs --plan_platform (cpu, gpu, tpu): it decides the compute '
+         'dtype'),
+    Case('plan_unknown_platform', 'plan', 'an unknown --plan_platform', 'launch',
+         _launch('--dry_run', '--plan_devices=8', '--plan_platform=fpga'), 1,
+         'FATAL Flags parsing error: flag --plan_platform=fpga: value should be one of '
+         '<cpu|gpu|tpu>'),
+    Case('plan_efficiency_above_one', 'plan', '--plan_efficiency above 1', 'launch',
+         _launch('--dry_run', '--plan_peak_tflops=100', '--plan_efficiency=1.5'), 2,
+         'error: --plan_efficiency must be in (0, 1], got 1.5'),
+    Case('plan_peak_alone', 'plan', '--plan_peak_tflops without --plan_efficiency', 'launch',
+         _launch('--dry_run', '--plan_peak_tflops=100'), 2,
+         'error: --plan_peak_tflops and --plan_efficiency go together: the time estimate is '
+         'devices x peak x efficiency'),
+    Case('plan_without_dry_run', 'plan', 'a --plan_* flag on a training command', 'launch',
+         _launch('--plan_devices=8', '--plan_platform=gpu'), 2,
+         'error: --plan_devices describes a plan: use it with --dry_run'),
+    Case('profile_steps_backwards', 'configs', 'log.profile_steps with stop before start',
+         'launch', ('--config=configs/digits.py', '--workdir={CASE}/new',
+                    '--config.log.profile_steps=(5,2)'), 2,
+         'error: config.log.profile_steps must be () or (start, stop) with 1 <= start < stop, '
+         'got (5, 2)'),
 )
 
 # Run also as plain `python ...` subprocesses: the forked runs must print the same.
-SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step')
+SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step',
+                    'ensemble_other_classes')
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -472,6 +565,14 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   if kind == 'dangling':
     os.symlink(os.path.join(os.path.dirname(path), 'gone.JPEG'), path)
     return
+  if kind == 'run_on_other_data':  # the same run, as if trained on data in another folder
+    shutil.copytree(fixtures['RUN'], path)
+    with open(os.path.join(path, 'config.json')) as f:
+      config = json.load(f)
+    config['data']['dir'] = os.path.join(os.path.dirname(path), 'elsewhere')
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      json.dump(config, f)
+    return
   if kind == 'jpeg':
     data = _jpeg(_image(seed))
   elif kind == 'truncated':
@@ -518,6 +619,7 @@ def _make_fixtures(root: str) -> dict[str, str]:
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
   fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
+              'RUN3': os.path.join(root, 'run3'),
               'DATA3': os.path.join(root, 'data3'), 'NOVAL': os.path.join(root, 'noval'),
               'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py')}
   with open(fixtures['FILE'], 'w') as f:
@@ -538,6 +640,9 @@ def _make_fixtures(root: str) -> dict[str, str]:
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
   shutil.copytree(fixtures['DATA'], fixtures['DAMAGED'])
   damage_shard(os.path.join(fixtures['DAMAGED'], 'train.array_record-00000-of-00003'))
+  reliability.write_run_with_checkpoint(
+      test_train.tiny_config(fixtures['DATA3'], num_train_steps=4, final_eval_crops=1,
+                             **{'model.num_classes': 3}), fixtures['RUN3'], step=2)
   return fixtures
 
 
@@ -656,6 +761,7 @@ def serve(spec_path: str) -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   import jax
   from alexnet_jax import cli
+  from alexnet_jax import evaluate
   from alexnet_jax import predict
   from alexnet_jax import prepare
   from alexnet_jax import train
@@ -706,10 +812,11 @@ def _env() -> dict[str, str]:
 
 def render_doc() -> str:
   groups = {'paths': 'Paths', 'configs': 'Configs', 'data': 'Datasets', 'images': 'Images',
-            'labels': 'Labels files', 'checkpoints': 'Checkpoints', 'flags': 'Flags',
-            'mesh': 'Mesh shapes'}
+            'labels': 'Labels files', 'checkpoints': 'Checkpoints',
+            'ensembles': 'Ensembles (evaluate with several --workdir)',
+            'flags': 'Flags', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
-           'predict': 'python -m alexnet_jax.predict'}
+           'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate'}
   cell = lambda s: s.replace('|', '\\|')
   lines = [
       '# Bad input: what each command says',

@@ -183,7 +183,8 @@ class ResumeCheckTest(absltest.TestCase):
     stored = workdir_lib._plain(imagenet.get_config())  # pylint: disable=protected-access
     current = copy.deepcopy(stored)
     current['my_note'] = 'a field of a user\'s own'
-    current['data']['random_crop'] = True  # a field the stored run did not have yet
+    del stored['data']['random_crop']  # a run started before the program had this field
+    self.assertTrue(current['data']['random_crop'])
     accepted = workdir_lib.check_resume(resumable_workdir(self, stored), current)
     self.assertEqual(sorted(c.field for c in accepted), ['data.random_crop', 'my_note'])
 

@@ -202,6 +202,22 @@ class TrainIteratorTest(parameterized.TestCase):
       np.testing.assert_array_equal(b['lighting'], 0)
       self.assertFalse(b['flip'].any())
 
+  def test_random_crop_off_trains_on_the_center_crop(self):
+    """data.random_crop=False: every crop is the central one (offset (S - c) // 2 = 4),
+    still flipped at random; the pixels are that crop of the stored image."""
+    batches = _take(self._iterator(random_crop=False, flip=True), 5)
+    center = (SIZE - CROP) // 2
+    for b in batches:
+      np.testing.assert_array_equal(b['crop'], np.full((8, 2), center))
+    ids = _ids(batches)  # Raises unless each element is that exact (flipped) crop.
+    labels = np.concatenate([b['label'] for b in batches])
+    np.testing.assert_array_equal(labels, TRAIN_LABELS[ids])
+    flips = np.concatenate([b['flip'] for b in batches])
+    self.assertTrue(0 < flips.sum() < len(flips))
+    # The default draws the offsets: the same seed gives other crops.
+    random = np.concatenate([b['crop'] for b in _take(self._iterator(), 5)])
+    self.assertTrue((random != center).any())
+
   def test_same_seed_same_batches(self):
     for x, y in zip(_take(self._iterator(seed=3), 6), _take(self._iterator(seed=3), 6)):
       for key in x:

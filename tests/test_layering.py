@@ -32,9 +32,9 @@ LAYERS = {
     'experiment': (4, ()), 'workdir': (4, ()),
     # L5 pictures
     'figures': (5, ()),
-    # L6 entry points; plot redraws what predict restores
+    # L6 entry points; plot and evaluate use the run predict loads and restores
     'train': (6, ()), 'plan': (6, ()), 'predict': (6, ()), 'summary': (6, ()),
-    'plot': (6, ('predict',)),
+    'plot': (6, ('predict',)), 'evaluate': (6, ('predict',)),
 }
 
 # What the step module may not pull in: the data stack, checkpoints, plots, codecs.
@@ -91,7 +91,7 @@ class LayeringTest(absltest.TestCase):
     self.assertIn('plot (L6) -> predict (L6)', upward_imports(layers))
 
   def test_entry_points_do_not_import_the_train_loop(self):
-    for name in ('predict', 'plan', 'summary', 'plot', 'experiment', 'step'):
+    for name in ('predict', 'plan', 'summary', 'plot', 'evaluate', 'experiment', 'step'):
       self.assertNotIn('train', project_imports(os.path.join(PACKAGE, f'{name}.py')), name)
 
   def test_step_imports_no_data_stack(self):

@@ -69,8 +69,10 @@ class ParameterCountTest(parameterized.TestCase):
     specs = nn.get_partition_spec(boxed)
     for name, layer in specs.items():
       kind = 'conv' if name.startswith('conv') else 'fc'
-      self.assertEqual(layer['bias'], jax.sharding.PartitionSpec(f'{kind}_out'))
-      self.assertEqual(layer['kernel'][-1], f'{kind}_out')
+      # fc8's outputs are the classes: their own name, split only where the count allows.
+      out = 'classes' if name == 'fc8' else f'{kind}_out'
+      self.assertEqual(layer['bias'], jax.sharding.PartitionSpec(out))
+      self.assertEqual(layer['kernel'][-1], out)
       self.assertLen(layer['kernel'], 4 if kind == 'conv' else 2)
 
 
@@ -177,18 +179,29 @@ class LRNTest(parameterized.TestCase):
 
 class MaxPoolTest(parameterized.TestCase):
 
-  @parameterized.parameters((2, 55, 55, 8), (1, 13, 13, 4), (1, 4, 6, 3), (1, 3, 3, 1))
-  def test_matches_reduce_window_and_its_gradient(self, *shape):
-    """Forward equals flax's max_pool; the gradient equals XLA's select_and_scatter's,
-    which sends each window's gradient to its first maximum, ties included."""
+  @parameterized.parameters(
+      *[(3, 2) + shape for shape in ((2, 55, 55, 8), (1, 13, 13, 4), (1, 4, 6, 3), (1, 3, 3, 1))],
+      # s = z = 2, the paper's non-overlapping control (section 3.4), odd and even sides;
+      # and windows wider than their stride other than the paper's.
+      (2, 2, 2, 55, 55, 8), (2, 2, 1, 6, 7, 3), (4, 3, 1, 13, 13, 2), (3, 1, 1, 6, 5, 2))
+  def test_matches_reduce_window_and_its_gradient(self, window, stride, *shape):
+    """Forward equals max over each window (written out in numpy); the gradient
+    equals JAX's autodiff of reduce_window max (XLA's select_and_scatter), which
+    sends each window's gradient to its first maximum, ties included."""
     rng = np.random.default_rng(0)
     a = np.maximum(rng.normal(size=shape), 0.0).astype(np.float32)  # ReLU zeros tie
     a[:, ::3] = np.round(a[:, ::3], 1)  # and so do some positive values
     x = jnp.asarray(a)
-    reference = lambda v: nn.max_pool(v, (3, 3), (2, 2))
-    g = jnp.asarray(rng.normal(size=reference(x).shape).astype(np.float32))
-    np.testing.assert_array_equal(np.asarray(model_lib.max_pool(x)), np.asarray(reference(x)))
-    got = jax.grad(lambda v: jnp.vdot(model_lib.max_pool(v), g))(x)
+    reference = lambda v: jax.lax.reduce_window(
+        v, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), 'VALID')
+    out_h, out_w = (shape[1] - window) // stride + 1, (shape[2] - window) // stride + 1
+    windows = np.stack([np.stack([a[:, i * stride:i * stride + window,
+                                    j * stride:j * stride + window].max(axis=(1, 2))
+                                  for j in range(out_w)], axis=1) for i in range(out_h)], axis=1)
+    pooled = model_lib.max_pool(x, window, stride)
+    np.testing.assert_array_equal(np.asarray(pooled), windows)
+    g = jnp.asarray(rng.normal(size=windows.shape).astype(np.float32))
+    got = jax.grad(lambda v: jnp.vdot(model_lib.max_pool(v, window, stride), g))(x)
     want = jax.grad(lambda v: jnp.vdot(reference(v), g))(x)
     # The same terms summed in another order where windows overlap.
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
@@ -199,6 +212,64 @@ class MaxPoolTest(parameterized.TestCase):
     self.assertEqual(grad.dtype, jnp.bfloat16)
     want = jax.grad(lambda v: nn.max_pool(v, (3, 3), (2, 2)).astype(jnp.float32).sum())(x)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
+
+
+class AblationSwitchTest(parameterized.TestCase):
+  """The switches the paper's ablations need: pooling window and stride, conv widths."""
+
+  def test_non_overlapping_pooling_keeps_the_shapes(self):
+    # Section 3.4: s = z = 2 "produces output of equivalent dimensions":
+    # (55 - 2) // 2 + 1 = 27, (27 - 2) // 2 + 1 = 13, (13 - 2) // 2 + 1 = 6, as with z = 3.
+    net = model_lib.AlexNet(pool_size=2, pool_stride=2)
+    table = {r.name: r.output_shape for r in model_lib.layer_table(net)}
+    self.assertEqual([table[p] for p in ('pool1', 'pool2', 'pool5')],
+                     [(27, 27, 96), (13, 13, 256), (6, 6, 256)])
+    self.assertEqual(model_lib.count_params(abstract_params(net)), 60_965_224)
+
+  def test_pooling_reaches_the_network(self):
+    # A stride-3 pool maps conv1's 55 to (55 - 3) // 3 + 1 = 18, then 6, then 2: fc6
+    # reads 2 * 2 * 32 features at width 1/8.
+    net = model_lib.AlexNet(width=0.125, num_classes=10, pool_size=3, pool_stride=3)
+    self.assertEqual(abstract_params(net)['fc6']['kernel'].shape, (2 * 2 * 32, 512))
+    # s = z = 2 and the paper's s = 2, z = 3 share every weight shape, not their outputs.
+    small = dict(width=0.125, num_classes=10)
+    params = init_params(model_lib.AlexNet(pool_size=2, pool_stride=2, **small), 224)
+    x = jax.random.normal(jax.random.key(0), (1, 224, 224, 3))
+    a = model_lib.AlexNet(pool_size=2, pool_stride=2, **small).apply({'params': params}, x)
+    b = model_lib.AlexNet(**small).apply({'params': params}, x)
+    self.assertGreater(float(jnp.abs(a - b).max()), 1e-6)
+
+  def test_conv_widths(self):
+    # The one-tower comparison net (section 3.2 and its footnote): conv1-conv4 halved,
+    # conv5 and the fc layers at full width, every layer ungrouped.
+    #   conv1 11*11*3*48 + 48    =     17,472   conv2 5*5*48*128 + 128   =    153,728
+    #   conv3 3*3*128*192 + 192  =    221,376   conv4 3*3*192*192 + 192  =    331,968
+    #   conv5 3*3*192*256 + 256  =    442,624   fc6 6*6*256*4096 + 4096  = 37,752,832
+    #   fc7 4096*4096 + 4096     = 16,781,312   fc8 4096*1000 + 1000     =  4,097,000
+    expected = (17_472 + 153_728 + 221_376 + 331_968 + 442_624 + 37_752_832 + 16_781_312
+                + 4_097_000)
+    self.assertEqual(expected, 59_798_312)
+    net = model_lib.AlexNet(towers=1, conv_widths=(48, 128, 192, 192, 256))
+    params = abstract_params(net)
+    self.assertEqual(model_lib.count_params(params), expected)
+    self.assertEqual(sum(r.params for r in model_lib.layer_table(net)), expected)
+    self.assertEqual(params['conv4']['kernel'].shape, (3, 3, 192, 192))
+    # The width multiplier scales them: a quarter gives 12, 32, 48, 48, 64.
+    quarter = abstract_params(model_lib.AlexNet(towers=1, width=0.25, num_classes=10,
+                                                conv_widths=(48, 128, 192, 192, 256)))
+    self.assertEqual([quarter[f'conv{i}']['kernel'].shape[-1] for i in range(1, 6)],
+                     [12, 32, 48, 48, 64])
+
+  @parameterized.parameters(((48, 128, 192, 192),), ((48, 0, 192, 192, 256),),
+                            ((48.0, 128, 192, 192, 256),))
+  def test_bad_conv_widths(self, widths):
+    with self.assertRaisesRegex(ValueError, 'conv_widths must be None or 5 positive integers'):
+      model_lib.AlexNet(towers=1, conv_widths=widths).check()
+
+  def test_from_config_accepts_widths_read_back_from_json(self):
+    net = model_lib.from_config({'towers': 1, 'conv_widths': [48, 128, 192, 192, 256]})
+    self.assertEqual(net.conv_widths, (48, 128, 192, 192, 256))
+    hash(net)  # jit takes the model as a static argument
 
 
 class TowerTest(parameterized.TestCase):
@@ -218,24 +289,49 @@ class TowerTest(parameterized.TestCase):
       self.assertGreater(float(jnp.abs(block(0, 0)).max()), 0.0, name)
       self.assertGreater(float(jnp.abs(block(1, 1)).max()), 0.0, name)
 
-  def test_network_level_independence(self):
-    """Perturbing tower 0 of conv1's output never reaches tower 1 of conv5's output."""
-    net = model_lib.AlexNet(width=0.125, num_classes=10)
-    params = init_params(net, 67)
-    x = jax.random.normal(jax.random.key(0), (1, 67, 67, 3))
+  @parameterized.parameters('split', 'feature_group')
+  def test_network_level_towers(self, impl):
+    """In the real network, conv2, conv4 and conv5 connect only within a tower; conv3 crosses.
 
-    def conv5_from_pool1(p1):
-      h = nn.relu(model_lib.Conv(32, 5, 1, 2, 2).apply({'params': params['conv2']}, p1))
-      h = model_lib.max_pool(h)  # no LRN here: the paper's LRN mixes neighbouring channels
-      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 1).apply({'params': params['conv3']}, h))
-      h = nn.relu(model_lib.Conv(48, 3, 1, 1, 2).apply({'params': params['conv4']}, h))
-      return model_lib.Conv(32, 3, 1, 1, 2).apply({'params': params['conv5']}, h)
+    The filters changed in conv1 and conv2 are those of tower 0 but its last two, which
+    the LRN's window of 5 channels would carry into tower 1. Changing them in conv1
+    changes conv2's tower-0 outputs and leaves its tower-1 outputs bitwise as they were;
+    changing them in conv2 reaches tower 1 of conv3. Changing conv3's tower-0 filters
+    leaves tower 1 of conv4 and conv5 as it was.
+    """
+    net = model_lib.AlexNet(width=0.125, num_classes=10, group_impl=impl)
+    params = init_params(net, 67)  # conv widths 12, 32, 48, 48, 32: towers of 6, 16, 24, 24, 16
+    x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
+    forward = jax.jit(lambda p: net.apply({'params': p}, x, capture_intermediates=True,
+                                          mutable=['intermediates'])[1]['intermediates'])
 
-    p1 = jax.random.normal(jax.random.key(3), (1, 7, 7, 12))
-    jac = jax.jacrev(conv5_from_pool1)(p1)
-    # conv3 crosses towers, so tower 1 of conv5 does depend on tower 0 of pool1.
-    self.assertGreater(float(jnp.abs(jac[..., 16:, :, :, :, :6]).max()), 0.0)
-    del x
+    def convs(p):
+      inter = forward(p)
+      return {n: np.asarray(inter[n]['__call__'][0]) for n in ('conv2', 'conv3', 'conv4',
+                                                               'conv5')}
+
+    def changed(layer, channels):
+      """Outputs with `layer`'s filters `channels` replaced by others."""
+      noise = jax.random.normal(jax.random.key(5), params[layer]['kernel'].shape) * 0.02
+      kernel = params[layer]['kernel'].at[..., channels].add(noise[..., channels])
+      bias = params[layer]['bias'].at[channels].add(1.0)
+      return convs(dict(params, **{layer: {'kernel': kernel, 'bias': bias}}))
+
+    def tower(a, t):
+      half = a.shape[-1] // 2
+      return a[..., t * half:(t + 1) * half]
+
+    base = convs(params)
+    after = changed('conv1', slice(0, 4))
+    np.testing.assert_array_equal(tower(after['conv2'], 1), tower(base['conv2'], 1))
+    self.assertFalse(np.array_equal(tower(after['conv2'], 0), tower(base['conv2'], 0)))
+    after = changed('conv2', slice(0, 14))
+    self.assertFalse(np.array_equal(tower(after['conv3'], 1), tower(base['conv3'], 1)),
+                     'conv3 reads both towers of conv2 (section 3.2)')
+    after = changed('conv3', slice(0, 24))
+    for name in ('conv4', 'conv5'):
+      np.testing.assert_array_equal(tower(after[name], 1), tower(base[name], 1), name)
+      self.assertFalse(np.array_equal(tower(after[name], 0), tower(base[name], 0)), name)
 
   @parameterized.parameters(1, 2)
   def test_split_equals_feature_group(self, towers):
@@ -287,8 +383,15 @@ class DropoutTest(absltest.TestCase):
     rngs = {'dropout': key} if key is not None else None
     return np.asarray(self.net.apply({'params': self.params}, self.x, train=train, rngs=rngs))
 
-  def test_eval_is_deterministic(self):
-    np.testing.assert_array_equal(self.apply(False), self.apply(False))
+  def test_eval_ignores_the_dropout_rng(self):
+    """Evaluation gives the same output for any dropout key: that of the network without
+    dropout (section 4.2: at test time every neuron is used)."""
+    a = self.apply(False, jax.random.key(1))
+    np.testing.assert_array_equal(a, self.apply(False, jax.random.key(2)))
+    no_dropout = self.net.clone(dropout_rate=0.0)
+    want = no_dropout.apply({'params': self.params}, self.x, train=True,
+                            rngs={'dropout': jax.random.key(3)})
+    np.testing.assert_allclose(a, np.asarray(want), rtol=1e-6, atol=1e-6)
 
   def test_train_uses_dropout_reproducibly(self):
     a = self.apply(True, jax.random.key(1))

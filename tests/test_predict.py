@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from alexnet_jax import augment
 from alexnet_jax import codecs
 from alexnet_jax import input_pipeline
 from alexnet_jax import predict
@@ -29,6 +28,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
+def paper_views(image_size: int, crop: int) -> list[tuple[int, int, bool]]:
+  """Section 4.1's test views, (top, left, flip): the four corner patches and the center
+  patch, then their horizontal reflections (the order docs/design.md, "Evaluation" gives)."""
+  far, mid = image_size - crop, (image_size - crop) // 2
+  places = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  return [(t, l, False) for t, l in places] + [(t, l, True) for t, l in places]
+
+
 class PredictTest(absltest.TestCase):
 
   @classmethod
@@ -43,7 +50,8 @@ class PredictTest(absltest.TestCase):
     crops = input_pipeline.create_eval_iterator(config.data, 'val', global_batch_size=16,
                                                 crops=1)
     batch = next(iter(crops))
-    center = augment.center_crop_offsets(config.data.image_size, config.data.crop_size)
+    mid = (config.data.image_size - config.data.crop_size) // 2
+    center = (mid, mid)
     source = input_pipeline.open_split(config.data, 'val')
     cls.stored, cls.labels, cls.paths = [], [], []
     for i in (0, 1):
@@ -76,37 +84,42 @@ class PredictTest(absltest.TestCase):
         self.assertEqual(s.name, str(s.label))  # the digits' class names ...
         self.assertEqual(s.description, prepare.DIGIT_NAMES[s.label])  # ... and theirs in words
 
+  def numpy_probabilities(self, image: np.ndarray) -> np.ndarray:
+    """The 10-view softmax average of a stored image: views cut, mirrored and
+    mean-subtracted here, the model's logits turned into probabilities in numpy."""
+    data, mean = self.trained.config.data, self.trained.mean_image
+    c = data.crop_size
+    x = []
+    for top, left, flip in paper_views(data.image_size, c):
+      view = image[top:top + c, left:left + c].astype(np.float32) - mean[top:top + c, left:left + c]
+      x.append(view[:, ::-1] if flip else view)
+    forward = jax.jit(lambda p, x: self.trained.model.apply({'params': p}, x, train=False))
+    return softmax(np.asarray(forward(self.trained.params, np.stack(x)), np.float64))
+
   def test_equals_the_eval_step(self):
-    # eval_step reports -log p(label) of the view-averaged softmax: ask it for every label.
+    """predict on an image file and the eval step on the eval pipeline's batch of the same
+    record agree, each with the softmax average computed here."""
+    want = self.numpy_probabilities(self.stored[0]).mean(axis=0)
     probs = predict.predict(self.workdir, self.paths[:1], crops=10)[0][0]
-    views = predict.views_of(self.stored[0], self.trained.config.data.crop_size, crops=10)
-    batch = {k: v[None] for k, v in views.items()}
-    batch['lighting'] = np.zeros((1, 10, 3), np.float32)
-    batch['mask'] = np.ones((1,), bool)
+    np.testing.assert_allclose(probs, want, rtol=1e-4, atol=1e-6)
+    batch = next(iter(input_pipeline.create_eval_iterator(
+        self.trained.config.data, 'val', global_batch_size=16, crops=10)))
+    batch = {k: v[:1] for k, v in batch.items()}  # record 0: self.stored[0]
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.trained.params,
-                             opt_state=None)
+                                opt_state=None)
     step = jax.jit(lambda s, b: step_lib.eval_step(
         s, b, model=self.trained.model, mean_image=jnp.asarray(self.trained.mean_image)))
+    # eval_step reports -log p(label) of the view-averaged softmax: ask it for every label.
     for label in range(10):
       out = step(state, dict(batch, label=np.array([label], np.int32)))
-      self.assertAlmostEqual(float(out['loss_sum']), -np.log(probs[label]), places=4)
-      self.assertEqual(float(out['top1_wrong']), float(label != np.argmax(probs)))
+      self.assertAlmostEqual(float(out['loss_sum']), -np.log(want[label]), places=4)
+      self.assertEqual(float(out['top1_wrong']), float(label != np.argmax(want)))
 
   def test_ten_crops_average_the_views(self):
     # Each view cut, mirrored and mean-subtracted by hand, then through the model.
-    data = self.trained.config.data
-    mean = self.trained.mean_image
-    c = data.crop_size
     ten = predict.predict(self.workdir, self.paths[:1], crops=10)[0][0]
     center = predict.predict(self.workdir, self.paths[:1], crops=1)[0][0]
-    x = []
-    for top, left, flip in augment.ten_crop_views(data.image_size, c):
-      view = (self.stored[0][top:top + c, left:left + c].astype(np.float32)
-              - mean[top:top + c, left:left + c])
-      x.append(view[:, ::-1] if flip else view)
-    forward = jax.jit(lambda p, x: self.trained.model.apply({'params': p}, x, train=False))
-    logits = forward(self.trained.params, np.stack(x))
-    per_view = softmax(np.asarray(logits, np.float64))
+    per_view = self.numpy_probabilities(self.stored[0])
     np.testing.assert_allclose(ten, np.mean(per_view, axis=0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(center, per_view[4], rtol=1e-4, atol=1e-6)  # view 4: center
     # Without `crops`, the run's own final test: the center crop for digits.
@@ -192,7 +205,7 @@ class ViewsTest(absltest.TestCase):
     image = np.random.default_rng(0).integers(0, 256, (72, 72, 3), dtype=np.uint8)
     ten = predict.views_of(image, 64, crops=10)
     self.assertEqual(ten['image'].shape, (10, 64, 64, 3))
-    expected = augment.ten_crop_views(72, 64)
+    expected = paper_views(72, 64)
     np.testing.assert_array_equal(ten['crop'], [(t, l) for t, l, _ in expected])
     np.testing.assert_array_equal(ten['flip'], [f for _, _, f in expected])
     np.testing.assert_array_equal(ten['image'][9], image[4:68, 4:68][:, ::-1])

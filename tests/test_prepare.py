@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from unittest import mock
 import zlib
 
@@ -250,17 +249,81 @@ class OfficialTarsTest(_StatsAssertions):
       prepare.prepare(self.source, self.output, image_size=64, progress=False)
 
 
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) pixel-area averaging: each output pixel is the mean of the input
+  interval it covers, partly covered pixels weighted by the part covered."""
+  scale = n_in / n_out
+  weights = np.zeros((n_out, n_in))
+  for o in range(n_out):
+    lo, hi = o * scale, (o + 1) * scale
+    for i in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+      weights[o, i] = min(hi, i + 1) - max(lo, i)
+  return weights / scale
+
+
+def _bicubic_weights(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """(n_out, n_in) bicubic interpolation: Keys' kernel with a = -0.75 (OpenCV's), pixel
+  centres aligned (output o samples input (o + 0.5) * n_in / n_out - 0.5), edges repeated."""
+  weights = np.zeros((n_out, n_in))
+  for o in range(n_out):
+    src = (o + 0.5) * n_in / n_out - 0.5
+    base = int(np.floor(src))
+    for tap in range(-1, 3):
+      d = abs(tap - (src - base))
+      w = ((a + 2) * d**3 - (a + 3) * d**2 + 1 if d <= 1
+           else a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a)
+      weights[o, min(max(base + tap, 0), n_in - 1)] += w
+  return weights
+
+
+def reference_stored_image(image: np.ndarray, size: int) -> np.ndarray:
+  """The stored image as docs/design.md, "Preprocessing" and codecs.resize_center_crop
+  describe it, computed independently in float64: the central square (integer offsets),
+  resampled to size x size, by pixel-area averaging when shrinking and bicubic
+  interpolation when enlarging."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  square = image[top:top + side, left:left + side].astype(np.float64)
+  if side == size:
+    return square
+  weights = (_area_weights if side > size else _bicubic_weights)(side, size)
+  rows = np.einsum('oi,ijc->ojc', weights, square)
+  return np.einsum('pj,ojc->opc', weights, rows)
+
+
+def _smooth_image(h: int, w: int, rng: np.random.Generator, size: int) -> np.ndarray:
+  """A tinted wave with a period of 10-20 pixels once stored at `size`: JPEG keeps it to
+  a few levels (little colour detail for the 4:2:0 chroma to lose), while a one-pixel
+  shift or an edge of padding moves it by tens of levels."""
+  y, x = np.mgrid[0:h, 0:w]
+  period = rng.uniform(10, 20) * min(h, w) / size
+  angle, phase = rng.uniform(0, 2 * np.pi, 2)
+  wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
+  tint = rng.uniform(-30, 30, 3)
+  return np.clip(np.round(128 + tint + 80 * wave[..., None]), 0, 255).astype(np.uint8)
+
+
+def _read_source(path: str) -> np.ndarray:
+  """A source file decoded by PIL (not by the codecs under test)."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
 def _write_image_folder(root, classes, per_class, val_per_class, rng):
-  """ImageFolder with noise images of assorted sizes; returns {path: label name}."""
+  """ImageFolder with smooth images of assorted sizes; returns {path: label name}."""
   truth = {}
   for split, count in (('train', per_class), ('val', val_per_class)):
     for name in classes:
       folder = os.path.join(root, split, name)
       os.makedirs(folder)
       for j in range(count):
-        h, w = rng.integers(SIZE // 2, 2 * SIZE, 2)
-        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ext = ('.JPEG', '.jpg', '.png')[j % 3]
+        # JPEGs stay under 36 pixels: libjpeg would decode a larger one at a reduced DCT
+        # scale (codecs.open_image), which reference_stored_image does not model. The
+        # PNGs cover shrinking from up to twice the stored size.
+        h, w = rng.integers(SIZE // 2, 2 * SIZE if ext == '.png' else 36, 2)
+        image = _smooth_image(h, w, rng, SIZE)
         path = os.path.join(folder, f'{name}_{j}{ext}')
         with open(path, 'wb') as f:
           f.write(_png(image) if ext == '.png' else _jpeg(image))
@@ -286,16 +349,12 @@ class ImageFolderTest(_StatsAssertions):
                                    progress=False)
 
   def _expected(self, split):
-    """Images as prepare must have stored them (decoded), in storage order, + labels."""
+    """Images as prepare must have stored them (before JPEG), in storage order, + labels."""
     order = sorted(self.classes)
     paths = sorted((p for p, name in self.truth.items()
                     if f'{os.sep}{split}{os.sep}' in p),
                    key=lambda p: (order.index(self.truth[p]), os.path.basename(p)))
-    images = []
-    for path in paths:
-      with open(path, 'rb') as f:
-        stored = codecs.decode_and_resize(f.read(), SIZE)
-      images.append(codecs.decode(codecs.encode_jpeg(stored, 95)))
+    images = [reference_stored_image(_read_source(path), SIZE) for path in paths]
     return images, [order.index(self.truth[p]) for p in paths]
 
   def test_classes_counts_labels(self):
@@ -309,8 +368,12 @@ class ImageFolderTest(_StatsAssertions):
       images, labels = read_split(self.output, split)
       want_images, want_labels = self._expected(split)
       self.assertEqual(labels, want_labels)
-      for got, want in zip(images, want_images):
-        np.testing.assert_array_equal(got, want)
+      for i, (got, want) in enumerate(zip(images, want_images)):
+        error = np.abs(got - want)
+        # JPEG (of the source, then of the stored image) moves these waves by a few levels;
+        # two different images differ by about 20 on average.
+        self.assertLess(error.mean(), 2.5, f'{split} image {i}')
+        self.assertLessEqual(error.max(), 10, f'{split} image {i}')
 
   def test_statistics_match_numpy(self):
     self.assert_stats_match(self.output, read_split(self.output, 'train')[0])
@@ -347,16 +410,66 @@ class ImageFolderTest(_StatsAssertions):
     self.assertEqual(os.stat(resumed).st_mtime_ns, done_at)  # Reused, not redone.
 
 
+class StoredSizeTest(absltest.TestCase):
+  """The paper's stored image at prepare's defaults, from the command line and the function.
+
+  Section 2 of the paper: "rescaled the image such that the shorter side was of length 256,
+  and then cropped out the central 256x256 patch". One source is shrunk (300x420 -> 256,
+  a non-integer ratio), one enlarged (150x200 -> 256); PNGs, so the reference starts from
+  exactly the pixels prepare reads.
+  """
+
+  SOURCES = {'a': (300, 420), 'b': (150, 200)}  # class -> (height, width) of its one image
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tmp = _tempdir()
+    cls.source = os.path.join(tmp, 'source')
+    rng = np.random.default_rng(3)
+    cls.originals = {}
+    for name, (h, w) in cls.SOURCES.items():
+      os.makedirs(os.path.join(cls.source, 'train', name))
+      cls.originals[name] = _smooth_image(h, w, rng, 256)
+      Image.fromarray(cls.originals[name]).save(os.path.join(cls.source, 'train', name, 'x.png'))
+    # Neither path is given an image size: both must default to the paper's 256.
+    cls.from_cli = os.path.join(tmp, 'cli')
+    result = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.prepare', f'--source={cls.source}',
+         f'--output={cls.from_cli}'], cwd=REPO, capture_output=True, text=True,
+        timeout=300, check=False)
+    if result.returncode != 0:
+      raise AssertionError(f'prepare failed:\n{result.stderr[-3000:]}')
+    cls.from_function = os.path.join(tmp, 'function')
+    prepare.prepare(cls.source, cls.from_function, progress=False)
+
+  def test_default_image_size_is_256(self):
+    for output in (self.from_cli, self.from_function):
+      with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+        self.assertEqual(json.load(f)['image_size'], 256, f'{output}: section 2, 256x256')
+      for image in read_split(output, 'train')[0]:
+        self.assertEqual(image.shape, (256, 256, 3), output)
+
+  def test_stored_images_match_an_independent_resize(self):
+    for output in (self.from_cli, self.from_function):
+      images, labels = read_split(output, 'train')
+      self.assertEqual(labels, [0, 1])
+      for name, got in zip(sorted(self.SOURCES), images):
+        want = reference_stored_image(self.originals[name], 256)
+        error = np.abs(got - want)
+        # The resize itself agrees to rounding (0.5); the stored JPEG adds a few levels.
+        # Resizing to 255 and padding, or a crop one pixel off, moves it by tens.
+        self.assertLess(error.mean(), 1.5, f'{output}: image of class {name}')
+        self.assertLessEqual(error.max(), 8, f'{output}: image of class {name}')
+
+
 class DigitsTest(_StatsAssertions):
 
   def test_digits(self):
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
     output = os.path.join(_tempdir(), 'digits')
-    start = time.monotonic()
     report = prepare.prepare('digits', output, image_size=SIZE, progress=False)
-    seconds = time.monotonic() - start
-    self.assertLess(seconds, 30)
     digits = datasets.load_digits()
     per_class = np.bincount(digits.target, minlength=10)
     val = -(-per_class // 5)  # Every fifth image of a class, starting with the first.

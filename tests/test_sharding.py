@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -120,7 +121,8 @@ class MeshTest(parameterized.TestCase):
       ('both_free', -1, -1, 'cannot both be -1'),
       ('indivisible', -1, 3, 'cannot be split by config.mesh.model=3'),
       ('zero', 0, 2, 'config.mesh.data must be a positive integer or -1'),
-      ('not_int', 2, 1.5, 'config.mesh.model must be a positive integer or -1'))
+      ('not_int', 2, 1.5, "config.mesh.model must be 'auto', a positive integer or -1"),
+      ('auto_data_leaves_too_few', 3, 'auto', '4 devices cannot be split by config.mesh.data=3'))
   def test_bad_mesh(self, data, model, message):
     with self.assertRaisesRegex(ValueError, re.escape(message)):
       sharding.create_mesh({'data': data, 'model': model}, jax.devices()[:4])
@@ -132,21 +134,55 @@ class MeshTest(parameterized.TestCase):
                                 r'config.model.towers=2'):
       sharding.create_mesh({'data': 1, 'model': 3}, jax.devices()[:3], model_config=tiny.MODEL)
 
+  def test_model_axis_must_divide_widths(self):
+    model_config = dict(tiny.MODEL, towers=1, width=0.0625, num_classes=8)
+    with self.assertRaisesRegex(ValueError, r'conv1 width 6 is not divisible by '
+                                r'config.mesh.model'):
+      sharding.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4], model_config=model_config)
+
+  def test_any_class_count(self):
+    # 10 classes over a model axis of 4: the mesh is made; fc8 stays whole (below).
+    mesh = sharding.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4],
+                                model_config=dict(tiny.MODEL, towers=1))
+    self.assertEqual(mesh.shape['model'], 4)
+
   @parameterized.named_parameters(
-      ('classes', dict(tiny.MODEL, towers=1), 4, 'config.model.num_classes 10'),
-      ('conv_width', dict(tiny.MODEL, towers=1, width=0.0625, num_classes=8), 4, 'conv1 width 6'))
-  def test_model_axis_must_divide_widths(self, model_config, model_axis, message):
-    with self.assertRaisesRegex(ValueError, message + r' is not divisible by config.mesh.model'):
-      sharding.create_mesh({'data': 1, 'model': model_axis}, jax.devices()[:4],
-                           model_config=model_config)
+      ('even', 4, -1, (2, 2), "'auto' chose 2: 4 devices, an even count"),
+      ('odd', 3, -1, (3, 1), "'auto' chose 1: 3 devices, an odd count"),
+      ('one', 1, -1, (1, 1), "'auto' chose 1: 1 device holds both towers"),
+      ('data_fixed', 4, 2, (2, 2), "'auto' takes the devices config.mesh.data=2 leaves"))
+  def test_auto_model_axis(self, devices, data, expected, note):
+    shape = sharding.mesh_shape({'data': data, 'model': 'auto'}, devices, tiny.MODEL)
+    self.assertEqual((shape.data, shape.model), expected)
+    self.assertIn(note, shape.note)
+    mesh = sharding.create_mesh({'data': data, 'model': 'auto'}, jax.devices()[:devices],
+                                model_config=tiny.MODEL)
+    self.assertEqual((mesh.shape['data'], mesh.shape['model']), expected)
+    self.assertEqual(sharding.mesh_shape({'data': data, 'model': 2}, 4).note, '')
+
+  def test_auto_avoids_a_split_the_network_cannot_take(self):
+    # One tower with conv widths 29, 82, ... (width 0.3): two devices cannot halve conv1.
+    odd_widths = dict(tiny.MODEL, towers=1, width=0.3)
+    shape = sharding.mesh_shape({'data': -1, 'model': 'auto'}, 4, odd_widths)
+    self.assertEqual((shape.data, shape.model), (4, 1))
+    self.assertIn('conv1 width 29 is not divisible', shape.note)
+    with self.assertRaisesRegex(ValueError, 'conv1 width 29 is not divisible'):
+      sharding.create_mesh({'data': -1, 'model': 2}, jax.devices()[:4], model_config=odd_widths)
 
   def test_shardings_check_every_weight(self):
-    # Without the config-level check, param_shardings still refuses before compiling.
+    # Without the mesh's rules (rules_for_sizes), param_shardings still refuses before compiling.
     abstract = jax.eval_shape(model_lib.AlexNet(**dict(tiny.MODEL, num_classes=5)).init,
                               jax.random.key(0), jnp.zeros((1, tiny.IMAGE, tiny.IMAGE, 3)))
     mesh = sharding.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2])
-    with self.assertRaisesRegex(ValueError, r"\['fc8'\]\['bias'\].*'fc_out', size 5"):
+    with self.assertRaisesRegex(ValueError, r"\['fc8'\]\['bias'\].*'classes', size 5"):
       sharding.param_shardings(abstract, mesh, tiny.RULES)
+    # With them, fc8 stays whole and every other weight is split as before.
+    rules = sharding.rules_for_sizes(tiny.RULES, mesh.shape, 5)
+    shardings = sharding.param_shardings(abstract, mesh, rules)
+    self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
+    self.assertTrue(shardings['params']['fc8']['bias'].is_fully_replicated)
+    self.assertEqual(tuple(shardings['params']['fc7']['kernel'].spec), (None, 'model'))
+    self.assertEqual(sharding.rules_for_sizes(tiny.RULES, mesh.shape, 6), tiny.RULES)
 
   def test_batch_must_divide_data_axis(self):
     mesh = mesh_of(4, 1)
@@ -167,7 +203,13 @@ class RulesTest(absltest.TestCase):
     rules = dict(sharding.logical_rules(module.get_config()))
     self.assertEqual(rules['conv_out'], 'model')
     self.assertEqual(rules['fc_out'], 'model')
+    self.assertEqual(rules['classes'], 'model')
     self.assertEqual(rules['batch'], 'data')
+
+  def test_older_tables_place_classes_like_fc_out(self):
+    # A run's stored config from before fc8 had its own axis name.
+    older = tuple(rule for rule in tiny.RULES if rule[0] != 'classes')
+    self.assertEqual(dict(sharding.logical_rules(config(rules=older)))['classes'], 'model')
 
   def test_unknown_mesh_axis(self):
     c = config(rules=tiny.RULES[:-1] + (('fc_in', 'tensor'),))
@@ -393,6 +435,54 @@ class ShardedStepTest(parameterized.TestCase):
         # Only the data-parallel sum of the grouped weights' gradients.
         self.assertEqual(kind, 'all-reduce', name)
         self.assertGreater(data, 1, name)
+
+
+  def test_whole_fc8_collectives(self):
+    """3 classes over model=2: fc8 whole on both devices (docs/sharding.md, "Any class count").
+
+    Each device multiplies its half of fc7's neurons by the matching rows of fc8 and the
+    partial logits are summed: no gather of fc8's input, and no all-reduce in the softmax.
+    """
+    model_config = dict(tiny.MODEL, num_classes=3)
+    mesh = sharding.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2],
+                                model_config=model_config)
+    rules = sharding.rules_for_sizes(tiny.RULES, mesh.shape, 3)
+    model = model_lib.AlexNet(**model_config)
+    optimizer = tiny.create_optimizer()
+
+    def init(rng):
+      params = model.init(rng, np.zeros((1, tiny.IMAGE, tiny.IMAGE, 3), np.float32))['params']
+      return {'params': params, 'opt_state': optimizer.init(nn.unbox(params))}
+
+    def step(state, batch):
+      def loss_fn(params):
+        logits = model.apply({'params': params}, batch['image'])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                             batch['label'][:, None], axis=1))
+      grads = jax.grad(loss_fn)(state['params'])
+      updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+      return {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state}
+
+    with sharding.use_mesh(mesh, rules):
+      shapes = jax.eval_shape(init, jax.random.key(0))
+      shardings = sharding.param_shardings(shapes, mesh, rules)
+    self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
+    abstract = sharding.abstract(shapes, shardings)
+    batch = {'image': jax.ShapeDtypeStruct((tiny.BATCH, tiny.IMAGE, tiny.IMAGE, 3), jnp.float32,
+                                           sharding=sharding.batch_sharding(mesh)),
+             'label': jax.ShapeDtypeStruct((tiny.BATCH,), jnp.int32,
+                                           sharding=sharding.batch_sharding(mesh))}
+    hlo = jax.jit(sharding.bind_mesh(step, mesh, rules), out_shardings=shardings).lower(
+        abstract, batch).compile().as_text()
+    found = collectives(hlo)
+    forward_fc8 = [(kind, shape) for kind, shape, name in found
+                   if re.search(r'jvp\(AlexNet\)/fc8/', name) and 'transpose' not in name]
+    self.assertEqual(forward_fc8, [('all-reduce', f'f32[{tiny.BATCH},3]{{1,0}}')], found)
+    softmax = [name for kind, _, name in found if kind == 'all-reduce'
+               and re.search(r'reduce_(max|sum)$', name)]
+    self.assertEqual(softmax, [], found)
+    self.assertNotIn('fc8', ' '.join(name for kind, _, name in found if kind == 'all-gather'
+                                     and 'dot_general' in name and 'transpose' not in name))
 
 
 # ----------------------------------------------------------------------------- grouped layers

@@ -1,12 +1,16 @@
 """The train and eval steps, train_and_evaluate end to end, resume and preemption."""
 
+import glob
+import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 from absl.testing import absltest
 import flax.linen as nn
@@ -24,6 +28,7 @@ from alexnet_jax import step as step_lib
 from alexnet_jax import train
 from configs import imagenet
 from tests import XLA_TEST_FLAGS
+from tests import test_prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DATA = {}
@@ -117,6 +122,63 @@ def final_params(config: ml_collections.ConfigDict, workdir: str):
   return state, meta
 
 
+def train_on_devices(config: ml_collections.ConfigDict, workdir: str, num_devices: int
+                     ) -> experiment.Experiment:
+  """train_and_evaluate on the first `num_devices` of the eight test devices (as if only
+  those were visible); returns the Experiment the run set up: its mesh and shardings."""
+  real_create_mesh, real_setup = experiment.create_mesh, experiment.setup
+  seen = []
+
+  def create_mesh(config, devices=None, mesh_config=None):
+    devices = jax.devices()[:num_devices] if devices is None else devices
+    return real_create_mesh(config, devices, mesh_config)
+
+  def setup(*args, **kwargs):
+    seen.append(real_setup(*args, **kwargs))
+    return seen[-1]
+
+  with mock.patch.object(experiment, 'create_mesh', create_mesh), \
+      mock.patch.object(experiment, 'setup', setup):
+    train.train_and_evaluate(config, workdir)
+  assert len(seen) == 1, seen
+  return seen[0]
+
+
+def numpy_evaluation(config: ml_collections.ConfigDict, params) -> dict[str, float]:
+  """The val metrics of `params`, from the stored images: views cut and mean-subtracted here,
+  softmax and the errors in numpy (section 4.1's ten views when final_eval_crops=10)."""
+  images, labels = test_prepare.read_split(config.data.dir, 'val')
+  images, labels = np.stack(images).astype(np.float32), np.asarray(labels)
+  mean = input_pipeline.load_info(config.data).mean_image
+  s, c = config.data.image_size, config.data.crop_size
+  far, mid = s - c, (s - c) // 2
+  corners_and_center = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+  model = experiment.create_model(config, 10)
+  forward = jax.jit(lambda x: model.apply({'params': params}, x, train=False))
+
+  def probabilities(top, left, flip):
+    view = images[:, top:top + c, left:left + c] - mean[top:top + c, left:left + c]
+    if flip:
+      view = view[:, :, ::-1]
+    logits = np.concatenate([np.asarray(forward(view[i:i + 128]), np.float64)
+                             for i in range(0, len(view), 128)])
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+  def metrics(probs, prefix):
+    p_true = probs[np.arange(len(labels)), labels]
+    rank = (probs > p_true[:, None]).sum(1)
+    return {f'{prefix}_loss': float(-np.log(p_true).mean()),
+            f'{prefix}_top1_err': float(np.mean(rank >= 1)),
+            f'{prefix}_top5_err': float(np.mean(rank >= 5))}
+
+  result = metrics(probabilities(mid, mid, False), 'val')
+  if config.final_eval_crops == 10:
+    views = [(t, l, f) for f in (False, True) for t, l in corners_and_center]
+    result.update(metrics(np.mean([probabilities(*v) for v in views], axis=0), 'val10'))
+  return result
+
+
 class StepTest(absltest.TestCase):
 
   @classmethod
@@ -192,9 +254,8 @@ class TrainAndEvaluateTest(absltest.TestCase):
 
   def test_smoke_run_writes_metrics_and_checkpoints(self):
     workdir = self.create_tempdir().full_path
-    start = time.time()
-    result = train.train_and_evaluate(tiny_config(digits_dir()), workdir)
-    self.assertLess(time.time() - start, 120)
+    config = tiny_config(digits_dir())
+    result = train.train_and_evaluate(config, workdir)
     records = read_metrics(workdir)
     train_steps = [r['step'] for r in records if r['kind'] == 'train']
     self.assertEqual(train_steps, [1, 2, 3, 4, 5, 6])
@@ -206,21 +267,63 @@ class TrainAndEvaluateTest(absltest.TestCase):
     self.assertEqual(final['step'], 6)
     for key in ('val_loss', 'val_top1_err', 'val_top5_err', 'val10_top1_err', 'val10_top5_err'):
       self.assertIn(key, final)
-    for key in ('val_top1_err', 'val_top5_err', 'val10_top1_err', 'val10_top5_err'):
-      self.assertBetween(final[key], 0.0, 1.0)
+    # The final evaluation, recomputed here from the step-6 checkpoint and the stored images.
+    state, _ = final_params(config, workdir)
+    want = numpy_evaluation(config, state.params)
+    for key, value in want.items():
+      self.assertAlmostEqual(final[key], value, places=4 if 'loss' in key else 6, msg=key)
     self.assertEqual(result['val_top1_err'], final['val_top1_err'])
     self.assertTrue(os.path.exists(os.path.join(workdir, 'config.json')))
     self.assertIn('6', os.listdir(os.path.join(workdir, 'checkpoints')))
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'profile')))  # profiling is off
 
-  def test_model_split_matches_pure_data_parallel(self):
-    """The paper's split (model=2, data=4) trains the same numbers as data=8."""
+  def test_model_split_matches_one_device(self):
+    """The paper's split over two devices (data 1 x model 2) trains what one device does."""
     one, two = self.create_tempdir().full_path, self.create_tempdir().full_path
-    cfg1 = tiny_config(digits_dir(), num_train_steps=3, final_eval_crops=1)
-    cfg2 = tiny_config(digits_dir(), num_train_steps=3, final_eval_crops=1, **{'mesh.model': 2})
-    train.train_and_evaluate(cfg1, one)
-    train.train_and_evaluate(cfg2, two)
+    settings = dict(num_train_steps=3, final_eval_crops=1, **{'mesh.data': 1})
+    exp_one = train_on_devices(tiny_config(digits_dir(), **settings), one, 1)
+    config = tiny_config(digits_dir(), **settings, **{'mesh.model': 2})
+    exp_two = train_on_devices(config, two, 2)
+    self.assertEqual(dict(exp_one.mesh.shape), {'data': 1, 'model': 1})
+    self.assertEqual(dict(exp_two.mesh.shape), {'data': 1, 'model': 2})
+    # Each device holds one tower: half of every conv's and fc's output units.
+    fc6_shape = nn.unbox(exp_two.state_shapes.params)['fc6']['kernel'].shape
+    fc6 = exp_two.state_shardings.params['fc6']['kernel']
+    self.assertEqual(fc6.shard_shape(fc6_shape), (fc6_shape[0], fc6_shape[1] // 2))
     loss = lambda w: [r['loss'] for r in read_metrics(w) if r['kind'] == 'train']
-    np.testing.assert_allclose(loss(one), loss(two), rtol=1e-4)
+    np.testing.assert_allclose(loss(one), loss(two), rtol=1e-5)
+    # Float summation order differs between the meshes; a wrong split would differ by the
+    # size of the updates themselves.
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_allclose(
+            np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6,
+            err_msg=jax.tree_util.keystr(path)),
+        final_params(config, one)[0].params, final_params(config, two)[0].params)
+
+
+class ProfileTest(absltest.TestCase):
+
+  def test_trace_of_the_chosen_steps(self):
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(tiny_config(digits_dir(), num_train_steps=4, final_eval_crops=1,
+                                         **{'log.profile_steps': (2, 4)}), workdir)
+    runs = glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*'))
+    self.assertLen(runs, 1)  # one trace, started once
+    # TensorBoard's profile plugin reads the XPlane file, Perfetto the trace events.
+    xplane = glob.glob(os.path.join(runs[0], '*.xplane.pb'))
+    self.assertLen(xplane, 1)
+    self.assertGreater(os.path.getsize(xplane[0]), 0)
+    perfetto = os.path.join(runs[0], 'perfetto_trace.json.gz')
+    with gzip.open(perfetto, 'rt') as f:
+      events = json.load(f)
+    events = events['traceEvents'] if isinstance(events, dict) else events
+    names = [e.get('name', '') for e in events]
+    # Steps 2 and 3, and only they, ran inside the trace: two executions of the train step.
+    executions = [n for n in names if re.fullmatch(r'\S*Execute \(jit_train_step\)', n)]
+    self.assertLen(executions, 2, sorted(set(names)))
+
+  def test_off_by_default(self):
+    self.assertEqual(tuple(imagenet.get_config().log.profile_steps), ())
 
 
 class ResumeTest(absltest.TestCase):

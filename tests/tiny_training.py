@@ -35,8 +35,8 @@ IMAGE = 67
 BATCH = 8
 OPTIM = dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4, decay_bias=True,
              schedule='constant')
-RULES = (('batch', 'data'), ('conv_out', 'model'), ('fc_out', 'model'), ('conv_in', None),
-         ('conv_h', None), ('conv_w', None), ('fc_in', None))
+RULES = (('batch', 'data'), ('conv_out', 'model'), ('fc_out', 'model'), ('classes', 'model'),
+         ('conv_in', None), ('conv_h', None), ('conv_w', None), ('fc_in', None))
 # Meshes the two-process run trains under, each spanning both processes.
 MULTIHOST_MESHES = {'data_parallel': (2, 1), 'model_parallel': (1, 2)}
 
