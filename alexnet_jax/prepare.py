@@ -768,8 +768,29 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
 
 def _ignore_ctrl_c() -> None:
   """In a worker: Ctrl-C reaches the whole process group, but only the parent acts on it
-  (it stops handing out parts; a worker finishes its part, or the parent ends it)."""
+  (it stops handing out parts; a worker finishes its part, or the parent ends it).
+
+  The worker started with Ctrl-C blocked (`_ctrl_c_held`): one that was still importing
+  this module when Ctrl-C came keeps it pending, and ignoring it here discards it.
+  """
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+  """Holds back Ctrl-C in this thread while worker processes start.
+
+  A spawned worker imports this module before its initializer runs; the blocked
+  signal mask survives fork and exec, so a Ctrl-C during that import waits for
+  `_ignore_ctrl_c` instead of printing a traceback. Here it is delivered when
+  the block ends.
+  """
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _execute(tasks: list[tuple[Any, ...]], workers: int,
@@ -790,7 +811,8 @@ def _execute(tasks: list[tuple[Any, ...]], workers: int,
                                                 mp_context=context,
                                                 initializer=_ignore_ctrl_c)
   try:
-    futures = {pool.submit(fn, *args): work for work, fn, *args in tasks}
+    with _ctrl_c_held():  # the workers start during the submits
+      futures = {pool.submit(fn, *args): work for work, fn, *args in tasks}
     for future in concurrent.futures.as_completed(futures):
       result = future.result()
       bar.update(futures[future], result['images'])

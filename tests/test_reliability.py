@@ -631,6 +631,64 @@ class PrepareFaultTest(parameterized.TestCase):
       description.pop('report')
     self.assertEqual(mine, other)
 
+  def test_ctrl_c_while_workers_start_is_one_line(self):
+    """Ctrl-C while the worker processes are still importing the program: no traceback.
+
+    A spawned worker imports alexnet_jax.prepare before it can ignore Ctrl-C; the
+    signal that reaches the process group then must not surface from that import.
+    """
+    output = os.path.join(self.create_tempdir().full_path, 'out')
+    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', '--source=digits',
+                             f'--output={output}', '--image_size=72', '--workers=2'], cwd=REPO,
+                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+      # Both workers' Python is up (it catches SIGINT) and importing the program.
+      importing = lambda: [p for p in spawned_workers(proc.pid) if catches_sigint(p)]
+      deadline = time.time() + 240
+      while time.time() < deadline and proc.poll() is None and len(importing()) < 2:
+        time.sleep(0.005)
+      self.assertLen(importing(), 2, 'the workers never started')
+      os.killpg(proc.pid, signal.SIGINT)
+      out, err = proc.communicate(timeout=240)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    self.assertEqual(proc.returncode, 130, err[-3000:])
+    self.assertNotIn('Traceback', err)
+    lines = message_lines(err + out)
+    self.assertLen(lines, 1, err[-3000:])
+    self.assertRegex(lines[0], r'^interrupted: Ctrl-C; [0-4] of 4 parts are finished and kept in ')
+    self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
+
+
+def spawned_workers(parent: int) -> list[int]:
+  """Pids of the multiprocessing 'spawn' children of process `parent` (from /proc)."""
+  found = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        cmdline = f.read()
+    except (OSError, IndexError, ValueError):
+      continue  # the process ended meanwhile
+    if ppid == parent and b'spawn_main' in cmdline:
+      found.append(int(entry))
+  return found
+
+
+def catches_sigint(pid: int) -> bool:
+  """Whether process `pid` has a handler of its own for SIGINT (SigCgt in /proc)."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      caught = next(line for line in f if line.startswith('SigCgt:')).split()[1]
+  except (OSError, StopIteration):
+    return False
+  return bool(int(caught, 16) >> (signal.SIGINT - 1) & 1)
+
 
 class ReadOnlyWorkdirTest(FaultTestCase):
 
