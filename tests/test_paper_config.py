@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax import config_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax import sharding
 from configs import digits
 from configs import imagenet
 
@@ -28,7 +29,9 @@ PAPER_FIELDS = {
     'num_epochs': (90, 'section 5: "roughly 90 cycles through the training set"'),
     'final_eval_crops': (10, 'section 4.1: test on five patches and their reflections, '
                              '"ten patches in all", softmax averaged'),
-    'mesh.model': (2, 'section 3.2: the net is spread across two GPUs, half the kernels on each'),
+    # 'auto' is 2 wherever the devices pair up (test_mesh_model_auto_is_the_papers_split).
+    'mesh.model': ('auto', 'section 3.2: the net is spread across two GPUs, half the kernels '
+                           'on each'),
     'model.towers': (2, 'section 3.2: two GPUs; conv2, conv4, conv5 see only their own GPU'),
     'model.num_classes': (1000, 'section 2: ILSVRC has 1000 categories'),
     'model.width': (1.0, 'section 3.5: 96, 256, 384, 384, 256 kernels, 4096 neurons per fc'),
@@ -60,7 +63,6 @@ DIGITS_CHANGES = {
     'num_epochs': (20, 'a quick start: the digits are learned in minutes'),
     'eval_every_epochs': (5, 'evaluations of a tiny set are cheap but add to the log'),
     'final_eval_crops': (1, 'the 10-crop test mirrors half its views: wrong for digits'),
-    'mesh.model': (1, 'a laptop has one device'),
     'model.num_classes': (10, 'ten digits'),
     'model.width': (0.25, 'a quarter-width net trains on a CPU'),
     'model.init_scheme': ('he', "the paper's init leaves a narrow net's loss flat"),
@@ -152,6 +154,14 @@ class ImagenetConfigTest(absltest.TestCase):
              f'({source})' for field, (value, source) in PAPER_FIELDS.items()
              if config_lib.get(config, field) != value]
     self.assertEqual(wrong, [], '\n'.join(wrong))
+
+  def test_mesh_model_auto_is_the_papers_split(self):
+    # Section 3.2: two GPUs, one tower (half the kernels) each; on an even device count the
+    # model axis is 2, so each device pair holds the paper's two towers.
+    config = imagenet.get_config()
+    for devices in (2, 4, 8):
+      shape = sharding.mesh_shape(config.mesh, devices, config.model)
+      self.assertEqual((shape.data, shape.model), (devices // 2, 2), f'{devices} devices')
 
 
 class DigitsConfigTest(absltest.TestCase):
