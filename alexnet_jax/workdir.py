@@ -13,7 +13,8 @@ training and predictions need no training data. Files are replaced atomically.
 
 A resume is checked before it changes anything: the config field by field
 (config_changes.DECISIONS) and the dataset against dataset_info.json. One run
-at a time writes a workdir (`hold_lock`); predict and plot only read and take no lock.
+at a time writes a workdir (`hold_lock`); predict, plot and evaluate only read and take
+no lock (evaluate writes its results into WORKDIR/eval/ only).
 """
 
 from __future__ import annotations
