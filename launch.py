@@ -77,14 +77,16 @@ def main(argv):
   added = platform.configure_xla_cpu()  # before anything starts JAX's backend
   if added:
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
+  config = cli.config_from_flag('config')
   sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                             auto_detect=FLAGS.auto_distributed)
+  cli.start_backend()
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run:
-    plan.dry_run(FLAGS.config, FLAGS.workdir, target)
+    plan.dry_run(config, FLAGS.workdir, target)
     return
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -63,6 +63,21 @@ def _rank_val_error(metrics: Mapping[str, Any]) -> float:
   return float('inf') if value is None else float(value)
 
 
+def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
+  """Steps of the finished checkpoints in WORKDIR/checkpoints, read from the folder names alone.
+
+  A checkpoint folder gets its step number as its name only when it is complete
+  (orbax renames the temporary folder), so this needs no CheckpointManager: a
+  resume can be checked before anything is opened or cleaned up.
+  """
+  folder = os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+  try:
+    names = os.listdir(folder)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
+
+
 def _is_primary() -> bool:
   return jax.process_index() == 0
 
@@ -102,9 +117,10 @@ class Checkpointer:
       temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-      raise ValueError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
+      raise errors.InputError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
     if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
-      raise ValueError(f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
+      raise errors.InputError(
+          f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
@@ -177,6 +193,12 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     """The newest finished checkpoint's step, or None."""
     return self._manager.latest_step()
+
+  def will_save(self, step: int, force: bool = False) -> bool:
+    """Whether `save(step, ..., force=force)` would write a checkpoint."""
+    if self._read_only or step in self._manager.all_steps():
+      return False
+    return force or self._manager.should_save(step)
 
   def save(self, step: int, state: Any, *, meta: Mapping[str, Any],
            data_iterator: Optional[grain.DatasetIterator] = None,
@@ -346,7 +368,21 @@ class Checkpointer:
   def __enter__(self) -> 'Checkpointer':
     return self
 
-  def __exit__(self, *exc_info: Any) -> None:
-    self.close()
+  def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    """Waits for the save in flight on every way out, so the newest folder is complete or
+    absent (a failed write leaves a temporary folder, deleted at the next start).
+
+    Leaving on an error, a failed write is logged rather than raised: the error
+    that ended the run stays the one reported.
+    """
+    if exc_type is None:
+      self.close()
+      return
+    try:
+      self.wait()
+    except CheckpointWriteError as e:
+      logging.error('%s', e)
+    finally:
+      self._manager.close()
 
 

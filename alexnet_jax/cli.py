@@ -1,4 +1,11 @@
-"""Shared command-line behaviour: user mistakes become one line and a non-zero exit."""
+"""Shared command-line behaviour: user mistakes become one line and a non-zero exit.
+
+Every command's `main` is wrapped by `report_user_errors`: a `errors.UserError`
+prints `error: ...` and exits with status 2, Ctrl-C prints one `interrupted: ...`
+line and exits with status 130, and anything else (a bug) keeps its traceback.
+Set the environment variable ALEXNET_JAX_TRACEBACK=1 to see the traceback above a
+user error's line too, for a bug report.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import traceback
 from typing import Callable
 
 from absl import app
+from absl import flags
 from absl import logging
+import ml_collections
 
 from alexnet_jax import errors
 
@@ -48,15 +57,31 @@ def _config_file_error(error: OSError) -> str | None:
   return str(error.__cause__).strip().splitlines()[-1].strip()
 
 
+def _config_flag_value(argv: list[str]) -> str:
+  """The value of --config in `argv` (the config file), or '' when it is not there."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
 
   ml_collections reports such a typo as an AttributeError from inside the parser,
-  which absl would show as a traceback.
+  which absl would show as a traceback; it reports a config file without a
+  `get_config` function the same way.
   """
   try:
     return app.parse_flags_with_usage(argv)
   except AttributeError as e:
+    if "has no attribute 'get_config'" in str(e):
+      print(f'error: the --config file {_config_flag_value(argv)} defines no get_config() '
+            'function (a config file returns its ml_collections.ConfigDict from get_config(); '
+            'see configs/imagenet.py)', file=sys.stderr, flush=True)
+      sys.exit(errors.EXIT_USER_ERROR)
     name = str(e).strip('"\'')
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     flag = next((o for o in overrides if name in o.split('.')), '--config override')
@@ -65,16 +90,49 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(errors.EXIT_USER_ERROR)
 
 
-def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-  """Wraps an absl `main` so a user error prints `error: ...` and exits with status 2."""
+def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:
+  """The ConfigDict of a --config flag; a file whose get_config() returns another type is
+  a user error naming the file (ml_collections accepts any object)."""
+  config = getattr(flags.FLAGS, name)
+  if not isinstance(config, ml_collections.ConfigDict):
+    getattr(config, 'keys', None)  # a file that failed to load raises its deferred error here
+    filename = flags.FLAGS[name].config_filename
+    raise errors.InputError(
+        f'get_config() of the --{name} file {filename} returned a {type(config).__name__}, not '
+        'an ml_collections.ConfigDict; return ml_collections.ConfigDict({...}) (see '
+        'configs/imagenet.py)')
+  return config
 
-  def fail(message: object) -> None:
+
+def start_backend() -> None:
+  """Starts JAX's backend now, so that a platform it cannot start is one line, not a traceback.
+
+  JAX_PLATFORMS=gpu on a machine without a GPU (or without jax built for it)
+  fails inside JAX with a long traceback that names backends the user never asked for.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.devices()
+  except RuntimeError as e:
+    asked = os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms or '(any)'
+    raise errors.UserError(
+        f'JAX cannot start the platform JAX_PLATFORMS={asked} asks for on this machine (no such '
+        'device, or jax not installed for it); unset JAX_PLATFORMS to use what is here, or '
+        'install jax for the accelerator (requirements-cuda.txt, requirements-tpu.txt)') from e
+
+
+def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """Wraps an absl `main`: a user error prints `error: ...` and exits with status 2, Ctrl-C
+  prints `interrupted: ...` and exits with status 130; a bug keeps its traceback."""
+
+  def fail(message: object, prefix: str = 'error',
+           status: int = errors.EXIT_USER_ERROR) -> None:
     logging.flush()
     if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
       traceback.print_exc()  # for a bug report: where the user error was raised
-    print(f'error: {message}', file=sys.stderr, flush=True)
+    print(f'{prefix}: {message}', file=sys.stderr, flush=True)
     errors.silence_after_user_error()
-    sys.exit(errors.EXIT_USER_ERROR)
+    sys.exit(status)
 
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> None:
@@ -82,7 +140,14 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
     try:
       main(argv)
     except errors.USER_ERRORS as e:
-      fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+      fail(e)
+    except errors.Interrupted as e:
+      fail(e, 'interrupted', errors.EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+      # Ctrl-C where the command installs no handler of its own (start-up, set-up): what
+      # was written before stays as it was, and writes in progress are temporary files.
+      fail('Ctrl-C; stopped before finishing (files written so far are complete; rerun the '
+           'same command to go on)', 'interrupted', errors.EXIT_INTERRUPTED)
     except app.UsageError as e:  # absl would print the whole --help text above it
       fail(f'{e} (--helpshort lists the flags)')
     except OSError as e:

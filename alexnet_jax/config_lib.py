@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import sharding
@@ -71,8 +72,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   def need(ok: bool, field: str, requirement: str) -> None:
     if not ok:
-      raise ValueError(f'config.{field} must be {requirement}, got {get(config, field)!r}')
+      raise errors.InputError(f'config.{field} must be {requirement}, got {get(config, field)!r}')
 
+  need(_is_int(config.seed) and 0 <= config.seed < 2**31, 'seed', 'an integer in [0, 2**31)')
   need(_is_int(config.batch_size) and config.batch_size > 0, 'batch_size', 'a positive integer')
   need(_is_int(config.num_epochs) and config.num_epochs > 0, 'num_epochs', 'a positive integer')
   need(_is_int(config.num_train_steps) and (config.num_train_steps > 0

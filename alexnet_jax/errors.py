@@ -2,7 +2,13 @@
 
 A user error (a bad path, config value or image; a damaged checkpoint; a full
 disk) is printed by `cli.report_user_errors` as one `error:` line with exit
-status 2. Anything else is a bug in the program and keeps its traceback.
+status 2. Anything else is a bug in the program and keeps its traceback: a
+ValueError or KeyError raised deep in the code is not taken for the user's
+mistake. So the places that check what the user gave raise a `UserError`
+(`InputError` for a bad value or file content, `MissingInputError` for a path
+that is not there); both also derive from the built-in error a library caller
+would expect. A Ctrl-C ends a command with one line and status 130
+(`Interrupted`, `EXIT_INTERRUPTED`).
 
 Orbax reads a checkpoint's arrays concurrently. When one read of a damaged
 checkpoint fails, it stops awaiting the others, and each of those that fails
@@ -26,11 +32,23 @@ class UserError(Exception):
   """An error the user can act on (a damaged checkpoint, a full disk): one line, no traceback."""
 
 
-# Errors that describe something the user gave us (a path, a config value, an image):
-# they get one clear line, not a traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-               FileExistsError, KeyError)
+class InputError(UserError, ValueError):
+  """A value the user gave (a config field, a flag, an image, a file's content) is unusable."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+  """A path the user gave does not exist or holds nothing this program can use."""
+
+
+class Interrupted(Exception):
+  """The user pressed Ctrl-C; the message says what was kept (one line, exit status 130)."""
+
+
+# Only errors raised as the user's mistake get one line; anything else is a bug and keeps
+# its traceback (set ALEXNET_JAX_TRACEBACK=1 to see the traceback of a user error too).
+USER_ERRORS = (UserError,)
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
 
 # Names of the layers a checkpoint read goes through (orbax -> tensorstore -> zarr in OCDBT).
 _STORAGE_WORDS = ('orbax', 'tensorstore', 'ocdbt', 'zarr')

@@ -24,8 +24,9 @@ ended with (config.final_eval_crops). --data_dir replaces the run's config.data.
 
 The step is sharded like training: over the run's own mesh (config.mesh) when
 the devices here can form it, else data-parallel over as many devices as divide
-the batch. It runs as one process, over that process's devices. The runs are only read: checkpoints are opened read-only (safe
-beside a run still training) and nothing but WORKDIR/eval/ is written.
+the batch. It runs as one process, over that process's devices. The runs are only read:
+checkpoints are opened read-only (safe beside a run still training), no workdir lock is
+taken (like predict and plot) and nothing but WORKDIR/eval/ is written.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import cli
+from alexnet_jax import errors
 from alexnet_jax import experiment
 from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
@@ -126,8 +128,8 @@ def parse_step(text: str | int | None) -> str | int:
   try:
     return int(text)
   except ValueError:
-    raise ValueError(f"--step must be a checkpoint step, '{NEWEST}' or '{BEST}', got "
-                     f'{text!r}') from None
+    raise errors.InputError(f"--step must be a checkpoint step, '{NEWEST}' or '{BEST}', got "
+                            f'{text!r}') from None
 
 
 def choose_step(workdir: str, config: ml_collections.ConfigDict, step: str | int) -> int:
@@ -139,9 +141,9 @@ def choose_step(workdir: str, config: ml_collections.ConfigDict, step: str | int
     if step == BEST:
       scored = {s: e for s, e in ckpt.val_errors().items() if e is not None}
       if not scored:
-        raise ValueError(f'no checkpoint in {os.path.join(workdir, "checkpoints")} has a '
-                         f'validation error stored (steps {ckpt.all_steps()}); use '
-                         f'--step={NEWEST} or a step number')
+        raise errors.InputError(f'no checkpoint in {os.path.join(workdir, "checkpoints")} has a '
+                                f'validation error stored (steps {ckpt.all_steps()}); use '
+                                f'--step={NEWEST} or a step number')
       return min(scored, key=lambda s: (scored[s], -s))  # ties: the later step
     predict.check_step(ckpt, step, workdir)
     return step
@@ -191,9 +193,9 @@ def _load_run(workdir: str | os.PathLike[str], step: str | int, crops: Optional[
   info = predict.dataset_info(workdir, config)
   crops = config.final_eval_crops if crops is None else crops
   if crops not in (1, 10):
-    raise ValueError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+    raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
   if split not in SPLITS:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    raise errors.InputError(f'split must be one of {SPLITS}, got {split!r}')
   chosen = choose_step(workdir, config, step)
   path = cache_path(workdir, chosen, crops, split)
   return _Run(workdir, config, info, chosen, path, read_cached(path)), crops
@@ -203,12 +205,12 @@ def _split_size(run: _Run, split: str) -> int:
   """Images in the split; checks the dataset is there and holds the classes the run learned."""
   data = input_pipeline.load_info(run.config.data)  # a missing folder: one line
   if data.class_names != run.info.class_names:
-    raise ValueError(f'the dataset in {run.config.data.dir} has other classes '
-                     f'({data.num_classes}) than the run in {run.workdir} was trained on '
-                     f'({run.info.num_classes})')
+    raise errors.InputError(f'the dataset in {run.config.data.dir} has other classes '
+                            f'({data.num_classes}) than the run in {run.workdir} was trained on '
+                            f'({run.info.num_classes})')
   if not data.split_sizes.get(split):
-    raise ValueError(f'the dataset in {run.config.data.dir} has no {split!r} split '
-                     f'(it has {sorted(data.split_sizes)})')
+    raise errors.InputError(f'the dataset in {run.config.data.dir} has no {split!r} split '
+                            f'(it has {sorted(data.split_sizes)})')
   return int(data.split_sizes[split])
 
 
@@ -222,12 +224,12 @@ def _check_ensemble(runs: Sequence[_Run]) -> None:
         what = f'{run.info.num_classes} classes but {first.workdir} on {first.info.num_classes}'
       else:
         what = f'other classes than {first.workdir}'
-      raise ValueError(f'{run.workdir} was trained on {what}: an ensemble averages predictions '
-                       'over the same classes')
+      raise errors.InputError(f'{run.workdir} was trained on {what}: an ensemble averages '
+                              'predictions over the same classes')
     if where(run) != where(first):
-      raise ValueError(f'{run.workdir} was trained on other data ({run.config.data.dir}) than '
-                       f'{first.workdir} ({first.config.data.dir}); give --data_dir to evaluate '
-                       'all of them on one dataset')
+      raise errors.InputError(f'{run.workdir} was trained on other data ({run.config.data.dir}) '
+                              f'than {first.workdir} ({first.config.data.dir}); give --data_dir '
+                              'to evaluate all of them on one dataset')
 
 
 # ----------------------------------------------------------------------------- computing
@@ -243,7 +245,7 @@ def eval_mesh(config: ml_collections.ConfigDict,
   devices = list(jax.devices() if devices is None else devices)
   try:
     return experiment.create_mesh(config, devices)
-  except ValueError as e:
+  except errors.InputError as e:
     count = max(n for n in range(1, len(devices) + 1) if config.batch_size % n == 0)
     logging.info('The run\'s mesh does not fit here (%s); data-parallel over %d devices.', e,
                  count)
@@ -342,18 +344,18 @@ def evaluate_ensemble(workdirs: Sequence[str | os.PathLike[str]], *, step: str |
   """Each run alone and the average of their predictions (the paper's ensemble).
 
   Arguments as `evaluate_run`; `step` applies to every run. With crops=None
-  the runs must have ended with the same test. Raises ValueError when the runs
+  the runs must have ended with the same test. Raises errors.InputError when the runs
   learned different classes or read different datasets.
   """
   if not workdirs:
-    raise ValueError('give at least one --workdir')
+    raise errors.InputError('give at least one --workdir')
   step = parse_step(step)
   loaded = [_load_run(w, step, crops, split, data_dir) for w in workdirs]
   runs = [run for run, _ in loaded]
   crop_counts = sorted({c for _, c in loaded})
   if len(crop_counts) > 1:
-    raise ValueError(f'the runs ended with different tests ({crop_counts} crops); choose one '
-                     'with --crops')
+    raise errors.InputError(f'the runs ended with different tests ({crop_counts} crops); choose '
+                            'one with --crops')
   crops = crop_counts[0]
   _check_ensemble(runs)
   sizes = [_split_size(run, split) for run in runs]
@@ -371,8 +373,8 @@ def evaluate_ensemble(workdirs: Sequence[str | os.PathLike[str]], *, step: str |
       probs = np.concatenate(member.probabilities).astype(np.float64)
       these = np.concatenate(member.labels)
       if labels is not None and not np.array_equal(these, labels):
-        raise ValueError(f'{run.workdir} read the {split} images in another order or with other '
-                         f'labels than {runs[0].workdir}: not the same dataset')
+        raise errors.InputError(f'{run.workdir} read the {split} images in another order or with '
+                                f'other labels than {runs[0].workdir}: not the same dataset')
       summed, labels = (probs if summed is None else summed + probs), these
   finally:
     reporter.close()
@@ -413,6 +415,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   platform.configure_xla_cpu()  # before anything starts JAX's backend
+  cli.start_backend()
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   crops = None if FLAGS.crops is None else int(FLAGS.crops)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -132,18 +133,37 @@ def count_steps_for(config: ml_collections.ConfigDict, train_examples: int) -> t
   # next one (input_pipeline.steps_per_epoch).
   steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                     f'({train_examples} images)')
+    raise errors.InputError(
+        f'config.batch_size={config.batch_size} is larger than the training split '
+        f'({train_examples} images)')
   if config.num_train_steps > 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, config.num_epochs * steps_per_epoch
 
 
+def check_val_split(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> None:
+  """Refuses a dataset without validation images before any training.
+
+  The run evaluates on them (every config.eval_every_epochs epochs and at the end),
+  the plateau schedule and keep_best rank by them, and a run that only failed at its
+  first evaluation would fail there again on every resume.
+  """
+  if info.split_sizes.get('val', 0) > 0:
+    return
+  where = config.data.dir or '(config.data.dir)'
+  raise errors.InputError(
+      f'the dataset in {where} has no validation images: a run evaluates on them (every '
+      f'{config.eval_every_epochs} epochs and at the end) and its schedule and best checkpoint '
+      'rank by them. Prepare the dataset again from a source with a val/<class>/ folder (or '
+      'ILSVRC2012_img_val.tar), into a new folder')
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
   """The configured network; its output layer must match the dataset's classes."""
   if config.model.num_classes != num_classes:
-    raise ValueError(f'config.model.num_classes is {config.model.num_classes} but the dataset '
-                     f'has {num_classes} classes')
+    raise errors.InputError(
+        f'config.model.num_classes is {config.model.num_classes} but the dataset '
+        f'has {num_classes} classes')
   return model_lib.from_config(config.model)
 
 

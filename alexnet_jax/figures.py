@@ -402,13 +402,15 @@ def nearest_neighbour_figure(path: str, *, params: Any, model: model_lib.AlexNet
 # ----------------------------------------------------------------------------- the run's plots
 
 
-def write_curve_plots(workdir: str | os.PathLike[str]) -> list[str]:
-  """training_curves.png and throughput.png from WORKDIR/metrics.jsonl; the paths written."""
+def write_curve_plots(workdir: str | os.PathLike[str],
+                      folder: str | None = None) -> list[str]:
+  """training_curves.png and throughput.png from WORKDIR/metrics.jsonl into `folder`
+  (default WORKDIR/plots); the paths written."""
   records = metrics_lib.read_metrics(workdir)
   if not records:
     path = os.path.join(os.fspath(workdir), metrics_lib.METRICS_FILE)
     raise FileNotFoundError(f'no metrics in {path}')
-  folder = plots_dir(workdir)
+  folder = folder or plots_dir(workdir)
   written = [plot_training_curves(records, os.path.join(folder, CURVES_FILE))]
   train, _ = split_records(records)
   if any(r.get('images_per_sec') is not None for r in train):

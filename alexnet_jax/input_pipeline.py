@@ -44,6 +44,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import augment
 from alexnet_jax import preprocess
 from alexnet_jax import codecs
@@ -77,8 +78,8 @@ class DatasetInfo:
 # Dataset description and record sources.
 
 
-def _missing_prepared(folder: str) -> FileNotFoundError:
-  return FileNotFoundError(
+def _missing_prepared(folder: str) -> errors.MissingInputError:
+  return errors.MissingInputError(
       f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
       f'(no finished {dataset_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
       f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
@@ -90,7 +91,7 @@ def _prepared_description(data_config: ml_collections.ConfigDict) -> dict[str, A
     raise _missing_prepared(folder)
   description = dataset_format.read_dataset_json(folder)
   if description['image_size'] != data_config.image_size:
-    raise ValueError(
+    raise errors.InputError(
         f'{folder} was prepared at image_size {description["image_size"]} but '
         f'config.data.image_size is {data_config.image_size}')
   return description
@@ -100,16 +101,16 @@ def _tfds_builder(data_config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
 
   if not data_config.dir:
-    raise ValueError("source='tfds' needs config.data.dir: the tfds data_dir that "
-                     f'holds {TFDS_NAME}/')
+    raise errors.InputError("source='tfds' needs config.data.dir: the tfds data_dir that "
+                            f'holds {TFDS_NAME}/')
   builder = tfds.builder(TFDS_NAME, data_dir=data_config.dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'no prepared tfds {TFDS_NAME} under {data_config.dir} ({builder.data_dir} is '
         'missing); prepare it with tfds in ArrayRecord format, or use source=prepared '
         'with python -m alexnet_jax.prepare')
   if builder.info.file_format.value != 'array_record':
-    raise ValueError(
+    raise errors.InputError(
         f'{builder.data_dir} is in {builder.info.file_format.value} format; random '
         'access needs array_record (tfds build --file_format=array_record)')
   return builder
@@ -159,8 +160,8 @@ def load_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         eigvals=np.asarray(eigvals, np.float32),
         eigvecs=np.asarray(eigvecs, np.float32),
         stats_source=stats_path)
-  raise ValueError(f"data.source must be 'prepared' or 'tfds', got "
-                   f'{data_config.source!r}')
+  raise errors.InputError(f"data.source must be 'prepared' or 'tfds', got "
+                          f'{data_config.source!r}')
 
 
 def parse_tfds_example(example: dict[str, Any]) -> tuple[bytes, int]:
@@ -185,24 +186,64 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
     description = _prepared_description(data_config)
     shards = description['shards'][split]
     if not shards:
-      raise ValueError(f'the {split} split of {data_config.dir} is empty')
+      raise errors.InputError(f'the {split} split of {data_config.dir} is empty')
     # "path[0:n]" tells grain the record count, so no shard is opened up front.
     paths = [f'{os.path.join(data_config.dir, name)}[0:{count}]'
              for name, count in shards]
-    return RecordSource(grain.sources.ArrayRecordDataSource(paths),
-                        dataset_format.decode_record, resize=False)
+    records = NamedShards(grain.sources.ArrayRecordDataSource(paths),
+                          tuple(os.path.join(data_config.dir, name) for name, _ in shards),
+                          tuple(np.cumsum([count for _, count in shards]).tolist()),
+                          _prepare_again(data_config.dir, description))
+    return RecordSource(records, dataset_format.decode_record, resize=False)
   if data_config.source == 'tfds':
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     builder = _tfds_builder(data_config)
     if TFDS_SPLITS[split] not in builder.info.splits:
-      raise ValueError(f'{builder.data_dir} has no {TFDS_SPLITS[split]} split')
+      raise errors.InputError(f'{builder.data_dir} has no {TFDS_SPLITS[split]} split')
     records = tfds.data_source(
         TFDS_NAME, split=TFDS_SPLITS[split], data_dir=data_config.dir,
         download=False, decoders={'image': tfds.decode.SkipDecoding()})
     return RecordSource(records, parse_tfds_example, resize=True)
-  raise ValueError(f"data.source must be 'prepared' or 'tfds', got "
-                   f'{data_config.source!r}')
+  raise errors.InputError(f"data.source must be 'prepared' or 'tfds', got "
+                          f'{data_config.source!r}')
+
+
+def _prepare_again(folder: str, description: dict[str, Any]) -> str:
+  """The commands that make the prepared dataset in `folder` again, as it was made."""
+  options = f' --image_size={description["image_size"]}'
+  if description.get('jpeg_quality', 95) != 95:
+    options += f' --jpeg_quality={description["jpeg_quality"]}'
+  return (f'delete {folder} and run python -m alexnet_jax.prepare '
+          f'--source={description.get("source", "SRC")} --output={folder}{options} (the same '
+          'source gives the same dataset, so the run resumes unchanged)')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NamedShards:
+  """The records of a prepared split, whose read errors name the damaged shard file.
+
+  array_record reports a damaged file ("Corrupted Riegeli/records file", a bad
+  checksum) without its name; this says which shard it was and how to make it
+  again. Picklable, for grain's worker processes.
+  """
+  records: Any  # grain.sources.ArrayRecordDataSource over `paths`
+  paths: tuple[str, ...]
+  ends: tuple[int, ...]  # cumulative record counts: shard i holds [ends[i-1], ends[i])
+  fix: str  # what to do about a damaged shard
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> bytes:
+    try:
+      return self.records[index]
+    except RuntimeError as e:
+      shard = self.paths[min(int(np.searchsorted(self.ends, index, side='right')),
+                             len(self.paths) - 1)]
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise errors.InputError(f'{shard} is damaged ({reason[:200]}); prepare the dataset '
+                              f'again: {self.fix}') from e
 
 
 def mean_for_config(info: DatasetInfo,
@@ -233,8 +274,8 @@ def _stored_image(data: bytes, image_size: int, resize: bool) -> np.ndarray:
     return codecs.decode_and_resize(data, image_size)
   image = codecs.decode(data)
   if image.shape != (image_size, image_size, 3):
-    raise ValueError(f'stored image is {image.shape}, expected '
-                     f'({image_size}, {image_size}, 3)')
+    raise errors.InputError(f'stored image is {image.shape}, expected '
+                            f'({image_size}, {image_size}, 3)')
   return image
 
 

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import errors
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -215,7 +217,7 @@ def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
     return _normal(std), 0.1 if name in ones else 0.0
   if scheme == 'he':
     return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0
-  raise ValueError(f'unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}')
+  raise errors.InputError(f'unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}')
 
 
 def _axes_size(mesh: jax.sharding.AbstractMesh, axes: Any) -> int:
@@ -326,12 +328,12 @@ def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
   conv_widths: the five conv widths at width 1.0; None is the paper's CONV_FEATURES.
   """
   if not width > 0:
-    raise ValueError(f'model width multiplier must be > 0, got {width}')
+    raise errors.InputError(f'model width multiplier must be > 0, got {width}')
   base = CONV_FEATURES if conv_widths is None else tuple(conv_widths)
   if len(base) != len(CONV_FEATURES) or not all(
       isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base):
-    raise ValueError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
-                     f'(conv1-conv5), got {conv_widths!r}')
+    raise errors.InputError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
+                            f'(conv1-conv5), got {conv_widths!r}')
   convs = tuple(max(1, int(round(c * width))) for c in base)
   return convs, max(1, int(round(FC_FEATURES * width)))
 
@@ -340,7 +342,7 @@ def resolve_dtype(dtype: Any) -> Any:
   try:
     return jnp.dtype(dtype)
   except TypeError as e:
-    raise ValueError(f'unknown model dtype {dtype!r}') from e
+    raise errors.InputError(f'unknown model dtype {dtype!r}') from e
 
 
 class AlexNet(nn.Module):
@@ -368,29 +370,32 @@ class AlexNet(nn.Module):
   def check(self, input_shape: Sequence[int] | None = None) -> None:
     """Raises ValueError for a bad configuration or input shape (before any compile)."""
     if self.init_scheme not in INIT_SCHEMES:
-      raise ValueError(f'unknown init scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}')
+      raise errors.InputError(
+          f'unknown init scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}')
     if self.group_impl not in GROUP_IMPLS:
-      raise ValueError(f'unknown group_impl {self.group_impl!r}; expected one of {GROUP_IMPLS}')
+      raise errors.InputError(
+          f'unknown group_impl {self.group_impl!r}; expected one of {GROUP_IMPLS}')
     if self.towers not in (1, 2):
-      raise ValueError(f'towers must be 1 or 2, got {self.towers}')
+      raise errors.InputError(f'towers must be 1 or 2, got {self.towers}')
     if self.num_classes < 1:
-      raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
+      raise errors.InputError(f'num_classes must be >= 1, got {self.num_classes}')
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
+      raise errors.InputError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
     if not self.input_scale > 0:
-      raise ValueError(f'input_scale must be > 0, got {self.input_scale}')
+      raise errors.InputError(f'input_scale must be > 0, got {self.input_scale}')
     if self.conv1_padding < 0:
-      raise ValueError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
+      raise errors.InputError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
     resolve_dtype(self.dtype)
     for name in ('pool_size', 'pool_stride'):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        raise errors.InputError(f'{name} must be a positive integer, got {value!r}')
     convs, hidden = scaled_widths(self.width, self.conv_widths)
     for name, c in zip(CONV_LAYOUT, convs):
       if c % self.towers:
-        raise ValueError(f'{name} width {c} (width multiplier {self.width}) is not divisible by '
-                         f'towers={self.towers}; choose a width giving even conv widths')
+        raise errors.InputError(
+            f'{name} width {c} (width multiplier {self.width}) is not divisible by '
+            f'towers={self.towers}; choose a width giving even conv widths')
     if input_shape is None:
       return
     if len(input_shape) != 4:
@@ -400,9 +405,10 @@ class AlexNet(nn.Module):
     h, w = input_shape[1], input_shape[2]
     for side in (h, w):
       if self.spatial_sizes(side)['pool5'] < 1:
-        raise ValueError(f'input {h}x{w} is too small: pool5 would be empty (need at least '
-                         f'{min_input_size(self.conv1_padding, self.pool_size, self.pool_stride)}'
-                         ' pixels per side)')
+        raise errors.InputError(
+            f'input {h}x{w} is too small: pool5 would be empty (need at least '
+            f'{min_input_size(self.conv1_padding, self.pool_size, self.pool_stride)}'
+            ' pixels per side)')
 
   def spatial_sizes(self, input_size: int) -> dict[str, int]:
     """`spatial_sizes` of this network's conv1 padding and pooling."""
@@ -474,7 +480,7 @@ def from_config(model_config: Any) -> AlexNet:
     values['conv_widths'] = tuple(values['conv_widths'])
   unknown = sorted(set(values) - fields)
   if unknown:
-    raise ValueError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
+    raise errors.InputError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
   model = AlexNet(**values)
   model.check()
   return model

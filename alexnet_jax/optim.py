@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax import errors
+
 SCHEDULES = ('plateau', 'step', 'constant')
 # Leaf names still decayed under decay_bias=False (Caffe's recipe decays weights only).
 KERNEL_NAMES = ('kernel',)
@@ -45,7 +47,7 @@ def validate_optim_config(optim_config: Any) -> None:
   """Raises ValueError naming the first `config.optim` field with an impossible value."""
 
   def fail(field: str, requirement: str, value: Any) -> None:
-    raise ValueError(f'config.optim.{field} must be {requirement}, got {value!r}')
+    raise errors.InputError(f'config.optim.{field} must be {requirement}, got {value!r}')
 
   lr = optim_config.get('learning_rate')
   if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:

@@ -25,12 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import config_lib
+from alexnet_jax import errors
 from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import progress
 from alexnet_jax import sharding
+from alexnet_jax import workdir as workdir_lib
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
 GIB = 2**30
@@ -58,13 +61,13 @@ class Target:
   train_images: Optional[int] = None  # train split size when the dataset cannot be read
 
   def check(self) -> None:
-    """Raises ValueError naming the first flag with an impossible value or combination."""
+    """Raises errors.InputError naming the first flag with an impossible value or combination."""
     def positive(name: str, value, kind=int) -> None:
       ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             and (kind is float or float(value).is_integer()))
       if value is not None and not ok:
         noun = 'a positive integer' if kind is int else 'a positive number'
-        raise ValueError(f'--plan_{name} must be {noun}, got {value!r}')
+        raise errors.InputError(f'--plan_{name} must be {noun}, got {value!r}')
 
     positive('devices', self.devices)
     positive('processes', self.processes)
@@ -76,32 +79,32 @@ class Target:
     if self.devices is None:
       for name in ('processes', 'platform', 'host_cores'):
         if getattr(self, name) is not None:
-          raise ValueError(f'--plan_{name} describes the cluster to plan for: give '
-                           '--plan_devices too')
+          raise errors.InputError(f'--plan_{name} describes the cluster to plan for: give '
+                                  '--plan_devices too')
     else:
       if self.platform is None:
-        raise ValueError(f'--plan_devices={self.devices} needs --plan_platform '
-                         f'({", ".join(PLATFORMS)}): it decides the compute dtype')
+        raise errors.InputError(f'--plan_devices={self.devices} needs --plan_platform '
+                                f'({", ".join(PLATFORMS)}): it decides the compute dtype')
       if self.devices % (self.processes or 1):
-        raise ValueError(f'--plan_devices={self.devices} cannot be spread evenly over '
-                         f'--plan_processes={self.processes}')
+        raise errors.InputError(f'--plan_devices={self.devices} cannot be spread evenly over '
+                                f'--plan_processes={self.processes}')
     if self.platform is not None and self.platform not in PLATFORMS:
-      raise ValueError(f'--plan_platform must be one of {PLATFORMS}, got {self.platform!r}')
+      raise errors.InputError(f'--plan_platform must be one of {PLATFORMS}, got {self.platform!r}')
     if self.efficiency is not None and not 0 < self.efficiency <= 1:
-      raise ValueError(f'--plan_efficiency must be in (0, 1], got {self.efficiency!r}')
+      raise errors.InputError(f'--plan_efficiency must be in (0, 1], got {self.efficiency!r}')
     if (self.peak_tflops is None) != (self.efficiency is None):
-      raise ValueError('--plan_peak_tflops and --plan_efficiency go together: the time '
-                       'estimate is devices x peak x efficiency')
+      raise errors.InputError('--plan_peak_tflops and --plan_efficiency go together: the time '
+                              'estimate is devices x peak x efficiency')
     if self.peak_tflops is not None and self.images_per_sec is not None:
-      raise ValueError('give --plan_images_per_sec or --plan_peak_tflops with '
-                       '--plan_efficiency, not both')
+      raise errors.InputError('give --plan_images_per_sec or --plan_peak_tflops with '
+                              '--plan_efficiency, not both')
 
   def used_without_dry_run(self) -> None:
-    """Raises ValueError when a --plan_* flag was given to a command that trains."""
+    """Raises errors.InputError when a --plan_* flag was given to a command that trains."""
     given = [f'--plan_{f.name}' for f in dataclasses.fields(self) if getattr(self, f.name)
              is not None]
     if given:
-      raise ValueError(f'{given[0]} describes a plan: use it with --dry_run')
+      raise errors.InputError(f'{given[0]} describes a plan: use it with --dry_run')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +240,12 @@ def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int
   for p in range(processes):
     try:
       counts.add(sharding.data_shard_of(owners, p)[1])
-    except ValueError:
-      raise ValueError(f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
-                       f'devices in each process, which cuts the model pairs of the mesh '
-                       f'data={mesh_data} x model={mesh_model} unevenly (a process holds whole '
-                       'pairs, or one device of one pair); choose another --plan_processes'
-                       ) from None
+    except errors.InputError:
+      raise errors.InputError(
+          f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
+          f'devices in each process, which cuts the model pairs of the mesh '
+          f'data={mesh_data} x model={mesh_model} unevenly (a process holds whole '
+          'pairs, or one device of one pair); choose another --plan_processes') from None
   return counts.pop()
 
 
@@ -261,6 +264,7 @@ def _read_dataset(config: ml_collections.ConfigDict, target: Target
     if target.train_images is not None:
       return None, target.train_images, f'{note}; train split size from --plan_train_images'
     return None, None, note
+  experiment.check_val_split(config, info)  # the run would refuse it: so does its plan
   return info, info.split_sizes['train'], f'{config.data.source} dataset at {config.data.dir}'
 
 
@@ -327,7 +331,7 @@ def _whole_note(config: ml_collections.ConfigDict, exp: experiment.Experiment) -
 def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) -> Plan:
   """The plan of `config` on the visible devices, or on `target`'s.
 
-  Raises ValueError for a bad config, mesh or target, and when the estimate
+  Raises errors.InputError for a bad config, mesh or target, and when the estimate
   exceeds target.device_memory_gib (naming the largest per-device batch that fits).
   """
   target = target or Target()
@@ -387,7 +391,7 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
 
 
 def check_memory(plan: Plan) -> None:
-  """Raises ValueError when the estimate exceeds the device memory the user named."""
+  """Raises errors.InputError when the estimate exceeds the device memory the user named."""
   if plan.device_memory is None or plan.memory.total <= plan.device_memory:
     return
   m = plan.memory
@@ -398,7 +402,7 @@ def check_memory(plan: Plan) -> None:
   else:
     advice = ('not even one image per device fits: split the weights over more devices '
               '(config.mesh.model) or narrow the network (config.model.width)')
-  raise ValueError(
+  raise errors.InputError(
       f'the plan needs about {_size(m.total)} per device (weights, gradients and optimizer '
       f'state {_size(m.params + m.gradients + m.opt_state)}, activations '
       f'{_size(m.activations)} at {plan.batch_per_device} images per device), more than '
@@ -483,9 +487,23 @@ def format_plan(plan: Plan) -> str:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str, target: Target | None = None) -> Plan:
-  """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing."""
+  """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing.
+
+  Refuses what the run would refuse before training: a dataset without validation
+  images, a resume whose config changes what the run computes.
+  """
+  target = target or Target()
   plan = build_plan(config, target)
-  resume = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  # The config as the planned run resolves it: its platform decides model.dtype 'auto'.
+  resolved = config_lib.load(config, platform=target.platform, cpu_count=target.host_cores)
+  accepted = workdir_lib.check_resume(workdir, resolved)
+  resume = bool(checkpoint_lib.finished_steps(workdir))
   print(format_plan(plan))
-  print(f'workdir: {workdir} ({"resumes from its checkpoints" if resume else "new run"})')
+  state = f'resumes from step {checkpoint_lib.finished_steps(workdir)[-1]}' if resume else 'new run'
+  if accepted:
+    state += '; changed fields it accepts: ' + ', '.join(c.field for c in accepted)
+  holder = workdir_lib.lock_status(workdir)
+  if holder:
+    state += f'; in use by a run: {holder}'
+  print(f'workdir: {workdir} ({state})')
   return plan

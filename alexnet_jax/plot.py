@@ -1,6 +1,6 @@
 """Draws a run's pictures into WORKDIR/plots/ (see figures.py for what each shows).
 
-  python -m alexnet_jax.plot --workdir=runs/digits [--step=N] [--max_train=2000]
+  python -m alexnet_jax.plot --workdir=runs/digits [--step=N] [--max_train=2000] [--plots_dir=DIR]
 
 - training_curves.png, throughput.png: from metrics.jsonl;
 - conv1_kernels.png (the paper's figure 3): from the newest (or --step) checkpoint;
@@ -8,19 +8,23 @@
   with a note, where the dataset is not on this machine.
 
 Training writes the first three itself when it ends; this command redraws them
-from a finished (or stopped) run.
+from a finished (or stopped) run. It only reads the workdir (no lock: it may run
+beside the training); where WORKDIR/plots cannot be written (a read-only copy of
+someone's run), --plots_dir writes the figures elsewhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from alexnet_jax import errors
 from alexnet_jax import cli
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
@@ -37,21 +41,47 @@ class Outcome:
   note: str = ''  # why it was skipped
 
 
+def _writable(folder: str) -> None:
+  """Raises UserError, before any drawing, when `folder` cannot be created or written."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    raise errors.UserError(f'cannot write the figures into {folder} ({e.strerror or e}); '
+                           'pass --plots_dir=DIR to write them elsewhere') from e
+
+
 def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
                 max_train: int = 2000, num_queries: int = 5,
-                num_neighbours: int = 6) -> list[Outcome]:
+                num_neighbours: int = 6, plots_dir: str | None = None) -> list[Outcome]:
   """Writes every picture the workdir allows; returns what was written or skipped and why.
 
+  plots_dir: where the figures go; default WORKDIR/plots.
+
   Raises FileNotFoundError when the workdir has neither metrics nor a checkpoint,
-  checkpoint.CheckpointError when the checkpoint asked for is unreadable.
+  checkpoint.CheckpointError when the checkpoint asked for is unreadable, UserError
+  when the figures cannot be written.
   """
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
-  folder = figures.plots_dir(workdir)
+    raise errors.MissingInputError(f'workdir {workdir} does not exist')
+  folder = plots_dir or figures.plots_dir(workdir)
+  _writable(folder)
+  try:
+    return _write_plots(workdir, folder, step, max_train, num_queries, num_neighbours)
+  except OSError as e:
+    if isinstance(e, errors.UserError) or not e.filename or not os.fspath(e.filename).startswith(
+        folder):
+      raise
+    raise errors.UserError(f'cannot write {e.filename} ({e.strerror})') from e
+
+
+def _write_plots(workdir: str, folder: str, step: int | None, max_train: int, num_queries: int,
+                 num_neighbours: int) -> list[Outcome]:
   outcomes = []
   try:
-    written = figures.write_curve_plots(workdir)
+    written = figures.write_curve_plots(workdir, folder)
     outcomes += [Outcome(os.path.basename(p), p) for p in written]
     if len(written) == 1:
       outcomes.append(Outcome(figures.THROUGHPUT_FILE, None, 'no images_per_sec in metrics'))
@@ -65,8 +95,8 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
     params, _ = predict.restore_params(workdir, config, step)
   except FileNotFoundError as e:
     if not any(o.path for o in outcomes):
-      raise FileNotFoundError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
-                              f'and no checkpoint ({e})') from e
+      raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
+                                     f'and no checkpoint ({e})') from e
     return outcomes + [Outcome(figures.KERNELS_FILE, None, str(e)),
                        Outcome(figures.NEIGHBOURS_FILE, None, str(e))]
   outcomes.append(Outcome(figures.KERNELS_FILE, figures.plot_conv1_kernels(
@@ -98,6 +128,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('queries', 5, 'Validation images in the nearest-neighbour figure.',
                        lower_bound=1)
   flags.DEFINE_integer('neighbours', 6, 'Neighbours shown per validation image.', lower_bound=1)
+  flags.DEFINE_string('plots_dir', None, 'Where to write the figures; default WORKDIR/plots.')
   flags.mark_flag_as_required('workdir')
 
 
@@ -106,10 +137,12 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   platform.configure_xla_cpu()  # before anything starts JAX's backend
+  cli.start_backend()
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   outcomes = write_plots(FLAGS.workdir, step=FLAGS.step, max_train=FLAGS.max_train,
-                         num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours)
+                         num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours,
+                         plots_dir=FLAGS.plots_dir)
   for o in outcomes:
     print(f'wrote   {o.path}' if o.path else f'skipped {o.name}: {o.note}')
 

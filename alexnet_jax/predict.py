@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import PIL
 
+from alexnet_jax import errors
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import cli
@@ -82,15 +83,11 @@ def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   """The resolved config the run in WORKDIR stored at its start."""
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
-  try:
-    stored = workdir_lib.load_config_dict(workdir)
-  except ValueError as e:  # json.JSONDecodeError
-    raise ValueError(f'{os.path.join(workdir, workdir_lib.CONFIG_JSON)} is unreadable: '
-                     f'{e}') from e
+    raise errors.MissingInputError(f'workdir {workdir} does not exist')
+  stored = workdir_lib.load_config_dict(workdir)  # a damaged file is named in its error
   if stored is None:
-    raise FileNotFoundError(f'{workdir} holds no {workdir_lib.CONFIG_JSON}: not the workdir '
-                            'of a training run')
+    raise errors.MissingInputError(f'{workdir} holds no {workdir_lib.CONFIG_JSON}: not the workdir '
+                                   'of a training run')
   # Runs store their resolved config; an 'auto' left in an older one is resolved here.
   return config_lib.resolve_auto(ml_collections.ConfigDict(stored))
 
@@ -116,22 +113,22 @@ def open_checkpoints(workdir: str | os.PathLike[str],
   workdir = os.fspath(workdir)
   folder = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f'no checkpoint in {workdir} ({folder} does not exist)')
+    raise errors.MissingInputError(f'no checkpoint in {workdir} ({folder} does not exist)')
   ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
                                                     read_only=True)
   if not ckpt.all_steps():
     ckpt.close()
-    raise FileNotFoundError(f'no finished checkpoint in {folder}')
+    raise errors.MissingInputError(f'no finished checkpoint in {folder}')
   return ckpt
 
 
 def check_step(ckpt: checkpoint_lib.Checkpointer, step: int,
                workdir: str | os.PathLike[str]) -> None:
-  """Raises ValueError unless `step` is one of the finished checkpoints of WORKDIR's `ckpt`."""
+  """Raises errors.InputError unless `step` is a finished checkpoint of WORKDIR's `ckpt`."""
   steps = ckpt.all_steps()
   if step not in steps:
     folder = os.path.join(os.fspath(workdir), checkpoint_lib.CHECKPOINT_DIR)
-    raise ValueError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
+    raise errors.InputError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
 
 
 def restore_state(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
@@ -174,8 +171,9 @@ def dataset_info(workdir: str | os.PathLike[str],
   """The run's dataset facts, checked against its model."""
   info = workdir_lib.dataset_info_for_run(workdir, config.data)
   if info.num_classes != config.model.num_classes:
-    raise ValueError(f'the run in {workdir} has {config.model.num_classes} output classes but '
-                     f'its dataset description lists {info.num_classes}')
+    raise errors.InputError(
+        f'the run in {workdir} has {config.model.num_classes} output classes but '
+        f'its dataset description lists {info.num_classes}')
   return info
 
 
@@ -199,8 +197,8 @@ def read_image(image: Image, image_size: int) -> np.ndarray:
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
         image.ndim == 3 and image.shape[-1] != 3):
-      raise ValueError(f'an image array must be uint8 (H, W, 3) or (H, W), got '
-                       f'{image.dtype} {image.shape}')
+      raise errors.InputError(f'an image array must be uint8 (H, W, 3) or (H, W), got '
+                              f'{image.dtype} {image.shape}')
     return codecs.resize_center_crop(image, image_size)
   path = os.fspath(image)
   try:
@@ -216,7 +214,7 @@ def read_image(image: Image, image_size: int) -> np.ndarray:
       reason = e.strerror
     else:
       reason = str(e).strip() or type(e).__name__
-    raise ValueError(f'cannot read image {path}: {reason}') from e
+    raise errors.InputError(f'cannot read image {path}: {reason}') from e
 
 
 def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndarray]:
@@ -231,7 +229,7 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
   elif crops == 10:
     views = augment.ten_crop_views(size, crop_size)
   else:
-    raise ValueError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+    raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
   return {
       'image': np.stack([augment.crop_and_flip(image, t, l, crop_size, f) for t, l, f in views]),
       'crop': np.array([(t, l) for t, l, _ in views], np.int32),
@@ -282,7 +280,7 @@ def predict_with_run(workdir: str | os.PathLike[str], images: Sequence[Image],
   config = load_config(workdir)
   crops = config.final_eval_crops if crops is None else crops
   if crops not in (1, 10):
-    raise ValueError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+    raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
   stored = [read_image(im, config.data.image_size) for im in images]  # bad files fail fast
   run = load_run(workdir, step)
   probs = classify(run, stored, crops)
@@ -333,6 +331,7 @@ def main(argv: Sequence[str]) -> None:
   if not images:
     raise app.UsageError('give one or more image files after the flags')
   platform.configure_xla_cpu()  # before anything starts JAX's backend
+  cli.start_backend()
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
   crops = None if FLAGS.crops is None else int(FLAGS.crops)

@@ -1,10 +1,15 @@
-"""Preemption: a signal asks the trainer to save at its next step and stop.
+"""Preemption and Ctrl-C: a signal asks the trainer to save at its next step and stop.
 
-One process: SIGTERM (what cluster schedulers send before they kill a job)
-sets a flag that the loop reads at each step boundary. Several processes
-(jax.distributed): JAX's preemption sync service agrees on one step for all
-hosts, so every host saves the same step. docs/design.md, "Checkpoints and
-preemption", says why this is not left to an orbax save policy.
+One process: SIGTERM (what cluster schedulers send before they kill a job) and
+SIGINT (Ctrl-C) set a flag that the loop reads at each step boundary; the loop
+saves that step and leaves (status 0 after SIGTERM, 130 after Ctrl-C). The first
+Ctrl-C also gives SIGINT back its default action, so a second one ends the
+process at once; that loses only the save in progress, whose files are still in a
+temporary folder. Several processes (jax.distributed): JAX's preemption sync
+service agrees on one step for all hosts, so every host saves the same step; a
+Ctrl-C there is a KeyboardInterrupt (one process cannot stop the others at the
+same step). docs/design.md, "Checkpoints and preemption", says why this is not
+left to an orbax save policy.
 """
 
 from __future__ import annotations
@@ -19,16 +24,26 @@ from jax.experimental import multihost_utils
 
 _preempted = threading.Event()
 _previous_handlers: dict[int, Any] = {}
+_received: list[int] = []  # the signals that set the flag, first first
 
 
 def _on_preemption_signal(signum: int, frame: Any) -> None:
-  del signum, frame
+  del frame
   # Only a flag: the loop saves at its next step boundary, outside the handler.
+  _received.append(signum)
   _preempted.set()
+  if signum == signal.SIGINT:
+    # A second Ctrl-C takes the default action: the process ends at once, from the kernel,
+    # even inside a long computation where no Python handler would run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Python runs this handler in the main thread between bytecodes, and logging's locks
+    # are reentrant, so logging here cannot deadlock.
+    logging.warning('Ctrl-C: saving a checkpoint at the end of this step, then exiting. Press '
+                    'Ctrl-C again to exit at once (the newest complete checkpoint stays).')
 
 
 def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,)) -> bool:
-  """Makes SIGTERM set the flag that `preemption_requested` reports; returns whether installed.
+  """Makes `signals` set the flag that `preemption_requested` reports; returns whether installed.
 
   Multi-process runs (jax.distributed) leave SIGTERM to JAX's preemption
   service, which agrees on one step for all hosts; a Python handler would
@@ -53,6 +68,12 @@ def uninstall_preemption_handler() -> None:
     signal.signal(sig, previous)
   _previous_handlers.clear()
   _preempted.clear()
+  _received.clear()
+
+
+def received_signal() -> Optional[int]:
+  """The first signal that asked to stop since the handler was installed, or None."""
+  return _received[0] if _received else None
 
 
 def preemption_requested(step: int) -> bool:
@@ -83,6 +104,11 @@ class PreemptionWatcher:
 
   def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
     self.installed = install_preemption_handler(signals)
+
+  @property
+  def interrupted(self) -> bool:
+    """Whether the stop was asked by Ctrl-C (SIGINT) rather than by a preemption."""
+    return received_signal() == signal.SIGINT
 
   def requested(self, step: Optional[int] = None) -> bool:
     """See preemption_requested; multi-process runs must pass the step, at every step."""

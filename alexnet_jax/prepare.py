@@ -18,11 +18,13 @@ SRC is one of:
     statistics of a tensorflow-datasets imagenet2012 already prepared (ArrayRecord) in
     DATA_DIR are written next to it, for input source 'tfds' (see input_pipeline).
 
-Each image becomes the paper's input: shorter side resized to image_size (pixel-area
-averaging when shrinking, bicubic when enlarging), central image_size x image_size
-crop, re-encoded as JPEG. Grayscale,
-CMYK, palette and PNG images are converted to RGB; files that cannot be decoded are
-skipped and listed in the report (or stop the run with --strict).
+Each image becomes the paper's input: turned upright when an EXIF orientation tag
+says so, shorter side resized to image_size (pixel-area averaging when shrinking,
+bicubic when enlarging), central image_size x image_size crop, re-encoded as JPEG.
+Grayscale, CMYK, palette and PNG images are converted to RGB; files that cannot be
+decoded are skipped and listed in the report (or stop the run with --strict). The
+summary line counts the turned photos and the files ignored (links to nothing
+included), and says when the val split is empty (training refuses such a dataset).
 
 DIR afterwards:
   train.array_record-00000-of-000NN ...  records: int32 little-endian label + JPEG
@@ -37,7 +39,12 @@ DIR afterwards:
 
 Interruptions: work happens in parts (one per synset tar, or ~512 files) recorded in
 DIR/_partial/; a re-run resumes from the parts already done and a folder without
-dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op.
+dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op. A
+part's shard is read back (record count and CRC-32 of each record) before the part
+counts as done, and the final shards are checked before dataset.json is written. Any
+failure (a full disk, Ctrl-C, an undecodable image with --strict) removes the files of
+the part being written; errors are one `error:` line with exit status 2, Ctrl-C one
+`interrupted:` line with 130. DIR may not lie inside SRC.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import importlib.util
@@ -53,9 +61,11 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import time
+import zlib
 from typing import Any, Iterator, Sequence
 
 from absl import app
@@ -64,6 +74,8 @@ from absl import logging
 from array_record.python import array_record_module
 import numpy as np
 
+from alexnet_jax import errors
+from alexnet_jax import cli
 from alexnet_jax import codecs
 from alexnet_jax import dataset_format
 from alexnet_jax import fileio
@@ -102,13 +114,13 @@ def _tfds_imagenet_file(name: str) -> str:
   """
   spec = importlib.util.find_spec('tensorflow_datasets')
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         'tensorflow-datasets is not installed; its imagenet2012 label files are '
         'needed to label the official tars (pip install -r requirements.txt)')
   path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'imagenet2012',
                       name)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'tensorflow-datasets lacks {path}')
+    raise errors.MissingInputError(f'tensorflow-datasets lacks {path}')
   return path
 
 
@@ -212,16 +224,16 @@ def _plan_tars(folder: str) -> _Plan:
   with tarfile.open(train_tar, 'r:') as archive:
     members = [m for m in archive.getmembers() if m.isfile()]
   if not members:
-    raise ValueError(f'{train_tar} is empty: it should hold one <wnid>.tar per class')
+    raise errors.InputError(f'{train_tar} is empty: it should hold one <wnid>.tar per class')
   synsets = {}
   for member in members:
     match = _WNID_TAR_RE.fullmatch(os.path.basename(member.name))
     if not match or match.group(1) not in known:
-      raise ValueError(
+      raise errors.InputError(
           f'{train_tar} holds {member.name!r}, not an ILSVRC-2012 <wnid>.tar: this is '
           'not the official train tar (use an ImageFolder train/<class>/ tree instead)')
     if match.group(1) in synsets:
-      raise ValueError(f'{train_tar} holds {match.group(1)}.tar twice')
+      raise errors.InputError(f'{train_tar} holds {match.group(1)}.tar twice')
     synsets[match.group(1)] = member
   class_names = [w for w in all_wnids if w in synsets]
   label_of = {w: i for i, w in enumerate(class_names)}
@@ -241,7 +253,7 @@ def _plan_tars(folder: str) -> _Plan:
       match = _VAL_NAME_RE.fullmatch(os.path.basename(member.name))
       number = int(match.group(1)) if match else 0
       if not 1 <= number <= len(val_wnids):
-        raise ValueError(
+        raise errors.InputError(
             f'{val_tar} holds {member.name!r}, not an official validation file name '
             '(ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG). Its '
             'labels come from tfds validation_labels.txt by file number, so they '
@@ -253,7 +265,7 @@ def _plan_tars(folder: str) -> _Plan:
       items.append((number, member.name, member.offset_data, member.size, label))
     numbers = [item[0] for item in items]
     if len(set(numbers)) != len(numbers):
-      raise ValueError(f'{val_tar} holds a validation file name twice')
+      raise errors.InputError(f'{val_tar} holds a validation file name twice')
     items.sort()
     for index, chunk in enumerate(_chunks(items, FILES_PER_PART * 2)):
       parts.append(_Part('val', index, 'tar_members', work=sum(c[3] for c in chunk),
@@ -265,9 +277,17 @@ def _plan_tars(folder: str) -> _Plan:
 
 
 def _list_images(folder: str) -> tuple[list[str], int]:
-  """Sorted image file paths directly in `folder`, and the count of other files."""
+  """Sorted image file paths directly in `folder`, and the count of other files.
+
+  Other files include symbolic links that point nowhere; hidden files and
+  sub-folders are not counted.
+  """
   images, others = [], 0
   for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    if entry.is_symlink() and not os.path.exists(entry.path):
+      logging.warning('ignored %s: a symbolic link to nothing', entry.path)
+      others += 1  # a dangling link, likely a photo that moved: counted, not silently lost
+      continue
     if entry.name.startswith('.') or not entry.is_file():
       continue
     if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
@@ -286,8 +306,8 @@ def _plan_image_folder(root: str) -> _Plan:
   train_dir = os.path.join(root, 'train')
   class_names = _class_folders(train_dir)
   if not class_names:
-    raise ValueError(f'{train_dir} holds no class folders (expected '
-                     'train/<class>/<image>)')
+    raise errors.InputError(f'{train_dir} holds no class folders (expected '
+                            'train/<class>/<image>)')
   try:
     known = set(imagenet_wnids())
   except FileNotFoundError:  # no tensorflow-datasets: its labels.txt is sorted, as these are
@@ -312,12 +332,12 @@ def _plan_image_folder(root: str) -> _Plan:
     items = []
     for name in names:
       if name not in label_of:
-        raise ValueError(f'{os.path.join(folder, name)} is not a training class '
-                         f'(no {os.path.join(train_dir, name)})')
+        raise errors.InputError(f'{os.path.join(folder, name)} is not a training class '
+                                f'(no {os.path.join(train_dir, name)})')
       images, others = _list_images(os.path.join(folder, name))
       notes['ignored_files'] += others
       if not images:
-        raise ValueError(
+        raise errors.InputError(
             f'class folder {os.path.join(folder, name)} holds no images (looked for '
             f'{", ".join(sorted(IMAGE_EXTENSIONS))})')
       items.extend((path, label_of[name]) for path in images)
@@ -334,19 +354,19 @@ def _plan(source: str) -> _Plan:
   if source == 'digits':
     return _plan_digits()
   if not source:
-    raise ValueError('no source given: pass --source=FOLDER or --source=digits')
+    raise errors.InputError('no source given: pass --source=FOLDER or --source=digits')
   if not os.path.exists(source):
-    raise FileNotFoundError(f'source folder {source} does not exist')
+    raise errors.MissingInputError(f'source folder {source} does not exist')
   if not os.path.isdir(source):
-    raise ValueError(f'source {source} is not a folder (give the folder that holds '
-                     f'{TRAIN_TAR}, or an ImageFolder root)')
+    raise errors.InputError(f'source {source} is not a folder (give the folder that holds '
+                            f'{TRAIN_TAR}, or an ImageFolder root)')
   source = os.path.abspath(source)
   if os.path.isfile(os.path.join(source, TRAIN_TAR)):
     return _plan_tars(source)
   if os.path.isdir(os.path.join(source, 'train')):
     return _plan_image_folder(source)
   what = 'is empty' if not os.listdir(source) else f'holds neither {TRAIN_TAR} nor train/'
-  raise ValueError(
+  raise errors.InputError(
       f'source folder {source} {what}: it should hold the official tars ({TRAIN_TAR}, '
       f'{VAL_TAR}) or an ImageFolder tree (train/<class>/<image>, val/<class>/<image>)')
 
@@ -438,10 +458,12 @@ class _Stats:
     }
 
 
-def _convert(payload: bytes | np.ndarray, image_size: int) -> np.ndarray:
+def _convert(payload: bytes | np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
+  """(the stored image, whether an EXIF orientation tag turned it upright)."""
   if isinstance(payload, np.ndarray):
-    return codecs.resize_center_crop(payload, image_size)
-  return codecs.decode_and_resize(payload, image_size)
+    return codecs.resize_center_crop(payload, image_size), False
+  pixels, orientation = codecs.decode_with_orientation(payload, min_size=image_size)
+  return codecs.resize_center_crop(pixels, image_size), orientation != codecs.UPRIGHT
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -449,47 +471,102 @@ def _write_json(path: str, obj: Any) -> None:
   fileio.atomic_write(path, lambda f: json.dump(obj, f, indent=1), fsync=True)
 
 
+def write_error(path: str, error: BaseException) -> errors.UserError:
+  """One line for a failed write of `path` (a full disk, a lost mount, no permission)."""
+  folder = os.path.dirname(path) or '.'
+  text = getattr(error, 'strerror', None) or str(error).split(';')[0]
+  if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(error):
+    text = 'no space left on the device'
+  with contextlib.suppress(OSError):
+    text += f', {shutil.disk_usage(folder).free / 2**20:,.1f} MiB free there'
+  return errors.UserError(f'cannot write {path} ({text})')
+
+
+def _verify_shard(path: str, checksums: Sequence[int]) -> None:
+  """Reads a written shard back: the records and their CRC-32s must be those written."""
+  reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+  try:
+    count = reader.num_records()
+    if count != len(checksums):
+      raise errors.UserError(f'{path} holds {count} records after writing {len(checksums)}: the '
+                             'storage lost data; prepare again')
+    for start in range(0, count, 64):
+      records = reader.read(list(range(start, min(start + 64, count))))
+      for i, record in enumerate(records, start):
+        if zlib.crc32(record) != checksums[i]:
+          raise errors.UserError(f'record {i} of {path} differs from what was written: the '
+                                 'storage corrupted it; prepare again')
+  finally:
+    reader.close()
+
+
 def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
               strict: bool) -> dict[str, Any]:
   """Converts one part into work_dir/<name>.array_record (+ .npz sums, + .json).
 
-  The .json is written last; its presence marks the part done for a resumed run.
+  The shard is written under a temporary name, read back and checked, then
+  renamed; the .json is written last and its presence marks the part done for
+  a resumed run. Any failure (an undecodable image with --strict, a full disk,
+  Ctrl-C) removes the part's unfinished files.
   """
   shard = os.path.join(work_dir, part.name + '.array_record')
-  writer = array_record_module.ArrayRecordWriter(shard + '.tmp', WRITER_OPTIONS)
-  stats = _Stats(image_size) if part.split == 'train' else None
-  label_counts: dict[int, int] = {}
-  skipped = []
+  sums_file = os.path.join(work_dir, part.name + '.npz')
+  unfinished = [shard + '.tmp', sums_file]
+  writing = shard + '.tmp'
   try:
-    for key, label, payload in _iter_part(part):
-      try:
-        pixels = _convert(payload, image_size)
-      except Exception as e:  # pylint: disable=broad-except
-        # PIL signals bad data with many types (OSError, SyntaxError, ValueError, ...).
-        reason = f'{type(e).__name__}: {e}'
-        if strict:
-          raise ValueError(f'cannot decode {key} ({reason}); run without --strict to '
-                           'skip such files and list them in the report') from e
-        skipped.append([key, reason])
-        continue
-      jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
-      writer.write(dataset_format.encode_record(label, jpeg))
-      label_counts[label] = label_counts.get(label, 0) + 1
-      if stats is not None:
-        # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
-        stats.add(codecs.decode(jpeg))
-  finally:
-    writer.close()
-  os.replace(shard + '.tmp', shard)
-  if stats is not None:
-    with open(os.path.join(work_dir, part.name + '.npz'), 'wb') as f:
-      np.savez(f, pixel_sum=stats.pixel_sum, outer_sum=stats.outer_sum,
-               count=stats.count)
-  result = {'split': part.split, 'index': part.index,
-            'converted': sum(label_counts.values()),
-            'images': sum(label_counts.values()),
-            'label_counts': sorted(label_counts.items()), 'skipped': skipped}
-  _write_json(os.path.join(work_dir, part.name + '.json'), result)
+    writer = array_record_module.ArrayRecordWriter(writing, WRITER_OPTIONS)
+    stats = _Stats(image_size) if part.split == 'train' else None
+    label_counts: dict[int, int] = {}
+    skipped, checksums, rotated = [], [], 0
+    try:
+      for key, label, payload in _iter_part(part):
+        try:
+          pixels, turned = _convert(payload, image_size)
+        except Exception as e:  # pylint: disable=broad-except
+          # PIL signals bad data with many types (OSError, SyntaxError, ValueError, ...).
+          reason = f'{type(e).__name__}: {e}'
+          if strict:
+            raise errors.InputError(f'cannot decode {key} ({reason}); run without --strict to '
+                                    'skip such files and list them in the report') from e
+          skipped.append([key, reason])
+          continue
+        rotated += turned
+        jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
+        record = dataset_format.encode_record(label, jpeg)
+        writer.write(record)
+        checksums.append(zlib.crc32(record))
+        label_counts[label] = label_counts.get(label, 0) + 1
+        if stats is not None:
+          # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
+          stats.add(codecs.decode(jpeg))
+    finally:
+      writer.close()  # Writes the last chunk and the index: a full disk may fail only here.
+    _verify_shard(writing, checksums)
+    size = os.path.getsize(writing)
+    os.replace(writing, shard)
+    writing = sums_file
+    if stats is not None:
+      with open(sums_file, 'wb') as f:
+        np.savez(f, pixel_sum=stats.pixel_sum, outer_sum=stats.outer_sum,
+                 count=stats.count)
+    result = {'split': part.split, 'index': part.index,
+              'converted': sum(label_counts.values()),
+              'images': sum(label_counts.values()), 'rotated': rotated, 'bytes': size,
+              'label_counts': sorted(label_counts.items()), 'skipped': skipped}
+    writing = os.path.join(work_dir, part.name + '.json')
+    _write_json(writing, result)
+  except BaseException as e:
+    for path in unfinished:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    if isinstance(e, errors.UserError):
+      raise
+    if isinstance(e, OSError) and e.filename and not os.fspath(e.filename).startswith(work_dir):
+      raise errors.UserError(f'cannot read {e.filename} ({e.strerror})') from e
+    if isinstance(e, (OSError, RuntimeError)):
+      # A failed write: array_record reports it as a RuntimeError naming the file.
+      raise write_error(writing, e) from e
+    raise
   return result
 
 
@@ -560,7 +637,7 @@ def _is_ours(name: str) -> bool:
 def _check_output_usable(output: str) -> None:
   foreign = sorted(name for name in os.listdir(output) if not _is_ours(name))
   if foreign:
-    raise ValueError(
+    raise errors.InputError(
         f'output folder {output} is not empty and holds no prepared dataset (found '
         f'{", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}); choose a new '
         'or empty folder')
@@ -569,7 +646,7 @@ def _check_output_usable(output: str) -> None:
 def _noop_report(output: str, description: dict[str, Any], image_size: int,
                  source: str) -> dict[str, Any]:
   if description['image_size'] != image_size:
-    raise ValueError(
+    raise errors.InputError(
         f'{output} already holds a dataset prepared at image_size '
         f'{description["image_size"]}, not {image_size}; prepare into another folder')
   if source != description['source'] and os.path.abspath(source) != description['source']:
@@ -602,30 +679,34 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     FileNotFoundError, ValueError: unusable source or output, with a one-line reason.
   """
   if image_size < 8:
-    raise ValueError(f'image_size must be at least 8, got {image_size}')
+    raise errors.InputError(f'image_size must be at least 8, got {image_size}')
   if not output:
-    raise ValueError('no output folder given: pass --output=DIR')
+    raise errors.InputError('no output folder given: pass --output=DIR')
   if source == 'tfds':
     return prepare_tfds_stats(output, image_size=image_size, workers=workers,
                               progress=progress)
   if not 1 <= jpeg_quality <= 100:
-    raise ValueError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
+    raise errors.InputError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
   output = os.path.abspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
-    raise ValueError(f'output {output} exists and is not a folder')
-  if os.path.isdir(output) and dataset_format.read_dataset_json(output) is None:
+    raise errors.InputError(f'output {output} exists and is not a folder')
+  _check_output_outside(source, output)
+  description = dataset_format.read_dataset_json(output)
+  if description is not None and dataset_format.is_complete(output):
+    return _noop_report(output, description, image_size, source)
+  if os.path.isdir(output):
     _check_output_usable(output)  # before the lock file below lands in someone else's folder
+  start = time.monotonic()
+  plan = _plan(source)  # reads the source only: a source it refuses leaves no trace
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:  # A file where a parent folder should be, no permission, ...
-    raise ValueError(f'cannot create the output folder {output}: {e.strerror or e}') from e
+    raise errors.InputError(f'cannot create the output folder {output}: {e.strerror or e}') from e
   with _locked(output):
     description = dataset_format.read_dataset_json(output)
     if description is not None and dataset_format.is_complete(output):
-      return _noop_report(output, description, image_size, source)
+      return _noop_report(output, description, image_size, source)  # another process made it
     _check_output_usable(output)
-    start = time.monotonic()
-    plan = _plan(source)
     work_dir = os.path.join(output, PARTIAL_DIR)
     run = {'source': plan.source, 'kind': plan.kind, 'image_size': image_size,
            'jpeg_quality': jpeg_quality, 'parts': [p.name for p in plan.parts]}
@@ -636,17 +717,41 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
         if json.load(f) != run:
           logging.info('restarting: %s holds parts of another preparation', work_dir)
           shutil.rmtree(work_dir)
-    os.makedirs(work_dir, exist_ok=True)
-    _write_json(run_file, run)
+    try:
+      os.makedirs(work_dir, exist_ok=True)
+      _write_json(run_file, run)
+    except OSError as e:
+      raise write_error(run_file, e) from e
 
-    done = {p.name for p in plan.parts
-            if os.path.isfile(os.path.join(work_dir, p.name + '.json'))}
+    done = {p.name for p in plan.parts if _part_done(work_dir, p)}
     todo = [p for p in plan.parts if p.name not in done]
     if done:
       logging.info('resuming: %d of %d parts already done', len(done), len(plan.parts))
-    _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
-    return _finish(plan, output, work_dir, image_size, jpeg_quality, workers,
-                   time.monotonic() - start)
+    try:
+      _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
+      return _finish(plan, output, work_dir, image_size, jpeg_quality, workers,
+                     time.monotonic() - start)
+    except KeyboardInterrupt:
+      finished = sum(_part_done(work_dir, p) for p in plan.parts)
+      raise errors.Interrupted(
+          f'Ctrl-C; {finished} of {len(plan.parts)} parts are finished and kept in {work_dir} '
+          '(unfinished files removed): rerun the same command to continue') from None
+
+
+def _part_done(work_dir: str, part: _Part) -> bool:
+  return os.path.isfile(os.path.join(work_dir, part.name + '.json'))
+
+
+def _check_output_outside(source: str, output: str) -> None:
+  """Refuses an output folder inside the source: it would be read as part of the source."""
+  if source in ('digits', 'tfds') or not os.path.isdir(source):
+    return
+  root = os.path.realpath(source)
+  target = os.path.realpath(output)
+  if target == root or target.startswith(root + os.sep):
+    raise errors.InputError(
+        f'--output {output} is inside the source {os.path.abspath(source)}; prepare into a '
+        'folder outside it (inside, it would be read as part of the source)')
 
 
 def ensure_prepared(source: str, output: str, *, image_size: int = 256,
@@ -664,6 +769,33 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
                  workers=workers, jpeg_quality=jpeg_quality)
 
 
+def _ignore_ctrl_c() -> None:
+  """In a worker: Ctrl-C reaches the whole process group, but only the parent acts on it
+  (it stops handing out parts; a worker finishes its part, or the parent ends it).
+
+  The worker started with Ctrl-C blocked (`_ctrl_c_held`): one that was still importing
+  this module when Ctrl-C came keeps it pending, and ignoring it here discards it.
+  """
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+  """Holds back Ctrl-C in this thread while worker processes start.
+
+  A spawned worker imports this module before its initializer runs; the blocked
+  signal mask survives fork and exec, so a Ctrl-C during that import waits for
+  `_ignore_ctrl_c` instead of printing a traceback. Here it is delivered when
+  the block ends.
+  """
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _execute(tasks: list[tuple[Any, ...]], workers: int,
              bar: _Progress) -> Iterator[Any]:
   """Runs (work, fn, *args) tasks, in worker processes if workers > 1; yields results.
@@ -679,9 +811,11 @@ def _execute(tasks: list[tuple[Any, ...]], workers: int,
   # spawn, not fork: the caller may hold JAX or threads, which do not survive fork.
   context = multiprocessing.get_context('spawn')
   pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)),
-                                                mp_context=context)
+                                                mp_context=context,
+                                                initializer=_ignore_ctrl_c)
   try:
-    futures = {pool.submit(fn, *args): work for work, fn, *args in tasks}
+    with _ctrl_c_held():  # the workers start during the submits
+      futures = {pool.submit(fn, *args): work for work, fn, *args in tasks}
     for future in concurrent.futures.as_completed(futures):
       result = future.result()
       bar.update(futures[future], result['images'])
@@ -707,11 +841,11 @@ def _train_counts(plan: _Plan, results: list[tuple[_Part, dict[str, Any]]]) -> n
       for label, count in result['label_counts']:
         train_counts[label] += count
   if not train_counts.any():
-    raise ValueError(f'no training image of {plan.source} could be decoded')
+    raise errors.InputError(f'no training image of {plan.source} could be decoded')
   empty = [plan.class_names[i] for i in np.flatnonzero(train_counts == 0)]
   if empty:
-    raise ValueError(f'classes without any decodable training image: '
-                     f'{", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
+    raise errors.InputError(f'classes without any decodable training image: '
+                            f'{", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
   return train_counts
 
 
@@ -748,6 +882,32 @@ def _move_shards(results: list[tuple[_Part, dict[str, Any]]], work_dir: str, out
   return shards, sizes, skipped, skipped_files
 
 
+def _check_shards(output: str, shards: dict[str, list[Any]],
+                  results: list[tuple[_Part, dict[str, Any]]]) -> None:
+  """Each final shard has the size and record count its part wrote (read back at write
+  time), so dataset.json never describes a shard that a failed move or copy cut short."""
+  written = {}
+  for split in dataset_format.SPLITS:
+    filled = [r for p, r in results if p.split == split and r['converted']]
+    written.update({name: r.get('bytes') for (name, _), r in zip(shards[split], filled)})
+  for split in dataset_format.SPLITS:
+    for name, count in shards[split]:
+      path = os.path.join(output, name)
+      size = os.path.getsize(path) if os.path.isfile(path) else None
+      if size is None or (written[name] is not None and size != written[name]):
+        raise errors.UserError(f'{path} is {"missing" if size is None else f"{size} bytes"}, '
+                               f'not the {written[name]} bytes written; delete {output} and '
+                               'prepare again')
+      reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+      try:
+        found = reader.num_records()
+      finally:
+        reader.close()
+      if found != count:
+        raise errors.UserError(f'{path} holds {found} records, not the {count} written; '
+                               f'delete {output} and prepare again')
+
+
 def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quality: int,
             workers: int, seconds: float) -> dict[str, Any]:
   """Merges the parts into the final layout; dataset.json is written last."""
@@ -757,8 +917,13 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       results.append((part, json.load(f)))
   train_counts = _train_counts(plan, results)
   statistics = _merge_stats(results, work_dir, image_size)
-  dataset_format.write_stats(os.path.join(output, dataset_format.STATS_FILE), statistics)
+  stats_path = os.path.join(output, dataset_format.STATS_FILE)
+  try:
+    dataset_format.write_stats(stats_path, statistics)
+  except OSError as e:
+    raise write_error(stats_path, e) from e
   shards, sizes, skipped, skipped_files = _move_shards(results, work_dir, output)
+  _check_shards(output, shards, results)
   if skipped_files:
     logging.warning('skipped %d undecodable files, e.g. %s: %s', len(skipped_files),
                     *skipped_files[0])
@@ -766,6 +931,7 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
   report = {
       'source': plan.source, 'kind': plan.kind, 'converted': sizes, 'skipped': skipped,
       'skipped_files': skipped_files[:MAX_LISTED_SKIPS], **plan.notes,
+      'rotated': sum(r.get('rotated', 0) for _, r in results),
       'workers': workers, 'seconds': round(seconds, 2),
   }
   description = {
@@ -788,7 +954,11 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'report': report,
       'complete': True,
   }
-  _write_json(os.path.join(output, dataset_format.DATASET_FILE), description)
+  description_path = os.path.join(output, dataset_format.DATASET_FILE)
+  try:
+    _write_json(description_path, description)
+  except OSError as e:
+    raise write_error(description_path, e) from e
   shutil.rmtree(work_dir, ignore_errors=True)
   return dict(report, output=output, noop=False)
 
@@ -803,8 +973,8 @@ def _tfds_train_records(data_dir: str):
 
   builder = tfds.builder('imagenet2012', data_dir=data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(f'no prepared tfds imagenet2012 under {data_dir} '
-                            f'({builder.data_dir} is missing)')
+    raise errors.MissingInputError(f'no prepared tfds imagenet2012 under {data_dir} '
+                                   f'({builder.data_dir} is missing)')
   return tfds.data_source('imagenet2012', split='train', data_dir=data_dir,
                           download=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
@@ -853,6 +1023,21 @@ def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1
 # Command line.
 
 
+def summary_line(report: dict[str, Any]) -> str:
+  """The one line `prepare` prints: what it stored, skipped, turned upright and ignored."""
+  converted = report['converted']
+  text = (f'prepared {report["output"]}: train {converted["train"]}, val {converted["val"]} '
+          'images')
+  if not converted['val']:
+    text += (' (no validation images: launch.py refuses to train without them; add a val/ '
+             'split to the source)')
+  text += (f'; skipped {sum(report["skipped"].values())} undecodable; '
+           f'{report.get("rotated", 0)} turned upright by their EXIF orientation')
+  if 'ignored_files' in report:
+    text += f'; ignored {report["ignored_files"]} other files'
+  return text + f'; {report["seconds"]:.1f} s'
+
+
 def _define_flags() -> None:
   # Defined only when run as a script: spawned workers re-import this file as
   # __mp_main__, and flags defined at import would then clash with the package copy.
@@ -868,16 +1053,13 @@ def _define_flags() -> None:
   flags.DEFINE_integer('jpeg_quality', 95, 'Quality of the stored JPEGs.')
 
 
+@cli.report_user_errors
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
-  try:
-    report = prepare(f.source, f.output, image_size=f.image_size, strict=f.strict,
-                     workers=f.workers, jpeg_quality=f.jpeg_quality)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'prepare: error: {e}', file=sys.stderr)
-    sys.exit(1)
+  report = prepare(f.source, f.output, image_size=f.image_size, strict=f.strict,
+                   workers=f.workers, jpeg_quality=f.jpeg_quality)
   if report['noop']:
     print(f'{report["output"]} is already complete; nothing to do.')
     return
@@ -885,9 +1067,7 @@ def main(argv: Sequence[str]) -> None:
     print(f'wrote {report["output"]} from {report["converted"]["train"]} tfds train '
           f'images; {report["seconds"]:.1f} s')
     return
-  print(f'prepared {report["output"]}: train {report["converted"]["train"]}, '
-        f'val {report["converted"]["val"]} images; skipped '
-        f'{sum(report["skipped"].values())} undecodable; {report["seconds"]:.1f} s')
+  print(summary_line(report))
 
 
 if __name__ == '__main__':

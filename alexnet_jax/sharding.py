@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 
 MESH_AXES = ('data', 'model')
@@ -70,15 +71,15 @@ class MeshShape:
 
 
 def check_mesh_config(mesh_config: Any) -> None:
-  """Raises ValueError unless config.mesh.data and .model are sizes the mesh can take."""
+  """Raises errors.InputError unless config.mesh.data and .model are sizes the mesh can take."""
   data, model = mesh_config.get('data'), mesh_config.get('model')
   if not _is_size(data):
-    raise ValueError(f'config.mesh.data must be a positive integer or -1, got {data!r}')
+    raise errors.InputError(f'config.mesh.data must be a positive integer or -1, got {data!r}')
   if not (_is_size(model) or model == AUTO):
-    raise ValueError(f"config.mesh.model must be 'auto', a positive integer or -1, got "
-                     f'{model!r}')
+    raise errors.InputError(f"config.mesh.model must be 'auto', a positive integer or -1, got "
+                            f'{model!r}')
   if data == -1 and model == -1:
-    raise ValueError('config.mesh.data and config.mesh.model cannot both be -1')
+    raise errors.InputError('config.mesh.data and config.mesh.model cannot both be -1')
 
 
 def _is_size(value: Any) -> bool:
@@ -100,7 +101,7 @@ def auto_model_axis(num_devices: int, model_config: Any = None) -> tuple[int, st
   if model_config is not None:
     try:
       check_model_axis(model_config, 2)
-    except ValueError as e:
+    except errors.InputError as e:
       return 1, f"config.mesh.model 'auto' chose 1: the network does not split in two ({e})"
   return 2, (f"config.mesh.model 'auto' chose 2: {num_devices} devices, an even count, hold "
              'the two towers in pairs')
@@ -125,13 +126,13 @@ def mesh_shape(mesh_config: Any, num_devices: int, model_config: Any = None) -> 
     fixed_axis = 'model' if data == -1 else 'data'
     fixed = sizes[fixed_axis]
     if num_devices % fixed:
-      raise ValueError(f'{num_devices} devices cannot be split by config.mesh.{fixed_axis}='
-                       f'{fixed}; choose a size dividing {num_devices}')
+      raise errors.InputError(f'{num_devices} devices cannot be split by config.mesh.{fixed_axis}='
+                              f'{fixed}; choose a size dividing {num_devices}')
     data, model = (num_devices // fixed, fixed) if data == -1 else (fixed, num_devices // fixed)
   if data * model != num_devices:
-    raise ValueError(f'config.mesh.data={data} x config.mesh.model={model} needs '
-                     f'{data * model} devices, but {num_devices} are visible; set '
-                     f'config.mesh.data=-1 to use all of them')
+    raise errors.InputError(f'config.mesh.data={data} x config.mesh.model={model} needs '
+                            f'{data * model} devices, but {num_devices} are visible; set '
+                            f'config.mesh.data=-1 to use all of them')
   return MeshShape(data, model, note)
 
 
@@ -151,16 +152,17 @@ def check_model_axis(model_config: Any, model_axis: int) -> None:
   """
   towers = model_config.get('towers', 2)
   if model_axis > 1 and towers > 1 and towers % model_axis:
-    raise ValueError(f'config.mesh.model={model_axis} does not divide config.model.towers='
-                     f'{towers}: each device must hold whole towers (use model=1 or {towers})')
+    raise errors.InputError(
+        f'config.mesh.model={model_axis} does not divide config.model.towers={towers}: each '
+        f'device must hold whole towers (use model=1 or {towers})')
   convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0),
                                           model_config.get('conv_widths', None))
   widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
   widths.append(('fc6/fc7 width', hidden))
   for what, size in widths:
     if size % model_axis:
-      raise ValueError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
-                       f'(width multiplier {model_config.get("width", 1.0)})')
+      raise errors.InputError(f'{what} {size} is not divisible by config.mesh.model={model_axis} '
+                              f'(width multiplier {model_config.get("width", 1.0)})')
 
 
 def _make_shape(mesh_config: Any, num_devices: int, model_config: Any) -> MeshShape:
@@ -224,13 +226,15 @@ def logical_rules(config: Any) -> Rules:
   rules = tuple(tuple(rule) for rule in config.mesh.get('rules', ()))
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
-      raise ValueError(f'config.mesh.rules entries must be (logical name, mesh axis or None), '
-                       f'got {rule!r}')
+      raise errors.InputError(
+          f'config.mesh.rules entries must be (logical name, mesh axis or None), '
+          f'got {rule!r}')
     mesh_axes = (rule[1],) if isinstance(rule[1], str) or rule[1] is None else tuple(rule[1])
     unknown = [a for a in mesh_axes if a is not None and a not in MESH_AXES]
     if unknown:
-      raise ValueError(f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
-                       f'mesh axes are {MESH_AXES}')
+      raise errors.InputError(
+          f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
+          f'mesh axes are {MESH_AXES}')
   named = {rule[0] for rule in rules}
   if model_lib.CLASSES_AXIS not in named:
     # Tables written before fc8's outputs had a name of their own (stored runs'
@@ -239,8 +243,9 @@ def logical_rules(config: Any) -> Rules:
     named = {rule[0] for rule in rules}
   missing = [a for a in MODEL_LOGICAL_AXES if a not in named]
   if missing:
-    raise ValueError(f'config.mesh.rules does not place the logical axes {missing}; give each '
-                     f'a mesh axis or None')
+    raise errors.InputError(
+        f'config.mesh.rules does not place the logical axes {missing}; give each '
+        f'a mesh axis or None')
   return rules
 
 
@@ -326,8 +331,9 @@ def _check_divisible(path: str, shape: Sequence[int], spec: PartitionSpec, names
       continue
     n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
     if size % n:
-      raise ValueError(f'{path}: dimension {dim} ({names[dim]!r}, size {size}) does not split '
-                       f'over mesh axis {axes!r} of size {n}')
+      raise errors.InputError(
+          f'{path}: dimension {dim} ({names[dim]!r}, size {size}) does not split '
+          f'over mesh axis {axes!r} of size {n}')
 
 
 def param_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -417,8 +423,9 @@ def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
   """Raises ValueError unless config.batch_size splits evenly over the data axis."""
   data = mesh.shape['data']
   if global_batch < 1 or global_batch % data:
-    raise ValueError(f'config.batch_size={global_batch} is not divisible by the mesh data axis '
-                     f'({data} device groups); use a multiple of {data}')
+    raise errors.InputError(
+        f'config.batch_size={global_batch} is not divisible by the mesh data axis '
+        f'({data} device groups); use a multiple of {data}')
 
 
 def data_shard(mesh: Mesh) -> tuple[int, int]:
@@ -436,8 +443,9 @@ def data_shard_of(owners: np.ndarray, process: int) -> tuple[int, int]:
   rows = np.nonzero((owners == process).any(axis=1))[0]
   per_process = len(rows)
   if per_process == 0 or np.any(np.diff(rows) != 1) or rows[0] % per_process:
-    raise ValueError(f'process {process} holds data rows {rows.tolist()} of the mesh: '
-                     f'expected one contiguous, aligned block')
+    raise errors.InputError(
+        f'process {process} holds data rows {rows.tolist()} of the mesh: '
+        f'expected one contiguous, aligned block')
   return int(rows[0] // per_process), owners.shape[0] // per_process
 
 
@@ -498,17 +506,17 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
   if explicit:
     if num_processes is None:
-      raise ValueError('--num_processes is required with --coordinator_address/--process_id')
+      raise errors.InputError('--num_processes is required with --coordinator_address/--process_id')
     if num_processes < 1:
-      raise ValueError(f'--num_processes must be >= 1, got {num_processes}')
+      raise errors.InputError(f'--num_processes must be >= 1, got {num_processes}')
     if num_processes == 1:
       return False
     if process_id is None or not 0 <= process_id < num_processes:
-      raise ValueError(f'--process_id must be in [0, {num_processes}), got {process_id}')
+      raise errors.InputError(f'--process_id must be in [0, {num_processes}), got {process_id}')
     coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
     if not coordinator_address:
-      raise ValueError('--coordinator_address (host:port of process 0) is required for '
-                       f'{num_processes} processes')
+      raise errors.InputError('--coordinator_address (host:port of process 0) is required for '
+                              f'{num_processes} processes')
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                local_device_ids=local_device_ids)
     return True

@@ -186,7 +186,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the table
-  config = config_lib.load(FLAGS.config)  # e.g. model.dtype 'auto' -> this machine's choice
+  config = cli.config_from_flag('config')
+  cli.start_backend()
+  config = config_lib.load(config)  # e.g. model.dtype 'auto' -> this machine's choice
   print(format_summary(config, summarize(config)))
 
 

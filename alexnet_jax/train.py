@@ -1,11 +1,15 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Read top to bottom, this file follows a run: load the config; make the mesh;
-find the data; set up the experiment (model, optimizer, shardings, steps);
-restore or start; then the loop with its periodic actions (log, evaluate,
-checkpoint). The checkpointer, the metric writer, the progress reporter and
-the preemption watcher live in one `ExitStack`, so each is closed (the last
-save awaited, files flushed, signal handlers restored) on every way out.
+Read top to bottom, this file follows a run: load the config; take the
+workdir's lock and check a resume (config and dataset); make the mesh; find the
+data; set up the experiment (model, optimizer, shardings, steps); restore or
+start; then the loop with its periodic actions (log, evaluate, checkpoint). The
+lock is held in a `with` block around all of it; the checkpointer, the metric
+writer, the progress reporter and the preemption watcher live in one
+`ExitStack`, so each is closed (the last save awaited, files flushed, signal
+handlers restored) on every way out. No checkpoint is written of weights
+after a NaN loss: the losses of the steps since the last log line are checked
+before each save.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
 import jax
@@ -23,7 +28,9 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config_changes
 from alexnet_jax import config_lib
+from alexnet_jax import errors
 from alexnet_jax import experiment
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
@@ -71,12 +78,41 @@ class _Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, writing everything to `workdir`; returns the last eval metrics.
 
-  Restarting with the same workdir resumes from the newest complete checkpoint.
+  Restarting with the same workdir resumes from the newest complete checkpoint,
+  after checking that the config changes nothing a resume may not change
+  (config_changes.py) and that the dataset is the one the run trained on. One run
+  at a time holds the workdir (workdir.hold_lock). Ctrl-C saves the current step and
+  raises errors.Interrupted; SIGTERM saves it and returns.
   """
   config = config_lib.load(config)
   workdir_lib.prepare_workdir(workdir)
-  mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
-  info = load_dataset(config)
+  with workdir_lib.hold_lock(workdir):  # for the run's whole life, its plots included
+    mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
+    accepted = workdir_lib.check_resume(workdir, config)  # before anything is compiled or written
+    info = load_dataset(config)
+    experiment.check_val_split(config, info)
+    workdir_lib.check_dataset(workdir, info)
+    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
+    # Leaving _train waited for the last save: the checkpoints named below are complete.
+    if interrupted is not None:
+      raise errors.Interrupted(interrupted)
+    figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
+  if jax.process_index() == 0 and last_eval:
+    summary = ', '.join(f'{k} {last_eval[k]:.4f}' for k in last_eval if k.startswith('val'))
+    print(f'Finished at step {last_eval["step"]}: {summary}\n'
+          f'Logs: {os.path.join(workdir, "metrics.jsonl")}, plots in {os.path.join(workdir, "plots")}, '
+          f'TensorBoard: tensorboard --logdir {workdir}', flush=True)
+  return last_eval
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+           info: input_pipeline.DatasetInfo, accepted: list[config_changes.Change]
+           ) -> tuple[step_lib.TrainState, dict[str, Any], Optional[str]]:
+  """Set-up, restore and the loop: (state, last eval, what to say if Ctrl-C stopped it).
+
+  Everything the loop holds lives in one ExitStack, closed on every way out: the
+  signal handlers restored, the metric files flushed, the save in flight awaited.
+  """
   steps_per_epoch, num_steps = experiment.count_steps(config, info)
   shard_index, shard_count = sharding.data_shard(mesh)
   train_iter = input_pipeline.create_train_iterator(
@@ -86,17 +122,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   is_host0 = jax.process_index() == 0
   with contextlib.ExitStack() as stack:
+    # From here a signal (SIGTERM, Ctrl-C) asks for a save at the next step boundary.
+    preemption = stack.enter_context(
+        preemption_lib.PreemptionWatcher((signal.SIGTERM, signal.SIGINT)))
     # Under the mesh, values made on the host side (the keys, the learning rate) are global
     # arrays of every process; outside it they would sit on one device of one process.
     stack.enter_context(sharding.use_mesh(mesh, exp.rules))
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = exp.init_state(init_rng)
-    workdir_lib.check_config(workdir, config)
     ckpt = stack.enter_context(checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint))
-    state, plateau = _restore_or_start(ckpt, exp, state, train_iter, workdir)
-    # Written once the run is sure to start: a refused resume leaves the workdir as it was.
-    workdir_lib.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
+    state, plateau = _restore_or_start(ckpt, exp, state, train_iter)
     start_step = int(state.step)
+    # Written once the run is sure to start: a refused resume leaves the workdir as it was.
+    workdir_lib.record_config(workdir, config, accepted, step=start_step)
+    workdir_lib.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
     writer = stack.enter_context(
         metrics_lib.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
     writer.truncate_after(start_step)
@@ -113,25 +152,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                train_step=exp.train_step(), eval_step=exp.eval_step(),
                dropout_rng=jax.device_put(dropout_rng, sharding.replicated(mesh)),
                plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
-               preemption=stack.enter_context(preemption_lib.PreemptionWatcher()),
-               profiler=profiler)
-    state, last_eval = _loop(run, _with_start_lr(run, state, start_step), start_step)
-  figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
-  if is_host0 and last_eval:
-    summary = ', '.join(f'{k} {last_eval[k]:.4f}' for k in last_eval if k.startswith('val'))
-    print(f'Finished at step {last_eval["step"]}: {summary}\n'
-          f'Logs: {os.path.join(workdir, "metrics.jsonl")}, plots in {os.path.join(workdir, "plots")}, '
-          f'TensorBoard: tensorboard --logdir {workdir}', flush=True)
-  return last_eval
+               preemption=preemption, profiler=profiler)
+    state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
+    interrupted = None
+    if stopped is not None and preemption.interrupted:
+      interrupted = _interrupted_message(run, stopped, start_step)
+  return state, last_eval, interrupted
+
+
+def _interrupted_message(run: _Run, stopped: int, start_step: int) -> str:
+  folder = run.ckpt.directory
+  if stopped > start_step:
+    return (f'Ctrl-C at step {stopped}: saved the checkpoint of step {stopped} in {folder}; '
+            'rerun the same command to resume from it')
+  newest = run.ckpt.latest_step()
+  kept = f'the newest checkpoint is step {newest}' if newest is not None else 'no checkpoint yet'
+  return (f'Ctrl-C before the first step: nothing new to save ({kept} in {folder}); rerun the '
+          'same command to resume')
 
 
 def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experiment,
-                      state: step_lib.TrainState, train_iter: Any, workdir: str
+                      state: step_lib.TrainState, train_iter: Any
                       ) -> tuple[step_lib.TrainState, optim.PlateauSchedule | None]:
   """The newest readable checkpoint (the iterator moved to its position), else a fresh start."""
   restored = ckpt.restore(exp.abstract_state, data_iterator=train_iter)
   if restored is None:
-    workdir_lib.save_config(workdir, exp.config)
     return state, optim.make_plateau(exp.config.optim)
   state, meta = restored
   logging.info('Resumed from step %d.', int(state.step))
@@ -142,17 +187,26 @@ def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experim
 
 
 def _loop(run: _Run, state: step_lib.TrainState, start_step: int
-          ) -> tuple[step_lib.TrainState, dict[str, Any]]:
-  """Steps from start_step to the end (or a preemption); returns the state and last eval."""
+          ) -> tuple[step_lib.TrainState, dict[str, Any], Optional[int]]:
+  """Steps from start_step to the end, or to a stop signal.
+
+  Returns the state, the last eval metrics and the step at which a signal stopped
+  the run (None when it ran to the end); that step's checkpoint has been started.
+  """
   config, spe = run.config, run.steps_per_epoch
   last_eval: dict[str, Any] = {}
   if start_step >= run.num_steps:
     evals = [r for r in metrics_lib.read_metrics(run.workdir) if r['kind'] == 'eval']
     last_eval = evals[-1] if evals else {}
     logging.info('The run in %s already finished at step %d.', run.workdir, start_step)
+    return state, last_eval, None
+  if run.preemption.requested():  # a signal during set-up: the state is the restored one
+    logging.warning('Stop signal received before the first step: nothing new to save; '
+                    'exiting.')
+    return state, last_eval, start_step
   logging.info('Training %d steps (%d per epoch, global batch %d) from step %d.', run.num_steps,
                spe, config.batch_size, start_step)
-  pending: list[dict[str, jax.Array]] = []
+  pending: list[dict[str, jax.Array]] = []  # metrics of the steps not yet logged or checked
   timer = (time.perf_counter(), start_step)
   for step in range(start_step + 1, run.num_steps + 1):
     run.profiler.before_step(step)  # the trace includes reading the batch
@@ -168,24 +222,43 @@ def _loop(run: _Run, state: step_lib.TrainState, start_step: int
       last_eval = _evaluate_and_log(run, state, step, final=last)
       if run.plateau is not None:
         state = _with_lr(run, state, run.plateau.update(last_eval['val_top1_err']))
-      _save(run, state, step, val_error=last_eval['val_top1_err'], force=True)
+      _save(run, state, step, pending, val_error=last_eval['val_top1_err'], force=True)
     else:
-      _save(run, state, step, force=epoch_end)  # unforced: orbax saves every_steps multiples
+      _save(run, state, step, pending, force=epoch_end)  # unforced: orbax saves every_steps
     if epoch_end and config.optim.schedule == 'step':
       state = _with_lr(run, state, optim.learning_rate_at(config.optim, epoch))
     if run.preemption.requested(step):
-      logging.warning('Preemption signal received: saved step %d; exiting.', step)
-      _save(run, state, step, force=True)
-      break
-  return state, last_eval
+      _save(run, state, step, pending, force=True)
+      if not run.preemption.interrupted:
+        logging.warning('Preemption signal received: saved step %d; exiting.', step)
+      return state, last_eval, step
+  return state, last_eval, None
+
+
+def _stop_if_diverged(run: _Run, pending: list[dict[str, jax.Array]], step: int) -> None:
+  """Raises NonFiniteError at the first NaN or infinite loss among the pending steps.
+
+  The steps pending end at `step`. Waits first for the save in flight, of an
+  earlier step whose losses were checked, so the checkpoint the message names is
+  complete.
+  """
+  if not pending:
+    return
+  losses = np.asarray(jax.device_get([m['loss'] for m in pending]), np.float64)
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if not bad.size:
+    return
+  run.ckpt.wait()
+  first = step - len(pending) + 1 + int(bad[0])
+  metrics_lib.check_finite(losses[bad[0]], first, last_checkpoint_step=run.ckpt.latest_step())
 
 
 def _log_train(run: _Run, step: int, pending: list[dict[str, jax.Array]],
                timer: tuple[float, int]) -> tuple[float, int]:
   """Writes the mean of the pending step metrics; stops on a non-finite loss."""
+  _stop_if_diverged(run, pending, step)
   summary = {k: float(np.mean(v)) for k, v in jax.device_get(
       jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
-  metrics_lib.check_finite(summary['loss'], step, last_checkpoint_step=run.ckpt.latest_step())
   now, (last_time, last_step) = time.perf_counter(), timer
   summary['images_per_sec'] = (step - last_step) * run.config.batch_size / (now - last_time)
   summary['epoch'] = step / run.steps_per_epoch
@@ -212,8 +285,13 @@ def _evaluate_and_log(run: _Run, state: step_lib.TrainState, step: int,
   return record
 
 
-def _save(run: _Run, state: step_lib.TrainState, step: int, val_error: float | None = None,
+def _save(run: _Run, state: step_lib.TrainState, step: int,
+          pending: list[dict[str, jax.Array]], val_error: float | None = None,
           force: bool = False) -> None:
+  """Starts the checkpoint of `step` if one is due; never one of weights after a NaN loss."""
+  if not run.ckpt.will_save(step, force):
+    return
+  _stop_if_diverged(run, pending, step)  # the steps not yet logged: checked before they are kept
   meta = {'step': step, 'epoch': step / run.steps_per_epoch,
           'plateau': run.plateau.state_dict() if run.plateau else None}
   run.ckpt.save(step, state, data_iterator=run.train_iter, meta=meta, val_error=val_error,

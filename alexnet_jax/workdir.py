@@ -2,32 +2,48 @@
 
   WORKDIR/config.json         the resolved config, read back by predict, plot and resumes
   WORKDIR/config.py           the same as a config file: --config=WORKDIR/config.py reruns it
+  WORKDIR/config_history.jsonl  the config changes resumes accepted, with the step of each
   WORKDIR/dataset_info.json   classes, split sizes, image size, PCA, stats source
   WORKDIR/mean_image.npy      float32 (S, S, 3) per-pixel training mean, 0-255 units
+  WORKDIR/run.lock            while a run writes the workdir: who it is (lockfile.py)
 
 A checkpoint holds weights only; classifying a new image also needs what the
 run saw of its dataset, so host 0 copies those facts here at the start of
 training and predictions need no training data. Files are replaced atomically.
+
+A resume is checked before it changes anything: the config field by field
+(config_changes.DECISIONS) and the dataset against dataset_info.json. One run
+at a time writes a workdir (`hold_lock`); predict, plot and evaluate only read and take
+no lock (evaluate writes its results into WORKDIR/eval/ only).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import pprint
-from typing import Any, Mapping, Optional
+import time
+from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config_changes
+from alexnet_jax import errors
 from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
+from alexnet_jax import lockfile
 
 CONFIG_JSON = 'config.json'
 CONFIG_PY = 'config.py'
+CONFIG_HISTORY = 'config_history.jsonl'
+LOCK_FILE = 'run.lock'
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -39,7 +55,69 @@ def prepare_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f'workdir {workdir!r} cannot be written: {e.strerror or e}') from e
+    raise errors.UserError(f'workdir {workdir!r} cannot be written: {e.strerror or e}') from e
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def _lock_refusal(workdir: str, held: lockfile.LockHeld) -> str:
+  age = '' if held.heartbeat_age is None else f', last heartbeat {held.heartbeat_age:.0f} s ago'
+  who = held.holder.describe() if held.holder else 'a process still writing the lock file'
+  return (f'the workdir {workdir} is in use by another run ({who}{age}; lock file {held.path}): '
+          'two runs would overwrite each other\'s checkpoints and metrics. Wait for it to end or '
+          f'use another --workdir; if that run is dead and its host unreachable, delete '
+          f'{held.path} (a lock of a dead process on this host is taken over by itself, one of '
+          f'another host after {lockfile.STALE_SECONDS:.0f} s without a heartbeat)')
+
+
+@contextlib.contextmanager
+def hold_lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR/run.lock for the block: one run writes a workdir at a time.
+
+  Process 0 holds it for all processes of a run; every process learns whether it
+  got it. A second run on a live workdir raises UserError naming the holder and
+  changes nothing; a lock left by a dead run is taken over with a warning.
+  """
+  workdir = os.fspath(workdir)
+  lock, refusal = None, None
+  if jax.process_index() == 0:
+    lock = lockfile.Lock(os.path.join(workdir, LOCK_FILE))
+    try:
+      gone = lock.acquire()
+    except lockfile.LockHeld as held:
+      lock, refusal = None, _lock_refusal(workdir, held)
+    else:
+      if gone is not None:
+        logging.warning('Took over the lock of a run that ended without releasing it (%s); '
+                        'it wrote nothing after its last complete checkpoint that counts.',
+                        gone.describe())
+  held_by_process_0 = refusal is None
+  if jax.process_count() > 1:
+    held_by_process_0 = bool(multihost_utils.broadcast_one_to_all(np.int32(held_by_process_0)))
+  if refusal is not None:
+    raise errors.UserError(refusal)
+  if not held_by_process_0:
+    raise errors.UserError(f'process 0 could not lock the workdir {workdir} (its output says '
+                           'which run holds it)')
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def lock_status(workdir: str) -> Optional[str]:
+  """Who holds WORKDIR's lock, in words ('... (stale)' for a dead holder), or None."""
+  lock = lockfile.Lock(os.path.join(os.fspath(workdir), LOCK_FILE))
+  try:
+    seen = lock.inspect()
+  except OSError:
+    return None
+  if seen is None:
+    return None
+  who = seen.holder.describe() if seen.holder else 'a process writing the lock file'
+  return f'{who}{" (stale: it will be taken over)" if lock.is_stale(seen) else ""}'
 
 
 # ----------------------------------------------------------------------------- config
@@ -58,20 +136,11 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, Mapping):
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: tree}
-
-
 def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
   """Writes the resolved config to WORKDIR/config.json and WORKDIR/config.py (host 0).
 
   config.py is loadable by `--config=WORKDIR/config.py` to rerun the same
-  settings. Overwrites earlier files: call check_config first on resume.
+  settings. Overwrites earlier files: call check_resume first on resume.
   """
   if jax.process_index() != 0:
     return
@@ -98,36 +167,87 @@ def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
 
 
 def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
-  """The stored config.json of WORKDIR as a dict, or None if there is none."""
+  """The stored config.json of WORKDIR as a dict, or None if there is none.
+
+  Raises errors.InputError naming the file when it is not a JSON object.
+  """
   path = os.path.join(os.fspath(workdir), CONFIG_JSON)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise errors.InputError(
+        f'{path} is not valid JSON ({e}); it holds the config the run was started with '
+        f'({CONFIG_PY} beside it has the same settings): restore it from a backup, or delete '
+        'it to resume training without checking the config') from e
+  if not isinstance(stored, dict):
+    raise errors.InputError(f'{path} holds a JSON {type(stored).__name__}, not the run\'s '
+                            'config object; restore it, or delete it to run without checking '
+                            'the config')
+  return stored
 
 
-def config_differences(stored: Mapping[str, Any], current: Any) -> list[str]:
-  """'field: stored -> current' for every dotted field whose value differs."""
-  old, new = _flatten(_plain(stored)), _flatten(_plain(current))
-  missing = '(absent)'
-  return [f'{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}'
-          for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+def check_resume(workdir: str | os.PathLike[str],
+                 config: Any) -> list[config_changes.Change]:
+  """Compares `config` with the one the run in WORKDIR started with; returns accepted changes.
 
-
-def check_config(workdir: str | os.PathLike[str], config: Any) -> Optional[list[str]]:
-  """Compares `config` with WORKDIR/config.json; warns and returns the differing fields.
-
-  Returns None when no config is stored (a fresh workdir), [] when they agree.
+  Only a workdir with a finished checkpoint has anything to resume; elsewhere the
+  stored config is simply replaced. A change of a field that changes what is
+  computed or the data order (config_changes.DECISIONS) raises errors.InputError
+  listing every such difference and the two ways on; nothing is written here.
   """
+  workdir = os.fspath(workdir)
+  if not checkpoint_lib.finished_steps(workdir):
+    return []
   stored = load_config_dict(workdir)
   if stored is None:
-    return None
-  differences = config_differences(stored, config)
-  if differences:
-    logging.warning('The config differs from the one stored in %s (%d fields): %s',
-                    os.path.join(os.fspath(workdir), CONFIG_JSON), len(differences),
-                    '; '.join(differences))
-  return differences
+    logging.warning('%s holds checkpoints but no %s: the config of the resumed run cannot be '
+                    'checked.', workdir, CONFIG_JSON)
+    return []
+  refused, accepted = config_changes.compare(stored, _plain(config))
+  if refused:
+    listed = '; '.join(f'{c.field}: {json.dumps(c.stored)} -> {json.dumps(c.current)}'
+                       for c in refused)
+    raise errors.InputError(
+        f'the run in {workdir} was started with another config, and a resume may not change '
+        f'what it computes or its data order: {listed}. Resume it with its own config '
+        f'(--config={os.path.join(workdir, CONFIG_PY)}, plus only overrides of fields a resume '
+        'may change; docs/reliability.md lists them), or start a new run in another --workdir')
+  return accepted
+
+
+def record_config(workdir: str | os.PathLike[str], config: Any,
+                  accepted: list[config_changes.Change], step: int) -> None:
+  """Writes the config the run now uses, and appends the accepted changes to its history.
+
+  WORKDIR/config_history.jsonl gets one line per resume that changed fields:
+  {"step": the step the changes take effect after, "time": ..., "changes":
+  {field: [stored, current]}}. Host 0 only.
+  """
+  if jax.process_index() != 0:
+    return
+  workdir = os.fspath(workdir)
+  if accepted:
+    line = json.dumps({'step': int(step), 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                       'changes': {c.field: [c.stored, c.current] for c in accepted}})
+    with open(os.path.join(workdir, CONFIG_HISTORY), 'a') as f:
+      f.write(line + '\n')
+    logging.warning('Resuming at step %d with changed fields (recorded in %s): %s', step,
+                    os.path.join(workdir, CONFIG_HISTORY),
+                    '; '.join(f'{c.field}: {json.dumps(c.stored)} -> {json.dumps(c.current)}'
+                              for c in accepted))
+  save_config(workdir, config)
+
+
+def read_config_history(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+  """The records of WORKDIR/config_history.jsonl (empty when no resume changed a field)."""
+  path = os.path.join(os.fspath(workdir), CONFIG_HISTORY)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 # ----------------------------------------------------------------------------- dataset facts
@@ -189,8 +309,45 @@ def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.Dataset
         eigvecs=np.asarray(d['eigvecs'], np.float32),
         stats_source=d['stats_source'])
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'the dataset description stored in {workdir} ({INFO_FILE}, {MEAN_FILE}) '
-                     f'is unreadable: {e}') from e
+    raise errors.InputError(
+        f'the dataset description stored in {workdir} ({INFO_FILE}, {MEAN_FILE}) '
+        f'is unreadable: {e}') from e
+
+
+def check_dataset(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo) -> None:
+  """Refuses to resume the run in WORKDIR on another dataset than the one it trained on.
+
+  The folder may move (config.data.dir is accepted on resume), so the dataset is
+  compared by what the run stored of it: classes, split sizes, image size and
+  the training statistics (a dataset prepared again from the same source has the
+  same). Nothing to compare for a fresh run or one that stored no dataset_info.json.
+  """
+  workdir = os.fspath(workdir)
+  if not checkpoint_lib.finished_steps(workdir):
+    return
+  stored = load_dataset_info(workdir)
+  if stored is None:
+    return
+  differences = []
+  if stored.class_names != info.class_names:
+    differences.append(f'classes {_brief(stored.class_names)} -> {_brief(info.class_names)}')
+  if dict(stored.split_sizes) != dict(info.split_sizes):
+    differences.append(f'split sizes {dict(stored.split_sizes)} -> {dict(info.split_sizes)}')
+  if stored.image_size != info.image_size:
+    differences.append(f'image size {stored.image_size} -> {info.image_size}')
+  elif not np.array_equal(stored.mean_image, np.asarray(info.mean_image, np.float32)):
+    differences.append('mean image (other training images)')
+  if differences:
+    raise errors.InputError(
+        f'the run in {workdir} trained on another dataset than the one in its config now '
+        f'({"; ".join(differences)}; the run\'s is described in '
+        f'{os.path.join(workdir, INFO_FILE)}): point config.data.dir at that dataset, or '
+        'start a new run in another --workdir')
+
+
+def _brief(names: tuple[str, ...]) -> str:
+  shown = ', '.join(names[:3])
+  return f'{len(names)} ({shown}{", ..." if len(names) > 3 else ""})'
 
 
 def dataset_info_for_run(workdir: str | os.PathLike[str],
@@ -206,6 +363,6 @@ def dataset_info_for_run(workdir: str | os.PathLike[str],
   try:
     return input_pipeline.load_info(data_config)
   except FileNotFoundError as e:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'{workdir} holds no {INFO_FILE} (written by runs since it was added) and its '
         f'dataset is not available: {e}') from e

@@ -49,7 +49,9 @@ FIXTURES = {
     'RUN3': 'the same on {DATA3}, with 3 output classes',
     'BROKEN_RUN': 'a copy of {RUN} whose checkpoint has its largest array file cut in half',
     'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/test_train.py` `tiny_config`)',
-    'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 images)',
+    'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 train and 6 val images)',
+    'NOVAL': 'a prepared 3-class dataset without validation images (an ImageFolder without val/)',
+    'DAMAGED': 'a copy of {DATA} whose first train shard had most of its bytes overwritten',
     'DATA': 'the prepared digits dataset (10 classes, image_size 72)',
     'CASE': 'a folder of this case alone (its bad images, tars, or outputs)',
     'FILE': 'a plain file',
@@ -70,11 +72,19 @@ class Case:
   # Files the case puts in CASE before it runs: relative path -> kind (see _make_input).
   inputs: tuple[tuple[str, str], ...] = ()
   skipped: Optional[int] = None  # bad images: how many prepare reports as skipped
+  env: tuple[tuple[str, str], ...] = ()  # environment variables set for this case alone
+  note: str = ''  # what the exit status means, in the doc, where the status alone does not say
 
 
 def _launch(*extra: str, workdir: str = '{CASE}/new') -> tuple[str, ...]:
   return ('--config={CFG}', f'--workdir={workdir}', *extra)
 
+
+NO_VAL_MESSAGE = (
+    'error: the dataset in {NOVAL} has no validation images: a run evaluates on them (every 1 '
+    'epochs and at the end) and its schedule and best checkpoint rank by them. Prepare the '
+    'dataset again from a source with a val/<class>/ folder (or ILSVRC2012_img_val.tar), into a '
+    'new folder')
 
 # Four small good images per class (two classes) and one in val: the bad-image cases add one.
 GOOD_TREE = (('train/a/0.JPEG', 'jpeg'), ('train/a/1.JPEG', 'jpeg'), ('train/b/0.JPEG', 'jpeg'),
@@ -107,33 +117,58 @@ CASES = (
          "error: cannot load the --config file: [Errno 2] No such file or directory: "
          "'{CASE}/nowhere.py'"),
     Case('missing_source', 'paths', 'prepare --source does not exist', 'prepare',
-         ('--source={CASE}/nowhere', '--output={CASE}/out'), 1,
-         'prepare: error: source folder {CASE}/nowhere does not exist'),
+         ('--source={CASE}/nowhere', '--output={CASE}/out'), 2,
+         'error: source folder {CASE}/nowhere does not exist'),
     Case('source_is_a_file', 'paths', 'prepare --source is a file', 'prepare',
-         ('--source={FILE}', '--output={CASE}/out'), 1,
-         'prepare: error: source {FILE} is not a folder (give the folder that holds '
+         ('--source={FILE}', '--output={CASE}/out'), 2,
+         'error: source {FILE} is not a folder (give the folder that holds '
          'ILSVRC2012_img_train.tar, or an ImageFolder root)'),
     Case('source_not_a_dataset', 'paths', 'prepare --source holds neither tars nor train/',
-         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
-         'prepare: error: source folder {CASE}/src holds neither ILSVRC2012_img_train.tar nor '
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: source folder {CASE}/src holds neither ILSVRC2012_img_train.tar nor '
          'train/: it should hold the official tars (ILSVRC2012_img_train.tar, '
          'ILSVRC2012_img_val.tar) or an ImageFolder tree (train/<class>/<image>, '
          'val/<class>/<image>)', inputs=(('src/photo.JPEG', 'jpeg'),)),
     Case('output_is_a_file', 'paths', 'prepare --output is a file', 'prepare',
-         ('--source=digits', '--output={FILE}'), 1,
-         'prepare: error: output {FILE} exists and is not a folder'),
+         ('--source=digits', '--output={FILE}'), 2,
+         'error: output {FILE} exists and is not a folder'),
     Case('output_under_a_file', 'paths', 'prepare --output cannot be created', 'prepare',
-         ('--source=digits', '--output={FILE}/out'), 1,
-         'prepare: error: cannot create the output folder {FILE}/out: Not a directory'),
+         ('--source=digits', '--output={FILE}/out'), 2,
+         'error: cannot create the output folder {FILE}/out: Not a directory'),
     Case('output_holds_other_files', 'paths', 'prepare --output is a non-empty folder', 'prepare',
-         ('--source=digits', '--output={RUN}'), 1,
-         'prepare: error: output folder {RUN} is not empty and holds no prepared dataset (found '
+         ('--source=digits', '--output={RUN}'), 2,
+         'error: output folder {RUN} is not empty and holds no prepared dataset (found '
          'checkpoints, config.json, config.py, ...); choose a new or empty folder'),
     Case('output_prepared_at_other_size', 'paths',
          'prepare --output holds a dataset of another image_size', 'prepare',
-         ('--source=digits', '--output={DATA}', '--image_size=64'), 1,
-         'prepare: error: {DATA} already holds a dataset prepared at image_size 72, not 64; '
+         ('--source=digits', '--output={DATA}', '--image_size=64'), 2,
+         'error: {DATA} already holds a dataset prepared at image_size 72, not 64; '
          'prepare into another folder'),
+    Case('output_inside_source', 'paths', 'prepare --output inside the source\'s train/',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/src/train/out'), 2,
+         'error: --output {CASE}/src/train/out is inside the source {CASE}/src; prepare into a '
+         'folder outside it (inside, it would be read as part of the source)',
+         inputs=tuple((f'src/{p}', k) for p, k in GOOD_TREE)),
+    Case('workdir_in_use', 'paths', '--workdir of a run that is still going (a live process '
+         'holds its lock)', 'launch', _launch(workdir='{CASE}/run'), 2,
+         'error: the workdir {CASE}/run is in use by another run (host H, pid P, started T, last '
+         'heartbeat N s ago; lock file {CASE}/run/run.lock): two runs would overwrite each '
+         'other\'s checkpoints and metrics. Wait for it to end or use another --workdir; if that '
+         'run is dead and its host unreachable, delete {CASE}/run/run.lock (a lock of a dead '
+         'process on this host is taken over by itself, one of another host after 120 s without '
+         'a heartbeat)', inputs=(('run', 'locked_run'),)),
+    Case('workdir_config_json_damaged', 'paths', 'the config.json of a run is not JSON (resume)',
+         'launch', _launch(workdir='{CASE}/run'), 2,
+         'error: {CASE}/run/config.json is not valid JSON (Expecting property name enclosed in '
+         'double quotes: line 1 column 13 (char 12)); it holds the config the run was started with (config.py beside it has the '
+         'same settings): restore it from a backup, or delete it to resume training without '
+         'checking the config', inputs=(('run', 'run_with_damaged_config'),)),
+    Case('predict_config_json_damaged', 'paths', 'predict on a run whose config.json is not JSON',
+         'predict', ('--workdir={CASE}/run', '{CASE}/x.JPEG'), 2,
+         'error: {CASE}/run/config.json is not valid JSON (Expecting property name enclosed in '
+         'double quotes: line 1 column 13 (char 12)); it holds the config the run was started with (config.py beside it has the '
+         'same settings): restore it from a backup, or delete it to resume training without '
+         'checking the config', inputs=(('run', 'run_with_damaged_config'), ('x.JPEG', 'jpeg'))),
     Case('predict_missing_workdir', 'paths', 'predict --workdir does not exist', 'predict',
          ('--workdir={CASE}/nowhere', '{CASE}/x.JPEG'), 2,
          'error: workdir {CASE}/nowhere does not exist', inputs=(('x.JPEG', 'jpeg'),)),
@@ -194,47 +229,116 @@ CASES = (
     Case('unknown_data_source', 'configs', 'unknown data source', 'launch',
          _launch('--config.data.source=imagenet'), 2,
          "error: data.source must be 'prepared' or 'tfds', got 'imagenet'"),
-    Case('num_classes_mismatch', 'configs',
-         'num_classes other than the dataset\'s (resuming RUN on another dataset)', 'launch',
-         _launch('--config.data.dir={DATA3}', workdir='{RUN}'), 2,
+    Case('num_classes_mismatch', 'configs', 'num_classes other than the dataset\'s', 'launch',
+         _launch('--config.data.dir={DATA3}'), 2,
          'error: config.model.num_classes is 10 but the dataset has 3 classes'),
+    Case('negative_seed', 'configs', 'a negative seed', 'launch', _launch('--config.seed=-1'), 2,
+         'error: config.seed must be an integer in [0, 2**31), got -1'),
+    Case('config_without_get_config', 'configs', 'a --config file without get_config()',
+         'launch', ('--config={CASE}/cfg.py', '--workdir={CASE}/new'), 2,
+         'error: the --config file {CASE}/cfg.py defines no get_config() function (a config file '
+         'returns its ml_collections.ConfigDict from get_config(); see configs/imagenet.py)',
+         inputs=(('cfg.py', 'config_without_get_config'),)),
+    Case('config_returns_a_dict', 'configs', 'a --config file whose get_config() returns a dict',
+         'launch', ('--config={CASE}/cfg.py', '--workdir={CASE}/new'), 2,
+         'error: get_config() of the --config file {CASE}/cfg.py returned a dict, not an '
+         'ml_collections.ConfigDict; return ml_collections.ConfigDict({...}) (see '
+         'configs/imagenet.py)', inputs=(('cfg.py', 'config_returning_a_dict'),)),
+    Case('resume_changes_what_is_computed', 'configs',
+         'resuming RUN with another batch size and width', 'launch',
+         _launch('--config.batch_size=32', '--config.model.width=0.25', workdir='{RUN}'), 2,
+         'error: the run in {RUN} was started with another config, and a resume may not change '
+         'what it computes or its data order: batch_size: 16 -> 32; model.width: 0.125 -> 0.25. '
+         'Resume it with its own config (--config={RUN}/config.py, plus only overrides of fields '
+         'a resume may change; docs/reliability.md lists them), or start a new run in another '
+         '--workdir'),
+    Case('resume_on_another_dataset', 'configs', 'resuming RUN on another dataset', 'launch',
+         _launch('--config.data.dir={DATA3}', workdir='{RUN}'), 2,
+         'error: the run in {RUN} trained on another dataset than the one in its config now '
+         '(classes 10 (0, 1, 2, ...) -> 3 (a, b, c); split sizes {\'train\': 1433, \'val\': 364} '
+         '-> {\'train\': 24, \'val\': 6}; mean image (other training images); the run\'s is '
+         'described in {RUN}/dataset_info.json): point config.data.dir at that dataset, or start '
+         'a new run in another --workdir'),
+    Case('no_such_platform', 'configs', 'JAX_PLATFORMS=gpu on a machine without a GPU', 'launch',
+         _launch(), 2,
+         'error: JAX cannot start the platform JAX_PLATFORMS=gpu asks for on this machine (no '
+         'such device, or jax not installed for it); unset JAX_PLATFORMS to use what is here, or '
+         'install jax for the accelerator (requirements-cuda.txt, requirements-tpu.txt)',
+         env=(('JAX_PLATFORMS', 'gpu'),)),
     Case('diverging_lr', 'configs', 'a learning rate so high that the loss turns NaN', 'launch',
          _launch('--config.optim.learning_rate=1e30'), 2,
          'error: loss is nan at step 2: training stopped; no checkpoint was written yet. Lower '
          'config.optim.learning_rate or check the input data, then rerun with the same workdir.'),
     Case('bad_image_size_flag', 'configs', 'prepare --image_size too small', 'prepare',
-         ('--source=digits', '--output={CASE}/out', '--image_size=4'), 1,
-         'prepare: error: image_size must be at least 8, got 4'),
+         ('--source=digits', '--output={CASE}/out', '--image_size=4'), 2,
+         'error: image_size must be at least 8, got 4'),
+    # --------------------------------------------------------------------- datasets
+    Case('no_validation_images', 'data', 'training on a dataset without validation images',
+         'launch', _launch('--config.data.dir={NOVAL}', '--config.model.num_classes=3'), 2,
+         NO_VAL_MESSAGE),
+    Case('no_validation_images_dry_run', 'data', 'the same, with --dry_run', 'launch',
+         _launch('--config.data.dir={NOVAL}', '--config.model.num_classes=3', '--dry_run'), 2,
+         NO_VAL_MESSAGE),
+    Case('damaged_shard', 'data', 'a prepared shard damaged after preparation', 'launch',
+         _launch('--config.data.dir={DAMAGED}'), 2,
+         'error: {DAMAGED}/train.array_record-00000-of-00003 is damaged (<reason>); prepare the '
+         'dataset again: delete {DAMAGED} and run python -m alexnet_jax.prepare --source=digits '
+         '--output={DAMAGED} --image_size=72 (the same source gives the same dataset, so the run '
+         'resumes unchanged)'),
+    *(Case(f'prepare_{kind}', 'data', f'prepare on an ImageFolder {what}', 'prepare',
+           ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+           'prepared {CASE}/out: train 4, val 0 images (no validation images: launch.py refuses '
+           'to train without them; add a val/ split to the source); skipped 0 undecodable; 0 '
+           'turned upright by their EXIF orientation; ignored 0 other files; T s',
+           inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE[:-1]), *extra), skipped=0,
+           note='0 (prepared, and reported)')
+      for kind, what, extra in (('without_val', 'without val/', ()),
+                                ('with_empty_val', 'whose val/ is empty',
+                                 (('src/val', 'folder'),)))),
     # --------------------------------------------------------------------- images
     *(Case(f'{kind}_image_skipped', 'images', f'{what} in the training set', 'prepare',
            ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
-           'prepared {CASE}/out: train 4, val 1 images; skipped 1 undecodable; T s',
+           'prepared {CASE}/out: train 4, val 1 images; skipped 1 undecodable; 0 turned upright '
+           'by their EXIF orientation; ignored 0 other files; T s',
            inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), (f'src/train/a/{kind}.JPEG', kind)),
            skipped=1)
       for kind, what in (('truncated', 'a truncated JPEG'), ('empty', 'an empty file'))),
     *(Case(f'{kind}_image_converted', 'images', f'{what} in the training set', 'prepare',
            ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
-           'prepared {CASE}/out: train 5, val 1 images; skipped 0 undecodable; T s',
+           'prepared {CASE}/out: train 5, val 1 images; skipped 0 undecodable; 0 turned upright '
+           'by their EXIF orientation; ignored 0 other files; T s',
            inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), (f'src/train/a/{kind}.JPEG', kind)),
            skipped=0)
       for kind, what in (('png', 'a PNG named .JPEG'), ('cmyk', 'a CMYK JPEG'),
                          ('gray', 'a grayscale JPEG'))),
+    Case('exif_rotated_photo', 'images', 'a photo stored sideways with an EXIF orientation tag',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+         'prepared {CASE}/out: train 5, val 1 images; skipped 0 undecodable; 1 turned upright '
+         'by their EXIF orientation; ignored 0 other files; T s',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/b/phone.JPEG', 'exif')),
+         skipped=0, note='0 (turned upright and counted)'),
+    Case('dangling_symlink', 'images', 'a symbolic link to a file that is gone', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+         'prepared {CASE}/out: train 4, val 1 images; skipped 0 undecodable; 0 turned upright '
+         'by their EXIF orientation; ignored 1 other files; T s',
+         inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/b/moved.JPEG', 'dangling')),
+         skipped=0, note='0 (counted among the ignored files)'),
     Case('truncated_image_strict', 'images', 'a truncated JPEG, with --strict', 'prepare',
-         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 1,
-         'prepare: error: cannot decode {CASE}/src/train/a/truncated.JPEG (OSError: image file '
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 2,
+         'error: cannot decode {CASE}/src/train/a/truncated.JPEG (OSError: image file '
          'is truncated (N bytes not processed)); run without --strict to skip such files and '
          'list them in the report',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/a/truncated.JPEG',
                                                                'truncated'))),
     Case('empty_image_strict', 'images', 'an empty file, with --strict', 'prepare',
-         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 1,
-         'prepare: error: cannot decode {CASE}/src/train/a/empty.JPEG (UnidentifiedImageError: '
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32', '--strict'), 2,
+         'error: cannot decode {CASE}/src/train/a/empty.JPEG (UnidentifiedImageError: '
          'cannot identify image file <_io.BytesIO object>); run without --strict to skip such '
          'files and list them in the report',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/a/empty.JPEG', 'empty'))),
     Case('class_without_images', 'images', 'a class folder with no images', 'prepare',
-         ('--source={CASE}/src', '--output={CASE}/out'), 1,
-         'prepare: error: class folder {CASE}/src/train/c holds no images (looked for .bmp, '
+         ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: class folder {CASE}/src/train/c holds no images (looked for .bmp, '
          '.gif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp)',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/train/c/notes.txt', 'text'))),
     Case('predict_empty_image', 'images', 'predict on an empty file', 'predict',
@@ -247,22 +351,22 @@ CASES = (
          inputs=(('notes.txt', 'text'),)),
     # --------------------------------------------------------------------- labels
     Case('val_tar_unofficial_names', 'labels', 'a val tar with non-official file names',
-         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
-         "prepare: error: {CASE}/src/ILSVRC2012_img_val.tar holds 'my_photo.JPEG', not an "
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         "error: {CASE}/src/ILSVRC2012_img_val.tar holds 'my_photo.JPEG', not an "
          'official validation file name (ILSVRC2012_val_00000001.JPEG ... '
          'ILSVRC2012_val_00050000.JPEG). Its labels come from tfds validation_labels.txt by file '
          'number, so they would be wrong; use an ImageFolder val/<wnid>/ tree instead',
          inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar'),
                  ('src/ILSVRC2012_img_val.tar', 'renamed_val_tar'))),
     Case('train_tar_not_synsets', 'labels', 'a train tar not made of <wnid>.tar files',
-         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 1,
-         "prepare: error: {CASE}/src/ILSVRC2012_img_train.tar holds 'cats.tar', not an "
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         "error: {CASE}/src/ILSVRC2012_img_train.tar holds 'cats.tar', not an "
          'ILSVRC-2012 <wnid>.tar: this is not the official train tar (use an ImageFolder '
          'train/<class>/ tree instead)',
          inputs=(('src/ILSVRC2012_img_train.tar', 'cats_tar'),)),
     Case('val_class_not_in_train', 'labels', 'a val/ class that train/ lacks', 'prepare',
-         ('--source={CASE}/src', '--output={CASE}/out'), 1,
-         'prepare: error: {CASE}/src/val/zebra is not a training class (no '
+         ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {CASE}/src/val/zebra is not a training class (no '
          '{CASE}/src/train/zebra)',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/val/zebra/0.JPEG', 'jpeg'))),
     # --------------------------------------------------------------------- checkpoints
@@ -444,6 +548,23 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   if kind == 'run_without_checkpoints':
     shutil.copytree(fixtures['RUN'], path, ignore=shutil.ignore_patterns('checkpoints'))
     return
+  if kind == 'locked_run':  # held by this test process, which lives until every case ran
+    from alexnet_jax import lockfile  # pylint: disable=g-import-not-at-top
+    shutil.copytree(fixtures['RUN'], path)
+    with open(os.path.join(path, 'run.lock'), 'w') as f:
+      f.write(lockfile.Holder.of_this_process().to_text())
+    return
+  if kind == 'run_with_damaged_config':
+    shutil.copytree(fixtures['RUN'], path)
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      f.write('{"seed": 0, ')  # cut short, as by a full disk in an older version
+    return
+  if kind == 'folder':
+    os.makedirs(path)
+    return
+  if kind == 'dangling':
+    os.symlink(os.path.join(os.path.dirname(path), 'gone.JPEG'), path)
+    return
   if kind == 'run_on_other_data':  # the same run, as if trained on data in another folder
     shutil.copytree(fixtures['RUN'], path)
     with open(os.path.join(path, 'config.json')) as f:
@@ -469,6 +590,16 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     data = _jpeg(_image(seed), 'CMYK')
   elif kind == 'gray':
     data = _jpeg(_image(seed)[..., 0])
+  elif kind == 'exif':  # a photo stored sideways, as phones store them, with its tag
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show it
+    Image.fromarray(_image(seed, 40)[:, :30]).save(buf, 'JPEG', quality=90, exif=exif.tobytes())
+    data = buf.getvalue()
+  elif kind == 'config_without_get_config':
+    data = b'import ml_collections\n\nCONFIG = ml_collections.ConfigDict({"seed": 0})\n'
+  elif kind == 'config_returning_a_dict':
+    data = b'def get_config():\n  return {"seed": 0, "batch_size": 16}\n'
   elif kind in ('train_tar', 'cats_tar'):
     from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
     wnid = 'cats' if kind == 'cats_tar' else prepare.imagenet_validation_wnids()[0]
@@ -489,7 +620,8 @@ def _make_fixtures(root: str) -> dict[str, str]:
   fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
               'RUN3': os.path.join(root, 'run3'),
-              'DATA3': os.path.join(root, 'data3'), 'CFG': os.path.join(root, 'tiny.py')}
+              'DATA3': os.path.join(root, 'data3'), 'NOVAL': os.path.join(root, 'noval'),
+              'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py')}
   with open(fixtures['FILE'], 'w') as f:
     f.write('a file, not a folder\n')
   config = test_train.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
@@ -501,11 +633,25 @@ def _make_fixtures(root: str) -> dict[str, str]:
   for i in range(24):
     name = os.path.join('train', 'abc'[i % 3], f'{i}.JPEG')
     _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
+  prepare.prepare(source, fixtures['NOVAL'], image_size=72, progress=False)
+  for i in range(6):
+    name = os.path.join('val', 'abc'[i % 3], f'{i}.JPEG')
+    _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
+  shutil.copytree(fixtures['DATA'], fixtures['DAMAGED'])
+  damage_shard(os.path.join(fixtures['DAMAGED'], 'train.array_record-00000-of-00003'))
   reliability.write_run_with_checkpoint(
       test_train.tiny_config(fixtures['DATA3'], num_train_steps=4, final_eval_crops=1,
                              **{'model.num_classes': 3}), fixtures['RUN3'], step=2)
   return fixtures
+
+
+def damage_shard(path: str) -> None:
+  """What a bad disk does to a prepared shard: most of its records overwritten with zeros."""
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(1024)
+    f.write(bytes(size // 2))
 
 
 def _fill(text: str, fixtures: dict[str, str]) -> str:
@@ -522,7 +668,13 @@ def _normalize(text: str, fixtures: dict[str, str]) -> str:
   text = re.sub(r'(\(step \d+: ).*?(\)\. Move)', r'\1<reason>\2', text)
   text = re.sub(r'(cannot restore checkpoint \S+: ).*', r'\1<reason>', text)
   text = re.sub(r'\(\d+ bytes not processed\)', '(N bytes not processed)', text)
-  return re.sub(r'undecodable; \d+\.\d s', 'undecodable; T s', text)
+  # Who holds a lock: this test process, on this host, since the matrix started.
+  text = re.sub(r'\(host \S+, pid \d+, started \S+, last heartbeat \d+ s ago;',
+                '(host H, pid P, started T, last heartbeat N s ago;', text)
+  # The storage library's account of a damaged shard names checksums and offsets.
+  text = re.sub(r'is damaged \(.*?\); prepare the dataset again',
+                'is damaged (<reason>); prepare the dataset again', text)
+  return re.sub(r'files; \d+\.\d s', 'files; T s', text)
 
 
 _LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')
@@ -545,6 +697,8 @@ def snapshot(folders: list[str]) -> dict[str, str]:
     for dirpath, _, files in os.walk(folder):
       for name in files:
         path = os.path.join(dirpath, name)
+        if not os.path.isfile(path):  # a symbolic link to nothing (a case's input)
+          continue
         with open(path, 'rb') as f:
           digests[path] = hashlib.sha256(f.read()).hexdigest()
   return digests
@@ -623,18 +777,27 @@ def serve(spec_path: str) -> None:
     start = time.monotonic()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-      _run_in_child(case['tool'], case['args'], out_path, err_path)
-    _, status = os.waitpid(pid, 0)
+    if case['env']:
+      # JAX reads its environment when imported, as this process did: a case that sets one
+      # runs as a plain subprocess.
+      proc = subprocess.run(_command(case['tool']) + case['args'], cwd=REPO,
+                            env=dict(os.environ, **case['env']), capture_output=True, text=True,
+                            timeout=300)
+      exit_code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+      pid = os.fork()
+      if pid == 0:
+        _run_in_child(case['tool'], case['args'], out_path, err_path)
+      _, status = os.waitpid(pid, 0)
+      exit_code = os.waitstatus_to_exitcode(status)
+      with open(out_path) as f:
+        stdout = f.read()
+      with open(err_path) as f:
+        stderr = f.read()
     seconds = time.monotonic() - start
     after = snapshot(folders)
-    with open(out_path) as f:
-      stdout = f.read()
-    with open(err_path) as f:
-      stderr = f.read()
     results[case['name']] = {
-        'status': os.waitstatus_to_exitcode(status), 'stdout': stdout, 'stderr': stderr,
+        'status': exit_code, 'stdout': stdout, 'stderr': stderr,
         'touched': touched(before, after, tuple(case['allowed_new'])), 'seconds': seconds}
   with open(spec['results'], 'w') as f:
     json.dump(results, f)
@@ -648,8 +811,8 @@ def _env() -> dict[str, str]:
 
 
 def render_doc() -> str:
-  groups = {'paths': 'Paths', 'configs': 'Configs', 'images': 'Images', 'labels': 'Labels files',
-            'checkpoints': 'Checkpoints',
+  groups = {'paths': 'Paths', 'configs': 'Configs', 'data': 'Datasets', 'images': 'Images',
+            'labels': 'Labels files', 'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
             'flags': 'Flags', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
@@ -667,30 +830,42 @@ def render_doc() -> str:
       'was: `tests/test_bad_input.py` runs each one and checks all of that. Bad images are the',
       'exception that does not fail: `prepare` skips an undecodable image, counts it in the',
       'summary line and lists it in `dataset.json` (`skipped_files`), unless `--strict`;',
-      'odd but valid images (PNG content named .JPEG, CMYK, grayscale) are converted.',
+      'odd but valid images (PNG content named .JPEG, CMYK, grayscale) are converted, photos',
+      'with an EXIF orientation tag are turned upright, and both are counted; a dataset',
+      'without validation images is prepared, and the summary line says that training will',
+      'refuse it.',
       '',
       'Exit statuses: 2, a user error reported by the program (`error: ...`); 1, a flag the',
       'parser refused (`FATAL Flags parsing error: ...`, followed by absl\'s one-line',
-      '`--helpshort` hint) or a `prepare` error (`prepare: error: ...`); 0, images skipped',
-      'and counted.',
+      '`--helpshort` hint); 0, images skipped, converted or counted. Ctrl-C ends any command',
+      'with one `interrupted: ...` line and status 130. Faults during a run (killed',
+      'processes, two runs on one workdir, Ctrl-C, full disks, a read-only workdir) are in',
+      '[reliability.md](reliability.md). Set `ALEXNET_JAX_TRACEBACK=1` to see the Python',
+      'traceback above an `error:` line, for a bug report; an error that is not the user\'s',
+      '(a bug) always shows its traceback.',
       '',
       'Names in the commands and messages:',
       '',
   ]
   lines += [f'- `{{{k}}}`: {v}' for k, v in FIXTURES.items()]
   lines += ['- `T`: seconds the preparation took',
-            '- `N`: a byte count that depends on the image',
-            '- `<reason>`: the first line of the storage library\'s report, which names the array',
-            '  read that failed first (reads run in parallel, so it varies)', '']
+            '- `N`: a byte count that depends on the image; in the lock\'s line, the seconds',
+            '  since the holder\'s last heartbeat',
+            '- `H`, `P`, `T` in the lock\'s line: the host, process id and start time of the run',
+            '  that holds the workdir',
+            '- `<reason>`: the first line of the storage library\'s report: for a checkpoint, it',
+            '  names the array read that failed first (reads run in parallel, so it varies); for',
+            '  a shard, the checksum that did not match', '']
   for group, title in groups.items():
     lines += [f'## {title}', '', '| Input | Command | Exit | Message |', '|---|---|---|---|']
     for case in CASES:
       if case.group != group:
         continue
-      command = ' '.join([names[case.tool], *case.args])
+      command = ' '.join([*(f'{k}={v}' for k, v in case.env), names[case.tool], *case.args])
       status = '0 (skipped and counted)' if case.status == SKIPPED else str(case.status)
       if case.status == SKIPPED and not case.skipped:
         status = '0 (converted)'
+      status = case.note or status
       lines.append(f'| {cell(case.what)} | `{cell(command)}` | {status} | '
                    f'`{cell(case.message)}` |')
     lines.append('')
@@ -701,7 +876,8 @@ def render_doc() -> str:
       '  `get_config`) ends in Python\'s own traceback, which points at the offending line,',
       '  with exit status 1.',
       '- Permission errors: the tests run as root, where `chmod` does not stop writes; a',
-      '  file where a folder should be stands in for an unwritable path.',
+      '  file where a folder should be stands in for an unwritable path here (a read-only',
+      '  workdir is in reliability.md).',
       '',
   ]
   return '\n'.join(lines)
@@ -727,7 +903,7 @@ class BadInputMatrixTest(parameterized.TestCase):
       for relative, kind in case.inputs:
         _make_input(os.path.join(folder, relative), kind, fixtures, f'{case.name}/{relative}')
       cases.append({'name': case.name, 'tool': case.tool, 'dir': folder,
-                    'args': [_fill(a, fixtures) for a in case.args],
+                    'args': [_fill(a, fixtures) for a in case.args], 'env': dict(case.env),
                     'allowed_new': [os.path.join(folder, 'new'), os.path.join(folder, 'out'),
                                     os.path.join(folder, '.std')]})
     spec = {'cases': cases, 'results': os.path.join(cls.root, 'results.json'),

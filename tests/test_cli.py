@@ -16,6 +16,7 @@ PROGRAM = textwrap.dedent('''
     import asyncio, gc, sys
     from absl import app
     from alexnet_jax import cli
+    from alexnet_jax import errors
 
     LEFT_BEHIND = []
 
@@ -34,15 +35,20 @@ PROGRAM = textwrap.dedent('''
       LEFT_BEHIND.extend([loop, future, read(), RaisesWhenCollected()])
       if argv[1:] == ['bug']:
         raise TypeError('a bug keeps its traceback')
-      raise ValueError('the checkpoint is damaged')
+      if argv[1:] == ['value_error_deep_down']:
+        {}['a key the code expected']  # a KeyError in the program: a bug, not the user's
+      if argv[1:] == ['ctrl_c']:
+        raise KeyboardInterrupt
+      raise errors.InputError('the checkpoint is damaged')
 
     if __name__ == '__main__':
       app.run(main)
 ''')
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+def run(*args: str, **environ: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != 'ALEXNET_JAX_TRACEBACK'}
+  env.update(PYTHONPATH=REPO, JAX_PLATFORMS='cpu', **environ)
   return subprocess.run([sys.executable, '-c', PROGRAM, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
 
@@ -61,6 +67,31 @@ class UserErrorTest(absltest.TestCase):
     self.assertEqual(proc.returncode, 1, proc.stderr)
     self.assertIn('TypeError: a bug keeps its traceback', proc.stderr)
     self.assertIn('was never awaited', proc.stderr)
+
+  def test_a_key_error_in_the_program_keeps_its_traceback(self):
+    # Only errors raised as the user's (errors.UserError) become one line: a KeyError or
+    # ValueError deep in the code is a bug to report, with where it happened.
+    proc = run('value_error_deep_down')
+    self.assertEqual(proc.returncode, 1, proc.stderr)
+    self.assertIn('Traceback (most recent call last)', proc.stderr)
+    self.assertIn("KeyError: 'a key the code expected'", proc.stderr)
+    self.assertNotIn('error: ', proc.stderr.splitlines()[-1])
+
+  def test_the_environment_variable_shows_a_user_errors_traceback(self):
+    proc = run(ALEXNET_JAX_TRACEBACK='1')
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    self.assertEqual(lines[-1], 'error: the checkpoint is damaged')
+    self.assertIn('Traceback (most recent call last)', proc.stderr)
+    self.assertIn('in main', proc.stderr)  # where it was raised
+    self.assertIn('alexnet_jax.errors.InputError: the checkpoint is damaged', proc.stderr)
+
+  def test_ctrl_c_is_one_line_and_status_130(self):
+    proc = run('ctrl_c')
+    self.assertEqual(proc.returncode, 130, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    self.assertLen(lines, 1, proc.stderr)
+    self.assertStartsWith(lines[0], 'interrupted: Ctrl-C')
 
 
 if __name__ == '__main__':

@@ -3,8 +3,10 @@
 import io
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from alexnet_jax import codecs
 
@@ -69,6 +71,48 @@ class DecodeTest(absltest.TestCase):
     # Block averages of a smooth 4x enlargement stay near the source pixels.
     blocks = out.reshape(8, 4, 8, 4, 3).mean((1, 3))
     self.assertLess(np.abs(blocks - small).mean(), 25)
+
+
+def _with_orientation(image: np.ndarray, fmt: str, orientation: int) -> bytes:
+  """`image` encoded with an EXIF orientation tag, as a camera stores a turned photo."""
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, fmt, exif=exif.tobytes(), **(
+      {'quality': 95} if fmt == 'JPEG' else {}))
+  return buf.getvalue()
+
+
+class OrientationTest(parameterized.TestCase):
+  """Every EXIF orientation is obeyed as Pillow's own ImageOps.exif_transpose obeys it."""
+
+  # A 6x10 image with a distinct colour per pixel: any wrong turn or mirror shows.
+  IMAGE = np.random.default_rng(3).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+
+  @parameterized.parameters(*range(1, 9))
+  def test_png_pixels_are_turned_upright(self, orientation):
+    data = _with_orientation(self.IMAGE, 'PNG', orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert('RGB'))
+    pixels, applied = codecs.decode_with_orientation(data)
+    self.assertEqual(applied, orientation)
+    np.testing.assert_array_equal(pixels, expected)
+    if orientation in (5, 6, 7, 8):
+      self.assertEqual(pixels.shape, (10, 6, 3))
+
+  @parameterized.parameters(*range(1, 9))
+  def test_jpeg_fast_path_agrees_with_pillow(self, orientation):
+    big = np.repeat(np.repeat(self.IMAGE, 8, axis=0), 8, axis=1)  # 48x80: JPEG blocks
+    data = _with_orientation(big, 'JPEG', orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert('RGB'))
+    pixels, applied = codecs.decode_with_orientation(data)
+    self.assertEqual(applied, orientation)
+    np.testing.assert_allclose(pixels.astype(int), expected.astype(int), atol=2)
+    np.testing.assert_array_equal(codecs.decode(data), pixels)
+
+  def test_stored_images_have_no_tag_and_decode_as_they_are(self):
+    data = codecs.encode_jpeg(np.ascontiguousarray(self.IMAGE), 95)
+    self.assertNotIn(b'Exif', data)
+    self.assertEqual(codecs.decode_with_orientation(data)[1], codecs.UPRIGHT)
 
 
 if __name__ == '__main__':

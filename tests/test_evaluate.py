@@ -23,6 +23,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import codecs
 from alexnet_jax import evaluate
 from alexnet_jax import input_pipeline
+from alexnet_jax import lockfile
 from alexnet_jax import predict
 from alexnet_jax import train
 from tests import test_reliability
@@ -188,6 +189,10 @@ class EvaluateTest(absltest.TestCase):
 
   def test_command_line_reads_the_runs_and_writes_only_eval(self):
     a, b = self.copy(self.a), self.copy(self.b)
+    # A still running in this test process: evaluate only reads, so it needs no lock.
+    lock, holder = os.path.join(a, 'run.lock'), lockfile.Holder.of_this_process().to_text()
+    with open(lock, 'w') as f:
+      f.write(holder)
     before = {**digests(os.path.join(a, 'checkpoints')), **digests(os.path.join(b, 'checkpoints'))}
     output = os.path.join(self.create_tempdir().full_path, 'ensemble.json')
     proc = subprocess.run(
@@ -202,6 +207,8 @@ class EvaluateTest(absltest.TestCase):
     self.assertTrue(lines[2].startswith('ensemble of 2, val 10-crop test, 364 images: '))
     after = {**digests(os.path.join(a, 'checkpoints')), **digests(os.path.join(b, 'checkpoints'))}
     self.assertEqual(after, before)
+    with open(lock) as f:
+      self.assertEqual(f.read(), holder)
     self.assertEqual(sorted(os.listdir(os.path.join(a, 'eval'))), [f'{STEPS}-10crop.json'])
     with open(output) as f:
       written = json.load(f)

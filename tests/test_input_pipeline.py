@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -20,6 +21,7 @@ from alexnet_jax import augment
 from alexnet_jax import preprocess
 from alexnet_jax import codecs
 from alexnet_jax import dataset_format
+from alexnet_jax import errors
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from configs import imagenet
@@ -138,6 +140,31 @@ class InfoTest(absltest.TestCase):
         input_pipeline.load_info(_data_config(folder))
     with self.assertRaisesRegex(ValueError, 'prepared at image_size 32'):
       input_pipeline.load_info(_data_config(FOLDER, image_size=64, crop_size=56))
+
+
+class DamagedShardTest(absltest.TestCase):
+
+  def test_a_read_error_names_the_damaged_shard_and_the_fix(self):
+    source = os.path.join(_tempdir(), 'source')
+    shutil.copytree(os.path.join(os.path.dirname(FOLDER), 'images'), source)
+    folder = os.path.join(_tempdir(), 'prepared')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
+      prepare.prepare(source, folder, image_size=SIZE, progress=False)
+    shards = [os.path.join(folder, f'train.array_record-{i:05d}-of-00003') for i in range(3)]
+    for damaged, first_bad in ((1, 16), (2, 32)):
+      copy = os.path.join(_tempdir(), 'copy')
+      shutil.copytree(folder, copy)
+      path = os.path.join(copy, os.path.basename(shards[damaged]))
+      with open(path, 'r+b') as f:
+        f.write(bytes(os.path.getsize(path) // 2))  # its records and their checksums zeroed
+      records = input_pipeline.open_split(_data_config(copy), 'train').records
+      for i in range(first_bad):  # the shards before it read as they are
+        dataset_format.decode_record(records[i])
+      with self.assertRaises(errors.InputError) as ctx:
+        records[first_bad + 3]
+      self.assertStartsWith(str(ctx.exception), f'{path} is damaged (')
+      self.assertIn(f'delete {copy} and run python -m alexnet_jax.prepare --source={source} '
+                    f'--output={copy} --image_size={SIZE}', str(ctx.exception))
 
 
 class TrainIteratorTest(parameterized.TestCase):

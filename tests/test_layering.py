@@ -18,6 +18,7 @@ PACKAGE = os.path.join(REPO, 'alexnet_jax')
 LAYERS = {
     # L0 foundation
     'fileio': (0, ()), 'errors': (0, ()), 'progress': (0, ()), 'platform': (0, ()),
+    'lockfile': (0, ()),
     # L1 building blocks: numerics, per-record augmentation, codecs, the command line
     'model': (1, ()), 'losses': (1, ()), 'optim': (1, ()), 'augment': (1, ()),
     'preprocess': (1, ()), 'codecs': (1, ()), 'cli': (1, ()),
@@ -25,7 +26,8 @@ LAYERS = {
     'step': (2, ()), 'sharding': (2, ()), 'dataset_format': (2, ()), 'metrics': (2, ()),
     'checkpoint': (2, ()), 'preemption': (2, ()),
     # L3 config and data
-    'config_lib': (3, ()), 'input_pipeline': (3, ()), 'prepare': (3, ()),
+    'config_lib': (3, ()), 'config_changes': (3, ()), 'input_pipeline': (3, ()),
+    'prepare': (3, ()),
     # L4 assembly of a run
     'experiment': (4, ()), 'workdir': (4, ()),
     # L5 pictures

@@ -163,6 +163,14 @@ class ImagenetConfigTest(absltest.TestCase):
              if on_the_papers_machine(config, field) != value]
     self.assertEqual(wrong, [], '\n'.join(wrong))
 
+  def test_mesh_model_auto_is_the_papers_split(self):
+    # Section 3.2: two GPUs, one tower (half the kernels) each; on an even device count the
+    # model axis is 2, so each device pair holds the paper's two towers.
+    config = imagenet.get_config()
+    for devices in (2, 4, 8):
+      shape = sharding.mesh_shape(config.mesh, devices, config.model)
+      self.assertEqual((shape.data, shape.model), (devices // 2, 2), f'{devices} devices')
+
 
 class DigitsConfigTest(absltest.TestCase):
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from alexnet_jax import codecs
 from alexnet_jax import input_pipeline
@@ -222,6 +223,28 @@ class ViewsTest(absltest.TestCase):
                                     codecs.resize_center_crop(image, 72))
       with self.assertRaisesRegex(ValueError, 'cannot read image .*missing.png'):
         predict.read_image(os.path.join(tmp, 'missing.png'), 72)
+
+
+  def test_read_image_turns_photos_upright_like_prepare(self):
+    # A picture stored sideways with EXIF orientation 8 (turn 90 degrees counter-clockwise
+    # to show): predict classifies what a viewer shows, the image prepare stores.
+    image = np.random.default_rng(2).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    with tempfile.TemporaryDirectory() as tmp:
+      for fmt in ('PNG', 'JPEG'):
+        path = os.path.join(tmp, f'phone.{fmt.lower()}')
+        Image.fromarray(image).save(path, fmt, exif=exif.tobytes())
+        with open(path, 'rb') as f:
+          data = f.read()
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert('RGB'))
+        self.assertEqual(shown.shape, (80, 50, 3))
+        ours = predict.read_image(path, 32)
+        stored, turned = prepare._convert(data, 32)  # pylint: disable=protected-access
+        self.assertTrue(turned)
+        np.testing.assert_array_equal(ours, stored)
+        if fmt == 'PNG':  # lossless: exactly Pillow's upright image, resized as prepare does
+          np.testing.assert_array_equal(ours, codecs.resize_center_crop(shown, 32))
 
 
 if __name__ == '__main__':

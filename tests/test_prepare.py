@@ -9,6 +9,7 @@ import sys
 import tarfile
 import tempfile
 from unittest import mock
+import zlib
 
 from absl.testing import absltest
 from array_record.python import array_record_module
@@ -17,6 +18,7 @@ from PIL import Image
 
 from alexnet_jax import codecs
 from alexnet_jax import dataset_format
+from alexnet_jax import errors
 from alexnet_jax import prepare
 
 SIZE = 32  # Stored image side in these tests.
@@ -503,6 +505,85 @@ class DigitsTest(_StatsAssertions):
     self.assert_stats_match(output, train_images)
 
 
+class PhotoTest(absltest.TestCase):
+  """Phone photos (stored sideways, with an EXIF orientation tag) and links to nothing."""
+
+  def test_exif_photo_is_stored_upright_and_counted(self):
+    tmp = _tempdir()
+    source = os.path.join(tmp, 'src')
+    _write_image_folder(source, ['a', 'b'], 2, 1, np.random.default_rng(0))
+    # A tall 48x32 picture whose pixels are stored turned on their side (32x48) with tag 6
+    # (turn 90 degrees clockwise to show), as a phone held upright stores it.
+    rows, cols = np.mgrid[0:48, 0:32]
+    upright = np.stack([np.full((48, 32), 60), rows * 5, cols * 7], -1).astype(np.uint8)
+    upright[:16] = (250, 20, 20)  # a red top third marks which way is up
+    sideways = np.ascontiguousarray(np.rot90(upright, k=1))  # what the sensor stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with open(os.path.join(source, 'train', 'b', 'phone.jpg'), 'wb') as f:
+      f.write(_jpeg(sideways, exif=exif.tobytes()))
+    os.symlink(os.path.join(source, 'gone.jpg'), os.path.join(source, 'train', 'a', 'moved.jpg'))
+    output = os.path.join(tmp, 'out')
+    report = prepare.prepare(source, output, image_size=SIZE, progress=False)
+    self.assertEqual(report['rotated'], 1)
+    self.assertEqual(report['ignored_files'], 1)  # the link to nothing
+    self.assertIn('1 turned upright by their EXIF orientation; ignored 1 other files',
+                  prepare.summary_line(report))
+    images, labels = read_split(output, 'train')
+    stored = images[labels.index(1) + 2]  # b's images: b_0, b_1, then phone.jpg
+    # Upright: the central 32x32 square of the 48x32 picture, whose top rows are red.
+    expected = codecs.resize_center_crop(upright, SIZE)
+    self.assertLess(np.abs(stored.astype(int) - expected.astype(int)).mean(), 6)
+    self.assertGreater(stored[:4, :, 0].mean(), 200)  # red at the top, not at a side
+
+
+class VerificationTest(absltest.TestCase):
+  """What prepare wrote is read back before dataset.json marks it complete."""
+
+  def test_a_record_changed_on_the_way_to_disk_is_caught(self):
+    tmp = _tempdir()
+    path = os.path.join(tmp, 'part.array_record')
+    writer = array_record_module.ArrayRecordWriter(path, prepare.WRITER_OPTIONS)
+    records = [b'first record', b'second record']
+    for r in records:
+      writer.write(r)
+    writer.close()
+    prepare._verify_shard(path, [zlib.crc32(r) for r in records])  # pylint: disable=protected-access
+    with self.assertRaisesRegex(errors.UserError, 'record 1 of .* differs from what was written'):
+      prepare._verify_shard(path, [zlib.crc32(records[0]), zlib.crc32(b'other')])  # pylint: disable=protected-access
+    with self.assertRaisesRegex(errors.UserError, 'holds 2 records after writing 3'):
+      prepare._verify_shard(path, [0, 0, 0])  # pylint: disable=protected-access
+
+  def test_a_shard_cut_short_after_its_part_is_refused(self):
+    tmp = _tempdir()
+    source = os.path.join(tmp, 'src')
+    _write_image_folder(source, ['a', 'b'], 3, 1, np.random.default_rng(0))
+    output = os.path.join(tmp, 'out')
+    finish = prepare._finish  # pylint: disable=protected-access
+
+    def finish_after_damage(plan, output, work_dir, *args):
+      # Between the parts and the final layout, a shard loses its tail (a failed copy).
+      shard = os.path.join(work_dir, 'train-00000.array_record')
+      with open(shard, 'r+b') as f:
+        f.truncate(os.path.getsize(shard) - 100)
+      return finish(plan, output, work_dir, *args)
+
+    with mock.patch.object(prepare, '_finish', finish_after_damage):
+      with self.assertRaisesRegex(errors.UserError, r'train\.array_record-00000-of-00001 is '
+                                  r'\d+ bytes, not the \d+ bytes written'):
+        prepare.prepare(source, output, image_size=SIZE, progress=False)
+    self.assertFalse(os.path.exists(os.path.join(output, dataset_format.DATASET_FILE)))
+
+  def test_output_inside_the_source_is_refused_before_anything_is_written(self):
+    tmp = _tempdir()
+    source = os.path.join(tmp, 'src')
+    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
+    before = sorted(os.walk(source))
+    with self.assertRaisesRegex(errors.InputError, 'is inside the source'):
+      prepare.prepare(source, os.path.join(source, 'train', 'out'), image_size=SIZE)
+    self.assertEqual(sorted(os.walk(source)), before)
+
+
 class BadSourceTest(absltest.TestCase):
 
   def setUp(self):
@@ -564,9 +645,10 @@ class BadSourceTest(absltest.TestCase):
         [sys.executable, '-m', 'alexnet_jax.prepare', f'--source={self.tmp}/nope',
          f'--output={self.tmp}/out'], cwd=REPO, capture_output=True, text=True,
         timeout=120, check=False)
-    self.assertEqual(result.returncode, 1)
+    self.assertEqual(result.returncode, 2)
     self.assertEqual(result.stderr.strip().splitlines(),
-                     [f'prepare: error: source folder {self.tmp}/nope does not exist'])
+                     [f'error: source folder {self.tmp}/nope does not exist'])
+    self.assertFalse(os.path.exists(f'{self.tmp}/out'), 'a refused source left an output folder')
 
 
 if __name__ == '__main__':

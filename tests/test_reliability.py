@@ -19,8 +19,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import config_lib
 from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
+from alexnet_jax import lockfile
 from alexnet_jax import optim
 from alexnet_jax import step as step_lib
 from alexnet_jax import workdir as workdir_lib
@@ -44,6 +47,7 @@ from tests import XLA_TEST_FLAGS
 from tests import test_train
 
 REPO = test_train.REPO
+DOUBLE_CTRL_C = 'Ctrl-C twice'
 NUM_STEPS = 30  # 22 steps an epoch at batch 64: an epoch-end eval at 22, the last at 30
 _CACHE = {}
 
@@ -58,6 +62,15 @@ def launch_env() -> dict[str, str]:
               JAX_COMPILATION_CACHE_DIR=_CACHE['dir'],
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')
+
+
+def message_lines(output: str) -> list[str]:
+  """What a command said to the user: its output less log records and their continuations."""
+  return [l for l in output.splitlines() if l.strip() and not _LOG_LINE.match(l)
+          and not l.startswith(' ')]
 
 
 def traceback_of(stderr: str) -> str:
@@ -189,6 +202,30 @@ class FaultTestCase(parameterized.TestCase):
     shutil.rmtree(cls.root, ignore_errors=True)
     super().tearDownClass()
 
+  def wait_for_step(self, proc, workdir: str, step: int, log: str, what: str) -> int:
+    """Polls metrics.jsonl until its newest train line is >= step; returns that step."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
+      if steps and steps[-1] >= step:
+        return steps[-1]
+      if proc.poll() is not None:
+        with open(log) as f:
+          self.fail(f'the run ended (status {proc.returncode}) before {what}: {f.read()[-3000:]}')
+      time.sleep(0.02)
+    self.fail(f'step {step} not reached in time for {what}')
+
+  def wait_for_text(self, proc, log: str, text: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+      with open(log) as f:
+        if text in f.read():
+          return
+      if proc.poll() is not None:
+        return  # it ended already (the first Ctrl-C did it all)
+      time.sleep(0.005)
+    self.fail(f'{text!r} not printed in time')
+
   def copy_of_reference(self) -> str:
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
     shutil.copytree(self.reference, workdir)
@@ -211,28 +248,21 @@ class FaultTestCase(parameterized.TestCase):
 
 class CrashResumeTest(FaultTestCase):
 
-  def wait_for_step(self, proc, workdir: str, step: int, log: str, what: str) -> int:
-    """Polls metrics.jsonl until its newest train line is >= step; returns that step."""
-    deadline = time.time() + 240
-    while time.time() < deadline:
-      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
-      if steps and steps[-1] >= step:
-        return steps[-1]
-      if proc.poll() is not None:
-        with open(log) as f:
-          self.fail(f'the run ended (status {proc.returncode}) before {what}: {f.read()[-3000:]}')
-      time.sleep(0.02)
-    self.fail(f'step {step} not reached in time for {what}')
-
   def test_kills_and_preemption_lose_nothing(self):
-    """kill -9 twice at random steps, SIGTERM during an eval, then run to the end."""
+    """kill -9, Ctrl-C, SIGTERM during an eval, Ctrl-C twice, at random steps; then run to the end.
+
+    Every restart after a kill takes over the lock the killed run left; every Ctrl-C
+    saves its step (or, pressed twice, ends the process at once); nothing is lost.
+    """
     seed = int(os.environ.get('ALEXNET_FAULT_SEED', random.randrange(10**6)))
     rng = random.Random(seed)
     msg = f'(ALEXNET_FAULT_SEED={seed})'
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    lock = os.path.join(workdir, 'run.lock')
     # (signal, first step at which to send it): before the epoch end, during its eval, after.
-    plan = [(signal.SIGKILL, rng.randint(2, 12)), (signal.SIGTERM, 22),
-            (signal.SIGKILL, rng.randint(25, 28))]
+    plan = [(signal.SIGKILL, rng.randint(2, 7)), (signal.SIGINT, rng.randint(10, 18)),
+            (signal.SIGTERM, 22), (DOUBLE_CTRL_C, rng.randint(25, 28))]
+    left_lock = None  # the pid of a killed run whose lock file stayed behind
     for i, (sig, step) in enumerate(plan):
       log = os.path.join(self.create_tempdir().full_path, f'run{i}.log')
       with open(log, 'w') as log_file:
@@ -241,25 +271,166 @@ class CrashResumeTest(FaultTestCase):
           seen = self.wait_for_step(proc, workdir, step, log, f'signal {sig} at step {step} {msg}')
           if sig == signal.SIGKILL:
             time.sleep(rng.uniform(0, 0.3))  # land anywhere in a step, a save, a log line
-          proc.send_signal(sig)
+          if sig == DOUBLE_CTRL_C:
+            proc.send_signal(signal.SIGINT)
+            self.wait_for_text(proc, log, 'Ctrl-C: saving a checkpoint')
+            proc.send_signal(signal.SIGINT)  # the second one ends the process at once
+          else:
+            proc.send_signal(sig)
           proc.wait(timeout=120)
         finally:
           if proc.poll() is None:
             proc.kill()
       with open(log) as f:
         err = f.read()
+      self.assertNotIn('Traceback', err, err[-3000:])
+      if left_lock is not None:
+        self.assertIn(f'Took over the lock of a run that ended without releasing it (host '
+                      f'{socket.gethostname()}, pid {left_lock},', err, msg)
+      left_lock = None
+      finished = checkpoint_lib.finished_steps(workdir)
+      leftovers = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+                   if not n.isdigit()]
       if sig == signal.SIGTERM:
         # The eval of step 22 was running: it finishes, the checkpoint is kept, status 0.
         self.assertEqual(seen, 22, msg)
         self.assertEqual(proc.returncode, 0, err[-3000:])
         self.assertIn('Preemption signal received: saved step 22', err)
         self.assertEqual([e['step'] for e in records(workdir)[1]], [22], msg)
+      elif sig == signal.SIGINT:
+        # One line, status 130, and a complete checkpoint of the step it stopped at.
+        self.assertEqual(proc.returncode, 130, err[-3000:])
+        stopped = records(workdir)[0][-1][0]
+        self.assertGreaterEqual(stopped, seen, msg)
+        self.assertEqual(message_lines(err), [
+            f'interrupted: Ctrl-C at step {stopped}: saved the checkpoint of step {stopped} in '
+            f'{workdir}/checkpoints; rerun the same command to resume from it'], msg)
+        self.assertEqual(finished[-1], stopped, msg)
+        self.assertEqual(leftovers, [], f'a half-written checkpoint {msg}')
+        self.assertFalse(os.path.exists(lock), 'the lock outlived the run')
+      elif sig == DOUBLE_CTRL_C:
+        # Ended by the second Ctrl-C (or, had the save been quicker, by the first): either
+        # way the checkpoints it finished are complete, and the next run resumes from them.
+        self.assertIn(proc.returncode, (-signal.SIGINT, 130), err[-3000:])
+        if proc.returncode == -signal.SIGINT:
+          left_lock = proc.pid
       else:
         self.assertEqual(proc.returncode, -signal.SIGKILL, msg)
+        left_lock = proc.pid
+      if left_lock is not None:
+        self.assertEqual(lockfile.Holder.parse(open(lock).read()).pid, left_lock)
     proc = launch(self.config_file, workdir)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn('Resumed from step', proc.stderr)
+    if left_lock is not None:
+      self.assertIn(f'pid {left_lock},', proc.stderr)
+    self.assertFalse(os.path.exists(lock), 'the lock outlived the run')
     self.assert_equals_reference(workdir, msg)
+
+class ConcurrentRunsTest(FaultTestCase):
+
+  def test_a_second_run_is_refused_and_the_first_is_unharmed(self):
+    """A second launch.py on a live workdir (with another learning rate) changes nothing."""
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    log = os.path.join(self.create_tempdir().full_path, 'first.log')
+    other = test_train.write_config_file(
+        os.path.join(self.create_tempdir().full_path, 'other.py'),
+        reliability_config(**{'optim.learning_rate': 0.05}))
+    with open(log, 'w') as log_file:
+      first = start_launch(self.config_file, workdir, log_file)
+      try:
+        self.wait_for_step(first, workdir, 3, log, 'the second run')
+        # Paused, the first run is certainly alive while the second one starts and ends.
+        first.send_signal(signal.SIGSTOP)
+        try:
+          before = folder_digest(workdir)
+          second = launch(other, workdir)
+          after = folder_digest(workdir)
+        finally:
+          first.send_signal(signal.SIGCONT)
+        first.wait(timeout=300)
+      finally:
+        if first.poll() is None:
+          first.kill()
+    self.assertEqual(second.returncode, 2, second.stderr[-3000:])
+    self.assertNotIn('Traceback', second.stderr)
+    lines = message_lines(second.stderr)
+    self.assertLen(lines, 1, second.stderr[-3000:])
+    self.assertStartsWith(lines[0], f'error: the workdir {workdir} is in use by another run (host '
+                          f'{socket.gethostname()}, pid {first.pid}, started ')
+    self.assertEqual(after, before, 'the refused run changed the workdir')
+    with open(log) as f:
+      self.assertEqual(first.returncode, 0, f.read()[-3000:])
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'run.lock')))
+    self.assert_equals_reference(workdir)  # bitwise: as if it had run alone
+    with open(os.path.join(workdir, 'config.json')) as f:
+      self.assertEqual(json.load(f)['optim']['learning_rate'], self.config.optim.learning_rate)
+
+
+# `python -c SLOW_COMMIT launch.py ...`: launch.py, except that the background thread that
+# completes a checkpoint (renames its temporary folder) starts two seconds late, so that a
+# save is still in flight a step later. FAILING_COMMIT: and then fails, as on a full disk.
+SLOW_COMMIT = """
+import asyncio, errno, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+FAIL = FAIL_PLACEHOLDER
+
+async def slow_finalize(self):
+  await asyncio.sleep(2)
+  if FAIL:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return await finalize(self)
+
+atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+FAILING_COMMIT = SLOW_COMMIT.replace('FAIL_PLACEHOLDER', 'True')
+SLOW_COMMIT = SLOW_COMMIT.replace('FAIL_PLACEHOLDER', 'False')
+
+
+class NanStopTest(FaultTestCase):
+
+  def test_nan_while_a_save_is_in_flight_keeps_a_complete_checkpoint(self):
+    """Step 1 is being saved when step 2's loss is NaN: step 1 is named, complete, restorable.
+
+    Logging every 5 steps, the NaN is found by the check before the save of step 2,
+    so no checkpoint of the diverged weights is written.
+    """
+    folder = self.create_tempdir().full_path
+    config = reliability_config(**{'optim.learning_rate': 1e30, 'checkpoint.every_steps': 1,
+                                   'log.every_steps': 5})
+    config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+    workdir = os.path.join(folder, 'run')
+    proc = launch(config_file, workdir, python_args=('-c', SLOW_COMMIT))
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertNotIn('Traceback', proc.stderr)
+    self.assertEqual(message_lines(proc.stderr), [
+        'error: loss is nan at step 2: training stopped; the last good checkpoint (step 1) is '
+        'kept. Lower config.optim.learning_rate or check the input data, then rerun with the '
+        'same workdir.'])
+    self.assertEqual(os.listdir(os.path.join(workdir, 'checkpoints')), ['1'])
+    state, meta = test_train.final_params(config, workdir)
+    self.assertEqual(meta['step'], 1)
+    for leaf in jax.tree.leaves(state.params):
+      self.assertTrue(np.isfinite(np.asarray(leaf)).all())
+
+  def test_nan_while_the_save_in_flight_fails_claims_no_checkpoint(self):
+    """The save of step 1 fails (a full disk) when step 2's loss is NaN: the line says so."""
+    folder = self.create_tempdir().full_path
+    config = reliability_config(**{'optim.learning_rate': 1e30, 'checkpoint.every_steps': 1,
+                                   'log.every_steps': 5})
+    config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+    workdir = os.path.join(folder, 'run')
+    proc = launch(config_file, workdir, python_args=('-c', FAILING_COMMIT))
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+    self.assertEqual(errors, [
+        f'error: checkpoint of step 1 could not be written (no space left on the device of '
+        f'{workdir}/checkpoints); no earlier checkpoint exists'])
+    self.assertEqual(checkpoint_lib.finished_steps(workdir), [])
 
 
 class DamagedCheckpointTest(FaultTestCase):
@@ -361,6 +532,195 @@ class DiskFullTest(FaultTestCase):
     self.assertEqual(folder_digest(os.path.join(workdir, newest)), before)
     for got, want in zip(params_of(self.config, workdir), FaultTestCase._reference['params']):
       np.testing.assert_array_equal(got, want)
+
+
+# `python -c FULL_DISK_PREPARE -m alexnet_jax.prepare ...` fails every shard write as a full
+# disk does, with array_record's own message, for where no small tmpfs can be mounted.
+FULL_DISK_PREPARE = """
+import runpy, sys
+from array_record.python import array_record_module
+
+class FullDisk:
+  def __init__(self, path, options):
+    self.path = path
+    open(path, 'wb').close()
+  def write(self, record):
+    pass
+  def close(self):
+    raise RuntimeError(f'write() failed: No space left on device; writing {self.path}')
+
+array_record_module.ArrayRecordWriter = FullDisk
+sys.argv = ['alexnet_jax.prepare', *sys.argv[2:]]
+runpy.run_module('alexnet_jax.prepare', run_name='__main__', alter_sys=True)
+"""
+
+
+def run_prepare(*args: str, python_args: tuple[str, ...] = (), **kwargs):
+  return subprocess.run([sys.executable, *python_args, '-m', 'alexnet_jax.prepare', *args],
+                        cwd=REPO, env=launch_env(), capture_output=True, text=True, **kwargs)
+
+
+class PrepareFaultTest(parameterized.TestCase):
+
+  def test_full_disk_is_one_line_and_leaves_no_temporary_file(self):
+    disk = self.create_tempdir().full_path
+    # Room for the work files but not for the first shard (about 1 MB of 72-px JPEGs).
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', disk],
+                             capture_output=True, check=False).returncode == 0
+    if mounted:
+      self.addCleanup(subprocess.run, ['umount', '-l', disk], check=False)
+    output = os.path.join(disk, 'out')
+    proc = run_prepare('--source=digits', f'--output={output}', '--image_size=72',
+                       python_args=() if mounted else ('-c', FULL_DISK_PREPARE), timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertNotIn('Traceback', proc.stderr)
+    lines = message_lines(proc.stderr + proc.stdout)
+    self.assertLen(lines, 1, proc.stderr[-3000:])
+    self.assertRegex(lines[0], rf'^error: cannot write {output}/_partial/train-00000\.'
+                     r'array_record\.tmp \(no space left on the device, [\d.,]+ MiB free there\)$')
+    left = sorted(os.path.relpath(os.path.join(d, n), output)
+                  for d, _, names in os.walk(output) for n in names)
+    self.assertEqual(left, ['.prepare.lock', '_partial/run.json'], 'temporary files left')
+
+  @parameterized.parameters(1, 2)
+  def test_ctrl_c_then_rerun_gives_the_same_dataset(self, workers):
+    """Ctrl-C (to the whole process group, workers too) mid-way; the rerun finishes the job.
+
+    In one process the part being converted is abandoned and its files removed; with
+    worker processes, the parts they were given still finish.
+    """
+    output = os.path.join(self.create_tempdir().full_path, 'out')
+    args = ['--source=digits', f'--output={output}', '--image_size=72', f'--workers={workers}']
+    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', *args], cwd=REPO,
+                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+      partial = os.path.join(output, '_partial')
+      deadline = time.time() + 240
+      while time.time() < deadline and proc.poll() is None:
+        if glob.glob(os.path.join(partial, '*-0000?.json')):  # a part is done: workers run
+          break
+        time.sleep(0.01)
+      os.killpg(proc.pid, signal.SIGINT)
+      out, err = proc.communicate(timeout=240)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    self.assertEqual(proc.returncode, 130, err[-3000:])
+    self.assertNotIn('Traceback', err)
+    lines = message_lines(err + out)
+    self.assertLen(lines, 1, err[-3000:])
+    done = '[123]' if workers == 1 else '[1234]'
+    self.assertRegex(lines[0], rf'^interrupted: Ctrl-C; {done} of 4 parts are finished and kept '
+                     rf'in {partial} \(unfinished files removed\): rerun the same command to '
+                     r'continue$')
+    self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
+    self.assertEqual([n for n in os.listdir(partial) if n.endswith('.tmp')], [])
+    proc = run_prepare(*args, timeout=300)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    # Byte for byte the dataset an uninterrupted preparation made (one worker, no Ctrl-C).
+    reference = test_train.digits_dir()
+    ours, theirs = folder_digest(output), folder_digest(reference)
+    for digests in (ours, theirs):
+      digests.pop('dataset.json')
+    self.assertEqual(ours, theirs)
+    with open(os.path.join(output, 'dataset.json')) as f, \
+        open(os.path.join(reference, 'dataset.json')) as g:
+      mine, other = json.load(f), json.load(g)
+    for description in (mine, other):
+      description.pop('report')
+    self.assertEqual(mine, other)
+
+  def test_ctrl_c_while_workers_start_is_one_line(self):
+    """Ctrl-C while the worker processes are still importing the program: no traceback.
+
+    A spawned worker imports alexnet_jax.prepare before it can ignore Ctrl-C; the
+    signal that reaches the process group then must not surface from that import.
+    """
+    output = os.path.join(self.create_tempdir().full_path, 'out')
+    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', '--source=digits',
+                             f'--output={output}', '--image_size=72', '--workers=2'], cwd=REPO,
+                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+      # Both workers' Python is up (it catches SIGINT) and importing the program.
+      importing = lambda: [p for p in spawned_workers(proc.pid) if catches_sigint(p)]
+      deadline = time.time() + 240
+      while time.time() < deadline and proc.poll() is None and len(importing()) < 2:
+        time.sleep(0.005)
+      self.assertLen(importing(), 2, 'the workers never started')
+      os.killpg(proc.pid, signal.SIGINT)
+      out, err = proc.communicate(timeout=240)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    self.assertEqual(proc.returncode, 130, err[-3000:])
+    self.assertNotIn('Traceback', err)
+    lines = message_lines(err + out)
+    self.assertLen(lines, 1, err[-3000:])
+    self.assertRegex(lines[0], r'^interrupted: Ctrl-C; [0-4] of 4 parts are finished and kept in ')
+    self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
+
+
+def spawned_workers(parent: int) -> list[int]:
+  """Pids of the multiprocessing 'spawn' children of process `parent` (from /proc)."""
+  found = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        cmdline = f.read()
+    except (OSError, IndexError, ValueError):
+      continue  # the process ended meanwhile
+    if ppid == parent and b'spawn_main' in cmdline:
+      found.append(int(entry))
+  return found
+
+
+def catches_sigint(pid: int) -> bool:
+  """Whether process `pid` has a handler of its own for SIGINT (SigCgt in /proc)."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      caught = next(line for line in f if line.startswith('SigCgt:')).split()[1]
+  except (OSError, StopIteration):
+    return False
+  return bool(int(caught, 16) >> (signal.SIGINT - 1) & 1)
+
+
+class ReadOnlyWorkdirTest(FaultTestCase):
+
+  def test_plot_on_a_read_only_workdir(self):
+    """One line pointing at --plots_dir, which then writes the figures elsewhere."""
+    workdir = self.copy_of_reference()
+    mounted = subprocess.run(['mount', '--bind', '-o', 'ro', workdir, workdir],
+                             capture_output=True, check=False).returncode == 0
+    if mounted:
+      self.addCleanup(subprocess.run, ['umount', '-l', workdir], check=False)
+    elif os.geteuid() != 0:
+      for dirpath, _, _ in os.walk(workdir):
+        os.chmod(dirpath, 0o555)
+    else:
+      self.skipTest('as root without the right to mount, nothing is read-only')
+    before = folder_digest(workdir)
+    command = [sys.executable, '-m', 'alexnet_jax.plot', f'--workdir={workdir}', '--max_train=64']
+    proc = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True,
+                          timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertNotIn('Traceback', proc.stderr)
+    plots = os.path.join(workdir, 'plots')
+    reason = 'Read-only file system' if mounted else 'Permission denied'
+    self.assertEqual(message_lines(proc.stderr + proc.stdout), [
+        f'error: cannot write the figures into {plots} ({reason}); pass --plots_dir=DIR to '
+        'write them elsewhere'])
+    elsewhere = os.path.join(self.create_tempdir().full_path, 'figures')
+    proc = subprocess.run(command + [f'--plots_dir={elsewhere}'], cwd=REPO, env=launch_env(),
+                          capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn('training_curves.png', os.listdir(elsewhere))
+    self.assertEqual(folder_digest(workdir), before)
 
 
 class DeterminismTest(FaultTestCase):
