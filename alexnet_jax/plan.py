@@ -138,6 +138,7 @@ class Plan:
   dtype: str
   dtype_note: str
   num_threads: int  # decoder threads per host
+  worker_count: int  # grain worker processes per host (0: the threads alone)
   threads_note: str
   global_batch: int
   batch_per_process: int  # images each process reads per step
@@ -275,6 +276,8 @@ def _choice_notes(raw: ml_collections.ConfigDict, platform: str, cores_from: str
                 else 'config.model.dtype')
   threads_note = (f'data.num_threads -1: one per core; {cores_from}' if raw.data.num_threads == -1
                   else 'config.data.num_threads')
+  if raw.data.worker_count == -1:
+    threads_note += f"; data.worker_count -1: {'none' if platform == 'cpu' else 'one'} per core"
   return dtype_note, threads_note
 
 
@@ -377,6 +380,7 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       num_processes=top.processes, mesh_data=data_axis, mesh_model=model_axis,
       mesh_note=sharding.mesh_shape(config.mesh, mesh.size, config.model).note,
       dtype=str(config.model.dtype), dtype_note=dtype_note, num_threads=config.data.num_threads,
+      worker_count=config.data.worker_count,
       threads_note=threads_note, global_batch=config.batch_size,
       batch_per_process=config.batch_size // top.batch_slices,
       batch_per_device=batch_per_device, data_note=data_note, train_examples=train_n,
@@ -439,7 +443,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f'  {plan.mesh_note}')
   lines += [
       f'  compute dtype {plan.dtype} ({plan.dtype_note}); parameters stay float32',
-      f'  decoder threads per host: {plan.num_threads} ({plan.threads_note})',
+      f'  decoder threads per host: {plan.num_threads}, worker processes: {plan.worker_count} '
+      f'({plan.threads_note})',
       f'batch: global {plan.global_batch}, per process {plan.batch_per_process}, '
       f'per device {plan.batch_per_device}',
       f'data: {plan.data_note}',
