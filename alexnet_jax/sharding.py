@@ -136,13 +136,6 @@ def mesh_shape(mesh_config: Any, num_devices: int, model_config: Any = None) -> 
   return MeshShape(data, model, note)
 
 
-def resolve_mesh_shape(mesh_config: Any, num_devices: int,
-                       model_config: Any = None) -> tuple[int, int]:
-  """(data, model) sizes from `config.mesh` over `num_devices` (see mesh_shape)."""
-  shape = mesh_shape(mesh_config, num_devices, model_config)
-  return shape.data, shape.model
-
-
 def check_model_axis(model_config: Any, model_axis: int) -> None:
   """Raises ValueError unless a `model` axis of this size splits the network cleanly.
 
