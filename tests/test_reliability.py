@@ -697,21 +697,27 @@ class ReadOnlyWorkdirTest(FaultTestCase):
     workdir = self.copy_of_reference()
     mounted = subprocess.run(['mount', '--bind', '-o', 'ro', workdir, workdir],
                              capture_output=True, check=False).returncode == 0
+    plots = os.path.join(workdir, 'plots')
     if mounted:
       self.addCleanup(subprocess.run, ['umount', '-l', workdir], check=False)
+      reason = 'Read-only file system'
     elif os.geteuid() != 0:
       for dirpath, _, _ in os.walk(workdir):
         os.chmod(dirpath, 0o555)
+      reason = 'Permission denied'
     else:
-      self.skipTest('as root without the right to mount, nothing is read-only')
+      # Root without the right to mount writes through any mode bits: a file where the
+      # plots folder should be stands in for the unwritable folder (the same OSError path).
+      shutil.rmtree(plots, ignore_errors=True)
+      with open(plots, 'w') as f:
+        f.write('not a folder')
+      reason = 'File exists'
     before = folder_digest(workdir)
     command = [sys.executable, '-m', 'alexnet_jax.plot', f'--workdir={workdir}', '--max_train=64']
     proc = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True,
                           timeout=300)
     self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
     self.assertNotIn('Traceback', proc.stderr)
-    plots = os.path.join(workdir, 'plots')
-    reason = 'Read-only file system' if mounted else 'Permission denied'
     self.assertEqual(message_lines(proc.stderr + proc.stdout), [
         f'error: cannot write the figures into {plots} ({reason}); pass --plots_dir=DIR to '
         'write them elsewhere'])
