@@ -346,19 +346,9 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
 
   info, train_n, data_note = _read_dataset(config, target)
   exp = experiment.setup(config, info, mesh=mesh)
-  shapes, shardings = exp.state_shapes, exp.state_shardings
-  param_rows = sharding.sharding_plan(shapes.params, shardings.params)
-  param_bytes = sum(r.shard_bytes for r in param_rows)
   batch_per_device = config.batch_size // data_axis
-  crop = config.data.crop_size
-  splits = output_splits(exp.rules, dict(mesh.shape))
-  memory = Memory(
-      params=param_bytes, gradients=param_bytes,
-      opt_state=sharding.bytes_per_device(shapes.opt_state, shardings.opt_state),
-      activations=activation_bytes(exp.model, crop, batch_per_device, splits),
-      activations_per_image=activation_bytes(exp.model, crop, 1, splits))
-
-  flops_per_image = training_flops_per_image(exp.model, crop)
+  param_rows, memory = _memory(exp, batch_per_device)
+  flops_per_image = training_flops_per_image(exp.model, config.data.crop_size)
   images_per_sec, speed_note = _speed(target, mesh.size, flops_per_image)
   spe = steps = per_host = epoch_flops = None
   not_computed = []
@@ -392,6 +382,21 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       shards=param_rows, whole_note=_whole_note(config, exp), not_computed=tuple(not_computed))
   check_memory(plan)
   return plan
+
+
+def _memory(exp: experiment.Experiment, batch_per_device: int
+            ) -> tuple[list[sharding.ShardInfo], Memory]:
+  """The weights' shard table and the bytes one device holds at this per-device batch."""
+  shapes, shardings = exp.state_shapes, exp.state_shardings
+  param_rows = sharding.sharding_plan(shapes.params, shardings.params)
+  param_bytes = sum(r.shard_bytes for r in param_rows)
+  crop = exp.config.data.crop_size
+  splits = output_splits(exp.rules, dict(exp.mesh.shape))
+  return param_rows, Memory(
+      params=param_bytes, gradients=param_bytes,
+      opt_state=sharding.bytes_per_device(shapes.opt_state, shardings.opt_state),
+      activations=activation_bytes(exp.model, crop, batch_per_device, splits),
+      activations_per_image=activation_bytes(exp.model, crop, 1, splits))
 
 
 def check_memory(plan: Plan) -> None:
@@ -428,6 +433,26 @@ def _duration(seconds: float) -> str:
   return f'{progress.format_duration(seconds)} ({seconds:,.0f} s)'
 
 
+def _memory_lines(plan: Plan) -> list[str]:
+  """The parameter count and what one device holds, against the device memory if given."""
+  m = plan.memory
+  lines = [
+      f'parameters: {plan.param_count:,}',
+      'memory per device:',
+      f'  params          {m.params:>16,} bytes ({_mib(m.params)})',
+      f'  gradients       {m.gradients:>16,} bytes ({_mib(m.gradients)})',
+      f'  optimizer state {m.opt_state:>16,} bytes ({_mib(m.opt_state)})',
+      f'  activations     {m.activations:>16,} bytes ({_mib(m.activations)}; estimate: '
+      f'{plan.batch_per_device} images per device x {m.activations_per_image:,} bytes, '
+      f'{plan.dtype})',
+      f'  total           {m.total:>16,} bytes ({_size(m.total)})',
+  ]
+  if plan.device_memory is not None:
+    lines.append(f'  fits in --plan_device_memory_gib={plan.device_memory_gib:g}; the largest '
+                 f'per-device batch that fits is {m.largest_batch(plan.device_memory)}')
+  return lines
+
+
 def format_plan(plan: Plan) -> str:
   lines = []
   if plan.planned:
@@ -456,21 +481,7 @@ def format_plan(plan: Plan) -> str:
         f'  steps per epoch {plan.steps_per_epoch}, total steps {plan.total_steps}',
         f'  each process reads {plan.train_examples_per_host_epoch} train images per epoch',
     ]
-  m = plan.memory
-  lines += [
-      f'parameters: {plan.param_count:,}',
-      'memory per device:',
-      f'  params          {m.params:>16,} bytes ({_mib(m.params)})',
-      f'  gradients       {m.gradients:>16,} bytes ({_mib(m.gradients)})',
-      f'  optimizer state {m.opt_state:>16,} bytes ({_mib(m.opt_state)})',
-      f'  activations     {m.activations:>16,} bytes ({_mib(m.activations)}; estimate: '
-      f'{plan.batch_per_device} images per device x {m.activations_per_image:,} bytes, '
-      f'{plan.dtype})',
-      f'  total           {m.total:>16,} bytes ({_size(m.total)})',
-  ]
-  if plan.device_memory is not None:
-    lines.append(f'  fits in --plan_device_memory_gib={plan.device_memory_gib:g}; the largest '
-                 f'per-device batch that fits is {m.largest_batch(plan.device_memory)}')
+  lines += _memory_lines(plan)
   work = (f'work: {plan.flops_per_image:,} FLOP per training image (3 x 2 x the forward '
           'multiply-adds)')
   if plan.epoch_flops is not None:

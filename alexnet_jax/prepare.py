@@ -500,6 +500,61 @@ def _verify_shard(path: str, checksums: Sequence[int]) -> None:
     reader.close()
 
 
+@dataclasses.dataclass
+class _Written:
+  """What one part's shard holds: its images per label, what was skipped, the checks."""
+  stats: _Stats | None  # training parts only
+  label_counts: dict[int, int] = dataclasses.field(default_factory=dict)
+  skipped: list[list[str]] = dataclasses.field(default_factory=list)
+  checksums: list[int] = dataclasses.field(default_factory=list)  # CRC-32 per record
+  rotated: int = 0  # photos turned upright by their EXIF orientation
+
+
+def _write_shard(part: _Part, path: str, image_size: int, jpeg_quality: int,
+                 strict: bool) -> _Written:
+  """Converts the part's images into the ArrayRecord file `path`."""
+  written = _Written(_Stats(image_size) if part.split == 'train' else None)
+  writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
+  try:
+    for key, label, payload in _iter_part(part):
+      try:
+        pixels, turned = _convert(payload, image_size)
+      except Exception as e:  # pylint: disable=broad-except
+        # PIL signals bad data with many types (OSError, SyntaxError, ValueError, ...).
+        reason = f'{type(e).__name__}: {e}'
+        if strict:
+          raise errors.InputError(f'cannot decode {key} ({reason}); run without --strict to '
+                                  'skip such files and list them in the report') from e
+        written.skipped.append([key, reason])
+        continue
+      written.rotated += turned
+      jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
+      record = dataset_format.encode_record(label, jpeg)
+      writer.write(record)
+      written.checksums.append(zlib.crc32(record))
+      written.label_counts[label] = written.label_counts.get(label, 0) + 1
+      if written.stats is not None:
+        # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
+        written.stats.add(codecs.decode(jpeg))
+  finally:
+    writer.close()  # Writes the last chunk and the index: a full disk may fail only here.
+  return written
+
+
+def _part_failure(error: BaseException, work_dir: str, writing: str) -> BaseException:
+  """The error to raise for a failed part: a user error as it is, a failed read or write
+  as one line, anything else (a bug, Ctrl-C) unchanged."""
+  if isinstance(error, errors.UserError):
+    return error
+  if (isinstance(error, OSError) and error.filename
+      and not os.fspath(error.filename).startswith(work_dir)):
+    return errors.UserError(f'cannot read {error.filename} ({error.strerror})')
+  if isinstance(error, (OSError, RuntimeError)):
+    # A failed write: array_record reports it as a RuntimeError naming the file.
+    return write_error(writing, error)
+  return error
+
+
 def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
               strict: bool) -> dict[str, Any]:
   """Converts one part into work_dir/<name>.array_record (+ .npz sums, + .json).
@@ -511,62 +566,32 @@ def _run_part(part: _Part, work_dir: str, image_size: int, jpeg_quality: int,
   """
   shard = os.path.join(work_dir, part.name + '.array_record')
   sums_file = os.path.join(work_dir, part.name + '.npz')
-  unfinished = [shard + '.tmp', sums_file]
   writing = shard + '.tmp'
   try:
-    writer = array_record_module.ArrayRecordWriter(writing, WRITER_OPTIONS)
-    stats = _Stats(image_size) if part.split == 'train' else None
-    label_counts: dict[int, int] = {}
-    skipped, checksums, rotated = [], [], 0
-    try:
-      for key, label, payload in _iter_part(part):
-        try:
-          pixels, turned = _convert(payload, image_size)
-        except Exception as e:  # pylint: disable=broad-except
-          # PIL signals bad data with many types (OSError, SyntaxError, ValueError, ...).
-          reason = f'{type(e).__name__}: {e}'
-          if strict:
-            raise errors.InputError(f'cannot decode {key} ({reason}); run without --strict to '
-                                    'skip such files and list them in the report') from e
-          skipped.append([key, reason])
-          continue
-        rotated += turned
-        jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
-        record = dataset_format.encode_record(label, jpeg)
-        writer.write(record)
-        checksums.append(zlib.crc32(record))
-        label_counts[label] = label_counts.get(label, 0) + 1
-        if stats is not None:
-          # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
-          stats.add(codecs.decode(jpeg))
-    finally:
-      writer.close()  # Writes the last chunk and the index: a full disk may fail only here.
-    _verify_shard(writing, checksums)
+    written = _write_shard(part, writing, image_size, jpeg_quality, strict)
+    _verify_shard(writing, written.checksums)
     size = os.path.getsize(writing)
     os.replace(writing, shard)
     writing = sums_file
-    if stats is not None:
+    if written.stats is not None:
       with open(sums_file, 'wb') as f:
-        np.savez(f, pixel_sum=stats.pixel_sum, outer_sum=stats.outer_sum,
-                 count=stats.count)
-    result = {'split': part.split, 'index': part.index,
-              'converted': sum(label_counts.values()),
-              'images': sum(label_counts.values()), 'rotated': rotated, 'bytes': size,
-              'label_counts': sorted(label_counts.items()), 'skipped': skipped}
+        np.savez(f, pixel_sum=written.stats.pixel_sum, outer_sum=written.stats.outer_sum,
+                 count=written.stats.count)
+    images = sum(written.label_counts.values())
+    result = {'split': part.split, 'index': part.index, 'converted': images,
+              'images': images, 'rotated': written.rotated, 'bytes': size,
+              'label_counts': sorted(written.label_counts.items()),
+              'skipped': written.skipped}
     writing = os.path.join(work_dir, part.name + '.json')
     _write_json(writing, result)
   except BaseException as e:
-    for path in unfinished:
+    for path in (shard + '.tmp', sums_file):
       with contextlib.suppress(OSError):
         os.remove(path)
-    if isinstance(e, errors.UserError):
+    failure = _part_failure(e, work_dir, writing)
+    if failure is e:
       raise
-    if isinstance(e, OSError) and e.filename and not os.fspath(e.filename).startswith(work_dir):
-      raise errors.UserError(f'cannot read {e.filename} ({e.strerror})') from e
-    if isinstance(e, (OSError, RuntimeError)):
-      # A failed write: array_record reports it as a RuntimeError naming the file.
-      raise write_error(writing, e) from e
-    raise
+    raise failure from e
   return result
 
 
@@ -660,11 +685,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
             progress: bool = True) -> dict[str, Any]:
   """Prepares `source` into `output` (see the module docstring); returns the report.
 
-  (Long only by its argument list; the work is in the helpers it calls.)
-
-  A complete `output` is left as it is (report['noop'] is True). An incomplete one
-  from an interrupted run with the same settings is resumed; one with other settings
-  is restarted.
+  A complete `output` is left as it is (report['noop'] is True). An incomplete one from
+  an interrupted run with the same settings is resumed; one with others is restarted.
 
   Args:
     source: official-tars folder, ImageFolder root, or 'digits'.
@@ -674,9 +696,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     workers: processes converting parts in parallel (1: in this process).
     jpeg_quality: quality of the re-encoded JPEGs.
     progress: print a progress line with ETA.
-
-  Raises:
-    FileNotFoundError, ValueError: unusable source or output, with a one-line reason.
+  Raises errors.UserError (one line) for an unusable source or output.
   """
   if image_size < 8:
     raise errors.InputError(f'image_size must be at least 8, got {image_size}')
@@ -685,12 +705,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   if source == 'tfds':
     return prepare_tfds_stats(output, image_size=image_size, workers=workers,
                               progress=progress)
-  if not 1 <= jpeg_quality <= 100:
-    raise errors.InputError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.InputError(f'output {output} exists and is not a folder')
-  _check_output_outside(source, output)
+  output = _checked_output(source, output, jpeg_quality)
   description = dataset_format.read_dataset_json(output)
   if description is not None and dataset_format.is_complete(output):
     return _noop_report(output, description, image_size, source)
@@ -708,25 +723,13 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
       return _noop_report(output, description, image_size, source)  # another process made it
     _check_output_usable(output)
     work_dir = os.path.join(output, PARTIAL_DIR)
-    run = {'source': plan.source, 'kind': plan.kind, 'image_size': image_size,
-           'jpeg_quality': jpeg_quality, 'parts': [p.name for p in plan.parts]}
-    run_file = os.path.join(work_dir, 'run.json')
-    if os.path.isdir(work_dir):
-      with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), \
-          open(run_file) as f:
-        if json.load(f) != run:
-          logging.info('restarting: %s holds parts of another preparation', work_dir)
-          shutil.rmtree(work_dir)
-    try:
-      os.makedirs(work_dir, exist_ok=True)
-      _write_json(run_file, run)
-    except OSError as e:
-      raise write_error(run_file, e) from e
-
-    done = {p.name for p in plan.parts if _part_done(work_dir, p)}
-    todo = [p for p in plan.parts if p.name not in done]
-    if done:
-      logging.info('resuming: %d of %d parts already done', len(done), len(plan.parts))
+    _open_work_dir(work_dir, {'source': plan.source, 'kind': plan.kind,
+                              'image_size': image_size, 'jpeg_quality': jpeg_quality,
+                              'parts': [p.name for p in plan.parts]})
+    todo = [p for p in plan.parts if not _part_done(work_dir, p)]
+    if len(todo) < len(plan.parts):
+      logging.info('resuming: %d of %d parts already done', len(plan.parts) - len(todo),
+                   len(plan.parts))
     try:
       _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
       return _finish(plan, output, work_dir, image_size, jpeg_quality, workers,
@@ -738,8 +741,34 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
           '(unfinished files removed): rerun the same command to continue') from None
 
 
+def _open_work_dir(work_dir: str, run: dict[str, Any]) -> None:
+  """Creates the folder of unfinished parts, emptied first if it holds another preparation's."""
+  run_file = os.path.join(work_dir, 'run.json')
+  if os.path.isdir(work_dir):
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError), open(run_file) as f:
+      if json.load(f) != run:
+        logging.info('restarting: %s holds parts of another preparation', work_dir)
+        shutil.rmtree(work_dir)
+  try:
+    os.makedirs(work_dir, exist_ok=True)
+    _write_json(run_file, run)
+  except OSError as e:
+    raise write_error(run_file, e) from e
+
+
 def _part_done(work_dir: str, part: _Part) -> bool:
   return os.path.isfile(os.path.join(work_dir, part.name + '.json'))
+
+
+def _checked_output(source: str, output: str, jpeg_quality: int) -> str:
+  """The output folder as an absolute path, once it and the JPEG quality are usable."""
+  if not 1 <= jpeg_quality <= 100:
+    raise errors.InputError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise errors.InputError(f'output {output} exists and is not a folder')
+  _check_output_outside(source, output)
+  return output
 
 
 def _check_output_outside(source: str, output: str) -> None:
