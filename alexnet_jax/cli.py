@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 
 from alexnet_jax import errors
+from alexnet_jax import platform
 
 # Set to 1 to see the traceback above a user error's one line (for reporting bugs).
 TRACEBACK_ENV = 'ALEXNET_JAX_TRACEBACK'
@@ -119,6 +120,19 @@ def start_backend() -> None:
         f'JAX cannot start the platform JAX_PLATFORMS={asked} asks for on this machine (no such '
         'device, or jax not installed for it); unset JAX_PLATFORMS to use what is here, or '
         'install jax for the accelerator (requirements-cuda.txt, requirements-tpu.txt)') from e
+
+
+def start_reader() -> None:
+  """The start of a command that reads a run (predict, plot, evaluate).
+
+  The XLA:CPU options go in before JAX's backend starts; the backend starts
+  now (a missing platform is one line); orbax's INFO line for every array read
+  is kept off the console unless --verbosity asks for it.
+  """
+  platform.configure_xla_cpu()
+  start_backend()
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:

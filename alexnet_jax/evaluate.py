@@ -50,7 +50,6 @@ from alexnet_jax import experiment
 from alexnet_jax import fileio
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import platform
 from alexnet_jax import predict
 from alexnet_jax import sharding
 from alexnet_jax import step as step_lib
@@ -414,10 +413,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  platform.configure_xla_cpu()  # before anything starts JAX's backend
-  cli.start_backend()
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
+  cli.start_reader()
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
   options = dict(step=FLAGS.step, crops=crops, split=FLAGS.split, data_dir=FLAGS.data_dir,
                  force=FLAGS.force)

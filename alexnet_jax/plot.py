@@ -30,7 +30,6 @@ from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
-from alexnet_jax import platform
 from alexnet_jax import predict
 
 
@@ -136,10 +135,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  platform.configure_xla_cpu()  # before anything starts JAX's backend
-  cli.start_backend()
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
+  cli.start_reader()
   outcomes = write_plots(FLAGS.workdir, step=FLAGS.step, max_train=FLAGS.max_train,
                          num_queries=FLAGS.queries, num_neighbours=FLAGS.neighbours,
                          plots_dir=FLAGS.plots_dir)

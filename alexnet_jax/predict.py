@@ -29,7 +29,6 @@ from typing import Any, Sequence, Union
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,7 +44,6 @@ from alexnet_jax import config_lib
 from alexnet_jax import experiment
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import platform
 from alexnet_jax import step as step_lib
 from alexnet_jax import workdir as workdir_lib
 
@@ -330,10 +328,7 @@ def main(argv: Sequence[str]) -> None:
   images = list(argv[1:])
   if not images:
     raise app.UsageError('give one or more image files after the flags')
-  platform.configure_xla_cpu()  # before anything starts JAX's backend
-  cli.start_backend()
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax reports every read at INFO
+  cli.start_reader()
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
   run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
   crops = run.config.final_eval_crops if crops is None else crops
