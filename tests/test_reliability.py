@@ -591,21 +591,9 @@ class PrepareFaultTest(parameterized.TestCase):
     """
     output = os.path.join(self.create_tempdir().full_path, 'out')
     args = ['--source=digits', f'--output={output}', '--image_size=72', f'--workers={workers}']
-    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', *args], cwd=REPO,
-                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-      partial = os.path.join(output, '_partial')
-      deadline = time.time() + 240
-      while time.time() < deadline and proc.poll() is None:
-        if glob.glob(os.path.join(partial, '*-0000?.json')):  # a part is done: workers run
-          break
-        time.sleep(0.01)
-      os.killpg(proc.pid, signal.SIGINT)
-      out, err = proc.communicate(timeout=240)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
+    partial = os.path.join(output, '_partial')
+    proc, out, err = ctrl_c_prepare(  # once a part is done: the workers run
+        args, lambda _: bool(glob.glob(os.path.join(partial, '*-0000?.json'))))
     self.assertEqual(proc.returncode, 130, err[-3000:])
     self.assertNotIn('Traceback', err)
     lines = message_lines(err + out)
@@ -638,28 +626,39 @@ class PrepareFaultTest(parameterized.TestCase):
     signal that reaches the process group then must not surface from that import.
     """
     output = os.path.join(self.create_tempdir().full_path, 'out')
-    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', '--source=digits',
-                             f'--output={output}', '--image_size=72', '--workers=2'], cwd=REPO,
-                            env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-      # Both workers' Python is up (it catches SIGINT) and importing the program.
-      importing = lambda: [p for p in spawned_workers(proc.pid) if catches_sigint(p)]
-      deadline = time.time() + 240
-      while time.time() < deadline and proc.poll() is None and len(importing()) < 2:
-        time.sleep(0.005)
-      self.assertLen(importing(), 2, 'the workers never started')
-      os.killpg(proc.pid, signal.SIGINT)
-      out, err = proc.communicate(timeout=240)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
+    # Both workers' Python is up (it catches SIGINT) and importing the program.
+    importing = lambda pid: [p for p in spawned_workers(pid) if catches_sigint(p)]
+    started = []
+    proc, out, err = ctrl_c_prepare(
+        ['--source=digits', f'--output={output}', '--image_size=72', '--workers=2'],
+        lambda pid: started.append(len(importing(pid))) or started[-1] >= 2)
+    self.assertEqual(max(started, default=0), 2, 'the workers never started')
     self.assertEqual(proc.returncode, 130, err[-3000:])
     self.assertNotIn('Traceback', err)
     lines = message_lines(err + out)
     self.assertLen(lines, 1, err[-3000:])
     self.assertRegex(lines[0], r'^interrupted: Ctrl-C; [0-4] of 4 parts are finished and kept in ')
     self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
+
+
+def ctrl_c_prepare(args: list[str], ready) -> tuple[subprocess.Popen, str, str]:
+  """Runs prepare in its own process group; Ctrl-C to the group once `ready(pid)` (or exit).
+
+  Returns the finished process and its stdout and stderr.
+  """
+  proc = subprocess.Popen([sys.executable, '-m', 'alexnet_jax.prepare', *args], cwd=REPO,
+                          env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not ready(proc.pid):
+      time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc, out, err
 
 
 def spawned_workers(parent: int) -> list[int]:
