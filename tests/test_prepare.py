@@ -378,16 +378,20 @@ class ImageFolderTest(_StatsAssertions):
   def test_statistics_match_numpy(self):
     self.assert_stats_match(self.output, read_split(self.output, 'train')[0])
 
-  def test_workers_give_identical_files(self):
-    output = os.path.join(self.tmp, 'parallel')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
-      prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
+  def assert_same_files(self, output: str) -> None:
+    """The shards and statistics in `output` are byte for byte those of self.output."""
     names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
     self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
     for name in names + [dataset_format.STATS_FILE]:
       with open(os.path.join(self.output, name), 'rb') as a, \
           open(os.path.join(output, name), 'rb') as b:
         self.assertEqual(a.read(), b.read(), name)
+
+  def test_workers_give_identical_files(self):
+    output = os.path.join(self.tmp, 'parallel')
+    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+      prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
+    self.assert_same_files(output)
 
   def test_without_tensorflow_datasets(self):
     # An ImageFolder needs no ImageNet label file: the same dataset, byte for byte.
@@ -396,12 +400,7 @@ class ImageFolderTest(_StatsAssertions):
     with mock.patch.object(prepare, 'FILES_PER_PART', 4), \
         mock.patch.object(prepare, 'imagenet_wnids', side_effect=missing):
       prepare.prepare(self.source, output, image_size=SIZE, progress=False)
-    names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
-    self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
-    for name in names + [dataset_format.STATS_FILE]:
-      with open(os.path.join(self.output, name), 'rb') as a, \
-          open(os.path.join(output, name), 'rb') as b:
-        self.assertEqual(a.read(), b.read(), name)
+    self.assert_same_files(output)
     with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
       self.assertEqual(json.load(f)['class_names'], ['cat', 'dog', 'emu'])
 
