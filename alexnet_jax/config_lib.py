@@ -8,11 +8,13 @@ the config they are given.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
@@ -20,18 +22,113 @@ from alexnet_jax import optim
 from alexnet_jax import sharding
 
 
+# Feeding the step (docs/design.md, "Input pipeline on a GPU host"): what one core of the
+# train pipeline does, measured with benchmarks/input_pipeline.py on prepared 256x256
+# shards (benchmarks/README.md, section 3), and the step it must keep up with.
+RECORD_SECONDS = 359e-6  # one record on one thread: read, decode, crop, flip, lighting, batch
+GIL_SECONDS = 68e-6  # of which the GIL is held: the same pipeline with the decoder stubbed
+PROCESS_EFFICIENCY = 0.57  # N worker processes against N x one thread (H200 host, 16 cores)
+# Train-step images/s per device of the paper net by per-device batch (docs/design.md,
+# "Step rates"): CPU the quiet float32 row; GPU one H200 in bfloat16. TPU: not measured,
+# the H200's figures stand in. Between batches: linear; outside: the nearest.
+STEP_IMAGES_PER_SEC = {
+    'cpu': ((64, 27.5),),
+    'gpu': ((128, 23_451.0), (256, 27_235.0), (512, 29_682.0), (1024, 30_747.0)),
+}
+STEP_IMAGES_PER_SEC['tpu'] = STEP_IMAGES_PER_SEC['gpu']
+
+
+def thread_images_per_sec(cores: int) -> float:
+  """Amdahl's projection for `cores` decoder threads: the GIL-held part runs one at a time.
+
+  An upper bound: on the H200 host 16 threads fed 2,623 images/s where this says
+  11,600 (threads waiting for the GIL cost more than the time it is held).
+  """
+  return 1.0 / (GIL_SECONDS + (RECORD_SECONDS - GIL_SECONDS) / cores)
+
+
+def process_images_per_sec(cores: int) -> float:
+  """`cores` worker processes: each decodes on its own GIL, at PROCESS_EFFICIENCY."""
+  return cores * PROCESS_EFFICIENCY / RECORD_SECONDS
+
+
+def step_images_per_sec(platform: str, batch_per_device: int) -> float:
+  """Images/s one device's train step takes at this per-device batch (STEP_IMAGES_PER_SEC)."""
+  batches, rates = zip(*STEP_IMAGES_PER_SEC[platform])
+  return float(np.interp(batch_per_device, batches, rates))
+
+
+@dataclasses.dataclass(frozen=True)
+class Feeding:
+  """The input-pipeline choice of data.worker_count -1 and the figures behind it."""
+  cores: int
+  batch_per_device: int  # images a model replica (a device, or a pair on mesh.model=2) steps on
+  batch_per_process: int  # images one process reads per step
+  threads: float  # images/s `cores` threads project
+  processes: float  # images/s `cores` worker processes project
+  need: float  # images/s the step takes from one process
+
+  @property
+  def use_processes(self) -> bool:
+    return self.threads < self.need
+
+  def describe(self) -> str:
+    choice = (f'data.worker_count -1 chooses {self.cores} worker processes' if self.use_processes
+              else 'data.worker_count -1 chooses threads (no worker processes)')
+    short = ' (short of the step: it will wait for input)' if (
+        max(self.threads, self.processes) < self.need) else ''
+    return (f'input per host: {self.cores} threads project {self.threads:,.0f} images/s, '
+            f'{self.cores} processes {self.processes:,.0f}; the step needs {self.need:,.0f} '
+            f'(batch {self.batch_per_device} per device, {self.batch_per_process} per '
+            f'process): {choice}{short}')
+
+
+def feeding(platform: str, cores: int, batch_per_device: int,
+            batch_per_process: int) -> Feeding:
+  """Threads or worker processes for one process's input (see resolve_auto).
+
+  The step runs step_images_per_sec / batch_per_device steps a second, and each
+  step takes batch_per_process images from this process.
+  """
+  need = step_images_per_sec(platform, batch_per_device) * batch_per_process / batch_per_device
+  return Feeding(cores=cores, batch_per_device=batch_per_device,
+                 batch_per_process=batch_per_process, threads=thread_images_per_sec(cores),
+                 processes=process_images_per_sec(cores), need=need)
+
+
+def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, devices: int,
+                processes: int) -> Feeding:
+  """`feeding` of a config's batch on `devices` devices in `processes` processes.
+
+  The batch is split over the mesh's data axis (all devices when the mesh does not
+  fit these devices: the run refuses it later, with its own message), and over the
+  processes that hold different rows of it (at most one slice per data index).
+  """
+  try:
+    data = sharding.mesh_shape(config.mesh, devices, config.model).data
+  except (errors.InputError, ValueError, TypeError, KeyError, AttributeError):
+    data = devices
+  data = max(1, data)
+  batch_per_device = max(1, int(config.batch_size) // data)
+  slices = max(1, min(processes, data))
+  return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices))
+
+
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
-                 cpu_count: int | None = None) -> ml_collections.ConfigDict:
+                 cpu_count: int | None = None, devices: int | None = None,
+                 processes: int | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` with the settings the program chooses for the hardware filled in.
 
   model.dtype 'auto': bfloat16 compute on GPU/TPU (params stay float32), float32 on
-  CPU, where bfloat16 is slower. data.num_threads -1: one decoder thread per core.
-  data.worker_count -1: one grain worker process per core on GPU/TPU, none on CPU.
-  Threads suffice for a CPU job's few images per second, but on an H200 host 16
-  threads fed 2,600 images/s where 16 processes fed 16,000 (the per-record Python
-  holds the GIL; docs/design.md, "Input pipeline on a GPU host").
-  platform ('cpu', 'gpu', 'tpu') and cpu_count default to this machine's; the dry
-  run passes those of the cluster it plans for, so both use this one rule.
+  CPU, where bfloat16 is slower. data.worker_count -1: one grain worker process per
+  core where `cores` threads cannot keep up with the step (`feeding`: Amdahl's
+  projection of the threads, whose per-record Python holds the GIL, against the
+  step's images/s at the per-device batch times the devices of a process), else 0.
+  On an H200 host 16 threads fed 2,600 images/s where 16 processes fed 16,000
+  (docs/design.md, "Input pipeline on a GPU host"); a CPU's step needs ~30. data.num_threads
+  -1: one decoder thread per core without worker processes, one per worker with them.
+  platform ('cpu', 'gpu', 'tpu'), cpu_count, devices and processes default to this
+  machine's; the dry run passes those of the cluster it plans for, so both use this one rule.
   """
   values = config.to_dict()
   values['mesh']['model'] = _mesh_size(values['mesh'].get('model'))
@@ -40,10 +137,13 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
     config.model.dtype = 'float32' if platform == 'cpu' else 'bfloat16'
-  if config.data.num_threads == -1:
-    config.data.num_threads = cores
   if config.data.worker_count == -1:
-    config.data.worker_count = 0 if platform == 'cpu' else cores
+    feed = feeding_for(config, platform, cores,
+                       jax.device_count() if devices is None else devices,
+                       jax.process_count() if processes is None else processes)
+    config.data.worker_count = cores if feed.use_processes else 0
+  if config.data.num_threads == -1:
+    config.data.num_threads = 1 if config.data.worker_count > 0 else cores
   return config
 
 
@@ -122,8 +222,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def load(config: ml_collections.ConfigDict, *, platform: str | None = None,
-         cpu_count: int | None = None) -> ml_collections.ConfigDict:
+         cpu_count: int | None = None, devices: int | None = None,
+         processes: int | None = None) -> ml_collections.ConfigDict:
   """resolve_auto, then validate: the config an entry point works with."""
-  config = resolve_auto(config, platform=platform, cpu_count=cpu_count)
+  config = resolve_auto(config, platform=platform, cpu_count=cpu_count, devices=devices,
+                        processes=processes)
   validate(config)
   return config

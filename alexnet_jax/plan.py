@@ -140,6 +140,7 @@ class Plan:
   num_threads: int  # decoder threads per host
   worker_count: int  # grain worker processes per host (0: the threads alone)
   threads_note: str
+  feeding: config_lib.Feeding  # projected input images/s per host against the step's need
   global_batch: int
   batch_per_process: int  # images each process reads per step
   batch_per_device: int  # images each model replica's device sees per step
@@ -269,15 +270,22 @@ def _read_dataset(config: ml_collections.ConfigDict, target: Target
   return info, info.split_sizes['train'], f'{config.data.source} dataset at {config.data.dir}'
 
 
-def _choice_notes(raw: ml_collections.ConfigDict, platform: str, cores_from: str
-                  ) -> tuple[str, str]:
+def _choice_notes(raw: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                  platform: str, cores_from: str) -> tuple[str, str]:
   """Where the compute dtype and the decoder threads came from, in words."""
   dtype_note = (f"model.dtype 'auto' on {platform}" if raw.model.dtype == 'auto'
                 else 'config.model.dtype')
-  threads_note = (f'data.num_threads -1: one per core; {cores_from}' if raw.data.num_threads == -1
-                  else 'config.data.num_threads')
+  workers = config.data.worker_count > 0
+  if raw.data.num_threads == -1:
+    threads_note = ('data.num_threads -1: one per worker process' if workers
+                    else f'data.num_threads -1: one per core; {cores_from}')
+  else:
+    threads_note = 'config.data.num_threads'
   if raw.data.worker_count == -1:
-    threads_note += f"; data.worker_count -1: {'none' if platform == 'cpu' else 'one'} per core"
+    threads_note += ("; data.worker_count -1: one per core, threads cannot keep up" if workers
+                     else '; data.worker_count -1: none, threads keep up')
+    if workers and raw.data.num_threads == -1:
+      threads_note += f' ({cores_from})'
   return dtype_note, threads_note
 
 
@@ -289,6 +297,7 @@ class _Topology:
   processes: int
   batch_slices: int  # sharding.data_shard's count: slices of each batch over the processes
   cores_from: str  # where the decoder-thread count came from, in words
+  feeding: config_lib.Feeding  # the input projection data.worker_count -1 decided by
 
 
 def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
@@ -297,18 +306,22 @@ def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
     cores = os.cpu_count() or 1
     config = config_lib.load(raw)
     mesh = experiment.create_mesh(config)
+    feed = config_lib.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
+                                  jax.process_count())
     return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
-                     sharding.data_shard(mesh)[1], f"this machine's {cores} cores")
+                     sharding.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
   if target.host_cores is None:
     cores = os.cpu_count() or 1
     cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
   else:
     cores, cores_from = target.host_cores, f'--plan_host_cores={target.host_cores}'
-  config = config_lib.load(raw, platform=target.platform, cpu_count=cores)
-  mesh = experiment.create_abstract_mesh(config, target.devices)
   processes = target.processes or 1
+  config = config_lib.load(raw, platform=target.platform, cpu_count=cores,
+                           devices=target.devices, processes=processes)
+  mesh = experiment.create_abstract_mesh(config, target.devices)
   slices = _planned_batch_split(mesh.shape['data'], mesh.shape['model'], processes)
-  return _Topology(config, mesh, target.platform, processes, slices, cores_from)
+  feed = config_lib.feeding_for(raw, target.platform, cores, target.devices, processes)
+  return _Topology(config, mesh, target.platform, processes, slices, cores_from, feed)
 
 
 def _speed(target: Target, num_devices: int, flops_per_image: int
@@ -342,7 +355,7 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
   top = _topology(config, target)
   raw, config, mesh = config, top.config, top.mesh
   data_axis, model_axis = mesh.shape['data'], mesh.shape['model']
-  dtype_note, threads_note = _choice_notes(raw, top.platform, top.cores_from)
+  dtype_note, threads_note = _choice_notes(raw, config, top.platform, top.cores_from)
 
   info, train_n, data_note = _read_dataset(config, target)
   exp = experiment.setup(config, info, mesh=mesh)
@@ -371,7 +384,7 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       mesh_note=sharding.mesh_shape(config.mesh, mesh.size, config.model).note,
       dtype=str(config.model.dtype), dtype_note=dtype_note, num_threads=config.data.num_threads,
       worker_count=config.data.worker_count,
-      threads_note=threads_note, global_batch=config.batch_size,
+      threads_note=threads_note, feeding=top.feeding, global_batch=config.batch_size,
       batch_per_process=config.batch_size // top.batch_slices,
       batch_per_device=batch_per_device, data_note=data_note, train_examples=train_n,
       val_examples=None if info is None else info.split_sizes.get('val'),
@@ -470,6 +483,7 @@ def format_plan(plan: Plan) -> str:
       f'  compute dtype {plan.dtype} ({plan.dtype_note}); parameters stay float32',
       f'  decoder threads per host: {plan.num_threads}, worker processes: {plan.worker_count} '
       f'({plan.threads_note})',
+      f'  {plan.feeding.describe()}',
       f'batch: global {plan.global_batch}, per process {plan.batch_per_process}, '
       f'per device {plan.batch_per_device}',
       f'data: {plan.data_note}',
@@ -511,7 +525,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, target: Target | No
   target = target or Target()
   plan = build_plan(config, target)
   # The config as the planned run resolves it: its platform decides model.dtype 'auto'.
-  resolved = config_lib.load(config, platform=target.platform, cpu_count=target.host_cores)
+  resolved = config_lib.load(config, platform=target.platform, cpu_count=target.host_cores,
+                             devices=target.devices, processes=target.processes)
   accepted = workdir_lib.check_resume(workdir, resolved)
   resume = bool(checkpoint_lib.finished_steps(workdir))
   print(format_plan(plan))

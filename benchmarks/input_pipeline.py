@@ -24,7 +24,23 @@ the prepared 256x256 JPEGs as files (its resize is then a no-op).
 
 --prepared=DIR skips the generated images and times DIR's train split (the kind
 "prepared" only); --modes picks the measurements (pil_1, grain_1, pil_n, grain_n,
-grain_p); --json writes the rates.
+grain_p, and the GIL modes below); --json writes the rates.
+
+Decoding at scale (docs/design.md, "Input pipeline on a GPU host"): threads share one
+GIL, and only the JPEG decoder releases it. Three more measurements split a record's
+time into the part that holds the GIL and the part that does not:
+  * stub_1: the grain pipeline on one thread with the JPEG decoder replaced by a
+    ready-made image: what is left (record read, parse, rng, crop, flip, lighting,
+    batching) is the per-record work outside the decoder, an upper bound on the
+    GIL-held time (a little of it is numpy copying, which may run without the GIL);
+  * gil_1: the pipeline on one thread while a pure-Python counter thread spins: the
+    counter's lost share of the GIL, times the elapsed time, per record, is the
+    GIL-held time directly (needs a second core for the counter; sys.setswitchinterval
+    is lowered so the two threads trade the GIL quickly);
+  * grain_1p: one worker process (with grain_p, the process scaling).
+and --project_cores=N prints the Amdahl projection for N cores: threads at
+1 / (t_gil + (t_1 - t_gil) / N), t_1 the one-thread time per record; processes at
+N x the one-process rate x the measured efficiency of `cores` processes.
 """
 
 from __future__ import annotations
@@ -34,7 +50,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -60,10 +78,12 @@ _REPEATS = flags.DEFINE_integer('repeats', 2, 'Interleaved rounds; the best coun
 _KEEP = flags.DEFINE_string('keep', '', 'Keep the generated files in this folder.')
 _PREPARED = flags.DEFINE_string('prepared', '', 'Time this prepared dataset instead of '
                                 'generated images (kind "prepared" only).')
-MODES = ('pil_1', 'grain_1', 'pil_n', 'grain_n', 'grain_p')
+MODES = ('pil_1', 'grain_1', 'pil_n', 'grain_n', 'grain_p', 'stub_1', 'gil_1', 'grain_1p')
 _MODES = flags.DEFINE_list('modes', list(MODES), f'Measurements, of {MODES} (grain_p only '
                            'with --processes).')
 _JSON = flags.DEFINE_string('json', '', 'Also write the rates to this JSON file.')
+_PROJECT_CORES = flags.DEFINE_integer('project_cores', 16, 'Cores of the host the Amdahl '
+                                      'projection is for (needs grain_1 and stub_1 or gil_1).')
 
 CLASSES = 8
 
@@ -227,6 +247,125 @@ def measure_pipeline(source: input_pipeline.RecordSource, info_like: dict[str, A
   return rate
 
 
+class _StubbedDecoder:
+  """While active: `codecs.decode` returns one ready-made image instead of decoding."""
+
+  def __init__(self, source: input_pipeline.RecordSource):
+    data, _ = source.parse(source.records[0])
+    self._image = input_pipeline.codecs.decode(data)
+    self._real = input_pipeline.codecs.decode
+
+  def __enter__(self):
+    input_pipeline.codecs.decode = lambda data, min_size=0: self._image
+    return self
+
+  def __exit__(self, *exc):
+    input_pipeline.codecs.decode = self._real
+
+
+def measure_stubbed(source: input_pipeline.RecordSource, info_like: dict[str, Any]) -> float:
+  """Images/s of the one-thread pipeline without the JPEG decoder (see the docstring)."""
+  if source.resize:
+    raise app.UsageError('stub_1 times prepared shards only (full-size images also resize)')
+  with _StubbedDecoder(source):
+    return measure_pipeline(source, info_like, 1, 0)
+
+
+class _Spinner:
+  """A pure-Python counter thread: its counting rate is the share of the GIL it gets."""
+
+  def __init__(self):
+    self.count = 0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._spin, daemon=True)
+
+  def _spin(self) -> None:
+    stop = self._stop.is_set
+    while not stop():
+      self.count += 1
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+
+def spin_rate(seconds: float) -> float:
+  """Counts per second of the counter thread alone (the main thread sleeps)."""
+  with _Spinner() as spinner:
+    time.sleep(0.2)
+    start, first = time.perf_counter(), spinner.count
+    time.sleep(seconds)
+    return (spinner.count - first) / (time.perf_counter() - start)
+
+
+def measure_gil(source: input_pipeline.RecordSource, info_like: dict[str, Any]
+                ) -> dict[str, float]:
+  """GIL-held seconds per record of the one-thread pipeline, from a counter's lost share.
+
+  The counter's rate alone is measured just before and just after, and their mean is
+  its rate with the whole GIL; with the pipeline running, it counts (1 - f) of that,
+  f the pipeline's share of the GIL over the timed batches.
+  """
+  old_interval = sys.getswitchinterval()
+  sys.setswitchinterval(1e-4)
+  try:
+    before = spin_rate(1.0)
+    dataset = input_pipeline.make_train_dataset(
+        source, image_size=_IMAGE_SIZE.value, crop_size=_CROP_SIZE.value, flip=True,
+        lighting_std=0.1, eigvals=info_like['eigvals'], eigvecs=info_like['eigvecs'],
+        global_batch_size=_BATCH_SIZE.value, seed=0, process_index=0, process_count=1)
+    iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                                              prefetch_buffer_size=2)))
+    for _ in range(4):
+      next(iterator)
+    with _Spinner() as spinner:
+      start, first = time.perf_counter(), spinner.count
+      for _ in range(_BATCHES.value):
+        next(iterator)
+      elapsed, counted = time.perf_counter() - start, spinner.count - first
+    after = spin_rate(1.0)
+  finally:
+    sys.setswitchinterval(old_interval)
+  alone = (before + after) / 2
+  share = max(0.0, 1.0 - counted / elapsed / alone)
+  records = _BATCH_SIZE.value * _BATCHES.value
+  return {'images_per_sec': records / elapsed, 'gil_share': share,
+          'gil_seconds_per_record': share * elapsed / records,
+          'spin_alone_before': before, 'spin_alone_after': after}
+
+
+def amdahl_threads(t_one: float, t_gil: float, cores: int) -> float:
+  """Images/s of `cores` threads when t_gil of each record's t_one seconds is serial."""
+  return 1.0 / (t_gil + (t_one - t_gil) / cores)
+
+
+def projection(rates: dict[str, float], gil: dict[str, float] | None, cores: int,
+               measured_cores: int) -> dict[str, Any]:
+  """The Amdahl projection of threads and processes for `cores` cores (see the docstring)."""
+  out: dict[str, Any] = {'cores': cores}
+  t_one = 1.0 / rates['grain_1']
+  estimates = {}
+  if 'stub_1' in rates:
+    estimates['stub'] = min(t_one, 1.0 / rates['stub_1'])
+  if gil is not None:
+    estimates['contention'] = min(t_one, gil['gil_seconds_per_record'])
+  for name, t_gil in estimates.items():
+    out[f'threads_{name}'] = {
+        't_one_us': 1e6 * t_one, 't_gil_us': 1e6 * t_gil, 'serial_fraction': t_gil / t_one,
+        'threads_at_measured': amdahl_threads(t_one, t_gil, measured_cores),
+        'threads_projected': amdahl_threads(t_one, t_gil, cores),
+        'threads_limit': 1.0 / t_gil}
+  if 'grain_1p' in rates and 'grain_p' in rates:
+    efficiency = rates['grain_p'] / (measured_cores * rates['grain_1p'])
+    out['processes'] = {'efficiency': efficiency,
+                        'processes_projected': cores * rates['grain_1p'] * efficiency}
+  return out
+
+
 # ----------------------------------------------------------------------------------
 
 
@@ -279,6 +418,23 @@ def _sources(root: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
   return {k: sources[k] for k in kinds}, baseline_items, stats
 
 
+def print_projection(projected: dict[str, Any], rates: dict[str, float], cores: int) -> None:
+  n = projected['cores']
+  print(f'\nper record, prepared shards: {1e6 / rates["grain_1"]:.0f} us on one thread')
+  for name in ('stub', 'contention'):
+    p = projected.get(f'threads_{name}')
+    if p is None:
+      continue
+    measured = (f', measured {rates["grain_n"]:.0f}' if 'grain_n' in rates else '')
+    print(f'  GIL-held ({name}): {p["t_gil_us"]:.0f} us = {p["serial_fraction"]:.0%} serial; '
+          f'Amdahl: {cores} threads {p["threads_at_measured"]:.0f} img/s{measured}; '
+          f'{n} threads {p["threads_projected"]:.0f} img/s (limit {p["threads_limit"]:.0f})')
+  if 'processes' in projected:
+    p = projected['processes']
+    print(f'  processes: {cores} at {p["efficiency"]:.0%} of {cores} x one process; '
+          f'{n} processes at that efficiency: {p["processes_projected"]:.0f} img/s')
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   cores = _CORES.value or os.cpu_count() or 1
@@ -299,13 +455,30 @@ def main(argv: Sequence[str]) -> None:
                                                   0),
         'grain_p': lambda kind: functools.partial(measure_pipeline, sources[kind], stats, 1,
                                                   cores),
+        'stub_1': lambda kind: functools.partial(measure_stubbed, sources[kind], stats),
+        'grain_1p': lambda kind: functools.partial(measure_pipeline, sources[kind], stats, 1,
+                                                   1),
     }
+    processes = _PROCESSES.value
     modes = [m for m in MODES if m in _MODES.value and (cores > 1 or not m.endswith('_n'))
-             and (m != 'grain_p' or (cores > 1 and _PROCESSES.value))]
-    measurements = {f'{kind}: {m}': factories[m](kind) for kind in sources for m in modes}
+             and (m != 'grain_p' or (cores > 1 and processes))
+             and (m != 'grain_1p' or processes)]
+    # The decoder stub and the GIL counter: prepared shards only (no resize in the way).
+    measurements = {f'{kind}: {m}': factories[m](kind) for kind in sources for m in modes
+                    if m != 'gil_1' and (kind == 'prepared' or m != 'stub_1')}
     rates = _best(measurements, _REPEATS.value)
     results = {kind: {key.split(': ')[1]: rate for key, rate in rates.items()
                       if key.startswith(kind + ':')} for kind in sources}
+    gil = None
+    if 'gil_1' in modes:
+      runs = []
+      for round_index in range(_REPEATS.value):
+        runs.append(measure_gil(sources['prepared'], stats))
+        print(f'  round {round_index + 1}: prepared: gil_1 (1 thread + counter)  '
+              f'{runs[-1]["images_per_sec"]:8.0f} img/s, GIL share '
+              f'{runs[-1]["gil_share"]:.2f}, {1e6 * runs[-1]["gil_seconds_per_record"]:.0f} '
+              'us GIL-held per record', flush=True)
+      gil = sorted(runs, key=lambda r: r['gil_seconds_per_record'])[len(runs) // 2]  # median
 
     print(f'\nimages/second, best of {_REPEATS.value} (ratio to the PIL baseline at '
           'equal parallelism)')
@@ -314,21 +487,30 @@ def main(argv: Sequence[str]) -> None:
     rows = [('PIL, 1 worker', 'pil_1', 'pil_1'), ('grain, 1 thread', 'grain_1', 'pil_1'),
             (f'PIL, {cores} workers', 'pil_n', 'pil_n'),
             (f'grain, {cores} threads', 'grain_n', 'pil_n'),
-            (f'grain, {cores} processes', 'grain_p', 'pil_n')]
+            ('grain, 1 process', 'grain_1p', 'pil_1'),
+            (f'grain, {cores} processes', 'grain_p', 'pil_n'),
+            ('grain, 1 thread, no decoder', 'stub_1', 'pil_1')]
     for label, key, ref in rows:
       if key not in modes:
         continue
-      cells = ''.join(f'{r[key]:>14.0f}' + (f' ({r[key] / r[ref]:4.2f}x)' if ref in r else
-                                              f'{"":>8s}') for r in results.values())
+      cells = ''.join((f'{r[key]:>14.0f}' + (f' ({r[key] / r[ref]:4.2f}x)' if ref in r else
+                                               f'{"":>8s}')) if key in r else f'{"-":>22s}'
+                      for r in results.values())
       print(f'{label:30s}{cells}')
     if 'full-size' in results and 'grain_1' in modes:
       full, prep = results['full-size'], results['prepared']
       print(f'prepared vs full-size, grain 1 thread: {prep["grain_1"] / full["grain_1"]:.2f}x')
+    projected = None
+    prep = results.get('prepared', {})
+    if 'grain_1' in prep and ('stub_1' in prep or gil is not None):
+      projected = projection(prep, gil, _PROJECT_CORES.value, cores)
+      print_projection(projected, prep, cores)
     if _JSON.value:
       with open(_JSON.value, 'w') as f:
         json.dump({'cores': cores, 'batch_size': _BATCH_SIZE.value, 'batches': _BATCHES.value,
                    'repeats': _REPEATS.value, 'crop_size': _CROP_SIZE.value,
-                   'prepared': _PREPARED.value or None, 'images_per_sec': results}, f, indent=1)
+                   'prepared': _PREPARED.value or None, 'images_per_sec': results,
+                   'gil': gil, 'projection': projected}, f, indent=1)
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)
