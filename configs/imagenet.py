@@ -67,9 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.flip = True  # Random horizontal flips in training.
   config.data.lighting_std = 0.1  # Std of the PCA lighting alphas; 0 turns lighting off.
   config.data.mean = 'pixel'  # Subtract the per-pixel mean image ('pixel') or per channel.
-  config.data.num_threads = -1  # Reader/decoder threads per host; -1: one per CPU core.
-  config.data.worker_count = -1  # grain worker processes per host; 0: threads only; -1: one
-  #                                per core on GPU/TPU (6x the images/s of threads), 0 on CPU.
+  config.data.num_threads = -1  # Reader/decoder threads per host (per worker process, if
+  #                               any); -1: one per CPU core, or one per worker process.
+  config.data.worker_count = -1  # grain worker processes per host; 0: threads only; -1: one per
+  #   core where Amdahl's projection of the threads (the per-record Python holds the GIL)
+  #   falls short of the step's images/s, else 0: processes on GPU/TPU (6x the images/s of
+  #   threads on an H200 host), threads on CPU (docs/design.md, "Input pipeline on a GPU host").
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
 
   config.optim = ml_collections.ConfigDict()
