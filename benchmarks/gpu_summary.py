@@ -123,7 +123,7 @@ def table(out: str, parts: str = '') -> str:
                  f'{peaks["float32"] / 1e3:,.1f} TFLOP/s')
   lines.append('')
   lines.append('JAX train step (one GPU), images/s:')
-  lines.append(f'{"net":<10}{"dtype":<10}{"variant":<10}{"batch":>6}{"img/s":>10}{"TFLOP/s":>9}'
+  lines.append(f'{"net":<15}{"dtype":<16}{"variant":<10}{"batch":>6}{"img/s":>10}{"TFLOP/s":>9}'
                f'{"of mm":>7}{"of ds":>7}{"compile":>9}')
   best = {}
   for r in step.get('rows', []):
@@ -131,7 +131,9 @@ def table(out: str, parts: str = '') -> str:
     of_ds = f'{tflops / DATASHEET_BF16_TFLOPS:7.0%}' if r['dtype'] == 'bfloat16' else f'{"":>7}'
     peak = peaks.get(r['dtype'])
     of_mm = f'{tflops * 1e3 / peak:7.0%}' if peak else f'{"-":>7}'
-    lines.append(f'{r["net"]:<10}{r["dtype"]:<10}{r["variant"]:<10}{r["batch"]:>6}'
+    dtype = r['dtype'] + ('' if r.get('matmul_precision', 'default') == 'default'
+                          else f'/{r["matmul_precision"]}')
+    lines.append(f'{r["net"]:<15}{dtype:<16}{r["variant"]:<10}{r["batch"]:>6}'
                  f'{r["jax_img_s"]:10,.0f}{tflops:9.1f}{of_mm}{of_ds}{r["compile_s"]:8.0f}s')
     if r['net'] == 'paper' and r['variant'] == 'shipped':
       key = r['dtype']

@@ -58,6 +58,9 @@ NETS = {  # name -> AlexNet fields
     'paper': dict(towers=2, use_lrn=True),
     'one_tower': dict(towers=1, use_lrn=True),
     'one_tower_no_lrn': dict(towers=1, use_lrn=False),  # torchvision's variant
+    # An eighth of the widths: quick to compile and run, for checking scripts on a CPU.
+    'tiny': dict(towers=2, use_lrn=True, width=0.125),
+    'tiny_one_tower': dict(towers=1, use_lrn=True, width=0.125),
 }
 RULES = (('batch', 'data'), ('conv_out', 'model'), ('fc_out', 'model'), ('conv_in', None),
          ('conv_h', None), ('conv_w', None), ('fc_in', None))  # configs/imagenet.py's table
@@ -85,6 +88,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--gemm', type=int, default=0, help='GEMM side for the peak; 0: by backend')
   p.add_argument('--json', default='', help='also write the rows to this JSON file (after '
                  'each case, so a time limit keeps the finished ones)')
+  p.add_argument('--matmul_precision', type=csv, default=['default'],
+                 help='jax_default_matmul_precision of each case, e.g. default,highest: on '
+                      'NVIDIA GPUs "default" computes float32 matmuls and convolutions in TF32, '
+                      '"highest" in float32 (no effect on bfloat16 compute)')
   p.add_argument('--json_append', action='store_true',
                  help='keep the rows already in --json and add these (peaks: the best of both)')
   args = p.parse_args(argv)
@@ -94,6 +101,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   for dtype in args.dtypes:
     if dtype not in ('float32', 'bfloat16'):
       p.error(f'unknown dtype {dtype!r}')
+  for precision in args.matmul_precision:
+    if precision not in ('default', 'high', 'highest'):
+      p.error(f'unknown matmul precision {precision!r}; choose default, high or highest')
   try:
     args.variants = [Variant.parse(v) for v in args.variants]
   except ValueError as e:
@@ -588,10 +598,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
       for mesh in args.meshes:
         for batch in args.batches:
           case = Case(net, batch, dtype, mesh)
-          print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}:', flush=True)
-          rows.extend(measure(case, args, use_torch, peak))
-          if args.json:
-            _write_json(args.json, earlier, rows, peak.best)
+          for precision in args.matmul_precision:
+            print(f'  {net}, batch {batch}, {dtype}, mesh {mesh[0]}x{mesh[1]}, matmul precision '
+                  f'{precision}:', flush=True)
+            # Traced and compiled under the precision (the GEMM peak: the best of all).
+            with (contextlib.nullcontext() if precision == 'default'
+                  else jax.default_matmul_precision(precision)):
+              rows.extend(dict(r, matmul_precision=precision)
+                          for r in measure(case, args, use_torch, peak))
+            if args.json:
+              _write_json(args.json, earlier, rows, peak.best)
   peak.sample(trials=3)
   peaks = peak.best
   _add_rates(rows, peaks)
@@ -599,7 +615,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   print(f'\ntrain step, images/second (median of {args.rounds} interleaved rounds of '
         f'{args.steps} steps; JAX/PT: median of the per-round ratios, and their range); '
         f'GEMM peak: ' + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items()))
-  with_variants = len(args.variants) > 1 or args.variants[0].name != 'shipped'
+  with_variants = (len(args.variants) > 1 or args.variants[0].name != 'shipped'
+                   or args.matmul_precision != ['default'])
+  label = lambda r: r['variant'] + (f', {r["matmul_precision"]}' if args.matmul_precision !=
+                                    ['default'] else '')
   print(f'{"net":<17}{"batch":>6} {"dtype":<9}{"mesh":<5}'
         + (f'{"variant":<34}' if with_variants else '')
         + f'{"JAX":>8}{"PyTorch":>9}{"JAX/PT":>8}{"range":>11}{"GFLOP/s":>9}{"of peak":>8}'
@@ -609,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           f'{row["ratio_min"]:6.2f}-{row["ratio_max"]:.2f}' if 'ratio' in row
           else f'{"-":>9}{"-":>8}{"":>11}')
     print(f'{row["net"]:<17}{row["batch"]:>6} {row["dtype"]:<9}{row["mesh"]:<5}'
-          + (f'{row["variant"]:<34}' if with_variants else '')
+          + (f'{label(row):<34}' if with_variants else '')
           + f'{row["jax_img_s"]:8.1f}{pt}{row["gflop_s"]:9.1f}{row["peak_fraction"]:8.0%}'
           + (f'{row["vs_first"]:8.2f}x' if with_variants else '') + f'{row["compile_s"]:7.0f}s')
   if args.json:

@@ -1,12 +1,24 @@
-"""The arithmetic behind the GPU figures: benchmarks/launch_run.py and benchmarks/gpu_summary.py."""
+"""The GPU benchmark: its arithmetic (launch_run.py, gpu_summary.py), its wheels
+(fetch_wheels.py) and benchmarks/gpu.sh itself, run end to end on the CPU (--cpu-smoke)."""
 
+import base64
+import hashlib
+import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
+import zipfile
 
 from absl.testing import absltest
 
+from benchmarks import fetch_wheels
 from benchmarks import gpu_summary
 from benchmarks import launch_run
+from tests import XLA_TEST_FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_metrics(workdir, records):
@@ -78,6 +90,154 @@ class GpuSummaryTest(absltest.TestCase):
     text = gpu_summary.table(self.create_tempdir().full_path)
     self.assertIn('JAX train step', text)
     self.assertNotIn('launch.py end to end', text)
+
+
+class FetchWheelsTest(absltest.TestCase):
+
+  def test_pins_are_requirements_txt_s(self):
+    pins = {}
+    with open(os.path.join(REPO, 'requirements.txt')) as f:
+      for line in f:
+        if '==' in line and not line.startswith('#'):
+          name, version = line.strip().split('==')
+          pins[name.lower()] = version
+    got = fetch_wheels.pinned(os.path.join(REPO, 'requirements.txt'),
+                              ['grain', 'array-record', 'tensorboardX', 'orbax-checkpoint'])
+    self.assertEqual(got, [f'grain=={pins["grain"]}', f'array-record=={pins["array-record"]}',
+                           f'tensorboardX=={pins["tensorboardx"]}',
+                           f'orbax-checkpoint=={pins["orbax-checkpoint"]}'])
+
+  def test_pip_downloads_cp312_manylinux_wheels_only(self):
+    cmd = fetch_wheels.pip_command(['grain==0.2.18'], '/tmp/w', python='python3')
+    self.assertEqual(cmd[:4], ['python3', '-m', 'pip', 'download'])
+    for flag in ('--only-binary=:all:', '--no-deps'):
+      self.assertIn(flag, cmd)
+    self.assertEqual(cmd[cmd.index('--python-version') + 1], '3.12')
+    platforms = {cmd[i + 1] for i, a in enumerate(cmd) if a == '--platform'}
+    # grain's wheel is tagged manylinux_2_24/2_28, simplejpeg's manylinux2014.
+    self.assertLessEqual({'manylinux2014_x86_64', 'manylinux_2_28_x86_64'}, platforms)
+    self.assertEqual(cmd[-1], 'grain==0.2.18')
+
+  def test_size_limit(self):
+    folder = self.create_tempdir().full_path
+    for name, mib in (('a.whl', 40), ('b.whl', 20), ('notes.txt', 30)):
+      with open(os.path.join(folder, name), 'wb') as f:
+        f.truncate(mib * 2**20)  # sparse: the size without the bytes
+    self.assertEqual(fetch_wheels.size_error(folder, 64), '')  # 60 MiB of wheels
+    with open(os.path.join(folder, 'c.whl'), 'wb') as f:
+      f.truncate(5 * 2**20)
+    self.assertIn('65.0 MiB of wheels', fetch_wheels.size_error(folder, 64))
+
+
+def _write_wheel(folder: str, name: str = 'gpu_sh_probe', version: str = '1.0') -> str:
+  """A minimal pure-Python wheel: one module and its dist-info."""
+  info = f'{name}-{version}.dist-info'
+  files = {f'{name}.py': 'VALUE = 42\n',
+           f'{info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+           f'{info}/WHEEL': 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n'
+                            'Tag: py3-none-any\n'}
+  record = []
+  for path, text in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=')
+    record.append(f'{path},sha256={digest.decode()},{len(text.encode())}')
+  files[f'{info}/RECORD'] = '\n'.join(record + [f'{info}/RECORD,,']) + '\n'
+  path = os.path.join(folder, f'{name}-{version}-py3-none-any.whl')
+  with zipfile.ZipFile(path, 'w') as z:
+    for member, text in files.items():
+      z.writestr(member, text)
+  return path
+
+
+GPU_PARTS = ['env', 'probe', 'step_bf16', 'step_one_tower', 'step_f32']
+PIPELINE_PARTS = ['data', 'input', 'e2e']
+
+
+class GpuScriptSmokeTest(absltest.TestCase):
+  """bash benchmarks/gpu.sh --cpu-smoke: every part, tiny, on the CPU, once for all tests."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    root = absltest.get_default_test_tmpdir()
+    cls.tmp = os.path.join(root, 'gpu_sh_smoke')
+    subprocess.run(['rm', '-rf', cls.tmp], check=True)
+    cls.out, cls.work, cls.wheels = (os.path.join(cls.tmp, d) for d in ('out', 'work', 'wheels'))
+    os.makedirs(cls.wheels)
+    _write_wheel(cls.wheels)
+    env = {k: v for k, v in os.environ.items() if k not in ('OUT', 'PYTHONPATH')}
+    env.update(GPU_WORK=cls.work, GPU_WHEELS=cls.wheels, PYTHON=sys.executable,
+               XLA_FLAGS=XLA_TEST_FLAGS)
+    cls.proc = subprocess.run(['bash', 'benchmarks/gpu.sh', '--cpu-smoke', cls.out], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=1800)
+    with open(os.path.join(cls.out, 'log.txt')) as f:
+      cls.log = f.read()
+    cls.has_torch = subprocess.run([sys.executable, '-c', 'import torch'],
+                                   capture_output=True).returncode == 0
+
+  def _json(self, name):
+    with open(os.path.join(self.out, name)) as f:
+      return json.load(f)
+
+  def test_runs_every_part_gpu_rows_first(self):
+    self.assertEqual(self.proc.returncode, 0, self.log[-3000:])
+    with open(os.path.join(self.work, 'parts.txt')) as f:
+      parts = [line.split() for line in f]
+    torch_parts = ['torch', 'torch_compile'] if self.has_torch else []
+    self.assertEqual([p[0] for p in parts], GPU_PARTS + PIPELINE_PARTS + torch_parts)
+    self.assertEqual({p[1] for p in parts}, {'0'}, parts)
+    # The log says the same, in the same order.
+    started = [m.group(1) for m in re.finditer(r'^=== (\w+): cap', self.log, re.M)]
+    self.assertEqual(started, GPU_PARTS + PIPELINE_PARTS + torch_parts)
+
+  def test_step_json_has_every_case(self):
+    step = self._json('step_jax.json')
+    cases = [(r['net'], r['batch'], r['dtype'], r['matmul_precision']) for r in step['rows']]
+    self.assertEqual(cases, [
+        ('tiny', 2, 'bfloat16', 'default'),  # the probe
+        ('tiny', 2, 'bfloat16', 'default'),  # step_bf16 (the paper net's batches on a GPU)
+        ('tiny_one_tower', 2, 'bfloat16', 'default'),
+        ('tiny', 2, 'float32', 'default'),  # TF32 on an NVIDIA GPU
+        ('tiny', 2, 'float32', 'highest')])  # TF32 off
+    self.assertLen(step['runs'], 4)  # probe, then three runs appending
+    self.assertTrue(all(r['jax_img_s'] > 0 for r in step['rows']))
+
+  def test_pipeline_jsons(self):
+    inp = self._json('input.json')
+    self.assertEqual(set(inp['images_per_sec']['prepared']),
+                     {'grain_1', 'grain_n', 'grain_1p', 'grain_p', 'stub_1'})
+    self.assertGreater(inp['gil']['spin_alone_before'], 0)
+    self.assertIn('threads_stub', inp['projection'])
+    e2e = self._json('e2e.json')
+    self.assertEqual(e2e['returncode'], 0)
+    self.assertEqual(e2e['checkpoint_steps'], [2])
+    self.assertTrue(e2e['all_losses_finite'])
+
+  def test_torch_absent_is_one_line(self):
+    lines = [line for line in self.log.splitlines() if 'torch' in line and '===' in line]
+    if self.has_torch:
+      self.assertTrue(os.path.exists(os.path.join(self.out, 'step_torch.json')))
+    else:
+      self.assertEqual(lines, [f'=== torch: skipped, torch is not installed for '
+                               f'{sys.executable}'])
+      self.assertFalse(os.path.exists(os.path.join(self.out, 'step_torch.json')))
+
+  def test_carried_wheels_installed_without_network(self):
+    self.assertIn(f'=== wheels: installing 1 from {self.wheels}', self.log)
+    site = os.path.join(self.work, 'site')
+    self.assertTrue(os.path.exists(os.path.join(site, 'gpu_sh_probe.py')))
+    # First on the path of every part: env.json is written by one of them.
+    self.assertTrue(self._json('env.json')['pythonpath'].startswith(site))
+
+  def test_script_calls_python_through_py(self):
+    with open(os.path.join(REPO, 'benchmarks', 'gpu.sh')) as f:
+      code = [line.split('#')[0] for line in f if not line.lstrip().startswith('#')]
+    bare = [line for line in code if re.search(r'(^|[\s"\'])python\b(?!3)', line)]
+    self.assertEqual(bare, [])
+    self.assertIn('py="${PYTHON:-python3}"', ''.join(code))
+
+  def test_out_dir_holds_few_files(self):
+    # The device tool returns at most 8 files from $OUT.
+    self.assertLessEqual(len(os.listdir(self.out)), 6, os.listdir(self.out))
 
 
 if __name__ == '__main__':
