@@ -213,6 +213,19 @@ class MaxPoolTest(parameterized.TestCase):
     want = jax.grad(lambda v: nn.max_pool(v, (3, 3), (2, 2)).astype(jnp.float32).sum())(x)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
 
+  def test_network_gradient_has_no_select_and_scatter(self):
+    # XLA refuses select-and-scatter under --xla_gpu_deterministic_ops (docs/reliability.md,
+    # "On GPU"): the network's gradient must not contain one. flax's own max_pool does.
+    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    params = abstract_params(net, 112)
+    x = jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32)
+    loss = lambda p, v: net.apply({'params': p}, v).sum()
+    text = jax.jit(jax.grad(loss)).lower(params, x).as_text()
+    self.assertIn('reduce_window', text)  # the forward max-pools are there
+    self.assertNotIn('select_and_scatter', text)
+    pool = lambda v: nn.max_pool(v, (3, 3), (2, 2)).sum()
+    self.assertIn('select_and_scatter', jax.jit(jax.grad(pool)).lower(x).as_text())
+
 
 class AblationSwitchTest(parameterized.TestCase):
   """The switches the paper's ablations need: pooling window and stride, conv widths."""
