@@ -90,7 +90,7 @@ else
   step_f32=(--batches=512 --steps=10)
   data=(--classes=10 --train_per_class=5120 --val_per_class=100)  # 100 steps per epoch at 512
   image_size=256
-  input=(--batch_size=512 --batches=24 --repeats=1)
+  input=(--batch_size=512 --batches=16 --repeats=1)
   e2e=(--batch_size=512 --steps=120 --log_every=10 --eval_batches=10)
   e2e_extra=(--config.final_eval_crops=1)
   torch_eager=(--batches=128,256,512,1024 --rounds=3 --steps=10 --warmup=3)
@@ -168,7 +168,7 @@ pipeline_rows() {
     have_data=1
   fi
   if (( have_data )); then
-    part input 75 env JAX_PLATFORMS=cpu "$py" -m benchmarks.input_pipeline \
+    part input 90 env JAX_PLATFORMS=cpu "$py" -m benchmarks.input_pipeline \
       --prepared="$prepared" --modes=grain_1,grain_n,grain_1p,grain_p,stub_1,gil_1 \
       --cores="$cores" "${input[@]}" --json="$out/input.json"
     part e2e 120 "$py" -m benchmarks.launch_run --data="$prepared" --workdir="$work/run_paper" \
