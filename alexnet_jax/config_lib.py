@@ -54,7 +54,8 @@ def process_images_per_sec(cores: int) -> float:
 
 def step_images_per_sec(platform: str, batch_per_device: int) -> float:
   """Images/s one device's train step takes at this per-device batch (STEP_IMAGES_PER_SEC)."""
-  batches, rates = zip(*STEP_IMAGES_PER_SEC[platform])
+  # Another accelerator backend (a ROCm GPU reports 'gpu' too): the H200's figures.
+  batches, rates = zip(*STEP_IMAGES_PER_SEC.get(platform, STEP_IMAGES_PER_SEC['gpu']))
   return float(np.interp(batch_per_device, batches, rates))
 
 
