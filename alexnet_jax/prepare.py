@@ -106,9 +106,10 @@ IMAGE_EXTENSIONS = frozenset((
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight',
                'nine')
 FILES_PER_PART = 512
-# Memory one conversion worker process holds (its imports, one decoded photo and the
-# part's statistics sums at image_size 256): `worker_limit` keeps the workers within the
-# memory available.
+# Memory one conversion worker process may hold. Measured (peak resident set, image_size
+# 256): 57 MiB after its imports, 67 MiB converting photos of ImageNet's sizes (libjpeg
+# decodes a large JPEG at a reduced scale), 220 MiB on a 4000x3000 PNG, decoded whole.
+# `worker_limit` keeps the workers within the memory available at this bound.
 WORKER_BYTES = 200 * 2**20
 MAX_LISTED_SKIPS = 1000
 # group_size:1 gives each record its own chunk (cheap random access); JPEG bytes do
