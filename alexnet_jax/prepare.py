@@ -320,6 +320,9 @@ def _check_synset_tar(f, train_tar: str, member: tarfile.TarInfo) -> None:
   _check_not_compressed(what, head)
   try:
     tarfile.TarInfo.frombuf(head, tarfile.ENCODING, 'surrogateescape')
+  except tarfile.EOFHeaderError as e:  # a zero block first: a tar of nothing
+    raise errors.DamagedSourceError(f'{what} is an empty tar: its synset has no images; '
+                                    f'{_COPY_AGAIN}') from e
   except tarfile.HeaderError as e:
     raise errors.DamagedSourceError(
         f'{what} is not a tar archive ({e or "no header"}): each member of the official train '
@@ -886,11 +889,14 @@ def _noop_report(output: str, description: dict[str, Any], image_size: int,
 def _check_same_tars(output: str, description: dict[str, Any],
                      now: dict[str, int | None]) -> None:
   """Refuses to call `output` complete when the tars it was prepared from have changed
-  (a cut copy replaced by the whole file, another subset): it describes the old ones."""
+  (a cut copy replaced by the whole file, another subset): it describes the old ones.
+
+  A tar deleted since (the prepared data is all a run reads) is no change.
+  """
   then = description['source_files']
   size = lambda n: 'absent' if n is None else f'{n:,} bytes'
   changed = [f'{name}: {size(then.get(name))} then, {size(now[name])} now'
-             for name in now if then.get(name) != now[name]]
+             for name in now if now[name] is not None and then.get(name) != now[name]]
   if changed:
     raise errors.InputError(
         f'{output} was prepared from other files in {description["source"]} than those there '

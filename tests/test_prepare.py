@@ -341,6 +341,8 @@ class TarChecksTest(absltest.TestCase):
     shutil.rmtree(source)
     os.rename(source + '.first', source)  # the tars it was prepared from: complete, as it was
     self.assertTrue(prepare.prepare(source, output, image_size=SIZE, progress=False)['noop'])
+    os.remove(os.path.join(source, prepare.TRAIN_TAR))  # deleted once prepared: no change
+    self.assertTrue(prepare.ensure_prepared(source, output, image_size=SIZE)['noop'])
 
   def test_damage_found_while_converting_leaves_nothing(self):
     source = os.path.join(self.tmp, 'src')
