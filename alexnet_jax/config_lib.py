@@ -115,6 +115,11 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices))
 
 
+# The compute dtypes the network runs in (its LRN and softmax work in float32 inside);
+# an integer or float64 type would fail, or silently compute in float32, after set-up.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
                  cpu_count: int | None = None, devices: int | None = None,
                  processes: int | None = None) -> ml_collections.ConfigDict:
@@ -210,6 +215,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(_is_int(config.checkpoint.keep) and config.checkpoint.keep > 0, 'checkpoint.keep',
        'a positive integer')
   m = config.model
+  need(m.dtype in COMPUTE_DTYPES, 'model.dtype', f"'auto' or one of {COMPUTE_DTYPES}")
   need(_is_int(m.pool_size) and m.pool_size > 0, 'model.pool_size', 'a positive integer')
   need(_is_int(m.pool_stride) and m.pool_stride > 0, 'model.pool_stride', 'a positive integer')
   need(m.conv_widths is None or (

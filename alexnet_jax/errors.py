@@ -40,6 +40,10 @@ class MissingInputError(UserError, FileNotFoundError):
   """A path the user gave does not exist or holds nothing this program can use."""
 
 
+class DamagedSourceError(InputError):
+  """A source archive cut short or not what its name says: nothing made from it is kept."""
+
+
 class Interrupted(Exception):
   """The user pressed Ctrl-C; the message says what was kept (one line, exit status 130)."""
 

@@ -65,6 +65,12 @@ KERNELS_SIZE = FigureSpec(900, 500)
 NEIGHBOUR_CELL = FigureSpec(150, 170)  # one image of figure 4, with its caption
 
 
+def neighbour_figure_size(num_queries: int, num_neighbours: int) -> FigureSpec:
+  """Pixels of nearest_neighbours.png: a row per query, the query and its neighbours."""
+  return FigureSpec(NEIGHBOUR_CELL.width * (num_neighbours + 1),
+                    NEIGHBOUR_CELL.height * num_queries)
+
+
 def plots_dir(workdir: str | os.PathLike[str]) -> str:
   return os.path.join(os.fspath(workdir), PLOTS_DIR)
 
@@ -350,8 +356,7 @@ def plot_nearest_neighbours(queries: Crops, neighbours: Sequence[Crops], distanc
   Captions in green share the query's class, in red they do not.
   """
   q, k = distances.shape
-  cell = NEIGHBOUR_CELL
-  figure = _figure(FigureSpec(cell.width * (k + 1), cell.height * q))
+  figure = _figure(neighbour_figure_size(q, k))
   axes = np.array(figure.subplots(q, k + 1, squeeze=False))
   short = lambda label: class_descriptions[label].split(',')[0][:18]
   for row in range(q):

@@ -23,6 +23,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
+from PIL import Image
 
 from alexnet_jax import errors
 from alexnet_jax import cli
@@ -51,6 +52,42 @@ def _writable(folder: str) -> None:
                            'pass --plots_dir=DIR to write them elsewhere') from e
 
 
+def _figure_fits(num_queries: int, num_neighbours: int) -> bool:
+  """Whether nearest_neighbours.png opens in PIL without its decompression-bomb warning
+  (more than PIL.Image.MAX_IMAGE_PIXELS pixels; PIL refuses twice that)."""
+  size = figures.neighbour_figure_size(num_queries, num_neighbours)
+  return size.width * size.height <= Image.MAX_IMAGE_PIXELS
+
+
+def _largest_fitting(fits, most: int) -> int:
+  """The largest n in [0, most] with fits(n) (0 if none); fits is true up to some n."""
+  low, high = 0, most
+  while low < high:
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if fits(middle) else (low, middle - 1)
+  return low
+
+
+def check_neighbour_figure(num_queries: int, num_neighbours: int) -> None:
+  """Raises errors.InputError, before any work, for a figure 4 too large to open."""
+  if num_queries < 1 or num_neighbours < 1:
+    raise errors.InputError(f'--queries and --neighbours must be positive, got {num_queries} and '
+                            f'{num_neighbours}')
+  if _figure_fits(num_queries, num_neighbours):
+    return
+  size = figures.neighbour_figure_size(num_queries, num_neighbours)
+  most = _largest_fitting(lambda k: k == 0 or _figure_fits(num_queries, k), num_neighbours)
+  if most:
+    advice = f'at --queries={num_queries}, --neighbours can be at most {most}'
+  else:
+    queries = _largest_fitting(lambda q: q == 0 or _figure_fits(q, 1), num_queries)
+    advice = f'--queries can be at most {queries}'
+  raise errors.InputError(
+      f'--queries={num_queries} and --neighbours={num_neighbours} make a nearest-neighbour '
+      f'figure of {size.width:,} x {size.height:,} pixels, more than PIL opens without a '
+      f'decompression-bomb warning ({Image.MAX_IMAGE_PIXELS:,} pixels); {advice}')
+
+
 def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
                 max_train: int = 2000, num_queries: int = 5,
                 num_neighbours: int = 6, plots_dir: str | None = None) -> list[Outcome]:
@@ -58,10 +95,12 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
 
   plots_dir: where the figures go; default WORKDIR/plots.
 
-  Raises FileNotFoundError when the workdir has neither metrics nor a checkpoint,
+  Raises errors.InputError when figure 4 would be too large (check_neighbour_figure),
+  FileNotFoundError when the workdir has neither metrics nor a checkpoint,
   checkpoint.CheckpointError when the checkpoint asked for is unreadable, UserError
   when the figures cannot be written.
   """
+  check_neighbour_figure(num_queries, num_neighbours)
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.MissingInputError(f'workdir {workdir} does not exist')
@@ -126,7 +165,9 @@ def _define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_integer('queries', 5, 'Validation images in the nearest-neighbour figure.',
                        lower_bound=1)
-  flags.DEFINE_integer('neighbours', 6, 'Neighbours shown per validation image.', lower_bound=1)
+  flags.DEFINE_integer('neighbours', 6, 'Neighbours shown per validation image (the figure '
+                       'must stay under PIL\'s MAX_IMAGE_PIXELS: 700 at 5 queries).',
+                       lower_bound=1)
   flags.DEFINE_string('plots_dir', None, 'Where to write the figures; default WORKDIR/plots.')
   flags.mark_flag_as_required('workdir')
 

@@ -13,10 +13,20 @@ SRC is one of:
   * the word `digits`: scikit-learn's bundled handwritten digits (1,797 real 8x8
     images, 10 classes), upsampled and JPEG-encoded through the same path; every
     fifth image of each class (in load_digits order) is validation.
-  A `val/` folder or val tar is optional (the val split is then empty).
   * the word `tfds` with --output=DATA_DIR: nothing is converted; the training
     statistics of a tensorflow-datasets imagenet2012 already prepared (ArrayRecord) in
     DATA_DIR are written next to it, for input source 'tfds' (see input_pipeline).
+  A `val/` folder or val tar is optional (the val split is then empty).
+
+The official tars are checked before they are trusted: each must be a plain (not
+compressed) tar read to its end-of-archive marker, every `<wnid>.tar` member a
+whole tar (and read to its end when converted). A cut, compressed or damaged
+tar is one `error:` line, and nothing made from it is kept. How much of the
+official set the tars hold (1000 synsets, 50,000 validation images) is in the
+summary line and dataset.json (`official_complete`, `train_synsets`,
+`val_images`); --strict refuses less than all of it. dataset.json records the
+tars' sizes (`source_files`): a rerun on other tars (a cut copy replaced by the
+whole file) is refused, not taken as already complete.
 
 Each image becomes the paper's input: turned upright when an EXIF orientation tag
 says so, shorter side resized to image_size (pixel-area averaging when shrinking,
@@ -43,8 +53,10 @@ dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op
 part's shard is read back (record count and CRC-32 of each record) before the part
 counts as done, and the final shards are checked before dataset.json is written. Any
 failure (a full disk, Ctrl-C, an undecodable image with --strict) removes the files of
-the part being written; errors are one `error:` line with exit status 2, Ctrl-C one
-`interrupted:` line with 130. DIR may not lie inside SRC.
+the part being written (a damaged source tar: all of DIR's preparation files); errors
+are one `error:` line with exit status 2, Ctrl-C one `interrupted:` line with 130.
+DIR may not lie inside SRC. --workers is capped at one per CPU core and one per
+WORKER_BYTES of available memory.
 """
 
 from __future__ import annotations
@@ -94,6 +106,11 @@ IMAGE_EXTENSIONS = frozenset((
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight',
                'nine')
 FILES_PER_PART = 512
+# Memory one conversion worker process may hold. Measured (peak resident set, image_size
+# 256): 57 MiB after its imports, 67 MiB converting photos of ImageNet's sizes (libjpeg
+# decodes a large JPEG at a reduced scale), 220 MiB on a 4000x3000 PNG, decoded whole.
+# `worker_limit` keeps the workers within the memory available at this bound.
+WORKER_BYTES = 200 * 2**20
 MAX_LISTED_SKIPS = 1000
 # group_size:1 gives each record its own chunk (cheap random access); JPEG bytes do
 # not compress, so compression would only cost read time.
@@ -160,6 +177,7 @@ class _Part:
   size: int = 0
   label: int = -1
   items: tuple[Any, ...] = ()
+  member: str = ''  # 'synset_tar': the member's name in the train tar, for messages
 
   @property
   def name(self) -> str:
@@ -174,6 +192,10 @@ class _Plan:
   class_descriptions: list[str]
   parts: list[_Part]
   notes: dict[str, int]  # Counts of inputs left out before conversion.
+  # Official tars only: what the source holds of the official set (`_official_counts`),
+  # and the sizes of the tars it was read from (`_source_files`).
+  official: dict[str, Any] | None = None
+  source_files: dict[str, int | None] | None = None
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -217,12 +239,134 @@ def _plan_digits() -> _Plan:
                parts, {})
 
 
+# Magic numbers of compressed files that may carry a .tar name (a plain tar has none).
+_COMPRESSED = ((b'\x1f\x8b', 'gzip', 'gunzip'), (b'BZh', 'bzip2', 'bunzip2'),
+               (b'\xfd7zXZ\x00', 'xz', 'unxz'), (b'\x28\xb5\x2f\xfd', 'zstd', 'unzstd'))
+# A tar ends with two zero blocks (POSIX ustar); all that follows them is zero padding.
+_TAR_END = 2 * tarfile.BLOCKSIZE
+_COPY_AGAIN = 'copy the complete file again'
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+  f.seek(offset)
+  return f.read(size)
+
+
+def _check_not_compressed(what: str, head: bytes) -> None:
+  for magic, kind, tool in _COMPRESSED:
+    if head.startswith(magic):
+      raise errors.DamagedSourceError(
+          f'{what} is a {kind}-compressed file, not a plain tar (the official ILSVRC-2012 '
+          f'tars are uncompressed): decompress it ({tool}) into a plain tar, or copy the '
+          'original file')
+
+
+def _check_tar_end(f, what: str, offset: int, size: int,
+                   members: Sequence[tarfile.TarInfo]) -> None:
+  """Raises DamagedSourceError unless the tar `f` (`size` bytes) ends at `offset`.
+
+  tarfile stops listing without a word at a header that is cut short or damaged
+  (and past the end of the file), so a cut archive reads as a shorter one: only
+  the end-of-archive marker at `offset`, where the listing stopped, shows that
+  every member was seen.
+  """
+  tail = _read_at(f, offset, _TAR_END)
+  if len(tail) == _TAR_END and not tail.strip(b'\0'):
+    return
+  last = members[-1] if members else None
+  if last is not None and last.offset_data + last.size > size:
+    have = max(size - last.offset_data, 0)
+    raise errors.DamagedSourceError(
+        f'{what} is cut short: it ends inside the data of {last.name} ({have:,} of its '
+        f'{last.size:,} bytes are there); {_COPY_AGAIN}')
+  if tail.strip(b'\0') and len(tail) >= tarfile.BLOCKSIZE:  # a whole block, but no header
+    raise errors.DamagedSourceError(
+        f'{what} holds a damaged header at byte {offset:,} (after {len(members)} '
+        f'member{"" if len(members) == 1 else "s"}): the file is corrupt; {_COPY_AGAIN}')
+  where = 'inside a member header' if tail.strip(b'\0') else 'before its end-of-archive marker'
+  whole = f'{len(members)} whole member{"" if len(members) == 1 else "s"}'
+  raise errors.DamagedSourceError(
+      f'{what} is cut short: it ends {where} (at byte {size:,}, after {whole}); {_COPY_AGAIN}')
+
+
+def _tar_members(path: str) -> list[tarfile.TarInfo]:
+  """The members of the plain tar at `path`, once its whole listing, to the end, is read."""
+  with open(path, 'rb') as f:
+    size = os.fstat(f.fileno()).st_size
+    _check_not_compressed(path, f.read(tarfile.BLOCKSIZE))
+    f.seek(0)
+    try:
+      archive = tarfile.open(fileobj=f, mode='r:')
+    except tarfile.TarError as e:
+      raise errors.DamagedSourceError(f'{path} is not a tar archive ({e}); '
+                                      f'{_COPY_AGAIN}') from e
+    try:
+      archive.getmembers()
+    except tarfile.TarError as e:  # tarfile's 'unexpected end of data': a cut inside a member
+      _check_tar_end(f, path, archive.offset, size, archive.members)
+      raise errors.DamagedSourceError(f'{path} is damaged ({e}); {_COPY_AGAIN}') from e
+    _check_tar_end(f, path, archive.offset, size, archive.members)
+  return archive.members
+
+
+def _check_synset_tar(f, train_tar: str, member: tarfile.TarInfo) -> None:
+  """A `<wnid>.tar` member must be a whole tar: a header first, its end marker last.
+
+  Reads two blocks per member: the images are read (and the rest of the member
+  checked, `_iter_part`) when the part is converted.
+  """
+  what = f'{member.name} in {train_tar}'
+  head = _read_at(f, member.offset_data, tarfile.BLOCKSIZE)
+  _check_not_compressed(what, head)
+  try:
+    tarfile.TarInfo.frombuf(head, tarfile.ENCODING, 'surrogateescape')
+  except tarfile.EOFHeaderError as e:  # a zero block first: a tar of nothing
+    raise errors.DamagedSourceError(f'{what} is an empty tar: its synset has no images; '
+                                    f'{_COPY_AGAIN}') from e
+  except tarfile.HeaderError as e:
+    raise errors.DamagedSourceError(
+        f'{what} is not a tar archive ({e or "no header"}): each member of the official train '
+        f'tar is a tar of one synset\'s JPEGs; {_COPY_AGAIN}') from e
+  tail = _read_at(f, member.offset_data + member.size - _TAR_END, _TAR_END)
+  if member.size < tarfile.BLOCKSIZE + _TAR_END or tail.strip(b'\0'):
+    raise errors.DamagedSourceError(
+        f'{what} is cut short (its last {_TAR_END} bytes are not the end-of-archive marker '
+        f'of a tar); {_COPY_AGAIN}')
+
+
+def _source_files(folder: str) -> dict[str, int | None]:
+  """Sizes of the official tars in `folder` (None: absent): what dataset.json records of them.
+
+  Size, not modification time: a copy of the same file (cp, a restore) has a new
+  time but the same bytes; a cut copy or another subset has another size.
+  """
+  sizes = {}
+  for name in (TRAIN_TAR, VAL_TAR):
+    path = os.path.join(folder, name)
+    sizes[name] = os.path.getsize(path) if os.path.isfile(path) else None
+  return sizes
+
+
+def _official_counts(train_synsets: int, val_images: int) -> dict[str, Any]:
+  """How much of the official ILSVRC-2012 set the tars hold: [found, official] counts."""
+  synsets, images = len(imagenet_wnids()), len(imagenet_validation_wnids())
+  return {'official_complete': train_synsets == synsets and val_images == images,
+          'train_synsets': [train_synsets, synsets], 'val_images': [val_images, images]}
+
+
+def _official_shortfall(official: dict[str, Any]) -> str:
+  """'465 of 1000 synsets, 10 of 50,000 validation images'."""
+  (synsets, all_synsets), (images, all_images) = official['train_synsets'], official['val_images']
+  return (f'{synsets} of {all_synsets} synsets, {images:,} of {all_images:,} validation '
+          'images')
+
+
 def _plan_tars(folder: str) -> _Plan:
   train_tar = os.path.join(folder, TRAIN_TAR)
   all_wnids = imagenet_wnids()
   known = set(all_wnids)
-  with tarfile.open(train_tar, 'r:') as archive:
-    members = [m for m in archive.getmembers() if m.isfile()]
+  source_files = _source_files(folder)
+  members = [m for m in _tar_members(train_tar) if m.isfile()]
   if not members:
     raise errors.InputError(f'{train_tar} is empty: it should hold one <wnid>.tar per class')
   synsets = {}
@@ -235,19 +379,23 @@ def _plan_tars(folder: str) -> _Plan:
     if match.group(1) in synsets:
       raise errors.InputError(f'{train_tar} holds {match.group(1)}.tar twice')
     synsets[match.group(1)] = member
+  with open(train_tar, 'rb') as f:
+    for member in members:
+      _check_synset_tar(f, train_tar, member)
   class_names = [w for w in all_wnids if w in synsets]
   label_of = {w: i for i, w in enumerate(class_names)}
   parts = [
       _Part('train', i, 'synset_tar', work=synsets[w].size, path=train_tar,
-            offset=synsets[w].offset_data, size=synsets[w].size, label=i)
+            offset=synsets[w].offset_data, size=synsets[w].size, label=i,
+            member=synsets[w].name)
       for i, w in enumerate(class_names)
   ]
   notes = {'val_outside_classes': 0}
   val_tar = os.path.join(folder, VAL_TAR)
+  val_members = []
   if os.path.isfile(val_tar):
     val_wnids = imagenet_validation_wnids()
-    with tarfile.open(val_tar, 'r:') as archive:
-      val_members = [m for m in archive.getmembers() if m.isfile()]
+    val_members = [m for m in _tar_members(val_tar) if m.isfile()]
     items = []
     for member in val_members:
       match = _VAL_NAME_RE.fullmatch(os.path.basename(member.name))
@@ -273,7 +421,8 @@ def _plan_tars(folder: str) -> _Plan:
   else:
     logging.warning('%s not found: the val split will be empty', val_tar)
   return _Plan('imagenet_tars', folder, class_names,
-               _read_descriptions(folder, class_names), parts, notes)
+               _read_descriptions(folder, class_names), parts, notes,
+               _official_counts(len(class_names), len(val_members)), source_files)
 
 
 def _list_images(folder: str) -> tuple[list[str], int]:
@@ -376,30 +525,49 @@ def _plan(source: str) -> _Plan:
 
 
 class _Window:
-  """Read-only view of `size` bytes of an open file: one member of an outer tar."""
+  """Read-only, seekable view of `size` bytes at `offset` of an open file: one member of an
+  outer tar, opened in place as a tar itself."""
 
-  def __init__(self, f, size: int):
+  def __init__(self, f, offset: int, size: int):
     self._f = f
-    self._left = size
+    self._offset = offset
+    self._size = size
+    self._position = 0
 
-  def read(self, n: int = -1) -> bytes:
-    n = self._left if n < 0 else min(n, self._left)
+  def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+    base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+    self._position = min(max(base + position, 0), self._size)
+    return self._position
+
+  def tell(self) -> int:
+    return self._position
+
+  def read(self, n: int | None = -1) -> bytes:
+    left = self._size - self._position
+    n = left if n is None or n < 0 else min(n, left)
+    self._f.seek(self._offset + self._position)
     data = self._f.read(n)
-    self._left -= len(data)
+    self._position += len(data)
     return data
 
 
 def _iter_part(part: _Part) -> Iterator[tuple[str, int, bytes | np.ndarray]]:
   """Yields (key for messages, label, encoded image or uint8 pixels)."""
   if part.kind == 'synset_tar':
+    what = f'{part.member} in {part.path}'
     with open(part.path, 'rb') as f:
-      f.seek(part.offset)
-      # Stream mode reads the inner tar sequentially: nothing extracted, ~1 image held.
-      with tarfile.open(fileobj=_Window(f, part.size), mode='r|') as inner:
-        for member in inner:
-          if member.isfile():
-            key = f'{os.path.basename(part.path)}/{member.name}'
-            yield key, part.label, inner.extractfile(member).read()
+      window = _Window(f, part.offset, part.size)
+      try:
+        # Read in place, in order: nothing extracted, one image held at a time.
+        with tarfile.open(fileobj=window, mode='r:') as inner:
+          for member in inner:
+            if member.isfile():
+              key = f'{os.path.basename(part.path)}/{member.name}'
+              yield key, part.label, inner.extractfile(member).read()
+          # A damaged header inside ends tarfile's listing silently, images lost with it.
+          _check_tar_end(window, what, inner.offset, part.size, inner.getmembers())
+      except tarfile.TarError as e:
+        raise errors.DamagedSourceError(f'{what} is damaged ({e}); {_COPY_AGAIN}') from e
   elif part.kind == 'tar_members':
     with open(part.path, 'rb') as f:
       for name, offset, size, label in part.items:
@@ -638,6 +806,42 @@ class _Progress:
 # The driver.
 
 
+def _cores() -> int:
+  """CPU cores this process may run on (a job's share, where a scheduler limits it)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def _available_memory() -> int | None:
+  """Bytes of memory available to new processes (Linux' MemAvailable), None where unknown."""
+  with contextlib.suppress(OSError, ValueError, IndexError), open('/proc/meminfo') as f:
+    for line in f:
+      if line.startswith('MemAvailable:'):
+        return int(line.split()[1]) * 1024
+  return None
+
+
+def worker_limit(cores: int, available_memory: int | None) -> int:
+  """The most conversion workers that help: one per core, and no more than fit in memory."""
+  by_memory = cores if available_memory is None else available_memory // WORKER_BYTES
+  return max(1, min(cores, by_memory))
+
+
+def _checked_workers(workers: int) -> int:
+  """--workers as used: a positive count, capped by `worker_limit` (said in a log line)."""
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise errors.InputError(f'--workers must be a positive integer, got {workers!r}')
+  cores, memory = _cores(), _available_memory()
+  limit = worker_limit(cores, memory)
+  if workers > limit:
+    room = '' if memory is None else (f', {memory / 2**30:.1f} GiB of memory available (each '
+                                      f'worker holds about {WORKER_BYTES // 2**20} MiB)')
+    logging.warning('--workers=%d capped at %d: this machine gives this process %d CPU '
+                    'cores%s', workers, limit, cores, room)
+  return min(workers, limit)
+
+
 @contextlib.contextmanager
 def _locked(output: str) -> Iterator[None]:
   """Serialises preparations of one folder (e.g. several processes of one job)."""
@@ -677,7 +881,27 @@ def _noop_report(output: str, description: dict[str, Any], image_size: int,
   if source != description['source'] and os.path.abspath(source) != description['source']:
     logging.warning('%s was prepared from %s, not %s; using it as it is', output,
                     description['source'], source)
+  elif description.get('source_files') is not None and os.path.isdir(source):
+    _check_same_tars(output, description, _source_files(os.path.abspath(source)))
   return dict(description['report'], output=output, noop=True)
+
+
+def _check_same_tars(output: str, description: dict[str, Any],
+                     now: dict[str, int | None]) -> None:
+  """Refuses to call `output` complete when the tars it was prepared from have changed
+  (a cut copy replaced by the whole file, another subset): it describes the old ones.
+
+  A tar deleted since (the prepared data is all a run reads) is no change.
+  """
+  then = description['source_files']
+  size = lambda n: 'absent' if n is None else f'{n:,} bytes'
+  changed = [f'{name}: {size(then.get(name))} then, {size(now[name])} now'
+             for name in now if now[name] is not None and then.get(name) != now[name]]
+  if changed:
+    raise errors.InputError(
+        f'{output} was prepared from other files in {description["source"]} than those there '
+        f'now ({"; ".join(changed)}): prepare the new files into another folder, or delete '
+        f'{output} and prepare again')
 
 
 def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
@@ -700,6 +924,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   """
   if image_size < 8:
     raise errors.InputError(f'image_size must be at least 8, got {image_size}')
+  workers = _checked_workers(workers)
   if not output:
     raise errors.InputError('no output folder given: pass --output=DIR')
   if source == 'tfds':
@@ -713,10 +938,34 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     _check_output_usable(output)  # before the lock file below lands in someone else's folder
   start = time.monotonic()
   plan = _plan(source)  # reads the source only: a source it refuses leaves no trace
+  if strict and plan.official is not None and not plan.official['official_complete']:
+    raise errors.InputError(
+        f'{plan.source} is not the complete official ILSVRC-2012 set: it holds '
+        f'{_official_shortfall(plan.official)}; --strict prepares only the complete set (run '
+        'without --strict to prepare this part of it)')
+  created = not os.path.isdir(output)
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:  # A file where a parent folder should be, no permission, ...
     raise errors.InputError(f'cannot create the output folder {output}: {e.strerror or e}') from e
+  try:
+    return _prepare_locked(plan, output, image_size, strict, workers, jpeg_quality, progress,
+                           source, start)
+  except errors.DamagedSourceError:
+    # The source turned out damaged while being converted: what was made from it is not kept.
+    shutil.rmtree(os.path.join(output, PARTIAL_DIR), ignore_errors=True)
+    with contextlib.suppress(OSError):
+      os.remove(os.path.join(output, LOCK_FILE))
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(output)
+    raise
+
+
+def _prepare_locked(plan: _Plan, output: str, image_size: int, strict: bool, workers: int,
+                    jpeg_quality: int, progress: bool, source: str,
+                    start: float) -> dict[str, Any]:
+  """The conversion itself, under the output folder's lock."""
   with _locked(output):
     description = dataset_format.read_dataset_json(output)
     if description is not None and dataset_format.is_complete(output):
@@ -724,6 +973,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     _check_output_usable(output)
     work_dir = os.path.join(output, PARTIAL_DIR)
     _open_work_dir(work_dir, {'source': plan.source, 'kind': plan.kind,
+                              'source_files': plan.source_files,
                               'image_size': image_size, 'jpeg_quality': jpeg_quality,
                               'parts': [p.name for p in plan.parts]})
     todo = [p for p in plan.parts if not _part_done(work_dir, p)]
@@ -959,7 +1209,7 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
 
   report = {
       'source': plan.source, 'kind': plan.kind, 'converted': sizes, 'skipped': skipped,
-      'skipped_files': skipped_files[:MAX_LISTED_SKIPS], **plan.notes,
+      'skipped_files': skipped_files[:MAX_LISTED_SKIPS], **plan.notes, **(plan.official or {}),
       'rotated': sum(r.get('rotated', 0) for _, r in results),
       'workers': workers, 'seconds': round(seconds, 2),
   }
@@ -983,6 +1233,9 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'report': report,
       'complete': True,
   }
+  if plan.official is not None:
+    description['official_complete'] = plan.official['official_complete']
+    description['source_files'] = plan.source_files
   description_path = os.path.join(output, dataset_format.DATASET_FILE)
   try:
     _write_json(description_path, description)
@@ -1064,6 +1317,11 @@ def summary_line(report: dict[str, Any]) -> str:
            f'{report.get("rotated", 0)} turned upright by their EXIF orientation')
   if 'ignored_files' in report:
     text += f'; ignored {report["ignored_files"]} other files'
+  if report.get('official_complete'):
+    text += '; the complete official ILSVRC-2012 set'
+  elif 'official_complete' in report:
+    text += (f'; not the complete official ILSVRC-2012 set: {_official_shortfall(report)} '
+             '(--strict refuses it)')
   return text + f'; {report["seconds"]:.1f} s'
 
 
@@ -1076,9 +1334,12 @@ def _define_flags() -> None:
   flags.DEFINE_string('output', None, 'Folder to write the prepared dataset to.',
                       required=True)
   flags.DEFINE_bool('strict', False, 'Fail on the first undecodable image instead of '
-                    'skipping it.')
+                    'skipping it, and refuse official tars that do not hold the whole '
+                    'ILSVRC-2012 set (1000 synsets, 50,000 validation images).')
   flags.DEFINE_integer('image_size', 256, 'Side of the stored square images, pixels.')
-  flags.DEFINE_integer('workers', 1, 'Processes converting in parallel.')
+  flags.DEFINE_integer('workers', 1, 'Processes converting in parallel; at most one per '
+                       f'CPU core and one per {WORKER_BYTES // 2**20} MiB of available memory '
+                       '(more are capped, with a log line).')
   flags.DEFINE_integer('jpeg_quality', 95, 'Quality of the stored JPEGs.')
 
 

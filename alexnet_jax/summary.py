@@ -82,11 +82,16 @@ def summarize(config: ml_collections.ConfigDict) -> list[LayerSummary]:
   """One row per layer (conv, pool, fc) of the network `config.model` builds.
 
   Weights are placed as on a mesh whose model axis is `summary_model_axis`: fc8
-  is whole where the class count does not split over it.
+  is whole where the class count does not split over it. Raises errors.InputError
+  for a model axis launch.py refuses for this network on any device count.
   """
   model = model_lib.from_config(config.model)
   rules = sharding.logical_rules(config)
   model_axis = summary_model_axis(config)
+  if model_axis is not None and config.mesh.model != sharding.AUTO:
+    # The check launch.py makes when it builds the mesh (sharding.create_mesh): a model
+    # axis that cuts a tower or a layer's width is refused here too, whatever the devices.
+    sharding.check_model_axis(config.model, model_axis)
   if model_axis is not None:
     rules = sharding.rules_for_sizes(rules, {'data': 1, 'model': model_axis}, model.num_classes)
   input_size = config.data.crop_size

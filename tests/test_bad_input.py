@@ -1,10 +1,10 @@
 """Every bad input a user can give, through the real commands: one line, non-zero, nothing touched.
 
-CASES below is the matrix. Each case runs `python launch.py`, `python -m alexnet_jax.prepare`,
-`python -m alexnet_jax.predict` or `python -m alexnet_jax.evaluate` on one bad input and must
-exit with the listed status, print exactly the listed line (paths shown as the names in
-FIXTURES), show no Python traceback, and leave every file that existed before it
-byte-for-byte as it was. Bad images are the exception that does not fail: prepare skips and
+CASES below is the matrix. Each case runs `python launch.py` or `python -m alexnet_jax.X` (X:
+prepare, predict, evaluate, plot, summary) on one bad input and must exit with the listed
+status, print exactly the listed line (paths shown as the names in FIXTURES), show no Python
+traceback, and leave every file that existed before it byte-for-byte as it was (and, where
+marked, create no workdir or output at all). Bad images are the exception that does not fail: prepare skips and
 counts the undecodable ones (and converts the odd but valid ones), unless --strict.
 
 docs/bad_input.md is generated from CASES; a test fails when they differ. After changing a
@@ -18,6 +18,7 @@ own stdout/stderr); a few cases also run as plain subprocesses to prove both giv
 """
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -55,6 +56,8 @@ FIXTURES = {
     'DATA': 'the prepared digits dataset (10 classes, image_size 72)',
     'CASE': 'a folder of this case alone (its bad images, tars, or outputs)',
     'FILE': 'a plain file',
+    'WNID0': 'the synset of official validation image 1 (tfds validation_labels.txt)',
+    'WNID1': 'the synset of official validation image 2',
 }
 
 SKIPPED = 'skipped'  # `status` of the bad-image cases: exit 0, the image skipped and counted
@@ -65,7 +68,7 @@ class Case:
   name: str
   group: str
   what: str  # the bad input, in words
-  tool: str  # launch | prepare | predict | evaluate
+  tool: str  # launch | prepare | predict | evaluate | plot | summary
   args: tuple[str, ...]  # with {PLACEHOLDERS}
   status: int
   message: str  # the one line it prints, paths as placeholders
@@ -74,6 +77,9 @@ class Case:
   skipped: Optional[int] = None  # bad images: how many prepare reports as skipped
   env: tuple[tuple[str, str], ...] = ()  # environment variables set for this case alone
   note: str = ''  # what the exit status means, in the doc, where the status alone does not say
+  # The command must not create {CASE}/new or {CASE}/out (a workdir, a prepare output, its
+  # _partial/ or lock): refused before anything is written, or all of it removed.
+  leaves_nothing: bool = False
 
 
 def _launch(*extra: str, workdir: str = '{CASE}/new') -> tuple[str, ...]:
@@ -225,7 +231,23 @@ CASES = (
          'width giving even conv widths'),
     Case('unknown_dtype', 'configs', 'unknown compute dtype', 'launch',
          _launch('--config.model.dtype=float8'), 2,
-         "error: unknown model dtype 'float8'"),
+         "error: config.model.dtype must be 'auto' or one of ('float32', 'bfloat16', 'float16'), "
+         "got 'float8'", leaves_nothing=True),
+    Case('integer_dtype_dry_run', 'configs', 'an integer compute dtype, with --dry_run', 'launch',
+         _launch('--config.model.dtype=int8', '--dry_run'), 2,
+         "error: config.model.dtype must be 'auto' or one of ('float32', 'bfloat16', 'float16'), "
+         "got 'int8'", leaves_nothing=True),
+    Case('summary_mesh_splits_a_tower', 'configs', 'summary of a mesh launch.py refuses '
+         '(mesh.model=4 with two towers)', 'summary', ('--config={CFG}', '--config.mesh.model=4'),
+         2, 'error: config.mesh.model=4 does not divide config.model.towers=2: each device must '
+         'hold whole towers (use model=1 or 2)'),
+    Case('slurm_ntasks_not_a_number', 'configs', 'SLURM_NTASKS that is not a number', 'launch',
+         _launch('--dry_run'), 2,
+         "error: the environment variable SLURM_NTASKS='abc' must be an integer >= 1 (the "
+         'cluster launcher sets it; unset it, or fix the job script that sets it)',
+         env=(('SLURM_JOB_ID', '1'), ('SLURM_STEP_NODELIST', 'localhost'),
+              ('SLURM_NTASKS', 'abc'), ('SLURM_PROCID', '0'), ('SLURM_LOCALID', '0')),
+         leaves_nothing=True),
     Case('unknown_data_source', 'configs', 'unknown data source', 'launch',
          _launch('--config.data.source=imagenet'), 2,
          "error: data.source must be 'prepared' or 'tfds', got 'imagenet'"),
@@ -272,6 +294,15 @@ CASES = (
     Case('bad_image_size_flag', 'configs', 'prepare --image_size too small', 'prepare',
          ('--source=digits', '--output={CASE}/out', '--image_size=4'), 2,
          'error: image_size must be at least 8, got 4'),
+    *(Case(f'prepare_{name}_workers', 'flags', f'prepare --workers={count}', 'prepare',
+           ('--source=digits', '--output={CASE}/out', f'--workers={count}'), 2,
+           f'error: --workers must be a positive integer, got {count}', leaves_nothing=True)
+      for name, count in (('zero', 0), ('negative', -2))),
+    Case('plot_too_many_neighbours', 'flags', 'plot --neighbours too many for a PNG PIL opens',
+         'plot', ('--workdir={RUN}', '--neighbours=701'), 2,
+         'error: --queries=5 and --neighbours=701 make a nearest-neighbour figure of 105,300 x '
+         '850 pixels, more than PIL opens without a decompression-bomb warning (89,478,485 '
+         'pixels); at --queries=5, --neighbours can be at most 700'),
     # --------------------------------------------------------------------- datasets
     Case('no_validation_images', 'data', 'training on a dataset without validation images',
          'launch', _launch('--config.data.dir={NOVAL}', '--config.model.num_classes=3'), 2,
@@ -369,6 +400,61 @@ CASES = (
          'error: {CASE}/src/val/zebra is not a training class (no '
          '{CASE}/src/train/zebra)',
          inputs=(*((f'src/{p}', k) for p, k in GOOD_TREE), ('src/val/zebra/0.JPEG', 'jpeg'))),
+    # --------------------------------------------------------------------- official tars
+    Case('train_tar_cut_in_a_header', 'tars', 'a train tar cut inside a member header',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {CASE}/src/ILSVRC2012_img_train.tar is cut short: it ends inside a member '
+         'header (at byte 10,852, after 1 whole member); copy the complete file again',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_cut_in_a_header'),),
+         leaves_nothing=True),
+    Case('train_tar_cut_in_data', 'tars', 'a train tar cut inside a member\'s data',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {CASE}/src/ILSVRC2012_img_train.tar is cut short: it ends inside the data of '
+         '{WNID1}.tar (700 of its 10,240 bytes are there); copy the complete file again',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_cut_in_data'),),
+         leaves_nothing=True),
+    Case('train_tar_gzip', 'tars', 'a gzip file named ILSVRC2012_img_train.tar', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {CASE}/src/ILSVRC2012_img_train.tar is a gzip-compressed file, not a plain tar '
+         '(the official ILSVRC-2012 tars are uncompressed): decompress it (gunzip) into a plain '
+         'tar, or copy the original file',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_gzip'),), leaves_nothing=True),
+    Case('train_tar_member_not_a_tar', 'tars', 'a <wnid>.tar member that is not a tar',
+         'prepare', ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {WNID0}.tar in {CASE}/src/ILSVRC2012_img_train.tar is not a tar archive '
+         '(invalid header): each member of the official train tar is a tar of one synset\'s '
+         'JPEGs; copy the complete file again',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_member_not_a_tar'),),
+         leaves_nothing=True),
+    Case('train_tar_member_damaged_inside', 'tars',
+         'a <wnid>.tar member with a damaged header inside (found while converting)', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), 2,
+         'error: {WNID1}.tar in {CASE}/src/ILSVRC2012_img_train.tar holds a damaged header at '
+         'byte 1,536 (after 1 member): the file is corrupt; copy the complete file again',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_member_damaged_inside'),),
+         leaves_nothing=True),
+    Case('val_tar_cut', 'tars', 'a val tar cut short', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out'), 2,
+         'error: {CASE}/src/ILSVRC2012_img_val.tar is cut short: it ends inside the data of '
+         'ILSVRC2012_val_00000002.JPEG (300 of its 2,196 bytes are there); copy the complete file '
+         'again',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar'),
+                 ('src/ILSVRC2012_img_val.tar', 'val_tar_cut')), leaves_nothing=True),
+    Case('tars_partial_official_set', 'tars', 'tars with part of the official set', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
+         'prepared {CASE}/out: train 4, val 1 images; skipped 0 undecodable; 0 turned upright by '
+         'their EXIF orientation; not the complete official ILSVRC-2012 set: 2 of 1000 synsets, '
+         '1 of 50,000 validation images (--strict refuses it); T s',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_two_synsets'),
+                 ('src/ILSVRC2012_img_val.tar', 'val_tar')), skipped=0,
+         note='0 (prepared, and reported)'),
+    Case('tars_partial_official_set_strict', 'tars', 'the same, with --strict', 'prepare',
+         ('--source={CASE}/src', '--output={CASE}/out', '--strict'), 2,
+         'error: {CASE}/src is not the complete official ILSVRC-2012 set: it holds 2 of 1000 '
+         'synsets, 1 of 50,000 validation images; --strict prepares only the complete set (run '
+         'without --strict to prepare this part of it)',
+         inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_two_synsets'),
+                 ('src/ILSVRC2012_img_val.tar', 'val_tar')), leaves_nothing=True),
     # --------------------------------------------------------------------- checkpoints
     Case('corrupt_checkpoint', 'checkpoints', 'the only checkpoint is damaged (resume)',
          'launch', _launch(workdir='{BROKEN_RUN}'), 2,
@@ -511,7 +597,7 @@ CASES = (
 
 # Run also as plain `python ...` subprocesses: the forked runs must print the same.
 SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step',
-                    'ensemble_other_classes')
+                    'ensemble_other_classes', 'train_tar_cut_in_a_header')
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -536,6 +622,38 @@ def _tar_bytes(members: dict[str, bytes]) -> bytes:
       info.size = len(data)
       archive.addfile(info, io.BytesIO(data))
   return buf.getvalue()
+
+
+def _tar_wnids() -> tuple[str, str]:
+  """Two wnids of the official tars: those of validation images 1 and 2 (WNID0, WNID1)."""
+  from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
+  first, second = prepare.imagenet_validation_wnids()[:2]
+  assert first != second
+  return first, second
+
+
+def _damaged_train_tar(damage: str, seed: int) -> bytes:
+  """A train tar of two synsets of two images each, whole or damaged as `damage` says."""
+  wnids = _tar_wnids()
+  inner = [_tar_bytes({f'{w}_{i}.JPEG': _jpeg(_image(seed + i, 16)) for i in range(2)})
+           for w in wnids]
+  if damage == 'member_not_a_tar':
+    inner[0] = _jpeg(_image(seed, 16))
+  if damage == 'member_damaged_inside':  # the second image's header overwritten
+    with tarfile.open(fileobj=io.BytesIO(inner[1])) as archive:
+      second = archive.getmembers()[1].offset
+    inner[1] = inner[1][:second] + b'x' * tarfile.BLOCKSIZE + inner[1][second + tarfile.BLOCKSIZE:]
+  whole = _tar_bytes({f'{w}.tar': data for w, data in zip(wnids, inner)})
+  with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
+    second = archive.getmembers()[1]
+  if damage == 'cut_in_a_header':
+    return whole[:second.offset + 100]
+  if damage == 'cut_in_data':
+    return whole[:second.offset_data + 700]
+  if damage == 'gzip':
+    return gzip.compress(whole)
+  assert damage in ('two_synsets', 'member_not_a_tar', 'member_damaged_inside'), damage
+  return whole
 
 
 def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> None:
@@ -605,6 +723,14 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     wnid = 'cats' if kind == 'cats_tar' else prepare.imagenet_validation_wnids()[0]
     inner = _tar_bytes({f'{wnid}_{i}.JPEG': _jpeg(_image(seed + i)) for i in range(2)})
     data = _tar_bytes({f'{wnid}.tar': inner})
+  elif kind.startswith('train_tar_'):
+    data = _damaged_train_tar(kind[len('train_tar_'):], seed)
+  elif kind == 'val_tar':
+    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': _jpeg(_image(seed))})
+  elif kind == 'val_tar_cut':
+    whole = _tar_bytes({f'ILSVRC2012_val_{n:08d}.JPEG': _jpeg(_image(seed + n)) for n in (1, 2)})
+    with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
+      data = whole[:archive.getmembers()[1].offset_data + 300]
   elif kind == 'renamed_val_tar':
     data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': _jpeg(_image(seed)),
                        'my_photo.JPEG': _jpeg(_image(seed + 1))})
@@ -618,6 +744,7 @@ def _make_fixtures(root: str) -> dict[str, str]:
   """The shared inputs of the matrix, under `root` (DATA is the test run's digits set)."""
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
   fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
+              **dict(zip(('WNID0', 'WNID1'), _tar_wnids())),
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
               'RUN3': os.path.join(root, 'run3'),
               'DATA3': os.path.join(root, 'data3'), 'NOVAL': os.path.join(root, 'noval'),
@@ -674,7 +801,7 @@ def _normalize(text: str, fixtures: dict[str, str]) -> str:
   # The storage library's account of a damaged shard names checksums and offsets.
   text = re.sub(r'is damaged \(.*?\); prepare the dataset again',
                 'is damaged (<reason>); prepare the dataset again', text)
-  return re.sub(r'files; \d+\.\d s', 'files; T s', text)
+  return re.sub(r'; \d+\.\d s$', '; T s', text)
 
 
 _LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')
@@ -762,8 +889,10 @@ def serve(spec_path: str) -> None:
   import jax
   from alexnet_jax import cli
   from alexnet_jax import evaluate
+  from alexnet_jax import plot
   from alexnet_jax import predict
   from alexnet_jax import prepare
+  from alexnet_jax import summary
   from alexnet_jax import train
   # pylint: enable=g-import-not-at-top,unused-import
   with open(spec_path) as f:
@@ -812,11 +941,13 @@ def _env() -> dict[str, str]:
 
 def render_doc() -> str:
   groups = {'paths': 'Paths', 'configs': 'Configs', 'data': 'Datasets', 'images': 'Images',
-            'labels': 'Labels files', 'checkpoints': 'Checkpoints',
+            'labels': 'Labels files', 'tars': 'Official ImageNet tars',
+            'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
             'flags': 'Flags', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
-           'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate'}
+           'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate',
+           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary'}
   cell = lambda s: s.replace('|', '\\|')
   lines = [
       '# Bad input: what each command says',
@@ -939,6 +1070,10 @@ class BadInputMatrixTest(parameterized.TestCase):
     self.assertEqual(_normalize(lines[0], self.fixtures_of(case)), case.message)
     self.assertEqual(result['status'], 0 if case.status == SKIPPED else case.status, output)
     self.assertEqual(result['touched'], [], 'files that existed were changed')
+    if case.leaves_nothing:
+      folder = self.case_dirs[case.name]
+      self.assertEqual([n for n in ('new', 'out') if os.path.exists(os.path.join(folder, n))],
+                       [], 'a refused input left a workdir or output behind')
     if case.status == SKIPPED:
       with open(os.path.join(self.case_dirs[case.name], 'out', 'dataset.json')) as f:
         report = json.load(f)['report']

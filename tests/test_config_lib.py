@@ -4,6 +4,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from alexnet_jax import config_lib
+from alexnet_jax import errors
 from configs import digits
 from configs import imagenet
 
@@ -114,6 +115,25 @@ class FeedingTest(parameterized.TestCase):
     feed = config_lib.feeding_for(config, platform, cores, devices, processes)
     self.assertAlmostEqual(feed.need, need, delta=1e-6 * need)
     self.assertEqual(feed.use_processes, want_processes)
+
+
+class ValidateDtypeTest(parameterized.TestCase):
+  """model.dtype: a floating type the network computes in, refused otherwise before any work."""
+
+  def _config(self, dtype: str):
+    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
+    config.model.dtype = dtype
+    return config
+
+  @parameterized.parameters('float32', 'bfloat16', 'float16')
+  def test_compute_dtypes_pass(self, dtype):
+    config_lib.validate(self._config(dtype))
+
+  @parameterized.parameters('int8', 'uint8', 'float64', 'bool', 'float8_e4m3fn')
+  def test_other_dtypes_are_refused(self, dtype):
+    with self.assertRaisesRegex(errors.InputError,
+                                f"^config.model.dtype must be .* got '{dtype}'$"):
+      config_lib.validate(self._config(dtype))
 
 
 if __name__ == '__main__':

@@ -1,14 +1,19 @@
 """Plots and the paper's figures 3 and 4: valid PNGs of the expected size, and their numbers."""
 
+import io
 import json
 import os
+import struct
 import tempfile
+import warnings
+import zlib
 
 from absl.testing import absltest
 import jax
 import numpy as np
 from PIL import Image
 
+from alexnet_jax import errors
 from alexnet_jax import figures
 from alexnet_jax import plot
 from alexnet_jax import predict
@@ -170,6 +175,42 @@ class RunFiguresTest(absltest.TestCase):
       self.assertIsNotNone(outcomes['conv1_kernels.png'].path)
       self.assertIsNone(outcomes['nearest_neighbours.png'].path)
       self.assertRegex(outcomes['nearest_neighbours.png'].note, 'needs the dataset')
+
+
+def png_header(width: int, height: int) -> bytes:
+  """The start of an RGB PNG of width x height: all PIL reads to open it (and judge its size)."""
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+def pil_opens_quietly(width: int, height: int) -> bool:
+  """Whether PIL opens a PNG of that size without its decompression-bomb warning."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', Image.DecompressionBombWarning)
+    try:
+      with Image.open(io.BytesIO(png_header(width, height))) as image:
+        return image.size == (width, height)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+      return False
+
+
+class NeighbourFigureBoundTest(absltest.TestCase):
+  """plot refuses, in one line, a figure 4 larger than PIL opens without its bomb warning."""
+
+  def test_the_largest_figure_allowed_opens_in_pil(self):
+    # A cell of figure 4 is 150 x 170 pixels (test_plot_command_writes_all_four measures a
+    # drawn one): a row per query, the query and its neighbours across.
+    for queries in (1, 5, 9):
+      most = max(k for k in range(1, 5000) if pil_opens_quietly(150 * (k + 1), 170 * queries))
+      plot.check_neighbour_figure(queries, most)
+      with self.assertRaisesRegex(errors.InputError, f'at --queries={queries}, --neighbours can '
+                                  f'be at most {most}$'):
+        plot.check_neighbour_figure(queries, most + 1)
+    most = max(q for q in range(1, 5000) if pil_opens_quietly(150 * 2, 170 * q))
+    with self.assertRaisesRegex(errors.InputError, f'--queries can be at most {most}$'):
+      plot.check_neighbour_figure(most + 1, 1)
 
 
 if __name__ == '__main__':

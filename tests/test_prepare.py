@@ -235,6 +235,20 @@ class OfficialTarsTest(_StatsAssertions):
                       progress=False)
     self.assertFalse(dataset_format.is_complete(os.path.join(self.tmp, 'renamed_out')))
 
+  def test_official_set_counts(self):
+    # The official ILSVRC-2012 set: 1000 synsets in the train tar, 50,000 validation images.
+    self.assertEqual(self.report['train_synsets'], [6, 1000])
+    self.assertEqual(self.report['val_images'], [7, 50000])  # 2 of them outside the 6 classes
+    self.assertFalse(self.report['official_complete'])
+    self.assertIn('; not the complete official ILSVRC-2012 set: 6 of 1000 synsets, 7 of 50,000 '
+                  'validation images (--strict refuses it);', prepare.summary_line(self.report))
+    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+      description = json.load(f)
+    self.assertFalse(description['official_complete'])
+    self.assertEqual(description['source_files'], {
+        name: os.path.getsize(os.path.join(self.source, name))
+        for name in (prepare.TRAIN_TAR, prepare.VAL_TAR)})
+
   def test_rerun_is_a_noop(self):
     before = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
               for n in os.listdir(self.output)}
@@ -247,6 +261,124 @@ class OfficialTarsTest(_StatsAssertions):
     self.assertEqual(before, after)
     with self.assertRaisesRegex(ValueError, 'image_size 32, not 64'):
       prepare.prepare(self.source, self.output, image_size=64, progress=False)
+
+
+def _write_tars(folder: str, wnids, val_numbers, *, damaged_member: str = '') -> None:
+  """Official-layout tars in `folder`: two solid images per synset, one per val number.
+
+  damaged_member: a wnid whose tar gets its second image's header overwritten.
+  """
+  os.makedirs(folder, exist_ok=True)
+  with tarfile.open(os.path.join(folder, prepare.TRAIN_TAR), 'w') as outer:
+    for k, wnid in enumerate(wnids):
+      buf = io.BytesIO()
+      with tarfile.open(fileobj=buf, mode='w') as inner:
+        for j in range(2):
+          _add_file(inner, f'{wnid}_{j}.JPEG', _jpeg(_solid(_color(2 * k + j), 20, 24)))
+      data = buf.getvalue()
+      if wnid == damaged_member:
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+          at = inner.getmembers()[1].offset
+        data = data[:at] + b'x' * tarfile.BLOCKSIZE + data[at + tarfile.BLOCKSIZE:]
+      _add_file(outer, f'{wnid}.tar', data)
+  with tarfile.open(os.path.join(folder, prepare.VAL_TAR), 'w') as val:
+    for number in val_numbers:
+      _add_file(val, f'ILSVRC2012_val_{number:08d}.JPEG', _jpeg(_solid(_color(number), 20, 24)))
+
+
+class TarChecksTest(absltest.TestCase):
+  """What prepare trusts of the official tars (the command-line cases: tests/test_bad_input.py)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.val_wnids = prepare.imagenet_validation_wnids()
+    cls.wnids = cls.val_wnids[:2]  # the synsets of validation images 1 and 2
+    assert cls.wnids[0] != cls.wnids[1]
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = _tempdir()
+
+  def test_strict_takes_only_the_whole_official_set(self):
+    source = os.path.join(self.tmp, 'src')
+    _write_tars(source, self.wnids, (1, 2))
+    output = os.path.join(self.tmp, 'out')
+    with self.assertRaisesRegex(errors.InputError, 'holds 2 of 1000 synsets, 2 of 50,000 '
+                                'validation images; --strict prepares only the complete set'):
+      prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
+    self.assertFalse(os.path.exists(output))
+    # Were these two synsets and two images all of ILSVRC-2012, they would be the whole set.
+    with mock.patch.object(prepare, 'imagenet_wnids', return_value=tuple(sorted(self.wnids))), \
+        mock.patch.object(prepare, 'imagenet_validation_wnids', return_value=self.wnids):
+      report = prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
+    self.assertTrue(report['official_complete'])
+    self.assertEqual((report['train_synsets'], report['val_images']), ([2, 2], [2, 2]))
+    self.assertIn('; the complete official ILSVRC-2012 set;', prepare.summary_line(report))
+    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+      self.assertTrue(json.load(f)['official_complete'])
+
+  def test_a_rerun_on_other_tars_is_not_already_complete(self):
+    source = os.path.join(self.tmp, 'src')
+    _write_tars(source, self.wnids[:1], (1,))  # a part of the data, prepared first
+    output = os.path.join(self.tmp, 'out')
+    prepare.prepare(source, output, image_size=SIZE, progress=False)
+    description = os.path.join(output, dataset_format.DATASET_FILE)
+    with open(description, 'rb') as f:
+      before = f.read()
+    smaller = os.path.getsize(os.path.join(source, prepare.TRAIN_TAR))
+    os.rename(source, source + '.first')
+    _write_tars(source, self.wnids, (1, 2))  # then the whole of it, in the same place
+    larger = os.path.getsize(os.path.join(source, prepare.TRAIN_TAR))
+    message = (f'{output} was prepared from other files in {source} than those there now '
+               rf'\(ILSVRC2012_img_train.tar: {smaller:,} bytes then, {larger:,} bytes now\)')
+    with self.assertRaisesRegex(errors.InputError, message):
+      prepare.prepare(source, output, image_size=SIZE, progress=False)
+    with self.assertRaisesRegex(errors.InputError, message):
+      prepare.ensure_prepared(source, output, image_size=SIZE)
+    with open(description, 'rb') as f:
+      self.assertEqual(f.read(), before)
+    shutil.rmtree(source)
+    os.rename(source + '.first', source)  # the tars it was prepared from: complete, as it was
+    self.assertTrue(prepare.prepare(source, output, image_size=SIZE, progress=False)['noop'])
+    os.remove(os.path.join(source, prepare.TRAIN_TAR))  # deleted once prepared: no change
+    self.assertTrue(prepare.ensure_prepared(source, output, image_size=SIZE)['noop'])
+
+  def test_damage_found_while_converting_leaves_nothing(self):
+    source = os.path.join(self.tmp, 'src')
+    # The damage lies inside a synset tar whose ends are whole: found when it is read.
+    _write_tars(source, self.wnids, (1,), damaged_member=self.wnids[1])
+    made = os.path.join(self.tmp, 'made')  # created by prepare
+    given = os.path.join(self.tmp, 'given')  # an empty folder the user made
+    os.makedirs(given)
+    for output, workers in ((made, 1), (given, 2)):
+      with self.assertRaisesRegex(errors.DamagedSourceError,
+                                  f'{self.wnids[1]}.tar in .* holds a damaged header at byte '
+                                  '1,536 \\(after 1 member\\)'):
+        prepare.prepare(source, output, image_size=SIZE, workers=workers, progress=False)
+    self.assertFalse(os.path.exists(made))
+    self.assertEqual(os.listdir(given), [])
+
+  def test_workers_are_capped_by_cores_and_memory(self):
+    mib = 2**20
+    self.assertEqual(prepare.worker_limit(8, None), 8)
+    self.assertEqual(prepare.worker_limit(8, 1000 * mib), 5)  # 1000 MiB for ~200 MiB each
+    self.assertEqual(prepare.worker_limit(4, 100 * 2**30), 4)
+    self.assertEqual(prepare.worker_limit(4, 0), 1)
+    source = os.path.join(self.tmp, 'src')
+    _write_image_folder(source, ['a'], 1, 0, np.random.default_rng(0))
+    shutil.rmtree(os.path.join(source, 'val'))  # one part left: converted in this process
+    with self.assertLogs('absl', 'WARNING') as logs:
+      report = prepare.prepare(source, os.path.join(self.tmp, 'out'), image_size=SIZE,
+                               workers=10**6, progress=False)
+    self.assertBetween(report['workers'], 1, len(os.sched_getaffinity(0)))
+    self.assertTrue(any(f'--workers=1000000 capped at {report["workers"]}: ' in line
+                        for line in logs.output), logs.output)
+    for bad in (0, -3):
+      with self.assertRaisesRegex(errors.InputError, f'--workers must be a positive integer, '
+                                  f'got {bad}'):
+        prepare.prepare(source, os.path.join(self.tmp, 'bad'), workers=bad)
+    self.assertFalse(os.path.exists(os.path.join(self.tmp, 'bad')))
 
 
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:

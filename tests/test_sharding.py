@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import sharding
@@ -610,6 +611,18 @@ class DistributedTest(absltest.TestCase):
     self.assertEqual(sharding.cluster_process_count(
         dict(TPU_WORKER_HOSTNAMES='w0,w1,w2,w3')), 4)
     self.assertEqual(sharding.cluster_process_count({}), 1)
+
+  def test_cluster_variables_that_are_not_counts_are_named(self):
+    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='2',
+                 SLURM_PROCID='0', SLURM_LOCALID='0')
+    ompi = dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')
+    for env, name, value in ((slurm, 'SLURM_NTASKS', 'abc'), (slurm, 'SLURM_NTASKS', '0'),
+                             (slurm, 'SLURM_PROCID', '1.5'), (slurm, 'SLURM_LOCALID', ''),
+                             (ompi, 'OMPI_COMM_WORLD_SIZE', 'two')):
+      with self.assertRaisesRegex(errors.InputError,
+                                  f"^the environment variable {name}='{value}' must be an "
+                                  'integer >= '):
+        sharding.cluster_process_count(dict(env, **{name: value}))
 
 
 if __name__ == '__main__':
