@@ -27,8 +27,10 @@ any `dtype`. With dtype='bfloat16':
   round to bfloat16; fc8 does not: the logits are float32 sums that were never rounded
   to bfloat16. Their difference from a float32 network's logits comes from the
   bfloat16 operands (fc8's inputs and kernel and every layer before), not from a last
-  rounding to steps of 2^-7 of their magnitude (0.0625 for logits of 8-16).
-With dtype='float32' every layer is float32 (conv1 also at Precision.HIGHEST).
+  rounding to steps of 2^-8 to 2^-7 of their magnitude (0.0625 for logits of 8-16).
+With dtype='float32' every layer takes float32; conv1 runs at Precision.HIGHEST there
+too, the others at JAX's default precision (which lets recent NVIDIA GPUs use TF32 and
+TPUs bfloat16 passes).
 """
 
 from __future__ import annotations
