@@ -38,14 +38,19 @@ def cross_entropy(logits: Array, labels: Array, mask: Optional[Array] = None) ->
 def topk_wrong(scores: Array, labels: Array, ks: Sequence[int] = (1, 5)) -> tuple[Array, ...]:
   """Per example and per k: 1.0 where the label is not among the k highest scores, else 0.0.
 
-  `scores` may be logits or probabilities (only their order matters). The rank
-  of the label is the number of classes scoring strictly higher, so ties count
-  in the label's favour; a NaN score for the label always counts as wrong.
+  `scores` may be logits or probabilities (only their order matters). The rank of
+  the label is the number of OTHER classes that do not score strictly lower, so a
+  tie counts against the label: the error is the largest that any order of the tied
+  classes would give, and constant scores over C > k classes give a top-k error of
+  1, never 0. A NaN score
+  counts against the label too: for the label, it makes the example wrong; for
+  another class, that class ranks above the label. docs/design.md, "Top-k errors".
   """
   scores = scores.astype(jnp.float32)
   label_score = jnp.take_along_axis(scores, labels[:, None].astype(jnp.int32), axis=-1)
-  # Counting beats sorting here: one compare per class, no top_k.
-  rank = jnp.sum(scores > label_score, axis=-1)
+  # Counting beats sorting here: one compare per class, no top_k. `~(<)` rather than
+  # `>=` so that NaN scores count; minus 1 for the label itself.
+  rank = jnp.sum(~(scores < label_score), axis=-1) - 1
   unusable = jnp.isnan(label_score[:, 0])
   return tuple(((rank >= k) | unusable).astype(jnp.float32) for k in ks)
 

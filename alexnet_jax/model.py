@@ -14,6 +14,23 @@ conv1, conv3 and the fully connected layers see everything. Every weight carries
 logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding` maps them
 onto a device mesh, so this file names no devices or mesh axes. Under such a mesh
 the grouped convs run tower-local on each device (`tower_shard_specs`).
+
+Precision (docs/design.md, "Numerics under bfloat16"). Parameters are float32 under
+any `dtype`. With dtype='bfloat16':
+- conv1 is float32 throughout: its input (pixels minus the mean, plus the lighting
+  shift) and kernel stay float32, the convolution runs at Precision.HIGHEST (no
+  TF32 or bfloat16 passes on any backend) and the bias is added in float32; only its
+  output is rounded to bfloat16.
+- conv2-conv5 take bfloat16 inputs and kernels and give bfloat16 outputs.
+- fc6, fc7 and fc8 round their inputs and kernels to bfloat16 (8 significant bits),
+  sum the products in float32 and add the float32 bias in float32. fc6 and fc7 then
+  round to bfloat16; fc8 does not: the logits are float32 sums that were never rounded
+  to bfloat16. Their difference from a float32 network's logits comes from the
+  bfloat16 operands (fc8's inputs and kernel and every layer before), not from a last
+  rounding to steps of 2^-8 to 2^-7 of their magnitude (0.0625 for logits of 8-16).
+With dtype='float32' every layer takes float32; conv1 runs at Precision.HIGHEST there
+too, the others at JAX's default precision (which lets recent NVIDIA GPUs use TF32 and
+TPUs bfloat16 passes).
 """
 
 from __future__ import annotations
@@ -45,6 +62,10 @@ CONV_LAYOUT = {
     'conv5': (3, 1, 1, True),
 }
 POOL_WINDOW, POOL_STRIDE = 3, 2  # overlapping pooling (section 3.4)
+# Convs computed in float32 at full precision under any compute dtype: conv1, so that
+# its input (pixels minus the mean, plus the lighting shift) is not rounded to bfloat16
+# (docs/design.md, "Numerics under bfloat16").
+FULL_PRECISION_CONVS = ('conv1',)
 INIT_SCHEMES = ('paper', 'caffe', 'he')
 GROUP_IMPLS = ('split', 'feature_group')
 
@@ -263,6 +284,10 @@ class Conv(nn.Module):
   bias_value: float = 0.0
   dtype: Any = jnp.float32
   group_impl: str = 'split'
+  # True for conv1: input, kernel, sum and bias in float32 at full precision whatever
+  # `dtype` is, and only the output cast to `dtype` (docs/design.md, "Numerics under
+  # bfloat16"). The output before that cast is sown as ('intermediates', 'float32').
+  full_precision: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -272,11 +297,16 @@ class Conv(nn.Module):
                         shape, jnp.float32)
     bias = self.param('bias', nn.with_logical_partitioning(
         nn.initializers.constant(self.bias_value), CONV_BIAS_AXES), (self.features,), jnp.float32)
-    x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
+    compute = jnp.float32 if self.full_precision else self.dtype
+    # HIGHEST: without it a float32 conv may still round its operands, to TF32 (10
+    # significant bits) on NVIDIA GPUs or to bfloat16 on TPUs.
+    precision = jax.lax.Precision.HIGHEST if self.full_precision else None
+    x = x.astype(compute)
+    kernel = kernel.astype(compute)
     conv = lambda inp, ker, groups: jax.lax.conv_general_dilated(
         inp, ker, (self.stride, self.stride), [(self.padding, self.padding)] * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
+        precision=precision)
 
     def grouped(inp: Array, ker: Array, groups: int) -> Array:
       if groups == 1:
@@ -299,16 +329,25 @@ class Conv(nn.Module):
       act_spec, kernel_spec, local_groups = specs
       y = jax.shard_map(lambda xi, ki: grouped(xi, ki, local_groups),
                         in_specs=(act_spec, kernel_spec), out_specs=act_spec)(x, kernel)
-    return y + bias.astype(self.dtype)
+    y = y + bias.astype(compute)
+    if self.full_precision:
+      self.sow('intermediates', 'float32', y)
+    return y.astype(self.dtype)
 
 
 class Dense(nn.Module):
-  """A fully connected layer with logically named (in, out) kernel."""
+  """A fully connected layer with logically named (in, out) kernel.
+
+  Inputs and kernel are cast to `dtype`; the products are summed in float32 and the
+  float32 bias is added to that sum, so the one rounding to `dtype` (if any) comes
+  last. `output_dtype` float32 (fc8) skips it.
+  """
   features: int
   kernel_init: Initializer = _normal(0.01)
   bias_value: float = 0.0
   dtype: Any = jnp.float32
   out_axis: str = FC_KERNEL_AXES[1]  # logical name of the outputs: fc_out, or classes for fc8
+  output_dtype: Any = None  # None: `dtype`
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -318,7 +357,10 @@ class Dense(nn.Module):
     bias = self.param('bias', nn.with_logical_partitioning(
         nn.initializers.constant(self.bias_value), (self.out_axis,)), (self.features,),
                       jnp.float32)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return (y + bias).astype(self.dtype if self.output_dtype is None else self.output_dtype)
 
 
 def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
@@ -429,11 +471,12 @@ class AlexNet(nn.Module):
       # variance_scaling reads fan-in from the HWIO kernel, i.e. per tower.
       kinit, bias = layer_init(self.init_scheme, name)
       return Conv(features, ksize, stride, pad, groups, kinit, bias, dtype,
-                  self.group_impl, name=name)(inp)
+                  self.group_impl, full_precision=name in FULL_PRECISION_CONVS, name=name)(inp)
 
-    def dense(name: str, features: int, inp: Array, out_axis: str = FC_KERNEL_AXES[1]) -> Array:
+    def dense(name: str, features: int, inp: Array, out_axis: str = FC_KERNEL_AXES[1],
+              output_dtype: Any = None) -> Array:
       kinit, bias = layer_init(self.init_scheme, name)
-      return Dense(features, kinit, bias, dtype, out_axis, name=name)(inp)
+      return Dense(features, kinit, bias, dtype, out_axis, output_dtype, name=name)(inp)
 
     def sown(name: str, value: Array) -> Array:
       # LRN, pooling and dropout are functions, not modules, so `capture_intermediates`
@@ -459,8 +502,10 @@ class AlexNet(nn.Module):
     x = sown('dropout6', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
     x = nn.relu(dense('fc7', hidden, x))
     x = sown('dropout7', nn.Dropout(self.dropout_rate, deterministic=not train)(x))
-    # Logits in float32: the softmax and its loss are computed at full precision.
-    return dense('fc8', self.num_classes, x, CLASSES_AXIS).astype(jnp.float32)
+    # Logits in float32, never rounded to `dtype`: the softmax and its loss are computed
+    # at full precision, and the top-k errors see no ties that rounding made
+    # (docs/design.md, "Numerics under bfloat16").
+    return dense('fc8', self.num_classes, x, CLASSES_AXIS, jnp.float32)
 
 
 def min_input_size(conv1_padding: int, pool_size: int = POOL_WINDOW,

@@ -14,7 +14,8 @@ the logical rules. The batch is one fixed uint8 batch already on the device (the
 variant `feed=host` transfers a fresh numpy batch every step instead, as the loop does).
 
 `--variants` times alternatives to the shipped step in the same rounds (XLA:CPU
-options, LRN and max-pool formulations, grouped-conv form, feeding, donation), e.g.
+options, LRN and max-pool formulations, grouped-conv form, feeding, donation, conv1
+in bfloat16), e.g.
 
   python -m benchmarks.train_step --variants='shipped,lrn=autodiff,ynn=jaxlib'
 
@@ -155,7 +156,8 @@ reference of the "vs first" ratio); each is "shipped" or changes joined by "&":
 ynn=TYPES (YNNPACK fusion types for this compile, "+"-joined: dot, eltwise, reduce,
 individual_dot, individual_convolution; "none"; "jaxlib" = jaxlib 0.10.2's default
 individual_convolution+individual_dot+reduce), lrn=autodiff|band|cumsum|none,
-pool=autodiff, group=feature_group, feed=host, donate=no (see LRN_FORMS, POOL_FORMS)"""
+pool=autodiff, group=feature_group, feed=host, donate=no (see LRN_FORMS, POOL_FORMS),
+conv1=bf16 (conv1 in the compute dtype, as before it became float32 under bfloat16)"""
 YNN_TYPES = ('dot', 'eltwise', 'reduce', 'individual_dot', 'individual_convolution')
 YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
 
@@ -217,6 +219,7 @@ class Variant:
   group_impl: str = ''
   feed: str = 'device'
   donate: bool = True
+  conv1: str = ''  # bf16: conv1 in the compute dtype (model.FULL_PRECISION_CONVS empty)
 
   @classmethod
   def parse(cls, spec: str) -> 'Variant':
@@ -238,6 +241,8 @@ class Variant:
         fields['feed'] = value
       elif key == 'donate' and value in ('yes', 'no'):
         fields['donate'] = value == 'yes'
+      elif key == 'conv1' and value == 'bf16':
+        fields['conv1'] = value
       else:
         raise ValueError(f'unknown variant change {change!r} in {spec!r}')
     return cls(**fields)
@@ -249,13 +254,15 @@ class Variant:
             ','.join(f'LIBRARY_FUSION_TYPE_{t.upper()}' for t in self.ynn)}
 
   def patched_model(self) -> contextlib.AbstractContextManager[None]:
-    """While tracing: the model module's LRN / max-pool swapped for the variant's."""
+    """While tracing: the model module's LRN / max-pool / float32 convs swapped for the variant's."""
     from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     swaps = {}
     if self.lrn:
       swaps['local_response_norm'] = LRN_FORMS[self.lrn]
     if self.pool:
       swaps['max_pool'] = POOL_FORMS[self.pool]
+    if self.conv1:
+      swaps['FULL_PRECISION_CONVS'] = ()
     stack = contextlib.ExitStack()
     for attr, fn in swaps.items():
       stack.enter_context(_swapped(model_lib, attr, fn))

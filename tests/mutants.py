@@ -45,6 +45,8 @@ class Plant:
 PAPER_NET = 'tests/test_paper_config.py::PaperNetworkTest'
 PAPER_CONFIG = 'tests/test_paper_config.py::ImagenetConfigTest'
 PLATEAU_RUN = 'tests/test_plateau_run.py'
+LOSSES = 'tests/test_metrics.py::LossesTest'
+BF16_NUMERICS = 'tests/test_model.py::Bfloat16NumericsTest'
 
 PLANTS = (
     # The paper's numbers where the network, the trainer and prepare use them.
@@ -131,6 +133,31 @@ PLANTS = (
     Plant('top5_as_top1', 'alexnet_jax/losses.py',
           'return tuple(((rank >= k) | unusable)', 'return tuple(((rank >= 1) | unusable)',
           ('tests/test_metrics.py',)),
+    # Numerics: ties, bfloat16 logits and conv1 (docs/design.md, "Top-k errors" and
+    # "Numerics under bfloat16").
+    Plant('ties_for_the_label', 'alexnet_jax/losses.py',
+          'rank = jnp.sum(~(scores < label_score), axis=-1) - 1',
+          'rank = jnp.sum(scores > label_score, axis=-1)', (LOSSES,)),
+    Plant('nan_of_another_class_ignored', 'alexnet_jax/losses.py',
+          'rank = jnp.sum(~(scores < label_score), axis=-1) - 1',
+          'rank = jnp.sum(scores >= label_score, axis=-1) - 1',
+          (LOSSES + '::test_nan_of_another_class_counts_against_the_label',)),
+    Plant('fc_sum_in_bfloat16', 'alexnet_jax/model.py',
+          '                            preferred_element_type=jnp.float32)',
+          '                            preferred_element_type=None)', (BF16_NUMERICS,)),
+    Plant('fc_bias_rounded_to_bfloat16', 'alexnet_jax/model.py',
+          'return (y + bias).astype(', 'return (y + bias.astype(self.dtype)).astype(',
+          (BF16_NUMERICS,)),
+    Plant('logits_rounded_to_bfloat16', 'alexnet_jax/model.py',
+          "return dense('fc8', self.num_classes, x, CLASSES_AXIS, jnp.float32)",
+          "return dense('fc8', self.num_classes, x, CLASSES_AXIS).astype(jnp.float32)",
+          (BF16_NUMERICS + '::test_bfloat16_logits_rank_classes_like_float32',)),
+    Plant('conv1_in_bfloat16', 'alexnet_jax/model.py',
+          "FULL_PRECISION_CONVS = ('conv1',)", 'FULL_PRECISION_CONVS = ()',
+          (BF16_NUMERICS + '::test_a_lighting_shift_of_0_1_reaches_conv1',)),
+    Plant('conv1_input_rounded_to_bfloat16', 'alexnet_jax/model.py',
+          '    x = x.astype(compute)\n', '    x = x.astype(self.dtype).astype(compute)\n',
+          (BF16_NUMERICS + '::test_a_lighting_shift_of_0_1_reaches_conv1',)),
 )
 
 

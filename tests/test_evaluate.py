@@ -53,9 +53,10 @@ def digests(folder: str) -> dict[str, str]:
 
 
 def numpy_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Loss and top-k errors of predictions, written out: rank = classes scoring higher."""
+  """Loss and top-k errors of predictions, written out: rank = other classes scoring at least
+  as high (ties count against the label, docs/design.md, "Top-k errors")."""
   p_label = probs[np.arange(len(labels)), labels]
-  rank = (probs > p_label[:, None]).sum(axis=1)
+  rank = (probs >= p_label[:, None]).sum(axis=1) - 1
   return {'loss': float(np.mean(-np.log(p_label))), 'top1_err': float(np.mean(rank >= 1)),
           'top5_err': float(np.mean(rank >= 5))}
 

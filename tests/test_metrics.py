@@ -10,12 +10,14 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tensorboardX.proto import event_pb2
 
 from alexnet_jax import losses
 from alexnet_jax import metrics
+from alexnet_jax import step as step_lib
 
 
 def make_tempdir(test: absltest.TestCase) -> str:
@@ -220,8 +222,17 @@ def numpy_cross_entropy(logits, labels):
 
 
 def numpy_topk_wrong(scores, labels, k):
-  top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
-  return np.array([label not in row for row, label in zip(top, labels)], np.float64)
+  """The worst order of ties: sorted by score, the label after every class scoring the same.
+
+  A NaN score of another class sorts as +inf (above the label); a NaN label score is wrong.
+  """
+  wrong = []
+  for row, label in zip(np.asarray(scores, np.float64), labels):
+    is_label = np.arange(len(row)) == label
+    keyed = np.where(np.isnan(row) & ~is_label, np.inf, row)
+    order = np.lexsort((is_label, -keyed))  # last key first: score descending, label last
+    wrong.append(np.isnan(row[label]) or label not in order[:k])
+  return np.array(wrong, np.float64)
 
 
 class LossesTest(parameterized.TestCase):
@@ -281,9 +292,42 @@ class LossesTest(parameterized.TestCase):
                            (numpy_topk_wrong(self.logits, self.labels, 5)[self.mask].sum()
                             + (~self.mask).sum()) / 64, places=6)
 
-  def test_ties_count_for_the_label(self):
-    scores = jnp.zeros((2, 10))
-    self.assertEqual([float(e) for e in losses.topk_errors(scores, jnp.array([3, 9]))], [0.0, 0.0])
+  def test_constant_logits_are_wrong(self):
+    # Ties count against the label: with 10 equal logits, every label is 10th of 10,
+    # so the top-1 and top-5 errors are 1 (not 0, as when ties counted for the label).
+    scores, labels = np.zeros((4, 10), np.float32), np.array([0, 3, 5, 9])
+    expected = [numpy_topk_wrong(scores, labels, k).mean() for k in (1, 5)]
+    self.assertEqual(expected, [1.0, 1.0])
+    self.assertEqual([float(e) for e in losses.topk_errors(scores, labels)], expected)
+    # With no more classes than k, every class is among the top k.
+    self.assertEqual(float(losses.topk_errors(np.zeros((2, 3)), np.array([0, 2]))[1]), 0.0)
+
+  @parameterized.parameters((1, 2, 5), (3, 11, 12))
+  def test_ties_match_numpy(self, *ks):
+    # Scores from 4 values over 12 classes: nearly every label ties with other classes.
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(256, 12)).astype(np.float32)
+    labels = rng.integers(0, 12, size=256)
+    for k, w in zip(ks, losses.topk_wrong(jnp.asarray(scores), jnp.asarray(labels), ks)):
+      expected = numpy_topk_wrong(scores, labels, k)
+      np.testing.assert_array_equal(w, expected)
+      # The case is one where the rule matters: ties in the label's favour would differ.
+      above = (scores > scores[np.arange(256), labels][:, None]).sum(axis=1)
+      if k < 12:
+        self.assertGreater(np.sum(expected != (above >= k)), 10)
+
+  def test_nan_of_another_class_counts_against_the_label(self):
+    scores = np.array([[2.0, np.nan, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]], np.float32)
+    labels = np.array([0, 3])
+    self.assertEqual([float(e) for e in losses.topk_errors(scores, labels, ks=(1, 2))],
+                     [numpy_topk_wrong(scores, labels, k).mean() for k in (1, 2)])
+    self.assertEqual(numpy_topk_wrong(scores, labels, 1).tolist(), [1.0, 0.0])
+
+  def test_eval_sums_count_a_uniform_prediction_wrong(self):
+    # The eval step ranks softmax outputs: equal logits give equal probabilities.
+    probs = jax.nn.softmax(jnp.zeros((5, 10)))
+    sums = step_lib.probability_sums(probs, jnp.arange(5), jnp.ones(5, bool))
+    self.assertEqual((float(sums['top1_wrong']), float(sums['top5_wrong'])), (5.0, 5.0))
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import preprocess
 
 
 def abstract_params(model, size=224):
@@ -447,6 +448,137 @@ class DtypeTest(absltest.TestCase):
     rel = np.linalg.norm(y16 - y32) / np.linalg.norm(y32)
     self.assertLess(rel, 0.05)
     self.assertGreater(rel, 0.0)  # it really ran in lower precision
+
+
+def jit_init_params(model, size, seed=0):
+  """`init_params`, compiled whole: far faster than op by op for a bfloat16 net."""
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), x))['params']
+
+
+def bf16_spacing(values):
+  """The distance between neighbouring bfloat16 numbers (8 significant bits) at |values|."""
+  return 2.0 ** (np.floor(np.log2(np.abs(values))) - 7)
+
+
+def numpy_conv1_of_constant(shift, kernel, padding, stride, out_size):
+  """conv(constant image `shift`, zero padding) by explicit loops over positions, float64."""
+  k = kernel.shape[0]
+  side = (out_size - 1) * stride + k - 2 * padding
+  image = np.pad(np.broadcast_to(np.asarray(shift, np.float64), (side, side, 3)),
+                 ((padding, padding), (padding, padding), (0, 0)))
+  out = np.empty((out_size, out_size, kernel.shape[-1]))
+  for i in range(out_size):
+    for j in range(out_size):
+      window = image[i * stride:i * stride + k, j * stride:j * stride + k]
+      out[i, j] = np.einsum('hwc,hwco->o', window, kernel.astype(np.float64))
+  return out
+
+
+class Bfloat16NumericsTest(absltest.TestCase):
+  """Under dtype='bfloat16': fc8 sums and adds its bias in float32; conv1 is float32."""
+
+  def test_fc_layers_sum_and_add_the_bias_in_float32(self):
+    # Inputs and kernel exactly representable in bfloat16, so only the sum and the bias
+    # can differ from float64 arithmetic; a bias of 0.1 + ... is not a bfloat16 number.
+    rng = np.random.default_rng(0)
+    x = np.asarray(jnp.asarray(rng.normal(size=(4, 256)) * 3, jnp.bfloat16), np.float64)
+    w = np.asarray(jnp.asarray(rng.normal(size=(256, 50)) * 0.05, jnp.bfloat16), np.float64)
+    b = (0.1 + rng.random(50) * 0.01).astype(np.float32)
+    layer = model_lib.Dense(50, dtype=jnp.bfloat16, output_dtype=jnp.float32)
+    logits = layer.apply({'params': {'kernel': w.astype(np.float32), 'bias': b}},
+                         jnp.asarray(x, jnp.bfloat16))
+    self.assertEqual(logits.dtype, jnp.float32)
+    expected = x @ w + b.astype(np.float64)
+    bound = 1e-6 * (np.abs(x) @ np.abs(w) + np.abs(b))  # float32 summation, 256 terms
+    np.testing.assert_array_less(np.abs(np.asarray(logits, np.float64) - expected), bound)
+    # fc6 and fc7 round that sum once, to bfloat16.
+    hidden = model_lib.Dense(50, dtype=jnp.bfloat16).apply(
+        {'params': {'kernel': w.astype(np.float32), 'bias': b}}, jnp.asarray(x, jnp.bfloat16))
+    self.assertEqual(hidden.dtype, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(hidden, np.float64),
+                                  np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float64))
+
+  def test_bfloat16_logits_rank_classes_like_float32(self):
+    """One batch through a tiny network in float32 and in bfloat16, with the same params.
+
+    Every layer before fc8 copies one input channel (one-hot kernels, zero biases, no
+    LRN, integer pixels), so both dtypes feed fc8 the same numbers: a general network's
+    bfloat16 errors before fc8 would make this a test of every layer, not of the logits.
+    fc8's kernel holds bfloat16 numbers and its bias float32 ones.
+    """
+    net32 = model_lib.AlexNet(width=0.125, num_classes=200, use_lrn=False, dropout_rate=0.0)
+    net16 = net32.clone(dtype='bfloat16')
+    params = jit_init_params(net32, 67)
+    rng = np.random.default_rng(3)
+
+    def copy_kernel(shape):  # output channel o reads input channel o % inputs, centre tap
+      kernel = np.zeros(shape, np.float32)
+      inputs, outputs = shape[-2], shape[-1]
+      kernel[(shape[0] // 2,) * (len(shape) - 2) + (np.arange(outputs) % inputs,
+                                                     np.arange(outputs))] = 1.0
+      return kernel
+
+    for name, layer in params.items():
+      layer = {'kernel': copy_kernel(layer['kernel'].shape),
+               'bias': np.zeros(layer['bias'].shape, np.float32)}
+      if name == 'fc8':
+        layer = {'kernel': np.asarray(jnp.asarray(rng.normal(size=layer['kernel'].shape) * 0.02,
+                                                  jnp.bfloat16), np.float32),
+                 'bias': rng.normal(size=layer['bias'].shape).astype(np.float32)}
+      params[name] = layer
+    x = jnp.asarray(rng.integers(-100, 101, (4, 67, 67, 3)), jnp.float32)
+    fc8_input = lambda state: np.asarray(state['intermediates']['dropout7'][0], np.float64)
+    l32, s32 = net32.apply({'params': params}, x, mutable=['intermediates'])
+    l16, s16 = net16.apply({'params': params}, x, mutable=['intermediates'])
+    np.testing.assert_array_equal(fc8_input(s16), fc8_input(s32))  # the premise
+    self.assertEqual(l16.dtype, jnp.float32)
+    l32, l16 = np.asarray(l32, np.float64), np.asarray(l16, np.float64)
+    # Independent reference: float64 logits from fc8's input.
+    w, b = params['fc8']['kernel'].astype(np.float64), params['fc8']['bias'].astype(np.float64)
+    expected = fc8_input(s32) @ w + b
+    np.testing.assert_allclose(l32, expected, rtol=1e-5, atol=1e-5)
+    gap32 = l32[:, :, None] - l32[:, None, :]
+    gap16 = l16[:, :, None] - l16[:, None, :]
+    spacing = bf16_spacing(np.maximum(np.abs(l32[:, :, None]), np.abs(l32[:, None, :])))
+    beyond = np.abs(gap32) > spacing
+    self.assertGreater(beyond.sum(), 0.9 * beyond.size)
+    np.testing.assert_array_equal(np.sign(gap16[beyond]), np.sign(gap32[beyond]))
+    # Nor does bfloat16 tie or swap classes closer than its spacing (rounded logits would:
+    # several hundred pairs here are that close): float32 sums, 2^-16 relative apart.
+    close = ~beyond & (np.abs(gap32) > spacing * 2.0**-9)
+    self.assertGreater(close.sum(), 100)
+    np.testing.assert_array_equal(np.sign(gap16[close]), np.sign(gap32[close]))
+
+  def test_a_lighting_shift_of_0_1_reaches_conv1(self):
+    """Pixels minus the mean of 128-255 (bfloat16 steps of 1.0) plus a lighting shift of 0.1.
+
+    Rounded to bfloat16 before conv1, the shifted input would equal the plain one. The
+    float32 conv1 output (sown before its cast) moves by conv(the constant shift).
+    """
+    net = model_lib.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
+    params = jit_init_params(net, 67)
+    rng = np.random.default_rng(4)
+    image = jnp.asarray(rng.integers(128, 256, (2, 67, 67, 3)), jnp.uint8)
+    shift = np.array([0.1, -0.1, 0.1], np.float32)
+
+    @jax.jit
+    def forward(lighting):
+      x = preprocess.normalize(image, jnp.zeros((2, 2), jnp.int32), jnp.zeros(2, bool),
+                               jnp.broadcast_to(lighting, (2, 3)), jnp.zeros(3, jnp.float32))
+      return net.apply({'params': params}, x, capture_intermediates=True,
+                       mutable=['intermediates'])[1]['intermediates']['conv1']
+
+    plain, moved = forward(np.zeros(3, np.float32)), forward(shift)
+    out16, moved16 = (np.asarray(i['__call__'][0], np.float64) for i in (plain, moved))
+    # What conv2 sees (conv1's output rounded to bfloat16) moves too, in part of the maps.
+    self.assertGreater(np.mean(moved16 != out16), 0.01)
+    out32, moved32 = (np.asarray(i['float32'][0], np.float64) for i in (plain, moved))
+    expected = numpy_conv1_of_constant(shift, np.asarray(params['conv1']['kernel']),
+                                       net.conv1_padding, 4, out32.shape[1])
+    self.assertGreater(np.abs(expected).mean(), 0.005)
+    np.testing.assert_allclose(moved32 - out32, np.broadcast_to(expected, out32.shape),
+                               atol=2e-4)
 
 
 class FlopTest(absltest.TestCase):

@@ -167,7 +167,7 @@ def numpy_evaluation(config: ml_collections.ConfigDict, params) -> dict[str, flo
 
   def metrics(probs, prefix):
     p_true = probs[np.arange(len(labels)), labels]
-    rank = (probs > p_true[:, None]).sum(1)
+    rank = (probs >= p_true[:, None]).sum(1) - 1  # ties count against the label
     return {f'{prefix}_loss': float(-np.log(p_true).mean()),
             f'{prefix}_top1_err': float(np.mean(rank >= 1)),
             f'{prefix}_top5_err': float(np.mean(rank >= 5))}
@@ -222,7 +222,7 @@ class StepTest(absltest.TestCase):
     logp = logits - logits.max(1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(1, keepdims=True))
     self.assertAlmostEqual(float(metrics['loss']), -logp[np.arange(16), labels].mean(), places=4)
-    rank = (logits > logits[np.arange(16), labels][:, None]).sum(1)
+    rank = (logits >= logits[np.arange(16), labels][:, None]).sum(1) - 1  # ties count against
     self.assertAlmostEqual(float(metrics['top1_err']), float(np.mean(rank >= 1)), places=6)
     self.assertAlmostEqual(float(metrics['top5_err']), float(np.mean(rank >= 5)), places=6)
 
@@ -243,7 +243,7 @@ class StepTest(absltest.TestCase):
       probs += e / e.sum(1, keepdims=True) / 10
     labels, mask = batch['label'], batch['mask']
     p_true = probs[np.arange(16), labels]
-    rank = (probs > p_true[:, None]).sum(1)
+    rank = (probs >= p_true[:, None]).sum(1) - 1  # ties count against the label
     self.assertEqual(float(out['count']), 13.0)
     self.assertAlmostEqual(float(out['loss_sum']), float(-np.log(p_true)[mask].sum()), places=3)
     self.assertEqual(float(out['top1_wrong']), float((rank >= 1)[mask].sum()))
