@@ -19,6 +19,8 @@
 #                  float32 params, batch 128, 256, 512, 1024 on one GPU; the bf16 matmul
 #                  peak measured in the same run                                 -> step_jax.json
 #   step_one_tower JAX: the one-tower net, bf16, batch 512                        -> step_jax.json
+#   step_conv1     JAX: the paper net, bf16, batch 512, the shipped float32 conv1 against
+#                  conv1 in bf16 in the same rounds (what keeping the lighting costs) -> step_jax.json
 #   step_f32       JAX: float32 compute, paper net, batch 512, with JAX's default matmul
 #                  precision (TF32 on NVIDIA GPUs) and with 'highest' (TF32 off) -> step_jax.json
 #   --- pipeline rows, after the GPU rows and only if time is left:
@@ -68,6 +70,7 @@ if (( smoke )); then
   probe=(--batches=2)
   step_bf16=(--batches=2)
   step_one_tower=(--batches=2)
+  step_conv1=(--batches=2)
   step_f32=(--batches=2)
   data=(--classes=2 --train_per_class=8 --val_per_class=2)
   image_size=72
@@ -87,6 +90,7 @@ else
   probe=(--batches=32 --rounds=1 --steps=1)
   step_bf16=(--batches=128,256,512,1024)
   step_one_tower=(--batches=512)
+  step_conv1=(--batches=512)
   step_f32=(--batches=512 --steps=10)
   data=(--classes=10 --train_per_class=5120 --val_per_class=100)  # 100 steps per epoch at 512
   image_size=256
@@ -147,11 +151,13 @@ step() {  # step NAME CAP ARGS...: benchmarks/train_step.py on one device, rows 
 gpu_rows() {
   part env 30 "$py" -m benchmarks.gpu_summary env "$out"
   if ! step probe 60 --nets=$net --dtypes=bfloat16 "${probe[@]}"; then
-    echo "=== step_bf16, step_one_tower, step_f32: skipped, the probe step failed"
+    echo "=== step_bf16, step_one_tower, step_conv1, step_f32: skipped, the probe step failed"
     return
   fi
   step step_bf16 120 --nets=$net --dtypes=bfloat16 "${step_bf16[@]}" --json_append
   step step_one_tower 45 --nets=$one_tower --dtypes=bfloat16 "${step_one_tower[@]}" --json_append
+  step step_conv1 45 --nets=$net --dtypes=bfloat16 --variants=shipped,conv1=bf16 \
+    "${step_conv1[@]}" --json_append
   step step_f32 75 --nets=$net --dtypes=float32 --matmul_precision=default,highest \
     "${step_f32[@]}" --json_append
 }

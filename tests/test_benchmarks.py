@@ -148,7 +148,7 @@ def _write_wheel(folder: str, name: str = 'gpu_sh_probe', version: str = '1.0') 
   return path
 
 
-GPU_PARTS = ['env', 'probe', 'step_bf16', 'step_one_tower', 'step_f32']
+GPU_PARTS = ['env', 'probe', 'step_bf16', 'step_one_tower', 'step_conv1', 'step_f32']
 PIPELINE_PARTS = ['data', 'input', 'e2e']
 
 
@@ -196,9 +196,11 @@ class GpuScriptSmokeTest(absltest.TestCase):
         ('tiny', 2, 'bfloat16', 'default'),  # the probe
         ('tiny', 2, 'bfloat16', 'default'),  # step_bf16 (the paper net's batches on a GPU)
         ('tiny_one_tower', 2, 'bfloat16', 'default'),
+        ('tiny', 2, 'bfloat16', 'default'),  # step_conv1: the shipped float32 conv1 ...
+        ('tiny', 2, 'bfloat16', 'default'),  # ... and conv1 in bf16
         ('tiny', 2, 'float32', 'default'),  # TF32 on an NVIDIA GPU
         ('tiny', 2, 'float32', 'highest')])  # TF32 off
-    self.assertLen(step['runs'], 4)  # probe, then three runs appending
+    self.assertLen(step['runs'], 5)  # probe, then four runs appending
     self.assertTrue(all(r['jax_img_s'] > 0 for r in step['rows']))
 
   def test_pipeline_jsons(self):
