@@ -19,6 +19,9 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import sharding
 
+# data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
+# sets the same.
+DEFAULT_DEVICE_PREFETCH = 2
 
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
                  cpu_count: int | None = None) -> ml_collections.ConfigDict:
@@ -44,6 +47,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
     config.data.num_threads = cores
   if config.data.worker_count == -1:
     config.data.worker_count = 0 if platform == 'cpu' else cores
+  if 'device_prefetch' not in config.data:  # a config written before the field existed
+    config.data.device_prefetch = DEFAULT_DEVICE_PREFETCH
   return config
 
 
@@ -98,6 +103,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
   need(_is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
   need(_is_int(d.worker_count) and d.worker_count >= 0, 'data.worker_count', 'an integer >= 0')
+  need(_is_int(d.device_prefetch) and d.device_prefetch >= 0, 'data.device_prefetch',
+       'an integer >= 0')
   need(_is_int(config.log.every_steps) and config.log.every_steps > 0, 'log.every_steps',
        'a positive integer')
   profile = config.log.get('profile_steps', ())

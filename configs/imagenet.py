@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.worker_count = -1  # grain worker processes per host; 0: threads only; -1: one
   #                                per core on GPU/TPU (6x the images/s of threads), 0 on CPU.
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
+  config.data.device_prefetch = 2  # Batches copied to the devices ahead of the step, by a
+  #                                  thread; 0: copied by the main thread at each step.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.01  # Initial learning rate.
