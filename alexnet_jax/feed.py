@@ -87,7 +87,11 @@ class DeviceFeed(Generic[Local, Fed]):
     if self._done or self._stop.is_set():
       raise StopIteration
     if self._depth == 0:
-      batch = self._put(next(self._batches))
+      try:
+        batch = self._put(next(self._batches))
+      except BaseException:
+        self._done = True  # as with a thread: nothing after an error or the end
+        raise
       self._position += 1
       return self._position, batch
     if self._thread is None:

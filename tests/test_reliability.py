@@ -475,16 +475,16 @@ class DamagedCheckpointTest(FaultTestCase):
     self.assert_equals_reference(workdir)
 
 
-# `python -c FULL_DISK launch.py ...`: launch.py, except that writing a checkpoint's data
-# iterator item fails as on a full disk. For where no small tmpfs can be mounted.
+# `python -c FULL_DISK launch.py ...`: launch.py, except that writing a checkpoint's meta
+# item fails as on a full disk. For where no small tmpfs can be mounted.
 FULL_DISK = """
 import errno, os, runpy, sys
-import grain
+import orbax.checkpoint as ocp
 
-def full_disk(*args, **kwargs):
+async def full_disk(*args, **kwargs):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-grain.checkpoint.CheckpointHandler.save = full_disk
+ocp.JsonCheckpointHandler._save_fn = full_disk
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
