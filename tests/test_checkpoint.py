@@ -344,6 +344,79 @@ class DamagedCheckpointTest(CheckpointTestCase):
     self.assertEqual(ckpt.restore(abstract_of(state1), step=1)[1], {'epoch': 1})
 
 
+class DataPositionTest(CheckpointTestCase):
+  """Checkpoints written with grain's per-process iterator files (before meta held the
+  data position): their position is read for any process count, never called damage."""
+
+  def grain_dataset(self):
+    return grain.MapDataset.range(1000).seed(3).shuffle().batch(4)
+
+  def grain_iterator(self, workers: int):
+    iter_dataset = self.grain_dataset().to_iter_dataset(grain.ReadOptions(num_threads=2))
+    if workers:
+      iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(iter_dataset)
+
+  def save_old_style(self, workers: int, read: int):
+    """Step 5's checkpoint with grain's state after `read` batches; the batch read next."""
+    ckpt, state, it = self.checkpointer(), make_state(self.mesh), self.grain_iterator(workers)
+    take(it, read)
+    ckpt.save(5, state, data_iterator=it, meta={'epoch': 1})
+    after = take(it, 1)
+    ckpt.wait()
+    if workers:
+      it.close()
+    return ckpt, state, after
+
+  def as_if_saved_by_two_processes(self, ckpt) -> None:
+    folder = os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM)
+    os.rename(os.path.join(folder, 'process_0-of-1.json'),
+              os.path.join(folder, 'process_0-of-2.json'))
+    shutil.copy(os.path.join(folder, 'process_0-of-2.json'),
+                os.path.join(folder, 'process_1-of-2.json'))
+
+  @parameterized.parameters((0, 7), (2, 7), (3, 8))
+  def test_position_of_grain_files_from_threads_or_workers(self, workers, read):
+    ckpt, state, after = self.save_old_style(workers, read)
+    for processes in (1, 2):
+      if processes == 2:
+        self.as_if_saved_by_two_processes(ckpt)
+        with self.assertLogs('absl', level='WARNING') as logs:
+          _, meta = ckpt.restore(abstract_of(state))
+        self.assertIn('holds the grain iterator state of 2 processes (process_0-of-2.json); '
+                      f'this run has 1. Only its position carries over: global batch {read}',
+                      '\n'.join(logs.output))
+      else:
+        _, meta = ckpt.restore(abstract_of(state))
+      self.assertEqual(meta, {'epoch': 1, checkpoint.DATA_POSITION: read})
+      # The position is where the uninterrupted iterator went on.
+      resumed = iter(self.grain_dataset()[meta[checkpoint.DATA_POSITION]:].to_iter_dataset())
+      self.assertEqual(take(resumed, 1), after)
+
+  def test_grain_restore_across_process_counts_is_refused_not_quarantined(self):
+    ckpt, state, _ = self.save_old_style(0, 3)
+    self.as_if_saved_by_two_processes(ckpt)
+    it = self.grain_iterator(0)
+    take(it, 1)
+    position = it.get_state()
+    with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                'holds the data iterator state of 2 processes, not of 1'):
+      ckpt.restore(abstract_of(state), data_iterator=it)
+    self.assertEqual(it.get_state(), position)
+    self.assertEqual(ckpt.all_steps(), [5])
+    self.assertFalse(os.path.exists(os.path.join(ckpt.directory, checkpoint.DAMAGED_DIR)))
+
+  def test_unknown_grain_state_leaves_the_position_to_the_caller(self):
+    ckpt, state, _ = self.save_old_style(0, 3)
+    with open(os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM, 'process_0-of-1.json'),
+              'w') as f:
+      f.write('{"some_future_field": 3}')
+    with self.assertLogs('absl', level='WARNING') as logs:
+      _, meta = ckpt.restore(abstract_of(state))
+    self.assertEqual(meta, {'epoch': 1})
+    self.assertIn('holds no data position this program can read', '\n'.join(logs.output))
+
+
 class AbortedReadReportTest(absltest.TestCase):
   """The reports of abandoned checkpoint reads are dropped; every other report still shows."""
 
