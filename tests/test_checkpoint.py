@@ -4,8 +4,10 @@ import asyncio
 import gc
 import glob
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -415,6 +417,49 @@ class DataPositionTest(CheckpointTestCase):
       _, meta = ckpt.restore(abstract_of(state))
     self.assertEqual(meta, {'epoch': 1})
     self.assertIn('holds no data position this program can read', '\n'.join(logs.output))
+
+
+class PlainOrbaxRecipeTest(absltest.TestCase):
+  """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
+
+  def test_the_documented_recipe_reads_a_real_run(self):
+    from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+    from tests import trained_run  # pylint: disable=g-import-not-at-top
+    workdir = trained_run.workdir()  # trained on eight devices, the towers split over two
+    with open(os.path.join(REPO, 'docs', 'checkpoints.md')) as f:
+      blocks = re.findall(r'```python\n(.*?)```', f.read(), re.S)
+    self.assertLen(blocks, 1)
+    placeholder = "workdir = 'runs/digits'"
+    self.assertIn(placeholder, blocks[0])
+    out = make_tempdir(self)
+    code = blocks[0].replace(placeholder, f'workdir = {workdir!r}') + textwrap.dedent(f"""
+        import json, sys
+        assert not any(m.startswith('alexnet_jax') for m in sys.modules), 'imported the project'
+        np.savez({os.path.join(out, 'params.npz')!r}, **{{
+            jax.tree_util.keystr(p): v
+            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}})
+        with open({os.path.join(out, 'meta.json')!r}, 'w') as f:
+          json.dump(meta, f)
+        """)
+    # One CPU device, outside the repository, nothing of the project on the path.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'JAX_', 'PYTHONPATH'))}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=out, capture_output=True, text=True,
+                          env=dict(env, JAX_PLATFORMS='cpu'), check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn(f'step {trained_run.STEPS}: conv1 kernel (11, 11, 3, 12)', proc.stdout)
+
+    config = predict.load_config(workdir)
+    want, step = predict.restore_params(workdir, config)
+    self.assertEqual(step, trained_run.STEPS)
+    got = np.load(os.path.join(out, 'params.npz'))
+    flat = jax.tree_util.tree_flatten_with_path(want)[0]
+    self.assertEqual(sorted(got.files), sorted(jax.tree_util.keystr(p) for p, _ in flat))
+    for path, value in flat:
+      np.testing.assert_array_equal(got[jax.tree_util.keystr(path)], np.asarray(value))
+    with open(os.path.join(out, 'meta.json')) as f:
+      meta = json.load(f)
+    self.assertEqual((meta['step'], meta[checkpoint.DATA_POSITION]),
+                     (trained_run.STEPS, trained_run.STEPS))
 
 
 class AbortedReadReportTest(absltest.TestCase):
