@@ -188,7 +188,8 @@ def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experim
     logging.warning('The checkpoint of step %d stores no data position; continuing at global '
                     'batch %d (one batch per step).', step, step)
     position = step
-  logging.info('Resumed from step %d (data position: global batch %d).', step, position)
+  logging.info('Resumed from step %d.', step)
+  logging.info('The data continues at global batch %d.', position)
   return state, optim.make_plateau(exp.config.optim, meta.get('plateau')), int(position)
 
 

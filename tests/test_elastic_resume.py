@@ -93,7 +93,8 @@ class ElasticResumeTest(absltest.TestCase):
                                     f'{output[-3000:]}')
         self.assertNotIn('Traceback', output)
     output = results[0][1]
-    self.assertIn(f'Resumed from step {STOP} (data position: global batch {STOP})', output)
+    self.assertIn(f'Resumed from step {STOP}.', output)
+    self.assertIn(f'The data continues at global batch {STOP}.', output)
     self.assertIn(f'was written by {first} processes and is resumed by {then}', output)
     folder = os.path.join(workdir, 'checkpoints')
     self.assertFalse(os.path.exists(os.path.join(folder, checkpoint_lib.DAMAGED_DIR)),
