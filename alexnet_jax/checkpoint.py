@@ -361,8 +361,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-exception-caught
         other = self._other_process_counts(candidate) if data_iterator is not None else []
         if other:  # healthy, but grain's state files are per process: never moved aside
-          if data_iterator is not None:
-            data_iterator.set_state(initial_position)
+          data_iterator.set_state(initial_position)
           raise CheckpointError(
               f'checkpoint {self.step_path(candidate)} holds the data iterator state of '
               f'{" or ".join(map(str, other))} processes, not of {jax.process_count()}: '
@@ -383,7 +382,9 @@ class Checkpointer:
         logging.warning('Resuming from checkpoint step %d instead of %d; damaged checkpoints '
                         'moved to %s.', candidate, failures[0][0], ', '.join(moved))
       logging.info('Restored checkpoint at step %d from %s', candidate, self.step_path(candidate))
-      return state, (meta if data_iterator is not None else self._with_data_position(candidate, meta))
+      if data_iterator is None:
+        meta = self._with_data_position(candidate, meta)
+      return state, meta
 
     if data_iterator is not None:
       data_iterator.set_state(initial_position)
@@ -438,7 +439,7 @@ class Checkpointer:
       logging.warning('Checkpoint at step %d holds the grain iterator state of %s processes '
                       '(%s); this run has %d. Only its position carries over: global batch '
                       '%d, the same for any process count (grain\'s per-process state is '
-                      'not used).', step, ' or '.join(str(n) for n in sorted({n for _, n in files})),
+                      'not used).', step, ' or '.join(map(str, sorted({n for _, n in files}))),
                       os.path.basename(path), here, position)
     return {**meta, DATA_POSITION: position}
 

@@ -7,9 +7,9 @@ start; then the loop with its periodic actions (log, evaluate, checkpoint). The
 lock is held in a `with` block around all of it; the checkpointer, the device
 feed, the metric writer, the progress reporter and the preemption watcher live in
 one `ExitStack`, so each is closed (the last save awaited, the prefetch thread
-stopped, files flushed, signal handlers restored) on every way out. No checkpoint is written of weights
-after a NaN loss: the losses of the steps since the last log line are checked
-before each save.
+stopped, files flushed, signal handlers restored) on every way out. No
+checkpoint is written of weights after a NaN loss: the losses of the steps since
+the last log line are checked before each save.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experim
 
 def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 position: int) -> feed_lib.DeviceFeed:
-  """The train batches from global batch `position` on, data.device_prefetch ahead on the devices."""
+  """The train batches from global batch `position` on, data.device_prefetch of them ahead."""
   shard_index, shard_count = sharding.data_shard(mesh)
   batches = input_pipeline.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
