@@ -13,8 +13,8 @@ A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
 
 Checkpoints written before DATA_POSITION existed (and saves given a
 `data_iterator`) hold a third item, `data/`: grain's iterator state, one file
-per process, `process_<i>-of-<n>.json`. `restore` reads the position out of
-those files for any process count (`position_from_grain_state`).
+per process, `process_<i>-of-<n>.json`. `data_position` reads the position out
+of those files for any process count (`position_from_grain_state`).
 
 Saves are asynchronous: `save` returns once the arrays are copied off the
 devices (their buffers may then be donated), and the files are written in the
@@ -336,8 +336,7 @@ class Checkpointer:
     data_iterator: set to the saved position (in place) when given; then a
       checkpoint whose grain files are another process count's raises
       CheckpointError at once (it is not damaged: nothing is moved).
-      Without it, the returned meta holds DATA_POSITION when the checkpoint
-      stored it or its grain files give it (any process count).
+      Without it, `data_position` gives the position for any process count.
     step: restore exactly this step, with no fallback.
 
     A checkpoint that fails to read is reported (a warning naming its step and
@@ -365,8 +364,8 @@ class Checkpointer:
           raise CheckpointError(
               f'checkpoint {self.step_path(candidate)} holds the data iterator state of '
               f'{" or ".join(map(str, other))} processes, not of {jax.process_count()}: '
-              'restore it without data_iterator and start the iterator at its position '
-              f'(meta {DATA_POSITION!r}, or position_from_grain_state)') from e
+              'restore it without data_iterator and start the iterator at its '
+              'data_position') from e
         # Any other read error (truncated array file, missing item, bad JSON) means
         # this checkpoint is unusable; the kind matters less than moving on.
         if step is not None:
@@ -382,8 +381,6 @@ class Checkpointer:
         logging.warning('Resuming from checkpoint step %d instead of %d; damaged checkpoints '
                         'moved to %s.', candidate, failures[0][0], ', '.join(moved))
       logging.info('Restored checkpoint at step %d from %s', candidate, self.step_path(candidate))
-      if data_iterator is None:
-        meta = self._with_data_position(candidate, meta)
       return state, meta
 
     if data_iterator is not None:
@@ -405,11 +402,13 @@ class Checkpointer:
       return []
     return sorted({count for _, count in files})
 
-  def _with_data_position(self, step: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """`meta` with DATA_POSITION: as stored, or read from grain's files of an older checkpoint.
+  def data_position(self, step: int, meta: Mapping[str, Any]) -> Optional[int]:
+    """The global batches read at checkpoint `step`, whose restored meta is `meta`.
 
-    Unchanged when it holds none and none can be read (said in a warning): the
-    caller decides what to do then.
+    meta[DATA_POSITION] where the trainer stored it, else read from grain's
+    files of an older checkpoint (for any process count); None, with a warning,
+    when neither gives it: the caller decides what to do then. A position that
+    another process count saved carries over, and a warning says so.
     """
     here = jax.process_count()
     if DATA_POSITION in meta:
@@ -418,10 +417,11 @@ class Checkpointer:
         logging.warning('Checkpoint at step %d was written by %s processes and is resumed by '
                         '%d: its data position (global batch %d) is the same for any process '
                         'count and carries over.', step, saved_by, here, meta[DATA_POSITION])
-      return meta
+      return int(meta[DATA_POSITION])
     files = _grain_files(self.step_path(step))
     if not files:
-      return meta
+      logging.warning('Checkpoint at step %d stores no data position.', step)
+      return None
     key = (jax.process_index(), here)
     path = files.get(key) or files[min(files)]
     try:
@@ -434,14 +434,14 @@ class Checkpointer:
     if position is None:
       logging.warning('Checkpoint at step %d: %s holds no data position this program can '
                       'read.', step, path)
-      return meta
+      return None
     if key not in files:
       logging.warning('Checkpoint at step %d holds the grain iterator state of %s processes '
                       '(%s); this run has %d. Only its position carries over: global batch '
                       '%d, the same for any process count (grain\'s per-process state is '
                       'not used).', step, ' or '.join(map(str, sorted({n for _, n in files}))),
                       os.path.basename(path), here, position)
-    return {**meta, DATA_POSITION: position}
+    return position
 
   def _quarantine(self, steps: Sequence[int]) -> list[str]:
     """Moves the given step folders into checkpoints/damaged/ (host 0); returns the new paths."""

@@ -182,11 +182,10 @@ def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experim
     return state, optim.make_plateau(exp.config.optim), 0
   state, meta = restored
   step = int(state.step)
-  position = meta.get(checkpoint_lib.DATA_POSITION)
+  position = ckpt.data_position(step, meta)
   if position is None:
     # Every run reads one batch per step from batch 0, so the step is the position.
-    logging.warning('The checkpoint of step %d stores no data position; continuing at global '
-                    'batch %d (one batch per step).', step, step)
+    logging.warning('Continuing at global batch %d (one batch per step).', step)
     position = step
   logging.info('Resumed from step %d.', step)
   logging.info('The data continues at global batch %d.', position)

@@ -383,16 +383,19 @@ class DataPositionTest(CheckpointTestCase):
     for processes in (1, 2):
       if processes == 2:
         self.as_if_saved_by_two_processes(ckpt)
+      _, meta = ckpt.restore(abstract_of(state))
+      self.assertEqual(meta, {'epoch': 1})
+      if processes == 2:
         with self.assertLogs('absl', level='WARNING') as logs:
-          _, meta = ckpt.restore(abstract_of(state))
+          position = ckpt.data_position(5, meta)
         self.assertIn('holds the grain iterator state of 2 processes (process_0-of-2.json); '
                       f'this run has 1. Only its position carries over: global batch {read}',
                       '\n'.join(logs.output))
       else:
-        _, meta = ckpt.restore(abstract_of(state))
-      self.assertEqual(meta, {'epoch': 1, checkpoint.DATA_POSITION: read})
+        position = ckpt.data_position(5, meta)
+      self.assertEqual(position, read)
       # The position is where the uninterrupted iterator went on.
-      resumed = iter(self.grain_dataset()[meta[checkpoint.DATA_POSITION]:].to_iter_dataset())
+      resumed = iter(self.grain_dataset()[position:].to_iter_dataset())
       self.assertEqual(take(resumed, 1), after)
 
   def test_grain_restore_across_process_counts_is_refused_not_quarantined(self):
@@ -413,10 +416,19 @@ class DataPositionTest(CheckpointTestCase):
     with open(os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM, 'process_0-of-1.json'),
               'w') as f:
       f.write('{"some_future_field": 3}')
+    _, meta = ckpt.restore(abstract_of(state))
     with self.assertLogs('absl', level='WARNING') as logs:
-      _, meta = ckpt.restore(abstract_of(state))
-    self.assertEqual(meta, {'epoch': 1})
+      self.assertIsNone(ckpt.data_position(5, meta))
     self.assertIn('holds no data position this program can read', '\n'.join(logs.output))
+
+  def test_the_stored_position_comes_first(self):
+    ckpt, state, _ = self.save_old_style(0, 3)  # grain's files say 3
+    self.assertEqual(ckpt.data_position(5, {checkpoint.DATA_POSITION: 9}), 9)
+    ckpt.save(6, state, meta={'epoch': 1})  # neither
+    ckpt.wait()
+    with self.assertLogs('absl', level='WARNING') as logs:
+      self.assertIsNone(ckpt.data_position(6, ckpt.restore(abstract_of(state))[1]))
+    self.assertIn('Checkpoint at step 6 stores no data position.', '\n'.join(logs.output))
 
 
 class PlainOrbaxRecipeTest(absltest.TestCase):
