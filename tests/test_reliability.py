@@ -213,10 +213,17 @@ class FaultTestCase(parameterized.TestCase):
     super().tearDownClass()
 
   def wait_for_step(self, proc, workdir: str, step: int, log: str, what: str) -> int:
-    """Polls metrics.jsonl until its newest train line is >= step; returns that step."""
+    """Polls metrics.jsonl until its newest train line is >= step; returns that step.
+
+    Counts lines only once this run's loop has started (its "Training N steps" log line):
+    before that the newest lines are those of the run before it, which may be past `step`
+    and which this run drops back to its checkpoint.
+    """
     deadline = time.time() + 240
     while time.time() < deadline:
-      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
+      with open(log) as f:
+        started = re.search(r'Training \d+ steps', f.read()) is not None
+      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train'] if started else []
       if steps and steps[-1] >= step:
         return steps[-1]
       if proc.poll() is not None:
