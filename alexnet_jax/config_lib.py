@@ -39,6 +39,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   values = config.to_dict()
   values['mesh']['model'] = _mesh_size(values['mesh'].get('model'))
   config = ml_collections.ConfigDict(values)
+  if 'device_prefetch' not in config.data:  # a config written before the field existed
+    config.data.device_prefetch = DEFAULT_DEVICE_PREFETCH
   platform = jax.default_backend() if platform is None else platform
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
@@ -47,8 +49,6 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
     config.data.num_threads = cores
   if config.data.worker_count == -1:
     config.data.worker_count = 0 if platform == 'cpu' else cores
-  if 'device_prefetch' not in config.data:  # a config written before the field existed
-    config.data.device_prefetch = DEFAULT_DEVICE_PREFETCH
   return config
 
 

@@ -2,10 +2,8 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import ml_collections
 
 from alexnet_jax import config_lib
-from alexnet_jax import errors
 from configs import digits
 from configs import imagenet
 
@@ -39,26 +37,6 @@ class ResolveAutoTest(parameterized.TestCase):
     config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
     self.assertEqual(config.data.worker_count, 0)
     config_lib.validate(config)  # -1 never reaches validation
-
-
-class DevicePrefetchTest(absltest.TestCase):
-
-  def test_negative_depth_names_the_field(self):
-    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
-    config.data.device_prefetch = 0  # off is allowed
-    config_lib.validate(config)
-    config.data.device_prefetch = -1
-    with self.assertRaisesRegex(errors.InputError, r'^config\.data\.device_prefetch must be an '
-                                r'integer >= 0, got -1$'):
-      config_lib.validate(config)
-
-  def test_a_config_written_before_the_field_gets_the_default(self):
-    values = imagenet.get_config().to_dict()
-    del values['data']['device_prefetch']  # a run's config.py from before the field
-    config = config_lib.resolve_auto(ml_collections.ConfigDict(values), platform='cpu',
-                                     cpu_count=2)
-    self.assertEqual(config.data.device_prefetch, 2)
-    self.assertEqual(imagenet.get_config().data.device_prefetch, 2)
 
 
 if __name__ == '__main__':

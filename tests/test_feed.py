@@ -1,4 +1,5 @@
-"""feed.DeviceFeed: batches transferred ahead in a thread, positions of the batches consumed."""
+"""feed.DeviceFeed: batches transferred ahead in a thread, positions of the batches consumed;
+the config field that sets its depth, data.device_prefetch."""
 
 import threading
 import traceback
@@ -6,10 +7,14 @@ import traceback
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import ml_collections
 import numpy as np
 
+from alexnet_jax import config_lib
 from alexnet_jax import errors
 from alexnet_jax import feed as feed_lib
+from configs import digits
+from configs import imagenet
 
 
 class CountingSource:
@@ -127,6 +132,26 @@ class DeviceFeedTest(parameterized.TestCase):
   def test_negative_depth_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'depth must be >= 0'):
       feed_lib.DeviceFeed(CountingSource(), put, depth=-1)
+
+
+class DevicePrefetchConfigTest(absltest.TestCase):
+
+  def test_negative_depth_names_the_field(self):
+    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
+    config.data.device_prefetch = 0  # off is allowed
+    config_lib.validate(config)
+    config.data.device_prefetch = -1
+    with self.assertRaisesRegex(errors.InputError, r'^config\.data\.device_prefetch must be an '
+                                r'integer >= 0, got -1$'):
+      config_lib.validate(config)
+
+  def test_a_config_written_before_the_field_gets_the_default(self):
+    values = imagenet.get_config().to_dict()
+    del values['data']['device_prefetch']  # a run's config.py from before the field
+    config = config_lib.resolve_auto(ml_collections.ConfigDict(values), platform='cpu',
+                                     cpu_count=2)
+    self.assertEqual(config.data.device_prefetch, 2)
+    self.assertEqual(imagenet.get_config().data.device_prefetch, 2)
 
 
 if __name__ == '__main__':
