@@ -1,13 +1,20 @@
 """Checkpoints of a run: the only module that imports orbax.
 
-A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with three items:
+A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
+(docs/checkpoints.md shows the files and how to read them with orbax alone):
 
   state/  the train state pytree (step, params, opt_state), each array written
           by the devices that hold it and read back straight into the target
           sharding;
-  meta/   a JSON dict the trainer chooses (step, epoch, plateau schedule state);
-  data/   the grain iterator position, one JSON file per host, so a resumed run
-          sees exactly the batches an uninterrupted one would.
+  meta/   a JSON dict the trainer chooses (step, epoch, plateau schedule state)
+          and, under DATA_POSITION, the global batches the train iterator had
+          read: one number for every process count, so a run resumes with
+          another number of processes on the same global batch sequence.
+
+Checkpoints written before DATA_POSITION existed (and saves given a
+`data_iterator`) hold a third item, `data/`: grain's iterator state, one file
+per process, `process_<i>-of-<n>.json`. `data_position` reads the position out
+of those files for any process count (`position_from_grain_state`).
 
 Saves are asynchronous: `save` returns once the arrays are copied off the
 devices (their buffers may then be donated), and the files are written in the
@@ -30,6 +37,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -47,6 +55,10 @@ CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
 # Name under which orbax stores the per-checkpoint metrics that BestN ranks.
 VAL_ERROR = 'val_error'
+# meta keys: the global batches the train iterator had read, and the processes that saved.
+DATA_POSITION = 'data_position'
+PROCESS_COUNT = 'process_count'
+GRAIN_ITEM = 'data'  # the item of grain's per-process iterator state files
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -76,6 +88,42 @@ def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
   except (FileNotFoundError, NotADirectoryError):
     return []
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
+
+
+def position_from_grain_state(state: Any) -> Optional[int]:
+  """Batches read, from a grain state of the train iterator; None for a shape not known.
+
+  With threads the state is {'next_index': k}: k local batches read, and local
+  batch k is this process's part of global batch k (input_pipeline.ProcessBlocks),
+  so k is the global position for any process count. With W worker processes
+  (mp_prefetch) worker w serves batches w, w + W, ...; its state counts the
+  batches it served, and their sum is the position.
+  """
+  if not isinstance(state, Mapping):
+    return None
+  if set(state) == {'next_index'} and isinstance(state['next_index'], int):
+    return state['next_index']
+  workers = state.get('iterators_in_use_states')
+  if isinstance(workers, list) and workers and not any(state.get('exhausted') or ()):
+    counts = [position_from_grain_state(w) for w in workers]
+    if None not in counts and not state.get('future_states'):
+      return sum(counts)
+  return None
+
+
+def _grain_files(step_dir: str) -> dict[tuple[int, int], str]:
+  """(process index, process count) -> path of the grain state files of a checkpoint."""
+  folder = os.path.join(step_dir, GRAIN_ITEM)
+  try:
+    names = os.listdir(folder)
+  except (FileNotFoundError, NotADirectoryError):
+    return {}
+  files = {}
+  for name in names:
+    match = re.fullmatch(r'process_(\d+)-of-(\d+)\.json', name)
+    if match:
+      files[(int(match[1]), int(match[2]))] = os.path.join(folder, name)
+  return files
 
 
 def _is_primary() -> bool:
@@ -207,7 +255,9 @@ class Checkpointer:
 
     state: any pytree of jax arrays (possibly sharded) and scalars.
     meta: JSON-serialisable dict stored beside it and returned by restore.
-    data_iterator: a grain iterator; its position is captured before returning.
+    data_iterator: a grain iterator; its state is captured before returning, one
+      file per process (restorable only by as many processes). The trainer stores
+      meta[DATA_POSITION] instead, which any process count can resume from.
     val_error: the validation error at this step, ranking it for keep_best.
     force: save even if `step` is not a multiple of every_steps (epoch end,
       preemption). A step that already has a checkpoint is never rewritten.
@@ -283,7 +333,10 @@ class Checkpointer:
     abstract_state: pytree of jax.ShapeDtypeStruct with .sharding, the layout
       of the state (e.g. `jax.eval_shape` of the init plus the target
       shardings); arrays are read directly into those shardings.
-    data_iterator: set to the saved position (in place) when given.
+    data_iterator: set to the saved position (in place) when given; then a
+      checkpoint whose grain files are another process count's raises
+      CheckpointError at once (it is not damaged: nothing is moved).
+      Without it, `data_position` gives the position for any process count.
     step: restore exactly this step, with no fallback.
 
     A checkpoint that fails to read is reported (a warning naming its step and
@@ -305,7 +358,15 @@ class Checkpointer:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-exception-caught
-        # Any read error (truncated array file, missing item, bad JSON) means
+        other = self._other_process_counts(candidate) if data_iterator is not None else []
+        if other:  # healthy, but grain's state files are per process: never moved aside
+          data_iterator.set_state(initial_position)
+          raise CheckpointError(
+              f'checkpoint {self.step_path(candidate)} holds the data iterator state of '
+              f'{" or ".join(map(str, other))} processes, not of {jax.process_count()}: '
+              'restore it without data_iterator and start the iterator at its '
+              'data_position') from e
+        # Any other read error (truncated array file, missing item, bad JSON) means
         # this checkpoint is unusable; the kind matters less than moving on.
         if step is not None:
           raise CheckpointError(f'cannot restore checkpoint {self.step_path(candidate)}: '
@@ -333,6 +394,54 @@ class Checkpointer:
       return None
     raise CheckpointError(message + '. Move or delete them to start from scratch, or allow a '
                           'fresh start (config.checkpoint.start_fresh_if_unusable=True).')
+
+  def _other_process_counts(self, step: int) -> list[int]:
+    """The process counts of grain state files in checkpoint `step` when none is this run's."""
+    files = _grain_files(self.step_path(step))
+    if not files or (jax.process_index(), jax.process_count()) in files:
+      return []
+    return sorted({count for _, count in files})
+
+  def data_position(self, step: int, meta: Mapping[str, Any]) -> Optional[int]:
+    """The global batches read at checkpoint `step`, whose restored meta is `meta`.
+
+    meta[DATA_POSITION] where the trainer stored it, else read from grain's
+    files of an older checkpoint (for any process count); None, with a warning,
+    when neither gives it: the caller decides what to do then. A position that
+    another process count saved carries over, and a warning says so.
+    """
+    here = jax.process_count()
+    if DATA_POSITION in meta:
+      saved_by = meta.get(PROCESS_COUNT)
+      if saved_by is not None and saved_by != here:
+        logging.warning('Checkpoint at step %d was written by %s processes and is resumed by '
+                        '%d: its data position (global batch %d) is the same for any process '
+                        'count and carries over.', step, saved_by, here, meta[DATA_POSITION])
+      return int(meta[DATA_POSITION])
+    files = _grain_files(self.step_path(step))
+    if not files:
+      logging.warning('Checkpoint at step %d stores no data position.', step)
+      return None
+    key = (jax.process_index(), here)
+    path = files.get(key) or files[min(files)]
+    try:
+      with open(path) as f:
+        position = position_from_grain_state(json.load(f))
+    except (OSError, ValueError) as e:
+      logging.warning('Checkpoint at step %d: cannot read %s (%s).', step, path,
+                      errors.first_line(e, 160))
+      position = None
+    if position is None:
+      logging.warning('Checkpoint at step %d: %s holds no data position this program can '
+                      'read.', step, path)
+      return None
+    if key not in files:
+      logging.warning('Checkpoint at step %d holds the grain iterator state of %s processes '
+                      '(%s); this run has %d. Only its position carries over: global batch '
+                      '%d, the same for any process count (grain\'s per-process state is '
+                      'not used).', step, ' or '.join(map(str, sorted({n for _, n in files}))),
+                      os.path.basename(path), here, position)
+    return position
 
   def _quarantine(self, steps: Sequence[int]) -> list[str]:
     """Moves the given step folders into checkpoints/damaged/ (host 0); returns the new paths."""

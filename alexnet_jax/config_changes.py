@@ -91,6 +91,8 @@ DECISIONS: dict[str, Decision] = {
                                 'test_reliability.py, DeterminismTest)'),
     'data.worker_count': _accept('the same batches for any worker count (DeterminismTest)'),
     'data.prefetch': _accept('only how far ahead batches are made'),
+    'data.device_prefetch': _accept('only how far ahead batches reach the devices; checkpoints '
+                                    'store the position of the batches consumed'),
     # ----------------------------------------------------------------- the update rule
     'optim.learning_rate': _accept('takes effect from the resumed step: the step schedule '
                                    'scales from it, the plateau schedule keeps its drops and '

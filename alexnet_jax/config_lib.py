@@ -21,6 +21,9 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import sharding
 
+# data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
+# sets the same.
+DEFAULT_DEVICE_PREFETCH = 2
 
 # Feeding the step (docs/design.md, "Input pipeline on a GPU host"): what one core of the
 # train pipeline does, measured with benchmarks/input_pipeline.py on prepared 256x256
@@ -139,6 +142,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   values = config.to_dict()
   values['mesh']['model'] = _mesh_size(values['mesh'].get('model'))
   config = ml_collections.ConfigDict(values)
+  if 'device_prefetch' not in config.data:  # a config written before the field existed
+    config.data.device_prefetch = DEFAULT_DEVICE_PREFETCH
   platform = jax.default_backend() if platform is None else platform
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
@@ -204,6 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
   need(_is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
   need(_is_int(d.worker_count) and d.worker_count >= 0, 'data.worker_count', 'an integer >= 0')
+  need(_is_int(d.device_prefetch) and d.device_prefetch >= 0, 'data.device_prefetch',
+       'an integer >= 0')
   need(_is_int(config.log.every_steps) and config.log.every_steps > 0, 'log.every_steps',
        'a positive integer')
   profile = config.log.get('profile_steps', ())

@@ -458,12 +458,18 @@ def _iterator(dataset: grain.MapDataset,
 def create_train_iterator(data_config: ml_collections.ConfigDict, *,
                           global_batch_size: int, seed: int,
                           process_index: int | None = None,
-                          process_count: int | None = None) -> grain.DatasetIterator:
+                          process_count: int | None = None,
+                          start: int = 0) -> grain.DatasetIterator:
   """Endless, checkpointable (get_state/set_state) iterator of train batches.
 
   Every epoch is a fresh global permutation; batch k of process p is the same in
-  every run and for any num_threads / worker_count.
+  every run and for any num_threads / worker_count. Local batch k holds process p's
+  rows of global batch k for every process count (ProcessBlocks), so `start` (the
+  global batches already read, as a checkpoint stores it) resumes the same global
+  sequence with any number of processes: the first batch is batch `start`.
   """
+  if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+    raise ValueError(f'start must be an integer >= 0, got {start!r}')
   info = load_info(data_config)
   index, count = _processes(process_index, process_count)
   dataset = make_train_dataset(
@@ -473,7 +479,9 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *,
       eigvecs=info.eigvecs, global_batch_size=global_batch_size, seed=seed,
       process_index=index, process_count=count,
       random_crop=data_config.get('random_crop', True))  # absent from runs stored before it
-  return _iterator(dataset, data_config)
+  # A slice of the MapDataset, not set_state: the same for threads and worker processes,
+  # whose iterator states depend on the worker count.
+  return _iterator(dataset[start:] if start else dataset, data_config)
 
 
 def create_eval_iterator(data_config: ml_collections.ConfigDict, split: str = 'val', *,

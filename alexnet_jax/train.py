@@ -4,12 +4,12 @@ Read top to bottom, this file follows a run: load the config; take the
 workdir's lock and check a resume (config and dataset); make the mesh; find the
 data; set up the experiment (model, optimizer, shardings, steps); restore or
 start; then the loop with its periodic actions (log, evaluate, checkpoint). The
-lock is held in a `with` block around all of it; the checkpointer, the metric
-writer, the progress reporter and the preemption watcher live in one
-`ExitStack`, so each is closed (the last save awaited, files flushed, signal
-handlers restored) on every way out. No checkpoint is written of weights
-after a NaN loss: the losses of the steps since the last log line are checked
-before each save.
+lock is held in a `with` block around all of it; the checkpointer, the device
+feed, the metric writer, the progress reporter and the preemption watcher live in
+one `ExitStack`, so each is closed (the last save awaited, the prefetch thread
+stopped, files flushed, signal handlers restored) on every way out. No
+checkpoint is written of weights after a NaN loss: the losses of the steps since
+the last log line are checked before each save.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -32,6 +32,7 @@ from alexnet_jax import config_changes
 from alexnet_jax import config_lib
 from alexnet_jax import errors
 from alexnet_jax import experiment
+from alexnet_jax import feed as feed_lib
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
@@ -60,7 +61,7 @@ class _Run:
   exp: experiment.Experiment
   steps_per_epoch: int
   num_steps: int
-  train_iter: Iterator[dict[str, np.ndarray]]
+  feed: feed_lib.DeviceFeed  # (data position, global batch) of each step, transferred ahead
   train_step: Callable[..., Any]
   eval_step: Callable[..., Any]
   dropout_rng: jax.Array
@@ -114,10 +115,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   signal handlers restored, the metric files flushed, the save in flight awaited.
   """
   steps_per_epoch, num_steps = experiment.count_steps(config, info)
-  shard_index, shard_count = sharding.data_shard(mesh)
-  train_iter = input_pipeline.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=shard_index, process_count=shard_count)
   exp = experiment.setup(config, info, mesh=mesh)
 
   is_host0 = jax.process_index() == 0
@@ -131,8 +128,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = exp.init_state(init_rng)
     ckpt = stack.enter_context(checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint))
-    state, plateau = _restore_or_start(ckpt, exp, state, train_iter)
+    state, plateau, position = _restore_or_start(ckpt, exp, state)
     start_step = int(state.step)
+    feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_lib.record_config(workdir, config, accepted, step=start_step)
     workdir_lib.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
@@ -148,7 +146,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                                         enabled=is_host0)
     stack.callback(profiler.close)
     run = _Run(config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
-               num_steps=num_steps, train_iter=train_iter,
+               num_steps=num_steps, feed=feed,
                train_step=exp.train_step(), eval_step=exp.eval_step(),
                dropout_rng=jax.device_put(dropout_rng, sharding.replicated(mesh)),
                plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
@@ -172,15 +170,37 @@ def _interrupted_message(run: _Run, stopped: int, start_step: int) -> str:
 
 
 def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experiment,
-                      state: step_lib.TrainState, train_iter: Any
-                      ) -> tuple[step_lib.TrainState, optim.PlateauSchedule | None]:
-  """The newest readable checkpoint (the iterator moved to its position), else a fresh start."""
-  restored = ckpt.restore(exp.abstract_state, data_iterator=train_iter)
+                      state: step_lib.TrainState
+                      ) -> tuple[step_lib.TrainState, optim.PlateauSchedule | None, int]:
+  """The newest readable checkpoint, else a fresh start: (state, plateau, data position).
+
+  The data position is the global batches already read, the same number for any
+  process count (docs/checkpoints.md).
+  """
+  restored = ckpt.restore(exp.abstract_state)
   if restored is None:
-    return state, optim.make_plateau(exp.config.optim)
+    return state, optim.make_plateau(exp.config.optim), 0
   state, meta = restored
-  logging.info('Resumed from step %d.', int(state.step))
-  return state, optim.make_plateau(exp.config.optim, meta.get('plateau'))
+  step = int(state.step)
+  position = ckpt.data_position(step, meta)
+  if position is None:
+    # Every run reads one batch per step from batch 0, so the step is the position.
+    logging.warning('Continuing at global batch %d (one batch per step).', step)
+    position = step
+  logging.info('Resumed from step %d.', step)
+  logging.info('The data continues at global batch %d.', position)
+  return state, optim.make_plateau(exp.config.optim, meta.get('plateau')), int(position)
+
+
+def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                position: int) -> feed_lib.DeviceFeed:
+  """The train batches from global batch `position` on, data.device_prefetch of them ahead."""
+  shard_index, shard_count = sharding.data_shard(mesh)
+  batches = input_pipeline.create_train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=shard_index, process_count=shard_count, start=position)
+  return feed_lib.DeviceFeed(batches, lambda local: sharding.make_global_batch(local, mesh),
+                             start=position, depth=config.data.device_prefetch)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -209,8 +229,8 @@ def _loop(run: _Run, state: step_lib.TrainState, start_step: int
   pending: list[dict[str, jax.Array]] = []  # metrics of the steps not yet logged or checked
   timer = (time.perf_counter(), start_step)
   for step in range(start_step + 1, run.num_steps + 1):
-    run.profiler.before_step(step)  # the trace includes reading the batch
-    batch = sharding.make_global_batch(next(run.train_iter), run.exp.mesh)
+    run.profiler.before_step(step)  # the trace includes waiting for the batch
+    _, batch = next(run.feed)
     state, metrics = run.train_step(state, batch, run.dropout_rng)
     run.profiler.after_step(step, state)
     pending.append(metrics)
@@ -293,9 +313,11 @@ def _save(run: _Run, state: step_lib.TrainState, step: int,
     return
   _stop_if_diverged(run, pending, step)  # the steps not yet logged: checked before they are kept
   meta = {'step': step, 'epoch': step / run.steps_per_epoch,
-          'plateau': run.plateau.state_dict() if run.plateau else None}
-  run.ckpt.save(step, state, data_iterator=run.train_iter, meta=meta, val_error=val_error,
-                force=force)
+          'plateau': run.plateau.state_dict() if run.plateau else None,
+          # Of the batches this step consumed, not of those the feed read ahead.
+          checkpoint_lib.DATA_POSITION: run.feed.position,
+          checkpoint_lib.PROCESS_COUNT: jax.process_count()}
+  run.ckpt.save(step, state, meta=meta, val_error=val_error, force=force)
 
 
 def _with_lr(run: _Run, state: step_lib.TrainState, lr: float) -> step_lib.TrainState:

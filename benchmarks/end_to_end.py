@@ -13,6 +13,9 @@ data, seed and step count; only the logging and checkpoint cadence differ:
                sync every step
   ckpt_10      checkpoint.every_steps=10: an (async) orbax save every 10 steps
   log_1_ckpt_10  both
+  prefetch_0   as quiet, with data.device_prefetch=0: the main thread copies each batch
+               to the devices when the step needs it (every other variant has the
+               default, 2 batches copied ahead by a thread)
 
 images/second come from the run's own metrics.jsonl (`images_per_sec` of each train
 line times its interval), summed from step S = steps // 4 (after compilation and the
@@ -49,6 +52,8 @@ VARIANTS = {
     'log_1': {'log.every_steps': 1, 'checkpoint.every_steps': 100000},
     'ckpt_10': {'log.every_steps': QUIET, 'checkpoint.every_steps': 10},
     'log_1_ckpt_10': {'log.every_steps': 1, 'checkpoint.every_steps': 10},
+    'prefetch_0': {'log.every_steps': QUIET, 'checkpoint.every_steps': 100000,
+                   'data.device_prefetch': 0},
 }
 
 

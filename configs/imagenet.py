@@ -74,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   #   falls short of the step's images/s, else 0: processes on GPU/TPU (6x the images/s of
   #   threads on an H200 host), threads on CPU (docs/design.md, "Input pipeline on a GPU host").
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
+  config.data.device_prefetch = 2  # Batches copied to the devices ahead of the step, by a
+  #                                  thread; 0: copied by the main thread at each step.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.01  # Initial learning rate.

@@ -4,8 +4,10 @@ import asyncio
 import gc
 import glob
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -342,6 +344,134 @@ class DamagedCheckpointTest(CheckpointTestCase):
     with self.assertRaisesRegex(checkpoint.CheckpointError, 'cannot restore'):
       ckpt.restore(abstract_of(state1), step=2)
     self.assertEqual(ckpt.restore(abstract_of(state1), step=1)[1], {'epoch': 1})
+
+
+class DataPositionTest(CheckpointTestCase):
+  """Checkpoints written with grain's per-process iterator files (before meta held the
+  data position): their position is read for any process count, never called damage."""
+
+  def grain_dataset(self):
+    return grain.MapDataset.range(1000).seed(3).shuffle().batch(4)
+
+  def grain_iterator(self, workers: int):
+    iter_dataset = self.grain_dataset().to_iter_dataset(grain.ReadOptions(num_threads=2))
+    if workers:
+      iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(iter_dataset)
+
+  def save_old_style(self, workers: int, read: int):
+    """Step 5's checkpoint with grain's state after `read` batches; the batch read next."""
+    ckpt, state, it = self.checkpointer(), make_state(self.mesh), self.grain_iterator(workers)
+    take(it, read)
+    ckpt.save(5, state, data_iterator=it, meta={'epoch': 1})
+    after = take(it, 1)
+    ckpt.wait()
+    if workers:
+      it.close()
+    return ckpt, state, after
+
+  def as_if_saved_by_two_processes(self, ckpt) -> None:
+    folder = os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM)
+    os.rename(os.path.join(folder, 'process_0-of-1.json'),
+              os.path.join(folder, 'process_0-of-2.json'))
+    shutil.copy(os.path.join(folder, 'process_0-of-2.json'),
+                os.path.join(folder, 'process_1-of-2.json'))
+
+  @parameterized.parameters((0, 7), (2, 7), (3, 8))
+  def test_position_of_grain_files_from_threads_or_workers(self, workers, read):
+    ckpt, state, after = self.save_old_style(workers, read)
+    for processes in (1, 2):
+      if processes == 2:
+        self.as_if_saved_by_two_processes(ckpt)
+      _, meta = ckpt.restore(abstract_of(state))
+      self.assertEqual(meta, {'epoch': 1})
+      if processes == 2:
+        with self.assertLogs('absl', level='WARNING') as logs:
+          position = ckpt.data_position(5, meta)
+        self.assertIn('holds the grain iterator state of 2 processes (process_0-of-2.json); '
+                      f'this run has 1. Only its position carries over: global batch {read}',
+                      '\n'.join(logs.output))
+      else:
+        position = ckpt.data_position(5, meta)
+      self.assertEqual(position, read)
+      # The position is where the uninterrupted iterator went on.
+      resumed = iter(self.grain_dataset()[position:].to_iter_dataset())
+      self.assertEqual(take(resumed, 1), after)
+
+  def test_grain_restore_across_process_counts_is_refused_not_quarantined(self):
+    ckpt, state, _ = self.save_old_style(0, 3)
+    self.as_if_saved_by_two_processes(ckpt)
+    it = self.grain_iterator(0)
+    take(it, 1)
+    position = it.get_state()
+    with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                'holds the data iterator state of 2 processes, not of 1'):
+      ckpt.restore(abstract_of(state), data_iterator=it)
+    self.assertEqual(it.get_state(), position)
+    self.assertEqual(ckpt.all_steps(), [5])
+    self.assertFalse(os.path.exists(os.path.join(ckpt.directory, checkpoint.DAMAGED_DIR)))
+
+  def test_unknown_grain_state_leaves_the_position_to_the_caller(self):
+    ckpt, state, _ = self.save_old_style(0, 3)
+    with open(os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM, 'process_0-of-1.json'),
+              'w') as f:
+      f.write('{"some_future_field": 3}')
+    _, meta = ckpt.restore(abstract_of(state))
+    with self.assertLogs('absl', level='WARNING') as logs:
+      self.assertIsNone(ckpt.data_position(5, meta))
+    self.assertIn('holds no data position this program can read', '\n'.join(logs.output))
+
+  def test_the_stored_position_comes_first(self):
+    ckpt, state, _ = self.save_old_style(0, 3)  # grain's files say 3
+    self.assertEqual(ckpt.data_position(5, {checkpoint.DATA_POSITION: 9}), 9)
+    ckpt.save(6, state, meta={'epoch': 1})  # neither
+    ckpt.wait()
+    with self.assertLogs('absl', level='WARNING') as logs:
+      self.assertIsNone(ckpt.data_position(6, ckpt.restore(abstract_of(state))[1]))
+    self.assertIn('Checkpoint at step 6 stores no data position.', '\n'.join(logs.output))
+
+
+class PlainOrbaxRecipeTest(absltest.TestCase):
+  """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
+
+  def test_the_documented_recipe_reads_a_real_run(self):
+    from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+    from tests import trained_run  # pylint: disable=g-import-not-at-top
+    workdir = trained_run.workdir()  # trained on eight devices, the towers split over two
+    with open(os.path.join(REPO, 'docs', 'checkpoints.md')) as f:
+      blocks = re.findall(r'```python\n(.*?)```', f.read(), re.S)
+    self.assertLen(blocks, 1)
+    placeholder = "workdir = 'runs/digits'"
+    self.assertIn(placeholder, blocks[0])
+    out = make_tempdir(self)
+    code = blocks[0].replace(placeholder, f'workdir = {workdir!r}') + textwrap.dedent(f"""
+        import json, sys
+        assert not any(m.startswith('alexnet_jax') for m in sys.modules), 'imported the project'
+        np.savez({os.path.join(out, 'params.npz')!r}, **{{
+            jax.tree_util.keystr(p): v
+            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}})
+        with open({os.path.join(out, 'meta.json')!r}, 'w') as f:
+          json.dump(meta, f)
+        """)
+    # One CPU device, outside the repository, nothing of the project on the path.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'JAX_', 'PYTHONPATH'))}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=out, capture_output=True, text=True,
+                          env=dict(env, JAX_PLATFORMS='cpu'), check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn(f'step {trained_run.STEPS}: conv1 kernel (11, 11, 3, 12)', proc.stdout)
+
+    config = predict.load_config(workdir)
+    want, step = predict.restore_params(workdir, config)
+    self.assertEqual(step, trained_run.STEPS)
+    got = np.load(os.path.join(out, 'params.npz'))
+    flat = jax.tree_util.tree_flatten_with_path(want)[0]
+    self.assertEqual(sorted(got.files), sorted(jax.tree_util.keystr(p) for p, _ in flat))
+    for path, value in flat:
+      np.testing.assert_array_equal(got[jax.tree_util.keystr(path)], np.asarray(value))
+    with open(os.path.join(out, 'meta.json')) as f:
+      meta = json.load(f)
+    self.assertEqual((meta['step'], meta[checkpoint.DATA_POSITION]),
+                     (trained_run.STEPS, trained_run.STEPS))
 
 
 class AbortedReadReportTest(absltest.TestCase):

@@ -235,6 +235,23 @@ class TrainIteratorTest(parameterized.TestCase):
     if workers:
       iterator.close()
 
+  @parameterized.parameters((1, 0, 1), (1, 0, 2), (1, 2, 2))
+  def test_start_continues_the_global_sequence(self, threads, workers, count):
+    """start=k: from global batch k on, for threads or workers and any process count (the
+    batches 5-10 are the second and third epochs: 40 records make 5 batches of 8)."""
+    start, n = 5, 6
+    reference = _take(self._iterator(batch=8), start + n)[start:]
+    for index in range(count):
+      iterator = input_pipeline.create_train_iterator(
+          _data_config(FOLDER, num_threads=threads, worker_count=workers), global_batch_size=8,
+          seed=0, process_index=index, process_count=count, start=start)
+      rows = slice(index * 8 // count, (index + 1) * 8 // count)  # its block of each batch
+      for want, got in zip(reference, _take(iterator, n)):
+        for key in want:
+          np.testing.assert_array_equal(got[key], want[key][rows])
+      if workers:
+        iterator.close()
+
   def test_epochs_are_fresh_permutations(self):
     ids = _ids(_take(self._iterator(batch=8), 2 * NUM_TRAIN // 8))
     first, second = ids[:NUM_TRAIN], ids[NUM_TRAIN:]

@@ -24,7 +24,7 @@ LAYERS = {
     'preprocess': (1, ()), 'codecs': (1, ()), 'cli': (1, ()),
     # L2 the pure step; devices; the dataset format; what a run writes
     'step': (2, ()), 'sharding': (2, ()), 'dataset_format': (2, ()), 'metrics': (2, ()),
-    'checkpoint': (2, ()), 'preemption': (2, ()),
+    'checkpoint': (2, ()), 'preemption': (2, ()), 'feed': (2, ()),
     # L3 config and data
     'config_lib': (3, ()), 'config_changes': (3, ()), 'input_pipeline': (3, ()),
     'prepare': (3, ()),

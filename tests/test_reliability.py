@@ -125,6 +125,16 @@ def params_of(config, workdir: str) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
+def data_positions(config, workdir: str) -> dict[int, int]:
+  """Step -> the data position stored in that checkpoint's meta."""
+  del config  # the layout is the same for every config (docs/checkpoints.md)
+  positions = {}
+  for step in checkpoint_lib.finished_steps(workdir):
+    with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
+      positions[step] = json.load(f)[checkpoint_lib.DATA_POSITION]
+  return positions
+
+
 def folder_digest(folder: str) -> dict[str, str]:
   digests = {}
   for path in sorted(glob.glob(os.path.join(folder, '**'), recursive=True)):
@@ -203,10 +213,17 @@ class FaultTestCase(parameterized.TestCase):
     super().tearDownClass()
 
   def wait_for_step(self, proc, workdir: str, step: int, log: str, what: str) -> int:
-    """Polls metrics.jsonl until its newest train line is >= step; returns that step."""
+    """Polls metrics.jsonl until its newest train line is >= step; returns that step.
+
+    Counts lines only once this run's loop has started (its "Training N steps" log line):
+    before that the newest lines are those of the run before it, which may be past `step`
+    and which this run drops back to its checkpoint.
+    """
     deadline = time.time() + 240
     while time.time() < deadline:
-      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train']
+      with open(log) as f:
+        started = re.search(r'Training \d+ steps', f.read()) is not None
+      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train'] if started else []
       if steps and steps[-1] >= step:
         return steps[-1]
       if proc.poll() is not None:
@@ -241,6 +258,10 @@ class FaultTestCase(parameterized.TestCase):
     self.assertEqual(evals, ref_evals, msg)
     for got, want in zip(params_of(self.config, workdir), FaultTestCase._reference['params']):
       np.testing.assert_array_equal(got, want, err_msg=msg)
+    # One batch per step: a checkpoint's position counts the batches its steps consumed,
+    # never those the device feed had read ahead.
+    positions = data_positions(self.config, workdir)
+    self.assertEqual(positions, {s: s for s in positions}, msg)
     leftovers = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
                  if not n.isdigit() and n != checkpoint_lib.DAMAGED_DIR]
     self.assertEqual(leftovers, [], f'unfinished checkpoint folders left {msg}')
@@ -254,6 +275,8 @@ class CrashResumeTest(FaultTestCase):
     Every restart after a kill takes over the lock the killed run left; every Ctrl-C
     saves its step (or, pressed twice, ends the process at once); nothing is lost.
     """
+    # Batches are on the devices ahead of each step, so every kill lands with some read ahead.
+    self.assertEqual(self.config.data.device_prefetch, 2)
     seed = int(os.environ.get('ALEXNET_FAULT_SEED', random.randrange(10**6)))
     rng = random.Random(seed)
     msg = f'(ALEXNET_FAULT_SEED={seed})'
@@ -475,16 +498,16 @@ class DamagedCheckpointTest(FaultTestCase):
     self.assert_equals_reference(workdir)
 
 
-# `python -c FULL_DISK launch.py ...`: launch.py, except that writing a checkpoint's data
-# iterator item fails as on a full disk. For where no small tmpfs can be mounted.
+# `python -c FULL_DISK launch.py ...`: launch.py, except that writing a checkpoint's meta
+# item fails as on a full disk. For where no small tmpfs can be mounted.
 FULL_DISK = """
 import errno, os, runpy, sys
-import grain
+import orbax.checkpoint as ocp
 
-def full_disk(*args, **kwargs):
+async def full_disk(*args, **kwargs):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-grain.checkpoint.CheckpointHandler.save = full_disk
+ocp.JsonCheckpointHandler._save_fn = full_disk
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
@@ -731,12 +754,14 @@ class ReadOnlyWorkdirTest(FaultTestCase):
 class DeterminismTest(FaultTestCase):
 
   def test_same_numbers_for_any_thread_and_worker_count(self):
-    """Six steps with 2 decoder threads, then with 2 worker processes: equal to the reference."""
+    """Six steps with 2 decoder threads and no device prefetch, then with 2 worker processes
+    and 2 batches prefetched: equal to the reference (threads, prefetch 2)."""
     steps = 6
     outputs = []
-    for threads, workers in ((2, 0), (1, 2)):
+    for threads, workers, ahead in ((2, 0, 0), (1, 2, 2)):
       config = reliability_config(num_train_steps=steps, **{'data.num_threads': threads,
-                                                            'data.worker_count': workers})
+                                                            'data.worker_count': workers,
+                                                            'data.device_prefetch': ahead})
       folder = self.create_tempdir().full_path
       config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
       workdir = os.path.join(folder, 'run')

@@ -1,0 +1,153 @@
+"""Device prefetch: the next global batches go to the devices while the current step runs.
+
+`DeviceFeed` wraps the host iterator of local batches and the function that makes
+global device arrays of one (`sharding.make_global_batch`). With depth > 0 a
+thread reads and transfers ahead; up to `depth` batches wait on the devices, plus
+the one the thread is transferring. `jax.make_array_from_process_local_data` only
+copies to this process's own devices (no collective), so the thread needs no
+agreement with other processes and works for any mesh.
+
+Each batch carries its position: how many global batches the run has read once
+this one is consumed. The train stream is the same global sequence for every
+process count (input_pipeline.ProcessBlocks), so the position is one number for
+all processes. `position` is that of the last batch handed out, never of the ones
+the thread read ahead: it is what a checkpoint saved after this step must store,
+so that a resume neither skips nor repeats the prefetched batches.
+
+An error in the thread (a damaged shard, a failed transfer) is raised in the
+caller's thread by the `next` that would have returned that batch, with the
+thread's traceback. `close` stops the thread; the trainer enters the feed into its
+ExitStack, so it stops on every way out (the end, Ctrl-C, a NaN, preemption).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from absl import logging
+
+Local = TypeVar('Local')
+Fed = TypeVar('Fed')
+
+_POLL_S = 0.1  # how often a thread waiting on a full queue looks for close()
+_JOIN_S = 60.0  # close() waits this long for a thread stuck inside the reader
+
+
+class _End:
+  """The reader ran out: the thread's last item."""
+
+
+class _Failure:
+  """The reader or the transfer raised: the thread's last item."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+class DeviceFeed(Generic[Local, Fed]):
+  """Iterator of (position, device batch), transferred up to `depth` batches ahead.
+
+  Usage:
+    with DeviceFeed(iterator, put, start=restored_position, depth=2) as feed:
+      for step in ...:
+        position, batch = next(feed)
+        ...
+        save(..., data_position=feed.position)
+
+  depth 0 reads and transfers in the caller's thread at each `next` (no thread).
+  The thread starts at the first `next`, so a feed that is never read reads nothing.
+  """
+
+  def __init__(self, batches: Iterator[Local], put: Callable[[Local], Fed], *,
+               start: int = 0, depth: int = 2, name: str = 'device-feed'):
+    if depth < 0:
+      raise ValueError(f'depth must be >= 0, got {depth}')
+    self._batches, self._put, self._depth, self._name = batches, put, int(depth), name
+    self._position = int(start)  # of the last batch handed out
+    self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self._depth, 1))
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._done = False  # the thread's last item (end or failure) was handed out
+
+  @property
+  def position(self) -> int:
+    """Batches read once the last batch handed out is consumed (the start if none)."""
+    return self._position
+
+  @property
+  def depth(self) -> int:
+    return self._depth
+
+  def __iter__(self) -> 'DeviceFeed[Local, Fed]':
+    return self
+
+  def __next__(self) -> tuple[int, Fed]:
+    if self._done or self._stop.is_set():
+      raise StopIteration
+    if self._depth == 0:
+      try:
+        batch = self._put(next(self._batches))
+      except BaseException:
+        self._done = True  # as with a thread: nothing after an error or the end
+        raise
+      self._position += 1
+      return self._position, batch
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._fill, args=(self._position,),
+                                      name=self._name, daemon=True)
+      self._thread.start()
+    item = self._queue.get()
+    if isinstance(item, _End):
+      self._done = True
+      raise StopIteration
+    if isinstance(item, _Failure):
+      self._done = True
+      raise item.error  # the thread's traceback, continued here
+    self._position, batch = item
+    return item
+
+  def _fill(self, position: int) -> None:
+    """The thread: read, transfer, queue; the last item says why it ended."""
+    try:
+      while not self._stop.is_set():
+        try:
+          local = next(self._batches)
+        except StopIteration:
+          self._offer(_End())
+          return
+        position += 1
+        self._offer((position, self._put(local)))
+    except BaseException as e:  # pylint: disable=broad-exception-caught
+      self._offer(_Failure(e))  # raised in the caller's thread by its next `next`
+
+  def _offer(self, item: Any) -> None:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=_POLL_S)
+        return
+      except queue.Full:
+        continue
+
+  def close(self) -> None:
+    """Stops the thread and drops the batches it read ahead. Idempotent."""
+    self._stop.set()
+    thread, self._thread = self._thread, None
+    if thread is None:
+      return
+    while True:  # unblock a thread waiting on the full queue
+      try:
+        self._queue.get_nowait()
+      except queue.Empty:
+        break
+    thread.join(_JOIN_S)
+    if thread.is_alive():  # stuck inside the reader; a daemon thread ends with the process
+      logging.warning('The %s thread did not stop within %.0f s; leaving it.', self._name,
+                      _JOIN_S)
+
+  def __enter__(self) -> 'DeviceFeed[Local, Fed]':
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
