@@ -54,6 +54,9 @@ PORT_RANGE = (10000, 32768)
 TPU_PORT = 8482
 _MAGIC = 'alexnet_jax roll call 1'
 _POLL_S = 0.25
+# Process 0 listens this long after the last expected process reported in, so that a second
+# claim of an id by a process already waiting (each retries every _POLL_S) is seen.
+_SETTLE_S = 4 * _POLL_S
 # After a peer says it stopped with an error, the time this process gets to stop by itself
 # (the same error reached at the same point) before it stops for the peer's sake.
 _GRACE_S = 5.0
@@ -140,8 +143,8 @@ def _join(host: str, port: int) -> str:
 def _check_resolves(host: str, what: str) -> None:
   try:
     socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-  except (socket.gaierror, UnicodeError) as e:
-    raise errors.InputError(f'{what}: host {host!r} cannot be resolved ({e}); give the name or '
+  except (socket.gaierror, UnicodeError):
+    raise errors.InputError(f'{what}: host {host!r} cannot be resolved; give the name or '
                             'address of the node that runs process 0') from None
 
 
@@ -315,11 +318,15 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
   arrived: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
   pending: dict[socket.socket, _Lines] = {}
   deadline = time.monotonic() + timeout_s
-  error = None
+  error, settled = None, None
   try:
-    while len(arrived) < plan.num_processes - 1 and error is None:
-      left = deadline - time.monotonic()
-      if left <= 0:
+    while error is None:
+      if len(arrived) == plan.num_processes - 1:
+        settled = settled or time.monotonic() + _SETTLE_S
+        if time.monotonic() >= settled:
+          break
+      left = (settled or deadline) - time.monotonic()
+      if left <= 0 and settled is None:
         missing = [i for i in range(1, plan.num_processes) if i not in arrived]
         error = (f'waited {timeout_s} s at coordinator {plan.coordinator} for the '
                  f'{plan.num_processes} processes of this run: {len(arrived) + 1} arrived, '
@@ -328,7 +335,7 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
                  f'{"them" if len(missing) > 1 else "it"} with the same coordinator, or check '
                  '--num_processes; --distributed_timeout sets the wait)')
         break
-      for key, _ in selector.select(timeout=min(left, 1.0)):
+      for key, _ in selector.select(timeout=max(0.0, min(left, 1.0))):
         if key.fileobj is listener:
           conn, _ = listener.accept()
           conn.setblocking(False)
@@ -357,7 +364,7 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
         _send(conn, verdict)
       except OSError:
         pass
-    for conn in pending:
+    for conn in pending if error is not None else ():  # a late one hears no 'go'
       try:
         conn.setblocking(True)
         _send(conn, verdict)
