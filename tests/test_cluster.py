@@ -7,6 +7,7 @@ no C++ abort, and that nothing was written or lost. The kill -9 case kills one p
 training run and resumes: the finished run must equal an uninterrupted one.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -15,14 +16,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import types
+from unittest import mock
 
 from absl.testing import absltest
+import grain
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import cluster
 from alexnet_jax import errors
 from tests import XLA_TEST_FLAGS
+from tests import test_checkpoint
 from tests import test_train
 
 REPO = test_train.REPO
@@ -253,6 +259,34 @@ class ClusterTest(absltest.TestCase):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
       lines = [json.loads(line) for line in f]
     return [(r['step'], r['kind'], r.get('loss', r.get('val_loss'))) for r in lines]
+
+
+class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
+  """A checkpoint write that fails because a peer died is reported as the loss, not the disk."""
+
+  def failed_save(self, session) -> BaseException:
+    ckpt = self.checkpointer()
+    broken = OSError(errno.ENOSPC, 'No space left on device')
+    with mock.patch.object(cluster, '_session', session), \
+         mock.patch.object(grain.checkpoint.CheckpointHandler, 'save', side_effect=broken):
+      with self.assertRaises(Exception) as caught:
+        ckpt.save(1, test_checkpoint.make_state(self.mesh),
+                  data_iterator=test_checkpoint.make_iterator(), meta={'epoch': 1})
+        ckpt.wait()
+    return caught.exception
+
+  def test_write_error_after_a_lost_peer_names_the_peer(self):
+    lost = threading.Event()
+    lost.set()
+    session = types.SimpleNamespace(lost=lost, lost_message='process 1 of 2 was lost')
+    error = self.failed_save(session)
+    self.assertIsInstance(error, cluster.PeerLost)
+    self.assertEqual(str(error), 'process 1 of 2 was lost')
+
+  def test_write_error_without_a_lost_peer_is_the_disk(self):
+    error = self.failed_save(None)
+    self.assertIsInstance(error, checkpoint_lib.CheckpointWriteError)
+    self.assertIn('no space left on the device', str(error))
 
 
 if __name__ == '__main__':
