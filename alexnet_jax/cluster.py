@@ -17,7 +17,9 @@ The roll call's connections stay open for the whole run: when a process dies
 (kill -9, a crash, its host gone) the others see its connection close (TCP
 keepalive covers a host that vanishes without a word) and stop within seconds
 with one line naming it, before JAX's own heartbeat would abort them. A process
-that leaves on purpose says so first ('bye' and its exit status).
+that leaves on purpose says so first ('bye' and its exit status). JAX's
+coordinator runs in a helper process of process 0 (`serve_coordinator`), so that
+the others' JAX clients do not abort the moment process 0 dies.
 
 Every failure here that the program can name is one `error:` line: status 2 for
 a start-up mistake (the flags, the cluster variables, the port, the configs),
@@ -35,6 +37,7 @@ import json
 import os
 import selectors
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -466,6 +469,7 @@ class _Session:
     self.leaving = False  # this process said bye: the others' hang-ups are expected
     self.departed: dict[int, int] = {}  # process id -> the status it said it leaves with
     self.hung_up: set[int] = set()  # processes whose connection has closed
+    self.service: Optional[subprocess.Popen] = None  # process 0: the helper running JAX's
     self.lost = threading.Event()
     self.lost_message = ''
     for conn in links.values():
@@ -588,7 +592,7 @@ def start(plan: Plan, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
   """Roll call, then jax.distributed.initialize; the watch runs from the roll call on.
 
   Process 0 frees the port between its roll call and JAX's coordinator binding
-  it; a program that takes it in that instant makes JAX fail (docs/cluster.md).
+  it; a program that takes it in that instant stops the start (docs/cluster.md).
   """
   global _session
   import jax  # pylint: disable=g-import-not-at-top
@@ -600,10 +604,61 @@ def start(plan: Plan, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
   atexit.register(_session.say_bye, 0)  # a normal exit; runs before JAX's shutdown
   logging.info('Process %d of %d: all %d processes reported in at %s.', plan.process_id,
                plan.num_processes, plan.num_processes, plan.coordinator)
-  jax.distributed.initialize(
-      plan.coordinator, plan.num_processes, plan.process_id,
+  arguments = dict(
       local_device_ids=None if plan.local_device_ids is None else list(plan.local_device_ids),
       cluster_detection_method='deactivate', initialization_timeout=timeout_s)
+  if plan.process_id != 0:
+    jax.distributed.initialize(plan.coordinator, plan.num_processes, plan.process_id, **arguments)
+    return
+  _session.service = _start_service(plan)
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  make_service = distributed._jax.get_distributed_runtime_service  # pylint: disable=protected-access
+  # Process 0 joins as a client only: its helper process already runs the service.
+  distributed._jax.get_distributed_runtime_service = lambda *a, **k: None  # pylint: disable=protected-access
+  try:
+    jax.distributed.initialize(plan.coordinator, plan.num_processes, 0, **arguments)
+  finally:
+    distributed._jax.get_distributed_runtime_service = make_service  # pylint: disable=protected-access
+
+
+# JAX's coordinator (the service every process's JAX client talks to) runs in a helper process
+# that process 0 starts, not in process 0: if process 0 dies, the others' JAX clients would
+# abort the moment its service vanished, racing the watch that stops them with one line. The
+# helper outlives process 0 by this many seconds (the others stop within one), then ends.
+_SERVICE_GRACE_S = 5.0
+
+
+def _start_service(plan: Plan) -> subprocess.Popen:
+  """Starts the helper process that runs JAX's coordinator on the port; waits until it serves."""
+  port = parse_address(plan.coordinator, 'coordinator')[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root,
+                                                                  os.environ.get('PYTHONPATH')])))
+  helper = subprocess.Popen(
+      [sys.executable, '-c', 'from alexnet_jax import cluster; '
+       f'cluster.serve_coordinator({port}, {plan.num_processes})'],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+  ready = helper.stdout.readline().strip()
+  if ready != b'ready':
+    helper.wait()
+    raise errors.InputError(
+        f'JAX\'s coordinator could not start on port {port} (taken by another program right '
+        'after the roll call freed it); start all processes again')
+  return helper
+
+
+def serve_coordinator(port: int, num_processes: int) -> None:
+  """The helper process: JAX's coordinator on `port` until process 0 ends, plus a grace."""
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  try:
+    service = _jax.get_distributed_runtime_service(f'[::]:{port}', num_processes)
+  except Exception:  # pylint: disable=broad-except
+    os._exit(1)  # pylint: disable=protected-access
+  print('ready', flush=True)
+  sys.stdin.buffer.read()  # until process 0 has ended, one way or another
+  time.sleep(_SERVICE_GRACE_S)
+  del service
+  os._exit(0)  # pylint: disable=protected-access
 
 
 def lost_peer(wait_s: float = _LOSS_CONFIRM_S) -> Optional[str]:
@@ -700,8 +755,9 @@ def exit_together(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any
 def _leave(status: int) -> None:
   """Tells the others that this process stops with `status`, and ends it.
 
-  Process 0 hosts JAX's coordinator: the others would abort the moment it went,
-  so it waits (a bounded time) until they have hung up.
+  Process 0's helper runs JAX's coordinator until 5 s after process 0 ends: the
+  others would abort if it went first, so process 0 waits (a bounded time) until
+  they have hung up.
   """
   if _session is not None:
     _session.say_bye(status)

@@ -3,8 +3,9 @@
 Every run here is two (or three) `launch.py` processes with one CPU device each and a short
 --distributed_timeout, on the tiny digits config. Each case checks what a user sees: the exit
 status of every process, exactly one `error:` line (the expected one), no Python traceback and
-no C++ abort, and that nothing was written or lost. The kill -9 case kills one process of a
-training run and resumes: the finished run must equal an uninterrupted one.
+no C++ abort, and that nothing was written or lost. The kill -9 case kills process 1 of a
+training run, then (started again) process 0, the coordinator, and resumes: the finished run
+must equal an uninterrupted one.
 """
 
 import errno
@@ -230,17 +231,20 @@ class ClusterTest(absltest.TestCase):
       self.assertEqual(error_lines(output), [])
 
     workdir = os.path.join(self.root, 'killed')
-    port = free_port()
-    procs = [self.process(workdir, port, i) for i in range(2)]
-    self.wait_for_checkpoint(workdir, 2 * CHECKPOINT_EVERY, procs)
-    os.kill(procs[1].pid, signal.SIGKILL)
-    self.assert_one_error(
-        procs[0], errors.EXIT_PEER_LOST,
-        'error: process 1 of 2 was lost: it ended without a word (killed, crashed, or its host '
-        'or network failed); stopped this process too. Every checkpoint folder left is '
-        'complete; start all processes again to resume from the newest')
-    self.assertEqual(procs[1].wait(), -signal.SIGKILL)
-    newest = max(checkpoint_lib.finished_steps(workdir))
+    newest = 0
+    for victim in (1, 0):  # a peer, then the coordinator
+      port = free_port()
+      procs = [self.process(workdir, port, i) for i in range(2)]
+      self.wait_for_checkpoint(workdir, newest + CHECKPOINT_EVERY, procs)
+      os.kill(procs[victim].pid, signal.SIGKILL)
+      role = ' (the coordinator)' if victim == 0 else ''
+      self.assert_one_error(
+          procs[1 - victim], errors.EXIT_PEER_LOST,
+          f'error: process {victim}{role} of 2 was lost: it ended without a word (killed, '
+          'crashed, or its host or network failed); stopped this process too. Every checkpoint '
+          'folder left is complete; start all processes again to resume from the newest')
+      self.assertEqual(procs[victim].wait(), -signal.SIGKILL)
+      newest = max(checkpoint_lib.finished_steps(workdir))
     self.assertLess(newest, STEPS)
 
     port = free_port()
