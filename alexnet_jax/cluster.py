@@ -583,7 +583,7 @@ def stop_process(line: str, status: int) -> None:
     except (OSError, ValueError):
       pass
   try:
-    print(line, file=sys.stderr, flush=True)
+    os.write(2, (line + '\n').encode())  # one write: no other thread's output inside the line
   finally:
     os._exit(status)  # pylint: disable=protected-access
 
