@@ -353,6 +353,11 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
           conn.close()
           continue
         for hello in messages:
+          if hello.get('magic') != _MAGIC:  # not one of ours (a port scan): ignored
+            selector.unregister(conn)
+            del pending[conn]
+            conn.close()
+            break
           error = _check_hello(hello, plan, arrived)
           if error is not None:
             break
@@ -392,9 +397,6 @@ def _who(hello: Mapping[str, Any]) -> str:
 def _check_hello(hello: Mapping[str, Any], plan: Plan,
                  arrived: Mapping[int, tuple[socket.socket, dict[str, Any]]]) -> Optional[str]:
   """The line that stops the run for this report, or None when it fits."""
-  if hello.get('magic') != _MAGIC:
-    return (f'a program that is not a process of this run connected to the coordinator port '
-            f'{plan.coordinator}; give this run another port')
   pid, count = hello.get('process_id'), hello.get('num_processes')
   if count != plan.num_processes:
     return (f'process {pid} ({_who(hello)}) was started for {count} processes, process 0 for '
@@ -469,7 +471,7 @@ class _Session:
     self.leaving = False  # this process said bye: the others' hang-ups are expected
     self.departed: dict[int, int] = {}  # process id -> the status it said it leaves with
     self.hung_up: set[int] = set()  # processes whose connection has closed
-    self.service: Optional[subprocess.Popen] = None  # process 0: the helper running JAX's
+    self.service: Optional[subprocess.Popen] = None  # process 0: the helper of JAX's service
     self.lost = threading.Event()
     self.lost_message = ''
     for conn in links.values():
@@ -528,6 +530,9 @@ class _Session:
               stop_at = time.monotonic() + _GRACE_S
               stop_line = (f'process {who} of {self.plan.num_processes} stopped with exit status '
                            f'{status} (its output says why); stopped this process too')
+              # What fails here now (a collective, a checkpoint write) fails because of it.
+              self.lost_message = stop_line
+              self.lost.set()
           elif 'lost' in message:
             self._peer_lost(int(message['lost']))
       if stop_at is not None and time.monotonic() >= stop_at:
@@ -662,7 +667,8 @@ def serve_coordinator(port: int, num_processes: int) -> None:
 
 
 def lost_peer(wait_s: float = _LOSS_CONFIRM_S) -> Optional[str]:
-  """What the watch says of a lost process, waiting up to `wait_s` for it; None if none."""
+  """What the watch says of a process that died or stopped with an error, waiting up to
+  `wait_s` for such news; None if there is none (the error at hand has another cause)."""
   if _session is None:
     return None
   if _session.lost.wait(wait_s):

@@ -257,6 +257,22 @@ class ClusterTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(workdir, 'checkpoints', 'damaged')))
     self.assertEqual(self.records(workdir), self.records(reference))
 
+  def test_ctrl_c_in_one_process_stops_the_other_naming_it(self):
+    workdir, port = os.path.join(self.root, 'ctrl_c'), free_port()
+    procs = [self.process(workdir, port, i) for i in range(2)]
+    self.wait_for_checkpoint(workdir, CHECKPOINT_EVERY, procs)
+    os.kill(procs[1].pid, signal.SIGINT)
+    self.assert_one_error(
+        procs[0], errors.EXIT_PEER_LOST,
+        'error: process 1 of 2 stopped with exit status 130 (its output says why); stopped this '
+        'process too')
+    output = self.output(procs[1])
+    self.assertEqual(procs[1].returncode, errors.EXIT_INTERRUPTED, output[-3000:])
+    self.assertEqual([l for l in output.splitlines() if l.startswith('interrupted:')],
+                     ['interrupted: Ctrl-C; stopped before finishing (files written so far are '
+                      'complete; rerun the same command to go on)'])
+    self.assertEqual(error_lines(output), [])
+
   @staticmethod
   def records(workdir: str) -> list[tuple]:
     """(step, kind, loss or val_loss) of every metrics line: each step once, as trained."""
