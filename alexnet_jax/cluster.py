@@ -126,8 +126,7 @@ def plan_from_flags(coordinator_address: Optional[str], num_processes: Optional[
   if num_processes == 1:
     return None
   if process_id is None or not 0 <= process_id < num_processes:
-    raise errors.InputError(f'--process_id must be in [0, {num_processes}) for '
-                            f'--num_processes={num_processes}, got {process_id}')
+    raise errors.InputError(f'--process_id must be in [0, {num_processes}), got {process_id}')
   what = '--coordinator_address'
   if not coordinator_address and os.environ.get('JAX_COORDINATOR_ADDRESS'):
     coordinator_address, what = os.environ['JAX_COORDINATOR_ADDRESS'], 'JAX_COORDINATOR_ADDRESS'

@@ -459,7 +459,7 @@ CASES = (
     Case('process_id_out_of_range', 'cluster', '--process_id not below --num_processes',
          'launch',
          _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=2', '--process_id=2'),
-         2, 'error: --process_id must be in [0, 2) for --num_processes=2, got 2'),
+         2, 'error: --process_id must be in [0, 2), got 2'),
     Case('distributed_timeout_zero', 'cluster', '--distributed_timeout=0', 'launch',
          _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=2', '--process_id=1',
                  '--distributed_timeout=0'), 2,
