@@ -615,14 +615,18 @@ def start(plan: Plan, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     jax.distributed.initialize(plan.coordinator, plan.num_processes, plan.process_id, **arguments)
     return
   _session.service = _start_service(plan)
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  make_service = distributed._jax.get_distributed_runtime_service  # pylint: disable=protected-access
-  # Process 0 joins as a client only: its helper process already runs the service.
-  distributed._jax.get_distributed_runtime_service = lambda *a, **k: None  # pylint: disable=protected-access
+  # pylint: disable=g-import-not-at-top,protected-access
+  from jax._src import distributed
+  # Process 0 joins as a client only: its helper process already runs the service, so the
+  # service jax.distributed.initialize would start in process 0 is none (jax 0.10.2's
+  # State.initialize; nothing else reads global_state.service).
+  make_service = distributed._jax.get_distributed_runtime_service
+  distributed._jax.get_distributed_runtime_service = lambda *a, **k: None
   try:
     jax.distributed.initialize(plan.coordinator, plan.num_processes, 0, **arguments)
   finally:
-    distributed._jax.get_distributed_runtime_service = make_service  # pylint: disable=protected-access
+    distributed._jax.get_distributed_runtime_service = make_service
+  # pylint: enable=g-import-not-at-top,protected-access
 
 
 # JAX's coordinator (the service every process's JAX client talks to) runs in a helper process
