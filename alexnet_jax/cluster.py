@@ -645,7 +645,10 @@ def _start_service(plan: Plan) -> subprocess.Popen:
   helper = subprocess.Popen(
       [sys.executable, '-c', 'from alexnet_jax import cluster; '
        f'cluster.serve_coordinator({port}, {plan.num_processes})'],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+      # Its own output would come after process 0's last line (and keep a pipe of process 0's
+      # output open for its grace): none.
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+      start_new_session=True)
   ready = helper.stdout.readline().strip()
   if ready != b'ready':
     helper.wait()
