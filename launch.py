@@ -16,6 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from alexnet_jax import cli
+from alexnet_jax import cluster
 from alexnet_jax import plan
 from alexnet_jax import platform
 from alexnet_jax import sharding
@@ -56,6 +57,12 @@ flags.DEFINE_string('coordinator_address', None,
                     'environment, e.g. SLURM, when there is one).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.DEFINE_integer('coordinator_port', None,
+                     'Port of the coordinator on the first node of a SLURM step or TPU slice, '
+                     'instead of the one chosen (docs/cluster.md, "Coordinator and peers").')
+flags.DEFINE_integer('distributed_timeout', cluster.DEFAULT_TIMEOUT_S,
+                     'Seconds each process of a multi-process run waits for the others at '
+                     'start (and for their config) before it stops with one line.')
 flags.DEFINE_bool('auto_distributed', False,
                   'Let JAX discover the processes of the job itself (Cloud TPU pod slices, whose '
                   'worker list comes from the TPU metadata rather than the environment).')
@@ -79,7 +86,9 @@ def main(argv):
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
   config = cli.config_from_flag('config')
   sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                            auto_detect=FLAGS.auto_distributed)
+                            auto_detect=FLAGS.auto_distributed,
+                            timeout_s=FLAGS.distributed_timeout,
+                            coordinator_port=FLAGS.coordinator_port)
   cli.start_backend()
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
@@ -90,4 +99,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  # exit_together outside report_user_errors: a process that stops (after its one line)
+  # tells the other processes of the run.
+  app.run(cluster.exit_together(main), flags_parser=cli.parse_flags)

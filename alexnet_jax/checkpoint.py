@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from alexnet_jax import cluster
 from alexnet_jax import errors
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -297,8 +298,16 @@ class Checkpointer:
       logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
     return saved
 
-  def _write_error(self, step: Optional[int], error: BaseException) -> CheckpointWriteError:
-    """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`."""
+  def _write_error(self, step: Optional[int], error: BaseException
+                   ) -> CheckpointWriteError | cluster.PeerLost:
+    """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`.
+
+    In a multi-process run a write also fails when another process dies; then the
+    disk is not the cause, and the watch of the processes reports the lost one.
+    """
+    lost = cluster.lost_peer()
+    if lost is not None:
+      return cluster.PeerLost(lost)
     text = str(error)
     if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
       reason = f'no space left on the device of {self._directory}'

@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from alexnet_jax import cluster
 from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 
@@ -501,7 +502,8 @@ def cluster_process_count(environ: Mapping[str, str] | None = None) -> int:
 def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, *,
                      local_device_ids: Sequence[int] | None = None,
-                     auto_detect: bool = False) -> bool:
+                     auto_detect: bool = False, timeout_s: int = cluster.DEFAULT_TIMEOUT_S,
+                     coordinator_port: int | None = None) -> bool:
   """Joins a multi-process run; call before any other JAX call. True if it initialised.
 
   - explicit `num_processes` > 1: uses the three arguments (the coordinator
@@ -511,30 +513,33 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   - `auto_detect=True`: always lets JAX find the cluster, e.g. a Cloud TPU pod
     slice, whose worker list comes from the metadata server, not the environment.
   A single process needs none of this, and `num_processes=1` is a no-op.
+  Every value is checked first (one line naming the flag or variable), then
+  `cluster.start` holds the roll call (at most `timeout_s` seconds) and
+  initialises JAX. `coordinator_port` replaces the port chosen for a SLURM step
+  (cluster.slurm_port) or a TPU slice (cluster.TPU_PORT).
   """
   if jax.distributed.is_initialized():
     return False
+  cluster.check_timeout(timeout_s)
+  if coordinator_port is not None:
+    coordinator_port = cluster.check_port(coordinator_port, '--coordinator_port')
   explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
   if explicit:
-    if num_processes is None:
-      raise errors.InputError('--num_processes is required with --coordinator_address/--process_id')
-    if num_processes < 1:
-      raise errors.InputError(f'--num_processes must be >= 1, got {num_processes}')
-    if num_processes == 1:
+    plan = cluster.plan_from_flags(coordinator_address, num_processes, process_id)
+    if plan is None:
       return False
-    if process_id is None or not 0 <= process_id < num_processes:
-      raise errors.InputError(f'--process_id must be in [0, {num_processes}), got {process_id}')
-    coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
-    if not coordinator_address:
-      raise errors.InputError('--coordinator_address (host:port of process 0) is required for '
-                              f'{num_processes} processes')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids)
-    return True
-  if auto_detect or cluster_process_count() > 1:
-    jax.distributed.initialize(local_device_ids=local_device_ids)
-    return True
-  return False
+    if local_device_ids is not None:
+      plan = dataclasses.replace(plan, local_device_ids=tuple(local_device_ids))
+  elif not auto_detect and cluster_process_count() <= 1:
+    return False
+  elif cluster.slurm_present(os.environ) and not auto_detect:
+    plan = cluster.plan_from_slurm(os.environ, coordinator_port)
+  else:
+    plan = cluster.plan_from_environment(coordinator_port, timeout_s)
+  if plan.num_processes == 1:
+    return False
+  cluster.start(plan, timeout_s)
+  return True
 
 
 def sync_hosts(name: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import signal
 import time
@@ -28,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import cluster
 from alexnet_jax import config_changes
 from alexnet_jax import config_lib
 from alexnet_jax import errors
@@ -86,11 +88,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   raises errors.Interrupted; SIGTERM saves it and returns.
   """
   config = config_lib.load(config)
+  # Every process must train the same run: a difference stops all of them here, in one line.
+  cluster.agree('config', _config_fields(config))
   workdir_lib.prepare_workdir(workdir)
   with workdir_lib.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
     accepted = workdir_lib.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
+    cluster.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
     workdir_lib.check_dataset(workdir, info)
     state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
@@ -104,6 +109,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f'Logs: {os.path.join(workdir, "metrics.jsonl")}, plots in {os.path.join(workdir, "plots")}, '
           f'TensorBoard: tensorboard --logdir {workdir}', flush=True)
   return last_eval
+
+
+# Resolved per host from its own cores (config_lib.resolve_auto): they may differ between hosts.
+HOST_FIELDS = ('data.num_threads', 'data.worker_count')
+
+
+def _config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved config as dotted fields, less those each host resolves for itself."""
+  fields = config_changes.flatten(config.to_dict())
+  return {k: v for k, v in fields.items() if k not in HOST_FIELDS}
+
+
+def _dataset_fields(info: input_pipeline.DatasetInfo) -> dict[str, Any]:
+  """What each process reads of the dataset: classes, split sizes, image size, statistics."""
+  def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+  def array(values: np.ndarray) -> str:
+    return digest(np.ascontiguousarray(values, np.float32).tobytes())
+
+  return {'num_classes': info.num_classes,
+          'class_names': digest('\n'.join(info.class_names).encode()),
+          'split_sizes': dict(info.split_sizes), 'image_size': info.image_size,
+          'mean_image': array(info.mean_image), 'eigvals': array(info.eigvals),
+          'eigvecs': array(info.eigvecs)}
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,

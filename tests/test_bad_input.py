@@ -524,6 +524,42 @@ CASES = (
          ('--output={CASE}/out',), 1,
          'FATAL Flags parsing error: flag --source=None: Flag --source must have a value other '
          'than None.'),
+    # --------------------------------------------------------------------- multi-process runs
+    Case('coordinator_without_port', 'cluster', '--coordinator_address without a port', 'launch',
+         _launch('--coordinator_address=127.0.0.1', '--num_processes=2', '--process_id=0'), 2,
+         "error: --coordinator_address='127.0.0.1' must be host:port (the address of process 0 "
+         'and a free port on it, e.g. node001:23456)'),
+    Case('coordinator_bad_port', 'cluster', '--coordinator_address with a port above 65535',
+         'launch',
+         _launch('--coordinator_address=127.0.0.1:99999', '--num_processes=2', '--process_id=1'),
+         2, "error: --coordinator_address='127.0.0.1:99999': the port must be an integer in "
+         "[1, 65535], got '99999'"),
+    Case('coordinator_unknown_host', 'cluster', '--coordinator_address names no host', 'launch',
+         _launch('--coordinator_address=no-such-host.invalid:23456', '--num_processes=2',
+                 '--process_id=1'), 2,
+         "error: --coordinator_address: host 'no-such-host.invalid' cannot be resolved; give the "
+         'name or address of the node that runs process 0'),
+    Case('num_processes_zero', 'cluster', '--num_processes=0', 'launch',
+         _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=0', '--process_id=0'),
+         2, 'error: --num_processes must be >= 1, got 0'),
+    Case('process_id_out_of_range', 'cluster', '--process_id not below --num_processes',
+         'launch',
+         _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=2', '--process_id=2'),
+         2, 'error: --process_id must be in [0, 2), got 2'),
+    Case('distributed_timeout_zero', 'cluster', '--distributed_timeout=0', 'launch',
+         _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=2', '--process_id=1',
+                 '--distributed_timeout=0'), 2,
+         'error: --distributed_timeout must be a positive number of seconds, got 0'),
+    Case('coordinator_port_zero', 'cluster', '--coordinator_port=0', 'launch',
+         _launch('--coordinator_port=0'), 2,
+         'error: --coordinator_port must be an integer in [1, 65535], got 0'),
+    Case('slurm_procid_beyond_ntasks', 'cluster',
+         'SLURM variables of a task that cannot exist (SLURM_PROCID >= SLURM_NTASKS)', 'launch',
+         _launch(), 2,
+         'error: the SLURM variables disagree: SLURM_PROCID=2 but SLURM_NTASKS=2 (task ids run '
+         'from 0 to 1)',
+         env=(('SLURM_JOB_ID', '4242'), ('SLURM_STEP_NODELIST', 'localhost'),
+              ('SLURM_NTASKS', '2'), ('SLURM_PROCID', '2'), ('SLURM_LOCALID', '0'))),
     # --------------------------------------------------------------------- mesh shapes
     Case('mesh_model_3', 'mesh', 'mesh.model=3 on 8 devices', 'launch',
          _launch('--config.mesh.model=3', workdir='{RUN}'), 2,
@@ -944,7 +980,7 @@ def render_doc() -> str:
             'labels': 'Labels files', 'tars': 'Official ImageNet tars',
             'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
-            'flags': 'Flags', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
+            'flags': 'Flags', 'cluster': 'Multi-process runs', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
            'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate',
            'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary'}

@@ -21,7 +21,7 @@ LAYERS = {
     'lockfile': (0, ()),
     # L1 building blocks: numerics, per-record augmentation, codecs, the command line
     'model': (1, ()), 'losses': (1, ()), 'optim': (1, ()), 'augment': (1, ()),
-    'preprocess': (1, ()), 'codecs': (1, ()), 'cli': (1, ()),
+    'preprocess': (1, ()), 'codecs': (1, ()), 'cli': (1, ()), 'cluster': (1, ()),
     # L2 the pure step; devices; the dataset format; what a run writes
     'step': (2, ()), 'sharding': (2, ()), 'dataset_format': (2, ()), 'metrics': (2, ()),
     'checkpoint': (2, ()), 'preemption': (2, ()), 'feed': (2, ()),
