@@ -42,8 +42,8 @@
 # /tmp/alexnet_gpu), never OUT_DIR. PYTHON picks the interpreter (default python3).
 #
 # --cpu-smoke: every part with tiny sizes on the CPU (JAX_PLATFORMS=cpu; an eighth-width
-# net, batch 2, one step; 72x72 images): checks that the script runs end to end, not speed
-# (tests/test_benchmarks.py runs it).
+# net, batch 2, one step; 72x72 images; PyTorch eager only, torch.compile skipped): checks
+# that the script runs end to end, not speed (tests/test_benchmarks.py runs it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -188,6 +188,10 @@ pipeline_rows() {
   fi
   part torch 60 env JAX_PLATFORMS=cpu "$py" -m benchmarks.torch_step --nets=paper \
     --modes=eager,channels_last "${torch_eager[@]}" --json="$out/step_torch.json"
+  if (( smoke )); then  # compiling the full-size net on a CPU takes minutes: not a smoke test
+    echo "=== torch_compile: skipped in the CPU smoke run"
+    return
+  fi
   part torch_compile 90 env JAX_PLATFORMS=cpu "$py" -m benchmarks.torch_step --nets=paper \
     --modes=compile "${torch_compile[@]}" --json="$out/step_torch.json" --json_append
 }
