@@ -34,6 +34,9 @@ from tests import test_train
 
 REPO = test_train.REPO
 TIMEOUT = 3  # --distributed_timeout of the start-up cases, in seconds
+# The wait of runs whose processes must all meet: a loaded machine may start one of them
+# seconds after the other, which must not read as a missing peer.
+MEET = '--distributed_timeout=120'
 STEPS = 16
 CHECKPOINT_EVERY = 4
 ABORTS = ('Traceback', 'Check failure', 'Fatal Python error', 'terminate called', 'Aborted')
@@ -179,8 +182,8 @@ class ClusterTest(absltest.TestCase):
 
   def test_different_process_counts_stop_every_process(self):
     port, workdir = free_port(), os.path.join(self.root, 'counts')
-    peer = self.process(workdir, port, 1, num_processes=3)
-    first = self.process(workdir, port, 0)
+    peer = self.process(workdir, port, 1, MEET, num_processes=3)
+    first = self.process(workdir, port, 0, MEET)
     line = (f'error: process 1 (host {socket.gethostname()} pid {peer.pid}) was started for 3 '
             'processes, process 0 for 2; give every process the same --num_processes')
     self.assert_one_error(first, 2, line)
@@ -202,8 +205,8 @@ class ClusterTest(absltest.TestCase):
 
   def test_different_configs_stop_every_process_before_anything_is_written(self):
     port, workdir = free_port(), os.path.join(self.root, 'configs')
-    procs = [self.process(workdir, port, 0),
-             self.process(workdir, port, 1, '--config.batch_size=32', '--config.seed=3')]
+    procs = [self.process(workdir, port, 0, MEET),
+             self.process(workdir, port, 1, MEET, '--config.batch_size=32', '--config.seed=3')]
     line = ('error: the processes of this run have different configs: process 1 differs from '
             'process 0 in batch_size (32 vs 16), seed (3 vs 0). Start every process with the '
             'same --config and --config.* overrides')
@@ -224,7 +227,7 @@ class ClusterTest(absltest.TestCase):
   def test_kill_9_stops_the_survivor_and_the_next_start_resumes(self):
     reference = os.path.join(self.root, 'reference')
     port = free_port()
-    procs = [self.process(reference, port, i) for i in range(2)]
+    procs = [self.process(reference, port, i, MEET) for i in range(2)]
     for proc in procs:
       output = self.output(proc)
       self.assertEqual(proc.returncode, 0, output[-3000:])
@@ -234,7 +237,7 @@ class ClusterTest(absltest.TestCase):
     newest = 0
     for victim in (1, 0):  # a peer, then the coordinator
       port = free_port()
-      procs = [self.process(workdir, port, i) for i in range(2)]
+      procs = [self.process(workdir, port, i, MEET) for i in range(2)]
       self.wait_for_checkpoint(workdir, newest + CHECKPOINT_EVERY, procs)
       os.kill(procs[victim].pid, signal.SIGKILL)
       role = ' (the coordinator)' if victim == 0 else ''
@@ -248,7 +251,7 @@ class ClusterTest(absltest.TestCase):
     self.assertLess(newest, STEPS)
 
     port = free_port()
-    procs = [self.process(workdir, port, i) for i in range(2)]
+    procs = [self.process(workdir, port, i, MEET) for i in range(2)]
     for proc in procs:
       output = self.output(proc)
       self.assertEqual(proc.returncode, 0, output[-3000:])
@@ -259,7 +262,7 @@ class ClusterTest(absltest.TestCase):
 
   def test_ctrl_c_in_one_process_stops_the_other_naming_it(self):
     workdir, port = os.path.join(self.root, 'ctrl_c'), free_port()
-    procs = [self.process(workdir, port, i) for i in range(2)]
+    procs = [self.process(workdir, port, i, MEET) for i in range(2)]
     self.wait_for_checkpoint(workdir, CHECKPOINT_EVERY, procs)
     os.kill(procs[1].pid, signal.SIGINT)
     self.assert_one_error(
