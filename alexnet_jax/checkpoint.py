@@ -370,11 +370,7 @@ class Checkpointer:
         other = self._other_process_counts(candidate) if data_iterator is not None else []
         if other:  # healthy, but grain's state files are per process: never moved aside
           data_iterator.set_state(initial_position)
-          raise CheckpointError(
-              f'checkpoint {self.step_path(candidate)} holds the data iterator state of '
-              f'{" or ".join(map(str, other))} processes, not of {jax.process_count()}: '
-              'restore it without data_iterator and start the iterator at its '
-              'data_position') from e
+          raise self._other_count_error(candidate, other) from e
         # Any other read error (truncated array file, missing item, bad JSON) means
         # this checkpoint is unusable; the kind matters less than moving on.
         if step is not None:
@@ -394,15 +390,26 @@ class Checkpointer:
 
     if data_iterator is not None:
       data_iterator.set_state(initial_position)
+    return self._none_usable(failures, start_fresh_if_unusable)
+
+  def _none_usable(self, failures: Sequence[tuple[int, BaseException]],
+                   start_fresh: bool) -> None:
+    """No checkpoint read: all moved aside (start_fresh), else CheckpointError naming each."""
     summary = '; '.join(f'step {s}: {errors.first_line(e, 160)}' for s, e in failures)
     message = f'no usable checkpoint in {self._directory} ({summary})'
-    if start_fresh_if_unusable:
+    if start_fresh:
       moved = self._quarantine([s for s, _ in failures])
       logging.warning('%s. Starting from scratch as requested; unreadable checkpoints moved to %s.',
                       message, ', '.join(moved))
       return None
     raise CheckpointError(message + '. Move or delete them to start from scratch, or allow a '
                           'fresh start (config.checkpoint.start_fresh_if_unusable=True).')
+
+  def _other_count_error(self, step: int, counts: Sequence[int]) -> CheckpointError:
+    return CheckpointError(
+        f'checkpoint {self.step_path(step)} holds the data iterator state of '
+        f'{" or ".join(map(str, counts))} processes, not of {jax.process_count()}: '
+        'restore it without data_iterator and start the iterator at its data_position')
 
   def _other_process_counts(self, step: int) -> list[int]:
     """The process counts of grain state files in checkpoint `step` when none is this run's."""

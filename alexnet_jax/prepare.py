@@ -78,7 +78,7 @@ import sys
 import tarfile
 import time
 import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -362,10 +362,34 @@ def _official_shortfall(official: dict[str, Any]) -> str:
 
 
 def _plan_tars(folder: str) -> _Plan:
+  """The parts of the official tars: one per synset tar, the val images in chunks."""
   train_tar = os.path.join(folder, TRAIN_TAR)
   all_wnids = imagenet_wnids()
-  known = set(all_wnids)
   source_files = _source_files(folder)
+  synsets = _train_synsets(train_tar, set(all_wnids))
+  class_names = [w for w in all_wnids if w in synsets]
+  label_of = {w: i for i, w in enumerate(class_names)}
+  parts = [
+      _Part('train', i, 'synset_tar', work=synsets[w].size, path=train_tar,
+            offset=synsets[w].offset_data, size=synsets[w].size, label=i,
+            member=synsets[w].name)
+      for i, w in enumerate(class_names)
+  ]
+  notes = {'val_outside_classes': 0}
+  val_tar = os.path.join(folder, VAL_TAR)
+  val_images = 0
+  if os.path.isfile(val_tar):
+    val_parts, val_images, notes['val_outside_classes'] = _val_parts(val_tar, label_of)
+    parts.extend(val_parts)
+  else:
+    logging.warning('%s not found: the val split will be empty', val_tar)
+  return _Plan('imagenet_tars', folder, class_names,
+               _read_descriptions(folder, class_names), parts, notes,
+               _official_counts(len(class_names), val_images), source_files)
+
+
+def _train_synsets(train_tar: str, known: set[str]) -> dict[str, tarfile.TarInfo]:
+  """The <wnid>.tar members of the outer train tar by wnid, each checked to be a whole tar."""
   members = [m for m in _tar_members(train_tar) if m.isfile()]
   if not members:
     raise errors.InputError(f'{train_tar} is empty: it should hold one <wnid>.tar per class')
@@ -382,47 +406,40 @@ def _plan_tars(folder: str) -> _Plan:
   with open(train_tar, 'rb') as f:
     for member in members:
       _check_synset_tar(f, train_tar, member)
-  class_names = [w for w in all_wnids if w in synsets]
-  label_of = {w: i for i, w in enumerate(class_names)}
-  parts = [
-      _Part('train', i, 'synset_tar', work=synsets[w].size, path=train_tar,
-            offset=synsets[w].offset_data, size=synsets[w].size, label=i,
-            member=synsets[w].name)
-      for i, w in enumerate(class_names)
-  ]
-  notes = {'val_outside_classes': 0}
-  val_tar = os.path.join(folder, VAL_TAR)
-  val_members = []
-  if os.path.isfile(val_tar):
-    val_wnids = imagenet_validation_wnids()
-    val_members = [m for m in _tar_members(val_tar) if m.isfile()]
-    items = []
-    for member in val_members:
-      match = _VAL_NAME_RE.fullmatch(os.path.basename(member.name))
-      number = int(match.group(1)) if match else 0
-      if not 1 <= number <= len(val_wnids):
-        raise errors.InputError(
-            f'{val_tar} holds {member.name!r}, not an official validation file name '
-            '(ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG). Its '
-            'labels come from tfds validation_labels.txt by file number, so they '
-            'would be wrong; use an ImageFolder val/<wnid>/ tree instead')
-      label = label_of.get(val_wnids[number - 1])
-      if label is None:  # A class absent from this (partial) train tar.
-        notes['val_outside_classes'] += 1
-        continue
-      items.append((number, member.name, member.offset_data, member.size, label))
-    numbers = [item[0] for item in items]
-    if len(set(numbers)) != len(numbers):
-      raise errors.InputError(f'{val_tar} holds a validation file name twice')
-    items.sort()
-    for index, chunk in enumerate(_chunks(items, FILES_PER_PART * 2)):
-      parts.append(_Part('val', index, 'tar_members', work=sum(c[3] for c in chunk),
-                         path=val_tar, items=tuple(c[1:] for c in chunk)))
-  else:
-    logging.warning('%s not found: the val split will be empty', val_tar)
-  return _Plan('imagenet_tars', folder, class_names,
-               _read_descriptions(folder, class_names), parts, notes,
-               _official_counts(len(class_names), len(val_members)), source_files)
+  return synsets
+
+
+def _val_parts(val_tar: str, label_of: Mapping[str, int]) -> tuple[list[_Part], int, int]:
+  """The val parts of the official val tar: (parts, files in the tar, files outside the classes).
+
+  Labels come from the file numbers (tfds validation_labels.txt); images of a
+  class absent from a partial train tar are left out and counted.
+  """
+  val_wnids = imagenet_validation_wnids()
+  val_members = [m for m in _tar_members(val_tar) if m.isfile()]
+  items, outside = [], 0
+  for member in val_members:
+    match = _VAL_NAME_RE.fullmatch(os.path.basename(member.name))
+    number = int(match.group(1)) if match else 0
+    if not 1 <= number <= len(val_wnids):
+      raise errors.InputError(
+          f'{val_tar} holds {member.name!r}, not an official validation file name '
+          '(ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG). Its '
+          'labels come from tfds validation_labels.txt by file number, so they '
+          'would be wrong; use an ImageFolder val/<wnid>/ tree instead')
+    label = label_of.get(val_wnids[number - 1])
+    if label is None:  # A class absent from this (partial) train tar.
+      outside += 1
+      continue
+    items.append((number, member.name, member.offset_data, member.size, label))
+  numbers = [item[0] for item in items]
+  if len(set(numbers)) != len(numbers):
+    raise errors.InputError(f'{val_tar} holds a validation file name twice')
+  items.sort()
+  parts = [_Part('val', index, 'tar_members', work=sum(c[3] for c in chunk), path=val_tar,
+                 items=tuple(c[1:] for c in chunk))
+           for index, chunk in enumerate(_chunks(items, FILES_PER_PART * 2))]
+  return parts, len(val_members), outside
 
 
 def _list_images(folder: str) -> tuple[list[str], int]:
