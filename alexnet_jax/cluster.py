@@ -150,12 +150,19 @@ def _check_resolves(host: str, what: str) -> None:
                             'address of the node that runs process 0') from None
 
 
-def _env_int(env: Mapping[str, str], name: str, low: int) -> int:
-  text = env.get(name, '').strip()
-  if not text.lstrip('-').isdigit() or int(text) < low:
-    raise errors.InputError(f'the SLURM variable {name}={env.get(name)!r} must be an integer '
-                            f'>= {low}')
-  return int(text)
+def env_int(env: Mapping[str, str], name: str, lowest: int) -> int:
+  """The integer a cluster launcher put in environment variable `name`; one line naming the
+  variable when it holds something else."""
+  value = env.get(name, '')
+  try:
+    number = int(value)
+  except ValueError:
+    number = None
+  if number is None or number < lowest:
+    raise errors.InputError(f'the environment variable {name}={value!r} must be an integer >= '
+                            f'{lowest} (the cluster launcher sets it; unset it, or fix the job '
+                            'script that sets it)')
+  return number
 
 
 def slurm_port(job_id: int, step_id: int) -> int:
@@ -179,13 +186,13 @@ def slurm_present(env: Mapping[str, str]) -> bool:
 
 def plan_from_slurm(env: Mapping[str, str], port: Optional[int]) -> Plan:
   """The plan of an srun task, from its SLURM variables; InputError naming a bad variable."""
-  count = _env_int(env, 'SLURM_NTASKS', 1)
-  rank = _env_int(env, 'SLURM_PROCID', 0)
-  local = _env_int(env, 'SLURM_LOCALID', 0)
+  count = env_int(env, 'SLURM_NTASKS', 1)
+  rank = env_int(env, 'SLURM_PROCID', 0)
+  local = env_int(env, 'SLURM_LOCALID', 0)
   if rank >= count:
     raise errors.InputError(f'the SLURM variables disagree: SLURM_PROCID={rank} but '
                             f'SLURM_NTASKS={count} (task ids run from 0 to {count - 1})')
-  job = _env_int(env, 'SLURM_JOB_ID', 0)
+  job = env_int(env, 'SLURM_JOB_ID', 0)
   step = env.get('SLURM_STEP_ID', '0').strip()
   step_id = int(step) if step.isdigit() else 0
   nodes = env.get('SLURM_STEP_NODELIST', '').strip()
@@ -310,7 +317,11 @@ def _listen(port: int, plan: Plan) -> socket.socket:
 
 
 def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socket]:
-  """Process 0: waits for every other process to report in; their open connections."""
+  """Process 0: waits for every other process to report in; their open connections.
+
+  Once all have arrived it waits _SETTLE_S more, so that a second process
+  claiming an id already taken is still seen and refused.
+  """
   port = parse_address(plan.coordinator, 'coordinator')[1]
   listener = _listen(port, plan)
   logging.info('Process 0 of %d: waiting at %s for the other processes (at most %d s).',
@@ -329,13 +340,7 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
           break
       left = (settled or deadline) - time.monotonic()
       if left <= 0 and settled is None:
-        missing = [i for i in range(1, plan.num_processes) if i not in arrived]
-        error = (f'waited {timeout_s} s at coordinator {plan.coordinator} for the '
-                 f'{plan.num_processes} processes of this run: {len(arrived) + 1} arrived, '
-                 f'process id{"s" if len(missing) > 1 else ""} '
-                 f'{", ".join(map(str, missing))} never did (start '
-                 f'{"them" if len(missing) > 1 else "it"} with the same coordinator, or check '
-                 '--num_processes; --distributed_timeout sets the wait)')
+        error = _never_arrived(plan, arrived, timeout_s)
         break
       for key, _ in selector.select(timeout=max(0.0, min(left, 1.0))):
         if key.fileobj is listener:
@@ -343,40 +348,14 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
           conn.setblocking(False)
           pending[conn] = _Lines(conn)
           selector.register(conn, selectors.EVENT_READ, None)
-          continue
-        conn = key.fileobj
-        messages = pending[conn].read()
-        if messages is None:  # hung up before a word: not one of ours, or it died
-          selector.unregister(conn)
-          del pending[conn]
-          conn.close()
-          continue
-        for hello in messages:
-          if hello.get('magic') != _MAGIC:  # not one of ours (a port scan): ignored
-            selector.unregister(conn)
-            del pending[conn]
-            conn.close()
+        else:
+          error = _receive(key.fileobj, plan, selector, pending, arrived)
+          if error is not None:  # the first misfit stops the run; later reports wait
             break
-          error = _check_hello(hello, plan, arrived)
-          if error is not None:
-            break
-          arrived[hello['process_id']] = (conn, hello)
-          selector.unregister(conn)
-          del pending[conn]
-          break
     verdict = {'verdict': 'go'} if error is None else {'verdict': 'error', 'message': error}
-    for conn, _ in arrived.values():
-      try:
-        conn.setblocking(True)
-        _send(conn, verdict)
-      except OSError:
-        pass
-    for conn in pending if error is not None else ():  # a late one hears no 'go'
-      try:
-        conn.setblocking(True)
-        _send(conn, verdict)
-      except OSError:
-        pass
+    # A late one (still pending) hears no 'go', only a stop.
+    _send_all([conn for conn, _ in arrived.values()]
+              + (list(pending) if error is not None else []), verdict)
   finally:
     selector.close()
     listener.close()  # JAX's coordinator takes the port next; accepted connections stay
@@ -387,6 +366,58 @@ def _roll_call_coordinator(plan: Plan, timeout_s: int) -> dict[int, socket.socke
       conn.close()
     raise errors.InputError(error)
   return {i: conn for i, (conn, _) in arrived.items()}
+
+
+def _never_arrived(plan: Plan, arrived: Mapping[int, Any], timeout_s: int) -> str:
+  """The line of a roll call that ran out of time."""
+  missing = [i for i in range(1, plan.num_processes) if i not in arrived]
+  return (f'waited {timeout_s} s at coordinator {plan.coordinator} for the '
+          f'{plan.num_processes} processes of this run: {len(arrived) + 1} arrived, '
+          f'process id{"s" if len(missing) > 1 else ""} '
+          f'{", ".join(map(str, missing))} never did (start '
+          f'{"them" if len(missing) > 1 else "it"} with the same coordinator, or check '
+          '--num_processes; --distributed_timeout sets the wait)')
+
+
+def _receive(conn: socket.socket, plan: Plan, selector: selectors.BaseSelector,
+             pending: dict[socket.socket, _Lines],
+             arrived: dict[int, tuple[socket.socket, dict[str, Any]]]) -> Optional[str]:
+  """Reads a pending connection: its report moves it to `arrived`, a stranger is dropped.
+
+  Returns the line that stops the run when the report does not fit, else None.
+  """
+  messages = pending[conn].read()
+  if not messages:
+    if messages is None:  # hung up before a word: not one of ours, or it died
+      _drop(conn, selector, pending)
+    return None
+  hello = messages[0]
+  if hello.get('magic') != _MAGIC:  # not one of ours (a port scan): ignored
+    _drop(conn, selector, pending)
+    return None
+  error = _check_hello(hello, plan, arrived)
+  if error is None:
+    arrived[hello['process_id']] = (conn, hello)
+    selector.unregister(conn)
+    del pending[conn]
+  return error
+
+
+def _drop(conn: socket.socket, selector: selectors.BaseSelector,
+          pending: dict[socket.socket, _Lines]) -> None:
+  selector.unregister(conn)
+  del pending[conn]
+  conn.close()
+
+
+def _send_all(conns: list[socket.socket], message: Mapping[str, Any]) -> None:
+  """`message` to each connection; one that is gone already is skipped."""
+  for conn in conns:
+    try:
+      conn.setblocking(True)
+      _send(conn, message)
+    except OSError:
+      pass
 
 
 def _who(hello: Mapping[str, Any]) -> str:

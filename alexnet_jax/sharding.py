@@ -462,21 +462,6 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict
 # ----------------------------------------------------------------------------- processes
 
 
-def _env_count(env: Mapping[str, str], name: str, lowest: int) -> int:
-  """The integer a cluster launcher put in environment variable `name`; one line naming the
-  variable when it holds something else."""
-  value = env[name]
-  try:
-    number = int(value)
-  except ValueError:
-    number = None
-  if number is None or number < lowest:
-    raise errors.InputError(f'the environment variable {name}={value!r} must be an integer >= '
-                            f'{lowest} (the cluster launcher sets it; unset it, or fix the job '
-                            'script that sets it)')
-  return number
-
-
 def cluster_process_count(environ: Mapping[str, str] | None = None) -> int:
   """Processes a cluster launcher says this job has (1 when none is recognised).
 
@@ -484,15 +469,13 @@ def cluster_process_count(environ: Mapping[str, str] | None = None) -> int:
   step (srun), Open MPI (mpirun) and TPU workers listed in the environment.
   """
   env = os.environ if environ is None else environ
-  slurm = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
-           'SLURM_LOCALID')
-  if all(k in env for k in slurm):
+  if cluster.slurm_present(env):
     # JAX reads the process id and local id as integers too, with a traceback for text.
-    _env_count(env, 'SLURM_PROCID', 0)
-    _env_count(env, 'SLURM_LOCALID', 0)
-    return _env_count(env, 'SLURM_NTASKS', 1)
+    cluster.env_int(env, 'SLURM_PROCID', 0)
+    cluster.env_int(env, 'SLURM_LOCALID', 0)
+    return cluster.env_int(env, 'SLURM_NTASKS', 1)
   if 'OMPI_MCA_orte_hnp_uri' in env and 'OMPI_COMM_WORLD_SIZE' in env:
-    return _env_count(env, 'OMPI_COMM_WORLD_SIZE', 1)
+    return cluster.env_int(env, 'OMPI_COMM_WORLD_SIZE', 1)
   workers = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES')
   if workers:
     return len([w for w in workers.split(',') if w.strip()])
