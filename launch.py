@@ -15,12 +15,12 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from alexnet_jax import cli
-from alexnet_jax import cluster
-from alexnet_jax import plan
-from alexnet_jax import platform
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.core import cli
+from alexnet_jax.distributed import cluster
+from alexnet_jax.training import dry_run
+from alexnet_jax.core import xla_flags
+from alexnet_jax.sharding import meshes
+from alexnet_jax.training import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -33,7 +33,7 @@ flags.DEFINE_integer('plan_devices', None,
 flags.DEFINE_integer('plan_processes', None,
                      'With --plan_devices: processes of the job (hosts, or one per GPU); '
                      'default 1.')
-flags.DEFINE_enum('plan_platform', None, list(plan.PLATFORMS),
+flags.DEFINE_enum('plan_platform', None, list(dry_run.PLATFORMS),
                   'With --plan_devices: the platform, which decides model.dtype \'auto\'.')
 flags.DEFINE_integer('plan_host_cores', None,
                      'With --plan_devices: CPU cores per process, for data.num_threads -1 '
@@ -73,7 +73,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  target = plan.Target(
+  target = dry_run.Target(
       devices=FLAGS.plan_devices, processes=FLAGS.plan_processes, platform=FLAGS.plan_platform,
       host_cores=FLAGS.plan_host_cores, device_memory_gib=FLAGS.plan_device_memory_gib,
       images_per_sec=FLAGS.plan_images_per_sec, peak_tflops=FLAGS.plan_peak_tflops,
@@ -81,11 +81,11 @@ def main(argv):
   target.check()
   if not FLAGS.dry_run:
     target.used_without_dry_run()
-  added = platform.configure_xla_cpu()  # before anything starts JAX's backend
+  added = xla_flags.configure_xla_cpu()  # before anything starts JAX's backend
   if added:
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
   config = cli.config_from_flag('config')
-  sharding.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+  meshes.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                             auto_detect=FLAGS.auto_distributed,
                             timeout_s=FLAGS.distributed_timeout,
                             coordinator_port=FLAGS.coordinator_port)
@@ -93,9 +93,9 @@ def main(argv):
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run:
-    plan.dry_run(config, FLAGS.workdir, target)
+    dry_run.dry_run(config, FLAGS.workdir, target)
     return
-  train.train_and_evaluate(config, FLAGS.workdir)
+  trainer.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -44,15 +44,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import cli
-from alexnet_jax import errors
-from alexnet_jax import experiment
-from alexnet_jax import fileio
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
+from alexnet_jax.core import cli
+from alexnet_jax.core import errors
+from alexnet_jax.training import experiment
+from alexnet_jax.core import fileio
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import metric_log
 from alexnet_jax import predict
-from alexnet_jax import sharding
-from alexnet_jax import step as step_lib
+from alexnet_jax.sharding import meshes
+from alexnet_jax.training import step_fns
 
 EVAL_DIR = 'eval'
 FORMAT = 'alexnet_jax.evaluation/1'
@@ -265,7 +265,7 @@ class _Pass:
   """One network over the split: its sums (as training evaluates), its predictions if asked."""
 
   def __init__(self, run: _Run, crops: int, split: str, devices: Optional[Sequence[jax.Device]],
-               reporter: metrics_lib.ProgressReporter, done: int):
+               reporter: metric_log.ProgressReporter, done: int):
     mesh = eval_mesh(run.config, devices)
     self.exp = experiment.setup(run.config, run.info, mesh=mesh)
     self.run, self.crops, self.split = run, crops, split
@@ -278,7 +278,7 @@ class _Pass:
   def mesh(self) -> dict[str, int]:
     return {name: int(size) for name, size in self.exp.mesh.shape.items()}
 
-  def _on_batch(self, local: dict[str, np.ndarray], batch: step_lib.Batch) -> None:
+  def _on_batch(self, local: dict[str, np.ndarray], batch: step_fns.Batch) -> None:
     if self._probability_step is not None:
       probs = np.asarray(jax.device_get(self._probability_step(self.state, batch)))
       mask = np.asarray(local['mask'], bool)
@@ -303,12 +303,12 @@ class _Pass:
                       split=self.split, loss=result['loss'], top1_err=result['top1_err'],
                       top5_err=result['top5_err'], count=int(result['count']), mesh=self.mesh)
 
-  def _global(self, local: dict[str, np.ndarray]) -> step_lib.Batch:
-    return sharding.make_global_batch(local, self.exp.mesh)
+  def _global(self, local: dict[str, np.ndarray]) -> step_fns.Batch:
+    return meshes.make_global_batch(local, self.exp.mesh)
 
 
-def _reporter(total: int, progress: Optional[bool]) -> metrics_lib.ProgressReporter:
-  return metrics_lib.ProgressReporter(total, enabled=True, progress_bar=progress)
+def _reporter(total: int, progress: Optional[bool]) -> metric_log.ProgressReporter:
+  return metric_log.ProgressReporter(total, enabled=True, progress_bar=progress)
 
 
 def evaluate_run(workdir: str | os.PathLike[str], *, step: str | int = NEWEST,
@@ -378,7 +378,7 @@ def evaluate_ensemble(workdirs: Sequence[str | os.PathLike[str]], *, step: str |
   finally:
     reporter.close()
   average = (summed / len(runs)).astype(np.float32)
-  sums = jax.device_get(jax.jit(step_lib.probability_sums)(
+  sums = jax.device_get(jax.jit(step_fns.probability_sums)(
       average, labels.astype(np.int32), np.ones(labels.shape, bool)))
   count = float(sums['count'])
   result = Evaluation(workdirs=tuple(r.workdir for r in runs), steps=tuple(r.step for r in runs),

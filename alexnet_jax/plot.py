@@ -1,4 +1,4 @@
-"""Draws a run's pictures into WORKDIR/plots/ (see figures.py for what each shows).
+"""Draws a run's pictures into WORKDIR/plots/ (see run_figures.py for what each shows).
 
   python -m alexnet_jax.plot --workdir=runs/digits [--step=N] [--max_train=2000] [--plots_dir=DIR]
 
@@ -25,12 +25,12 @@ from absl import flags
 from absl import logging
 from PIL import Image
 
-from alexnet_jax import errors
-from alexnet_jax import cli
-from alexnet_jax import figures
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import errors
+from alexnet_jax.core import cli
+from alexnet_jax.figures import run_figures
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import metric_log
+from alexnet_jax.model import alexnet
 from alexnet_jax import predict
 
 
@@ -55,7 +55,7 @@ def _writable(folder: str) -> None:
 def _figure_fits(num_queries: int, num_neighbours: int) -> bool:
   """Whether nearest_neighbours.png opens in PIL without its decompression-bomb warning
   (more than PIL.Image.MAX_IMAGE_PIXELS pixels; PIL refuses twice that)."""
-  size = figures.neighbour_figure_size(num_queries, num_neighbours)
+  size = run_figures.neighbour_figure_size(num_queries, num_neighbours)
   return size.width * size.height <= Image.MAX_IMAGE_PIXELS
 
 
@@ -75,7 +75,7 @@ def check_neighbour_figure(num_queries: int, num_neighbours: int) -> None:
                             f'{num_neighbours}')
   if _figure_fits(num_queries, num_neighbours):
     return
-  size = figures.neighbour_figure_size(num_queries, num_neighbours)
+  size = run_figures.neighbour_figure_size(num_queries, num_neighbours)
   most = _largest_fitting(lambda k: k == 0 or _figure_fits(num_queries, k), num_neighbours)
   if most:
     advice = f'at --queries={num_queries}, --neighbours can be at most {most}'
@@ -104,7 +104,7 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.MissingInputError(f'workdir {workdir} does not exist')
-  folder = plots_dir or figures.plots_dir(workdir)
+  folder = plots_dir or run_figures.plots_dir(workdir)
   _writable(folder)
   try:
     return _write_plots(workdir, folder, step, max_train, num_queries, num_neighbours)
@@ -119,39 +119,39 @@ def _write_plots(workdir: str, folder: str, step: int | None, max_train: int, nu
                  num_neighbours: int) -> list[Outcome]:
   outcomes = []
   try:
-    written = figures.write_curve_plots(workdir, folder)
+    written = run_figures.write_curve_plots(workdir, folder)
     outcomes += [Outcome(os.path.basename(p), p) for p in written]
     if len(written) == 1:
-      outcomes.append(Outcome(figures.THROUGHPUT_FILE, None, 'no images_per_sec in metrics'))
+      outcomes.append(Outcome(run_figures.THROUGHPUT_FILE, None, 'no images_per_sec in metrics'))
   except FileNotFoundError as e:
-    outcomes += [Outcome(figures.CURVES_FILE, None, str(e)),
-                 Outcome(figures.THROUGHPUT_FILE, None, str(e))]
+    outcomes += [Outcome(run_figures.CURVES_FILE, None, str(e)),
+                 Outcome(run_figures.THROUGHPUT_FILE, None, str(e))]
 
   try:
     config = predict.load_config(workdir)
-    model = model_lib.from_config(config.model)
+    model = alexnet.from_config(config.model)
     params, _ = predict.restore_params(workdir, config, step)
   except FileNotFoundError as e:
     if not any(o.path for o in outcomes):
-      raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metrics_lib.METRICS_FILE} '
+      raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metric_log.METRICS_FILE} '
                                      f'and no checkpoint ({e})') from e
-    return outcomes + [Outcome(figures.KERNELS_FILE, None, str(e)),
-                       Outcome(figures.NEIGHBOURS_FILE, None, str(e))]
-  outcomes.append(Outcome(figures.KERNELS_FILE, figures.plot_conv1_kernels(
+    return outcomes + [Outcome(run_figures.KERNELS_FILE, None, str(e)),
+                       Outcome(run_figures.NEIGHBOURS_FILE, None, str(e))]
+  outcomes.append(Outcome(run_figures.KERNELS_FILE, run_figures.plot_conv1_kernels(
       params['conv1']['kernel'], config.model.towers,
-      os.path.join(folder, figures.KERNELS_FILE))))
+      os.path.join(folder, run_figures.KERNELS_FILE))))
   try:
     info = predict.dataset_info(workdir, config)
-    path = figures.nearest_neighbour_figure(
-        os.path.join(folder, figures.NEIGHBOURS_FILE), params=params, model=model,
+    path = run_figures.nearest_neighbour_figure(
+        os.path.join(folder, run_figures.NEIGHBOURS_FILE), params=params, model=model,
         data_config=config.data, mean_image=input_pipeline.mean_for_config(info, config.data),
         class_descriptions=info.class_descriptions, num_queries=num_queries,
         num_neighbours=num_neighbours, max_train=max_train, seed=config.seed)
-    outcomes.append(Outcome(figures.NEIGHBOURS_FILE, path))
+    outcomes.append(Outcome(run_figures.NEIGHBOURS_FILE, path))
   except FileNotFoundError as e:
     note = f'needs the dataset, which is not here: {e}'
-    logging.info('%s skipped: %s', figures.NEIGHBOURS_FILE, note)
-    outcomes.append(Outcome(figures.NEIGHBOURS_FILE, None, note))
+    logging.info('%s skipped: %s', run_figures.NEIGHBOURS_FILE, note)
+    outcomes.append(Outcome(run_figures.NEIGHBOURS_FILE, None, note))
   return outcomes
 
 

@@ -35,17 +35,17 @@ import ml_collections
 import numpy as np
 import PIL
 
-from alexnet_jax import errors
-from alexnet_jax import augment
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import cli
-from alexnet_jax import codecs
-from alexnet_jax import config_lib
-from alexnet_jax import experiment
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import step as step_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.core import errors
+from alexnet_jax.data import augment
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.core import cli
+from alexnet_jax.data import decoding
+from alexnet_jax.config import resolution
+from alexnet_jax.training import experiment
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import step_fns
+from alexnet_jax.storage import workdir_files
 
 Image = Union[str, os.PathLike, np.ndarray]
 # Images per forward pass: 10 views each, so a chunk is 80 crops.
@@ -64,7 +64,7 @@ class ClassScore:
 class Run:
   """A trained run ready to classify: its config, model, weights and dataset facts."""
   config: ml_collections.ConfigDict
-  model: model_lib.AlexNet
+  model: alexnet.AlexNet
   params: Any
   info: input_pipeline.DatasetInfo
   step: int
@@ -82,16 +82,16 @@ def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.MissingInputError(f'workdir {workdir} does not exist')
-  stored = workdir_lib.load_config_dict(workdir)  # a damaged file is named in its error
+  stored = workdir_files.load_config_dict(workdir)  # a damaged file is named in its error
   if stored is None:
-    raise errors.MissingInputError(f'{workdir} holds no {workdir_lib.CONFIG_JSON}: not the workdir '
+    raise errors.MissingInputError(f'{workdir} holds no {workdir_files.CONFIG_JSON}: not the workdir '
                                    'of a training run')
   # Runs store their resolved config; an 'auto' left in an older one is resolved here.
-  return config_lib.resolve_auto(ml_collections.ConfigDict(stored))
+  return resolution.resolve_auto(ml_collections.ConfigDict(stored))
 
 
 def abstract_state(config: ml_collections.ConfigDict,
-                   device: jax.Device | None = None) -> step_lib.TrainState:
+                   device: jax.Device | None = None) -> step_fns.TrainState:
   """Shapes of the run's TrainState, each placed whole on one device: a restore target.
 
   Traced with jax.eval_shape, so nothing is initialised. The optimizer state is
@@ -102,17 +102,17 @@ def abstract_state(config: ml_collections.ConfigDict,
 
 
 def open_checkpoints(workdir: str | os.PathLike[str],
-                     config: ml_collections.ConfigDict) -> checkpoint_lib.Checkpointer:
+                     config: ml_collections.ConfigDict) -> checkpointing.Checkpointer:
   """The run's checkpoints, opened read-only; raises FileNotFoundError when it has none.
 
   Unlike a resuming trainer, this reader never falls back to an older checkpoint,
   moves folders or deletes a save in flight: it is safe beside a live run.
   """
   workdir = os.fspath(workdir)
-  folder = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  folder = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   if not os.path.isdir(folder):
     raise errors.MissingInputError(f'no checkpoint in {workdir} ({folder} does not exist)')
-  ckpt = checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
+  ckpt = checkpointing.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
                                                     read_only=True)
   if not ckpt.all_steps():
     ckpt.close()
@@ -120,17 +120,17 @@ def open_checkpoints(workdir: str | os.PathLike[str],
   return ckpt
 
 
-def check_step(ckpt: checkpoint_lib.Checkpointer, step: int,
+def check_step(ckpt: checkpointing.Checkpointer, step: int,
                workdir: str | os.PathLike[str]) -> None:
   """Raises errors.InputError unless `step` is a finished checkpoint of WORKDIR's `ckpt`."""
   steps = ckpt.all_steps()
   if step not in steps:
-    folder = os.path.join(os.fspath(workdir), checkpoint_lib.CHECKPOINT_DIR)
+    folder = os.path.join(os.fspath(workdir), checkpointing.CHECKPOINT_DIR)
     raise errors.InputError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
 
 
 def restore_state(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                  step: int | None, target: step_lib.TrainState) -> tuple[Any, int]:
+                  step: int | None, target: step_fns.TrainState) -> tuple[Any, int]:
   """(state, step) of the newest checkpoint in WORKDIR, or of `step`, read into `target`.
 
   target: the abstract state (shapes, dtypes, shardings) to restore into. A
@@ -143,10 +143,10 @@ def restore_state(workdir: str | os.PathLike[str], config: ml_collections.Config
     check_step(ckpt, step, workdir)
     try:
       state, _ = ckpt.restore(target, step=step)
-    except checkpoint_lib.CheckpointError as e:
+    except checkpointing.CheckpointError as e:
       older = [s for s in ckpt.all_steps() if s < step]
       hint = f'; --step={older[-1]} selects the one before it' if older else ''
-      raise checkpoint_lib.CheckpointError(f'{e}{hint}') from e
+      raise checkpointing.CheckpointError(f'{e}{hint}') from e
   finally:
     ckpt.close()
   return state, step
@@ -167,7 +167,7 @@ def restore_params(workdir: str | os.PathLike[str], config: ml_collections.Confi
 def dataset_info(workdir: str | os.PathLike[str],
                  config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
   """The run's dataset facts, checked against its model."""
-  info = workdir_lib.dataset_info_for_run(workdir, config.data)
+  info = workdir_files.dataset_info_for_run(workdir, config.data)
   if info.num_classes != config.model.num_classes:
     raise errors.InputError(
         f'the run in {workdir} has {config.model.num_classes} output classes but '
@@ -178,7 +178,7 @@ def dataset_info(workdir: str | os.PathLike[str],
 def load_run(workdir: str | os.PathLike[str], step: int | None = None) -> Run:
   """Config, model, weights (newest checkpoint, or `step`) and dataset facts of a run."""
   config = load_config(workdir)
-  model = model_lib.from_config(config.model)
+  model = alexnet.from_config(config.model)
   info = dataset_info(workdir, config)
   params, step = restore_params(workdir, config, step)
   return Run(config, model, params, info, step)
@@ -197,12 +197,12 @@ def read_image(image: Image, image_size: int) -> np.ndarray:
         image.ndim == 3 and image.shape[-1] != 3):
       raise errors.InputError(f'an image array must be uint8 (H, W, 3) or (H, W), got '
                               f'{image.dtype} {image.shape}')
-    return codecs.resize_center_crop(image, image_size)
+    return decoding.resize_center_crop(image, image_size)
   path = os.fspath(image)
   try:
     with open(path, 'rb') as f:
       data = f.read()
-    return codecs.decode_and_resize(data, image_size)
+    return decoding.decode_and_resize(data, image_size)
   except Exception as e:  # pylint: disable=broad-exception-caught
     # Decoders fail in many ways (OSError, ValueError, SyntaxError, cv2.error, PIL's
     # DecompressionBombError); to the user each means the same: not a readable image.
@@ -239,7 +239,7 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
 
 
 # Modules are hashable dataclasses: equal models share one compilation across calls.
-_view_probabilities = jax.jit(step_lib.view_probabilities, static_argnames='model')
+_view_probabilities = jax.jit(step_fns.view_probabilities, static_argnames='model')
 
 
 def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndarray:

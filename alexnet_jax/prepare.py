@@ -86,12 +86,12 @@ from absl import logging
 from array_record.python import array_record_module
 import numpy as np
 
-from alexnet_jax import errors
-from alexnet_jax import cli
-from alexnet_jax import codecs
-from alexnet_jax import dataset_format
-from alexnet_jax import fileio
-from alexnet_jax import progress
+from alexnet_jax.core import errors
+from alexnet_jax.core import cli
+from alexnet_jax.data import decoding
+from alexnet_jax.data import prepared_format
+from alexnet_jax.core import fileio
+from alexnet_jax.core import progress
 
 PARTIAL_DIR = '_partial'
 LOCK_FILE = '.prepare.lock'
@@ -232,7 +232,7 @@ def _plan_digits() -> _Plan:
     seen[label] += 1
     splits[split].append((f'digits[{i}]', pixels[i], int(label)))
   parts = []
-  for split in dataset_format.SPLITS:
+  for split in prepared_format.SPLITS:
     for index, chunk in enumerate(_chunks(splits[split], FILES_PER_PART)):
       parts.append(_Part(split, index, 'arrays', work=len(chunk), items=tuple(chunk)))
   return _Plan('digits', 'digits', [str(i) for i in range(10)], list(DIGIT_NAMES),
@@ -646,9 +646,9 @@ class _Stats:
 def _convert(payload: bytes | np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
   """(the stored image, whether an EXIF orientation tag turned it upright)."""
   if isinstance(payload, np.ndarray):
-    return codecs.resize_center_crop(payload, image_size), False
-  pixels, orientation = codecs.decode_with_orientation(payload, min_size=image_size)
-  return codecs.resize_center_crop(pixels, image_size), orientation != codecs.UPRIGHT
+    return decoding.resize_center_crop(payload, image_size), False
+  pixels, orientation = decoding.decode_with_orientation(payload, min_size=image_size)
+  return decoding.resize_center_crop(pixels, image_size), orientation != decoding.UPRIGHT
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -713,14 +713,14 @@ def _write_shard(part: _Part, path: str, image_size: int, jpeg_quality: int,
         written.skipped.append([key, reason])
         continue
       written.rotated += turned
-      jpeg = codecs.encode_jpeg(pixels, jpeg_quality)
-      record = dataset_format.encode_record(label, jpeg)
+      jpeg = decoding.encode_jpeg(pixels, jpeg_quality)
+      record = prepared_format.encode_record(label, jpeg)
       writer.write(record)
       written.checksums.append(zlib.crc32(record))
       written.label_counts[label] = written.label_counts.get(label, 0) + 1
       if written.stats is not None:
         # Statistics of the pixels the pipeline will decode, not of the pre-JPEG ones.
-        written.stats.add(codecs.decode(jpeg))
+        written.stats.add(decoding.decode(jpeg))
   finally:
     writer.close()  # Writes the last chunk and the index: a full disk may fail only here.
   return written
@@ -877,7 +877,7 @@ def _is_ours(name: str) -> bool:
   # A killed write leaves its temporary file: '.<name>.<random>' from
   # fileio.atomic_write, '<name>.tmp' from earlier versions.
   return any(name in (final, final + '.tmp') or name.startswith(f'.{final}.')
-             for final in (dataset_format.DATASET_FILE, dataset_format.STATS_FILE))
+             for final in (prepared_format.DATASET_FILE, prepared_format.STATS_FILE))
 
 
 def _check_output_usable(output: str) -> None:
@@ -948,8 +948,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     return prepare_tfds_stats(output, image_size=image_size, workers=workers,
                               progress=progress)
   output = _checked_output(source, output, jpeg_quality)
-  description = dataset_format.read_dataset_json(output)
-  if description is not None and dataset_format.is_complete(output):
+  description = prepared_format.read_dataset_json(output)
+  if description is not None and prepared_format.is_complete(output):
     return _noop_report(output, description, image_size, source)
   if os.path.isdir(output):
     _check_output_usable(output)  # before the lock file below lands in someone else's folder
@@ -984,8 +984,8 @@ def _prepare_locked(plan: _Plan, output: str, image_size: int, strict: bool, wor
                     start: float) -> dict[str, Any]:
   """The conversion itself, under the output folder's lock."""
   with _locked(output):
-    description = dataset_format.read_dataset_json(output)
-    if description is not None and dataset_format.is_complete(output):
+    description = prepared_format.read_dataset_json(output)
+    if description is not None and prepared_format.is_complete(output):
       return _noop_report(output, description, image_size, source)  # another process made it
     _check_output_usable(output)
     work_dir = os.path.join(output, PARTIAL_DIR)
@@ -1058,8 +1058,8 @@ def ensure_prepared(source: str, output: str, *, image_size: int = 256,
   Call it from one process per output folder or let the others wait: a file lock
   serialises concurrent calls, and the waiting ones then find the dataset complete.
   """
-  description = dataset_format.read_dataset_json(output) if output else None
-  if description is not None and dataset_format.is_complete(output):
+  description = prepared_format.read_dataset_json(output) if output else None
+  if description is not None and prepared_format.is_complete(output):
     return _noop_report(os.path.abspath(output), description, image_size, source)
   return prepare(source, output, image_size=image_size, strict=strict,
                  workers=workers, jpeg_quality=jpeg_quality)
@@ -1161,7 +1161,7 @@ def _move_shards(results: list[tuple[_Part, dict[str, Any]]], work_dir: str, out
   """Renames the parts' shards into place: (shards, sizes, skipped counts, skipped files)."""
   shards, sizes, skipped = {}, {}, {}
   skipped_files = []
-  for split in dataset_format.SPLITS:
+  for split in prepared_format.SPLITS:
     filled = [(p, r) for p, r in results if p.split == split and r['converted']]
     shards[split] = []
     for i, (part, result) in enumerate(filled):
@@ -1183,10 +1183,10 @@ def _check_shards(output: str, shards: dict[str, list[Any]],
   """Each final shard has the size and record count its part wrote (read back at write
   time), so dataset.json never describes a shard that a failed move or copy cut short."""
   written = {}
-  for split in dataset_format.SPLITS:
+  for split in prepared_format.SPLITS:
     filled = [r for p, r in results if p.split == split and r['converted']]
     written.update({name: r.get('bytes') for (name, _), r in zip(shards[split], filled)})
-  for split in dataset_format.SPLITS:
+  for split in prepared_format.SPLITS:
     for name, count in shards[split]:
       path = os.path.join(output, name)
       size = os.path.getsize(path) if os.path.isfile(path) else None
@@ -1213,9 +1213,9 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       results.append((part, json.load(f)))
   train_counts = _train_counts(plan, results)
   statistics = _merge_stats(results, work_dir, image_size)
-  stats_path = os.path.join(output, dataset_format.STATS_FILE)
+  stats_path = os.path.join(output, prepared_format.STATS_FILE)
   try:
-    dataset_format.write_stats(stats_path, statistics)
+    prepared_format.write_stats(stats_path, statistics)
   except OSError as e:
     raise write_error(stats_path, e) from e
   shards, sizes, skipped, skipped_files = _move_shards(results, work_dir, output)
@@ -1231,8 +1231,8 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'workers': workers, 'seconds': round(seconds, 2),
   }
   description = {
-      'format': dataset_format.FORMAT,
-      'record': dataset_format.RECORD_LAYOUT,
+      'format': prepared_format.FORMAT,
+      'record': prepared_format.RECORD_LAYOUT,
       'source': plan.source,
       'kind': plan.kind,
       'image_size': image_size,
@@ -1242,7 +1242,7 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
       'class_descriptions': plan.class_descriptions,
       'splits': sizes,
       'shards': shards,
-      'stats_file': dataset_format.STATS_FILE,
+      'stats_file': prepared_format.STATS_FILE,
       'train_class_counts': train_counts.tolist(),
       'eigvals': statistics['eigvals'].tolist(),
       'eigvecs': statistics['eigvecs'].tolist(),
@@ -1253,7 +1253,7 @@ def _finish(plan: _Plan, output: str, work_dir: str, image_size: int, jpeg_quali
   if plan.official is not None:
     description['official_complete'] = plan.official['official_complete']
     description['source_files'] = plan.source_files
-  description_path = os.path.join(output, dataset_format.DATASET_FILE)
+  description_path = os.path.join(output, prepared_format.DATASET_FILE)
   try:
     _write_json(description_path, description)
   except OSError as e:
@@ -1285,7 +1285,7 @@ def _tfds_stats_part(data_dir: str, start: int, stop: int,
   stats = _Stats(image_size)
   for index in range(start, stop):
     # The very resize the 'tfds' input pipeline applies on the fly.
-    stats.add(codecs.decode_and_resize(records[index]['image'], image_size))
+    stats.add(decoding.decode_and_resize(records[index]['image'], image_size))
   return {'pixel_sum': stats.pixel_sum, 'outer_sum': stats.outer_sum,
           'count': stats.count, 'images': stats.count}
 
@@ -1300,7 +1300,7 @@ def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1
   exists.
   """
   data_dir = os.path.abspath(data_dir)
-  path = dataset_format.tfds_stats_file(data_dir, image_size)
+  path = prepared_format.tfds_stats_file(data_dir, image_size)
   if os.path.isfile(path):
     return {'output': path, 'noop': True}
   start = time.monotonic()
@@ -1313,7 +1313,7 @@ def prepare_tfds_stats(data_dir: str, *, image_size: int = 256, workers: int = 1
   stats = _Stats(image_size)
   for result in _execute(tasks, workers, bar):
     stats.merge(result['pixel_sum'], result['outer_sum'], result['count'])
-  dataset_format.write_stats(path, stats.finish())
+  prepared_format.write_stats(path, stats.finish())
   return {'output': path, 'noop': False, 'converted': {'train': stats.count},
           'seconds': round(time.monotonic() - start, 2)}
 

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from alexnet_jax import cli
-from alexnet_jax import config_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import sharding
+from alexnet_jax.core import cli
+from alexnet_jax.config import resolution
+from alexnet_jax.model import alexnet
+from alexnet_jax.sharding import meshes
 
 PartitionSpec = jax.sharding.PartitionSpec
 
@@ -56,16 +56,16 @@ class LayerSummary:
   weights: Mapping[str, WeightSharding]  # 'kernel', 'bias' -> sharding; empty for pooling
 
 
-def abstract_params(model: model_lib.AlexNet, input_size: int) -> Any:
+def abstract_params(model: alexnet.AlexNet, input_size: int) -> Any:
   """The model's params as ShapeDtypeStructs inside their logical-axis boxes."""
   x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 
 
-def layer_groups(model: model_lib.AlexNet, name: str) -> int:
-  if name not in model_lib.CONV_LAYOUT and not name.startswith('fc'):
+def layer_groups(model: alexnet.AlexNet, name: str) -> int:
+  if name not in alexnet.CONV_LAYOUT and not name.startswith('fc'):
     return 0
-  grouped = name in model_lib.CONV_LAYOUT and model_lib.CONV_LAYOUT[name][3]
+  grouped = name in alexnet.CONV_LAYOUT and alexnet.CONV_LAYOUT[name][3]
   return model.towers if grouped else 1
 
 
@@ -73,7 +73,7 @@ def summary_model_axis(config: ml_collections.ConfigDict) -> int | None:
   """The model axis the summary assumes: config.mesh.model, 2 for 'auto' (any even device
   count), None when it depends on the device count (-1)."""
   model_axis = config.mesh.model
-  if model_axis == sharding.AUTO:
+  if model_axis == meshes.AUTO:
     return 2
   return model_axis if model_axis > 0 else None
 
@@ -85,27 +85,27 @@ def summarize(config: ml_collections.ConfigDict) -> list[LayerSummary]:
   is whole where the class count does not split over it. Raises errors.InputError
   for a model axis launch.py refuses for this network on any device count.
   """
-  model = model_lib.from_config(config.model)
-  rules = sharding.logical_rules(config)
+  model = alexnet.from_config(config.model)
+  rules = meshes.logical_rules(config)
   model_axis = summary_model_axis(config)
-  if model_axis is not None and config.mesh.model != sharding.AUTO:
-    # The check launch.py makes when it builds the mesh (sharding.create_mesh): a model
+  if model_axis is not None and config.mesh.model != meshes.AUTO:
+    # The check launch.py makes when it builds the mesh (meshes.create_mesh): a model
     # axis that cuts a tower or a layer's width is refused here too, whatever the devices.
-    sharding.check_model_axis(config.model, model_axis)
+    meshes.check_model_axis(config.model, model_axis)
   if model_axis is not None:
-    rules = sharding.rules_for_sizes(rules, {'data': 1, 'model': model_axis}, model.num_classes)
+    rules = meshes.rules_for_sizes(rules, {'data': 1, 'model': model_axis}, model.num_classes)
   input_size = config.data.crop_size
   boxed = abstract_params(model, input_size)
   logical = nn.get_partition_spec(boxed)
   params = nn.unbox(boxed)
   rows = []
-  for stats in model_lib.layer_table(model, input_size):
+  for stats in alexnet.layer_table(model, input_size):
     weights = {}
     for pname, value in sorted(params.get(stats.name, {}).items()):
       names = tuple(logical[stats.name][pname])
       weights[pname] = WeightSharding(tuple(value.shape), names,
                                       nn.logical_to_mesh_axes(names, rules))
-    count = model_lib.count_params(params.get(stats.name, {}))
+    count = alexnet.count_params(params.get(stats.name, {}))
     rows.append(LayerSummary(stats.name, stats.output_shape, count, stats.macs,
                              layer_groups(model, stats.name), weights))
   return rows
@@ -139,7 +139,7 @@ def format_summary(config: ml_collections.ConfigDict, rows: Sequence[LayerSummar
       f'{m.num_classes} classes, {m.dtype} compute; input {size}x{size}x3 '
       f'(conv1 padding {m.conv1_padding})',
       f'mesh: data={config.mesh.data}, model={config.mesh.model}; rules: '
-      + ', '.join(f'{name}->{axis}' for name, axis in sharding.logical_rules(config)
+      + ', '.join(f'{name}->{axis}' for name, axis in meshes.logical_rules(config)
                   if axis is not None),
       '',
   ]
@@ -171,7 +171,7 @@ def format_summary(config: ml_collections.ConfigDict, rows: Sequence[LayerSummar
                  'of size -1)')
   else:
     auto = (f" ('auto' on an even device count; on an odd one, mesh.model=1 and all "
-            f'{total_params:,})' if config.mesh.model == sharding.AUTO else '')
+            f'{total_params:,})' if config.mesh.model == meshes.AUTO else '')
     lines.append(f'per device: {device:,} parameters ({device * 4 / 2**20:.1f} MiB), '
                  f'with mesh.model={model_axis}{auto}')
   return '\n'.join(lines)
@@ -193,7 +193,7 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the table
   config = cli.config_from_flag('config')
   cli.start_backend()
-  config = config_lib.load(config)  # e.g. model.dtype 'auto' -> this machine's choice
+  config = resolution.load(config)  # e.g. model.dtype 'auto' -> this machine's choice
   print(format_summary(config, summarize(config)))
 
 

@@ -84,11 +84,11 @@ def make_imagenet_like(folder: str, train_per_class: int = 100, val_per_class: i
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import dataset_format  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import prepared_format  # pylint: disable=g-import-not-at-top
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
 
   prepared = os.path.join(folder, 'prepared')
-  if dataset_format.is_complete(prepared):
+  if prepared_format.is_complete(prepared):
     return prepared
   photos = [np.asarray(p) for p in datasets.load_sample_images().images]
   rng = np.random.default_rng(0)
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   os.makedirs(root, exist_ok=True)
   results: dict[str, Any] = {}
   env = dict(os.environ)
-  # launch.py adds alexnet_jax.platform's XLA:CPU option itself unless XLA_FLAGS sets it.
+  # launch.py adds alexnet_jax.core.xla_flags's XLA:CPU option itself unless XLA_FLAGS sets it.
   print(f'runs: XLA_FLAGS={env.get("XLA_FLAGS", "")!r}, {os.cpu_count()} cores')
   try:
     for name in args.configs:

@@ -62,7 +62,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import prepare
 from configs import imagenet
 

@@ -107,10 +107,10 @@ def summarize_run(workdir: str, batch: int) -> dict[str, Any]:
 def time_eval(workdir: str, crops: int, num_batches: int) -> dict[str, Any]:
   """Images/second of the eval step over the first batches of the train split, pipeline included."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import experiment  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import sharding  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top
 
   config = predict.load_config(workdir)
   info = predict.dataset_info(workdir, config)
@@ -121,7 +121,7 @@ def time_eval(workdir: str, crops: int, num_batches: int) -> dict[str, Any]:
       config.data, 'train', global_batch_size=config.batch_size, crops=crops, process_index=0,
       process_count=1)
   stamps = []
-  with sharding.use_mesh(exp.mesh, exp.rules):
+  with meshes.use_mesh(exp.mesh, exp.rules):
     start = time.perf_counter()
     result = exp.evaluate(eval_step, state, itertools.islice(batches, num_batches),
                           on_batch=lambda local, batch: stamps.append(time.perf_counter()))

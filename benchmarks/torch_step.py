@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _model(net: str):
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  return model_lib.AlexNet(**train_step.NETS[net])
+  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+  return alexnet.AlexNet(**train_step.NETS[net])
 
 
 if __name__ == '__main__':

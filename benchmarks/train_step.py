@@ -6,9 +6,9 @@ r"""Images/second of the jitted train step, against PyTorch eager in the same pr
   python -m benchmarks.train_step --dtypes=bfloat16 --batches=128,256,512,1024 \
       --nets=paper,one_tower --meshes=1x1               # a GPU (see benchmarks/gpu.sh)
 
-What is timed is the project's own step, `step_lib.train_step` (uint8 crops ->
+What is timed is the project's own step, `step_fns.train_step` (uint8 crops ->
 `preprocess.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
-`TrainState` created as the trainer creates it (`sharding.create_sharded_state`, then
+`TrainState` created as the trainer creates it (`meshes.create_sharded_state`, then
 `jax.jit` with explicit shardings and the state donated), traced under the mesh and
 the logical rules. The batch is one fixed uint8 batch already on the device (the
 variant `feed=host` transfers a fresh numpy batch every step instead, as the loop does).
@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help='PyTorch eager reference: auto = when torch is installed')
   p.add_argument('--variants', type=csv, default=['shipped'], help=VARIANTS_HELP)
   p.add_argument('--xla_cpu', choices=('auto', 'off'), default='auto',
-                 help='auto: the XLA:CPU options of alexnet_jax.platform.configure_xla_cpu(); '
+                 help='auto: the XLA:CPU options of alexnet_jax.core.xla_flags.configure_xla_cpu(); '
                       'off: none (XLA_FLAGS from the environment still apply)')
   p.add_argument('--gemm', type=int, default=0, help='GEMM side for the peak; 0: by backend')
   p.add_argument('--json', default='', help='also write the rows to this JSON file (after '
@@ -135,8 +135,8 @@ class Case:
 
 
 def forward_macs(model) -> int:
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  return sum(row.macs for row in model_lib.layer_table(model, CROP))
+  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+  return sum(row.macs for row in alexnet.layer_table(model, CROP))
 
 
 def numpy_batch(batch: int, seed: int = 0) -> dict[str, Any]:
@@ -164,8 +164,8 @@ YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
 
 def _lrn_parts():
   """The model's LRN pieces: the channel window sum and d ** -beta."""
-  from alexnet_jax import model as m  # pylint: disable=g-import-not-at-top
-  return m._channel_window_sum, m._inverse_power  # pylint: disable=protected-access
+  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+  return alexnet._channel_window_sum, alexnet._inverse_power  # pylint: disable=protected-access
 
 
 def lrn_autodiff(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
@@ -255,7 +255,7 @@ class Variant:
 
   def patched_model(self) -> contextlib.AbstractContextManager[None]:
     """While tracing: the model module's LRN / max-pool / float32 convs swapped for the variant's."""
-    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
     swaps = {}
     if self.lrn:
       swaps['local_response_norm'] = LRN_FORMS[self.lrn]
@@ -265,7 +265,7 @@ class Variant:
       swaps['FULL_PRECISION_CONVS'] = ()
     stack = contextlib.ExitStack()
     for attr, fn in swaps.items():
-      stack.enter_context(_swapped(model_lib, attr, fn))
+      stack.enter_context(_swapped(alexnet, attr, fn))
     return stack
 
 
@@ -286,40 +286,40 @@ class JaxStep:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import sharding  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.training import optim  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.training import step_fns  # pylint: disable=g-import-not-at-top
 
     fields = dict(NETS[case.net], dtype=case.dtype)
     if variant.group_impl:
       fields['group_impl'] = variant.group_impl
-    self.model = model_lib.AlexNet(**fields)
+    self.model = alexnet.AlexNet(**fields)
     self.batch_size = case.batch
     data, model_axis = case.mesh
-    self.mesh = sharding.create_mesh({'data': data, 'model': model_axis},
+    self.mesh = meshes.create_mesh({'data': data, 'model': model_axis},
                                      jax.devices()[:data * model_axis], model_config=fields)
     rules = RULES
-    sharding.check_batch_divisible(case.batch, self.mesh)
+    meshes.check_batch_divisible(case.batch, self.mesh)
     optimizer = optim.create_optimizer(OPTIM)
     init_rng, dropout_rng = jax.random.split(jax.random.key(0))
-    self.state, state_shardings = sharding.create_sharded_state(
-        lambda rng: step_lib.init_state(self.model, optimizer, rng, CROP), init_rng,
+    self.state, state_shardings = meshes.create_sharded_state(
+        lambda rng: step_fns.init_state(self.model, optimizer, rng, CROP), init_rng,
         self.mesh, rules)
-    repl = sharding.replicated(self.mesh)
+    repl = meshes.replicated(self.mesh)
     mean_image = jax.device_put(
         jnp.asarray(np.random.default_rng(1).uniform(60, 180, (IMAGE_SIZE, IMAGE_SIZE, 3)),
                     jnp.float32), repl)
     self.rng = jax.device_put(dropout_rng, repl)
     self.host_batch = numpy_batch(case.batch)
-    self.device_batch = sharding.make_global_batch(self.host_batch, self.mesh)
+    self.device_batch = meshes.make_global_batch(self.host_batch, self.mesh)
     self.feed = variant.feed
-    self._put = lambda b: sharding.make_global_batch(b, self.mesh)
-    with sharding.use_mesh(self.mesh, rules), variant.patched_model():
+    self._put = lambda b: meshes.make_global_batch(b, self.mesh)
+    with meshes.use_mesh(self.mesh, rules), variant.patched_model():
       self.step = jax.jit(
-          lambda s, b, r: step_lib.train_step(s, b, r, model=self.model, optimizer=optimizer,
+          lambda s, b, r: step_fns.train_step(s, b, r, model=self.model, optimizer=optimizer,
                                            mean_image=mean_image),
-          in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), repl),
+          in_shardings=(state_shardings, meshes.batch_sharding(self.mesh), repl),
           out_shardings=(state_shardings, repl), donate_argnums=0 if variant.donate else ())
       start = time.perf_counter()
       self.step = self.step.lower(self.state, self.device_batch, self.rng).compile(
@@ -371,9 +371,9 @@ def check_torch_lrn() -> float:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
   a = np.random.default_rng(0).uniform(0, 60, (2, 5, 5, 16)).astype(np.float32)
-  want = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+  want = np.asarray(alexnet.local_response_norm(jnp.asarray(a)))
   got = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(
       torch.from_numpy(a).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   return float(np.max(np.abs(got - want) / np.abs(want).clip(1e-6)))
@@ -574,8 +574,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   # Everything that shapes the XLA backend happens before it starts.
   set_cpu_devices(max(d * m for d, m in args.meshes))
   if args.xla_cpu == 'auto':
-    from alexnet_jax import platform  # pylint: disable=g-import-not-at-top
-    platform.configure_xla_cpu()
+    from alexnet_jax.core import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.configure_xla_cpu()
   import jax  # pylint: disable=g-import-not-at-top
 
   need = max(d * m for d, m in args.meshes)

@@ -4,7 +4,7 @@
   `jax.devices()[0]` (the default placement).
 - XLA's backend optimisation off: the tests' tiny networks spend far more time in
   LLVM compiling than running (model.init compiles ~7x faster).
-- The XLA:CPU options launch.py sets for itself (`platform.CPU_FLAGS`), so that the
+- The XLA:CPU options launch.py sets for itself (`xla_flags.CPU_FLAGS`), so that the
   code under test compiles as it does in a real run.
 Subprocesses that must compare bitwise with in-process runs use the same flags
 (`XLA_TEST_FLAGS`).
@@ -12,9 +12,9 @@ Subprocesses that must compare bitwise with in-process runs use the same flags
 
 import os
 
-from alexnet_jax import platform
+from alexnet_jax.core import xla_flags
 
-XLA_TEST_FLAGS = ' '.join(['--xla_backend_optimization_level=0', *platform.CPU_FLAGS])
+XLA_TEST_FLAGS = ' '.join(['--xla_backend_optimization_level=0', *xla_flags.CPU_FLAGS])
 if XLA_TEST_FLAGS not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {XLA_TEST_FLAGS}'.strip()
 

@@ -17,14 +17,14 @@ import jax
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib
-from alexnet_jax import experiment
-from alexnet_jax import input_pipeline
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.config import resolution
+from alexnet_jax.training import experiment
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import prepare
-from alexnet_jax import sharding
-from alexnet_jax import train
+from alexnet_jax.sharding import meshes
+from alexnet_jax.training import trainer
 from tests.test_plan import launch
 from tests.test_plan import launch_env
 from tests.test_train import digits_dir
@@ -95,20 +95,20 @@ def fake_batches(num_classes: int) -> tuple[dict[str, np.ndarray], dict[str, np.
 
 def one_step(num_classes: int, devices: int, mesh_model) -> dict:
   """One train step and one eval step of the two-tower tiny net through experiment.setup."""
-  config = config_lib.load(tiny_config('', **{
+  config = resolution.load(tiny_config('', **{
       'model.num_classes': num_classes, 'mesh.model': mesh_model, 'batch_size': BATCH}))
   mesh = experiment.create_mesh(config, jax.devices()[:devices])
   exp = experiment.setup(config, fake_info(num_classes), mesh=mesh)
   train_batch, eval_batch = fake_batches(num_classes)
-  with sharding.use_mesh(mesh, exp.rules):
+  with meshes.use_mesh(mesh, exp.rules):
     state = exp.init_state(jax.random.key(0))
     init_params = jax.device_get(state.params)
-    rng = jax.device_put(jax.random.key(1), sharding.replicated(mesh))
+    rng = jax.device_put(jax.random.key(1), meshes.replicated(mesh))
     fc8 = exp.state_shardings.params['fc8']['kernel']
     conv2 = exp.state_shardings.params['conv2']['kernel']
-    new_state, metrics = exp.train_step()(state, sharding.make_global_batch(train_batch, mesh),
+    new_state, metrics = exp.train_step()(state, meshes.make_global_batch(train_batch, mesh),
                                           rng)
-    evaluated = exp.eval_step()(new_state, sharding.make_global_batch(eval_batch, mesh))
+    evaluated = exp.eval_step()(new_state, meshes.make_global_batch(eval_batch, mesh))
   return {'mesh': dict(mesh.shape), 'fc8_whole': fc8.is_fully_replicated,
           'fc8_shard': fc8.shard_shape(new_state.params['fc8']['kernel'].shape),
           'conv2_shard': conv2.shard_shape(new_state.params['conv2']['kernel'].shape),
@@ -178,9 +178,9 @@ class ThreeClassRunTest(absltest.TestCase):
     workdir = os.path.join(root, 'run')
     config = tiny_config(data, num_train_steps=2, final_eval_crops=10, batch_size=BATCH,
                          **{'model.num_classes': 3, 'mesh.model': 2})
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
     config.num_train_steps = 3
-    result = train.train_and_evaluate(config, workdir)  # resumes from step 2's checkpoint
+    result = trainer.train_and_evaluate(config, workdir)  # resumes from step 2's checkpoint
     records = read_metrics(workdir)
     self.assertEqual([r['step'] for r in records if r['kind'] == 'train'], [1, 2, 3])
     self.assertEqual(result['step'], 3)
@@ -188,11 +188,11 @@ class ThreeClassRunTest(absltest.TestCase):
 
     # The checkpoint reads back into the sharded layout (fc8 whole on every device) and
     # onto one device (what predict does), with the same values.
-    resolved = config_lib.load(config)
+    resolved = resolution.load(config)
     exp = experiment.setup(resolved, input_pipeline.load_info(resolved.data))
     self.assertEqual((exp.mesh.shape['data'], exp.mesh.shape['model']), (4, 2))
     self.assertTrue(exp.state_shardings.params['fc8']['kernel'].is_fully_replicated)
-    ckpt = checkpoint_lib.Checkpointer.from_config(workdir, resolved.checkpoint, read_only=True)
+    ckpt = checkpointing.Checkpointer.from_config(workdir, resolved.checkpoint, read_only=True)
     try:
       sharded, _ = ckpt.restore(exp.abstract_state)
     finally:

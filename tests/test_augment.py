@@ -7,8 +7,8 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from alexnet_jax import augment
-from alexnet_jax import preprocess
+from alexnet_jax.data import augment
+from alexnet_jax.data import preprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

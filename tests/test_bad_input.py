@@ -703,7 +703,7 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     shutil.copytree(fixtures['RUN'], path, ignore=shutil.ignore_patterns('checkpoints'))
     return
   if kind == 'locked_run':  # held by this test process, which lives until every case ran
-    from alexnet_jax import lockfile  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.storage import lockfile  # pylint: disable=g-import-not-at-top
     shutil.copytree(fixtures['RUN'], path)
     with open(os.path.join(path, 'run.lock'), 'w') as f:
       f.write(lockfile.Holder.of_this_process().to_text())
@@ -923,13 +923,13 @@ def serve(spec_path: str) -> None:
   """
   # pylint: disable=g-import-not-at-top,unused-import
   import jax
-  from alexnet_jax import cli
+  from alexnet_jax.core import cli
   from alexnet_jax import evaluate
   from alexnet_jax import plot
   from alexnet_jax import predict
   from alexnet_jax import prepare
   from alexnet_jax import summary
-  from alexnet_jax import train
+  from alexnet_jax.training import trainer
   # pylint: enable=g-import-not-at-top,unused-import
   with open(spec_path) as f:
     spec = json.load(f)

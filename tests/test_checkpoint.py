@@ -30,11 +30,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import checkpoint
-from alexnet_jax import errors
-from alexnet_jax import optim
-from alexnet_jax import preemption
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.core import errors
+from alexnet_jax.training import optim
+from alexnet_jax.training import stop_signals
+from alexnet_jax.storage import workdir_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,8 +102,8 @@ class CheckpointTestCase(parameterized.TestCase):
     self.mesh = make_mesh()
     self.workdir = make_tempdir(self)
 
-  def checkpointer(self, **kwargs) -> checkpoint.Checkpointer:
-    ckpt = checkpoint.Checkpointer(os.path.join(self.workdir, 'checkpoints'), **kwargs)
+  def checkpointer(self, **kwargs) -> checkpointing.Checkpointer:
+    ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, 'checkpoints'), **kwargs)
     self.addCleanup(ckpt.close)
     return ckpt
 
@@ -311,7 +311,7 @@ class DamagedCheckpointTest(CheckpointTestCase):
     it = make_iterator()
     take(it, 1)
     position = it.get_state()
-    with self.assertRaisesRegex(checkpoint.CheckpointError, 'no usable checkpoint.*step 1'):
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'no usable checkpointing.*step 1'):
       ckpt.restore(abstract_of(state), data_iterator=it)
     self.assertEqual(ckpt.all_steps(), [1])  # nothing moved
     self.assertEqual(it.get_state(), position)
@@ -323,7 +323,7 @@ class DamagedCheckpointTest(CheckpointTestCase):
     from configs import imagenet  # pylint: disable=g-import-not-at-top
     config = imagenet.get_config().checkpoint
     config.keep, config.every_steps, config.start_fresh_if_unusable = 1, 4, True
-    ckpt = checkpoint.Checkpointer.from_config(self.workdir, config)
+    ckpt = checkpointing.Checkpointer.from_config(self.workdir, config)
     self.addCleanup(ckpt.close)
     self.assertEqual(ckpt.directory, os.path.join(self.workdir, 'checkpoints'))
     state = make_state(self.mesh)
@@ -336,12 +336,12 @@ class DamagedCheckpointTest(CheckpointTestCase):
 
   def test_bad_settings_name_the_field(self):
     with self.assertRaisesRegex(ValueError, 'config.checkpoint.keep must be'):
-      checkpoint.Checkpointer(self.workdir, keep=0)
+      checkpointing.Checkpointer(self.workdir, keep=0)
 
   def test_explicit_step_does_not_fall_back(self):
     ckpt, state1, _ = self.save_two()
     _damage(ckpt.step_path(2), 'delete_meta')
-    with self.assertRaisesRegex(checkpoint.CheckpointError, 'cannot restore'):
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'cannot restore'):
       ckpt.restore(abstract_of(state1), step=2)
     self.assertEqual(ckpt.restore(abstract_of(state1), step=1)[1], {'epoch': 1})
 
@@ -371,7 +371,7 @@ class DataPositionTest(CheckpointTestCase):
     return ckpt, state, after
 
   def as_if_saved_by_two_processes(self, ckpt) -> None:
-    folder = os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM)
+    folder = os.path.join(ckpt.step_path(5), checkpointing.GRAIN_ITEM)
     os.rename(os.path.join(folder, 'process_0-of-1.json'),
               os.path.join(folder, 'process_0-of-2.json'))
     shutil.copy(os.path.join(folder, 'process_0-of-2.json'),
@@ -404,16 +404,16 @@ class DataPositionTest(CheckpointTestCase):
     it = self.grain_iterator(0)
     take(it, 1)
     position = it.get_state()
-    with self.assertRaisesRegex(checkpoint.CheckpointError,
+    with self.assertRaisesRegex(checkpointing.CheckpointError,
                                 'holds the data iterator state of 2 processes, not of 1'):
       ckpt.restore(abstract_of(state), data_iterator=it)
     self.assertEqual(it.get_state(), position)
     self.assertEqual(ckpt.all_steps(), [5])
-    self.assertFalse(os.path.exists(os.path.join(ckpt.directory, checkpoint.DAMAGED_DIR)))
+    self.assertFalse(os.path.exists(os.path.join(ckpt.directory, checkpointing.DAMAGED_DIR)))
 
   def test_unknown_grain_state_leaves_the_position_to_the_caller(self):
     ckpt, state, _ = self.save_old_style(0, 3)
-    with open(os.path.join(ckpt.step_path(5), checkpoint.GRAIN_ITEM, 'process_0-of-1.json'),
+    with open(os.path.join(ckpt.step_path(5), checkpointing.GRAIN_ITEM, 'process_0-of-1.json'),
               'w') as f:
       f.write('{"some_future_field": 3}')
     _, meta = ckpt.restore(abstract_of(state))
@@ -423,7 +423,7 @@ class DataPositionTest(CheckpointTestCase):
 
   def test_the_stored_position_comes_first(self):
     ckpt, state, _ = self.save_old_style(0, 3)  # grain's files say 3
-    self.assertEqual(ckpt.data_position(5, {checkpoint.DATA_POSITION: 9}), 9)
+    self.assertEqual(ckpt.data_position(5, {checkpointing.DATA_POSITION: 9}), 9)
     ckpt.save(6, state, meta={'epoch': 1})  # neither
     ckpt.wait()
     with self.assertLogs('absl', level='WARNING') as logs:
@@ -432,7 +432,7 @@ class DataPositionTest(CheckpointTestCase):
 
 
 class PlainOrbaxRecipeTest(absltest.TestCase):
-  """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
+  """docs/checkpoints.md's recipe, run as written on a real run's checkpointing."""
 
   def test_the_documented_recipe_reads_a_real_run(self):
     from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
@@ -470,7 +470,7 @@ class PlainOrbaxRecipeTest(absltest.TestCase):
       np.testing.assert_array_equal(got[jax.tree_util.keystr(path)], np.asarray(value))
     with open(os.path.join(out, 'meta.json')) as f:
       meta = json.load(f)
-    self.assertEqual((meta['step'], meta[checkpoint.DATA_POSITION]),
+    self.assertEqual((meta['step'], meta[checkpointing.DATA_POSITION]),
                      (trained_run.STEPS, trained_run.STEPS))
 
 
@@ -565,7 +565,7 @@ class ConfigTest(absltest.TestCase):
     workdir = make_tempdir(self)
     config = self.config()
     config.batch_size = 64
-    workdir_lib.save_config(workdir, config)
+    workdir_files.save_config(workdir, config)
     spec = importlib.util.spec_from_file_location('stored_config', os.path.join(workdir, 'config.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -576,18 +576,18 @@ class PreemptionTest(absltest.TestCase):
 
   def test_sigterm_sets_the_flag(self):
     before = signal.getsignal(signal.SIGTERM)
-    self.assertTrue(preemption.install_preemption_handler())
-    self.addCleanup(preemption.uninstall_preemption_handler)
-    self.assertFalse(preemption.preemption_requested(3))
+    self.assertTrue(stop_signals.install_preemption_handler())
+    self.addCleanup(stop_signals.uninstall_preemption_handler)
+    self.assertFalse(stop_signals.preemption_requested(3))
     os.kill(os.getpid(), signal.SIGTERM)
-    self.assertTrue(preemption.preemption_requested(4))
-    preemption.uninstall_preemption_handler()
-    self.assertFalse(preemption.preemption_requested(5))
+    self.assertTrue(stop_signals.preemption_requested(4))
+    stop_signals.uninstall_preemption_handler()
+    self.assertFalse(stop_signals.preemption_requested(5))
     self.assertEqual(signal.getsignal(signal.SIGTERM), before)
 
   def test_watcher_object(self):
     before = signal.getsignal(signal.SIGTERM)
-    watcher = preemption.PreemptionWatcher()
+    watcher = stop_signals.PreemptionWatcher()
     self.addCleanup(watcher.close)
     self.assertFalse(watcher.requested(1))
     os.kill(os.getpid(), signal.SIGTERM)
@@ -602,8 +602,8 @@ class PreemptionTest(absltest.TestCase):
     # KeyboardInterrupt and not be swallowed by the handler.
     code = textwrap.dedent('''
         import os, signal, sys, time
-        from alexnet_jax import preemption
-        watcher = preemption.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
+        from alexnet_jax.training import stop_signals
+        watcher = stop_signals.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs at the next bytecode boundary
         print(watcher.requested(), watcher.interrupted,
@@ -621,7 +621,7 @@ class PreemptionTest(absltest.TestCase):
 
   def test_sigterm_is_not_an_interruption_and_close_restores_ctrl_c(self):
     before = signal.getsignal(signal.SIGINT)
-    watcher = preemption.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
+    watcher = stop_signals.PreemptionWatcher((signal.SIGTERM, signal.SIGINT))
     self.addCleanup(watcher.close)
     os.kill(os.getpid(), signal.SIGTERM)
     self.assertTrue(watcher.requested())
@@ -636,14 +636,14 @@ class ReadOnlyTest(absltest.TestCase):
   def test_read_only_keeps_a_save_in_flight_and_refuses_to_save(self):
     workdir = make_tempdir(self)
     folder = os.path.join(workdir, 'checkpoints')
-    writer = checkpoint.Checkpointer(folder, async_save=False)
+    writer = checkpointing.Checkpointer(folder, async_save=False)
     state = {'w': jnp.arange(4.0)}
     writer.save(1, state, meta={'step': 1}, force=True)
     writer.close()
     # A folder orbax would clean up as an unfinished save of a live run.
     in_flight = os.path.join(folder, '2.orbax-checkpoint-tmp-123')
     os.makedirs(in_flight)
-    reader = checkpoint.Checkpointer(folder, read_only=True)
+    reader = checkpointing.Checkpointer(folder, read_only=True)
     self.addCleanup(reader.close)
     self.assertEqual(reader.all_steps(), [1])
     restored, meta = reader.restore({'w': jax.ShapeDtypeStruct((4,), jnp.float32)})

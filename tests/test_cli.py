@@ -1,4 +1,4 @@
-"""alexnet_jax.cli: a user error is the last line the process prints, whatever was left running."""
+"""alexnet_jax.core.cli: a user error is the last line the process prints, whatever was left running."""
 
 import os
 import subprocess
@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = textwrap.dedent('''
     import asyncio, gc, sys
     from absl import app
-    from alexnet_jax import cli
-    from alexnet_jax import errors
+    from alexnet_jax.core import cli
+    from alexnet_jax.core import errors
 
     LEFT_BEHIND = []
 
@@ -84,7 +84,7 @@ class UserErrorTest(absltest.TestCase):
     self.assertEqual(lines[-1], 'error: the checkpoint is damaged')
     self.assertIn('Traceback (most recent call last)', proc.stderr)
     self.assertIn('in main', proc.stderr)  # where it was raised
-    self.assertIn('alexnet_jax.errors.InputError: the checkpoint is damaged', proc.stderr)
+    self.assertIn('alexnet_jax.core.errors.InputError: the checkpoint is damaged', proc.stderr)
 
   def test_ctrl_c_is_one_line_and_status_130(self):
     proc = run('ctrl_c')

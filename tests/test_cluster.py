@@ -25,9 +25,9 @@ from unittest import mock
 from absl.testing import absltest
 import grain
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import cluster
-from alexnet_jax import errors
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.distributed import cluster
+from alexnet_jax.core import errors
 from tests import XLA_TEST_FLAGS
 from tests import test_checkpoint
 from tests import test_train
@@ -129,7 +129,7 @@ class ClusterTest(absltest.TestCase):
       time.sleep(0.1)
 
   def wait_for_checkpoint(self, workdir: str, step: int, procs: list[subprocess.Popen]) -> None:
-    while not any(s >= step for s in checkpoint_lib.finished_steps(workdir)):
+    while not any(s >= step for s in checkpointing.finished_steps(workdir)):
       for proc in procs:
         self.assert_running(proc)
       time.sleep(0.05)
@@ -247,7 +247,7 @@ class ClusterTest(absltest.TestCase):
           'crashed, or its host or network failed); stopped this process too. Every checkpoint '
           'folder left is complete; start all processes again to resume from the newest')
       self.assertEqual(procs[victim].wait(), -signal.SIGKILL)
-      newest = max(checkpoint_lib.finished_steps(workdir))
+      newest = max(checkpointing.finished_steps(workdir))
     self.assertLess(newest, STEPS)
 
     port = free_port()
@@ -308,7 +308,7 @@ class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
 
   def test_write_error_without_a_lost_peer_is_the_disk(self):
     error = self.failed_save(None)
-    self.assertIsInstance(error, checkpoint_lib.CheckpointWriteError)
+    self.assertIsInstance(error, checkpointing.CheckpointWriteError)
     self.assertIn('no space left on the device', str(error))
 
 

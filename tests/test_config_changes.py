@@ -1,6 +1,6 @@
 """A resume's config, field by field: every field has a decision, and each decision is kept.
 
-The table (alexnet_jax/config_changes.py, DECISIONS) must name every field of the
+The table (alexnet_jax/resume_changes.py, DECISIONS) must name every field of the
 configs; a field added without a decision fails `test_every_config_field_has_a_decision`.
 Then, for every field of the table, a changed value on resume is either refused (one
 error naming the field, the workdir untouched) or accepted and recorded (a line in
@@ -17,10 +17,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from alexnet_jax import config_changes
-from alexnet_jax import errors
-from alexnet_jax import input_pipeline
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.config import resume_changes
+from alexnet_jax.core import errors
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import workdir_files
 from configs import digits
 from configs import imagenet
 from tests import test_train
@@ -30,11 +30,11 @@ STEP = 7  # the step of the fake finished checkpoint the resumes start from
 
 
 def config_fields(config) -> set[str]:
-  return set(config_changes.flatten(config.to_dict()))
+  return set(resume_changes.flatten(config.to_dict()))
 
 
 def fields_without_decision(config) -> list[str]:
-  return sorted(config_fields(config) - set(config_changes.DECISIONS))
+  return sorted(config_fields(config) - set(resume_changes.DECISIONS))
 
 
 def changed(value):
@@ -87,7 +87,7 @@ class TableTest(absltest.TestCase):
     for config in (imagenet.get_config(), digits.get_config(),
                    test_train.tiny_config('/data'), trained_run.tiny_config('/data')):
       self.assertEqual(fields_without_decision(config), [],
-                       'give each new config field a decision in config_changes.DECISIONS')
+                       'give each new config field a decision in resume_changes.DECISIONS')
 
   def test_the_walk_catches_a_field_without_a_decision(self):
     config = imagenet.get_config()
@@ -96,8 +96,8 @@ class TableTest(absltest.TestCase):
     self.assertEqual(fields_without_decision(config), ['data.new_knob'])
 
   def test_decisions_are_refuse_or_accept_with_a_reason(self):
-    for field, rule in config_changes.DECISIONS.items():
-      self.assertIn(rule.action, (config_changes.REFUSE, config_changes.ACCEPT), field)
+    for field, rule in resume_changes.DECISIONS.items():
+      self.assertIn(rule.action, (resume_changes.REFUSE, resume_changes.ACCEPT), field)
       self.assertGreater(len(rule.reason), 10, field)
 
   def test_what_the_issue_names(self):
@@ -110,9 +110,9 @@ class TableTest(absltest.TestCase):
     accept = ('num_epochs', 'eval_every_epochs', 'checkpoint.every_steps', 'log.every_steps',
               'optim.learning_rate', 'mesh.model', 'mesh.data', 'log.profile_steps')
     for field in refuse:
-      self.assertEqual(config_changes.decision(field).action, config_changes.REFUSE, field)
+      self.assertEqual(resume_changes.decision(field).action, resume_changes.REFUSE, field)
     for field in accept:
-      self.assertEqual(config_changes.decision(field).action, config_changes.ACCEPT, field)
+      self.assertEqual(resume_changes.decision(field).action, resume_changes.ACCEPT, field)
 
 
   def test_the_accepted_fields_are_the_ones_docs_list(self):
@@ -122,8 +122,8 @@ class TableTest(absltest.TestCase):
     section = text[text.index('- **Accepted and recorded**'):]
     section = section[:section.index('\n- **', 1)]
     listed = set(re.findall(r'`([a-z_.]+)`', section)) - {'config.json', 'config.py'}
-    accepted = {f for f, d in config_changes.DECISIONS.items()
-                if d.action == config_changes.ACCEPT}
+    accepted = {f for f, d in resume_changes.DECISIONS.items()
+                if d.action == resume_changes.ACCEPT}
     self.assertEqual(listed, accepted)
 
 
@@ -131,10 +131,10 @@ class FieldChangeTest(parameterized.TestCase):
   """For every field of the table: a changed value on resume is refused, or recorded."""
 
   @parameterized.named_parameters((field.replace('.', '_'), field)
-                                  for field in sorted(config_changes.DECISIONS))
+                                  for field in sorted(resume_changes.DECISIONS))
   def test_a_change_is_refused_or_recorded(self, field):
-    stored = workdir_lib._plain(imagenet.get_config())  # pylint: disable=protected-access
-    fields = config_changes.flatten(stored)
+    stored = workdir_files._plain(imagenet.get_config())  # pylint: disable=protected-access
+    fields = resume_changes.flatten(stored)
     if field not in fields:  # a field another config (or another branch) adds
       set_field(stored, field, 3)
       fields[field] = 3
@@ -144,58 +144,58 @@ class FieldChangeTest(parameterized.TestCase):
     workdir = resumable_workdir(self, stored)
     before = digest(workdir)
     line = f'{field}: {json.dumps(fields[field])} -> {json.dumps(new_value)}'
-    if config_changes.decision(field).action == config_changes.REFUSE:
+    if resume_changes.decision(field).action == resume_changes.REFUSE:
       with self.assertRaises(errors.InputError) as ctx:
-        workdir_lib.check_resume(workdir, current)
+        workdir_files.check_resume(workdir, current)
       self.assertIn(line, str(ctx.exception))
       self.assertIn(f'--config={workdir}/config.py', str(ctx.exception))
       self.assertIn('another --workdir', str(ctx.exception))
       self.assertEqual(digest(workdir), before, 'a refused resume wrote to the workdir')
       return
-    accepted = workdir_lib.check_resume(workdir, current)
+    accepted = workdir_files.check_resume(workdir, current)
     self.assertEqual([(c.field, c.stored, c.current) for c in accepted],
                      [(field, fields[field], new_value)])
     self.assertEqual(digest(workdir), before, 'checking wrote to the workdir')
-    workdir_lib.record_config(workdir, current, accepted, step=STEP)
-    history = workdir_lib.read_config_history(workdir)
+    workdir_files.record_config(workdir, current, accepted, step=STEP)
+    history = workdir_files.read_config_history(workdir)
     self.assertLen(history, 1)
     self.assertEqual(history[0]['step'], STEP)
     self.assertEqual(history[0]['changes'], {field: [fields[field], new_value]})
     with open(os.path.join(workdir, 'config.json')) as f:
-      self.assertEqual(config_changes.flatten(json.load(f))[field], new_value)
+      self.assertEqual(resume_changes.flatten(json.load(f))[field], new_value)
 
 
 class ResumeCheckTest(absltest.TestCase):
 
   def test_every_refused_difference_is_listed_in_one_error(self):
-    stored = workdir_lib._plain(imagenet.get_config())  # pylint: disable=protected-access
+    stored = workdir_files._plain(imagenet.get_config())  # pylint: disable=protected-access
     current = copy.deepcopy(stored)
     current['batch_size'], current['model']['width'] = 64, 0.5
     current['log']['every_steps'] = 7  # accepted: not in the error
     with self.assertRaises(errors.InputError) as ctx:
-      workdir_lib.check_resume(resumable_workdir(self, stored), current)
+      workdir_files.check_resume(resumable_workdir(self, stored), current)
     message = str(ctx.exception)
     self.assertIn('batch_size: 128 -> 64; model.width: 1.0 -> 0.5.', message)
     self.assertNotIn('log.every_steps', message)
     self.assertLen(message.splitlines(), 1)
 
   def test_unknown_and_new_fields_are_accepted(self):
-    stored = workdir_lib._plain(imagenet.get_config())  # pylint: disable=protected-access
+    stored = workdir_files._plain(imagenet.get_config())  # pylint: disable=protected-access
     current = copy.deepcopy(stored)
     current['my_note'] = 'a field of a user\'s own'
     del stored['data']['random_crop']  # a run started before the program had this field
     self.assertTrue(current['data']['random_crop'])
-    accepted = workdir_lib.check_resume(resumable_workdir(self, stored), current)
+    accepted = workdir_files.check_resume(resumable_workdir(self, stored), current)
     self.assertEqual(sorted(c.field for c in accepted), ['data.random_crop', 'my_note'])
 
   def test_without_a_checkpoint_nothing_is_resumed_or_refused(self):
-    stored = workdir_lib._plain(imagenet.get_config())  # pylint: disable=protected-access
+    stored = workdir_files._plain(imagenet.get_config())  # pylint: disable=protected-access
     workdir = resumable_workdir(self, stored)
     os.rmdir(os.path.join(workdir, 'checkpoints', str(STEP)))
     os.makedirs(os.path.join(workdir, 'checkpoints', f'{STEP}.orbax-checkpoint-tmp-1'))
     current = copy.deepcopy(stored)
     current['batch_size'] = 64
-    self.assertEqual(workdir_lib.check_resume(workdir, current), [])
+    self.assertEqual(workdir_files.check_resume(workdir, current), [])
 
 
 def _info(**overrides) -> input_pipeline.DatasetInfo:
@@ -213,11 +213,11 @@ class DatasetCheckTest(absltest.TestCase):
   def workdir(self) -> str:
     workdir = self.create_tempdir().full_path
     os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
-    workdir_lib.save_dataset_info(workdir, _info())
+    workdir_files.save_dataset_info(workdir, _info())
     return workdir
 
   def test_the_same_dataset_in_another_folder_is_accepted(self):
-    workdir_lib.check_dataset(self.workdir(), _info(stats_source='/scratch/copy/stats.npz'))
+    workdir_files.check_dataset(self.workdir(), _info(stats_source='/scratch/copy/stats.npz'))
 
   def test_another_dataset_is_refused(self):
     workdir = self.workdir()
@@ -225,7 +225,7 @@ class DatasetCheckTest(absltest.TestCase):
                          (_info(split_sizes={'train': 12, 'val': 4}), 'split sizes'),
                          (_info(mean_image=np.full((8, 8, 3), 101, np.float32)), 'mean image')):
       with self.assertRaises(errors.InputError) as ctx:
-        workdir_lib.check_dataset(workdir, other)
+        workdir_files.check_dataset(workdir, other)
       self.assertIn(words, str(ctx.exception))
       self.assertIn('point config.data.dir at that dataset', str(ctx.exception))
 

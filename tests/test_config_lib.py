@@ -1,10 +1,10 @@
-"""config_lib.resolve_auto: the settings the program picks for the hardware, one rule for all."""
+"""resolution.resolve_auto: the settings the program picks for the hardware, one rule for all."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from alexnet_jax import config_lib
-from alexnet_jax import errors
+from alexnet_jax.config import resolution
+from alexnet_jax.core import errors
 from configs import digits
 from configs import imagenet
 
@@ -18,7 +18,7 @@ class ResolveAutoTest(parameterized.TestCase):
       ('tpu', 96, 'bfloat16', 1, 96),
   )
   def test_shipped_config(self, platform, cores, dtype, threads, workers):
-    config = config_lib.resolve_auto(imagenet.get_config(), platform=platform, cpu_count=cores,
+    config = resolution.resolve_auto(imagenet.get_config(), platform=platform, cpu_count=cores,
                                      devices=1, processes=1)
     self.assertEqual(config.model.dtype, dtype)
     # Worker processes on accelerator hosts: 16 threads fed an H200 2,600 images/s, 16
@@ -30,11 +30,11 @@ class ResolveAutoTest(parameterized.TestCase):
   def test_explicit_workers_get_one_thread_each(self):
     config = imagenet.get_config()
     config.data.worker_count = 4
-    resolved = config_lib.resolve_auto(config, platform='cpu', cpu_count=8, devices=1,
+    resolved = resolution.resolve_auto(config, platform='cpu', cpu_count=8, devices=1,
                                        processes=1)
     self.assertEqual((resolved.data.num_threads, resolved.data.worker_count), (1, 4))
     config.data.worker_count = 0
-    resolved = config_lib.resolve_auto(config, platform='gpu', cpu_count=8, devices=1,
+    resolved = resolution.resolve_auto(config, platform='gpu', cpu_count=8, devices=1,
                                        processes=1)
     self.assertEqual((resolved.data.num_threads, resolved.data.worker_count), (8, 0))
 
@@ -43,14 +43,14 @@ class ResolveAutoTest(parameterized.TestCase):
     config.model.dtype = 'float32'
     config.data.num_threads = 3
     config.data.worker_count = 5
-    resolved = config_lib.resolve_auto(config, platform='gpu', cpu_count=16)
+    resolved = resolution.resolve_auto(config, platform='gpu', cpu_count=16)
     self.assertEqual((resolved.model.dtype, resolved.data.num_threads,
                       resolved.data.worker_count), ('float32', 3, 5))
 
   def test_the_quick_start_uses_threads_on_a_cpu(self):
-    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
+    config = resolution.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
     self.assertEqual(config.data.worker_count, 0)
-    config_lib.validate(config)  # -1 never reaches validation
+    resolution.validate(config)  # -1 never reaches validation
 
 
 # The measurements the rule rests on, as benchmarks/README.md and docs/design.md state them:
@@ -71,15 +71,15 @@ class FeedingTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 2, 16, 96)
   def test_projections(self, cores):
-    self.assertAlmostEqual(config_lib.thread_images_per_sec(cores), amdahl_threads(cores),
+    self.assertAlmostEqual(resolution.thread_images_per_sec(cores), amdahl_threads(cores),
                            delta=1e-6 * amdahl_threads(cores))
     want = cores * PROCESS_EFFICIENCY / (RECORD_US * 1e-6)
-    self.assertAlmostEqual(config_lib.process_images_per_sec(cores), want, delta=1e-6 * want)
+    self.assertAlmostEqual(resolution.process_images_per_sec(cores), want, delta=1e-6 * want)
 
   def test_threads_never_pass_the_gil_bound(self):
     # However many cores: one record's GIL-held part at a time.
-    self.assertLess(config_lib.thread_images_per_sec(10_000), 1e6 / GIL_US)
-    self.assertGreater(config_lib.thread_images_per_sec(10_000), 0.99 * 1e6 / GIL_US)
+    self.assertLess(resolution.thread_images_per_sec(10_000), 1e6 / GIL_US)
+    self.assertGreater(resolution.thread_images_per_sec(10_000), 0.99 * 1e6 / GIL_US)
 
   @parameterized.parameters(
       ('gpu', 128, H200[128]), ('gpu', 1024, H200[1024]),
@@ -87,7 +87,7 @@ class FeedingTest(parameterized.TestCase):
       ('gpu', 16, H200[128]), ('gpu', 4096, H200[1024]),  # outside: the nearest
       ('tpu', 512, H200[512]), ('cpu', 64, CPU_AT_64), ('cpu', 1024, CPU_AT_64))
   def test_step_rates(self, platform, batch, want):
-    self.assertAlmostEqual(config_lib.step_images_per_sec(platform, batch), want, places=6)
+    self.assertAlmostEqual(resolution.step_images_per_sec(platform, batch), want, places=6)
 
   @parameterized.parameters(
       # platform, cores, global batch, devices, processes
@@ -109,10 +109,10 @@ class FeedingTest(parameterized.TestCase):
     self.assertTrue(per_device == nearest or per_device < min(rates) or per_device > max(rates))
     need = rates[nearest] * per_process / per_device
     want_processes = amdahl_threads(cores) < need
-    resolved = config_lib.resolve_auto(config, platform=platform, cpu_count=cores,
+    resolved = resolution.resolve_auto(config, platform=platform, cpu_count=cores,
                                        devices=devices, processes=processes)
     self.assertEqual(resolved.data.worker_count, cores if want_processes else 0)
-    feed = config_lib.feeding_for(config, platform, cores, devices, processes)
+    feed = resolution.feeding_for(config, platform, cores, devices, processes)
     self.assertAlmostEqual(feed.need, need, delta=1e-6 * need)
     self.assertEqual(feed.use_processes, want_processes)
 
@@ -121,19 +121,19 @@ class ValidateDtypeTest(parameterized.TestCase):
   """model.dtype: a floating type the network computes in, refused otherwise before any work."""
 
   def _config(self, dtype: str):
-    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
+    config = resolution.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
     config.model.dtype = dtype
     return config
 
   @parameterized.parameters('float32', 'bfloat16', 'float16')
   def test_compute_dtypes_pass(self, dtype):
-    config_lib.validate(self._config(dtype))
+    resolution.validate(self._config(dtype))
 
   @parameterized.parameters('int8', 'uint8', 'float64', 'bool', 'float8_e4m3fn')
   def test_other_dtypes_are_refused(self, dtype):
     with self.assertRaisesRegex(errors.InputError,
                                 f"^config.model.dtype must be .* got '{dtype}'$"):
-      config_lib.validate(self._config(dtype))
+      resolution.validate(self._config(dtype))
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from alexnet_jax import dataset_format
+from alexnet_jax.data import prepared_format
 
 
 def _tempdir(test: absltest.TestCase) -> str:
@@ -18,21 +18,21 @@ def _tempdir(test: absltest.TestCase) -> str:
 
 
 def _write_description(folder: str, **fields) -> None:
-  description = {'format': dataset_format.FORMAT, 'complete': True,
+  description = {'format': prepared_format.FORMAT, 'complete': True,
                  'shards': {'train': [['train.array_record-00000-of-00001', 3]],
                             'val': []}}
   description.update(fields)
-  with open(os.path.join(folder, dataset_format.DATASET_FILE), 'w') as f:
+  with open(os.path.join(folder, prepared_format.DATASET_FILE), 'w') as f:
     json.dump(description, f)
 
 
 class RecordTest(absltest.TestCase):
 
   def test_label_then_image_bytes(self):
-    record = dataset_format.encode_record(258, b'\xff\xd8jpeg')
+    record = prepared_format.encode_record(258, b'\xff\xd8jpeg')
     self.assertEqual(record, b'\x02\x01\x00\x00\xff\xd8jpeg')
-    self.assertEqual(dataset_format.decode_record(record), (b'\xff\xd8jpeg', 258))
-    self.assertEqual(dataset_format.decode_record(dataset_format.encode_record(-1, b'')),
+    self.assertEqual(prepared_format.decode_record(record), (b'\xff\xd8jpeg', 258))
+    self.assertEqual(prepared_format.decode_record(prepared_format.encode_record(-1, b'')),
                      (b'', -1))
 
 
@@ -40,47 +40,47 @@ class DescriptionTest(absltest.TestCase):
 
   def test_only_a_complete_description_of_this_format_counts(self):
     folder = _tempdir(self)
-    self.assertIsNone(dataset_format.read_dataset_json(folder))
-    self.assertIsNone(dataset_format.read_dataset_json(os.path.join(folder, 'absent')))
-    with open(os.path.join(folder, dataset_format.DATASET_FILE), 'w') as f:
+    self.assertIsNone(prepared_format.read_dataset_json(folder))
+    self.assertIsNone(prepared_format.read_dataset_json(os.path.join(folder, 'absent')))
+    with open(os.path.join(folder, prepared_format.DATASET_FILE), 'w') as f:
       f.write('{"format": ')  # Half written.
-    self.assertIsNone(dataset_format.read_dataset_json(folder))
+    self.assertIsNone(prepared_format.read_dataset_json(folder))
     _write_description(folder, complete=False)
-    self.assertIsNone(dataset_format.read_dataset_json(folder))
+    self.assertIsNone(prepared_format.read_dataset_json(folder))
     _write_description(folder, format='something/2')
-    self.assertIsNone(dataset_format.read_dataset_json(folder))
+    self.assertIsNone(prepared_format.read_dataset_json(folder))
     _write_description(folder)
-    self.assertEqual(dataset_format.read_dataset_json(folder)['format'],
-                     dataset_format.FORMAT)
+    self.assertEqual(prepared_format.read_dataset_json(folder)['format'],
+                     prepared_format.FORMAT)
 
   def test_complete_needs_the_stats_and_every_shard(self):
     folder = _tempdir(self)
     _write_description(folder)
-    self.assertFalse(dataset_format.is_complete(folder))
+    self.assertFalse(prepared_format.is_complete(folder))
     open(os.path.join(folder, 'train.array_record-00000-of-00001'), 'w').close()
-    self.assertFalse(dataset_format.is_complete(folder))
-    open(os.path.join(folder, dataset_format.STATS_FILE), 'w').close()
-    self.assertTrue(dataset_format.is_complete(folder))
+    self.assertFalse(prepared_format.is_complete(folder))
+    open(os.path.join(folder, prepared_format.STATS_FILE), 'w').close()
+    self.assertTrue(prepared_format.is_complete(folder))
 
 
 class StatsTest(absltest.TestCase):
 
   def test_write_then_read(self):
-    path = os.path.join(_tempdir(self), dataset_format.STATS_FILE)
+    path = os.path.join(_tempdir(self), prepared_format.STATS_FILE)
     rng = np.random.default_rng(0)
     mean_image = rng.uniform(0, 255, (4, 4, 3)).astype(np.float32)
     eigvals = np.float32([0.2, 0.02, 0.005])
     eigvecs = np.linalg.qr(rng.normal(size=(3, 3)))[0].astype(np.float32)
-    dataset_format.write_stats(path, {'mean_image': mean_image, 'eigvals': eigvals,
+    prepared_format.write_stats(path, {'mean_image': mean_image, 'eigvals': eigvals,
                                       'eigvecs': eigvecs, 'count': np.int64(7)})
-    got = dataset_format.read_stats(path)
+    got = prepared_format.read_stats(path)
     for want, array in zip((mean_image, eigvals, eigvecs), got):
       self.assertEqual(array.dtype, np.float32)
       np.testing.assert_array_equal(array, want)
-    self.assertEqual(os.listdir(os.path.dirname(path)), [dataset_format.STATS_FILE])
+    self.assertEqual(os.listdir(os.path.dirname(path)), [prepared_format.STATS_FILE])
 
   def test_tfds_stats_file_names_the_image_size(self):
-    self.assertEqual(dataset_format.tfds_stats_file('/data', 256),
+    self.assertEqual(prepared_format.tfds_stats_file('/data', 256),
                      '/data/alexnet_jax_stats_256.npz')
 
 

@@ -22,7 +22,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax.storage import checkpointing
 from tests import XLA_TEST_FLAGS
 from tests import test_multihost
 from tests import test_reliability
@@ -97,7 +97,7 @@ class ElasticResumeTest(absltest.TestCase):
     self.assertIn(f'The data continues at global batch {STOP}.', output)
     self.assertIn(f'was written by {first} processes and is resumed by {then}', output)
     folder = os.path.join(workdir, 'checkpoints')
-    self.assertFalse(os.path.exists(os.path.join(folder, checkpoint_lib.DAMAGED_DIR)),
+    self.assertFalse(os.path.exists(os.path.join(folder, checkpointing.DAMAGED_DIR)),
                      'a healthy checkpoint was moved aside')
     want, got = train_losses(self.reference), train_losses(workdir)
     self.assertEqual(sorted(got), list(range(1, STEPS + 1)))
@@ -107,9 +107,9 @@ class ElasticResumeTest(absltest.TestCase):
                              msg=f'step {step}: not the same examples as the uninterrupted run')
     ref_state, ref_meta = test_train.final_params(self.config, self.reference)
     state, meta = test_train.final_params(self.config, workdir)
-    self.assertEqual((meta['step'], meta[checkpoint_lib.DATA_POSITION]), (STEPS, STEPS))
-    self.assertEqual(meta[checkpoint_lib.PROCESS_COUNT], then)
-    self.assertEqual(ref_meta[checkpoint_lib.PROCESS_COUNT], 1)
+    self.assertEqual((meta['step'], meta[checkpointing.DATA_POSITION]), (STEPS, STEPS))
+    self.assertEqual(meta[checkpointing.PROCESS_COUNT], then)
+    self.assertEqual(ref_meta[checkpointing.PROCESS_COUNT], 1)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 

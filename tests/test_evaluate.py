@@ -19,13 +19,13 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import codecs
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.data import decoding
 from alexnet_jax import evaluate
-from alexnet_jax import input_pipeline
-from alexnet_jax import lockfile
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import lockfile
 from alexnet_jax import predict
-from alexnet_jax import train
+from alexnet_jax.training import trainer
 from tests import test_reliability
 from tests import test_train
 
@@ -81,8 +81,8 @@ class EvaluateTest(absltest.TestCase):
     cls.root = tempfile.mkdtemp(prefix='test_evaluate_')
     cls.a = os.path.join(cls.root, 'a')
     cls.b = os.path.join(cls.root, 'b')
-    train.train_and_evaluate(run_config(cls.data, final_eval_crops=10), cls.a)
-    train.train_and_evaluate(run_config(cls.data, final_eval_crops=1, seed=1,
+    trainer.train_and_evaluate(run_config(cls.data, final_eval_crops=10), cls.a)
+    trainer.train_and_evaluate(run_config(cls.data, final_eval_crops=1, seed=1,
                                         **{'mesh.model': 2}), cls.b)
 
   @classmethod
@@ -168,7 +168,7 @@ class EvaluateTest(absltest.TestCase):
     images, labels = [], []
     for i in range(len(source.records)):
       data, label = source.parse(source.records[i])
-      images.append(codecs.decode(data))
+      images.append(decoding.decode(data))
       labels.append(label)
     labels = np.array(labels)
     average = (predict.classify(run_a, images, crops=10).astype(np.float64)
@@ -228,7 +228,7 @@ class ChooseStepTest(absltest.TestCase):
     config = test_train.tiny_config('unused')
     workdir = self.create_tempdir().full_path
     state = {'w': np.arange(4, dtype=np.float32)}
-    with checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
+    with checkpointing.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
       for step, error in errors.items():
         ckpt.save(step, state, meta={'step': step}, val_error=error, force=True)
     return workdir, config

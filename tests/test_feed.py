@@ -10,9 +10,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import config_lib
-from alexnet_jax import errors
-from alexnet_jax import feed as feed_lib
+from alexnet_jax.config import resolution
+from alexnet_jax.core import errors
+from alexnet_jax.data import device_feed
 from configs import digits
 from configs import imagenet
 
@@ -55,7 +55,7 @@ class DeviceFeedTest(parameterized.TestCase):
   @parameterized.parameters(0, 1, 2)
   def test_batches_and_positions_of_the_consumed_batches(self, depth):
     source = CountingSource()
-    with feed_lib.DeviceFeed(source, put, start=5, depth=depth) as feed:
+    with device_feed.DeviceFeed(source, put, start=5, depth=depth) as feed:
       self.assertEqual(feed.position, 5)  # nothing consumed yet
       for i in range(4):
         position, batch = next(feed)
@@ -80,7 +80,7 @@ class DeviceFeedTest(parameterized.TestCase):
   def test_positions_equal_with_and_without_prefetch(self):
     """The same (position, batch) sequence whether the thread transfers ahead or not."""
     def consume(depth):
-      with feed_lib.DeviceFeed(CountingSource(), put, start=3, depth=depth) as feed:
+      with device_feed.DeviceFeed(CountingSource(), put, start=3, depth=depth) as feed:
         seen = [(p, np.asarray(b['x']).tolist()) for p, b in (next(feed) for _ in range(6))]
         return seen, feed.position
     without, with_prefetch = consume(0), consume(2)
@@ -89,7 +89,7 @@ class DeviceFeedTest(parameterized.TestCase):
 
   @parameterized.parameters(0, 2)
   def test_reader_error_surfaces_in_the_caller_with_its_traceback(self, depth):
-    feed = feed_lib.DeviceFeed(CountingSource(fail_at=2), put, depth=depth)
+    feed = device_feed.DeviceFeed(CountingSource(fail_at=2), put, depth=depth)
     with feed:
       next(feed)
       next(feed)
@@ -106,13 +106,13 @@ class DeviceFeedTest(parameterized.TestCase):
     self.assertEmpty(live_feed_threads())
 
   def test_end_of_the_source_ends_the_feed(self):
-    with feed_lib.DeviceFeed(CountingSource(length=3), put, depth=2) as feed:
+    with device_feed.DeviceFeed(CountingSource(length=3), put, depth=2) as feed:
       self.assertEqual([p for p, _ in feed], [1, 2, 3])
       self.assertEqual(feed.position, 3)
 
   def test_close_stops_a_thread_waiting_on_a_full_queue(self):
     source = CountingSource()
-    feed = feed_lib.DeviceFeed(source, put, depth=1)
+    feed = device_feed.DeviceFeed(source, put, depth=1)
     next(feed)
     while source.read < 3:  # one consumed, one queued, one in the thread's hands
       threading.Event().wait(0.01)
@@ -125,30 +125,30 @@ class DeviceFeedTest(parameterized.TestCase):
 
   def test_an_unread_feed_reads_nothing(self):
     source = CountingSource()
-    with feed_lib.DeviceFeed(source, put, depth=2):
+    with device_feed.DeviceFeed(source, put, depth=2):
       pass
     self.assertEqual(source.read, 0)
 
   def test_negative_depth_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'depth must be >= 0'):
-      feed_lib.DeviceFeed(CountingSource(), put, depth=-1)
+      device_feed.DeviceFeed(CountingSource(), put, depth=-1)
 
 
 class DevicePrefetchConfigTest(absltest.TestCase):
 
   def test_negative_depth_names_the_field(self):
-    config = config_lib.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
+    config = resolution.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2)
     config.data.device_prefetch = 0  # off is allowed
-    config_lib.validate(config)
+    resolution.validate(config)
     config.data.device_prefetch = -1
     with self.assertRaisesRegex(errors.InputError, r'^config\.data\.device_prefetch must be an '
                                 r'integer >= 0, got -1$'):
-      config_lib.validate(config)
+      resolution.validate(config)
 
   def test_a_config_written_before_the_field_gets_the_default(self):
     values = imagenet.get_config().to_dict()
     del values['data']['device_prefetch']  # a run's config.py from before the field
-    config = config_lib.resolve_auto(ml_collections.ConfigDict(values), platform='cpu',
+    config = resolution.resolve_auto(ml_collections.ConfigDict(values), platform='cpu',
                                      cpu_count=2)
     self.assertEqual(config.data.device_prefetch, 2)
     self.assertEqual(imagenet.get_config().data.device_prefetch, 2)

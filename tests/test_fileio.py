@@ -1,11 +1,11 @@
-"""alexnet_jax.fileio.atomic_write: the old file or the new one, never half of either."""
+"""alexnet_jax.core.fileio.atomic_write: the old file or the new one, never half of either."""
 
 import os
 import stat
 
 from absl.testing import absltest
 
-from alexnet_jax import fileio
+from alexnet_jax.core import fileio
 
 
 class AtomicWriteTest(absltest.TestCase):

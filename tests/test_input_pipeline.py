@@ -17,12 +17,12 @@ import grain
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import augment
-from alexnet_jax import preprocess
-from alexnet_jax import codecs
-from alexnet_jax import dataset_format
-from alexnet_jax import errors
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import augment
+from alexnet_jax.data import preprocess
+from alexnet_jax.data import decoding
+from alexnet_jax.data import prepared_format
+from alexnet_jax.core import errors
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import prepare
 from configs import imagenet
 
@@ -61,7 +61,7 @@ def _stored(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = [], []
   for i in range(len(source.records)):
     data, label = source.parse(source.records[i])
-    images.append(codecs.decode(data))
+    images.append(decoding.decode(data))
     labels.append(label)
   return np.stack(images), np.array(labels)
 
@@ -159,7 +159,7 @@ class DamagedShardTest(absltest.TestCase):
         f.write(bytes(os.path.getsize(path) // 2))  # its records and their checksums zeroed
       records = input_pipeline.open_split(_data_config(copy), 'train').records
       for i in range(first_bad):  # the shards before it read as they are
-        dataset_format.decode_record(records[i])
+        prepared_format.decode_record(records[i])
       with self.assertRaises(errors.InputError) as ctx:
         records[first_bad + 3]
       self.assertStartsWith(str(ctx.exception), f'{path} is damaged (')
@@ -403,7 +403,7 @@ class TfdsSourceTest(absltest.TestCase):
               filetype_suffix='array_record')))
     builder.info.set_splits(tfds.core.SplitDict(splits))
     builder.info.write_to_directory(builder.data_dir)
-    cls.train = np.stack([codecs.decode_and_resize(j, SIZE) for j in cls.jpegs['train']])
+    cls.train = np.stack([decoding.decode_and_resize(j, SIZE) for j in cls.jpegs['train']])
 
   def _config(self, **overrides):
     return _data_config(self.data_dir, source='tfds', **overrides)
@@ -421,7 +421,7 @@ class TfdsSourceTest(absltest.TestCase):
     report = prepare.prepare('tfds', self.data_dir, image_size=SIZE, progress=False)
     self.assertEqual(report['converted'], {'train': 6})
     info = input_pipeline.load_info(self._config())
-    self.assertEqual(info.stats_source, dataset_format.tfds_stats_file(self.data_dir, SIZE))
+    self.assertEqual(info.stats_source, prepared_format.tfds_stats_file(self.data_dir, SIZE))
     np.testing.assert_allclose(info.mean_image, self.train.mean(0), rtol=1e-5, atol=1e-4)
     cov = np.cov(self.train.reshape(-1, 3) / 255.0, rowvar=False, bias=True)
     np.testing.assert_allclose(info.eigvals, np.linalg.eigvalsh(cov)[::-1], rtol=1e-4)

@@ -95,7 +95,7 @@ class LayeringTest(absltest.TestCase):
       self.assertNotIn('train', project_imports(os.path.join(PACKAGE, f'{name}.py')), name)
 
   def test_step_imports_no_data_stack(self):
-    code = ('import sys; import alexnet_jax.step; '
+    code = ('import sys; import alexnet_jax.training.step_fns; '
             f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                             text=True, timeout=300, check=True)
@@ -103,7 +103,7 @@ class LayeringTest(absltest.TestCase):
 
   def test_the_subprocess_check_sees_an_import(self):
     # The same probe on the module that does read data must report grain: the check bites.
-    code = ('import sys; import alexnet_jax.input_pipeline; '
+    code = ('import sys; import alexnet_jax.data.input_pipeline; '
             f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                             text=True, timeout=300, check=True)

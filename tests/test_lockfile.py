@@ -1,4 +1,4 @@
-"""alexnet_jax.lockfile: who holds a workdir, and when a lock left behind is taken over.
+"""alexnet_jax.storage.lockfile: who holds a workdir, and when a lock left behind is taken over.
 
 Real processes and real files: a live holder is a child process that sleeps; a dead one
 is a child that has exited (its pid is gone); another host's lock is a lock file written
@@ -13,7 +13,7 @@ import time
 
 from absl.testing import absltest
 
-from alexnet_jax import lockfile
+from alexnet_jax.storage import lockfile
 
 
 def write_lock(path: str, holder: lockfile.Holder, age: float = 0.0) -> None:
@@ -135,7 +135,7 @@ class LockTest(absltest.TestCase):
   def test_only_one_of_many_processes_gets_it(self):
     # Each says what it got at once; the one that got the lock holds it until told to stop,
     # so every other one tried while it was held.
-    code = ('import sys; from alexnet_jax import lockfile\n'
+    code = ('import sys; from alexnet_jax.storage import lockfile\n'
             'lock = lockfile.Lock(sys.argv[1])\n'
             'try:\n  lock.acquire()\nexcept lockfile.LockHeld:\n  print("held", flush=True)\n'
             'else:\n  print("got", flush=True)\n  sys.stdin.read()\n  lock.release()\n')

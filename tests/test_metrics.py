@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from tensorboardX.proto import event_pb2
 
-from alexnet_jax import losses
-from alexnet_jax import metrics
-from alexnet_jax import step as step_lib
+from alexnet_jax.model import losses
+from alexnet_jax.storage import metric_log
+from alexnet_jax.training import step_fns
 
 
 def make_tempdir(test: absltest.TestCase) -> str:
@@ -73,7 +73,7 @@ class MetricWriterTest(absltest.TestCase):
 
   def test_lines_are_json_with_step_and_kind_first(self):
     workdir = make_tempdir(self)
-    with metrics.MetricWriter(workdir, enabled=True, tensorboard=False) as writer:
+    with metric_log.MetricWriter(workdir, enabled=True, tensorboard=False) as writer:
       record = train_record(100, loss=np.float32(2.5))
       record['lr'] = jnp.float32(0.01)
       writer.write(record)
@@ -86,10 +86,10 @@ class MetricWriterTest(absltest.TestCase):
     self.assertEqual(first['loss'], 2.5)
     self.assertAlmostEqual(first['lr'], 0.01, places=7)
     self.assertIsNone(second['val10_top1_err'])  # strict JSON: NaN is written as null
-    self.assertEqual(metrics.read_metrics(workdir), [first, second])
+    self.assertEqual(metric_log.read_metrics(workdir), [first, second])
 
   def test_records_missing_spec_keys_are_refused(self):
-    writer = metrics.MetricWriter(make_tempdir(self), enabled=True, tensorboard=False)
+    writer = metric_log.MetricWriter(make_tempdir(self), enabled=True, tensorboard=False)
     self.addCleanup(writer.close)
     bad = train_record(1)
     del bad['images_per_sec']
@@ -102,7 +102,7 @@ class MetricWriterTest(absltest.TestCase):
 
   def test_disabled_writer_writes_nothing(self):
     workdir = make_tempdir(self)
-    writer = metrics.MetricWriter(workdir, enabled=False)
+    writer = metric_log.MetricWriter(workdir, enabled=False)
     writer.write(train_record(1))
     self.assertEqual(writer.truncate_after(0), 0)
     writer.close()
@@ -110,7 +110,7 @@ class MetricWriterTest(absltest.TestCase):
 
   def test_truncate_after_leaves_each_step_once(self):
     workdir = make_tempdir(self)
-    writer = metrics.MetricWriter(workdir, enabled=True, tensorboard=False)
+    writer = metric_log.MetricWriter(workdir, enabled=True, tensorboard=False)
     for step in (100, 200, 300):
       writer.write(train_record(step, loss=1.0))
     writer.write(eval_record(200))
@@ -119,12 +119,12 @@ class MetricWriterTest(absltest.TestCase):
     with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
       f.write('{"step": 400, "kind": "tr')  # killed in the middle of a line
     # The resumed run restored the checkpoint of step 200 and redoes 300.
-    writer = metrics.MetricWriter(workdir, enabled=True, tensorboard=False)
+    writer = metric_log.MetricWriter(workdir, enabled=True, tensorboard=False)
     self.assertEqual(writer.truncate_after(200), 3)
     writer.write(train_record(300, loss=0.5))
     writer.write(eval_record(300))
     writer.close()
-    records = metrics.read_metrics(workdir)
+    records = metric_log.read_metrics(workdir)
     self.assertEqual([(r['step'], r['kind']) for r in records],
                      [(100, 'train'), (200, 'train'), (200, 'eval'), (300, 'train'), (300, 'eval')])
     self.assertEqual(records[3]['loss'], 0.5)
@@ -132,7 +132,7 @@ class MetricWriterTest(absltest.TestCase):
 
   def test_tensorboard_event_file_is_readable(self):
     workdir = make_tempdir(self)
-    writer = metrics.MetricWriter(workdir, enabled=True)
+    writer = metric_log.MetricWriter(workdir, enabled=True)
     writer.write(train_record(10, loss=3.0))
     writer.write(train_record(20, loss=2.0))
     writer.write(eval_record(20))
@@ -149,7 +149,7 @@ class MetricWriterTest(absltest.TestCase):
 
   def test_tensorboard_purges_steps_after_resume(self):
     workdir = make_tempdir(self)
-    writer = metrics.MetricWriter(workdir, enabled=True)
+    writer = metric_log.MetricWriter(workdir, enabled=True)
     writer.truncate_after(200)
     writer.write(train_record(300))
     writer.close()
@@ -163,16 +163,16 @@ class CheckFiniteTest(parameterized.TestCase):
 
   @parameterized.parameters(float('nan'), float('inf'), -float('inf'))
   def test_non_finite_stops_with_message(self, value):
-    with self.assertRaises(metrics.NonFiniteError) as ctx:
-      metrics.check_finite(jnp.float32(value), 1200, last_checkpoint_step=1000)
+    with self.assertRaises(metric_log.NonFiniteError) as ctx:
+      metric_log.check_finite(jnp.float32(value), 1200, last_checkpoint_step=1000)
     message = str(ctx.exception)
     self.assertIn('loss is', message)
     self.assertIn('step 1200', message)
     self.assertIn('checkpoint (step 1000) is kept', message)
 
   def test_finite_passes(self):
-    metrics.check_finite(np.float32(2.3), 5)
-    metrics.check_finite(0.0, 5, name='val_loss')
+    metric_log.check_finite(np.float32(2.3), 5)
+    metric_log.check_finite(0.0, 5, name='val_loss')
 
 
 class FakeClock:
@@ -188,7 +188,7 @@ class ProgressReporterTest(absltest.TestCase):
 
   def test_line_has_every_field_and_eta(self):
     clock = FakeClock()
-    reporter = metrics.ProgressReporter(1000, start_step=100, steps_per_epoch=100,
+    reporter = metric_log.ProgressReporter(1000, start_step=100, steps_per_epoch=100,
                                         enabled=True, progress_bar=False, clock=clock)
     reporter.update(100)
     clock.now = 10.0  # 100 steps in 10 s; 800 left -> 80 s
@@ -204,10 +204,10 @@ class ProgressReporterTest(absltest.TestCase):
 
   def test_progress_bar_only_when_asked_or_on_a_tty(self):
     stream = io.StringIO()
-    reporter = metrics.ProgressReporter(10, enabled=True, stream=stream, clock=FakeClock())
+    reporter = metric_log.ProgressReporter(10, enabled=True, stream=stream, clock=FakeClock())
     reporter.update(5)
     self.assertEqual(stream.getvalue(), '')  # StringIO is not a terminal
-    reporter = metrics.ProgressReporter(10, enabled=True, progress_bar=True, stream=stream,
+    reporter = metric_log.ProgressReporter(10, enabled=True, progress_bar=True, stream=stream,
                                         clock=FakeClock(), min_redraw_secs=0)
     reporter.update(5)
     reporter.close()
@@ -326,7 +326,7 @@ class LossesTest(parameterized.TestCase):
   def test_eval_sums_count_a_uniform_prediction_wrong(self):
     # The eval step ranks softmax outputs: equal logits give equal probabilities.
     probs = jax.nn.softmax(jnp.zeros((5, 10)))
-    sums = step_lib.probability_sums(probs, jnp.arange(5), jnp.ones(5, bool))
+    sums = step_fns.probability_sums(probs, jnp.arange(5), jnp.ones(5, bool))
     self.assertEqual((float(sums['top1_wrong']), float(sums['top5_wrong'])), (5.0, 5.0))
 
 

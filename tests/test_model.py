@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import preprocess
+from alexnet_jax.model import alexnet
+from alexnet_jax.data import preprocess
 
 
 def abstract_params(model, size=224):
@@ -42,20 +42,20 @@ class ParameterCountTest(parameterized.TestCase):
     expected = (34_944 + 307_456 + 885_120 + 663_936 + 442_624 + 37_752_832 + 16_781_312
                 + 4_097_000)
     self.assertEqual(expected, 60_965_224)
-    params = abstract_params(model_lib.AlexNet())
-    self.assertEqual(model_lib.count_params(params), 60_965_224)
-    self.assertEqual(sum(r.params for r in model_lib.layer_table(model_lib.AlexNet())), 60_965_224)
+    params = abstract_params(alexnet.AlexNet())
+    self.assertEqual(alexnet.count_params(params), 60_965_224)
+    self.assertEqual(sum(r.params for r in alexnet.layer_table(alexnet.AlexNet())), 60_965_224)
 
   def test_one_tower_count(self):
     # Ungrouped conv2/4/5 see twice the input channels:
     # +5*5*48*256 + 3*3*192*384 + 3*3*192*256 = +307,200 + 663,552 + 442,368
     expected = 60_965_224 + 307_200 + 663_552 + 442_368
     self.assertEqual(expected, 62_378_344)
-    params = abstract_params(model_lib.AlexNet(towers=1))
-    self.assertEqual(model_lib.count_params(params), 62_378_344)
+    params = abstract_params(alexnet.AlexNet(towers=1))
+    self.assertEqual(alexnet.count_params(params), 62_378_344)
 
   def test_parameter_tree(self):
-    params = abstract_params(model_lib.AlexNet())
+    params = abstract_params(alexnet.AlexNet())
     self.assertEqual(sorted(params), ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
                                       'fc8'])
     self.assertEqual(params['conv2']['kernel'].shape, (5, 5, 48, 256))
@@ -66,7 +66,7 @@ class ParameterCountTest(parameterized.TestCase):
 
   def test_every_weight_has_logical_names(self):
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-    boxed = jax.eval_shape(model_lib.AlexNet().init, jax.random.key(0), x)['params']
+    boxed = jax.eval_shape(alexnet.AlexNet().init, jax.random.key(0), x)['params']
     specs = nn.get_partition_spec(boxed)
     for name, layer in specs.items():
       kind = 'conv' if name.startswith('conv') else 'fc'
@@ -81,8 +81,8 @@ class ShapeTest(parameterized.TestCase):
 
   @parameterized.parameters((224, 2), (227, 0))
   def test_layer_shapes(self, size, pad):
-    net = model_lib.AlexNet(conv1_padding=pad)
-    table = {r.name: r.output_shape for r in model_lib.layer_table(net, size)}
+    net = alexnet.AlexNet(conv1_padding=pad)
+    table = {r.name: r.output_shape for r in alexnet.layer_table(net, size)}
     self.assertEqual(table['conv1'], (55, 55, 96))
     self.assertEqual(table['pool1'], (27, 27, 96))
     self.assertEqual(table['conv2'], (27, 27, 256))
@@ -103,7 +103,7 @@ class ShapeTest(parameterized.TestCase):
     self.assertEqual(inter['fc6']['__call__'][0].shape, (2, 4096))
 
   def test_other_input_size(self):
-    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    net = alexnet.AlexNet(width=0.125, num_classes=10)
     params = abstract_params(net, 112)
     # 112 -> conv1 27 -> pool1 13 -> pool2 6 -> pool5 2: fc6 sees 2*2*32 inputs.
     self.assertEqual(params['fc6']['kernel'].shape, (2 * 2 * 32, 512))
@@ -128,7 +128,7 @@ class LRNTest(parameterized.TestCase):
     a = rng.normal(scale=30.0, size=(2, 3, 4, channels)).astype(np.float32)
     if alpha > 0.1:
       a /= 30.0
-    got = model_lib.local_response_norm(jnp.asarray(a), size=size, k=k, alpha=alpha, beta=beta)
+    got = alexnet.local_response_norm(jnp.asarray(a), size=size, k=k, alpha=alpha, beta=beta)
     want = lrn_numpy(a, size, k, alpha, beta)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
     # The window is not trivial at these scales.
@@ -138,7 +138,7 @@ class LRNTest(parameterized.TestCase):
     # One non-zero channel at the edge: only channels within size//2 feel it.
     a = np.ones((1, 1, 1, 8), np.float32)
     a[..., 0] = 100.0
-    got = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+    got = np.asarray(alexnet.local_response_norm(jnp.asarray(a)))
     self.assertAlmostEqual(got[0, 0, 0, 1], 1.0 / (2.0 + 1e-4 * (1e4 + 3)) ** 0.75, places=6)
     self.assertAlmostEqual(got[0, 0, 0, 2], 1.0 / (2.0 + 1e-4 * (1e4 + 4)) ** 0.75, places=6)
     self.assertAlmostEqual(got[0, 0, 0, 3], 1.0 / (2.0 + 1e-4 * 5) ** 0.75, places=6)
@@ -146,7 +146,7 @@ class LRNTest(parameterized.TestCase):
 
   def test_rejects_even_size(self):
     with self.assertRaisesRegex(ValueError, 'odd'):
-      model_lib.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
+      alexnet.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
 
   @parameterized.parameters(
       dict(size=5, k=2.0, alpha=1e-4, beta=0.75, scale=30.0),
@@ -165,16 +165,16 @@ class LRNTest(parameterized.TestCase):
     rng = np.random.default_rng(1)
     a = jnp.asarray(rng.normal(scale=scale, size=(2, 3, 4, 9)).astype(np.float32))
     g = jnp.asarray(rng.normal(size=a.shape).astype(np.float32))
-    lrn = lambda x: model_lib.local_response_norm(x, size=size, k=k, alpha=alpha, beta=beta)
+    lrn = lambda x: alexnet.local_response_norm(x, size=size, k=k, alpha=alpha, beta=beta)
     got = jax.grad(lambda x: jnp.vdot(lrn(x), g))(a)
     want = jax.grad(lambda x: jnp.vdot(formula(x), g))(a)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
   def test_bfloat16_gradient(self):
     a = jax.random.normal(jax.random.key(0), (1, 2, 2, 8), jnp.bfloat16) * 30
-    grad = jax.grad(lambda x: model_lib.local_response_norm(x).astype(jnp.float32).sum())(a)
+    grad = jax.grad(lambda x: alexnet.local_response_norm(x).astype(jnp.float32).sum())(a)
     self.assertEqual(grad.dtype, jnp.bfloat16)
-    want = jax.grad(lambda x: model_lib.local_response_norm(x).sum())(a.astype(jnp.float32))
+    want = jax.grad(lambda x: alexnet.local_response_norm(x).sum())(a.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want), rtol=2e-2, atol=1e-3)
 
 
@@ -199,17 +199,17 @@ class MaxPoolTest(parameterized.TestCase):
     windows = np.stack([np.stack([a[:, i * stride:i * stride + window,
                                     j * stride:j * stride + window].max(axis=(1, 2))
                                   for j in range(out_w)], axis=1) for i in range(out_h)], axis=1)
-    pooled = model_lib.max_pool(x, window, stride)
+    pooled = alexnet.max_pool(x, window, stride)
     np.testing.assert_array_equal(np.asarray(pooled), windows)
     g = jnp.asarray(rng.normal(size=windows.shape).astype(np.float32))
-    got = jax.grad(lambda v: jnp.vdot(model_lib.max_pool(v, window, stride), g))(x)
+    got = jax.grad(lambda v: jnp.vdot(alexnet.max_pool(v, window, stride), g))(x)
     want = jax.grad(lambda v: jnp.vdot(reference(v), g))(x)
     # The same terms summed in another order where windows overlap.
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
   def test_bfloat16(self):
     x = jax.random.normal(jax.random.key(0), (1, 7, 7, 4), jnp.bfloat16)
-    grad = jax.grad(lambda v: model_lib.max_pool(v).astype(jnp.float32).sum())(x)
+    grad = jax.grad(lambda v: alexnet.max_pool(v).astype(jnp.float32).sum())(x)
     self.assertEqual(grad.dtype, jnp.bfloat16)
     want = jax.grad(lambda v: nn.max_pool(v, (3, 3), (2, 2)).astype(jnp.float32).sum())(x)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
@@ -217,7 +217,7 @@ class MaxPoolTest(parameterized.TestCase):
   def test_network_gradient_has_no_select_and_scatter(self):
     # XLA refuses select-and-scatter under --xla_gpu_deterministic_ops (docs/reliability.md,
     # "On GPU"): the network's gradient must not contain one. flax's own max_pool does.
-    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    net = alexnet.AlexNet(width=0.125, num_classes=10)
     params = abstract_params(net, 112)
     x = jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32)
     loss = lambda p, v: net.apply({'params': p}, v).sum()
@@ -234,23 +234,23 @@ class AblationSwitchTest(parameterized.TestCase):
   def test_non_overlapping_pooling_keeps_the_shapes(self):
     # Section 3.4: s = z = 2 "produces output of equivalent dimensions":
     # (55 - 2) // 2 + 1 = 27, (27 - 2) // 2 + 1 = 13, (13 - 2) // 2 + 1 = 6, as with z = 3.
-    net = model_lib.AlexNet(pool_size=2, pool_stride=2)
-    table = {r.name: r.output_shape for r in model_lib.layer_table(net)}
+    net = alexnet.AlexNet(pool_size=2, pool_stride=2)
+    table = {r.name: r.output_shape for r in alexnet.layer_table(net)}
     self.assertEqual([table[p] for p in ('pool1', 'pool2', 'pool5')],
                      [(27, 27, 96), (13, 13, 256), (6, 6, 256)])
-    self.assertEqual(model_lib.count_params(abstract_params(net)), 60_965_224)
+    self.assertEqual(alexnet.count_params(abstract_params(net)), 60_965_224)
 
   def test_pooling_reaches_the_network(self):
     # A stride-3 pool maps conv1's 55 to (55 - 3) // 3 + 1 = 18, then 6, then 2: fc6
     # reads 2 * 2 * 32 features at width 1/8.
-    net = model_lib.AlexNet(width=0.125, num_classes=10, pool_size=3, pool_stride=3)
+    net = alexnet.AlexNet(width=0.125, num_classes=10, pool_size=3, pool_stride=3)
     self.assertEqual(abstract_params(net)['fc6']['kernel'].shape, (2 * 2 * 32, 512))
     # s = z = 2 and the paper's s = 2, z = 3 share every weight shape, not their outputs.
     small = dict(width=0.125, num_classes=10)
-    params = init_params(model_lib.AlexNet(pool_size=2, pool_stride=2, **small), 224)
+    params = init_params(alexnet.AlexNet(pool_size=2, pool_stride=2, **small), 224)
     x = jax.random.normal(jax.random.key(0), (1, 224, 224, 3))
-    a = model_lib.AlexNet(pool_size=2, pool_stride=2, **small).apply({'params': params}, x)
-    b = model_lib.AlexNet(**small).apply({'params': params}, x)
+    a = alexnet.AlexNet(pool_size=2, pool_stride=2, **small).apply({'params': params}, x)
+    b = alexnet.AlexNet(**small).apply({'params': params}, x)
     self.assertGreater(float(jnp.abs(a - b).max()), 1e-6)
 
   def test_conv_widths(self):
@@ -263,13 +263,13 @@ class AblationSwitchTest(parameterized.TestCase):
     expected = (17_472 + 153_728 + 221_376 + 331_968 + 442_624 + 37_752_832 + 16_781_312
                 + 4_097_000)
     self.assertEqual(expected, 59_798_312)
-    net = model_lib.AlexNet(towers=1, conv_widths=(48, 128, 192, 192, 256))
+    net = alexnet.AlexNet(towers=1, conv_widths=(48, 128, 192, 192, 256))
     params = abstract_params(net)
-    self.assertEqual(model_lib.count_params(params), expected)
-    self.assertEqual(sum(r.params for r in model_lib.layer_table(net)), expected)
+    self.assertEqual(alexnet.count_params(params), expected)
+    self.assertEqual(sum(r.params for r in alexnet.layer_table(net)), expected)
     self.assertEqual(params['conv4']['kernel'].shape, (3, 3, 192, 192))
     # The width multiplier scales them: a quarter gives 12, 32, 48, 48, 64.
-    quarter = abstract_params(model_lib.AlexNet(towers=1, width=0.25, num_classes=10,
+    quarter = abstract_params(alexnet.AlexNet(towers=1, width=0.25, num_classes=10,
                                                 conv_widths=(48, 128, 192, 192, 256)))
     self.assertEqual([quarter[f'conv{i}']['kernel'].shape[-1] for i in range(1, 6)],
                      [12, 32, 48, 48, 64])
@@ -278,10 +278,10 @@ class AblationSwitchTest(parameterized.TestCase):
                             ((48.0, 128, 192, 192, 256),))
   def test_bad_conv_widths(self, widths):
     with self.assertRaisesRegex(ValueError, 'conv_widths must be None or 5 positive integers'):
-      model_lib.AlexNet(towers=1, conv_widths=widths).check()
+      alexnet.AlexNet(towers=1, conv_widths=widths).check()
 
   def test_from_config_accepts_widths_read_back_from_json(self):
-    net = model_lib.from_config({'towers': 1, 'conv_widths': [48, 128, 192, 192, 256]})
+    net = alexnet.from_config({'towers': 1, 'conv_widths': [48, 128, 192, 192, 256]})
     self.assertEqual(net.conv_widths, (48, 128, 192, 192, 256))
     hash(net)  # jit takes the model as a static argument
 
@@ -292,7 +292,7 @@ class TowerTest(parameterized.TestCase):
   def test_grouped_layers_keep_towers_apart(self, impl):
     """conv2/4/5 outputs of tower 1 do not depend on tower-0 inputs, and vice versa."""
     for name, ksize, pad in (('conv2', 5, 2), ('conv4', 3, 1), ('conv5', 3, 1)):
-      conv = model_lib.Conv(8, ksize, 1, pad, groups=2, group_impl=impl)
+      conv = alexnet.Conv(8, ksize, 1, pad, groups=2, group_impl=impl)
       x = jax.random.normal(jax.random.key(1), (1, 6, 6, 6))
       params = nn.unbox(conv.init(jax.random.key(2), x))
       f = lambda inp: conv.apply(params, inp)
@@ -313,7 +313,7 @@ class TowerTest(parameterized.TestCase):
     changing them in conv2 reaches tower 1 of conv3. Changing conv3's tower-0 filters
     leaves tower 1 of conv4 and conv5 as it was.
     """
-    net = model_lib.AlexNet(width=0.125, num_classes=10, group_impl=impl)
+    net = alexnet.AlexNet(width=0.125, num_classes=10, group_impl=impl)
     params = init_params(net, 67)  # conv widths 12, 32, 48, 48, 32: towers of 6, 16, 24, 24, 16
     x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
     forward = jax.jit(lambda p: net.apply({'params': p}, x, capture_intermediates=True,
@@ -349,7 +349,7 @@ class TowerTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 2)
   def test_split_equals_feature_group(self, towers):
-    net_a = model_lib.AlexNet(width=0.125, num_classes=10, towers=towers, group_impl='split')
+    net_a = alexnet.AlexNet(width=0.125, num_classes=10, towers=towers, group_impl='split')
     net_b = net_a.clone(group_impl='feature_group')
     params = init_params(net_a, 67)
     x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
@@ -362,7 +362,7 @@ class InitTest(parameterized.TestCase):
 
   @parameterized.parameters('paper', 'caffe', 'he')
   def test_weight_std_and_biases(self, scheme):
-    net = model_lib.AlexNet(init_scheme=scheme, width=0.5, num_classes=100)
+    net = alexnet.AlexNet(init_scheme=scheme, width=0.5, num_classes=100)
     params = init_params(net, 224, seed=1)
     ones = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
     for name, layer in params.items():
@@ -380,7 +380,7 @@ class InitTest(parameterized.TestCase):
                                                                         want_bias, np.float32))
 
   def test_params_are_float32_under_bf16(self):
-    net = model_lib.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
+    net = alexnet.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
     params = abstract_params(net, 67)
     self.assertTrue(all(p.dtype == jnp.float32 for p in jax.tree.leaves(params)))
 
@@ -389,7 +389,7 @@ class DropoutTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.net = model_lib.AlexNet(width=0.125, num_classes=10, init_scheme='he')
+    self.net = alexnet.AlexNet(width=0.125, num_classes=10, init_scheme='he')
     self.params = init_params(self.net, 67)
     self.x = jax.random.normal(jax.random.key(0), (4, 67, 67, 3)) * 50
 
@@ -423,7 +423,7 @@ class DropoutTest(absltest.TestCase):
 class InputScaleTest(absltest.TestCase):
 
   def test_scales_the_input(self):
-    net = model_lib.AlexNet(width=0.125, num_classes=10, input_scale=1 / 64)
+    net = alexnet.AlexNet(width=0.125, num_classes=10, input_scale=1 / 64)
     params = init_params(net, 67)
     x = jax.random.normal(jax.random.key(0), (2, 67, 67, 3)) * 50
     np.testing.assert_allclose(
@@ -431,13 +431,13 @@ class InputScaleTest(absltest.TestCase):
         np.asarray(net.clone(input_scale=1.0).apply({'params': params}, x / 64)), rtol=1e-5,
         atol=1e-6)
     with self.assertRaisesRegex(ValueError, 'input_scale'):
-      model_lib.AlexNet(input_scale=0.0).check()
+      alexnet.AlexNet(input_scale=0.0).check()
 
 
 class DtypeTest(absltest.TestCase):
 
   def test_bfloat16_close_to_float32(self):
-    net32 = model_lib.AlexNet(width=0.25, num_classes=10, init_scheme='he')
+    net32 = alexnet.AlexNet(width=0.25, num_classes=10, init_scheme='he')
     net16 = net32.clone(dtype='bfloat16')
     params = init_params(net32, 99)
     x = jax.random.normal(jax.random.key(0), (4, 99, 99, 3)) * 50
@@ -485,7 +485,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
     x = np.asarray(jnp.asarray(rng.normal(size=(4, 256)) * 3, jnp.bfloat16), np.float64)
     w = np.asarray(jnp.asarray(rng.normal(size=(256, 50)) * 0.05, jnp.bfloat16), np.float64)
     b = (0.1 + rng.random(50) * 0.01).astype(np.float32)
-    layer = model_lib.Dense(50, dtype=jnp.bfloat16, output_dtype=jnp.float32)
+    layer = alexnet.Dense(50, dtype=jnp.bfloat16, output_dtype=jnp.float32)
     logits = layer.apply({'params': {'kernel': w.astype(np.float32), 'bias': b}},
                          jnp.asarray(x, jnp.bfloat16))
     self.assertEqual(logits.dtype, jnp.float32)
@@ -493,7 +493,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
     bound = 1e-6 * (np.abs(x) @ np.abs(w) + np.abs(b))  # float32 summation, 256 terms
     np.testing.assert_array_less(np.abs(np.asarray(logits, np.float64) - expected), bound)
     # fc6 and fc7 round that sum once, to bfloat16.
-    hidden = model_lib.Dense(50, dtype=jnp.bfloat16).apply(
+    hidden = alexnet.Dense(50, dtype=jnp.bfloat16).apply(
         {'params': {'kernel': w.astype(np.float32), 'bias': b}}, jnp.asarray(x, jnp.bfloat16))
     self.assertEqual(hidden.dtype, jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(hidden, np.float64),
@@ -507,7 +507,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
     bfloat16 errors before fc8 would make this a test of every layer, not of the logits.
     fc8's kernel holds bfloat16 numbers and its bias float32 ones.
     """
-    net32 = model_lib.AlexNet(width=0.125, num_classes=200, use_lrn=False, dropout_rate=0.0)
+    net32 = alexnet.AlexNet(width=0.125, num_classes=200, use_lrn=False, dropout_rate=0.0)
     net16 = net32.clone(dtype='bfloat16')
     params = jit_init_params(net32, 67)
     rng = np.random.default_rng(3)
@@ -556,7 +556,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
     Rounded to bfloat16 before conv1, the shifted input would equal the plain one. The
     float32 conv1 output (sown before its cast) moves by conv(the constant shift).
     """
-    net = model_lib.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
+    net = alexnet.AlexNet(width=0.125, num_classes=10, dtype='bfloat16')
     params = jit_init_params(net, 67)
     rng = np.random.default_rng(4)
     image = jnp.asarray(rng.integers(128, 256, (2, 67, 67, 3)), jnp.uint8)
@@ -584,7 +584,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
 class FlopTest(absltest.TestCase):
 
   def test_paper_macs(self):
-    table = model_lib.layer_table(model_lib.AlexNet())
+    table = alexnet.layer_table(alexnet.AlexNet())
     macs = sum(r.macs for r in table)
     # conv1 55^2*11^2*3*96 + conv2 27^2*5^2*48*256 + conv3 13^2*9*256*384
     # + conv4 13^2*9*192*384 + conv5 13^2*9*192*256 + fc 9216*4096 + 4096^2 + 4096*1000
@@ -596,7 +596,7 @@ class FlopTest(absltest.TestCase):
   def test_xla_count_agrees(self):
     """XLA counts only taps that fall inside the image (not on zero padding) and
     adds elementwise work; count those taps independently and compare."""
-    net = model_lib.AlexNet()
+    net = alexnet.AlexNet()
 
     def valid_taps(size, k, stride, pad):
       out = (size + 2 * pad - k) // stride + 1
@@ -606,7 +606,7 @@ class FlopTest(absltest.TestCase):
     taps = (valid_taps(224, 11, 4, 2) * 3 * 96 + valid_taps(27, 5, 1, 2) * 48 * 256
             + valid_taps(13, 3, 1, 1) * (256 * 384 + 192 * 384 + 192 * 256)
             + 9216 * 4096 + 4096**2 + 4096 * 1000)
-    xla_macs = model_lib.count_flops(net) / 2
+    xla_macs = alexnet.count_flops(net) / 2
     self.assertGreater(xla_macs, taps)
     self.assertLess(xla_macs, taps * 1.02)  # the elementwise rest is under 2%
 
@@ -614,7 +614,7 @@ class FlopTest(absltest.TestCase):
 class BadInputTest(parameterized.TestCase):
 
   def test_bad_shapes(self):
-    net = model_lib.AlexNet(width=0.125, num_classes=10)
+    net = alexnet.AlexNet(width=0.125, num_classes=10)
     params = abstract_params(net, 67)
     for shape, msg in (((67, 67, 3), 'rank 4'), ((1, 67, 67, 1), '3 \\(RGB\\) channels'),
                        ((1, 40, 40, 3), 'too small')):
@@ -629,13 +629,13 @@ class BadInputTest(parameterized.TestCase):
                         (dict(group_impl='cudnn'), 'group_impl'),
                         (dict(dtype='float13'), 'dtype')):
       with self.assertRaisesRegex(ValueError, msg):
-        model_lib.AlexNet(**fields).check()
+        alexnet.AlexNet(**fields).check()
       with self.assertRaisesRegex(ValueError, msg):
-        model_lib.AlexNet(**fields).init(jax.random.key(0), jnp.zeros((1, 67, 67, 3)))
+        alexnet.AlexNet(**fields).init(jax.random.key(0), jnp.zeros((1, 67, 67, 3)))
 
   def test_from_config_unknown_field(self):
     with self.assertRaisesRegex(ValueError, 'unknown config.model fields'):
-      model_lib.from_config({'num_classes': 10, 'colour': 'red'})
+      alexnet.from_config({'num_classes': 10, 'colour': 'red'})
 
 
 if __name__ == '__main__':

@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import config_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import sharding
+from alexnet_jax.config import resolution
+from alexnet_jax.model import alexnet
+from alexnet_jax.sharding import meshes
 from configs import digits
 from configs import imagenet
 
@@ -142,14 +142,14 @@ def relu(x: np.ndarray) -> np.ndarray:
 
 
 def paper_config() -> ml_collections.ConfigDict:
-  return config_lib.resolve_auto(imagenet.get_config())
+  return resolution.resolve_auto(imagenet.get_config())
 
 
 def on_the_papers_machine(config: ml_collections.ConfigDict, field: str):
   """The field's value, with mesh.model 'auto' resolved for two devices (the paper's GPUs)."""
-  value = config_lib.get(config, field)
-  if field == 'mesh.model' and value == sharding.AUTO:
-    value, _ = sharding.auto_model_axis(2, config.model)
+  value = resolution.get(config, field)
+  if field == 'mesh.model' and value == meshes.AUTO:
+    value, _ = meshes.auto_model_axis(2, config.model)
   return value
 
 
@@ -157,7 +157,7 @@ class ImagenetConfigTest(absltest.TestCase):
 
   def test_fields_are_the_papers(self):
     config = imagenet.get_config()
-    wrong = [f'config.{field} is {config_lib.get(config, field)!r} '
+    wrong = [f'config.{field} is {resolution.get(config, field)!r} '
              f'(-> {on_the_papers_machine(config, field)!r} on two devices), the paper\'s is '
              f'{value!r} ({source})' for field, (value, source) in PAPER_FIELDS.items()
              if on_the_papers_machine(config, field) != value]
@@ -168,7 +168,7 @@ class ImagenetConfigTest(absltest.TestCase):
     # model axis is 2, so each device pair holds the paper's two towers.
     config = imagenet.get_config()
     for devices in (2, 4, 8):
-      shape = sharding.mesh_shape(config.mesh, devices, config.model)
+      shape = meshes.mesh_shape(config.mesh, devices, config.model)
       self.assertEqual((shape.data, shape.model), (devices // 2, 2), f'{devices} devices')
 
 
@@ -206,7 +206,7 @@ class PaperNetworkTest(absltest.TestCase):
     config = paper_config()
     config.model.width = 0.125  # conv widths 12, 32, 48, 48, 32; fc 512
     config.model.dtype = 'float32'  # as on CPU ('auto'); the tolerances below are float32's
-    cls.model = model_lib.from_config(config.model)
+    cls.model = alexnet.from_config(config.model)
     crop = config.data.crop_size
     params = nn.unbox(cls.model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 3))))['params']
     params['conv1']['kernel'] = params['conv1']['kernel'] * 7.0
@@ -311,10 +311,10 @@ class PaperNetworkTest(absltest.TestCase):
 
   def test_init_is_the_papers(self):
     """Section 5, in the full-width network: N(0, 0.01^2) weights, biases 1 or 0."""
-    model = model_lib.from_config(paper_config().model)
+    model = alexnet.from_config(paper_config().model)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(2), jnp.zeros((1, 224, 224, 3))))
     params = params['params']
-    self.assertEqual(model_lib.count_params(params), 60_965_224)
+    self.assertEqual(alexnet.count_params(params), 60_965_224)
     for name, layer in params.items():
       kernel = np.asarray(layer['kernel'], np.float64)
       # std of a sample of m normals: relative error ~ 1/sqrt(2m), under 0.4% here.

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import config_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import train
+from alexnet_jax.config import resolution
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import trainer
 from configs import digits
 from configs import imagenet
 from configs.paper import ABLATIONS
@@ -68,7 +68,7 @@ def changes(base, config) -> dict:
 
 
 def param_count(config) -> int:
-  model = model_lib.from_config(config.model)
+  model = alexnet.from_config(config.model)
   x = jax.ShapeDtypeStruct((1, config.data.crop_size, config.data.crop_size, 3), jnp.float32)
   params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))['params']
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
@@ -92,7 +92,7 @@ class PaperConfigTest(parameterized.TestCase):
     self.assertEqual(changes(imagenet.get_config(), config), fields)
     self.assertIn('Section ', module.__doc__.splitlines()[0])
     config.data.dir = '/data/imagenet_prepared'
-    config = config_lib.load(config)  # validates, as launch.py does
+    config = resolution.load(config)  # validates, as launch.py does
     self.assertEqual(param_count(config), count)
     # The digits version makes the same change to configs/digits.py (where a field
     # already has the value, e.g. digits never flips, nothing changes).
@@ -115,7 +115,7 @@ class PaperConfigTest(parameterized.TestCase):
     with config.unlocked(), config[group].ignore_type():
       config[group][name] = value
     with self.assertRaisesRegex(ValueError, message):
-      config_lib.load(config)
+      resolution.load(config)
 
   def test_digits_baseline_and_unknown_names(self):
     self.assertEqual(changes(digits.get_config(), paper_digits.get_config()), {})
@@ -141,7 +141,7 @@ class PaperConfigTrainsTest(parameterized.TestCase):
     config.log.tensorboard = False
     config.log.progress = False
     workdir = self.create_tempdir().full_path
-    result = train.train_and_evaluate(config, workdir)
+    result = trainer.train_and_evaluate(config, workdir)
     records = test_train.read_metrics(workdir)
     losses = [r['loss'] for r in records if r['kind'] == 'train']
     self.assertLen(losses, 2)

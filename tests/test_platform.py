@@ -1,4 +1,4 @@
-"""The XLA:CPU options the programs set for themselves (alexnet_jax/platform.py)."""
+"""The XLA:CPU options the programs set for themselves (alexnet_jax/core/xla_flags.py)."""
 
 import os
 import subprocess
@@ -10,8 +10,8 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import platform
+from alexnet_jax.model import alexnet
+from alexnet_jax.core import xla_flags
 from tests.test_plan import REPO
 from tests.test_train import digits_dir
 
@@ -29,21 +29,21 @@ class BackendTest(parameterized.TestCase):
   @parameterized.parameters(('cpu', True), ('cpu,cuda', True), (' CPU ', True), ('cuda,cpu', False),
                             ('tpu', False), ('cuda', False))
   def test_jax_platforms_decides(self, platforms, expected):
-    self.assertEqual(platform.backend_will_be_cpu({'JAX_PLATFORMS': platforms}), expected)
+    self.assertEqual(xla_flags.backend_will_be_cpu({'JAX_PLATFORMS': platforms}), expected)
 
   def test_an_accelerator_package_means_not_cpu(self):
-    with mock.patch.object(platform.importlib.metadata, 'entry_points', return_value=[]), \
-         mock.patch.object(platform.importlib.util, 'find_spec',
+    with mock.patch.object(xla_flags.importlib.metadata, 'entry_points', return_value=[]), \
+         mock.patch.object(xla_flags.importlib.util, 'find_spec',
                            side_effect=lambda name: object() if name == 'libtpu' else None):
-      self.assertFalse(platform.backend_will_be_cpu({}))
-    with mock.patch.object(platform.importlib.metadata, 'entry_points', return_value=[]), \
-         mock.patch.object(platform.importlib.util, 'find_spec', return_value=None):
-      self.assertTrue(platform.backend_will_be_cpu({}))
+      self.assertFalse(xla_flags.backend_will_be_cpu({}))
+    with mock.patch.object(xla_flags.importlib.metadata, 'entry_points', return_value=[]), \
+         mock.patch.object(xla_flags.importlib.util, 'find_spec', return_value=None):
+      self.assertTrue(xla_flags.backend_will_be_cpu({}))
 
   def test_a_jax_plugin_means_not_cpu(self):
-    with mock.patch.object(platform.importlib.metadata, 'entry_points',
+    with mock.patch.object(xla_flags.importlib.metadata, 'entry_points',
                            return_value=['jax_cuda12_plugin']):
-      self.assertFalse(platform.backend_will_be_cpu({}))
+      self.assertFalse(xla_flags.backend_will_be_cpu({}))
 
 
 class JaxlibTest(parameterized.TestCase):
@@ -51,12 +51,12 @@ class JaxlibTest(parameterized.TestCase):
   @parameterized.parameters(('0.10.2', (OPTION,)), ('0.10.0', (OPTION,)), ('0.11.2', ()),
                             ('0.12.0.1', ()), ('0.1.0', ()))
   def test_option_only_for_the_measured_jaxlib(self, version, expected):
-    self.assertEqual(platform.cpu_flags(version), expected)
+    self.assertEqual(xla_flags.cpu_flags(version), expected)
 
   def test_no_option_means_nothing_added(self):
     env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-    with mock.patch.object(platform, 'CPU_FLAGS', ()):
-      self.assertEqual(platform.configure_xla_cpu(env), ())
+    with mock.patch.object(xla_flags, 'CPU_FLAGS', ()):
+      self.assertEqual(xla_flags.configure_xla_cpu(env), ())
     self.assertEqual(env['XLA_FLAGS'], '--xla_force_host_platform_device_count=2')
 
   def test_bfloat16_inference_forward_is_right_under_the_options(self):
@@ -64,9 +64,9 @@ class JaxlibTest(parameterized.TestCase):
     # with dot,reduce computed NaN here; the float32 forward is the reference.
     kwargs = dict(num_classes=10, towers=2, width=0.25)
     x = np.random.default_rng(0).normal(0, 50, (4, 64, 64, 3)).astype(np.float32)
-    params = model_lib.AlexNet(**kwargs).init(jax.random.key(0), x[:1])['params']
+    params = alexnet.AlexNet(**kwargs).init(jax.random.key(0), x[:1])['params']
     forward = lambda dtype: np.asarray(jax.jit(
-        lambda p, x: model_lib.AlexNet(dtype=dtype, **kwargs).apply({'params': p}, x,
+        lambda p, x: alexnet.AlexNet(dtype=dtype, **kwargs).apply({'params': p}, x,
                                                                     train=False))(params, x))
     got, want = forward('bfloat16'), forward('float32')
     self.assertTrue(np.isfinite(got).all(), got)
@@ -78,32 +78,32 @@ class ConfigureTest(parameterized.TestCase):
   def setUp(self):
     super().setUp()
     # What the measured jaxlib gets, whichever jaxlib runs the tests.
-    patcher = mock.patch.object(platform, 'CPU_FLAGS', (OPTION,))
+    patcher = mock.patch.object(xla_flags, 'CPU_FLAGS', (OPTION,))
     patcher.start()
     self.addCleanup(patcher.stop)
 
   def test_appends_to_existing_flags_once(self):
     env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-    self.assertEqual(platform.configure_xla_cpu(env), platform.CPU_FLAGS)
+    self.assertEqual(xla_flags.configure_xla_cpu(env), xla_flags.CPU_FLAGS)
     self.assertEqual(env['XLA_FLAGS'], f'--xla_force_host_platform_device_count=2 {OPTION}')
-    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(xla_flags.configure_xla_cpu(env), ())
     self.assertEqual(env['XLA_FLAGS'].count('ynn_fusion_type'), 1)
 
   def test_sets_flags_when_there_were_none(self):
     env = {'JAX_PLATFORMS': 'cpu'}
-    platform.configure_xla_cpu(env)
+    xla_flags.configure_xla_cpu(env)
     self.assertEqual(env['XLA_FLAGS'], OPTION)
 
   @parameterized.parameters('--xla_cpu_experimental_ynn_fusion_type=',
                             '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise')
   def test_the_users_choice_wins(self, flags):
     env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags}
-    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(xla_flags.configure_xla_cpu(env), ())
     self.assertEqual(env['XLA_FLAGS'], flags)
 
   def test_other_backends_are_left_alone(self):
     env = {'JAX_PLATFORMS': 'cuda'}
-    self.assertEqual(platform.configure_xla_cpu(env), ())
+    self.assertEqual(xla_flags.configure_xla_cpu(env), ())
     self.assertNotIn('XLA_FLAGS', env)
 
   def test_too_late_in_this_process_warns_and_changes_nothing(self):
@@ -112,7 +112,7 @@ class ConfigureTest(parameterized.TestCase):
     with mock.patch.dict(os.environ, {'XLA_FLAGS': '--xla_backend_optimization_level=0',
                                       'JAX_PLATFORMS': 'cpu'}):
       with self.assertLogs(level='WARNING') as logs:
-        self.assertEqual(platform.configure_xla_cpu(), ())
+        self.assertEqual(xla_flags.configure_xla_cpu(), ())
       self.assertEqual(os.environ['XLA_FLAGS'], '--xla_backend_optimization_level=0')
     self.assertIn('not applied', '\n'.join(logs.output))
     self.assertEqual(os.environ.get('XLA_FLAGS'), before)
@@ -132,8 +132,8 @@ class LaunchTest(absltest.TestCase):
 
   def test_launch_adds_the_options_and_keeps_the_users(self):
     proc = self.dry_run('--xla_backend_optimization_level=0')
-    if platform.CPU_FLAGS:  # this jaxlib's options (none for an unmeasured release)
-      self.assertIn(f'XLA:CPU options added to XLA_FLAGS: {" ".join(platform.CPU_FLAGS)}',
+    if xla_flags.CPU_FLAGS:  # this jaxlib's options (none for an unmeasured release)
+      self.assertIn(f'XLA:CPU options added to XLA_FLAGS: {" ".join(xla_flags.CPU_FLAGS)}',
                     proc.stderr)
     else:
       self.assertNotIn('XLA:CPU options added', proc.stderr)

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import errors
-from alexnet_jax import figures
+from alexnet_jax.core import errors
+from alexnet_jax.figures import run_figures
 from alexnet_jax import plot
 from alexnet_jax import predict
 from tests import trained_run
@@ -59,7 +59,7 @@ class CurvesTest(absltest.TestCase):
       f.write('{"step": 61, "kind": "tr')  # a line cut short by a crash is skipped
 
   def test_curves_and_throughput_pngs(self):
-    written = figures.write_curve_plots(self.workdir)
+    written = run_figures.write_curve_plots(self.workdir)
     plots = os.path.join(self.workdir, 'plots')
     self.assertEqual(written, [os.path.join(plots, 'training_curves.png'),
                                os.path.join(plots, 'throughput.png')])
@@ -69,11 +69,11 @@ class CurvesTest(absltest.TestCase):
       self.assertGreater(os.path.getsize(path), 10_000)  # more than an empty canvas
 
   def test_learning_rate_drop_sits_at_the_epoch_end(self):
-    train, evals = figures.split_records(synthetic_metrics())
+    train, evals = run_figures.split_records(synthetic_metrics())
     # float32 noise in the logged rate (0.01 -> 0.0099999998) is not a drop.
-    self.assertEqual(figures.learning_rate_drops(train), [(3.0, np.float32(0.01).item(),
+    self.assertEqual(run_figures.learning_rate_drops(train), [(3.0, np.float32(0.01).item(),
                                                            np.float32(0.001).item())])
-    np.testing.assert_allclose(figures.epochs_of(evals, train), [1, 2, 3, 4, 5, 6])
+    np.testing.assert_allclose(run_figures.epochs_of(evals, train), [1, 2, 3, 4, 5, 6])
 
   def test_plot_command_without_checkpoint_draws_the_curves(self):
     outcomes = {o.name: o for o in plot.write_plots(self.workdir)}
@@ -91,7 +91,7 @@ class KernelsTest(absltest.TestCase):
   def test_each_kernel_spans_zero_to_one(self):
     kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 8))
     kernel[..., 3] = 0.25  # no contrast: mid-gray
-    images = figures.normalize_kernels(kernel)
+    images = run_figures.normalize_kernels(kernel)
     self.assertEqual(images.shape, (8, 11, 11, 3))
     for i in (0, 1, 2, 4, 5, 6, 7):
       self.assertAlmostEqual(images[i].min(), 0.0)
@@ -102,19 +102,19 @@ class KernelsTest(absltest.TestCase):
     rng = np.random.default_rng(1)
     gray = np.repeat(rng.normal(size=(11, 11, 1, 1)), 3, axis=2)
     colour = gray * np.array([1.0, -1.0, 0.0])[None, None, :, None]
-    shares = figures.colour_share(np.concatenate([gray, colour], axis=-1))
+    shares = run_figures.colour_share(np.concatenate([gray, colour], axis=-1))
     self.assertAlmostEqual(shares[0], 0.0)
     self.assertGreater(shares[1], 0.5)
 
   def test_towers_own_halves_of_the_output_channels(self):
-    self.assertEqual(figures.tower_slices(96, 2), [slice(0, 48), slice(48, 96)])
-    grid = figures.kernel_grid(np.zeros((48, 11, 11, 3)), columns=16)
+    self.assertEqual(run_figures.tower_slices(96, 2), [slice(0, 48), slice(48, 96)])
+    grid = run_figures.kernel_grid(np.zeros((48, 11, 11, 3)), columns=16)
     self.assertEqual(grid.shape, (3 * 12 + 1, 16 * 12 + 1, 3))  # 3 rows of 16, 1-pixel gaps
 
   def test_figure_3_png(self):
     path = os.path.join(self.create_tempdir().full_path, 'k.png')
     kernel = np.random.default_rng(2).normal(size=(11, 11, 3, 96))
-    figures.plot_conv1_kernels(kernel, towers=2, path=path)
+    run_figures.plot_conv1_kernels(kernel, towers=2, path=path)
     self.assertEqual(png_size(path), (900, 500))
 
 
@@ -123,7 +123,7 @@ class NeighboursTest(absltest.TestCase):
   def test_nearest_neighbours_match_brute_force(self):
     rng = np.random.default_rng(3)
     queries, base = rng.normal(size=(4, 16)), rng.normal(size=(50, 16))
-    order, distances = figures.nearest_neighbours(queries, base, k=5)
+    order, distances = run_figures.nearest_neighbours(queries, base, k=5)
     brute = np.linalg.norm(queries[:, None] - base[None], axis=-1)
     np.testing.assert_array_equal(order, np.argsort(brute, axis=1)[:, :5])
     np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :5], rtol=1e-9)
@@ -146,8 +146,8 @@ class RunFiguresTest(absltest.TestCase):
   def test_fc7_features_feed_fc8(self):
     # fc8's logits are an affine map of the fc7 activations: the captured ones must be those.
     run = predict.load_run(self.workdir)
-    crops = figures.load_center_crops(run.config.data, 'val', [0, 5, 9])
-    features = figures.features_of(crops, run.params, model=run.model,
+    crops = run_figures.load_center_crops(run.config.data, 'val', [0, 5, 9])
+    features = run_figures.features_of(crops, run.params, model=run.model,
                                    mean_image=run.mean_image, batch=2)  # a padded last batch
     self.assertEqual(features.shape, (3, 512))
     self.assertTrue(np.all(features >= 0))  # after the ReLU

@@ -12,12 +12,12 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from alexnet_jax import codecs
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import decoding
+from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import prepare
-from alexnet_jax import step as step_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.training import step_fns
+from alexnet_jax.storage import workdir_files
 from tests import trained_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ class PredictTest(absltest.TestCase):
     source = input_pipeline.open_split(config.data, 'val')
     cls.stored, cls.labels, cls.paths = [], [], []
     for i in (0, 1):
-      image = codecs.decode(source.parse(source.records[i])[0])
+      image = decoding.decode(source.parse(source.records[i])[0])
       np.testing.assert_array_equal(image[center[0]:center[0] + 64, center[1]:center[1] + 64],
                                     batch['image'][i, 0])  # the same pixels eval sees
       path = os.path.join(cls.tmp.name, f'val{i}.png')
@@ -105,9 +105,9 @@ class PredictTest(absltest.TestCase):
     batch = next(iter(input_pipeline.create_eval_iterator(
         self.trained.config.data, 'val', global_batch_size=16, crops=10)))
     batch = {k: v[:1] for k, v in batch.items()}  # record 0: self.stored[0]
-    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.trained.params,
+    state = step_fns.TrainState(step=jnp.zeros((), jnp.int32), params=self.trained.params,
                                 opt_state=None)
-    step = jax.jit(lambda s, b: step_lib.eval_step(
+    step = jax.jit(lambda s, b: step_fns.eval_step(
         s, b, model=self.trained.model, mean_image=jnp.asarray(self.trained.mean_image)))
     # eval_step reports -log p(label) of the view-averaged softmax: ask it for every label.
     for label in range(10):
@@ -150,12 +150,12 @@ class PredictTest(absltest.TestCase):
         np.testing.assert_array_equal(p_got, p_expected)
         self.assertEqual(top_got, top_expected)
       # A run from before the stored description existed needs its dataset.
-      os.remove(os.path.join(moved, workdir_lib.INFO_FILE))
+      os.remove(os.path.join(moved, workdir_files.INFO_FILE))
       with self.assertRaisesRegex(FileNotFoundError, 'dataset_info.json'):
         predict.predict(moved, self.paths, crops=1)
 
   def test_stored_description_matches_the_dataset(self):
-    stored = workdir_lib.load_dataset_info(self.workdir)
+    stored = workdir_files.load_dataset_info(self.workdir)
     live = input_pipeline.load_info(self.trained.config.data)
     self.assertEqual(stored.class_names, live.class_names)
     self.assertEqual(stored.class_descriptions, live.class_descriptions)
@@ -220,7 +220,7 @@ class ViewsTest(absltest.TestCase):
       path = os.path.join(tmp, 'wide.png')
       Image.fromarray(image).save(path)
       np.testing.assert_array_equal(predict.read_image(path, 72),
-                                    codecs.resize_center_crop(image, 72))
+                                    decoding.resize_center_crop(image, 72))
       with self.assertRaisesRegex(ValueError, 'cannot read image .*missing.png'):
         predict.read_image(os.path.join(tmp, 'missing.png'), 72)
 
@@ -244,7 +244,7 @@ class ViewsTest(absltest.TestCase):
         self.assertTrue(turned)
         np.testing.assert_array_equal(ours, stored)
         if fmt == 'PNG':  # lossless: exactly Pillow's upright image, resized as prepare does
-          np.testing.assert_array_equal(ours, codecs.resize_center_crop(shown, 32))
+          np.testing.assert_array_equal(ours, decoding.resize_center_crop(shown, 32))
 
 
 if __name__ == '__main__':

@@ -16,9 +16,9 @@ from array_record.python import array_record_module
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import codecs
-from alexnet_jax import dataset_format
-from alexnet_jax import errors
+from alexnet_jax.data import decoding
+from alexnet_jax.data import prepared_format
+from alexnet_jax.core import errors
 from alexnet_jax import prepare
 
 SIZE = 32  # Stored image side in these tests.
@@ -74,7 +74,7 @@ def _add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
   """Decoded images and labels of a prepared split, in storage order."""
-  with open(os.path.join(folder, dataset_format.DATASET_FILE)) as f:
+  with open(os.path.join(folder, prepared_format.DATASET_FILE)) as f:
     description = json.load(f)
   images, labels = [], []
   for name, count in description['shards'][split]:
@@ -83,8 +83,8 @@ def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
     reader.close()
     assert len(records) == count
     for record in records:
-      data, label = dataset_format.decode_record(record)
-      images.append(codecs.decode(data))
+      data, label = prepared_format.decode_record(record)
+      images.append(decoding.decode(data))
       labels.append(label)
   return images, labels
 
@@ -99,7 +99,7 @@ class _StatsAssertions(absltest.TestCase):
 
   def assert_stats_match(self, folder, train_images):
     mean, cov = _numpy_stats(train_images)
-    with np.load(os.path.join(folder, dataset_format.STATS_FILE)) as stats:
+    with np.load(os.path.join(folder, prepared_format.STATS_FILE)) as stats:
       self.assertEqual(stats['mean_image'].shape, (SIZE, SIZE, 3))
       self.assertEqual(stats['mean_image'].dtype, np.float32)
       np.testing.assert_allclose(stats['mean_image'], mean, rtol=1e-6, atol=1e-4)
@@ -166,7 +166,7 @@ class OfficialTarsTest(_StatsAssertions):
                                  progress=False)
 
   def test_class_order_is_tfds_labels_order(self):
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       description = json.load(f)
     order = [w for w in prepare.imagenet_wnids() if w in self.wnids]
     self.assertEqual(description['class_names'], order)
@@ -180,13 +180,13 @@ class OfficialTarsTest(_StatsAssertions):
     self.assertEqual(self.report['skipped'], {'train': 1, 'val': 0})
     self.assertIn('_truncated.JPEG', self.report['skipped_files'][0][0])
     self.assertEqual(self.report['val_outside_classes'], 2)
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       self.assertEqual(json.load(f)['splits'], {'train': 21, 'val': 5})
     self.assertFalse(os.path.exists(os.path.join(self.output, prepare.PARTIAL_DIR)))
 
   def test_train_labels_follow_the_synset_tar(self):
     images, labels = read_split(self.output, 'train')
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       class_names = json.load(f)['class_names']
     by_color = {}
     for (wnid, _), color in self.expected_color.items():
@@ -211,7 +211,7 @@ class OfficialTarsTest(_StatsAssertions):
 
   def test_val_labels_by_official_file_number(self):
     images, labels = read_split(self.output, 'val')
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       class_names = json.load(f)['class_names']
     val_wnids = prepare.imagenet_validation_wnids()
     for number, image, label in zip(range(1, 6), images, labels):
@@ -233,7 +233,7 @@ class OfficialTarsTest(_StatsAssertions):
     with self.assertRaisesRegex(ValueError, 'not an official validation file name'):
       prepare.prepare(source, os.path.join(self.tmp, 'renamed_out'), image_size=SIZE,
                       progress=False)
-    self.assertFalse(dataset_format.is_complete(os.path.join(self.tmp, 'renamed_out')))
+    self.assertFalse(prepared_format.is_complete(os.path.join(self.tmp, 'renamed_out')))
 
   def test_official_set_counts(self):
     # The official ILSVRC-2012 set: 1000 synsets in the train tar, 50,000 validation images.
@@ -242,7 +242,7 @@ class OfficialTarsTest(_StatsAssertions):
     self.assertFalse(self.report['official_complete'])
     self.assertIn('; not the complete official ILSVRC-2012 set: 6 of 1000 synsets, 7 of 50,000 '
                   'validation images (--strict refuses it);', prepare.summary_line(self.report))
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       description = json.load(f)
     self.assertFalse(description['official_complete'])
     self.assertEqual(description['source_files'], {
@@ -315,7 +315,7 @@ class TarChecksTest(absltest.TestCase):
     self.assertTrue(report['official_complete'])
     self.assertEqual((report['train_synsets'], report['val_images']), ([2, 2], [2, 2]))
     self.assertIn('; the complete official ILSVRC-2012 set;', prepare.summary_line(report))
-    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
       self.assertTrue(json.load(f)['official_complete'])
 
   def test_a_rerun_on_other_tars_is_not_already_complete(self):
@@ -323,7 +323,7 @@ class TarChecksTest(absltest.TestCase):
     _write_tars(source, self.wnids[:1], (1,))  # a part of the data, prepared first
     output = os.path.join(self.tmp, 'out')
     prepare.prepare(source, output, image_size=SIZE, progress=False)
-    description = os.path.join(output, dataset_format.DATASET_FILE)
+    description = os.path.join(output, prepared_format.DATASET_FILE)
     with open(description, 'rb') as f:
       before = f.read()
     smaller = os.path.getsize(os.path.join(source, prepare.TRAIN_TAR))
@@ -409,7 +409,7 @@ def _bicubic_weights(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
 
 
 def reference_stored_image(image: np.ndarray, size: int) -> np.ndarray:
-  """The stored image as docs/design.md, "Preprocessing" and codecs.resize_center_crop
+  """The stored image as docs/design.md, "Preprocessing" and decoding.resize_center_crop
   describe it, computed independently in float64: the central square (integer offsets),
   resampled to size x size, by pixel-area averaging when shrinking and bicubic
   interpolation when enlarging."""
@@ -452,7 +452,7 @@ def _write_image_folder(root, classes, per_class, val_per_class, rng):
       for j in range(count):
         ext = ('.JPEG', '.jpg', '.png')[j % 3]
         # JPEGs stay under 36 pixels: libjpeg would decode a larger one at a reduced DCT
-        # scale (codecs.open_image), which reference_stored_image does not model. The
+        # scale (decoding.open_image), which reference_stored_image does not model. The
         # PNGs cover shrinking from up to twice the stored size.
         h, w = rng.integers(SIZE // 2, 2 * SIZE if ext == '.png' else 36, 2)
         image = _smooth_image(h, w, rng, SIZE)
@@ -490,7 +490,7 @@ class ImageFolderTest(_StatsAssertions):
     return images, [order.index(self.truth[p]) for p in paths]
 
   def test_classes_counts_labels(self):
-    with open(os.path.join(self.output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
       description = json.load(f)
     self.assertEqual(description['class_names'], ['cat', 'dog', 'emu'])
     self.assertEqual(description['splits'], {'train': 15, 'val': 6})
@@ -514,7 +514,7 @@ class ImageFolderTest(_StatsAssertions):
     """The shards and statistics in `output` are byte for byte those of self.output."""
     names = sorted(n for n in os.listdir(self.output) if 'array_record' in n)
     self.assertEqual(names, sorted(n for n in os.listdir(output) if 'array_record' in n))
-    for name in names + [dataset_format.STATS_FILE]:
+    for name in names + [prepared_format.STATS_FILE]:
       with open(os.path.join(self.output, name), 'rb') as a, \
           open(os.path.join(output, name), 'rb') as b:
         self.assertEqual(a.read(), b.read(), name)
@@ -533,7 +533,7 @@ class ImageFolderTest(_StatsAssertions):
         mock.patch.object(prepare, 'imagenet_wnids', side_effect=missing):
       prepare.prepare(self.source, output, image_size=SIZE, progress=False)
     self.assert_same_files(output)
-    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
       self.assertEqual(json.load(f)['class_names'], ['cat', 'dog', 'emu'])
 
   def test_interrupted_run_is_not_complete_and_resumes(self):
@@ -545,12 +545,12 @@ class ImageFolderTest(_StatsAssertions):
     with mock.patch.object(prepare, 'FILES_PER_PART', 4):
       with self.assertRaisesRegex(ValueError, 'cannot decode .*b_9.jpg'):
         prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
-      self.assertFalse(dataset_format.is_complete(output))
-      self.assertFalse(os.path.exists(os.path.join(output, dataset_format.DATASET_FILE)))
+      self.assertFalse(prepared_format.is_complete(output))
+      self.assertFalse(os.path.exists(os.path.join(output, prepared_format.DATASET_FILE)))
       first = os.path.join(output, prepare.PARTIAL_DIR, 'train-00000.array_record')
       done_at = os.stat(first).st_mtime_ns  # Part 0 (class a) finished before the error.
       report = prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertTrue(dataset_format.is_complete(output))
+    self.assertTrue(prepared_format.is_complete(output))
     self.assertEqual(report['converted'], {'train': 8, 'val': 2})
     self.assertEqual(report['skipped']['train'], 1)
     resumed = os.path.join(output, 'train.array_record-00000-of-00002')
@@ -592,7 +592,7 @@ class StoredSizeTest(absltest.TestCase):
 
   def test_default_image_size_is_256(self):
     for output in (self.from_cli, self.from_function):
-      with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+      with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
         self.assertEqual(json.load(f)['image_size'], 256, f'{output}: section 2, 256x256')
       for image in read_split(output, 'train')[0]:
         self.assertEqual(image.shape, (256, 256, 3), output)
@@ -622,7 +622,7 @@ class DigitsTest(_StatsAssertions):
     val = -(-per_class // 5)  # Every fifth image of a class, starting with the first.
     self.assertEqual(report['converted'], {'train': int((per_class - val).sum()),
                                            'val': int(val.sum())})
-    with open(os.path.join(output, dataset_format.DATASET_FILE)) as f:
+    with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
       description = json.load(f)
     self.assertEqual(description['class_names'], [str(i) for i in range(10)])
     self.assertEqual(description['class_descriptions'][0], 'zero')
@@ -663,7 +663,7 @@ class PhotoTest(absltest.TestCase):
     images, labels = read_split(output, 'train')
     stored = images[labels.index(1) + 2]  # b's images: b_0, b_1, then phone.jpg
     # Upright: the central 32x32 square of the 48x32 picture, whose top rows are red.
-    expected = codecs.resize_center_crop(upright, SIZE)
+    expected = decoding.resize_center_crop(upright, SIZE)
     self.assertLess(np.abs(stored.astype(int) - expected.astype(int)).mean(), 6)
     self.assertGreater(stored[:4, :, 0].mean(), 200)  # red at the top, not at a side
 
@@ -703,7 +703,7 @@ class VerificationTest(absltest.TestCase):
       with self.assertRaisesRegex(errors.UserError, r'train\.array_record-00000-of-00001 is '
                                   r'\d+ bytes, not the \d+ bytes written'):
         prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertFalse(os.path.exists(os.path.join(output, dataset_format.DATASET_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(output, prepared_format.DATASET_FILE)))
 
   def test_output_inside_the_source_is_refused_before_anything_is_written(self):
     tmp = _tempdir()
@@ -769,7 +769,7 @@ class BadSourceTest(absltest.TestCase):
     for name in ('.dataset.json.k3x9_q', '.stats.npz.a1b2c3', 'dataset.json.tmp'):
       open(os.path.join(output, name), 'w').close()
     prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertTrue(dataset_format.is_complete(output))
+    self.assertTrue(prepared_format.is_complete(output))
 
   def test_command_line_error_is_one_line(self):
     result = subprocess.run(

@@ -4,7 +4,7 @@ import io
 
 from absl.testing import absltest
 
-from alexnet_jax import progress
+from alexnet_jax.core import progress
 
 
 class FakeClock:

@@ -35,14 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib
-from alexnet_jax import experiment
-from alexnet_jax import input_pipeline
-from alexnet_jax import lockfile
-from alexnet_jax import optim
-from alexnet_jax import step as step_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.config import resolution
+from alexnet_jax.training import experiment
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import lockfile
+from alexnet_jax.training import optim
+from alexnet_jax.training import step_fns
+from alexnet_jax.storage import workdir_files
 from tests import XLA_TEST_FLAGS
 from tests import test_train
 
@@ -129,9 +129,9 @@ def data_positions(config, workdir: str) -> dict[int, int]:
   """Step -> the data position stored in that checkpoint's meta."""
   del config  # the layout is the same for every config (docs/checkpoints.md)
   positions = {}
-  for step in checkpoint_lib.finished_steps(workdir):
+  for step in checkpointing.finished_steps(workdir):
     with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
-      positions[step] = json.load(f)[checkpoint_lib.DATA_POSITION]
+      positions[step] = json.load(f)[checkpointing.DATA_POSITION]
   return positions
 
 
@@ -161,24 +161,24 @@ def damage(step_dir: str, how: str) -> str:
 
 def write_run_with_checkpoint(config, workdir: str, step: int) -> None:
   """A workdir as a run leaves it after `step` steps (zero weights): a fixture made in seconds."""
-  config = config_lib.resolve_auto(config)
+  config = resolution.resolve_auto(config)
   info = input_pipeline.load_info(config.data)
   model = experiment.create_model(config, info.num_classes)
   optimizer = optim.create_optimizer(config.optim)
   crop = config.data.crop_size
   shapes = jax.eval_shape(
-      lambda r: nn.unbox(step_lib.init_state(model, optimizer, r, crop)),
+      lambda r: nn.unbox(step_fns.init_state(model, optimizer, r, crop)),
       jax.random.key(0))
   rng = np.random.default_rng(0)
   # Random weights: all-zero arrays would compress to almost nothing on disk.
   state = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
   state = state.replace(step=jnp.asarray(step, jnp.int32))
   os.makedirs(workdir)
-  workdir_lib.save_config(workdir, config)
-  workdir_lib.save_dataset_info(workdir, info)
+  workdir_files.save_config(workdir, config)
+  workdir_files.save_dataset_info(workdir, info)
   iterator = input_pipeline.create_train_iterator(config.data, global_batch_size=config.batch_size,
                                                   seed=config.seed)
-  with checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
+  with checkpointing.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
     ckpt.save(step, state, data_iterator=iterator, meta={'step': step, 'plateau': None},
               force=True)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
@@ -263,7 +263,7 @@ class FaultTestCase(parameterized.TestCase):
     positions = data_positions(self.config, workdir)
     self.assertEqual(positions, {s: s for s in positions}, msg)
     leftovers = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
-                 if not n.isdigit() and n != checkpoint_lib.DAMAGED_DIR]
+                 if not n.isdigit() and n != checkpointing.DAMAGED_DIR]
     self.assertEqual(leftovers, [], f'unfinished checkpoint folders left {msg}')
 
 
@@ -311,7 +311,7 @@ class CrashResumeTest(FaultTestCase):
         self.assertIn(f'Took over the lock of a run that ended without releasing it (host '
                       f'{socket.gethostname()}, pid {left_lock},', err, msg)
       left_lock = None
-      finished = checkpoint_lib.finished_steps(workdir)
+      finished = checkpointing.finished_steps(workdir)
       leftovers = [n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
                    if not n.isdigit()]
       if sig == signal.SIGTERM:
@@ -453,7 +453,7 @@ class NanStopTest(FaultTestCase):
     self.assertEqual(errors, [
         f'error: checkpoint of step 1 could not be written (no space left on the device of '
         f'{workdir}/checkpoints); no earlier checkpoint exists'])
-    self.assertEqual(checkpoint_lib.finished_steps(workdir), [])
+    self.assertEqual(checkpointing.finished_steps(workdir), [])
 
 
 class DamagedCheckpointTest(FaultTestCase):
@@ -494,7 +494,7 @@ class DamagedCheckpointTest(FaultTestCase):
     proc = launch(self.config_file, workdir, '--config.checkpoint.start_fresh_if_unusable=True')
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn('Starting from scratch as requested', proc.stderr)
-    self.assertLen(os.listdir(os.path.join(folder, checkpoint_lib.DAMAGED_DIR)), len(steps))
+    self.assertLen(os.listdir(os.path.join(folder, checkpointing.DAMAGED_DIR)), len(steps))
     self.assert_equals_reference(workdir)
 
 

@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax import errors
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import sharding
+from alexnet_jax.core import errors
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optim
+from alexnet_jax.sharding import meshes
 
 MESH_SHAPES = ((1, 2), (2, 1), (2, 2))
 KINDS = ('all-reduce', 'all-gather', 'collective-permute', 'reduce-scatter', 'all-to-all',
@@ -38,7 +38,7 @@ def setUpModule():
 
 
 def mesh_of(data: int, model: int) -> jax.sharding.Mesh:
-  return sharding.create_mesh({'data': data, 'model': model}, jax.devices()[:data * model],
+  return meshes.create_mesh({'data': data, 'model': model}, jax.devices()[:data * model],
                               model_config=tiny.MODEL)
 
 
@@ -106,14 +106,14 @@ class MeshTest(parameterized.TestCase):
   @parameterized.parameters(((-1, 2), (2, 2)), ((1, -1), (1, 4)), ((-1, 1), (4, 1)),
                             ((4, 1), (4, 1)), ((2, 2), (2, 2)))
   def test_resolves_sizes(self, requested, expected):
-    mesh = sharding.create_mesh({'data': requested[0], 'model': requested[1]}, jax.devices()[:4])
+    mesh = meshes.create_mesh({'data': requested[0], 'model': requested[1]}, jax.devices()[:4])
     self.assertEqual(mesh.axis_names, ('data', 'model'))
     self.assertEqual((mesh.shape['data'], mesh.shape['model']), expected)
     self.assertEqual(mesh.axis_types, (jax.sharding.AxisType.Auto,) * 2)
     self.assertEqual(mesh.devices.size, 4)
 
   def test_default_devices_are_all(self):
-    mesh = sharding.create_mesh({'data': -1, 'model': 2})
+    mesh = meshes.create_mesh({'data': -1, 'model': 2})
     self.assertEqual(mesh.devices.size, jax.device_count())
 
   @parameterized.named_parameters(
@@ -126,24 +126,24 @@ class MeshTest(parameterized.TestCase):
       ('auto_data_leaves_too_few', 3, 'auto', '4 devices cannot be split by config.mesh.data=3'))
   def test_bad_mesh(self, data, model, message):
     with self.assertRaisesRegex(ValueError, re.escape(message)):
-      sharding.create_mesh({'data': data, 'model': model}, jax.devices()[:4])
+      meshes.create_mesh({'data': data, 'model': model}, jax.devices()[:4])
 
   def test_model_axis_must_divide_towers(self):
     # Three devices on the model axis would cut a tower in two: conv2's third
     # device would need channels from both of its neighbours.
     with self.assertRaisesRegex(ValueError, r'config.mesh.model=3 does not divide '
                                 r'config.model.towers=2'):
-      sharding.create_mesh({'data': 1, 'model': 3}, jax.devices()[:3], model_config=tiny.MODEL)
+      meshes.create_mesh({'data': 1, 'model': 3}, jax.devices()[:3], model_config=tiny.MODEL)
 
   def test_model_axis_must_divide_widths(self):
     model_config = dict(tiny.MODEL, towers=1, width=0.0625, num_classes=8)
     with self.assertRaisesRegex(ValueError, r'conv1 width 6 is not divisible by '
                                 r'config.mesh.model'):
-      sharding.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4], model_config=model_config)
+      meshes.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4], model_config=model_config)
 
   def test_any_class_count(self):
     # 10 classes over a model axis of 4: the mesh is made; fc8 stays whole (below).
-    mesh = sharding.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4],
+    mesh = meshes.create_mesh({'data': 1, 'model': 4}, jax.devices()[:4],
                                 model_config=dict(tiny.MODEL, towers=1))
     self.assertEqual(mesh.shape['model'], 4)
 
@@ -153,44 +153,44 @@ class MeshTest(parameterized.TestCase):
       ('one', 1, -1, (1, 1), "'auto' chose 1: 1 device holds both towers"),
       ('data_fixed', 4, 2, (2, 2), "'auto' takes the devices config.mesh.data=2 leaves"))
   def test_auto_model_axis(self, devices, data, expected, note):
-    shape = sharding.mesh_shape({'data': data, 'model': 'auto'}, devices, tiny.MODEL)
+    shape = meshes.mesh_shape({'data': data, 'model': 'auto'}, devices, tiny.MODEL)
     self.assertEqual((shape.data, shape.model), expected)
     self.assertIn(note, shape.note)
-    mesh = sharding.create_mesh({'data': data, 'model': 'auto'}, jax.devices()[:devices],
+    mesh = meshes.create_mesh({'data': data, 'model': 'auto'}, jax.devices()[:devices],
                                 model_config=tiny.MODEL)
     self.assertEqual((mesh.shape['data'], mesh.shape['model']), expected)
-    self.assertEqual(sharding.mesh_shape({'data': data, 'model': 2}, 4).note, '')
+    self.assertEqual(meshes.mesh_shape({'data': data, 'model': 2}, 4).note, '')
 
   def test_auto_avoids_a_split_the_network_cannot_take(self):
     # One tower with conv widths 29, 82, ... (width 0.3): two devices cannot halve conv1.
     odd_widths = dict(tiny.MODEL, towers=1, width=0.3)
-    shape = sharding.mesh_shape({'data': -1, 'model': 'auto'}, 4, odd_widths)
+    shape = meshes.mesh_shape({'data': -1, 'model': 'auto'}, 4, odd_widths)
     self.assertEqual((shape.data, shape.model), (4, 1))
     self.assertIn('conv1 width 29 is not divisible', shape.note)
     with self.assertRaisesRegex(ValueError, 'conv1 width 29 is not divisible'):
-      sharding.create_mesh({'data': -1, 'model': 2}, jax.devices()[:4], model_config=odd_widths)
+      meshes.create_mesh({'data': -1, 'model': 2}, jax.devices()[:4], model_config=odd_widths)
 
   def test_shardings_check_every_weight(self):
     # Without the mesh's rules (rules_for_sizes), param_shardings still refuses before compiling.
-    abstract = jax.eval_shape(model_lib.AlexNet(**dict(tiny.MODEL, num_classes=5)).init,
+    abstract = jax.eval_shape(alexnet.AlexNet(**dict(tiny.MODEL, num_classes=5)).init,
                               jax.random.key(0), jnp.zeros((1, tiny.IMAGE, tiny.IMAGE, 3)))
-    mesh = sharding.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2])
+    mesh = meshes.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2])
     with self.assertRaisesRegex(ValueError, r"\['fc8'\]\['bias'\].*'classes', size 5"):
-      sharding.param_shardings(abstract, mesh, tiny.RULES)
+      meshes.param_shardings(abstract, mesh, tiny.RULES)
     # With them, fc8 stays whole and every other weight is split as before.
-    rules = sharding.rules_for_sizes(tiny.RULES, mesh.shape, 5)
-    shardings = sharding.param_shardings(abstract, mesh, rules)
+    rules = meshes.rules_for_sizes(tiny.RULES, mesh.shape, 5)
+    shardings = meshes.param_shardings(abstract, mesh, rules)
     self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
     self.assertTrue(shardings['params']['fc8']['bias'].is_fully_replicated)
     self.assertEqual(tuple(shardings['params']['fc7']['kernel'].spec), (None, 'model'))
-    self.assertEqual(sharding.rules_for_sizes(tiny.RULES, mesh.shape, 6), tiny.RULES)
+    self.assertEqual(meshes.rules_for_sizes(tiny.RULES, mesh.shape, 6), tiny.RULES)
 
   def test_batch_must_divide_data_axis(self):
     mesh = mesh_of(4, 1)
-    sharding.check_batch_divisible(8, mesh)
+    meshes.check_batch_divisible(8, mesh)
     with self.assertRaisesRegex(ValueError, r'config.batch_size=6 is not divisible by the mesh '
                                 r'data axis \(4'):
-      sharding.check_batch_divisible(6, mesh)
+      meshes.check_batch_divisible(6, mesh)
 
 
 class RulesTest(absltest.TestCase):
@@ -201,7 +201,7 @@ class RulesTest(absltest.TestCase):
     spec = importlib.util.spec_from_file_location('imagenet_config', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rules = dict(sharding.logical_rules(module.get_config()))
+    rules = dict(meshes.logical_rules(module.get_config()))
     self.assertEqual(rules['conv_out'], 'model')
     self.assertEqual(rules['fc_out'], 'model')
     self.assertEqual(rules['classes'], 'model')
@@ -210,17 +210,17 @@ class RulesTest(absltest.TestCase):
   def test_older_tables_place_classes_like_fc_out(self):
     # A run's stored config from before fc8 had its own axis name.
     older = tuple(rule for rule in tiny.RULES if rule[0] != 'classes')
-    self.assertEqual(dict(sharding.logical_rules(config(rules=older)))['classes'], 'model')
+    self.assertEqual(dict(meshes.logical_rules(config(rules=older)))['classes'], 'model')
 
   def test_unknown_mesh_axis(self):
     c = config(rules=tiny.RULES[:-1] + (('fc_in', 'tensor'),))
     with self.assertRaisesRegex(ValueError, r"maps 'fc_in' to unknown mesh axis 'tensor'"):
-      sharding.logical_rules(c)
+      meshes.logical_rules(c)
 
   def test_every_model_axis_placed(self):
     c = config(rules=tiny.RULES[:-1])
     with self.assertRaisesRegex(ValueError, r"does not place the logical axes \['fc_in'\]"):
-      sharding.logical_rules(c)
+      meshes.logical_rules(c)
 
 
 # ----------------------------------------------------------------------------- placement
@@ -228,7 +228,7 @@ class RulesTest(absltest.TestCase):
 
 def full_width_abstract_state():
   """The trainer's state at full width, as shapes only (nothing is materialised)."""
-  model = model_lib.AlexNet()
+  model = alexnet.AlexNet()
   optimizer = optim.create_optimizer(tiny.OPTIM)
 
   def init(rng):
@@ -261,9 +261,9 @@ class PlacementTest(parameterized.TestCase):
 
   @parameterized.parameters((1, 2), (2, 2))
   def test_model_split_shards(self, data, model):
-    mesh = sharding.create_mesh({'data': data, 'model': model}, jax.devices()[:data * model])
-    shardings = sharding.param_shardings(self.abstract, mesh, tiny.RULES)
-    rows = {r.path: r for r in sharding.sharding_plan(self.abstract, shardings)}
+    mesh = meshes.create_mesh({'data': data, 'model': model}, jax.devices()[:data * model])
+    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
+    rows = {r.path: r for r in meshes.sharding_plan(self.abstract, shardings)}
     for name, local in self.PAPER_SPLIT.items():
       self.assertEqual(rows["['params']" + name].shard_shape, local, name)
       # The momentum is split exactly like its weight.
@@ -275,14 +275,14 @@ class PlacementTest(parameterized.TestCase):
       self.assertEqual(rows[path].shard_shape, (), path)
       self.assertTrue(shardings_at(shardings, path).is_fully_replicated, path)
     # 60,965,224 weights, halved, twice (weights and momentum), + 3 int32/float32 scalars.
-    self.assertEqual(sharding.bytes_per_device(self.abstract, shardings),
+    self.assertEqual(meshes.bytes_per_device(self.abstract, shardings),
                      2 * 60_965_224 * 4 // 2 + 3 * 4)
 
   def test_grouped_shard_is_one_tower(self):
     # conv2's kernel: device m of the model axis holds output channels
     # [128m, 128m + 128), i.e. exactly tower m; both data rows hold the same.
-    mesh = sharding.create_mesh({'data': 2, 'model': 2}, jax.devices()[:4])
-    shardings = sharding.param_shardings(self.abstract, mesh, tiny.RULES)
+    mesh = meshes.create_mesh({'data': 2, 'model': 2}, jax.devices()[:4])
+    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
     for layer, out in (('conv2', 256), ('conv4', 384), ('conv5', 256)):
       s = shardings['params'][layer]['kernel']
       indices = s.devices_indices_map((3, 3, 48, out))
@@ -291,9 +291,9 @@ class PlacementTest(parameterized.TestCase):
         self.assertEqual((channels.start, channels.stop), (col * out // 2, (col + 1) * out // 2))
 
   def test_data_parallel_replicates_weights(self):
-    mesh = sharding.create_mesh({'data': 2, 'model': 1}, jax.devices()[:2])
-    shardings = sharding.param_shardings(self.abstract, mesh, tiny.RULES)
-    for row in sharding.sharding_plan(self.abstract, shardings):
+    mesh = meshes.create_mesh({'data': 2, 'model': 1}, jax.devices()[:2])
+    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
+    for row in meshes.sharding_plan(self.abstract, shardings):
       self.assertEqual(row.shard_shape, row.shape, row.path)
 
 
@@ -315,7 +315,7 @@ def reference_init():
 
 @functools.lru_cache(maxsize=None)
 def sharded_init(data: int, model: int):
-  return sharding.create_sharded_state(tiny.init_state, jax.random.key(0), mesh_of(data, model),
+  return meshes.create_sharded_state(tiny.init_state, jax.random.key(0), mesh_of(data, model),
                                        tiny.RULES)
 
 
@@ -335,7 +335,7 @@ class CreateStateTest(parameterized.TestCase):
 
   def test_abstract_for_restore(self):
     state, shardings = sharded_init(1, 2)
-    target = sharding.abstract(state, shardings)
+    target = meshes.abstract(state, shardings)
     leaf = target['params']['fc6']['kernel']
     self.assertEqual((leaf.shape, leaf.sharding), (state['params']['fc6']['kernel'].shape,
                                                    shardings['params']['fc6']['kernel']))
@@ -345,12 +345,12 @@ class BatchTest(absltest.TestCase):
 
   def test_global_batch_from_one_process(self):
     mesh = mesh_of(2, 2)
-    self.assertEqual(sharding.data_shard(mesh), (0, 1))  # one process feeds the whole batch
+    self.assertEqual(meshes.data_shard(mesh), (0, 1))  # one process feeds the whole batch
     local = tiny.global_batch(0)
-    batch = sharding.make_global_batch(local, mesh)
+    batch = meshes.make_global_batch(local, mesh)
     for name, x in batch.items():
       self.assertEqual(x.shape, local[name].shape)
-      self.assertEqual(x.sharding, sharding.batch_sharding(mesh))
+      self.assertEqual(x.sharding, meshes.batch_sharding(mesh))
       self.assertEqual(x.addressable_shards[0].data.shape[0], tiny.BATCH // 2)
       np.testing.assert_array_equal(np.asarray(x), local[name])
 
@@ -372,8 +372,8 @@ def sharded_step(data: int, model: int):
   """The same step under a mesh: ((loss, grads, new state) as numpy, compiled HLO text)."""
   mesh = mesh_of(data, model)
   state, shardings = sharded_init(data, model)
-  batch = sharding.make_global_batch(tiny.global_batch(0), mesh)
-  rng = jax.device_put(jax.random.key(1), sharding.replicated(mesh))
+  batch = meshes.make_global_batch(tiny.global_batch(0), mesh)
+  rng = jax.device_put(jax.random.key(1), meshes.replicated(mesh))
   # Traced outside any mesh context: bind_mesh alone must give the tower-local layers.
   compiled = tiny.jit_train_step(mesh, shardings).lower(state, batch, rng).compile()
   new_state, loss, grads = compiled(state, batch, rng)
@@ -445,10 +445,10 @@ class ShardedStepTest(parameterized.TestCase):
     partial logits are summed: no gather of fc8's input, and no all-reduce in the softmax.
     """
     model_config = dict(tiny.MODEL, num_classes=3)
-    mesh = sharding.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2],
+    mesh = meshes.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2],
                                 model_config=model_config)
-    rules = sharding.rules_for_sizes(tiny.RULES, mesh.shape, 3)
-    model = model_lib.AlexNet(**model_config)
+    rules = meshes.rules_for_sizes(tiny.RULES, mesh.shape, 3)
+    model = alexnet.AlexNet(**model_config)
     optimizer = tiny.create_optimizer()
 
     def init(rng):
@@ -464,16 +464,16 @@ class ShardedStepTest(parameterized.TestCase):
       updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
       return {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state}
 
-    with sharding.use_mesh(mesh, rules):
+    with meshes.use_mesh(mesh, rules):
       shapes = jax.eval_shape(init, jax.random.key(0))
-      shardings = sharding.param_shardings(shapes, mesh, rules)
+      shardings = meshes.param_shardings(shapes, mesh, rules)
     self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
-    abstract = sharding.abstract(shapes, shardings)
+    abstract = meshes.abstract(shapes, shardings)
     batch = {'image': jax.ShapeDtypeStruct((tiny.BATCH, tiny.IMAGE, tiny.IMAGE, 3), jnp.float32,
-                                           sharding=sharding.batch_sharding(mesh)),
+                                           sharding=meshes.batch_sharding(mesh)),
              'label': jax.ShapeDtypeStruct((tiny.BATCH,), jnp.int32,
-                                           sharding=sharding.batch_sharding(mesh))}
-    hlo = jax.jit(sharding.bind_mesh(step, mesh, rules), out_shardings=shardings).lower(
+                                           sharding=meshes.batch_sharding(mesh))}
+    hlo = jax.jit(meshes.bind_mesh(step, mesh, rules), out_shardings=shardings).lower(
         abstract, batch).compile().as_text()
     found = collectives(hlo)
     forward_fc8 = [(kind, shape) for kind, shape, name in found
@@ -493,8 +493,8 @@ class GroupedLayersTest(parameterized.TestCase):
   """The grouped section alone, forward and backward, compiled under model=2."""
 
   def layer(self, name, features, groups):
-    ksize, stride, pad, _ = model_lib.CONV_LAYOUT[name]
-    return model_lib.Conv(features, ksize, stride, pad, groups)
+    ksize, stride, pad, _ = alexnet.CONV_LAYOUT[name]
+    return alexnet.Conv(features, ksize, stride, pad, groups)
 
   def compile_section(self, layers, x_shape, mesh, under_rules=True):
     """HLO of forward + backward through `layers` (each followed by ReLU)."""
@@ -505,7 +505,7 @@ class GroupedLayersTest(parameterized.TestCase):
       boxed = jax.eval_shape(layer.init, jax.random.key(0), h)['params']
       params[str(i)] = boxed
       h = jax.eval_shape(layer.apply, {'params': nn.unbox(boxed)}, h)
-    shardings = sharding.param_shardings(params, mesh, tiny.RULES)
+    shardings = meshes.param_shardings(params, mesh, tiny.RULES)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
 
@@ -521,7 +521,7 @@ class GroupedLayersTest(parameterized.TestCase):
     step = jax.jit(forward_backward, in_shardings=(shardings, act),
                    out_shardings=(act, shardings, act))
     params = nn.unbox(params)  # outside the mesh context: eager unboxing there adds constraints
-    context = sharding.use_mesh(mesh, tiny.RULES) if under_rules else jax.set_mesh(mesh)
+    context = meshes.use_mesh(mesh, tiny.RULES) if under_rules else jax.set_mesh(mesh)
     with context:
       return step.lower(params, x).compile().as_text()
 
@@ -535,7 +535,7 @@ class GroupedLayersTest(parameterized.TestCase):
 
   @parameterized.parameters('split', 'feature_group')
   def test_tower_local_conv_matches_whole_conv(self, impl):
-    conv = model_lib.Conv(32, 5, 1, 2, groups=2, group_impl=impl)
+    conv = alexnet.Conv(32, 5, 1, 2, groups=2, group_impl=impl)
     x = np.random.RandomState(0).randn(8, 7, 7, 12).astype(np.float32)
     boxed = conv.init(jax.random.key(0), x)['params']
     params = nn.unbox(boxed)
@@ -543,9 +543,9 @@ class GroupedLayersTest(parameterized.TestCase):
     mesh = mesh_of(2, 2)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
-    fn = jax.jit(sharding.bind_mesh(lambda p, inp: conv.apply({'params': p}, inp), mesh,
+    fn = jax.jit(meshes.bind_mesh(lambda p, inp: conv.apply({'params': p}, inp), mesh,
                                     tiny.RULES),
-                 in_shardings=(sharding.param_shardings(boxed, mesh, tiny.RULES), act),
+                 in_shardings=(meshes.param_shardings(boxed, mesh, tiny.RULES), act),
                  out_shardings=act)
     compiled = fn.lower(params, x).compile()
     self.assertEqual(collectives(compiled.as_text()), [])
@@ -571,9 +571,9 @@ class GroupedLayersTest(parameterized.TestCase):
     mesh = mesh_of(1, 2)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
-    fn = jax.jit(lambda x: jax.vjp(model_lib.local_response_norm, x)[1](x),
+    fn = jax.jit(lambda x: jax.vjp(alexnet.local_response_norm, x)[1](x),
                  in_shardings=act, out_shardings=act)
-    with sharding.use_mesh(mesh, tiny.RULES):
+    with meshes.use_mesh(mesh, tiny.RULES):
       hlo = fn.lower(jax.ShapeDtypeStruct((8, 7, 7, 32), jnp.float32)).compile().as_text()
     found = collectives(hlo)
     self.assertEqual(set(kinds(hlo)), {'collective-permute'}, found)
@@ -587,30 +587,30 @@ class GroupedLayersTest(parameterized.TestCase):
 class DistributedTest(absltest.TestCase):
 
   def test_single_process_is_a_no_op(self):
-    self.assertFalse(sharding.init_distributed())
-    self.assertFalse(sharding.init_distributed(num_processes=1))
-    sharding.sync_hosts('nothing to wait for')
+    self.assertFalse(meshes.init_distributed())
+    self.assertFalse(meshes.init_distributed(num_processes=1))
+    meshes.sync_hosts('nothing to wait for')
 
   def test_bad_flags(self):
     with self.assertRaisesRegex(ValueError, '--num_processes is required'):
-      sharding.init_distributed('127.0.0.1:1234')
+      meshes.init_distributed('127.0.0.1:1234')
     with self.assertRaisesRegex(ValueError, r'--process_id must be in \[0, 2\), got 2'):
-      sharding.init_distributed('127.0.0.1:1234', 2, 2)
+      meshes.init_distributed('127.0.0.1:1234', 2, 2)
     with self.assertRaisesRegex(ValueError, r'--coordinator_address .* is required'):
-      sharding.init_distributed(None, 2, 0)
+      meshes.init_distributed(None, 2, 0)
 
   def test_cluster_detection(self):
     slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node[1-2]', SLURM_NTASKS='4',
                  SLURM_PROCID='1', SLURM_LOCALID='1')
-    self.assertEqual(sharding.cluster_process_count(slurm), 4)
+    self.assertEqual(meshes.cluster_process_count(slurm), 4)
     # salloc without srun: no step, so not a multi-process run of this program.
-    self.assertEqual(sharding.cluster_process_count(
+    self.assertEqual(meshes.cluster_process_count(
         {k: v for k, v in slurm.items() if k != 'SLURM_STEP_NODELIST'}), 1)
-    self.assertEqual(sharding.cluster_process_count(
+    self.assertEqual(meshes.cluster_process_count(
         dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')), 2)
-    self.assertEqual(sharding.cluster_process_count(
+    self.assertEqual(meshes.cluster_process_count(
         dict(TPU_WORKER_HOSTNAMES='w0,w1,w2,w3')), 4)
-    self.assertEqual(sharding.cluster_process_count({}), 1)
+    self.assertEqual(meshes.cluster_process_count({}), 1)
 
   def test_cluster_variables_that_are_not_counts_are_named(self):
     slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='2',
@@ -622,7 +622,7 @@ class DistributedTest(absltest.TestCase):
       with self.assertRaisesRegex(errors.InputError,
                                   f"^the environment variable {name}='{value}' must be an "
                                   'integer >= '):
-        sharding.cluster_process_count(dict(env, **{name: value}))
+        meshes.cluster_process_count(dict(env, **{name: value}))
 
 
 if __name__ == '__main__':

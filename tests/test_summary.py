@@ -7,7 +7,7 @@ import sys
 from absl.testing import absltest
 import jax
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.model import alexnet
 from alexnet_jax import predict
 from alexnet_jax import summary
 from configs import imagenet
@@ -54,9 +54,9 @@ class SummaryTest(absltest.TestCase):
     # net at 1/8 width); its stored config must summarise to exactly their sizes.
     run = predict.load_run(trained_run.workdir())
     rows = summary.summarize(run.config)
-    self.assertEqual(sum(r.params for r in rows), model_lib.count_params(run.params))
+    self.assertEqual(sum(r.params for r in rows), alexnet.count_params(run.params))
     for r in rows:
-      self.assertEqual(r.params, model_lib.count_params(run.params.get(r.name, {})), r.name)
+      self.assertEqual(r.params, alexnet.count_params(run.params.get(r.name, {})), r.name)
 
   def test_one_tower_variant(self):
     config = paper_config()

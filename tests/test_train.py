@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import preprocess
-from alexnet_jax import experiment
-from alexnet_jax import input_pipeline
-from alexnet_jax import optim
+from alexnet_jax.data import preprocess
+from alexnet_jax.training import experiment
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.training import optim
 from alexnet_jax import prepare
-from alexnet_jax import step as step_lib
-from alexnet_jax import train
+from alexnet_jax.training import step_fns
+from alexnet_jax.training import trainer
 from configs import imagenet
 from tests import XLA_TEST_FLAGS
 from tests import test_prepare
@@ -106,15 +106,15 @@ def run_launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
 
 def final_params(config: ml_collections.ConfigDict, workdir: str):
   """Params of the newest checkpoint in `workdir`, restored on one device."""
-  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   model = experiment.create_model(config, 10)
   optimizer = optim.create_optimizer(config.optim)
-  shapes = jax.eval_shape(lambda r: step_lib.init_state(model, optimizer, r, 64),
+  shapes = jax.eval_shape(lambda r: step_fns.init_state(model, optimizer, r, 64),
                           jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           nn.unbox(shapes))
-  ckpt = checkpoint.Checkpointer.from_config(workdir, config.checkpoint)
+  ckpt = checkpointing.Checkpointer.from_config(workdir, config.checkpoint)
   try:
     state, meta = ckpt.restore(abstract)
   finally:
@@ -139,7 +139,7 @@ def train_on_devices(config: ml_collections.ConfigDict, workdir: str, num_device
 
   with mock.patch.object(experiment, 'create_mesh', create_mesh), \
       mock.patch.object(experiment, 'setup', setup):
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
   assert len(seen) == 1, seen
   return seen[0]
 
@@ -193,11 +193,11 @@ class StepTest(absltest.TestCase):
     cls.batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
 
   def fresh_state(self):
-    return jax.tree.map(lambda x: x, nn.unbox(step_lib.init_state(
+    return jax.tree.map(lambda x: x, nn.unbox(step_fns.init_state(
         self.model, self.optimizer, jax.random.key(0), 64)))
 
   def test_steps_lower_the_loss(self):
-    step = jax.jit(lambda s, b, r: step_lib.train_step(s, b, r, model=self.model,
+    step = jax.jit(lambda s, b, r: step_fns.train_step(s, b, r, model=self.model,
                                                       optimizer=self.optimizer,
                                                       mean_image=self.mean))
     state = self.fresh_state()
@@ -211,7 +211,7 @@ class StepTest(absltest.TestCase):
 
   def test_train_metrics_match_numpy(self):
     state = self.fresh_state()
-    _, metrics = step_lib.train_step(state, self.batch, jax.random.key(1), model=self.model,
+    _, metrics = step_fns.train_step(state, self.batch, jax.random.key(1), model=self.model,
                                   optimizer=self.optimizer, mean_image=self.mean)
     images = preprocess.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
                                self.batch['lighting'], self.mean)
@@ -231,7 +231,7 @@ class StepTest(absltest.TestCase):
     it = input_pipeline.create_eval_iterator(self.config.data, global_batch_size=16, crops=10)
     batch = next(it)
     batch['mask'][-3:] = False  # as if the last three rows were padding
-    out = jax.device_get(step_lib.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+    out = jax.device_get(step_fns.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
                                          model=self.model, mean_image=self.mean))
     # Independent: every view through the model one at a time, softmax in numpy.
     probs = np.zeros((16, 10))
@@ -255,7 +255,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
   def test_smoke_run_writes_metrics_and_checkpoints(self):
     workdir = self.create_tempdir().full_path
     config = tiny_config(digits_dir())
-    result = train.train_and_evaluate(config, workdir)
+    result = trainer.train_and_evaluate(config, workdir)
     records = read_metrics(workdir)
     train_steps = [r['step'] for r in records if r['kind'] == 'train']
     self.assertEqual(train_steps, [1, 2, 3, 4, 5, 6])
@@ -305,7 +305,7 @@ class ProfileTest(absltest.TestCase):
 
   def test_trace_of_the_chosen_steps(self):
     workdir = self.create_tempdir().full_path
-    train.train_and_evaluate(tiny_config(digits_dir(), num_train_steps=4, final_eval_crops=1,
+    trainer.train_and_evaluate(tiny_config(digits_dir(), num_train_steps=4, final_eval_crops=1,
                                          **{'log.profile_steps': (2, 4)}), workdir)
     runs = glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*'))
     self.assertLen(runs, 1)  # one trace, started once
@@ -332,9 +332,9 @@ class ResumeTest(absltest.TestCase):
     data = digits_dir()
     full, split = self.create_tempdir().full_path, self.create_tempdir().full_path
     config = tiny_config(data, num_train_steps=8, final_eval_crops=1)
-    train.train_and_evaluate(config, full)
+    trainer.train_and_evaluate(config, full)
     # Stop after 4 steps (its own end-of-run eval and checkpoint), then resume in a new process.
-    train.train_and_evaluate(tiny_config(data, num_train_steps=4, final_eval_crops=1), split)
+    trainer.train_and_evaluate(tiny_config(data, num_train_steps=4, final_eval_crops=1), split)
     proc = run_launch(write_config_file(os.path.join(split, 'resume.py'), config), split)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn('Resumed from step 4', proc.stderr)

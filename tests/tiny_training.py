@@ -24,9 +24,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import sharding
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optim
+from alexnet_jax.sharding import meshes
 
 # Width 0.125 gives conv widths 12/32/48/48/32 and fc 512, all even; 67-pixel
 # inputs with conv1 padding 0 give a 1x1 pool5, the smallest valid network.
@@ -50,8 +50,8 @@ def request_cpu_devices(n: int) -> None:
       pass  # already started: the tests check jax.device_count() themselves
 
 
-def create_model() -> model_lib.AlexNet:
-  return model_lib.AlexNet(**MODEL)
+def create_model() -> alexnet.AlexNet:
+  return alexnet.AlexNet(**MODEL)
 
 
 def create_optimizer() -> optax.GradientTransformation:
@@ -86,27 +86,27 @@ def global_batch(step: int) -> dict[str, np.ndarray]:
 
 
 def local_slice(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
-  """The rows of `batch` this process feeds (sharding.data_shard)."""
-  index, count = sharding.data_shard(mesh)
+  """The rows of `batch` this process feeds (meshes.data_shard)."""
+  index, count = meshes.data_shard(mesh)
   rows = BATCH // count
   return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, state_shardings: Any):
-  repl = sharding.replicated(mesh)
+  repl = meshes.replicated(mesh)
   param_shardings = state_shardings['params']
-  return jax.jit(sharding.bind_mesh(train_step, mesh, RULES),
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl),
+  return jax.jit(meshes.bind_mesh(train_step, mesh, RULES),
+                 in_shardings=(state_shardings, meshes.batch_sharding(mesh), repl),
                  out_shardings=(state_shardings, repl, param_shardings))
 
 
 def train(mesh: jax.sharding.Mesh, steps: int) -> dict[str, np.ndarray]:
   """Trains `steps` steps from seed 0 on this process's slices; returns the final params."""
-  state, state_shardings = sharding.create_sharded_state(
+  state, state_shardings = meshes.create_sharded_state(
       init_state, jax.random.key(0), mesh, RULES)
   step_fn = jit_train_step(mesh, state_shardings)
   for step in range(steps):
-    batch = sharding.make_global_batch(local_slice(global_batch(step), mesh), mesh)
+    batch = meshes.make_global_batch(local_slice(global_batch(step), mesh), mesh)
     state, _, _ = step_fn(state, batch, jax.random.key(100 + step))
   gathered = multihost_utils.process_allgather(state['params'], tiled=True)
   return {jax.tree_util.keystr(p): np.asarray(x)
@@ -124,13 +124,13 @@ def main() -> None:
   args = parser.parse_args()
   # tests/__init__.py asks for eight CPU devices; a worker has its own count.
   jax.config.update('jax_num_cpu_devices', args.local_devices)
-  sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+  meshes.init_distributed(args.coordinator, args.num_processes, args.process_id)
   for name, (data, model) in MULTIHOST_MESHES.items():
-    mesh = sharding.create_mesh({'data': data, 'model': model}, model_config=MODEL)
+    mesh = meshes.create_mesh({'data': data, 'model': model}, model_config=MODEL)
     params = train(mesh, args.steps)
     if jax.process_index() == 0:
       np.savez(os.path.join(args.out, f'{name}.npz'), **params)
-  sharding.sync_hosts('results written')
+  meshes.sync_hosts('results written')
 
 
 if __name__ == '__main__':

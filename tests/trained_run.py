@@ -15,7 +15,7 @@ import tempfile
 from absl import logging
 import ml_collections
 
-from alexnet_jax import train
+from alexnet_jax.training import trainer
 from configs import digits
 
 STEPS = 4
@@ -47,7 +47,7 @@ def workdir() -> str:
   atexit.register(shutil.rmtree, root, ignore_errors=True)
   path = os.path.join(root, 'run')
   logging.info('Training the shared tiny run in %s', path)
-  train.train_and_evaluate(tiny_config(os.path.join(root, 'data')), path)
+  trainer.train_and_evaluate(tiny_config(os.path.join(root, 'data')), path)
   return path
 
 

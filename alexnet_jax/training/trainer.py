@@ -28,21 +28,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import cluster
-from alexnet_jax import config_changes
-from alexnet_jax import config_lib
-from alexnet_jax import errors
-from alexnet_jax import experiment
-from alexnet_jax import feed as feed_lib
-from alexnet_jax import figures
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import optim
-from alexnet_jax import preemption as preemption_lib
-from alexnet_jax import sharding
-from alexnet_jax import step as step_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.distributed import cluster
+from alexnet_jax.config import resume_changes
+from alexnet_jax.config import resolution
+from alexnet_jax.core import errors
+from alexnet_jax.training import experiment
+from alexnet_jax.data import device_feed
+from alexnet_jax.figures import run_figures
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import metric_log
+from alexnet_jax.training import optim
+from alexnet_jax.training import stop_signals
+from alexnet_jax.sharding import meshes
+from alexnet_jax.training import step_fns
+from alexnet_jax.storage import workdir_files
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
@@ -51,7 +51,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
     from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
     prepare.ensure_prepared(config.data.prepare_from, config.data.dir,
                             image_size=config.data.image_size)
-  sharding.sync_hosts('dataset prepared')
+  meshes.sync_hosts('dataset prepared')
   return input_pipeline.load_info(config.data)
 
 
@@ -63,16 +63,16 @@ class _Run:
   exp: experiment.Experiment
   steps_per_epoch: int
   num_steps: int
-  feed: feed_lib.DeviceFeed  # (data position, global batch) of each step, transferred ahead
+  feed: device_feed.DeviceFeed  # (data position, global batch) of each step, transferred ahead
   train_step: Callable[..., Any]
   eval_step: Callable[..., Any]
   dropout_rng: jax.Array
   plateau: optim.PlateauSchedule | None
-  ckpt: checkpoint_lib.Checkpointer
-  writer: metrics_lib.MetricWriter
-  reporter: metrics_lib.ProgressReporter
-  preemption: preemption_lib.PreemptionWatcher
-  profiler: metrics_lib.StepProfiler
+  ckpt: checkpointing.Checkpointer
+  writer: metric_log.MetricWriter
+  reporter: metric_log.ProgressReporter
+  preemption: stop_signals.PreemptionWatcher
+  profiler: metric_log.StepProfiler
 
 
 # ----------------------------------------------------------------------------- the run
@@ -83,26 +83,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Restarting with the same workdir resumes from the newest complete checkpoint,
   after checking that the config changes nothing a resume may not change
-  (config_changes.py) and that the dataset is the one the run trained on. One run
+  (resume_changes.py) and that the dataset is the one the run trained on. One run
   at a time holds the workdir (workdir.hold_lock). Ctrl-C saves the current step and
   raises errors.Interrupted; SIGTERM saves it and returns.
   """
-  config = config_lib.load(config)
+  config = resolution.load(config)
   # Every process must train the same run: a difference stops all of them here, in one line.
   cluster.agree('config', _config_fields(config))
-  workdir_lib.prepare_workdir(workdir)
-  with workdir_lib.hold_lock(workdir):  # for the run's whole life, its plots included
+  workdir_files.prepare_workdir(workdir)
+  with workdir_files.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
-    accepted = workdir_lib.check_resume(workdir, config)  # before anything is compiled or written
+    accepted = workdir_files.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
     cluster.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
-    workdir_lib.check_dataset(workdir, info)
+    workdir_files.check_dataset(workdir, info)
     state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
     # Leaving _train waited for the last save: the checkpoints named below are complete.
     if interrupted is not None:
       raise errors.Interrupted(interrupted)
-    figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
+    run_figures.write_end_of_training_plots(workdir, state.params, config.model.towers)  # never raises
   if jax.process_index() == 0 and last_eval:
     summary = ', '.join(f'{k} {last_eval[k]:.4f}' for k in last_eval if k.startswith('val'))
     print(f'Finished at step {last_eval["step"]}: {summary}\n'
@@ -111,13 +111,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return last_eval
 
 
-# Resolved per host from its own cores (config_lib.resolve_auto): they may differ between hosts.
+# Resolved per host from its own cores (resolution.resolve_auto): they may differ between hosts.
 HOST_FIELDS = ('data.num_threads', 'data.worker_count')
 
 
 def _config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The resolved config as dotted fields, less those each host resolves for itself."""
-  fields = config_changes.flatten(config.to_dict())
+  fields = resume_changes.flatten(config.to_dict())
   return {k: v for k, v in fields.items() if k not in HOST_FIELDS}
 
 
@@ -137,8 +137,8 @@ def _dataset_fields(info: input_pipeline.DatasetInfo) -> dict[str, Any]:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-           info: input_pipeline.DatasetInfo, accepted: list[config_changes.Change]
-           ) -> tuple[step_lib.TrainState, dict[str, Any], Optional[str]]:
+           info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change]
+           ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[str]]:
   """Set-up, restore and the loop: (state, last eval, what to say if Ctrl-C stopped it).
 
   Everything the loop holds lives in one ExitStack, closed on every way out: the
@@ -151,34 +151,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   with contextlib.ExitStack() as stack:
     # From here a signal (SIGTERM, Ctrl-C) asks for a save at the next step boundary.
     preemption = stack.enter_context(
-        preemption_lib.PreemptionWatcher((signal.SIGTERM, signal.SIGINT)))
+        stop_signals.PreemptionWatcher((signal.SIGTERM, signal.SIGINT)))
     # Under the mesh, values made on the host side (the keys, the learning rate) are global
     # arrays of every process; outside it they would sit on one device of one process.
-    stack.enter_context(sharding.use_mesh(mesh, exp.rules))
+    stack.enter_context(meshes.use_mesh(mesh, exp.rules))
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = exp.init_state(init_rng)
-    ckpt = stack.enter_context(checkpoint_lib.Checkpointer.from_config(workdir, config.checkpoint))
+    ckpt = stack.enter_context(checkpointing.Checkpointer.from_config(workdir, config.checkpoint))
     state, plateau, position = _restore_or_start(ckpt, exp, state)
     start_step = int(state.step)
     feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
-    workdir_lib.record_config(workdir, config, accepted, step=start_step)
-    workdir_lib.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
+    workdir_files.record_config(workdir, config, accepted, step=start_step)
+    workdir_files.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
     writer = stack.enter_context(
-        metrics_lib.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
+        metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
     writer.truncate_after(start_step)
-    reporter = metrics_lib.ProgressReporter(
+    reporter = metric_log.ProgressReporter(
         num_steps, start_step=start_step,
         steps_per_epoch=steps_per_epoch, enabled=is_host0,
         progress_bar=None if config.log.progress else False)
     stack.callback(reporter.close)
-    profiler = metrics_lib.StepProfiler(workdir, config.log.get('profile_steps', ()),
+    profiler = metric_log.StepProfiler(workdir, config.log.get('profile_steps', ()),
                                         enabled=is_host0)
     stack.callback(profiler.close)
     run = _Run(config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
                num_steps=num_steps, feed=feed,
                train_step=exp.train_step(), eval_step=exp.eval_step(),
-               dropout_rng=jax.device_put(dropout_rng, sharding.replicated(mesh)),
+               dropout_rng=jax.device_put(dropout_rng, meshes.replicated(mesh)),
                plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
                preemption=preemption, profiler=profiler)
     state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
@@ -199,9 +199,9 @@ def _interrupted_message(run: _Run, stopped: int, start_step: int) -> str:
           'same command to resume')
 
 
-def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experiment,
-                      state: step_lib.TrainState
-                      ) -> tuple[step_lib.TrainState, optim.PlateauSchedule | None, int]:
+def _restore_or_start(ckpt: checkpointing.Checkpointer, exp: experiment.Experiment,
+                      state: step_fns.TrainState
+                      ) -> tuple[step_fns.TrainState, optim.PlateauSchedule | None, int]:
   """The newest readable checkpoint, else a fresh start: (state, plateau, data position).
 
   The data position is the global batches already read, the same number for any
@@ -223,21 +223,21 @@ def _restore_or_start(ckpt: checkpoint_lib.Checkpointer, exp: experiment.Experim
 
 
 def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                position: int) -> feed_lib.DeviceFeed:
+                position: int) -> device_feed.DeviceFeed:
   """The train batches from global batch `position` on, data.device_prefetch of them ahead."""
-  shard_index, shard_count = sharding.data_shard(mesh)
+  shard_index, shard_count = meshes.data_shard(mesh)
   batches = input_pipeline.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
       process_index=shard_index, process_count=shard_count, start=position)
-  return feed_lib.DeviceFeed(batches, lambda local: sharding.make_global_batch(local, mesh),
+  return device_feed.DeviceFeed(batches, lambda local: meshes.make_global_batch(local, mesh),
                              start=position, depth=config.data.device_prefetch)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _loop(run: _Run, state: step_lib.TrainState, start_step: int
-          ) -> tuple[step_lib.TrainState, dict[str, Any], Optional[int]]:
+def _loop(run: _Run, state: step_fns.TrainState, start_step: int
+          ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[int]]:
   """Steps from start_step to the end, or to a stop signal.
 
   Returns the state, the last eval metrics and the step at which a signal stopped
@@ -246,7 +246,7 @@ def _loop(run: _Run, state: step_lib.TrainState, start_step: int
   config, spe = run.config, run.steps_per_epoch
   last_eval: dict[str, Any] = {}
   if start_step >= run.num_steps:
-    evals = [r for r in metrics_lib.read_metrics(run.workdir) if r['kind'] == 'eval']
+    evals = [r for r in metric_log.read_metrics(run.workdir) if r['kind'] == 'eval']
     last_eval = evals[-1] if evals else {}
     logging.info('The run in %s already finished at step %d.', run.workdir, start_step)
     return state, last_eval, None
@@ -300,7 +300,7 @@ def _stop_if_diverged(run: _Run, pending: list[dict[str, jax.Array]], step: int)
     return
   run.ckpt.wait()
   first = step - len(pending) + 1 + int(bad[0])
-  metrics_lib.check_finite(losses[bad[0]], first, last_checkpoint_step=run.ckpt.latest_step())
+  metric_log.check_finite(losses[bad[0]], first, last_checkpoint_step=run.ckpt.latest_step())
 
 
 def _log_train(run: _Run, step: int, pending: list[dict[str, jax.Array]],
@@ -317,12 +317,12 @@ def _log_train(run: _Run, step: int, pending: list[dict[str, jax.Array]],
   return now, step
 
 
-def _evaluate_and_log(run: _Run, state: step_lib.TrainState, step: int,
+def _evaluate_and_log(run: _Run, state: step_fns.TrainState, step: int,
                       final: bool) -> dict[str, Any]:
   """The center-crop evaluation (and the 10-crop one at the end, if configured), logged."""
   record: dict[str, Any] = {'step': step, 'kind': 'eval', 'epoch': step / run.steps_per_epoch}
   final_views = [(10, 'val10')] if final and run.config.final_eval_crops == 10 else []
-  shard_index, shard_count = sharding.data_shard(run.exp.mesh)
+  shard_index, shard_count = meshes.data_shard(run.exp.mesh)
   for crops, prefix in [(1, 'val')] + final_views:
     batches = input_pipeline.create_eval_iterator(
         run.config.data, 'val', global_batch_size=run.config.batch_size, crops=crops,
@@ -335,7 +335,7 @@ def _evaluate_and_log(run: _Run, state: step_lib.TrainState, step: int,
   return record
 
 
-def _save(run: _Run, state: step_lib.TrainState, step: int,
+def _save(run: _Run, state: step_fns.TrainState, step: int,
           pending: list[dict[str, jax.Array]], val_error: float | None = None,
           force: bool = False) -> None:
   """Starts the checkpoint of `step` if one is due; never one of weights after a NaN loss."""
@@ -345,18 +345,18 @@ def _save(run: _Run, state: step_lib.TrainState, step: int,
   meta = {'step': step, 'epoch': step / run.steps_per_epoch,
           'plateau': run.plateau.state_dict() if run.plateau else None,
           # Of the batches this step consumed, not of those the feed read ahead.
-          checkpoint_lib.DATA_POSITION: run.feed.position,
-          checkpoint_lib.PROCESS_COUNT: jax.process_count()}
+          checkpointing.DATA_POSITION: run.feed.position,
+          checkpointing.PROCESS_COUNT: jax.process_count()}
   run.ckpt.save(step, state, meta=meta, val_error=val_error, force=force)
 
 
-def _with_lr(run: _Run, state: step_lib.TrainState, lr: float) -> step_lib.TrainState:
+def _with_lr(run: _Run, state: step_fns.TrainState, lr: float) -> step_fns.TrainState:
   """The state with the learning rate the next update uses set to `lr`, sharded as before."""
   return jax.device_put(state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr)),
                         run.exp.state_shardings)
 
 
-def _with_start_lr(run: _Run, state: step_lib.TrainState, start_step: int) -> step_lib.TrainState:
+def _with_start_lr(run: _Run, state: step_fns.TrainState, start_step: int) -> step_fns.TrainState:
   """The schedule's rate at the start (a resume may continue under a changed config)."""
   if run.config.optim.schedule != 'plateau':
     return _with_lr(run, state, optim.learning_rate_at(run.config.optim,

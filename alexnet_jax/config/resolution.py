@@ -16,10 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import errors
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import sharding
+from alexnet_jax.core import errors
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optim
+from alexnet_jax.sharding import meshes
 
 # data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
 # sets the same.
@@ -109,7 +109,7 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   processes that hold different rows of it (at most one slice per data index).
   """
   try:
-    data = sharding.mesh_shape(config.mesh, devices, config.model).data
+    data = meshes.mesh_shape(config.mesh, devices, config.model).data
   except (errors.InputError, ValueError, TypeError, KeyError, AttributeError):
     data = devices
   data = max(1, data)
@@ -181,8 +181,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first field of a resolved config with an impossible value.
 
   Covers the top-level, data, log and checkpoint fields here; the optimizer
-  (optim.validate_optim_config), the mesh sizes' form (sharding.check_mesh_config),
-  the mesh rules (sharding.logical_rules) and the network at the configured crop
+  (optim.validate_optim_config), the mesh sizes' form (meshes.check_mesh_config),
+  the mesh rules (meshes.logical_rules) and the network at the configured crop
   (AlexNet.check). Whether the mesh fits the devices depends on them and is
   checked when the mesh is made.
   """
@@ -230,9 +230,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       and all(_is_int(c) and c > 0 for c in m.conv_widths)),
        'model.conv_widths', 'None or five positive integers (conv1-conv5)')
   optim.validate_optim_config(config.optim)
-  sharding.check_mesh_config(config.mesh)
-  sharding.logical_rules(config)
-  model_lib.from_config(config.model).check((1, d.crop_size, d.crop_size, 3))
+  meshes.check_mesh_config(config.mesh)
+  meshes.logical_rules(config)
+  alexnet.from_config(config.model).check((1, d.crop_size, d.crop_size, 3))
 
 
 def load(config: ml_collections.ConfigDict, *, platform: str | None = None,

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from alexnet_jax import fileio
+from alexnet_jax.core import fileio
 
 DATASET_FILE = 'dataset.json'
 STATS_FILE = 'stats.npz'

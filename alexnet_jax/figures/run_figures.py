@@ -35,12 +35,12 @@ from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
 
-from alexnet_jax import augment
-from alexnet_jax import preprocess
-from alexnet_jax import fileio
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import model as model_lib
+from alexnet_jax.data import augment
+from alexnet_jax.data import preprocess
+from alexnet_jax.core import fileio
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import metric_log
+from alexnet_jax.model import alexnet
 
 PLOTS_DIR = 'plots'
 CURVES_FILE = 'training_curves.png'
@@ -283,7 +283,7 @@ def plot_conv1_kernels(kernel: np.ndarray, towers: int, path: str, columns: int 
 
 
 def fc7_features(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array, *,
-                 model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
+                 model: alexnet.AlexNet, mean_image: jax.Array) -> jax.Array:
   """fc7 activations (b, hidden) after its ReLU, of uint8 crops (b, c, c, 3), as in eval.
 
   The paper's figure 4 compares images by these "last hidden layer" vectors.
@@ -332,7 +332,7 @@ def load_center_crops(data_config: ml_collections.ConfigDict, split: str,
                label=np.array([e['label'] for e in examples], np.int32))
 
 
-def features_of(crops: Crops, params: Any, *, model: model_lib.AlexNet, mean_image: np.ndarray,
+def features_of(crops: Crops, params: Any, *, model: alexnet.AlexNet, mean_image: np.ndarray,
                 batch: int = 128) -> np.ndarray:
   """fc7 features (n, hidden) of `crops`, in fixed-size batches (one compilation)."""
   fn = jax.jit(functools.partial(fc7_features, model=model))
@@ -378,7 +378,7 @@ def plot_nearest_neighbours(queries: Crops, neighbours: Sequence[Crops], distanc
   return save_png(figure, path)
 
 
-def nearest_neighbour_figure(path: str, *, params: Any, model: model_lib.AlexNet,
+def nearest_neighbour_figure(path: str, *, params: Any, model: alexnet.AlexNet,
                              data_config: ml_collections.ConfigDict, mean_image: np.ndarray,
                              class_descriptions: Sequence[str], num_queries: int = 5,
                              num_neighbours: int = 6, max_train: int = 2000,
@@ -411,9 +411,9 @@ def write_curve_plots(workdir: str | os.PathLike[str],
                       folder: str | None = None) -> list[str]:
   """training_curves.png and throughput.png from WORKDIR/metrics.jsonl into `folder`
   (default WORKDIR/plots); the paths written."""
-  records = metrics_lib.read_metrics(workdir)
+  records = metric_log.read_metrics(workdir)
   if not records:
-    path = os.path.join(os.fspath(workdir), metrics_lib.METRICS_FILE)
+    path = os.path.join(os.fspath(workdir), metric_log.METRICS_FILE)
     raise FileNotFoundError(f'no metrics in {path}')
   folder = folder or plots_dir(workdir)
   written = [plot_training_curves(records, os.path.join(folder, CURVES_FILE))]

@@ -44,16 +44,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from alexnet_jax import cluster
-from alexnet_jax import errors
-from alexnet_jax import model as model_lib
+from alexnet_jax.distributed import cluster
+from alexnet_jax.core import errors
+from alexnet_jax.model import alexnet
 
 MESH_AXES = ('data', 'model')
 # Every logical axis name the model puts on a weight or activation; the rules
 # table must place each one (on a mesh axis or on None, i.e. replicated).
 MODEL_LOGICAL_AXES = tuple(dict.fromkeys(
-    model_lib.CONV_KERNEL_AXES + model_lib.FC_KERNEL_AXES + (model_lib.CLASSES_AXIS,)
-    + tuple(a for a in model_lib.CONV_ACTIVATION_AXES if a is not None)))
+    alexnet.CONV_KERNEL_AXES + alexnet.FC_KERNEL_AXES + (alexnet.CLASSES_AXIS,)
+    + tuple(a for a in alexnet.CONV_ACTIVATION_AXES if a is not None)))
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -149,9 +149,9 @@ def check_model_axis(model_config: Any, model_axis: int) -> None:
     raise errors.InputError(
         f'config.mesh.model={model_axis} does not divide config.model.towers={towers}: each '
         f'device must hold whole towers (use model=1 or {towers})')
-  convs, hidden = model_lib.scaled_widths(model_config.get('width', 1.0),
+  convs, hidden = alexnet.scaled_widths(model_config.get('width', 1.0),
                                           model_config.get('conv_widths', None))
-  widths = [(f'{name} width', c) for name, c in zip(model_lib.CONV_LAYOUT, convs)]
+  widths = [(f'{name} width', c) for name, c in zip(alexnet.CONV_LAYOUT, convs)]
   widths.append(('fc6/fc7 width', hidden))
   for what, size in widths:
     if size % model_axis:
@@ -211,7 +211,7 @@ def rules_for_sizes(rules: Rules, axis_sizes: Mapping[str, int], num_classes: in
     names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(axis_sizes[a] for a in names)
 
-  return tuple((name, None if name == model_lib.CLASSES_AXIS and num_classes % size(axes)
+  return tuple((name, None if name == alexnet.CLASSES_AXIS and num_classes % size(axes)
                 else axes) for name, axes in rules)
 
 
@@ -230,10 +230,10 @@ def logical_rules(config: Any) -> Rules:
           f'config.mesh.rules maps {rule[0]!r} to unknown mesh axis {unknown[0]!r}; '
           f'mesh axes are {MESH_AXES}')
   named = {rule[0] for rule in rules}
-  if model_lib.CLASSES_AXIS not in named:
+  if alexnet.CLASSES_AXIS not in named:
     # Tables written before fc8's outputs had a name of their own (stored runs'
     # config.json) called them fc_out; they keep that placement.
-    rules += tuple((model_lib.CLASSES_AXIS, axes) for name, axes in rules if name == 'fc_out')
+    rules += tuple((alexnet.CLASSES_AXIS, axes) for name, axes in rules if name == 'fc_out')
     named = {rule[0] for rule in rules}
   missing = [a for a in MODEL_LOGICAL_AXES if a not in named]
   if missing:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax import errors
+from alexnet_jax.core import errors
 
 SCHEDULES = ('plateau', 'step', 'constant')
 # Leaf names still decayed under decay_bias=False (Caffe's recipe decays weights only).

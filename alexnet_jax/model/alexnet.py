@@ -11,7 +11,7 @@ The network is applied as a pure function of its parameters:
 `towers=2` is the paper's two-GPU network: conv2, conv4 and conv5 connect only
 within a tower (half of the input channels feed half of the output channels);
 conv1, conv3 and the fully connected layers see everything. Every weight carries
-logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding` maps them
+logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding.meshes` maps them
 onto a device mesh, so this file names no devices or mesh axes. Under such a mesh
 the grouped convs run tower-local on each device (`tower_shard_specs`).
 
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import errors
+from alexnet_jax.core import errors
 
 Array = jax.Array
 Initializer = Callable[..., Array]

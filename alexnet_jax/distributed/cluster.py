@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 
-from alexnet_jax import errors
+from alexnet_jax.core import errors
 
 # Seconds every process waits for the others at start (--distributed_timeout).
 DEFAULT_TIMEOUT_S = 120
@@ -674,7 +674,7 @@ def _start_service(plan: Plan) -> subprocess.Popen:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root,
                                                                   os.environ.get('PYTHONPATH')])))
   helper = subprocess.Popen(
-      [sys.executable, '-c', 'from alexnet_jax import cluster; '
+      [sys.executable, '-c', 'from alexnet_jax.distributed import cluster; '
        f'cluster.serve_coordinator({port}, {plan.num_processes})'],
       # Its own output would come after process 0's last line (and keep a pipe of process 0's
       # output open for its grace): none.

@@ -25,15 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_lib
-from alexnet_jax import errors
-from alexnet_jax import experiment
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import progress
-from alexnet_jax import sharding
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.config import resolution
+from alexnet_jax.core import errors
+from alexnet_jax.training import experiment
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet
+from alexnet_jax.core import progress
+from alexnet_jax.sharding import meshes
+from alexnet_jax.storage import workdir_files
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
 GIB = 2**30
@@ -140,7 +140,7 @@ class Plan:
   num_threads: int  # decoder threads per host
   worker_count: int  # grain worker processes per host (0: the threads alone)
   threads_note: str
-  feeding: config_lib.Feeding  # projected input images/s per host against the step's need
+  feeding: resolution.Feeding  # projected input images/s per host against the step's need
   global_batch: int
   batch_per_process: int  # images each process reads per step
   batch_per_device: int  # images each model replica's device sees per step
@@ -157,7 +157,7 @@ class Plan:
   epoch_flops: int | None  # the images of one epoch's steps
   images_per_sec: float | None  # whole job: given, or devices x peak x efficiency
   speed_note: str
-  shards: list[sharding.ShardInfo]
+  shards: list[meshes.ShardInfo]
   whole_note: str  # why fc8 is whole on every device ('' when it is split)
   not_computed: tuple[str, ...]
 
@@ -185,7 +185,7 @@ class Plan:
 # ----------------------------------------------------------------------------- estimates
 
 
-def output_splits(rules: sharding.Rules, axis_sizes: dict[str, int]) -> dict[str, int]:
+def output_splits(rules: meshes.Rules, axis_sizes: dict[str, int]) -> dict[str, int]:
   """Devices each layer kind's outputs are split over: 'conv', 'fc' (fc6, fc7), 'classes'."""
   placement = dict(rules)
 
@@ -194,10 +194,10 @@ def output_splits(rules: sharding.Rules, axis_sizes: dict[str, int]) -> dict[str
     names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(axis_sizes[a] for a in names)
 
-  return {'conv': size('conv_out'), 'fc': size('fc_out'), 'classes': size(model_lib.CLASSES_AXIS)}
+  return {'conv': size('conv_out'), 'fc': size('fc_out'), 'classes': size(alexnet.CLASSES_AXIS)}
 
 
-def activation_bytes(model: model_lib.AlexNet, crop: int, batch_per_device: int,
+def activation_bytes(model: alexnet.AlexNet, crop: int, batch_per_device: int,
                      splits: dict[str, int]) -> int:
   """Rough bytes of the activations one device keeps for the backward pass.
 
@@ -207,9 +207,9 @@ def activation_bytes(model: model_lib.AlexNet, crop: int, batch_per_device: int,
   (`output_splits`: fc8 may be whole). XLA fuses some of these away, so the true
   peak is usually lower.
   """
-  itemsize = jnp.dtype(model_lib.resolve_dtype(model.dtype)).itemsize
+  itemsize = jnp.dtype(alexnet.resolve_dtype(model.dtype)).itemsize
   per_image = crop * crop * 3  # the normalised input
-  for row in model_lib.layer_table(model, crop):
+  for row in alexnet.layer_table(model, crop):
     n = math.prod(row.output_shape)
     copies = 2 if row.name in ('conv1', 'conv2') and model.use_lrn else 1  # pre- and post-LRN
     copies += 1 if row.name in ('fc6', 'fc7') else 0  # dropout output
@@ -218,9 +218,9 @@ def activation_bytes(model: model_lib.AlexNet, crop: int, batch_per_device: int,
   return 2 * per_image * batch_per_device * itemsize
 
 
-def training_flops_per_image(model: model_lib.AlexNet, crop: int) -> int:
+def training_flops_per_image(model: alexnet.AlexNet, crop: int) -> int:
   """FLOPs of one training image: 3 x 2 x the forward multiply-adds of model.layer_table."""
-  return FLOPS_PER_TRAINING_MAC * sum(row.macs for row in model_lib.layer_table(model, crop))
+  return FLOPS_PER_TRAINING_MAC * sum(row.macs for row in alexnet.layer_table(model, crop))
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -236,12 +236,12 @@ def _process_owners(data: int, model: int, processes: int) -> np.ndarray:
 
 
 def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int:
-  """Slices each global batch is cut into for the processes (sharding.data_shard's count)."""
+  """Slices each global batch is cut into for the processes (meshes.data_shard's count)."""
   owners = _process_owners(mesh_data, mesh_model, processes)
   counts = set()
   for p in range(processes):
     try:
-      counts.add(sharding.data_shard_of(owners, p)[1])
+      counts.add(meshes.data_shard_of(owners, p)[1])
     except errors.InputError:
       raise errors.InputError(
           f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
@@ -295,32 +295,32 @@ class _Topology:
   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
   platform: str
   processes: int
-  batch_slices: int  # sharding.data_shard's count: slices of each batch over the processes
+  batch_slices: int  # meshes.data_shard's count: slices of each batch over the processes
   cores_from: str  # where the decoder-thread count came from, in words
-  feeding: config_lib.Feeding  # the input projection data.worker_count -1 decided by
+  feeding: resolution.Feeding  # the input projection data.worker_count -1 decided by
 
 
 def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
   """The resolved config and the mesh: of the visible devices, or of the target's."""
   if target.devices is None:
     cores = os.cpu_count() or 1
-    config = config_lib.load(raw)
+    config = resolution.load(raw)
     mesh = experiment.create_mesh(config)
-    feed = config_lib.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
+    feed = resolution.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
                                   jax.process_count())
     return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
-                     sharding.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
+                     meshes.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
   if target.host_cores is None:
     cores = os.cpu_count() or 1
     cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
   else:
     cores, cores_from = target.host_cores, f'--plan_host_cores={target.host_cores}'
   processes = target.processes or 1
-  config = config_lib.load(raw, platform=target.platform, cpu_count=cores,
+  config = resolution.load(raw, platform=target.platform, cpu_count=cores,
                            devices=target.devices, processes=processes)
   mesh = experiment.create_abstract_mesh(config, target.devices)
   slices = _planned_batch_split(mesh.shape['data'], mesh.shape['model'], processes)
-  feed = config_lib.feeding_for(raw, target.platform, cores, target.devices, processes)
+  feed = resolution.feeding_for(raw, target.platform, cores, target.devices, processes)
   return _Topology(config, mesh, target.platform, processes, slices, cores_from, feed)
 
 
@@ -337,7 +337,7 @@ def _speed(target: Target, num_devices: int, flops_per_image: int
 def _whole_note(config: ml_collections.ConfigDict, exp: experiment.Experiment) -> str:
   """Why fc8 is whole on every device, when the mesh's rules keep it whole ('' otherwise)."""
   sizes = dict(exp.mesh.shape)
-  configured = output_splits(sharding.logical_rules(config), sizes)['classes']
+  configured = output_splits(meshes.logical_rules(config), sizes)['classes']
   if output_splits(exp.rules, sizes)['classes'] == 1 and configured > 1:
     return (f'whole on every device: {exp.model.num_classes} classes do not split over '
             f'{configured} devices (docs/sharding.md)')
@@ -381,7 +381,7 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
   plan = Plan(
       backend=top.platform, planned=target.devices is not None, num_devices=mesh.size,
       num_processes=top.processes, mesh_data=data_axis, mesh_model=model_axis,
-      mesh_note=sharding.mesh_shape(config.mesh, mesh.size, config.model).note,
+      mesh_note=meshes.mesh_shape(config.mesh, mesh.size, config.model).note,
       dtype=str(config.model.dtype), dtype_note=dtype_note, num_threads=config.data.num_threads,
       worker_count=config.data.worker_count,
       threads_note=threads_note, feeding=top.feeding, global_batch=config.batch_size,
@@ -398,16 +398,16 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
 
 
 def _memory(exp: experiment.Experiment, batch_per_device: int
-            ) -> tuple[list[sharding.ShardInfo], Memory]:
+            ) -> tuple[list[meshes.ShardInfo], Memory]:
   """The weights' shard table and the bytes one device holds at this per-device batch."""
   shapes, shardings = exp.state_shapes, exp.state_shardings
-  param_rows = sharding.sharding_plan(shapes.params, shardings.params)
+  param_rows = meshes.sharding_plan(shapes.params, shardings.params)
   param_bytes = sum(r.shard_bytes for r in param_rows)
   crop = exp.config.data.crop_size
   splits = output_splits(exp.rules, dict(exp.mesh.shape))
   return param_rows, Memory(
       params=param_bytes, gradients=param_bytes,
-      opt_state=sharding.bytes_per_device(shapes.opt_state, shardings.opt_state),
+      opt_state=meshes.bytes_per_device(shapes.opt_state, shardings.opt_state),
       activations=activation_bytes(exp.model, crop, batch_per_device, splits),
       activations_per_image=activation_bytes(exp.model, crop, 1, splits))
 
@@ -525,15 +525,15 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, target: Target | No
   target = target or Target()
   plan = build_plan(config, target)
   # The config as the planned run resolves it: its platform decides model.dtype 'auto'.
-  resolved = config_lib.load(config, platform=target.platform, cpu_count=target.host_cores,
+  resolved = resolution.load(config, platform=target.platform, cpu_count=target.host_cores,
                              devices=target.devices, processes=target.processes)
-  accepted = workdir_lib.check_resume(workdir, resolved)
-  resume = bool(checkpoint_lib.finished_steps(workdir))
+  accepted = workdir_files.check_resume(workdir, resolved)
+  resume = bool(checkpointing.finished_steps(workdir))
   print(format_plan(plan))
-  state = f'resumes from step {checkpoint_lib.finished_steps(workdir)[-1]}' if resume else 'new run'
+  state = f'resumes from step {checkpointing.finished_steps(workdir)[-1]}' if resume else 'new run'
   if accepted:
     state += '; changed fields it accepts: ' + ', '.join(c.field for c in accepted)
-  holder = workdir_lib.lock_status(workdir)
+  holder = workdir_files.lock_status(workdir)
   if holder:
     state += f'; in use by a run: {holder}'
   print(f'workdir: {workdir} ({state})')

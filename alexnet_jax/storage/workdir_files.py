@@ -12,7 +12,7 @@ run saw of its dataset, so host 0 copies those facts here at the start of
 training and predictions need no training data. Files are replaced atomically.
 
 A resume is checked before it changes anything: the config field by field
-(config_changes.DECISIONS) and the dataset against dataset_info.json. One run
+(resume_changes.DECISIONS) and the dataset against dataset_info.json. One run
 at a time writes a workdir (`hold_lock`); predict, plot and evaluate only read and take
 no lock (evaluate writes its results into WORKDIR/eval/ only).
 """
@@ -33,12 +33,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import config_changes
-from alexnet_jax import errors
-from alexnet_jax import fileio
-from alexnet_jax import input_pipeline
-from alexnet_jax import lockfile
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.config import resume_changes
+from alexnet_jax.core import errors
+from alexnet_jax.core import fileio
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import lockfile
 
 CONFIG_JSON = 'config.json'
 CONFIG_PY = 'config.py'
@@ -190,23 +190,23 @@ def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]
 
 
 def check_resume(workdir: str | os.PathLike[str],
-                 config: Any) -> list[config_changes.Change]:
+                 config: Any) -> list[resume_changes.Change]:
   """Compares `config` with the one the run in WORKDIR started with; returns accepted changes.
 
   Only a workdir with a finished checkpoint has anything to resume; elsewhere the
   stored config is simply replaced. A change of a field that changes what is
-  computed or the data order (config_changes.DECISIONS) raises errors.InputError
+  computed or the data order (resume_changes.DECISIONS) raises errors.InputError
   listing every such difference and the two ways on; nothing is written here.
   """
   workdir = os.fspath(workdir)
-  if not checkpoint_lib.finished_steps(workdir):
+  if not checkpointing.finished_steps(workdir):
     return []
   stored = load_config_dict(workdir)
   if stored is None:
     logging.warning('%s holds checkpoints but no %s: the config of the resumed run cannot be '
                     'checked.', workdir, CONFIG_JSON)
     return []
-  refused, accepted = config_changes.compare(stored, _plain(config))
+  refused, accepted = resume_changes.compare(stored, _plain(config))
   if refused:
     listed = '; '.join(f'{c.field}: {json.dumps(c.stored)} -> {json.dumps(c.current)}'
                        for c in refused)
@@ -219,7 +219,7 @@ def check_resume(workdir: str | os.PathLike[str],
 
 
 def record_config(workdir: str | os.PathLike[str], config: Any,
-                  accepted: list[config_changes.Change], step: int) -> None:
+                  accepted: list[resume_changes.Change], step: int) -> None:
   """Writes the config the run now uses, and appends the accepted changes to its history.
 
   WORKDIR/config_history.jsonl gets one line per resume that changed fields:
@@ -323,7 +323,7 @@ def check_dataset(workdir: str | os.PathLike[str], info: input_pipeline.DatasetI
   same). Nothing to compare for a fresh run or one that stored no dataset_info.json.
   """
   workdir = os.fspath(workdir)
-  if not checkpoint_lib.finished_steps(workdir):
+  if not checkpointing.finished_steps(workdir):
     return
   stored = load_dataset_info(workdir)
   if stored is None:

@@ -28,9 +28,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from alexnet_jax import errors
-from alexnet_jax import fileio
-from alexnet_jax import progress
+from alexnet_jax.core import errors
+from alexnet_jax.core import fileio
+from alexnet_jax.core import progress
 
 METRICS_FILE = 'metrics.jsonl'
 KINDS = ('train', 'eval')

@@ -22,29 +22,29 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax import errors
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import sharding
-from alexnet_jax import step as step_lib
+from alexnet_jax.core import errors
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optim
+from alexnet_jax.sharding import meshes
+from alexnet_jax.training import step_fns
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
   config: ml_collections.ConfigDict  # resolved and validated
   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
-  rules: sharding.Rules  # config.mesh.rules for this mesh (sharding.rules_for_sizes)
+  rules: meshes.Rules  # config.mesh.rules for this mesh (meshes.rules_for_sizes)
   info: Optional[input_pipeline.DatasetInfo]  # None: the dataset is still to be prepared
-  model: model_lib.AlexNet
+  model: alexnet.AlexNet
   optimizer: optax.GradientTransformation
-  state_shapes: step_lib.TrainState  # jax.eval_shape of the init, params still boxed
-  state_shardings: step_lib.TrainState  # NamedShardings, same structure unboxed
+  state_shapes: step_fns.TrainState  # jax.eval_shape of the init, params still boxed
+  state_shardings: step_fns.TrainState  # NamedShardings, same structure unboxed
 
   @property
-  def abstract_state(self) -> step_lib.TrainState:
+  def abstract_state(self) -> step_fns.TrainState:
     """ShapeDtypeStructs with their target shardings: what a checkpoint restores into."""
-    return sharding.abstract(self.state_shapes, self.state_shardings)
+    return meshes.abstract(self.state_shapes, self.state_shardings)
 
   @property
   def mean_image(self) -> np.ndarray:
@@ -53,49 +53,49 @@ class Experiment:
       raise ValueError('the dataset is not prepared yet: no mean image')
     return input_pipeline.mean_for_config(self.info, self.config.data)
 
-  def init_state(self, rng: jax.Array) -> step_lib.TrainState:
+  def init_state(self, rng: jax.Array) -> step_fns.TrainState:
     """The initial train state, each array created on the devices that keep it."""
-    init_fn = functools.partial(step_lib.init_state, self.model, self.optimizer,
+    init_fn = functools.partial(step_fns.init_state, self.model, self.optimizer,
                                 crop_size=self.config.data.crop_size)
-    state, _ = sharding.create_sharded_state(init_fn, rng, self.mesh, self.rules)
+    state, _ = meshes.create_sharded_state(init_fn, rng, self.mesh, self.rules)
     return state
 
   def _replicated(self, x: Any) -> jax.Array:
-    return jax.device_put(x, sharding.replicated(self.mesh))
+    return jax.device_put(x, meshes.replicated(self.mesh))
 
-  def train_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch, jax.Array],
-                                   tuple[step_lib.TrainState, dict[str, jax.Array]]]:
+  def train_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch, jax.Array],
+                                   tuple[step_fns.TrainState, dict[str, jax.Array]]]:
     """step(state, global batch, dropout rng) -> (state, metrics); the state is donated."""
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
-    fn = functools.partial(step_lib.train_step, model=self.model, optimizer=self.optimizer,
+    fn = functools.partial(step_fns.train_step, model=self.model, optimizer=self.optimizer,
                            mean_image=mean_image)
-    repl = sharding.replicated(self.mesh)
-    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh), repl),
+    repl = meshes.replicated(self.mesh)
+    return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh), repl),
                    out_shardings=(self.state_shardings, repl), donate_argnums=0)
 
-  def eval_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch], dict[str, jax.Array]]:
+  def eval_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch], dict[str, jax.Array]]:
     """step(state, global eval batch) -> sums of loss, top-1/top-5 mistakes and count."""
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
-    fn = functools.partial(step_lib.eval_step, model=self.model, mean_image=mean_image)
-    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-                   out_shardings=sharding.replicated(self.mesh))
+    fn = functools.partial(step_fns.eval_step, model=self.model, mean_image=mean_image)
+    return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh)),
+                   out_shardings=meshes.replicated(self.mesh))
 
-  def probability_step(self) -> Callable[[step_lib.TrainState, step_lib.Batch], jax.Array]:
+  def probability_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch], jax.Array]:
     """step(state, global eval batch) -> (b, num_classes) predictions, on every device.
 
     The same forward pass as eval_step, stopped before the sums: what an ensemble averages.
     """
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
     fn = functools.partial(_state_probabilities, model=self.model, mean_image=mean_image)
-    return jax.jit(sharding.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-                   out_shardings=sharding.replicated(self.mesh))
+    return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
+                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh)),
+                   out_shardings=meshes.replicated(self.mesh))
 
-  def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_lib.TrainState,
+  def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_fns.TrainState,
                batches: Iterator[dict[str, np.ndarray]],
-               on_batch: Optional[Callable[[dict[str, np.ndarray], step_lib.Batch], None]] = None
+               on_batch: Optional[Callable[[dict[str, np.ndarray], step_fns.Batch], None]] = None
                ) -> dict[str, float]:
     """Loss, top-1 and top-5 error over every real example of `batches` (this host's part).
 
@@ -103,7 +103,7 @@ class Experiment:
     """
     totals = None
     for local in batches:
-      batch = sharding.make_global_batch(local, self.mesh)
+      batch = meshes.make_global_batch(local, self.mesh)
       out = eval_step(state, batch)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
       if on_batch is not None:
@@ -116,9 +116,9 @@ class Experiment:
             'top5_err': float(totals['top5_wrong']) / n, 'count': n}
 
 
-def _state_probabilities(state: step_lib.TrainState, batch: step_lib.Batch, *,
-                         model: model_lib.AlexNet, mean_image: jax.Array) -> jax.Array:
-  return step_lib.example_probabilities(state.params, batch, model=model, mean_image=mean_image)
+def _state_probabilities(state: step_fns.TrainState, batch: step_fns.Batch, *,
+                         model: alexnet.AlexNet, mean_image: jax.Array) -> jax.Array:
+  return step_fns.example_probabilities(state.params, batch, model=model, mean_image=mean_image)
 
 
 def count_steps(config: ml_collections.ConfigDict,
@@ -158,13 +158,13 @@ def check_val_split(config: ml_collections.ConfigDict, info: input_pipeline.Data
       'ILSVRC2012_img_val.tar), into a new folder')
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> alexnet.AlexNet:
   """The configured network; its output layer must match the dataset's classes."""
   if config.model.num_classes != num_classes:
     raise errors.InputError(
         f'config.model.num_classes is {config.model.num_classes} but the dataset '
         f'has {num_classes} classes')
-  return model_lib.from_config(config.model)
+  return alexnet.from_config(config.model)
 
 
 def create_mesh(config: ml_collections.ConfigDict,
@@ -175,9 +175,9 @@ def create_mesh(config: ml_collections.ConfigDict,
   Raises ValueError for a mesh the devices cannot form, a model axis that does
   not split the network, or a batch the data axis cannot split.
   """
-  mesh = sharding.create_mesh(config.mesh if mesh_config is None else mesh_config, devices,
+  mesh = meshes.create_mesh(config.mesh if mesh_config is None else mesh_config, devices,
                               model_config=config.model)
-  sharding.check_batch_divisible(config.batch_size, mesh)
+  meshes.check_batch_divisible(config.batch_size, mesh)
   return mesh
 
 
@@ -187,8 +187,8 @@ def create_abstract_mesh(config: ml_collections.ConfigDict,
 
   No device is needed: the dry run plans a cluster's job from a login node.
   """
-  mesh = sharding.create_abstract_mesh(config.mesh, num_devices, model_config=config.model)
-  sharding.check_batch_divisible(config.batch_size, mesh)
+  mesh = meshes.create_abstract_mesh(config.mesh, num_devices, model_config=config.model)
+  meshes.check_batch_divisible(config.batch_size, mesh)
   return mesh
 
 
@@ -206,11 +206,11 @@ def setup(config: ml_collections.ConfigDict,
   mesh = create_mesh(config) if mesh is None else mesh
   num_classes = config.model.num_classes if info is None else info.num_classes
   model = create_model(config, num_classes)
-  rules = sharding.rules_for_sizes(sharding.logical_rules(config), mesh.shape, num_classes)
+  rules = meshes.rules_for_sizes(meshes.logical_rules(config), mesh.shape, num_classes)
   optimizer = optim.create_optimizer(config.optim)
-  init_fn = lambda rng: step_lib.init_state(model, optimizer, rng, config.data.crop_size)
-  with sharding.use_mesh(mesh, rules):
+  init_fn = lambda rng: step_fns.init_state(model, optimizer, rng, config.data.crop_size)
+  with meshes.use_mesh(mesh, rules):
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    shardings = sharding.param_shardings(shapes, mesh, rules)
+    shardings = meshes.param_shardings(shapes, mesh, rules)
   return Experiment(config=config, mesh=mesh, rules=rules, info=info, model=model,
                     optimizer=optimizer, state_shapes=shapes, state_shardings=shardings)

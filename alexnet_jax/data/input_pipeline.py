@@ -44,11 +44,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import errors
-from alexnet_jax import augment
-from alexnet_jax import preprocess
-from alexnet_jax import codecs
-from alexnet_jax import dataset_format
+from alexnet_jax.core import errors
+from alexnet_jax.data import augment
+from alexnet_jax.data import preprocess
+from alexnet_jax.data import decoding
+from alexnet_jax.data import prepared_format
 
 # Widely used ImageNet statistics of pixels in [0, 1] (docs/design.md, "Augmentation").
 IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
@@ -81,15 +81,15 @@ class DatasetInfo:
 def _missing_prepared(folder: str) -> errors.MissingInputError:
   return errors.MissingInputError(
       f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-      f'(no finished {dataset_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
+      f'(no finished {prepared_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
       f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
 
 
 def _prepared_description(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
   folder = data_config.dir
-  if not folder or not dataset_format.is_complete(folder):
+  if not folder or not prepared_format.is_complete(folder):
     raise _missing_prepared(folder)
-  description = dataset_format.read_dataset_json(folder)
+  description = prepared_format.read_dataset_json(folder)
   if description['image_size'] != data_config.image_size:
     raise errors.InputError(
         f'{folder} was prepared at image_size {description["image_size"]} but '
@@ -121,8 +121,8 @@ def load_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   size = data_config.image_size
   if data_config.source == 'prepared':
     description = _prepared_description(data_config)
-    stats_path = os.path.join(data_config.dir, dataset_format.STATS_FILE)
-    mean_image, eigvals, eigvecs = dataset_format.read_stats(stats_path)
+    stats_path = os.path.join(data_config.dir, prepared_format.STATS_FILE)
+    mean_image, eigvals, eigvecs = prepared_format.read_stats(stats_path)
     return DatasetInfo(
         num_classes=description['num_classes'],
         class_names=tuple(description['class_names']),
@@ -135,9 +135,9 @@ def load_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
         stats_source=stats_path)
   if data_config.source == 'tfds':
     info = _tfds_builder(data_config).info
-    stats_path = dataset_format.tfds_stats_file(data_config.dir, size)
+    stats_path = prepared_format.tfds_stats_file(data_config.dir, size)
     if os.path.isfile(stats_path):
-      mean_image, eigvals, eigvecs = dataset_format.read_stats(stats_path)
+      mean_image, eigvals, eigvecs = prepared_format.read_stats(stats_path)
     else:
       logging.warning(
           '%s not found: using the ImageNet per-channel mean and PCA constants '
@@ -194,7 +194,7 @@ def open_split(data_config: ml_collections.ConfigDict, split: str) -> RecordSour
                           tuple(os.path.join(data_config.dir, name) for name, _ in shards),
                           tuple(np.cumsum([count for _, count in shards]).tolist()),
                           _prepare_again(data_config.dir, description))
-    return RecordSource(records, dataset_format.decode_record, resize=False)
+    return RecordSource(records, prepared_format.decode_record, resize=False)
   if data_config.source == 'tfds':
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -271,8 +271,8 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
 
 def _stored_image(data: bytes, image_size: int, resize: bool) -> np.ndarray:
   if resize:
-    return codecs.decode_and_resize(data, image_size)
-  image = codecs.decode(data)
+    return decoding.decode_and_resize(data, image_size)
+  image = decoding.decode(data)
   if image.shape != (image_size, image_size, 3):
     raise errors.InputError(f'stored image is {image.shape}, expected '
                             f'({image_size}, {image_size}, 3)')

@@ -21,8 +21,8 @@ from absl import flags
 from absl import logging
 import ml_collections
 
-from alexnet_jax import errors
-from alexnet_jax import platform
+from alexnet_jax.core import errors
+from alexnet_jax.core import xla_flags
 
 # Set to 1 to see the traceback above a user error's one line (for reporting bugs).
 TRACEBACK_ENV = 'ALEXNET_JAX_TRACEBACK'
@@ -129,7 +129,7 @@ def start_reader() -> None:
   now (a missing platform is one line); orbax's INFO line for every array read
   is kept off the console unless --verbosity asks for it.
   """
-  platform.configure_xla_cpu()
+  xla_flags.configure_xla_cpu()
   start_backend()
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from alexnet_jax import losses
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import preprocess
+from alexnet_jax.model import losses
+from alexnet_jax.model import alexnet
+from alexnet_jax.training import optim
+from alexnet_jax.data import preprocess
 
 Batch = dict[str, jax.Array]
 
@@ -31,7 +31,7 @@ class TrainState:
   opt_state: Any
 
 
-def init_state(model: model_lib.AlexNet, optimizer: optax.GradientTransformation,
+def init_state(model: alexnet.AlexNet, optimizer: optax.GradientTransformation,
                rng: jax.Array, crop_size: int) -> TrainState:
   """The initial state with boxed (logically named) params, for shardings and init alike."""
   variables = model.init(rng, jnp.zeros((1, crop_size, crop_size, 3), jnp.float32))
@@ -40,7 +40,7 @@ def init_state(model: model_lib.AlexNet, optimizer: optax.GradientTransformation
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: model_lib.AlexNet,
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: alexnet.AlexNet,
                optimizer: optax.GradientTransformation, mean_image: jax.Array
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch of uint8 crops; returns the new state and metrics."""
@@ -62,7 +62,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: model_
 
 
 def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax.Array,
-                       lighting: jax.Array, *, model: model_lib.AlexNet,
+                       lighting: jax.Array, *, model: alexnet.AlexNet,
                        mean_image: jax.Array) -> jax.Array:
   """Softmax outputs (b, V, num_classes) of uint8 views (b, V, c, c, 3), deterministic."""
   b, v = image.shape[:2]
@@ -72,7 +72,7 @@ def view_probabilities(params: Any, image: jax.Array, crop: jax.Array, flip: jax
   return jax.nn.softmax(logits).reshape(b, v, -1)
 
 
-def example_probabilities(params: Any, batch: Batch, *, model: model_lib.AlexNet,
+def example_probabilities(params: Any, batch: Batch, *, model: alexnet.AlexNet,
                           mean_image: jax.Array) -> jax.Array:
   """(b, num_classes): each example's prediction, the mean of its V views' softmax outputs.
 
@@ -97,7 +97,7 @@ def probability_sums(probs: jax.Array, label: jax.Array, mask: jax.Array) -> dic
           'top5_wrong': jnp.sum(wrong5 * mask), 'count': jnp.sum(mask)}
 
 
-def eval_step(state: TrainState, batch: Batch, *, model: model_lib.AlexNet,
+def eval_step(state: TrainState, batch: Batch, *, model: alexnet.AlexNet,
               mean_image: jax.Array) -> dict[str, jax.Array]:
   """Sums over the real (mask=True) examples of a batch of V views each.
 

@@ -49,8 +49,8 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax import cluster
-from alexnet_jax import errors
+from alexnet_jax.distributed import cluster
+from alexnet_jax.core import errors
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.

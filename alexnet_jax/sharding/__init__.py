@@ -1,0 +1,2 @@
+"""Devices: the paper's two-GPU split as a `jax.sharding` mesh, parameter and batch
+shardings."""
