@@ -165,7 +165,9 @@ def misplaced_peers(table: dict[str, Row], graph: dict[str, set[str]]) -> list[s
   bad = []
   for name, row in sorted(table.items()):
     for peer in sorted(row.peers):
-      if peer not in table or table[peer].layer != row.layer:
+      if peer not in table:
+        bad.append(f'{name} may import {peer}, which has no row')
+      elif table[peer].layer != row.layer:
         bad.append(f'{name} (L{row.layer}) may import {peer}, which is not on L{row.layer}')
       elif (name, peer) not in used:
         bad.append(f'{name} may import {peer} but does not')
