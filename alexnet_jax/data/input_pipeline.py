@@ -27,10 +27,12 @@ import numpy as np
 
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
-# The dataset names callers have long reached through this module.
-from alexnet_jax.data.dataset_info import DatasetInfo, mean_for_config, steps_per_epoch  # pylint: disable=unused-import
-from alexnet_jax.data.sources import RecordSource, load_info, open_split  # pylint: disable=unused-import
-from alexnet_jax.data.transforms import EvalTransform, TrainTransform  # pylint: disable=unused-import
+# Names callers have long reached through this module; they live where imported from.
+# pylint: disable=unused-import
+from alexnet_jax.data.dataset_info import DatasetInfo, mean_for_config, steps_per_epoch
+from alexnet_jax.data.sources import RecordSource, load_info, open_split
+from alexnet_jax.data.transforms import EvalTransform
+# pylint: enable=unused-import
 
 
 def _processes(process_index: int | None,
