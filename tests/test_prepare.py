@@ -1,4 +1,4 @@
-"""prepare.py on tiny fake data in the official-tar and ImageFolder layouts, and digits."""
+"""The prepare package on tiny fake data: the official tars, an ImageFolder and digits."""
 
 import io
 import json
@@ -20,6 +20,10 @@ from alexnet_jax.data import decoding
 from alexnet_jax.data import prepared_format
 from alexnet_jax.core import errors
 from alexnet_jax import prepare
+from alexnet_jax.prepare import finish
+from alexnet_jax.prepare import labels
+from alexnet_jax.prepare import parts
+from alexnet_jax.prepare import shards
 
 SIZE = 32  # Stored image side in these tests.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,8 +313,8 @@ class TarChecksTest(absltest.TestCase):
       prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
     self.assertFalse(os.path.exists(output))
     # Were these two synsets and two images all of ILSVRC-2012, they would be the whole set.
-    with mock.patch.object(prepare, 'imagenet_wnids', return_value=tuple(sorted(self.wnids))), \
-        mock.patch.object(prepare, 'imagenet_validation_wnids', return_value=self.wnids):
+    with mock.patch.object(labels, 'imagenet_wnids', return_value=tuple(sorted(self.wnids))), \
+        mock.patch.object(labels, 'imagenet_validation_wnids', return_value=self.wnids):
       report = prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
     self.assertTrue(report['official_complete'])
     self.assertEqual((report['train_synsets'], report['val_images']), ([2, 2], [2, 2]))
@@ -476,7 +480,7 @@ class ImageFolderTest(_StatsAssertions):
     with open(os.path.join(cls.source, 'train', 'cat', 'notes.txt'), 'w') as f:
       f.write('not an image')
     cls.output = os.path.join(cls.tmp, 'prepared')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):  # Several parts, tiny data.
+    with mock.patch.object(parts, 'FILES_PER_PART', 4):  # Several parts, tiny data.
       cls.report = prepare.prepare(cls.source, cls.output, image_size=SIZE,
                                    progress=False)
 
@@ -521,7 +525,7 @@ class ImageFolderTest(_StatsAssertions):
 
   def test_workers_give_identical_files(self):
     output = os.path.join(self.tmp, 'parallel')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+    with mock.patch.object(parts, 'FILES_PER_PART', 4):
       prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
     self.assert_same_files(output)
 
@@ -529,8 +533,8 @@ class ImageFolderTest(_StatsAssertions):
     # An ImageFolder needs no ImageNet label file: the same dataset, byte for byte.
     output = os.path.join(self.tmp, 'no_tfds')
     missing = FileNotFoundError('tensorflow-datasets is not installed')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4), \
-        mock.patch.object(prepare, 'imagenet_wnids', side_effect=missing):
+    with mock.patch.object(parts, 'FILES_PER_PART', 4), \
+        mock.patch.object(labels, 'imagenet_wnids', side_effect=missing):
       prepare.prepare(self.source, output, image_size=SIZE, progress=False)
     self.assert_same_files(output)
     with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
@@ -542,7 +546,7 @@ class ImageFolderTest(_StatsAssertions):
     with open(os.path.join(source, 'train', 'b', 'b_9.jpg'), 'wb') as f:
       f.write(b'\xff\xd8\xff\xe0 not really a jpeg')
     output = os.path.join(self.tmp, 'interrupted_out')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+    with mock.patch.object(parts, 'FILES_PER_PART', 4):
       with self.assertRaisesRegex(ValueError, 'cannot decode .*b_9.jpg'):
         prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
       self.assertFalse(prepared_format.is_complete(output))
@@ -674,32 +678,32 @@ class VerificationTest(absltest.TestCase):
   def test_a_record_changed_on_the_way_to_disk_is_caught(self):
     tmp = _tempdir()
     path = os.path.join(tmp, 'part.array_record')
-    writer = array_record_module.ArrayRecordWriter(path, prepare.WRITER_OPTIONS)
+    writer = array_record_module.ArrayRecordWriter(path, shards.WRITER_OPTIONS)
     records = [b'first record', b'second record']
     for r in records:
       writer.write(r)
     writer.close()
-    prepare._verify_shard(path, [zlib.crc32(r) for r in records])  # pylint: disable=protected-access
+    shards.verify_shard(path, [zlib.crc32(r) for r in records])
     with self.assertRaisesRegex(errors.UserError, 'record 1 of .* differs from what was written'):
-      prepare._verify_shard(path, [zlib.crc32(records[0]), zlib.crc32(b'other')])  # pylint: disable=protected-access
+      shards.verify_shard(path, [zlib.crc32(records[0]), zlib.crc32(b'other')])
     with self.assertRaisesRegex(errors.UserError, 'holds 2 records after writing 3'):
-      prepare._verify_shard(path, [0, 0, 0])  # pylint: disable=protected-access
+      shards.verify_shard(path, [0, 0, 0])
 
   def test_a_shard_cut_short_after_its_part_is_refused(self):
     tmp = _tempdir()
     source = os.path.join(tmp, 'src')
     _write_image_folder(source, ['a', 'b'], 3, 1, np.random.default_rng(0))
     output = os.path.join(tmp, 'out')
-    finish = prepare._finish  # pylint: disable=protected-access
+    finish_dataset = finish.finish_dataset
 
-    def finish_after_damage(plan, output, work_dir, *args):
+    def finish_after_damage(work, output, work_dir, *args):
       # Between the parts and the final layout, a shard loses its tail (a failed copy).
       shard = os.path.join(work_dir, 'train-00000.array_record')
       with open(shard, 'r+b') as f:
         f.truncate(os.path.getsize(shard) - 100)
-      return finish(plan, output, work_dir, *args)
+      return finish_dataset(work, output, work_dir, *args)
 
-    with mock.patch.object(prepare, '_finish', finish_after_damage):
+    with mock.patch.object(finish, 'finish_dataset', finish_after_damage):
       with self.assertRaisesRegex(errors.UserError, r'train\.array_record-00000-of-00001 is '
                                   r'\d+ bytes, not the \d+ bytes written'):
         prepare.prepare(source, output, image_size=SIZE, progress=False)
