@@ -131,6 +131,7 @@ def open_work_dir(work_dir: str, run: dict[str, Any]) -> None:
 
 
 def part_done(work_dir: str, part: parts.Part) -> bool:
+  """Whether `part` is finished in `work_dir`: its .json, written last, is there."""
   return os.path.isfile(os.path.join(work_dir, part.name + '.json'))
 
 

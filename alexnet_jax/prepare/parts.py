@@ -59,6 +59,7 @@ class Work:
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+  """`items` in consecutive slices of `size` (the last one shorter)."""
   for start in range(0, len(items), size):
     yield items[start:start + size]
 

@@ -29,7 +29,7 @@ class Stats:
     self.outer_sum += np.rint(flat.T @ flat).astype(np.int64)
     self.count += 1
 
-  def merge(self, pixel_sum, outer_sum, count) -> None:
+  def merge(self, pixel_sum: np.ndarray, outer_sum: np.ndarray, count: int) -> None:
     self.pixel_sum += pixel_sum
     self.outer_sum += outer_sum
     self.count += int(count)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Protocol, Sequence
 
 from alexnet_jax.core import errors
 
@@ -21,6 +21,14 @@ _COMPRESSED = ((b'\x1f\x8b', 'gzip', 'gunzip'), (b'BZh', 'bzip2', 'bunzip2'),
 # A tar ends with two zero blocks (POSIX ustar); all that follows them is zero padding.
 _TAR_END = 2 * tarfile.BLOCKSIZE
 _COPY_AGAIN = 'copy the complete file again'
+
+
+class _Seekable(Protocol):
+  """An open tar: a file, or a `_Window` onto a member of one."""
+
+  def seek(self, position: int, whence: int = os.SEEK_SET) -> int: ...
+
+  def read(self, n: int = -1) -> bytes: ...
 
 
 def source_files(folder: str) -> dict[str, int | None]:
@@ -36,7 +44,7 @@ def source_files(folder: str) -> dict[str, int | None]:
   return sizes
 
 
-def _read_at(f, offset: int, size: int) -> bytes:
+def _read_at(f: _Seekable, offset: int, size: int) -> bytes:
   f.seek(offset)
   return f.read(size)
 
@@ -50,7 +58,7 @@ def _check_not_compressed(what: str, head: bytes) -> None:
           'original file')
 
 
-def _check_tar_end(f, what: str, offset: int, size: int,
+def _check_tar_end(f: _Seekable, what: str, offset: int, size: int,
                    members: Sequence[tarfile.TarInfo]) -> None:
   """Raises DamagedSourceError unless the tar `f` (`size` bytes) ends at `offset`.
 
@@ -127,7 +135,7 @@ class _Window:
   """Read-only, seekable view of `size` bytes at `offset` of an open file: one member of an
   outer tar, opened in place as a tar itself."""
 
-  def __init__(self, f, offset: int, size: int):
+  def __init__(self, f: BinaryIO, offset: int, size: int):
     self._f = f
     self._offset = offset
     self._size = size

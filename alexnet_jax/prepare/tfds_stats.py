@@ -21,7 +21,8 @@ from alexnet_jax.prepare import progress_line
 
 
 @functools.cache
-def _tfds_train_records(data_dir: str):
+def _tfds_train_records(data_dir: str) -> Any:
+  """tfds' imagenet2012 train split in `data_dir`, records with the JPEG bytes undecoded."""
   import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
 
   builder = tfds.builder('imagenet2012', data_dir=data_dir)
