@@ -136,6 +136,30 @@ class BadSourceTest(absltest.TestCase):
     self.assertFalse(os.path.exists(f'{self.tmp}/out'), 'a refused source left an output folder')
 
 
+class CommandTest(absltest.TestCase):
+  """`python -m alexnet_jax.prepare` is the command; importing the package is not."""
+
+  def test_helpshort_lists_the_flags_as_the_commands_own(self):
+    result = subprocess.run([sys.executable, '-m', 'alexnet_jax.prepare', '--helpshort'],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    text = result.stdout + result.stderr
+    self.assertTrue(text.startswith('One-time conversion of a dataset into the paper'),
+                    text[:500])
+    # absl lists the main module's flags only: flags defined in another module are missing.
+    for flag in ('--source', '--output', '--[no]strict', '--image_size', '--workers',
+                 '--jpeg_quality'):
+      self.assertIn(f'\n  {flag}: ', text)
+
+  def test_importing_the_package_defines_no_flags(self):
+    # The trainer imports the package into launch.py, whose other flags these would join.
+    code = ('from absl import flags; import alexnet_jax.prepare; '
+            "print(sorted(n for n in ('source', 'output', 'strict', 'image_size', 'workers', "
+            "'jpeg_quality') if n in flags.FLAGS))")
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=True)
+    self.assertEqual(result.stdout.strip(), '[]', result.stderr[-2000:])
+
+
 class WorkerLimitTest(absltest.TestCase):
 
   def setUp(self):
