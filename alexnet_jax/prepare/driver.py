@@ -86,7 +86,7 @@ def _prepare_locked(work: parts.Work, output: str, image_size: int, strict: bool
   with output_dir.locked(output):
     description = prepared_format.read_dataset_json(output)
     if description is not None and prepared_format.is_complete(output):
-      # another process made it
+      # Another process finished it while this one waited for the lock.
       return output_dir.noop_report(output, description, image_size, source)
     output_dir.check_usable(output)
     work_dir = os.path.join(output, output_dir.PARTIAL_DIR)
