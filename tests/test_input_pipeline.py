@@ -188,7 +188,7 @@ class DamagedShardTest(absltest.TestCase):
     source = os.path.join(_tempdir(), 'source')
     shutil.copytree(os.path.join(os.path.dirname(FOLDER), 'images'), source)
     folder = os.path.join(_tempdir(), 'prepared')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
       prepare.prepare(source, folder, image_size=SIZE, progress=False)
     shards = [os.path.join(folder, f'train.array_record-{i:05d}-of-00003') for i in range(3)]
     for damaged, first_bad in ((1, 16), (2, 32)):
