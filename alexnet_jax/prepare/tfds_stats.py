@@ -11,9 +11,9 @@ import os
 import time
 from typing import Any
 
-from alexnet_jax.core import errors
 from alexnet_jax.data import decoding
 from alexnet_jax.data import prepared_format
+from alexnet_jax.data import sources
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import pixel_stats
 from alexnet_jax.prepare import pool
@@ -22,16 +22,8 @@ from alexnet_jax.prepare import progress_line
 
 @functools.cache
 def _tfds_train_records(data_dir: str) -> Any:
-  """tfds' imagenet2012 train split in `data_dir`, records with the JPEG bytes undecoded."""
-  import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
-
-  builder = tfds.builder('imagenet2012', data_dir=data_dir)
-  if not builder.is_prepared():
-    raise errors.MissingInputError(f'no prepared tfds imagenet2012 under {data_dir} '
-                                   f'({builder.data_dir} is missing)')
-  return tfds.data_source('imagenet2012', split='train', data_dir=data_dir,
-                          download=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
+  """tfds' imagenet2012 train split in `data_dir`, opened as the 'tfds' input source opens it."""
+  return sources.open_tfds_imagenet(data_dir, 'train').records
 
 
 def _tfds_stats_part(data_dir: str, start: int, stop: int,
