@@ -117,7 +117,7 @@ PLANTS = (
           'return jax.make_mesh((shape.data * shape.model, 1), MESH_AXES,',
           ('tests/test_train.py', '-k', 'test_model_split_matches_one_device')),
     # Formulas the suite pinned before these tests.
-    Plant('lrn_alpha_divided_by_n', 'alexnet_jax/model/alexnet.py',
+    Plant('lrn_alpha_divided_by_n', 'alexnet_jax/model/layers.py',
           'denom = k + alpha * _channel_window_sum(jnp.square(x32), size)',
           'denom = k + alpha / size * _channel_window_sum(jnp.square(x32), size)',
           ('tests/test_model.py', '-k', 'LRNTest')),
