@@ -278,7 +278,8 @@ class AblationSwitchTest(parameterized.TestCase):
   @parameterized.parameters(((48, 128, 192, 192),), ((48, 0, 192, 192, 256),),
                             ((48.0, 128, 192, 192, 256),))
   def test_bad_conv_widths(self, widths):
-    with self.assertRaisesRegex(ValueError, 'conv_widths must be None or 5 positive integers'):
+    with self.assertRaisesRegex(ValueError, r"config.model.conv_widths must be None or five "
+                                r"positive integers \(conv1-conv5\), got \("):
       alexnet.AlexNet(towers=1, conv_widths=widths).check()
 
   def test_from_config_accepts_widths_read_back_from_json(self):

@@ -68,7 +68,9 @@ CONV_LAYOUT = {
 # its input (pixels minus the mean, plus the lighting shift) is not rounded to bfloat16
 # (docs/design.md, "Numerics under bfloat16").
 FULL_PRECISION_CONVS = ('conv1',)
-INIT_SCHEMES = ('paper', 'caffe', 'he')
+# The compute dtypes the network runs in (its LRN and softmax work in float32 inside);
+# an integer or float64 type would fail, or silently compute in float32, after set-up.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 GROUP_IMPLS = ('split', 'feature_group')
 
 # Logical axis names of the weights; the sharding rules table maps them to mesh axes.
@@ -109,6 +111,17 @@ def _normal(std: float) -> Initializer:
   return nn.initializers.normal(stddev=std)
 
 
+_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')  # the paper's biases of 1
+# init scheme -> layer name -> (kernel initializer, bias value); see layer_init.
+_INITS: dict[str, Callable[[str], tuple[Initializer, float]]] = {
+    'paper': lambda name: (_normal(0.01), 1.0 if name in _BIAS_ONE else 0.0),
+    'caffe': lambda name: (_normal(0.005 if name in ('fc6', 'fc7') else 0.01),
+                           0.1 if name in _BIAS_ONE else 0.0),
+    'he': lambda name: (nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0),
+}
+INIT_SCHEMES = tuple(_INITS)
+
+
 def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
   """(kernel initializer, bias value) of one layer under an init scheme.
 
@@ -117,16 +130,9 @@ def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
   caffe: the bvlc_alexnet reproduction, which found the paper's biases of 1 gave a
     flat loss: std 0.005 in fc6/fc7, biases 0.1 where the paper has 1.
   he: N(0, 2/fan_in) weights (He et al., 2015), zero biases.
+  `scheme` is one of INIT_SCHEMES: check_fields refuses any other before a layer is built.
   """
-  ones = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
-  if scheme == 'paper':
-    return _normal(0.01), 1.0 if name in ones else 0.0
-  if scheme == 'caffe':
-    std = 0.005 if name in ('fc6', 'fc7') else 0.01
-    return _normal(std), 0.1 if name in ones else 0.0
-  if scheme == 'he':
-    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0
-  raise errors.InputError(f'unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}')
+  return _INITS[scheme](name)
 
 
 def _axes_size(mesh: jax.sharding.AbstractMesh, axes: Any) -> int:
@@ -253,26 +259,68 @@ class Dense(nn.Module):
 
 def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
                   ) -> tuple[tuple[int, ...], int]:
-  """Conv widths and hidden fc width at a width multiplier.
+  """Conv widths and hidden fc width at a width multiplier (check_fields checks both).
 
   conv_widths: the five conv widths at width 1.0; None is the paper's CONV_FEATURES.
   """
-  if not width > 0:
-    raise errors.InputError(f'model width multiplier must be > 0, got {width}')
   base = CONV_FEATURES if conv_widths is None else tuple(conv_widths)
-  if len(base) != len(CONV_FEATURES) or not all(
-      isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base):
-    raise errors.InputError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
-                            f'(conv1-conv5), got {conv_widths!r}')
   convs = tuple(max(1, int(round(c * width))) for c in base)
   return convs, max(1, int(round(FC_FEATURES * width)))
 
 
-def resolve_dtype(dtype: Any) -> Any:
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _compute_dtype_name(dtype: Any) -> str | None:
   try:
-    return jnp.dtype(dtype)
-  except TypeError as e:
-    raise errors.InputError(f'unknown model dtype {dtype!r}') from e
+    return jnp.dtype(dtype).name
+  except (TypeError, ValueError):
+    return None
+
+
+def check_fields(net: 'AlexNet') -> None:
+  """Raises errors.InputError naming the first field of `net` with an impossible value.
+
+  The one check of every config.model field: resolution.validate reaches it through
+  `from_config`, a network built without a config through `AlexNet.check`; the
+  functions below the network (layer_init, scaled_widths, layers.max_pool) trust it.
+  """
+  if net.init_scheme not in INIT_SCHEMES:
+    raise errors.InputError(
+        f'unknown init scheme {net.init_scheme!r}; expected one of {INIT_SCHEMES}')
+  if net.group_impl not in GROUP_IMPLS:
+    raise errors.InputError(f'unknown group_impl {net.group_impl!r}; expected one of {GROUP_IMPLS}')
+  if net.towers not in (1, 2):
+    raise errors.InputError(f'towers must be 1 or 2, got {net.towers}')
+  if net.num_classes < 1:
+    raise errors.InputError(f'num_classes must be >= 1, got {net.num_classes}')
+  if not 0.0 <= net.dropout_rate < 1.0:
+    raise errors.InputError(f'dropout_rate must be in [0, 1), got {net.dropout_rate}')
+  if not net.input_scale > 0:
+    raise errors.InputError(f'input_scale must be > 0, got {net.input_scale}')
+  if net.conv1_padding < 0:
+    raise errors.InputError(f'conv1_padding must be >= 0, got {net.conv1_padding}')
+  if _compute_dtype_name(net.dtype) not in COMPUTE_DTYPES:
+    # 'auto' is the config's, resolved to one of these before a network is built.
+    raise errors.InputError(f"config.model.dtype must be 'auto' or one of {COMPUTE_DTYPES}, "
+                            f'got {net.dtype!r}')
+  for name in ('pool_size', 'pool_stride'):
+    if not _positive_int(getattr(net, name)):
+      raise errors.InputError(
+          f'config.model.{name} must be a positive integer, got {getattr(net, name)!r}')
+  if not net.width > 0:
+    raise errors.InputError(f'model width multiplier must be > 0, got {net.width}')
+  widths = net.conv_widths
+  if widths is not None and not (isinstance(widths, (tuple, list)) and len(widths) == 5
+                                 and all(_positive_int(c) for c in widths)):
+    raise errors.InputError('config.model.conv_widths must be None or five positive integers '
+                            f'(conv1-conv5), got {widths!r}')
+  for name, c in zip(CONV_LAYOUT, scaled_widths(net.width, widths)[0]):
+    if c % net.towers:
+      raise errors.InputError(
+          f'{name} width {c} (width multiplier {net.width}) is not divisible by '
+          f'towers={net.towers}; choose a width giving even conv widths')
 
 
 class AlexNet(nn.Module):
@@ -298,34 +346,8 @@ class AlexNet(nn.Module):
   conv_widths: tuple[int, ...] | None = None
 
   def check(self, input_shape: Sequence[int] | None = None) -> None:
-    """Raises ValueError for a bad configuration or input shape (before any compile)."""
-    if self.init_scheme not in INIT_SCHEMES:
-      raise errors.InputError(
-          f'unknown init scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}')
-    if self.group_impl not in GROUP_IMPLS:
-      raise errors.InputError(
-          f'unknown group_impl {self.group_impl!r}; expected one of {GROUP_IMPLS}')
-    if self.towers not in (1, 2):
-      raise errors.InputError(f'towers must be 1 or 2, got {self.towers}')
-    if self.num_classes < 1:
-      raise errors.InputError(f'num_classes must be >= 1, got {self.num_classes}')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise errors.InputError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
-    if not self.input_scale > 0:
-      raise errors.InputError(f'input_scale must be > 0, got {self.input_scale}')
-    if self.conv1_padding < 0:
-      raise errors.InputError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
-    resolve_dtype(self.dtype)
-    for name in ('pool_size', 'pool_stride'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise errors.InputError(f'{name} must be a positive integer, got {value!r}')
-    convs, hidden = scaled_widths(self.width, self.conv_widths)
-    for name, c in zip(CONV_LAYOUT, convs):
-      if c % self.towers:
-        raise errors.InputError(
-            f'{name} width {c} (width multiplier {self.width}) is not divisible by '
-            f'towers={self.towers}; choose a width giving even conv widths')
+    """Raises ValueError for a bad field (check_fields) or input shape, before any compile."""
+    check_fields(self)
     if input_shape is None:
       return
     if len(input_shape) != 4:
@@ -347,7 +369,7 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     self.check(x.shape)
-    dtype = resolve_dtype(self.dtype)
+    dtype = jnp.dtype(self.dtype)
     convs, hidden = scaled_widths(self.width, self.conv_widths)
     if self.input_scale != 1.0:
       x = x * self.input_scale

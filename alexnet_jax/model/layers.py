@@ -99,9 +99,9 @@ def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> 
   XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
   out here because XLA:CPU lowers select_and_scatter to index tensors and a
   scatter, 3-10% slower for the whole train step (benchmarks/README.md).
+  window and stride are config.model.pool_size and pool_stride, which
+  alexnet.check_fields checks.
   """
-  if window < 1 or stride < 1:
-    raise ValueError(f'pooling window and stride must be >= 1, got {window} and {stride}')
   return _max_pool(x, int(window), int(stride))
 
 

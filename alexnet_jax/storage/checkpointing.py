@@ -127,6 +127,19 @@ def _grain_files(step_dir: str) -> dict[tuple[int, int], str]:
   return files
 
 
+def check_checkpoint_config(checkpoint_config: Any) -> None:
+  """Raises errors.InputError naming the first of config.checkpoint's counts that is not one.
+
+  The one check of every_steps and keep: resolution.validate calls it for a run's
+  config, Checkpointer for its own arguments. keep_best and start_fresh_if_unusable
+  are read as truth values.
+  """
+  for field in ('every_steps', 'keep'):
+    value = checkpoint_config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
+
+
 def _is_primary() -> bool:
   return jax.process_index() == 0
 
@@ -165,11 +178,8 @@ class Checkpointer:
     read_only: for readers beside a live run (predict, plot): never deletes orbax's
       temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-      raise errors.InputError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
-    if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
-      raise errors.InputError(
-          f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
+    check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
+                             'keep': keep})
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)

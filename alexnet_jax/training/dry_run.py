@@ -207,7 +207,7 @@ def activation_bytes(model: alexnet.AlexNet, crop: int, batch_per_device: int,
   (`output_splits`: fc8 may be whole). XLA fuses some of these away, so the true
   peak is usually lower.
   """
-  itemsize = jnp.dtype(alexnet.resolve_dtype(model.dtype)).itemsize
+  itemsize = jnp.dtype(model.dtype).itemsize
   per_image = crop * crop * 3  # the normalised input
   for row in alexnet.layer_table(model, crop):
     n = math.prod(row.output_shape)
