@@ -182,9 +182,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config.optim (optim.validate_optim_config), the mesh sizes' form
   (meshes.check_mesh_config), the mesh rules (meshes.logical_rules) and config.model
   with the network at the configured crop (alexnet.check_fields, via AlexNet.check).
-  A library constructor used without a config (AlexNet, Checkpointer,
-  PlateauSchedule) runs the same function, so it refuses the same values with the
-  same message; no other code checks these fields again. Whether the mesh fits the
+  The library used without a config (an AlexNet when applied, a Checkpointer,
+  PlateauSchedule.from_config) runs the same function, so it refuses the same values
+  with the same message; no other code checks these fields again. Whether the mesh fits the
   devices depends on them and is checked when the mesh is made.
   """
 
