@@ -164,8 +164,8 @@ YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
 
 def _lrn_parts():
   """The model's LRN pieces: the channel window sum and d ** -beta."""
-  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
-  return alexnet._channel_window_sum, alexnet._inverse_power  # pylint: disable=protected-access
+  from alexnet_jax.model import layers  # pylint: disable=g-import-not-at-top
+  return layers._channel_window_sum, layers._inverse_power  # pylint: disable=protected-access
 
 
 def lrn_autodiff(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
@@ -371,9 +371,9 @@ def check_torch_lrn() -> float:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import layers  # pylint: disable=g-import-not-at-top
   a = np.random.default_rng(0).uniform(0, 60, (2, 5, 5, 16)).astype(np.float32)
-  want = np.asarray(alexnet.local_response_norm(jnp.asarray(a)))
+  want = np.asarray(layers.local_response_norm(jnp.asarray(a)))
   got = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(
       torch.from_numpy(a).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   return float(np.max(np.abs(got - want) / np.abs(want).clip(1e-6)))

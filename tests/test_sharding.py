@@ -22,6 +22,7 @@ import optax
 
 from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import layers
 from alexnet_jax.training import optim
 from alexnet_jax.sharding import meshes
 
@@ -571,7 +572,7 @@ class GroupedLayersTest(parameterized.TestCase):
     mesh = mesh_of(1, 2)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
-    fn = jax.jit(lambda x: jax.vjp(alexnet.local_response_norm, x)[1](x),
+    fn = jax.jit(lambda x: jax.vjp(layers.local_response_norm, x)[1](x),
                  in_shardings=act, out_shardings=act)
     with meshes.use_mesh(mesh, tiny.RULES):
       hlo = fn.lower(jax.ShapeDtypeStruct((8, 7, 7, 32), jnp.float32)).compile().as_text()
