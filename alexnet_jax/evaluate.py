@@ -51,7 +51,7 @@ from alexnet_jax.core import fileio
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
 from alexnet_jax import predict
-from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.training import step_fns
 
 EVAL_DIR = 'eval'
@@ -304,7 +304,7 @@ class _Pass:
                       top5_err=result['top5_err'], count=int(result['count']), mesh=self.mesh)
 
   def _global(self, local: dict[str, np.ndarray]) -> step_fns.Batch:
-    return meshes.make_global_batch(local, self.exp.mesh)
+    return placement.make_global_batch(local, self.exp.mesh)
 
 
 def _reporter(total: int, progress: Optional[bool]) -> metric_log.ProgressReporter:

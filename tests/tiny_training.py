@@ -27,6 +27,7 @@ import optax
 from alexnet_jax.model import alexnet
 from alexnet_jax.training import optim
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 
 # Width 0.125 gives conv widths 12/32/48/48/32 and fc 512, all even; 67-pixel
 # inputs with conv1 padding 0 give a 1x1 pool5, the smallest valid network.
@@ -86,27 +87,27 @@ def global_batch(step: int) -> dict[str, np.ndarray]:
 
 
 def local_slice(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
-  """The rows of `batch` this process feeds (meshes.data_shard)."""
-  index, count = meshes.data_shard(mesh)
+  """The rows of `batch` this process feeds (placement.data_shard)."""
+  index, count = placement.data_shard(mesh)
   rows = BATCH // count
   return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, state_shardings: Any):
-  repl = meshes.replicated(mesh)
+  repl = placement.replicated(mesh)
   param_shardings = state_shardings['params']
   return jax.jit(meshes.bind_mesh(train_step, mesh, RULES),
-                 in_shardings=(state_shardings, meshes.batch_sharding(mesh), repl),
+                 in_shardings=(state_shardings, placement.batch_sharding(mesh), repl),
                  out_shardings=(state_shardings, repl, param_shardings))
 
 
 def train(mesh: jax.sharding.Mesh, steps: int) -> dict[str, np.ndarray]:
   """Trains `steps` steps from seed 0 on this process's slices; returns the final params."""
-  state, state_shardings = meshes.create_sharded_state(
+  state, state_shardings = placement.create_sharded_state(
       init_state, jax.random.key(0), mesh, RULES)
   step_fn = jit_train_step(mesh, state_shardings)
   for step in range(steps):
-    batch = meshes.make_global_batch(local_slice(global_batch(step), mesh), mesh)
+    batch = placement.make_global_batch(local_slice(global_batch(step), mesh), mesh)
     state, _, _ = step_fn(state, batch, jax.random.key(100 + step))
   gathered = multihost_utils.process_allgather(state['params'], tiled=True)
   return {jax.tree_util.keystr(p): np.asarray(x)

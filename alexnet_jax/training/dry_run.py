@@ -33,6 +33,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.model import alexnet
 from alexnet_jax.core import progress
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import workdir_files
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
@@ -157,7 +158,7 @@ class Plan:
   epoch_flops: int | None  # the images of one epoch's steps
   images_per_sec: float | None  # whole job: given, or devices x peak x efficiency
   speed_note: str
-  shards: list[meshes.ShardInfo]
+  shards: list[placement.ShardInfo]
   whole_note: str  # why fc8 is whole on every device ('' when it is split)
   not_computed: tuple[str, ...]
 
@@ -236,12 +237,12 @@ def _process_owners(data: int, model: int, processes: int) -> np.ndarray:
 
 
 def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int:
-  """Slices each global batch is cut into for the processes (meshes.data_shard's count)."""
+  """Slices each global batch is cut into for the processes (placement.data_shard's count)."""
   owners = _process_owners(mesh_data, mesh_model, processes)
   counts = set()
   for p in range(processes):
     try:
-      counts.add(meshes.data_shard_of(owners, p)[1])
+      counts.add(placement.data_shard_of(owners, p)[1])
     except errors.InputError:
       raise errors.InputError(
           f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
@@ -295,7 +296,7 @@ class _Topology:
   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
   platform: str
   processes: int
-  batch_slices: int  # meshes.data_shard's count: slices of each batch over the processes
+  batch_slices: int  # placement.data_shard's count: slices of each batch over the processes
   cores_from: str  # where the decoder-thread count came from, in words
   feeding: resolution.Feeding  # the input projection data.worker_count -1 decided by
 
@@ -309,7 +310,7 @@ def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
     feed = resolution.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
                                   jax.process_count())
     return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
-                     meshes.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
+                     placement.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
   if target.host_cores is None:
     cores = os.cpu_count() or 1
     cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
@@ -398,16 +399,16 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
 
 
 def _memory(exp: experiment.Experiment, batch_per_device: int
-            ) -> tuple[list[meshes.ShardInfo], Memory]:
+            ) -> tuple[list[placement.ShardInfo], Memory]:
   """The weights' shard table and the bytes one device holds at this per-device batch."""
   shapes, shardings = exp.state_shapes, exp.state_shardings
-  param_rows = meshes.sharding_plan(shapes.params, shardings.params)
+  param_rows = placement.sharding_plan(shapes.params, shardings.params)
   param_bytes = sum(r.shard_bytes for r in param_rows)
   crop = exp.config.data.crop_size
   splits = output_splits(exp.rules, dict(exp.mesh.shape))
   return param_rows, Memory(
       params=param_bytes, gradients=param_bytes,
-      opt_state=meshes.bytes_per_device(shapes.opt_state, shardings.opt_state),
+      opt_state=placement.bytes_per_device(shapes.opt_state, shardings.opt_state),
       activations=activation_bytes(exp.model, crop, batch_per_device, splits),
       activations_per_image=activation_bytes(exp.model, crop, 1, splits))
 
