@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
 from alexnet_jax.training import optim
 from alexnet_jax.sharding import meshes
@@ -359,12 +358,40 @@ class BatchTest(absltest.TestCase):
 # ----------------------------------------------------------------------------- the train step
 
 
+def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, jax.Array, dict]:
+  """One SGD step with dropout; returns (new state, loss, gradients).
+
+  The model's forward and backward pass and the paper's SGD without the run's
+  preprocessing and metrics, so that the HLO below holds the network's own
+  traffic only. The run's step (`step_fns.train_step` through
+  `experiment.setup`) is compared across meshes in tests/test_any_mesh.py and
+  across processes in tests/test_multihost.py.
+  """
+  model, optimizer = tiny.create_model(), tiny.create_optimizer()
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return {'params': params, 'opt_state': opt_state}, loss, grads
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, state_shardings: dict):
+  repl = placement.replicated(mesh)
+  return jax.jit(meshes.bind_mesh(train_step, mesh, tiny.RULES),
+                 in_shardings=(state_shardings, placement.batch_sharding(mesh), repl),
+                 out_shardings=(state_shardings, repl, state_shardings['params']))
+
+
 @functools.lru_cache(maxsize=None)
 def reference_step():
   """One step on one device, no mesh: (loss, grads, new state) as numpy."""
   state = reference_init()
   batch = tiny.global_batch(0)
-  new_state, loss, grads = jax.jit(tiny.train_step)(state, batch, jax.random.key(1))
+  new_state, loss, grads = jax.jit(train_step)(state, batch, jax.random.key(1))
   return jax.device_get((loss, grads, new_state))
 
 
@@ -376,7 +403,7 @@ def sharded_step(data: int, model: int):
   batch = placement.make_global_batch(tiny.global_batch(0), mesh)
   rng = jax.device_put(jax.random.key(1), placement.replicated(mesh))
   # Traced outside any mesh context: bind_mesh alone must give the tower-local layers.
-  compiled = tiny.jit_train_step(mesh, shardings).lower(state, batch, rng).compile()
+  compiled = jit_train_step(mesh, shardings).lower(state, batch, rng).compile()
   new_state, loss, grads = compiled(state, batch, rng)
   return jax.device_get((loss, grads, new_state)), compiled.as_text()
 
@@ -580,50 +607,6 @@ class GroupedLayersTest(parameterized.TestCase):
     self.assertEqual(set(kinds(hlo)), {'collective-permute'}, found)
     for _, shape, _ in found:
       self.assertLessEqual(int(re.match(r'f32\[(?:\d+,)*(\d+)\]', shape).group(1)), 2, shape)
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-class DistributedTest(absltest.TestCase):
-
-  def test_single_process_is_a_no_op(self):
-    self.assertFalse(meshes.init_distributed())
-    self.assertFalse(meshes.init_distributed(num_processes=1))
-    meshes.sync_hosts('nothing to wait for')
-
-  def test_bad_flags(self):
-    with self.assertRaisesRegex(ValueError, '--num_processes is required'):
-      meshes.init_distributed('127.0.0.1:1234')
-    with self.assertRaisesRegex(ValueError, r'--process_id must be in \[0, 2\), got 2'):
-      meshes.init_distributed('127.0.0.1:1234', 2, 2)
-    with self.assertRaisesRegex(ValueError, r'--coordinator_address .* is required'):
-      meshes.init_distributed(None, 2, 0)
-
-  def test_cluster_detection(self):
-    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node[1-2]', SLURM_NTASKS='4',
-                 SLURM_PROCID='1', SLURM_LOCALID='1')
-    self.assertEqual(meshes.cluster_process_count(slurm), 4)
-    # salloc without srun: no step, so not a multi-process run of this program.
-    self.assertEqual(meshes.cluster_process_count(
-        {k: v for k, v in slurm.items() if k != 'SLURM_STEP_NODELIST'}), 1)
-    self.assertEqual(meshes.cluster_process_count(
-        dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')), 2)
-    self.assertEqual(meshes.cluster_process_count(
-        dict(TPU_WORKER_HOSTNAMES='w0,w1,w2,w3')), 4)
-    self.assertEqual(meshes.cluster_process_count({}), 1)
-
-  def test_cluster_variables_that_are_not_counts_are_named(self):
-    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='2',
-                 SLURM_PROCID='0', SLURM_LOCALID='0')
-    ompi = dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')
-    for env, name, value in ((slurm, 'SLURM_NTASKS', 'abc'), (slurm, 'SLURM_NTASKS', '0'),
-                             (slurm, 'SLURM_PROCID', '1.5'), (slurm, 'SLURM_LOCALID', ''),
-                             (ompi, 'OMPI_COMM_WORLD_SIZE', 'two')):
-      with self.assertRaisesRegex(errors.InputError,
-                                  f"^the environment variable {name}='{value}' must be an "
-                                  'integer >= '):
-        meshes.cluster_process_count(dict(env, **{name: value}))
 
 
 if __name__ == '__main__':
