@@ -260,13 +260,14 @@ def _report(members: Membership, timeout_s: int) -> socket.socket:
   if reached:
     raise errors.InputError(
         f'process {members.process_id} of {members.num_processes} found no roll call at '
-        f'{members.coordinator} within {timeout_s} s: a program there answers but is not process 0 '
-        'waiting for its peers (a run that already has all its processes, e.g. another process '
-        f'was given --process_id={members.process_id}; or another program holds the port)')
+        f'{members.coordinator} within {timeout_s} s: a program there answers but is not '
+        'process 0 waiting for its peers (a run that already has all its processes, e.g. '
+        f'another process was given --process_id={members.process_id}; or another program '
+        'holds the port)')
   raise errors.InputError(
       f'no process 0 answered at {members.coordinator} within {timeout_s} s: process '
-      f'{members.process_id} of {members.num_processes} waited in vain (process 0 not started, or on '
-      'another address or port, or unreachable; --distributed_timeout sets the wait)')
+      f'{members.process_id} of {members.num_processes} waited in vain (process 0 not started, '
+      'or on another address or port, or unreachable; --distributed_timeout sets the wait)')
 
 
 
