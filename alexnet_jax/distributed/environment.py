@@ -198,7 +198,9 @@ def from_slurm(env: Mapping[str, str], port: Optional[int]) -> Membership:
     raise errors.InputError('the SLURM variable SLURM_STEP_NODELIST is empty: run launch.py '
                             'under srun (scripts/slurm_gpu.sbatch)')
   chosen = slurm_port(job, step_id) if port is None else port
-  return Membership(_join(host, chosen), count, rank, (local,), 'SLURM')
+  # One device per task, as JAX's own detection gives it, unless the user lists them.
+  devices = None if env.get('JAX_LOCAL_DEVICE_IDS') else (local,)
+  return Membership(_join(host, chosen), count, rank, devices, 'SLURM')
 
 
 def ompi_port(hnp_uri: str) -> int:

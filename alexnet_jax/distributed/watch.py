@@ -8,7 +8,7 @@ abort them. A process that leaves on purpose says so first ('bye' and its exit
 status). JAX's coordinator runs in process 0, and a JAX client whose
 coordinator is gone aborts at once: so process 0 ends last, after the others
 have hung up (a bounded wait). What a user sees when process 0 itself dies is
-in docs/cluster.md, "When a process is lost".
+in docs/cluster.md ("When process 0 itself dies").
 
   start(members, links, timeout_s)   # after the roll call
   exit_together(main)                # launch.py: a process that stops tells the others
@@ -229,10 +229,6 @@ def lost_peer(wait_s: float = _LOSS_CONFIRM_S) -> Optional[str]:
   if _session.lost.wait(wait_s):
     return _session.lost_message
   return None
-
-
-def active() -> bool:
-  return _session is not None
 
 
 # ----------------------------------------------------------------------------- leaving
