@@ -61,17 +61,19 @@ def init_distributed(coordinator_address: Optional[str] = None,
   environment.check_timeout(timeout_s)
   if coordinator_port is not None:
     coordinator_port = environment.check_port(coordinator_port, '--coordinator_port')
-  members = _members(coordinator_address, num_processes, process_id, auto_detect,
-                     coordinator_port)
+  if any(v is not None for v in (coordinator_address, num_processes, process_id)):
+    members = environment.from_flags(coordinator_address, num_processes, process_id)
+  elif auto_detect or environment.cluster_process_count() <= 1:
+    members = None
+  else:
+    members = _launcher_members(coordinator_port)
   if members is None:
-    if auto_detect or environment.tpu_workers(os.environ) > 1:
+    detected = num_processes is None and (auto_detect or environment.tpu_workers(os.environ) > 1)
+    if detected:
       _initialize_detected(timeout_s, coordinator_port)
-      return True
-    return False
+    return detected
   if local_device_ids is not None:
     members = dataclasses.replace(members, local_device_ids=tuple(local_device_ids))
-  if members.num_processes == 1:
-    return False
   links = rollcall.hold(members, timeout_s)
   watch.start(members, links, timeout_s)
   logging.info('Process %d of %d: all %d processes reported in at %s.', members.process_id,
@@ -84,20 +86,14 @@ def init_distributed(coordinator_address: Optional[str] = None,
   return True
 
 
-def _members(coordinator_address: Optional[str], num_processes: Optional[int],
-             process_id: Optional[int], auto_detect: bool,
-             coordinator_port: Optional[int]) -> Optional[Membership]:
-  """Who the processes are, from the flags or the launcher; None when JAX must detect
-  them or there is one process."""
-  if any(v is not None for v in (coordinator_address, num_processes, process_id)):
-    return environment.from_flags(coordinator_address, num_processes, process_id)
-  if auto_detect or environment.cluster_process_count() <= 1:
-    return None
+def _launcher_members(coordinator_port: Optional[int]) -> Optional[Membership]:
+  """Who the processes are, from a SLURM step or Open MPI; None for TPU workers listed in
+  the environment, which JAX's detection reads."""
   if environment.slurm_present(os.environ):
     return environment.from_slurm(os.environ, coordinator_port)
   if environment.ompi_present(os.environ):
     return environment.from_ompi(os.environ, coordinator_port)
-  return None  # TPU workers listed in the environment: JAX reads the rest
+  return None
 
 
 def _initialize(timeout_s: int, **arguments: Any) -> None:
