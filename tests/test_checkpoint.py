@@ -311,7 +311,7 @@ class DamagedCheckpointTest(CheckpointTestCase):
     it = make_iterator()
     take(it, 1)
     position = it.get_state()
-    with self.assertRaisesRegex(checkpointing.CheckpointError, 'no usable checkpointing.*step 1'):
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'no usable checkpoint.*step 1'):
       ckpt.restore(abstract_of(state), data_iterator=it)
     self.assertEqual(ckpt.all_steps(), [1])  # nothing moved
     self.assertEqual(it.get_state(), position)
@@ -432,10 +432,10 @@ class DataPositionTest(CheckpointTestCase):
 
 
 class PlainOrbaxRecipeTest(absltest.TestCase):
-  """docs/checkpoints.md's recipe, run as written on a real run's checkpointing."""
+  """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
 
   def test_the_documented_recipe_reads_a_real_run(self):
-    from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.evaluation import finished_run  # pylint: disable=g-import-not-at-top
     from tests import trained_run  # pylint: disable=g-import-not-at-top
     workdir = trained_run.workdir()  # trained on eight devices, the towers split over two
     with open(os.path.join(REPO, 'docs', 'checkpoints.md')) as f:
@@ -460,8 +460,8 @@ class PlainOrbaxRecipeTest(absltest.TestCase):
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn(f'step {trained_run.STEPS}: conv1 kernel (11, 11, 3, 12)', proc.stdout)
 
-    config = predict.load_config(workdir)
-    want, step = predict.restore_params(workdir, config)
+    config = finished_run.load_config(workdir)
+    want, step = finished_run.restore_params(workdir, config)
     self.assertEqual(step, trained_run.STEPS)
     got = np.load(os.path.join(out, 'params.npz'))
     flat = jax.tree_util.tree_flatten_with_path(want)[0]

@@ -15,6 +15,7 @@ from PIL import ImageOps
 from alexnet_jax.data import decoding
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax import prepare
 from alexnet_jax.training import step_fns
 from alexnet_jax.storage import workdir_files
@@ -42,7 +43,7 @@ class PredictTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.workdir = trained_run.workdir()
-    cls.trained = predict.load_run(cls.workdir)
+    cls.trained = finished_run.load_run(cls.workdir)
     cls.tmp = tempfile.TemporaryDirectory()
     # Two validation digits, stored as lossless PNGs: reading one back gives the
     # stored image exactly (it is already image_size square).
@@ -240,7 +241,7 @@ class ViewsTest(absltest.TestCase):
         shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert('RGB'))
         self.assertEqual(shown.shape, (80, 50, 3))
         ours = predict.read_image(path, 32)
-        stored, turned = prepare._convert(data, 32)  # pylint: disable=protected-access
+        stored, turned = prepare.convert_image(data, 32)
         self.assertTrue(turned)
         np.testing.assert_array_equal(ours, stored)
         if fmt == 'PNG':  # lossless: exactly Pillow's upright image, resized as prepare does
