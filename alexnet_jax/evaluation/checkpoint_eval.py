@@ -25,7 +25,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.evaluation import eval_cache
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.evaluation import finished_run
-from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import metric_log
 from alexnet_jax.training import experiment
 from alexnet_jax.training import step_fns
@@ -129,7 +129,7 @@ class SplitPass:
       self._probability_step = self.exp.probability_step()
     if not with_sums:
       for local in self.evaluator.batches():
-        self._on_batch(local, meshes.make_global_batch(local, self.exp.mesh))
+        self._on_batch(local, placement.make_global_batch(local, self.exp.mesh))
       return None
     result = self.evaluator.measure(self.state, on_batch=self._on_batch)
     return eval_cache.Evaluation(

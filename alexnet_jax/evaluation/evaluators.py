@@ -52,7 +52,7 @@ class CropEvaluator:
   """Loss, top-1 and top-5 error of a train state over a split, `crops` views per image.
 
   shard: (index, count) of the slice of each batch this process reads;
-  meshes.data_shard of the experiment's mesh in a training run, (0, 1) alone.
+  placement.data_shard of the experiment's mesh in a training run, (0, 1) alone.
   """
   crops: ClassVar[int]
 

@@ -48,7 +48,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax.distributed import cluster
+from alexnet_jax.distributed import watch
 from alexnet_jax.core import errors
 from alexnet_jax.storage import grain_state
 
@@ -272,15 +272,15 @@ class Checkpointer:
     return saved
 
   def _write_error(self, step: Optional[int], error: BaseException
-                   ) -> CheckpointWriteError | cluster.PeerLost:
+                   ) -> CheckpointWriteError | watch.PeerLost:
     """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`.
 
     In a multi-process run a write also fails when another process dies; then the
     disk is not the cause, and the watch of the processes reports the lost one.
     """
-    lost = cluster.lost_peer()
+    lost = watch.lost_peer()
     if lost is not None:
-      return cluster.PeerLost(lost)
+      return watch.PeerLost(lost)
     text = str(error)
     if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
       reason = f'no space left on the device of {self._directory}'

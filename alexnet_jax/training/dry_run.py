@@ -32,6 +32,7 @@ from alexnet_jax.training import footprint
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.core import progress
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import workdir_files
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
@@ -132,7 +133,7 @@ class Plan:
   epoch_flops: int | None  # the images of one epoch's steps
   images_per_sec: float | None  # whole job: given, or devices x peak x efficiency
   speed_note: str
-  shards: list[meshes.ShardInfo]
+  shards: list[placement.ShardInfo]
   whole_note: str  # why fc8 is whole on every device ('' when it is split)
   not_computed: tuple[str, ...]
 
@@ -170,12 +171,12 @@ def _process_owners(data: int, model: int, processes: int) -> np.ndarray:
 
 
 def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int:
-  """Slices each global batch is cut into for the processes (meshes.data_shard's count)."""
+  """Slices each global batch is cut into for the processes (placement.data_shard's count)."""
   owners = _process_owners(mesh_data, mesh_model, processes)
   counts = set()
   for p in range(processes):
     try:
-      counts.add(meshes.data_shard_of(owners, p)[1])
+      counts.add(placement.data_shard_of(owners, p)[1])
     except errors.InputError:
       raise errors.InputError(
           f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
@@ -229,7 +230,7 @@ class _Topology:
   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
   platform: str
   processes: int
-  batch_slices: int  # meshes.data_shard's count: slices of each batch over the processes
+  batch_slices: int  # placement.data_shard's count: slices of each batch over the processes
   cores_from: str  # where the decoder-thread count came from, in words
   feeding: resolution.Feeding  # the input projection data.worker_count -1 decided by
 
@@ -243,7 +244,7 @@ def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
     feed = resolution.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
                                   jax.process_count())
     return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
-                     meshes.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
+                     placement.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
   if target.host_cores is None:
     cores = os.cpu_count() or 1
     cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"

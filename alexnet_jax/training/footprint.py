@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from alexnet_jax.model import alexnet
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.training import experiment
 
 # A training image costs its forward pass three times (forward, and the two matmuls of the
@@ -43,10 +44,10 @@ class Memory:
 
 def output_splits(rules: meshes.Rules, axis_sizes: dict[str, int]) -> dict[str, int]:
   """Devices each layer kind's outputs are split over: 'conv', 'fc' (fc6, fc7), 'classes'."""
-  placement = dict(rules)
+  axes_of = dict(rules)
 
   def size(name: str) -> int:
-    axes = placement.get(name)
+    axes = axes_of.get(name)
     names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(axis_sizes[a] for a in names)
 
@@ -80,15 +81,15 @@ def training_flops_per_image(model: alexnet.AlexNet, crop: int) -> int:
 
 
 def device_memory(exp: experiment.Experiment, batch_per_device: int
-            ) -> tuple[list[meshes.ShardInfo], Memory]:
+            ) -> tuple[list[placement.ShardInfo], Memory]:
   """The weights' shard table and the bytes one device holds at this per-device batch."""
   shapes, shardings = exp.state_shapes, exp.state_shardings
-  param_rows = meshes.sharding_plan(shapes.params, shardings.params)
+  param_rows = placement.sharding_plan(shapes.params, shardings.params)
   param_bytes = sum(r.shard_bytes for r in param_rows)
   crop = exp.config.data.crop_size
   splits = output_splits(exp.rules, dict(exp.mesh.shape))
   return param_rows, Memory(
       params=param_bytes, gradients=param_bytes,
-      opt_state=meshes.bytes_per_device(shapes.opt_state, shardings.opt_state),
+      opt_state=placement.bytes_per_device(shapes.opt_state, shardings.opt_state),
       activations=activation_bytes(exp.model, crop, batch_per_device, splits),
       activations_per_image=activation_bytes(exp.model, crop, 1, splits))
