@@ -146,7 +146,7 @@ class ValidateDtypeTest(parameterized.TestCase):
 # refuses it, and the one function that checks it.
 ONE_PLACE = (
     ('checkpoint.keep', 0, 'config.checkpoint.keep must be a positive integer, got 0',
-     (checkpointing, 'check_checkpoint_config')),
+     (resolution, 'check_checkpoint_config')),
     ('model.pool_size', 0, 'config.model.pool_size must be a positive integer, got 0',
      (alexnet, 'check_fields')),
     ('model.conv_widths', (48, 128, 192, 192),

@@ -16,12 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax.config import eval_schema
 from alexnet_jax.core import errors
-from alexnet_jax.evaluation import evaluators
 from alexnet_jax.model import alexnet
 from alexnet_jax.training import optim
 from alexnet_jax.sharding import meshes
-from alexnet_jax.storage import checkpointing
 
 # data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
 # sets the same.
@@ -174,13 +173,26 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_checkpoint_config(checkpoint_config: Any) -> None:
+  """Raises errors.InputError naming the first of config.checkpoint's counts that is not one.
+
+  The one check of every_steps and keep: validate calls it for a run's
+  config, storage's Checkpointer for its own arguments. keep_best and start_fresh_if_unusable
+  are read as truth values.
+  """
+  for field in ('every_steps', 'keep'):
+    value = checkpoint_config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first field of a resolved config with an impossible value.
 
   The one entry point of the config checks, and each field is checked in one
-  function: the top-level, data and log fields here; each other section by the
-  module that uses it: config.checkpoint (checkpointing.check_checkpoint_config),
-  config.optim (optim.validate_optim_config), the mesh sizes' form
+  function: the top-level, data, log and checkpoint fields here (the checkpoint
+  module sits above this package and calls check_checkpoint_config); each other
+  section by the module below that uses it: config.optim (optim.validate_optim_config), the mesh sizes' form
   (meshes.check_mesh_config), the mesh rules (meshes.logical_rules) and config.model
   with the network at the configured crop (alexnet.check_fields, via AlexNet.check).
   The library used without a config (an AlexNet when applied, a Checkpointer,
@@ -202,7 +214,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(_is_int(config.eval_every_epochs) and config.eval_every_epochs > 0, 'eval_every_epochs',
        'a positive integer')
   need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
-  evaluators.validate_evals(config)
+  eval_schema.validate_evals(config)
   d = config.data
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',
@@ -220,7 +232,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(tuple(profile) == () or (len(profile) == 2 and all(_is_int(s) for s in profile)
                                 and 1 <= profile[0] < profile[1]),
        'log.profile_steps', '() or (start, stop) with 1 <= start < stop')
-  checkpointing.check_checkpoint_config(config.checkpoint)
+  check_checkpoint_config(config.checkpoint)
   optim.validate_optim_config(config.optim)
   meshes.check_mesh_config(config.mesh)
   meshes.logical_rules(config)

@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax.distributed import watch
+from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.storage import grain_state
 
@@ -90,19 +91,6 @@ def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
 
 
-def check_checkpoint_config(checkpoint_config: Any) -> None:
-  """Raises errors.InputError naming the first of config.checkpoint's counts that is not one.
-
-  The one check of every_steps and keep: resolution.validate calls it for a run's
-  config, Checkpointer for its own arguments. keep_best and start_fresh_if_unusable
-  are read as truth values.
-  """
-  for field in ('every_steps', 'keep'):
-    value = checkpoint_config.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
-
-
 def _is_primary() -> bool:
   return jax.process_index() == 0
 
@@ -141,7 +129,7 @@ class Checkpointer:
     read_only: for readers beside a live run (predict, plot): never deletes orbax's
       temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
-    check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
+    resolution.check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
                              'keep': keep})
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
