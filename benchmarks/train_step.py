@@ -287,10 +287,10 @@ class JaxStep:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
-    from alexnet_jax.training import optim  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.learning import optim  # pylint: disable=g-import-not-at-top
     from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top
     from alexnet_jax.sharding import placement  # pylint: disable=g-import-not-at-top
-    from alexnet_jax.training import step_fns  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.learning import step_fns  # pylint: disable=g-import-not-at-top
 
     fields = dict(NETS[case.net], dtype=case.dtype)
     if variant.group_impl:

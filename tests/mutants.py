@@ -121,7 +121,7 @@ PLANTS = (
           'denom = k + alpha * _channel_window_sum(jnp.square(x32), size)',
           'denom = k + alpha / size * _channel_window_sum(jnp.square(x32), size)',
           ('tests/test_model.py', '-k', 'LRNTest')),
-    Plant('optax_sgd_instead_of_paper_chain', 'alexnet_jax/training/optim.py',
+    Plant('optax_sgd_instead_of_paper_chain', 'alexnet_jax/learning/optim.py',
           '      optax.scale_by_learning_rate(learning_rate),\n'
           '      optax.trace(decay=momentum, nesterov=False),',
           '      optax.sgd(learning_rate, momentum=momentum),', ('tests/test_optim.py',)),

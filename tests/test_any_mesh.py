@@ -19,7 +19,7 @@ from PIL import Image
 
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax.evaluation import finished_run

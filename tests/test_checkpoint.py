@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.storage import grain_state
 from alexnet_jax.core import errors
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
 from alexnet_jax.storage import workdir_files
 

@@ -17,7 +17,7 @@ from tensorboardX.proto import event_pb2
 
 from alexnet_jax.model import losses
 from alexnet_jax.storage import metric_log
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 
 
 def make_tempdir(test: absltest.TestCase) -> str:

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 
 MOMENTUM = 0.9
 # Larger than the paper's 5e-4 so that decaying or not decaying a bias moves it visibly.

@@ -37,11 +37,11 @@ import numpy as np
 
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import lockfile
-from alexnet_jax.training import optim
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import optim
+from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import workdir_files
 from tests import XLA_TEST_FLAGS
 from tests import test_train

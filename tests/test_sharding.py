@@ -22,7 +22,7 @@ import optax
 
 from alexnet_jax.model import alexnet
 from alexnet_jax.model import layers
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
 

@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import preprocess
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax import prepare
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 from alexnet_jax.training import trainer
 from configs import imagenet
 from tests import XLA_TEST_FLAGS

@@ -37,8 +37,8 @@ from alexnet_jax.distributed import startup
 from alexnet_jax.model import alexnet
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
-from alexnet_jax.training import experiment
-from alexnet_jax.training import optim
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import optim
 from configs import imagenet
 
 # Width 0.125 gives conv widths 12/32/48/48/32 and fc 512, all even; 67-pixel

@@ -19,7 +19,7 @@ import numpy as np
 from alexnet_jax.config import eval_schema
 from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
 
 # data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py

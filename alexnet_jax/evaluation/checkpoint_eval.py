@@ -28,8 +28,8 @@ from alexnet_jax.evaluation import evaluators
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax.sharding import placement
 from alexnet_jax.storage import metric_log
-from alexnet_jax.training import experiment
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import step_fns
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ import numpy as np
 from alexnet_jax.config import eval_schema
 from alexnet_jax.data import input_pipeline
 
-from alexnet_jax.training import experiment
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import step_fns
 
 METRICS = ('loss', 'top1_err', 'top5_err')  # each logged as f'{prefix}_{metric}'
 

@@ -27,7 +27,7 @@ import numpy as np
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.training import footprint
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.core import progress

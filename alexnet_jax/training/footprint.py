@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from alexnet_jax.model import alexnet
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 
 # A training image costs its forward pass three times (forward, and the two matmuls of the
 # backward: input and weight gradients), at 2 FLOPs per multiply-add.

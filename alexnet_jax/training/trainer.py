@@ -34,17 +34,17 @@ from alexnet_jax.distributed import startup
 from alexnet_jax.config import resume_changes
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import device_feed
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import workdir_files
 
 

@@ -25,10 +25,10 @@ import optax
 from alexnet_jax.core import errors
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
