@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging as py_logging
 import os
+import pathlib
 import sys
 import traceback
 from typing import Callable
@@ -68,13 +69,54 @@ def _config_flag_value(argv: list[str]) -> str:
   return ''
 
 
+# The configs the package ships (alexnet_jax/configs/): `--config=NAME` needs no checkout.
+SHIPPED_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def shipped_config_names() -> list[str]:
+  """The names `--config` accepts for the shipped configs: 'digits', 'paper/no_lrn', ..."""
+  return sorted(p.relative_to(SHIPPED_CONFIGS).with_suffix('').as_posix()
+                for p in SHIPPED_CONFIGS.rglob('*.py') if p.name != '__init__.py')
+
+
+def config_path(value: str) -> str:
+  """A --config value with a shipped config's name (`digits`, `paper/digits:no_lrn`) replaced
+  by that file; a path (ending in .py, or an existing file) stays as given."""
+  path, colon, arg = value.partition(':')
+  if path.endswith('.py') or os.path.exists(path):
+    return value
+  shipped = SHIPPED_CONFIGS / f'{path}.py'
+  if path not in shipped_config_names():
+    raise errors.MissingInputError(
+        f'--config={value}: no such config file, and no shipped config named {path!r} '
+        f'(give a path to a .py file, or one of: {", ".join(shipped_config_names())})')
+  return f'{shipped}{colon}{arg}'
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+  """`argv` with each --config value passed through `config_path`."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + config_path(arg.split('=', 1)[1])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = config_path(out[i + 1])
+  return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
 
   ml_collections reports such a typo as an AttributeError from inside the parser,
   which absl would show as a traceback; it reports a config file without a
-  `get_config` function the same way.
+  `get_config` function the same way. A shipped config's name given to --config
+  becomes its file first (`config_path`).
   """
+  try:
+    argv = _with_config_paths(argv)
+  except errors.MissingInputError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
   try:
     return app.parse_flags_with_usage(argv)
   except AttributeError as e:
