@@ -1,7 +1,7 @@
 """Command: train and evaluate AlexNet (`alexnet-train`, `python -m alexnet_jax.launch`).
 
   alexnet-train --config=imagenet --workdir=runs/imagenet [--config.FIELD=VALUE ...]
-  alexnet-train --config=configs/imagenet.py --workdir=runs/imagenet --dry_run
+  alexnet-train --config=imagenet --workdir=runs/imagenet --dry_run
   alexnet-train --config=imagenet --workdir=runs/imagenet --dry_run \
       --plan_devices=16 --plan_processes=2 --plan_platform=gpu   # a cluster, from a login node
 
