@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from unittest import mock
 import zipfile
 
 from absl.testing import absltest
@@ -95,17 +96,12 @@ class CommandsTest(absltest.TestCase):
   def test_each_console_command_runs_its_module(self):
     scripts = pyproject()['project']['scripts']
     self.assertContainsSubset(COMMANDS, scripts)
-    ran = []
-    original = console.runpy.run_module
-    console.runpy.run_module = lambda module, **kw: ran.append((module, kw['run_name']))
-    try:
-      for command, target in scripts.items():
-        module, function = target.split(':')
-        self.assertEqual(module, 'alexnet_jax.console', command)
+    for command, target in scripts.items():
+      module, function = target.split(':')
+      self.assertEqual(module, 'alexnet_jax.console', command)
+      with mock.patch.object(console.runpy, 'run_module') as run_module:
         getattr(console, function)()
-        self.assertEqual(ran[-1], (COMMANDS[command], '__main__'), command)
-    finally:
-      console.runpy.run_module = original
+      run_module.assert_called_once_with(COMMANDS[command], run_name='__main__', alter_sys=True)
 
   def test_each_command_module_runs_as_main(self):
     for module in COMMANDS.values():
@@ -212,7 +208,7 @@ class WheelTest(absltest.TestCase):
     self.assertTrue(where.startswith(str(self.venv)), where)
     by_command = run([str(bin_dir / 'alexnet-summary'), '--config=digits'], self.elsewhere,
                      self.env)
-    by_module = run([str(bin_dir / 'python'), '-m', 'alexnet_jax.summary', '--config=digits'],
+    by_module = run([str(bin_dir / 'python'), '-m', 'alexnet_jax.summary', '--config', 'digits'],
                     self.elsewhere, self.env)
     self.assertEqual(by_command, by_module)
     # The digits net by hand (width 0.25, 64 crops, 10 classes, grouped conv2/4/5; weights +

@@ -83,7 +83,7 @@ def config_path(value: str) -> str:
   """A --config value with a shipped config's name (`digits`, `paper/digits:no_lrn`) replaced
   by that file; a path (ending in .py, or an existing file) stays as given."""
   path, colon, arg = value.partition(':')
-  if path.endswith('.py') or os.path.exists(path):
+  if path.endswith('.py') or os.path.isfile(path):
     return value
   shipped = SHIPPED_CONFIGS / f'{path}.py'
   if path not in shipped_config_names():
