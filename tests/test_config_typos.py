@@ -111,7 +111,10 @@ class ConfigFileTest(absltest.TestCase):
     path = os.path.join(folder, 'typo.py')
     with open(path, 'w') as f:
       f.write('from configs import digits\n\n\ndef get_config():\n'
-              '  c = digits.get_config()\n  c.optim.learnin_rate = 0.5\n  return c\n')
+              '  c = digits.get_config()\n  c.optim.learnin_rate = 0.5\n'
+              # Were the typo let through, the run would stop at the data, in seconds.
+              f'  c.data.dir = {os.path.join(folder, "no_data")!r}\n'
+              "  c.data.prepare_from = ''\n  return c\n")
     workdir = os.path.join(folder, 'run')
     proc = launch(f'--config={path}', f'--workdir={workdir}')
     self.assertEqual(proc.returncode, errors.EXIT_USER_ERROR, proc.stderr[-2000:])
