@@ -76,23 +76,26 @@ _QUOTED_NAME = re.compile(r"""^\W*'([^'\\]+)""")
 _LOOKUP = re.compile(r'Attempting to lookup: ([\w.]+)')
 
 
-def _unknown_override(argv: list[str], error: Exception) -> str:
+def _unknown_override(argv: list[str], error: Exception) -> str | None:
   """One line for a --config.FIELD override naming no field, with the nearest field.
 
   ml_collections says it as a KeyError, or an AttributeError holding one, whose text
-  carries the missing name and its own "Did you mean" suggestion.
+  carries the missing name and its own "Did you mean" suggestion. None when no
+  override of `argv` names what the error does (an error of the config file itself).
   """
   text = str(error)
-  overrides = [a[2:].split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
-  paths = [o.split('.', 1)[1] for o in overrides]
+  paths = [a[2:].split('=', 1)[0].split('.', 1)[1] for a in argv[1:]
+           if a.startswith('--config.')]
   lookup = _LOOKUP.search(text)
   if lookup:  # a value that is not a section: optim.learning_rate.x
-    path = next((p for p in paths if p == lookup.group(1)), lookup.group(1))
-    return f'--config.{path}: config.{path} is not a config field'
+    path = lookup.group(1)
+    return f'--config.{path}: config.{path} is not a config field' if path in paths else None
   suggestion = _DID_YOU_MEAN.search(text)
   quoted = _QUOTED_NAME.search(text)
   wrong = suggestion.group(2) if suggestion else (quoted.group(1) if quoted else '')
-  path = next((p for p in paths if wrong in p.split('.')), paths[0] if paths else wrong)
+  path = next((p for p in paths if wrong in p.split('.')), None)
+  if path is None:
+    return None
   message = f'--config.{path}: config.{path} is not a config field'
   if suggestion:
     parts = [suggestion.group(1) if part == wrong else part for part in path.split('.')]
@@ -115,8 +118,11 @@ def parse_flags(argv: list[str]) -> list[str]:
             'function (a config file returns its ml_collections.ConfigDict from get_config(); '
             'see configs/imagenet.py)', file=sys.stderr, flush=True)
       sys.exit(errors.EXIT_USER_ERROR)
-    print(f'error: {_unknown_override(argv, e)}; the fields are those of configs/imagenet.py',
-          file=sys.stderr, flush=True)
+    override = _unknown_override(argv, e)
+    if override is None:
+      raise
+    print(f'error: {override}; the fields are those of configs/imagenet.py', file=sys.stderr,
+          flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
 
 
