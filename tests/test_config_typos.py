@@ -17,6 +17,7 @@ import ml_collections
 from alexnet_jax.config import known_fields
 from alexnet_jax.config import resolution
 from alexnet_jax.config import resume_changes
+from alexnet_jax.core import cli
 from alexnet_jax.core import errors
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax.storage import workdir_files
@@ -141,6 +142,19 @@ class OverrideTest(absltest.TestCase):
                        [f'error: --config.{override}: {want}; the fields are those of '
                         'configs/imagenet.py'])
       self.assertNotIn('Traceback', proc.stderr)
+
+
+  def test_an_error_of_the_config_file_itself_is_not_blamed_on_an_override(self):
+    # A KeyError raised inside get_config keeps its traceback: it names no override.
+    argv = ['launch.py', '--config=mine.py', '--config.optim.learning_rate=0.1']
+    self.assertIsNone(cli._unknown_override(argv, KeyError("'num_clases'")))  # pylint: disable=protected-access
+    self.assertEqual(
+        cli._unknown_override(argv[:2] + ['--config.optim.learnin_rate=1'],  # pylint: disable=protected-access
+                              AttributeError(KeyError(
+                                  "'learnin_rate'\nDid you mean \"learning_rate\" instead of "
+                                  "\"learnin_rate\"?"))),
+        '--config.optim.learnin_rate: config.optim.learnin_rate is not a config field (did you '
+        'mean config.optim.learning_rate?)')
 
 
 class StoredConfigTest(absltest.TestCase):
