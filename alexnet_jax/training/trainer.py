@@ -36,6 +36,7 @@ from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
 from alexnet_jax.data import device_feed
+from alexnet_jax.data import fingerprint
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
@@ -100,8 +101,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     info = load_dataset(config)
     agreement.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
-    workdir_files.check_dataset(workdir, info)
-    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
+    print_ = fingerprint.of_dataset(config.data, info)  # every split's labels, no image decoded
+    workdir_files.check_dataset(workdir, info, print_)
+    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted, print_)
     # Leaving _train waited for the last save: the checkpoints named below are complete.
     if interrupted is not None:
       raise errors.Interrupted(interrupted)
@@ -140,7 +142,8 @@ def _dataset_fields(info: input_pipeline.DatasetInfo) -> dict[str, Any]:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-           info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change]
+           info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change],
+           print_: fingerprint.Fingerprint
            ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[str]]:
   """Set-up, restore and the loop: (state, last eval, what to say if Ctrl-C stopped it).
 
@@ -166,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
-    workdir_files.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
+    workdir_files.save_dataset_info(workdir, info, print_)  # predict needs no data
     writer = stack.enter_context(
         metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
     writer.truncate_after(start_step)
