@@ -166,6 +166,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     ckpt = stack.enter_context(checkpointing.Checkpointer.from_config(workdir, config.checkpoint))
     state, plateau, position = _restore_or_start(ckpt, exp, state)
     start_step = int(state.step)
+    _check_steps_left(workdir, start_step, num_steps)  # before anything is written
+    _warn_if_nothing_profiled(config.log.get('profile_steps', ()), start_step, num_steps)
     feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
@@ -193,6 +195,32 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     if stopped is not None and preemption.interrupted:
       interrupted = _interrupted_message(run, stopped, start_step)
   return state, last_eval, interrupted
+
+
+def _check_steps_left(workdir: str, start_step: int, num_steps: int) -> None:
+  """Refuses a resume whose checkpoint is past the run's end as its config now sets it.
+
+  Continuing would train nothing yet record the shorter length as the run's
+  config; the checkpoint's step is kept and the config left as it was.
+  """
+  if start_step > num_steps:
+    raise errors.InputError(
+        f'the run in {workdir} is at step {start_step}, past the {num_steps} steps its config '
+        'now asks for (num_train_steps or num_epochs): a run cannot be shortened below its '
+        'checkpoints; resume it with its own length, or start a new run in another --workdir')
+
+
+def _warn_if_nothing_profiled(window: tuple[int, ...], start_step: int, num_steps: int) -> None:
+  """One warning when log.profile_steps lies outside the steps this start will run."""
+  if not window:
+    return
+  start, stop = window
+  if start > num_steps:
+    logging.warning('log.profile_steps (%d, %d) starts after the run\'s last step %d: nothing '
+                    'is profiled.', start, stop, num_steps)
+  elif stop - 1 <= start_step:
+    logging.warning('log.profile_steps (%d, %d) ends before step %d, where this run resumes: '
+                    'nothing is profiled.', start, stop, start_step + 1)
 
 
 def _interrupted_message(run: _TrainingSession, stopped: int, start_step: int) -> str:
