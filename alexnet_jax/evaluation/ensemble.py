@@ -3,7 +3,8 @@
 Each network's prediction of an image (the mean softmax output of its views) is
 averaged over the networks, and the errors are those of the averaged prediction.
 Each member is also evaluated (and cached) on its own. The runs must have been
-trained on the same dataset with the same class list.
+trained on the same dataset with the same class list, and be distinct runs: the
+same workdir twice (by its real path) is refused.
 """
 
 from __future__ import annotations
@@ -48,12 +49,25 @@ def check_ensemble(jobs: Sequence[checkpoint_eval.EvalJob]) -> None:
                               'to evaluate all of them on one dataset')
 
 
+def _refuse_duplicates(workdirs: Sequence[str | os.PathLike[str]]) -> None:
+  """The same run named twice would count twice in the average: one line names it."""
+  seen: dict[str, str] = {}
+  for workdir in map(os.fspath, workdirs):
+    real = os.path.realpath(workdir)
+    if real in seen:
+      same = '' if seen[real] == workdir else f' (as {seen[real]})'
+      raise errors.InputError(f'--workdir={workdir} is given twice{same}: an ensemble averages '
+                              'distinct runs; name each once')
+    seen[real] = workdir
+
+
 def _load_jobs(workdirs: Sequence[str | os.PathLike[str]], step: str | int,
                crops: Optional[int], split: str,
                data_dir: Optional[str]) -> tuple[list[checkpoint_eval.EvalJob], int]:
   """The members' jobs and the one view count they are evaluated with."""
   if not workdirs:
     raise errors.InputError('give at least one --workdir')
+  _refuse_duplicates(workdirs)
   step = finished_run.parse_step(step)
   loaded = [checkpoint_eval.load_job(w, step, crops, split, data_dir) for w in workdirs]
   crop_counts = sorted({c for _, c in loaded})

@@ -5,6 +5,7 @@
   WORKDIR/config_history.jsonl  the config changes resumes accepted, with the step of each
   WORKDIR/dataset_info.json   classes, split sizes, image size, PCA, stats source
   WORKDIR/mean_image.npy      float32 (S, S, 3) per-pixel training mean, 0-255 units
+  WORKDIR/dataset_labels.npz  the labels of every split, in record order (fingerprint.py)
   WORKDIR/run.lock            while a run writes the workdir: who it is (lockfile.py)
 
 A checkpoint holds weights only; classifying a new image also needs what the
@@ -12,7 +13,8 @@ run saw of its dataset, so host 0 copies those facts here at the start of
 training and predictions need no training data. Files are replaced atomically.
 
 A resume is checked before it changes anything: the config field by field
-(resume_changes.DECISIONS) and the dataset against dataset_info.json. One run
+(resume_changes.DECISIONS) and the dataset against dataset_info.json and its
+fingerprint (classes, sizes, statistics and every split's labels). One run
 at a time writes a workdir (`hold_lock`); predict, plot and evaluate only read and take
 no lock (evaluate writes its results into WORKDIR/eval/ only).
 """
@@ -38,6 +40,7 @@ from alexnet_jax.config import known_fields
 from alexnet_jax.config import resume_changes
 from alexnet_jax.core import errors
 from alexnet_jax.core import fileio
+from alexnet_jax.data import fingerprint
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import lockfile
 
@@ -259,11 +262,17 @@ def read_config_history(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]
 
 INFO_FILE = 'dataset_info.json'
 MEAN_FILE = 'mean_image.npy'
+LABELS_FILE = 'dataset_labels.npz'
 INFO_FORMAT = 'alexnet_jax.dataset_info/1'
 
 
-def save_dataset_info(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo) -> None:
-  """Writes WORKDIR/dataset_info.json and WORKDIR/mean_image.npy (host 0 only)."""
+def save_dataset_info(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo,
+                      print_: Optional[fingerprint.Fingerprint] = None) -> None:
+  """Writes WORKDIR/dataset_info.json and WORKDIR/mean_image.npy (host 0 only).
+
+  With a fingerprint, its parts go into dataset_info.json ('fingerprint') and
+  its labels into WORKDIR/dataset_labels.npz, so a later check can count them.
+  """
   if jax.process_index() != 0:
     return
   workdir = os.fspath(workdir)
@@ -278,6 +287,10 @@ def save_dataset_info(workdir: str | os.PathLike[str], info: input_pipeline.Data
       'eigvecs': np.asarray(info.eigvecs, np.float64).tolist(),
       'stats_source': info.stats_source,
   }
+  if print_ is not None:
+    description['fingerprint'] = print_.to_json()
+    fileio.atomic_write(os.path.join(workdir, LABELS_FILE),
+                        lambda f: np.savez_compressed(f, **print_.labels), 'wb')
   fileio.atomic_write(os.path.join(workdir, MEAN_FILE),
                       lambda f: np.save(f, np.asarray(info.mean_image, np.float32)), 'wb')
   fileio.atomic_write(os.path.join(workdir, INFO_FILE),
@@ -318,13 +331,40 @@ def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.Dataset
         f'is unreadable: {e}') from e
 
 
-def check_dataset(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo) -> None:
+def load_fingerprint(workdir: str | os.PathLike[str]) -> Optional[fingerprint.Fingerprint]:
+  """The dataset fingerprint the run in WORKDIR recorded, or None (runs made before it).
+
+  Raises errors.InputError naming the files when they exist but cannot be read.
+  """
+  workdir = os.fspath(workdir)
+  info_path = os.path.join(workdir, INFO_FILE)
+  if not os.path.exists(info_path):
+    return None
+  labels_path = os.path.join(workdir, LABELS_FILE)
+  try:
+    with open(info_path) as f:
+      stored = json.load(f).get('fingerprint')
+    if stored is None:
+      return None
+    with np.load(labels_path) as labels:
+      return fingerprint.Fingerprint(dict(stored['parts']),
+                                     {k: labels[k] for k in labels.files})
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise errors.InputError(
+        f'the dataset fingerprint stored in {workdir} ({INFO_FILE}, {LABELS_FILE}) is '
+        f'unreadable: {e}') from e
+
+
+def check_dataset(workdir: str | os.PathLike[str], info: input_pipeline.DatasetInfo,
+                  print_: Optional[fingerprint.Fingerprint] = None) -> None:
   """Refuses to resume the run in WORKDIR on another dataset than the one it trained on.
 
   The folder may move (config.data.dir is accepted on resume), so the dataset is
-  compared by what the run stored of it: classes, split sizes, image size and
-  the training statistics (a dataset prepared again from the same source has the
-  same). Nothing to compare for a fresh run or one that stored no dataset_info.json.
+  compared by what the run stored of it: classes, split sizes, image size, the
+  training statistics and, by its fingerprint, every split's labels (a dataset
+  prepared again from the same source has the same). Nothing to compare for a
+  fresh run or one that stored no dataset_info.json; a run made before the
+  fingerprint existed is checked without labels (an info line says so).
   """
   workdir = os.fspath(workdir)
   if not checkpointing.finished_steps(workdir):
@@ -341,6 +381,15 @@ def check_dataset(workdir: str | os.PathLike[str], info: input_pipeline.DatasetI
     differences.append(f'image size {stored.image_size} -> {info.image_size}')
   elif not np.array_equal(stored.mean_image, np.asarray(info.mean_image, np.float32)):
     differences.append('mean image (other training images)')
+  stored_print = load_fingerprint(workdir)
+  if stored_print is None:
+    logging.info('%s records no dataset fingerprint (a run made before it existed): the '
+                 'dataset\'s labels are not checked; it is recorded from now on.', workdir)
+  elif print_ is not None:
+    # Classes, sizes and the mean image are named above with their values.
+    differences += [d for d in fingerprint.differences(stored_print, print_)
+                    if d not in ('classes differ', 'split sizes differ', 'image size differs',
+                                 'mean image differs')]
   if differences:
     raise errors.InputError(
         f'the run in {workdir} trained on another dataset than the one in its config now '

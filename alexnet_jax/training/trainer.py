@@ -38,6 +38,7 @@ from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
 from alexnet_jax.data import device_feed
+from alexnet_jax.data import fingerprint
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
@@ -102,8 +103,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     info = load_dataset(config)
     agreement.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
-    workdir_files.check_dataset(workdir, info)
-    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
+    print_ = fingerprint.of_dataset(config.data, info)  # every split's labels, no image decoded
+    workdir_files.check_dataset(workdir, info, print_)
+    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted, print_)
     # Leaving _train waited for the last save: the checkpoints named below are complete.
     if interrupted is not None:
       raise errors.Interrupted(interrupted)
@@ -142,7 +144,8 @@ def _dataset_fields(info: input_pipeline.DatasetInfo) -> dict[str, Any]:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-           info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change]
+           info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change],
+           print_: fingerprint.Fingerprint
            ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[str]]:
   """Set-up, restore and the loop: (state, last eval, what to say if Ctrl-C stopped it).
 
@@ -165,10 +168,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     ckpt = stack.enter_context(checkpointing.Checkpointer.from_config(workdir, config.checkpoint))
     state, plateau, position, pending = _restore_or_start(ckpt, exp, state)
     start_step = int(state.step)
+    _check_steps_left(workdir, start_step, num_steps)  # before anything is written
+    _warn_if_nothing_profiled(config.log.get('profile_steps', ()), start_step, num_steps)
     feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
-    workdir_files.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
+    workdir_files.save_dataset_info(workdir, info, print_)  # predict needs no data
     writer = stack.enter_context(
         metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
     writer.truncate_after(start_step)
@@ -193,6 +198,32 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     if stopped is not None and preemption.interrupted:
       interrupted = _interrupted_message(run, stopped, start_step)
   return state, last_eval, interrupted
+
+
+def _check_steps_left(workdir: str, start_step: int, num_steps: int) -> None:
+  """Refuses a resume whose checkpoint is past the run's end as its config now sets it.
+
+  Continuing would train nothing yet record the shorter length as the run's
+  config; the checkpoint's step is kept and the config left as it was.
+  """
+  if start_step > num_steps:
+    raise errors.InputError(
+        f'the run in {workdir} is at step {start_step}, past the {num_steps} steps its config '
+        'now asks for (num_train_steps or num_epochs): a run cannot be shortened below its '
+        'checkpoints; resume it with its own length, or start a new run in another --workdir')
+
+
+def _warn_if_nothing_profiled(window: tuple[int, ...], start_step: int, num_steps: int) -> None:
+  """One warning when log.profile_steps lies outside the steps this start will run."""
+  if not window:
+    return
+  start, stop = window
+  if start > num_steps:
+    logging.warning('log.profile_steps (%d, %d) starts after the run\'s last step %d: nothing '
+                    'is profiled.', start, stop, num_steps)
+  elif stop - 1 <= start_step:
+    logging.warning('log.profile_steps (%d, %d) ends before step %d, where this run resumes: '
+                    'nothing is profiled.', start, stop, start_step + 1)
 
 
 def _interrupted_message(run: _TrainingSession, stopped: int, start_step: int) -> str:
