@@ -51,6 +51,7 @@ from orbax.checkpoint import checkpoint_managers
 from alexnet_jax.distributed import watch
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import grain_state
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -60,6 +61,8 @@ VAL_ERROR = 'val_error'
 # meta keys: the global batches the train iterator had read, and the processes that saved.
 DATA_POSITION = 'data_position'
 PROCESS_COUNT = 'process_count'
+# The item holding {array path: checksum} of `state` (checkpoint_integrity), checked by restore.
+CHECKSUMS_ITEM = 'checksums'
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -100,6 +103,13 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _abstract_leaf(x: Any) -> Any:
+  """A restore target for one leaf of a saved state: its shape, dtype and placement."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
+
+
 class Checkpointer:
   """Saves and restores train state, run metadata and the data iterator.
 
@@ -132,6 +142,8 @@ class Checkpointer:
     resolution.check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
                              'keep': keep})
     self._directory = os.path.abspath(os.fspath(directory))
+    if not read_only:
+      checkpoint_integrity.check_directory_name(self._directory)
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
     self._read_only = bool(read_only)
@@ -157,6 +169,9 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
+    # The first save of this Checkpointer is read back and compared before save returns.
+    self._read_back_done = read_only
+    self.last_checksum_seconds = 0.0  # time the last save spent on checksums
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
@@ -249,6 +264,11 @@ class Checkpointer:
     if self._keep_best:
       metrics = {VAL_ERROR: None if val_error is None else float(val_error)}
     self.wait()  # A failed background write is reported under its own step.
+    started = time.perf_counter()
+    # On the devices that hold the arrays, before save returns and their buffers may be donated.
+    items[CHECKSUMS_ITEM] = ocp.args.JsonSave(checkpoint_integrity.checksums(state))
+    self.last_checksum_seconds = time.perf_counter() - started
+    target = jax.tree.map(_abstract_leaf, state)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                                  force=True)  # the cadence was decided above
@@ -257,7 +277,26 @@ class Checkpointer:
     if saved:
       self._writing = step
       logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
+      if not self._read_back_done:
+        self._read_back(step, target)
     return saved
+
+  def _read_back(self, step: int, target: Any) -> None:
+    """Waits for the save of `step`, reads it back into `target` and compares its checksums.
+
+    Done for the first save of a Checkpointer, so that a folder where orbax writes
+    checkpoints it cannot read back fails at the run's first save, not at its resume.
+    """
+    self._read_back_done = True
+    self.wait()
+    try:
+      self._restore_step(step, target, None)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      moved = self._quarantine([step])
+      raise CheckpointError(
+          f'checkpoint of step {step} was written to {self.step_path(step)} but does not read '
+          f'back as saved ({errors.first_line(e, 200)}); moved to {moved[0]}. Checkpoints '
+          f'cannot be kept in {self._directory}: use another --workdir') from e
 
   def _write_error(self, step: Optional[int], error: BaseException
                    ) -> CheckpointWriteError | watch.PeerLost:
@@ -285,13 +324,23 @@ class Checkpointer:
 
   def _restore_step(self, step: int, abstract_state: Any,
                     data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
+    """(state, meta) of checkpoint `step`, its arrays compared with their stored checksums.
+
+    Raises checkpoint_integrity.DamagedArrays on a difference; checkpoints written
+    before checksums existed (no `checksums/` item) are read unchecked.
+    """
     items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     if data_iterator is not None:
       items[grain_state.GRAIN_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+    has_sums = os.path.isdir(os.path.join(self.step_path(step), CHECKSUMS_ITEM))
+    if has_sums:
+      items[CHECKSUMS_ITEM] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     meta = restored['meta']
     if not isinstance(meta, dict):
       raise ValueError(f'meta of step {step} is {type(meta).__name__}, not a JSON object')
+    if has_sums:
+      checkpoint_integrity.verify(restored[CHECKSUMS_ITEM], restored['state'])
     return restored['state'], meta
 
   def restore(self, abstract_state: Any, *,
