@@ -86,7 +86,11 @@ def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
   (orbax renames the temporary folder), so this needs no CheckpointManager: a
   resume can be checked before anything is opened or cleaned up.
   """
-  folder = os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+  return _step_folders(os.path.join(os.fspath(workdir), CHECKPOINT_DIR))
+
+
+def _step_folders(folder: str) -> list[int]:
+  """Steps of the finished checkpoints in the checkpoint folder `folder`, ascending."""
   try:
     names = os.listdir(folder)
   except (FileNotFoundError, NotADirectoryError):
@@ -313,7 +317,9 @@ class Checkpointer:
       reason = f'no space left on the device of {self._directory}'
     else:
       reason = errors.first_line(error, 200)
-    kept = sorted(s for s in self._manager.all_steps() if s != step)
+    # From the folder, not orbax's list: a failed save leaves out of that list the
+    # checkpoints its retention policy was about to delete, still on disk and restorable.
+    kept = [s for s in _step_folders(self._directory) if s != step]
     if kept:
       outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
                  f'make room and rerun to resume from step {kept[-1]}')
