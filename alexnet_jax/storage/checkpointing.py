@@ -214,7 +214,12 @@ class Checkpointer:
     """
     errors_by_step = {}
     for step in self.all_steps():
-      metrics = self._manager.metrics(step) if self._keep_best else None
+      try:
+        metrics = self._manager.metrics(step) if self._keep_best else None
+      except (OSError, ValueError):
+        if not os.path.isdir(self.step_path(step)):
+          continue  # deleted since it was listed, by the run that writes these checkpoints
+        raise
       value = metrics.get(VAL_ERROR) if isinstance(metrics, Mapping) else None
       errors_by_step[step] = None if value is None else float(value)
     return errors_by_step
