@@ -1,6 +1,6 @@
 """Checkpoints of a run: the only module that imports orbax.
 
-A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
+A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with three items
 (docs/checkpoints.md shows the files and how to read them with orbax alone):
 
   state/  the train state pytree (step, params, opt_state), each array written
@@ -10,9 +10,11 @@ A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
           and, under DATA_POSITION, the global batches the train iterator had
           read: one number for every process count, so a run resumes with
           another number of processes on the same global batch sequence.
+  checksums/  a checksum of every array of state/ (checkpoint_integrity),
+          compared by every restore: a difference is damage like a truncated file.
 
 Checkpoints written before DATA_POSITION existed (and saves given a
-`data_iterator`) hold a third item, `data/`: grain's iterator state, one file
+`data_iterator`) hold one more item, `data/`: grain's iterator state, one file
 per process, `process_<i>-of-<n>.json`. `data_position` reads the position out
 of those files for any process count (`grain_state`).
 
@@ -24,6 +26,9 @@ that is ignored. A finished checkpoint that was damaged afterwards (a truncated
 or deleted file) fails to read; `restore` then falls back to the previous one
 and moves the damaged folder to `checkpoints/damaged/` so that its step number
 can be saved again.
+
+The first save of a Checkpointer is read back before `save` returns, and a
+writer refuses a folder whose path orbax would take for a glob pattern.
 
 Cadence: orbax's FixedIntervalPolicy decides which unforced saves are written
 (multiples of `every_steps`). Retention: the newest `keep` checkpoints plus,
@@ -175,7 +180,6 @@ class Checkpointer:
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
     # The first save of this Checkpointer is read back and compared before save returns.
     self._read_back_done = read_only
-    self.last_checksum_seconds = 0.0  # time the last save spent on checksums
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
@@ -276,7 +280,7 @@ class Checkpointer:
     started = time.perf_counter()
     # On the devices that hold the arrays, before save returns and their buffers may be donated.
     items[CHECKSUMS_ITEM] = ocp.args.JsonSave(checkpoint_integrity.checksums(state))
-    self.last_checksum_seconds = time.perf_counter() - started
+    checksum_seconds = time.perf_counter() - started
     target = jax.tree.map(_abstract_leaf, state)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
@@ -285,7 +289,8 @@ class Checkpointer:
       raise self._write_error(step, e) from e
     if saved:
       self._writing = step
-      logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
+      logging.info('Saving checkpoint at step %d to %s (checksums took %.3f s)', step,
+                   self.step_path(step), checksum_seconds)
       if not self._read_back_done:
         self._read_back(step, target)
     return saved
