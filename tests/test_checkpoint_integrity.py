@@ -148,7 +148,7 @@ class OverwrittenByteRangeTest(TestCase):
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored),
                  jax.tree.map(np.asarray, state1))
     warning = next(line for line in logs.output if 'step 2' in line)
-    self.assertIn('differ from the checksums stored at save', warning)
+    self.assertIn('damaged data: 1 array differs from the checksums stored at save', warning)
     self.assertNotIn('learning_rate', '\n'.join(logs.output))
     self.assertEqual(ckpt.all_steps(), [1])
     moved = os.listdir(os.path.join(ckpt.directory, checkpointing.DAMAGED_DIR))
@@ -163,7 +163,7 @@ class OverwrittenByteRangeTest(TestCase):
       message = str(caught.exception)
       self.assertNotIn('\n', message)
       self.assertIn(ckpt.step_path(2), message)
-      self.assertIn('differ from the checksums stored at save', message)
+      self.assertIn('damaged data: 1 array differs from the checksums stored at save', message)
       self.assertIn('--step=1 selects the one before it', message)
     self.assertEqual(checkpointing.finished_steps(self.workdir), [1, 2])
 

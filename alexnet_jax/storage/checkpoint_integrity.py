@@ -112,8 +112,9 @@ def verify(expected: Any, state: Any) -> None:
   bad = mismatches(expected, state)
   if bad:
     more = f' and {len(bad) - 2} more' if len(bad) > 2 else ''
-    raise DamagedArrays(f'damaged data: {len(bad)} arrays differ from the checksums stored at '
-                        f'save ({", ".join(bad[:2])}{more})')
+    count = '1 array differs' if len(bad) == 1 else f'{len(bad)} arrays differ'
+    raise DamagedArrays(f'damaged data: {count} from the checksums stored at save '
+                        f'({", ".join(bad[:2])}{more})')
 
 
 def check_directory_name(path: str | os.PathLike[str]) -> None:
