@@ -122,6 +122,12 @@ CASES = (
          ('--config={CASE}/nowhere.py', '--workdir={CASE}/new'), 2,
          "error: cannot load the --config file: [Errno 2] No such file or directory: "
          "'{CASE}/nowhere.py'"),
+    Case('unknown_config_name', 'paths', '--config names neither a file nor a shipped config',
+         'launch', ('--config=imagenett', '--workdir={CASE}/new'), 2,
+         "error: --config=imagenett: no such config file, and no shipped config named "
+         "'imagenett' (give a path to a .py file, or one of: digits, imagenet, paper/digits, "
+         'paper/no_augmentation, paper/no_dropout, paper/no_lighting, paper/no_lrn, '
+         'paper/non_overlapping_pool, paper/one_tower)'),
     Case('missing_source', 'paths', 'prepare --source does not exist', 'prepare',
          ('--source={CASE}/nowhere', '--output={CASE}/out'), 2,
          'error: source folder {CASE}/nowhere does not exist'),
@@ -197,8 +203,8 @@ CASES = (
          "with base 10: 'ten'"),
     Case('unknown_field', 'configs', 'a config field that does not exist (a typo)', 'launch',
          _launch('--config.optim.lr=0.1'), 2,
-         "error: --config.optim.lr: the config has no field 'lr' (see the config file for the "
-         "fields)"),
+         'error: --config.optim.lr: config.optim.lr is not a config field; the fields are '
+         'those of configs/imagenet.py'),
     Case('negative_lr', 'configs', 'negative learning rate', 'launch',
          _launch('--config.optim.learning_rate=-0.1', workdir='{RUN}'), 2,
          'error: config.optim.learning_rate must be > 0, got -0.1'),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import logging as py_logging
 import os
+import pathlib
+import re
 import sys
 import traceback
 from typing import Callable
@@ -68,26 +70,101 @@ def _config_flag_value(argv: list[str]) -> str:
   return ''
 
 
+# The configs the package ships (alexnet_jax/configs/): `--config=NAME` needs no checkout.
+SHIPPED_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def shipped_config_names() -> list[str]:
+  """The names `--config` accepts for the shipped configs: 'digits', 'paper/no_lrn', ..."""
+  return sorted(p.relative_to(SHIPPED_CONFIGS).with_suffix('').as_posix()
+                for p in SHIPPED_CONFIGS.rglob('*.py') if p.name != '__init__.py')
+
+
+def config_path(value: str) -> str:
+  """A --config value with a shipped config's name (`digits`, `paper/digits:no_lrn`) replaced
+  by that file; a path (ending in .py, or an existing file) stays as given."""
+  path, colon, arg = value.partition(':')
+  if path.endswith('.py') or os.path.isfile(path):
+    return value
+  shipped = SHIPPED_CONFIGS / f'{path}.py'
+  if path not in shipped_config_names():
+    raise errors.MissingInputError(
+        f'--config={value}: no such config file, and no shipped config named {path!r} '
+        f'(give a path to a .py file, or one of: {", ".join(shipped_config_names())})')
+  return f'{shipped}{colon}{arg}'
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+  """`argv` with each --config value passed through `config_path`."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + config_path(arg.split('=', 1)[1])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = config_path(out[i + 1])
+  return out
+
+
+# ml_collections' own suggestion (difflib) for a name a config lacks, and the path it
+# reports where a value is indexed as if it were a section.
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
+_QUOTED_NAME = re.compile(r"""^\W*'([^'\\]+)""")
+_LOOKUP = re.compile(r'Attempting to lookup: ([\w.]+)')
+
+
+def _unknown_override(argv: list[str], error: Exception) -> str | None:
+  """One line for a --config.FIELD override naming no field, with the nearest field.
+
+  ml_collections says it as a KeyError, or an AttributeError holding one, whose text
+  carries the missing name and its own "Did you mean" suggestion. None when no
+  override of `argv` names what the error does (an error of the config file itself).
+  """
+  text = str(error)
+  paths = [a[2:].split('=', 1)[0].split('.', 1)[1] for a in argv[1:]
+           if a.startswith('--config.')]
+  lookup = _LOOKUP.search(text)
+  if lookup:  # a value that is not a section: optim.learning_rate.x
+    path = lookup.group(1)
+    return f'--config.{path}: config.{path} is not a config field' if path in paths else None
+  suggestion = _DID_YOU_MEAN.search(text)
+  quoted = _QUOTED_NAME.search(text)
+  wrong = suggestion.group(2) if suggestion else (quoted.group(1) if quoted else '')
+  path = next((p for p in paths if wrong in p.split('.')), None)
+  if path is None:
+    return None
+  message = f'--config.{path}: config.{path} is not a config field'
+  if suggestion:
+    parts = [suggestion.group(1) if part == wrong else part for part in path.split('.')]
+    message += f' (did you mean config.{".".join(parts)}?)'
+  return message
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
 
-  ml_collections reports such a typo as an AttributeError from inside the parser,
-  which absl would show as a traceback; it reports a config file without a
-  `get_config` function the same way.
+  ml_collections reports such a typo as an AttributeError or KeyError from inside the
+  parser, which absl would show as a traceback; it reports a config file without a
+  `get_config` function the same way. A shipped config's name given to --config
+  becomes its file first (`config_path`).
   """
   try:
+    argv = _with_config_paths(argv)
+  except errors.MissingInputError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
+  try:
     return app.parse_flags_with_usage(argv)
-  except AttributeError as e:
+  except (AttributeError, KeyError) as e:
     if "has no attribute 'get_config'" in str(e):
       print(f'error: the --config file {_config_flag_value(argv)} defines no get_config() '
             'function (a config file returns its ml_collections.ConfigDict from get_config(); '
             'see configs/imagenet.py)', file=sys.stderr, flush=True)
       sys.exit(errors.EXIT_USER_ERROR)
-    name = str(e).strip('"\'')
-    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    flag = next((o for o in overrides if name in o.split('.')), '--config override')
-    print(f'error: {flag}: the config has no field {name!r} (see the config file for the fields)',
-          file=sys.stderr, flush=True)
+    override = _unknown_override(argv, e)
+    if override is None:
+      raise
+    print(f'error: {override}; the fields are those of configs/imagenet.py', file=sys.stderr,
+          flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
 
 

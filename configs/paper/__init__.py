@@ -1,11 +1,10 @@
-"""The paper's ablations (sections 3 and 4), each one documented change from configs/imagenet.py.
+"""A checkout's pointer to a config the package ships (read it there):
 
-Every module here has `apply(config)`, which makes its one change to any config,
-and `get_config()`, the paper's recipe with that change. configs/paper/digits.py
-applies the same changes to the digits quick start. docs/reproduce.md lists the
-claim each one tests, the commands and the numbers.
+  alexnet_jax/configs/paper/__init__.py
+
+The configs live in the package so that an installed alexnet_jax has them too (`--config=NAME`);
+this file keeps `--config=configs/...` paths and `import configs...` working in a checkout.
 """
 
-# Module names, in the order of docs/reproduce.md.
-ABLATIONS = ('one_tower', 'no_lrn', 'non_overlapping_pool', 'no_augmentation', 'no_lighting',
-             'no_dropout')
+# pylint: disable-next=wildcard-import,unused-wildcard-import
+from alexnet_jax.configs.paper import *

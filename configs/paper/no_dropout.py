@@ -1,23 +1,10 @@
-"""Section 4.2: training without dropout in fc6 and fc7.
+"""A checkout's pointer to a config the package ships (read it there):
 
-The paper gives no error rate for this: "Without dropout, our network exhibits
-substantial overfitting. Dropout roughly doubles the number of iterations
-required to converge." Compare the train and validation curves of the two runs
-(WORKDIR/plots/training_curves.png) as well as the final errors.
+  alexnet_jax/configs/paper/no_dropout.py
 
-  python launch.py --config=configs/paper/no_dropout.py --workdir=runs/paper/no_dropout \
-      --config.data.dir=/data/imagenet_prepared
+The configs live in the package so that an installed alexnet_jax has them too (`--config=NAME`);
+this file keeps `--config=configs/...` paths and `import configs...` working in a checkout.
 """
 
-import ml_collections
-
-from configs import imagenet
-
-
-def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  config.model.dropout_rate = 0.0  # No dropout after fc6 and fc7.
-  return config
-
-
-def get_config() -> ml_collections.ConfigDict:
-  return apply(imagenet.get_config())
+# pylint: disable-next=wildcard-import,unused-wildcard-import
+from alexnet_jax.configs.paper.no_dropout import *

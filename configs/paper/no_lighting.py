@@ -1,22 +1,10 @@
-"""Section 4.1: training without the PCA lighting augmentation.
+"""A checkout's pointer to a config the package ships (read it there):
 
-The paper: altering the intensities of the RGB channels along their principal
-components "reduces the top-1 error rate by over 1%". This config sets the
-lighting alphas' standard deviation to 0 (no shift); crops and flips stay.
+  alexnet_jax/configs/paper/no_lighting.py
 
-  python launch.py --config=configs/paper/no_lighting.py --workdir=runs/paper/no_lighting \
-      --config.data.dir=/data/imagenet_prepared
+The configs live in the package so that an installed alexnet_jax has them too (`--config=NAME`);
+this file keeps `--config=configs/...` paths and `import configs...` working in a checkout.
 """
 
-import ml_collections
-
-from configs import imagenet
-
-
-def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  config.data.lighting_std = 0.0  # No PCA lighting shift.
-  return config
-
-
-def get_config() -> ml_collections.ConfigDict:
-  return apply(imagenet.get_config())
+# pylint: disable-next=wildcard-import,unused-wildcard-import
+from alexnet_jax.configs.paper.no_lighting import *

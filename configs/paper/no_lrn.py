@@ -1,22 +1,10 @@
-"""Section 3.3: the network without local response normalisation.
+"""A checkout's pointer to a config the package ships (read it there):
 
-The paper: "Response normalization reduces our top-1 and top-5 error rates by
-1.4% and 1.2%, respectively." This config removes both LRN layers (after the
-ReLUs of conv1 and conv2); everything else is configs/imagenet.py.
+  alexnet_jax/configs/paper/no_lrn.py
 
-  python launch.py --config=configs/paper/no_lrn.py --workdir=runs/paper/no_lrn \
-      --config.data.dir=/data/imagenet_prepared
+The configs live in the package so that an installed alexnet_jax has them too (`--config=NAME`);
+this file keeps `--config=configs/...` paths and `import configs...` working in a checkout.
 """
 
-import ml_collections
-
-from configs import imagenet
-
-
-def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  config.model.use_lrn = False  # No LRN after conv1 and conv2.
-  return config
-
-
-def get_config() -> ml_collections.ConfigDict:
-  return apply(imagenet.get_config())
+# pylint: disable-next=wildcard-import,unused-wildcard-import
+from alexnet_jax.configs.paper.no_lrn import *
