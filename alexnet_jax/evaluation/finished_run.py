@@ -137,22 +137,42 @@ def restore_state(workdir: str | os.PathLike[str], config: ml_collections.Config
   """(state, step) of the newest checkpoint in WORKDIR, or of `step`, read into `target`.
 
   target: the abstract state (shapes, dtypes, shardings) to restore into. A
-  checkpoint that cannot be read raises checkpoint.CheckpointError naming it.
+  checkpoint that cannot be read raises checkpoint.CheckpointError naming it;
+  one whose arrays differ from their stored checksums is such a one. A live run
+  deletes its older checkpoints: when the one being read goes, the newest is
+  read again (step None), or CheckpointError says the step asked for is gone.
   """
-  ckpt = open_checkpoints(workdir, config)
-  try:
-    if step is None:
-      step = ckpt.all_steps()[-1]
-    check_step(ckpt, step, workdir)
+  for _ in range(_NEWEST_TRIES):
+    ckpt = open_checkpoints(workdir, config)
     try:
-      state, _ = ckpt.restore(target, step=step)
-    except checkpointing.CheckpointError as e:
-      older = [s for s in ckpt.all_steps() if s < step]
-      hint = f'; --step={older[-1]} selects the one before it' if older else ''
-      raise checkpointing.CheckpointError(f'{e}{hint}') from e
-  finally:
-    ckpt.close()
-  return state, step
+      chosen = ckpt.all_steps()[-1] if step is None else step
+      check_step(ckpt, chosen, workdir)
+      try:
+        state, _ = ckpt.restore(target, step=chosen)
+        return state, chosen
+      except checkpointing.CheckpointError as e:
+        if os.path.isdir(ckpt.step_path(chosen)):  # there, but unreadable: damaged
+          older = [s for s in ckpt.all_steps() if s < chosen]
+          hint = f'; --step={older[-1]} selects the one before it' if older else ''
+          raise checkpointing.CheckpointError(f'{e}{hint}') from e
+        if step is not None:
+          raise checkpointing.CheckpointError(_deleted_message(workdir, chosen)) from e
+    finally:
+      ckpt.close()
+  raise checkpointing.CheckpointError(
+      f'the newest checkpoint of {workdir} was deleted {_NEWEST_TRIES} times while it was '
+      'being read (a run writing it keeps only its newest ones); rerun, or pick a step with --step')
+
+
+# How often a read of the newest checkpoint starts again when the live run deletes it.
+_NEWEST_TRIES = 3
+
+
+def _deleted_message(workdir: str | os.PathLike[str], step: int) -> str:
+  now = checkpointing.finished_steps(workdir)
+  return (f'checkpoint of step {step} in {os.path.join(os.fspath(workdir), "checkpoints")} was '
+          'deleted while it was being read (the run writing it keeps only its newest '
+          f'checkpoints); it now has steps {now}')
 
 
 def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,

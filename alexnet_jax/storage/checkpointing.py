@@ -1,6 +1,6 @@
 """Checkpoints of a run: the only module that imports orbax.
 
-A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
+A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with three items
 (docs/checkpoints.md shows the files and how to read them with orbax alone):
 
   state/  the train state pytree (step, params, opt_state), each array written
@@ -10,9 +10,11 @@ A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
           and, under DATA_POSITION, the global batches the train iterator had
           read: one number for every process count, so a run resumes with
           another number of processes on the same global batch sequence.
+  checksums/  a checksum of every array of state/ (checkpoint_integrity),
+          compared by every restore: a difference is damage like a truncated file.
 
 Checkpoints written before DATA_POSITION existed (and saves given a
-`data_iterator`) hold a third item, `data/`: grain's iterator state, one file
+`data_iterator`) hold one more item, `data/`: grain's iterator state, one file
 per process, `process_<i>-of-<n>.json`. `data_position` reads the position out
 of those files for any process count (`grain_state`).
 
@@ -24,6 +26,9 @@ that is ignored. A finished checkpoint that was damaged afterwards (a truncated
 or deleted file) fails to read; `restore` then falls back to the previous one
 and moves the damaged folder to `checkpoints/damaged/` so that its step number
 can be saved again.
+
+The first save of a Checkpointer is read back before `save` returns, and a
+writer refuses a folder whose path orbax would take for a glob pattern.
 
 Cadence: orbax's FixedIntervalPolicy decides which unforced saves are written
 (multiples of `every_steps`). Retention: the newest `keep` checkpoints plus,
@@ -51,6 +56,7 @@ from orbax.checkpoint import checkpoint_managers
 from alexnet_jax.distributed import watch
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import grain_state
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -60,6 +66,8 @@ VAL_ERROR = 'val_error'
 # meta keys: the global batches the train iterator had read, and the processes that saved.
 DATA_POSITION = 'data_position'
 PROCESS_COUNT = 'process_count'
+# The item holding {array path: checksum} of `state` (checkpoint_integrity), checked by restore.
+CHECKSUMS_ITEM = 'checksums'
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -83,7 +91,11 @@ def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
   (orbax renames the temporary folder), so this needs no CheckpointManager: a
   resume can be checked before anything is opened or cleaned up.
   """
-  folder = os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+  return _step_folders(os.path.join(os.fspath(workdir), CHECKPOINT_DIR))
+
+
+def _step_folders(folder: str) -> list[int]:
+  """Steps of the finished checkpoints in the checkpoint folder `folder`, ascending."""
   try:
     names = os.listdir(folder)
   except (FileNotFoundError, NotADirectoryError):
@@ -98,6 +110,13 @@ def _is_primary() -> bool:
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _abstract_leaf(x: Any) -> Any:
+  """A restore target for one leaf of a saved state: its shape, dtype and placement."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
 
 
 class Checkpointer:
@@ -132,6 +151,8 @@ class Checkpointer:
     resolution.check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
                              'keep': keep})
     self._directory = os.path.abspath(os.fspath(directory))
+    if not read_only:
+      checkpoint_integrity.check_directory_name(self._directory)
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
     self._read_only = bool(read_only)
@@ -157,6 +178,8 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
+    # The first save of this Checkpointer is read back and compared before save returns.
+    self._read_back_done = read_only
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
@@ -195,7 +218,12 @@ class Checkpointer:
     """
     errors_by_step = {}
     for step in self.all_steps():
-      metrics = self._manager.metrics(step) if self._keep_best else None
+      try:
+        metrics = self._manager.metrics(step) if self._keep_best else None
+      except (OSError, ValueError):
+        if not os.path.isdir(self.step_path(step)):
+          continue  # deleted since it was listed, by the run that writes these checkpoints
+        raise
       value = metrics.get(VAL_ERROR) if isinstance(metrics, Mapping) else None
       errors_by_step[step] = None if value is None else float(value)
     return errors_by_step
@@ -249,6 +277,11 @@ class Checkpointer:
     if self._keep_best:
       metrics = {VAL_ERROR: None if val_error is None else float(val_error)}
     self.wait()  # A failed background write is reported under its own step.
+    started = time.perf_counter()
+    # On the devices that hold the arrays, before save returns and their buffers may be donated.
+    items[CHECKSUMS_ITEM] = ocp.args.JsonSave(checkpoint_integrity.checksums(state))
+    checksum_seconds = time.perf_counter() - started
+    target = jax.tree.map(_abstract_leaf, state)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                                  force=True)  # the cadence was decided above
@@ -256,8 +289,28 @@ class Checkpointer:
       raise self._write_error(step, e) from e
     if saved:
       self._writing = step
-      logging.info('Saving checkpoint at step %d to %s', step, self.step_path(step))
+      logging.info('Saving checkpoint at step %d to %s (checksums took %.3f s)', step,
+                   self.step_path(step), checksum_seconds)
+      if not self._read_back_done:
+        self._read_back(step, target)
     return saved
+
+  def _read_back(self, step: int, target: Any) -> None:
+    """Waits for the save of `step`, reads it back into `target` and compares its checksums.
+
+    Done for the first save of a Checkpointer, so that a folder where orbax writes
+    checkpoints it cannot read back fails at the run's first save, not at its resume.
+    """
+    self._read_back_done = True
+    self.wait()
+    try:
+      self._restore_step(step, target, None)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      moved = self._quarantine([step])
+      raise CheckpointError(
+          f'checkpoint of step {step} was written to {self.step_path(step)} but does not read '
+          f'back as saved ({errors.first_line(e, 200)}); moved to {moved[0]}. Checkpoints '
+          f'cannot be kept in {self._directory}: use another --workdir') from e
 
   def _write_error(self, step: Optional[int], error: BaseException
                    ) -> CheckpointWriteError | watch.PeerLost:
@@ -274,7 +327,9 @@ class Checkpointer:
       reason = f'no space left on the device of {self._directory}'
     else:
       reason = errors.first_line(error, 200)
-    kept = sorted(s for s in self._manager.all_steps() if s != step)
+    # From the folder, not orbax's list: a failed save leaves out of that list the
+    # checkpoints its retention policy was about to delete, still on disk and restorable.
+    kept = [s for s in _step_folders(self._directory) if s != step]
     if kept:
       outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
                  f'make room and rerun to resume from step {kept[-1]}')
@@ -285,13 +340,23 @@ class Checkpointer:
 
   def _restore_step(self, step: int, abstract_state: Any,
                     data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
+    """(state, meta) of checkpoint `step`, its arrays compared with their stored checksums.
+
+    Raises checkpoint_integrity.DamagedArrays on a difference; checkpoints written
+    before checksums existed (no `checksums/` item) are read unchecked.
+    """
     items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     if data_iterator is not None:
       items[grain_state.GRAIN_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+    has_sums = os.path.isdir(os.path.join(self.step_path(step), CHECKSUMS_ITEM))
+    if has_sums:
+      items[CHECKSUMS_ITEM] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     meta = restored['meta']
     if not isinstance(meta, dict):
       raise ValueError(f'meta of step {step} is {type(meta).__name__}, not a JSON object')
+    if has_sums:
+      checkpoint_integrity.verify(restored[CHECKSUMS_ITEM], restored['state'])
     return restored['state'], meta
 
   def restore(self, abstract_state: Any, *,

@@ -42,6 +42,7 @@ from alexnet_jax.data import fingerprint
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
+from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import metric_log
 from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
@@ -96,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = resolution.load(config)
   # Every process must train the same run: a difference stops all of them here, in one line.
   agreement.agree('config', _config_fields(config))
+  # A name orbax cannot keep checkpoints under is refused before anything is written.
+  checkpoint_integrity.check_directory_name(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
   workdir_files.prepare_workdir(workdir)
   with workdir_files.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
