@@ -4,9 +4,7 @@ import glob
 import io
 import json
 import os
-import shutil
 import struct
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -18,13 +16,8 @@ from tensorboardX.proto import event_pb2
 from alexnet_jax.model import losses
 from alexnet_jax.storage import metric_log
 from alexnet_jax.training import step_fns
-
-
-def make_tempdir(test: absltest.TestCase) -> str:
-  # Not absltest's create_tempdir: it needs absl flags, which pytest does not parse.
-  path = tempfile.mkdtemp(prefix='alexnet_metrics_test_')
-  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
-  return path
+from tests.helpers.files import make_tempdir
+from tests.helpers.checks import FakeClock
 
 
 def train_record(step, loss=1.0):
@@ -173,15 +166,6 @@ class CheckFiniteTest(parameterized.TestCase):
   def test_finite_passes(self):
     metric_log.check_finite(np.float32(2.3), 5)
     metric_log.check_finite(0.0, 5, name='val_loss')
-
-
-class FakeClock:
-
-  def __init__(self):
-    self.now = 0.0
-
-  def __call__(self):
-    return self.now
 
 
 class ProgressReporterTest(absltest.TestCase):

@@ -56,7 +56,7 @@ class CheckpointTestCase(parameterized.TestCase):
     super().setUp()
     self.assertGreaterEqual(jax.device_count(), 2, 'needs 2 CPU devices (set in tests/__init__.py)')
     self.mesh = make_mesh()
-    self.workdir = files.make_tempdir(self, prefix='alexnet_ckpt_test_')
+    self.workdir = files.make_tempdir(self)
 
   def checkpointer(self, **kwargs) -> checkpointing.Checkpointer:
     ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, 'checkpoints'), **kwargs)
