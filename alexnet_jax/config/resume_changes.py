@@ -10,7 +10,7 @@ written, how long the run lasts, when it evaluates or how the work is spread ove
 devices and threads is ACCEPTED, recorded in the workdir and written into its
 config (workdir.py).
 
-`DECISIONS` holds every field of configs/imagenet.py (tests/test_config_changes.py
+`DECISIONS` holds every field of configs/imagenet.py (tests/test_resume_changes.py
 fails for a field without one) and a few that other configs add; a field this
 program does not know (a user's own addition) is accepted, since nothing reads it.
 """
