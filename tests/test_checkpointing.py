@@ -260,7 +260,7 @@ class DamagedCheckpointTest(CheckpointTestCase):
     it = make_iterator()
     take(it, 1)
     position = it.get_state()
-    with self.assertRaisesRegex(checkpointing.CheckpointError, 'no usable checkpointing.*step 1'):
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'no usable checkpoint.*step 1'):
       ckpt.restore(abstract_of(state), data_iterator=it)
     self.assertEqual(ckpt.all_steps(), [1])  # nothing moved
     self.assertEqual(it.get_state(), position)
@@ -381,7 +381,7 @@ class DataPositionTest(CheckpointTestCase):
 
 
 class PlainOrbaxRecipeTest(absltest.TestCase):
-  """docs/checkpoints.md's recipe, run as written on a real run's checkpointing."""
+  """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
 
   def test_the_documented_recipe_reads_a_real_run(self):
     from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
