@@ -1,7 +1,8 @@
 """Environments of the child processes tests start (launch.py, commands, snippets), a free port.
 
-Every child imports this repository (PYTHONPATH) and runs JAX on CPU with the suite's XLA
-flags (tests/__init__.py), so that it compiles as the test process does.
+Every child imports this repository (PYTHONPATH) and inherits this process's environment,
+whose XLA_FLAGS hold the suite's options (tests/__init__.py); a launch.py child also gets
+CPU devices and the same options explicitly, so that it compiles as the test process does.
 """
 
 import atexit
