@@ -62,6 +62,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from alexnet_jax.data import decoding
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import prepare
 from configs import imagenet
@@ -248,19 +249,19 @@ def measure_pipeline(source: input_pipeline.RecordSource, info_like: dict[str, A
 
 
 class _StubbedDecoder:
-  """While active: `codecs.decode` returns one ready-made image instead of decoding."""
+  """While active: `decoding.decode` returns one ready-made image instead of decoding."""
 
   def __init__(self, source: input_pipeline.RecordSource):
     data, _ = source.parse(source.records[0])
-    self._image = input_pipeline.codecs.decode(data)
-    self._real = input_pipeline.codecs.decode
+    self._image = decoding.decode(data)
+    self._real = decoding.decode
 
   def __enter__(self):
-    input_pipeline.codecs.decode = lambda data, min_size=0: self._image
+    decoding.decode = lambda data, min_size=0: self._image
     return self
 
   def __exit__(self, *exc):
-    input_pipeline.codecs.decode = self._real
+    decoding.decode = self._real
 
 
 def measure_stubbed(source: input_pipeline.RecordSource, info_like: dict[str, Any]) -> float:

@@ -98,11 +98,11 @@ PLANTS = (
           'optim.make_plateau(exp.config.optim)',
           (PLATEAU_RUN + '::PlateauRunTest::'
            'test_kill_9_and_resume_across_a_drop_equals_the_uninterrupted_run',)),
-    Plant('prepare_default_image_size_255', 'alexnet_jax/prepare.py',
+    Plant('prepare_default_image_size_255', 'alexnet_jax/prepare/driver.py',
           'def prepare(source: str, output: str, *, image_size: int = 256,',
           'def prepare(source: str, output: str, *, image_size: int = 255,',
           ('tests/test_prepare.py::StoredSizeTest',)),
-    Plant('prepare_flag_default_255', 'alexnet_jax/prepare.py',
+    Plant('prepare_flag_default_255', 'alexnet_jax/prepare/__main__.py',
           "flags.DEFINE_integer('image_size', 256,", "flags.DEFINE_integer('image_size', 255,",
           ('tests/test_prepare.py::StoredSizeTest',)),
     Plant('resize_to_255_and_pad_to_256', 'alexnet_jax/data/decoding.py',

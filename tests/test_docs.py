@@ -2,8 +2,8 @@
 
 - No file of the repository points at notes outside it: a reader has only the
   repository, and the facts the code relies on are in docs/design.md.
-- README.md's Layout table lists exactly the modules of alexnet_jax/, and so does
-  the Layers table of docs/design.md.
+- README.md's Layout table lists exactly the modules of alexnet_jax/ (the Layers
+  table of docs/design.md is checked by tests/test_layering.py, which reads it).
 - Every citation of docs/design.md names one of its headings. The format (the path,
   a comma, the heading in double quotes) is defined at the top of docs/design.md.
 
@@ -121,20 +121,6 @@ def package_modules() -> list[str]:
                 if os.path.basename(p) != '__init__.py')
 
 
-def table_cells(text: str, column: int) -> list[str]:
-  """The given column of every body row of the markdown tables in `text`."""
-  cells, previous = [], ''
-  for line in text.splitlines():
-    in_body = previous.startswith('|') and not previous.startswith('|---')
-    if line.startswith('|') and not line.startswith('|---') and (
-        in_body or previous.startswith('|---')):
-      row = [c.strip() for c in line.strip().strip('|').split('|')]
-      if len(row) > column:
-        cells.append(row[column])
-    previous = line
-  return cells
-
-
 class StandsAloneTest(absltest.TestCase):
 
   def test_no_reference_to_notes_outside_the_repository(self):
@@ -171,12 +157,6 @@ class LayoutTest(absltest.TestCase):
     listed = [m for row in layout.splitlines() if row.startswith('|')
               for m in MODULE_CELL.findall(row)]
     self.assert_lists_modules(listed, f'{README}, "Layout" (one `alexnet_jax/NAME.py` a row)')
-
-  def test_design_layers_table_lists_every_module(self):
-    with open(os.path.join(REPO, DESIGN)) as f:
-      layers = section(f.read(), 'Layers')
-    listed = [cell.strip('`') for cell in table_cells(layers, 1)]
-    self.assert_lists_modules(listed, f'{DESIGN}, "Layers" (module column)')
 
 
 class DesignCitationTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""The grain pipelines on a tiny prepared dataset and a tiny fake tfds imagenet2012.
+"""The sources and grain pipelines on a tiny prepared dataset and a tiny fake tfds imagenet2012.
 
 Every batch element is traced back to the one stored image it was cut from (exact
 pixel match at the reported crop offset and flip), so the tests check what the
@@ -7,6 +7,8 @@ model will see, not how the pipeline is built.
 
 import os
 import shutil
+import subprocess
+import sys
 from unittest import mock
 
 from absl.testing import absltest
@@ -19,7 +21,9 @@ from alexnet_jax.data import preprocess
 from alexnet_jax.data import decoding
 from alexnet_jax.data import prepared_format
 from alexnet_jax.core import errors
+from alexnet_jax.data import dataset_info
 from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import sources
 from alexnet_jax import prepare
 from configs import imagenet
 from tests.helpers import files
@@ -44,7 +48,7 @@ def _data_config(folder: str, **overrides):
 def _stored(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """All decoded stored images (N, S, S, 3) and labels of a prepared split."""
   config = _data_config(folder)
-  source = input_pipeline.open_split(config, split)
+  source = sources.open_split(config, split)
   images, labels = [], []
   for i in range(len(source.records)):
     data, label = source.parse(source.records[i])
@@ -104,15 +108,15 @@ def _ids(batches):
 class InfoTest(absltest.TestCase):
 
   def test_load_info(self):
-    info = input_pipeline.load_info(_data_config(FOLDER))
+    info = sources.load_info(_data_config(FOLDER))
     self.assertEqual(info.num_classes, 4)
     self.assertEqual(info.class_names, ('c0', 'c1', 'c2', 'c3'))
     self.assertEqual(info.split_sizes, {'train': NUM_TRAIN, 'val': NUM_VAL})
     self.assertEqual(info.mean_image.shape, (SIZE, SIZE, 3))
     np.testing.assert_allclose(info.mean_image, TRAIN.mean(0), rtol=1e-5, atol=1e-4)
     self.assertEqual(info.eigvecs.shape, (3, 3))
-    self.assertEqual(input_pipeline.steps_per_epoch(info, 16), 2)
-    channel = input_pipeline.mean_for_config(info, _data_config(FOLDER, mean='channel'))
+    self.assertEqual(dataset_info.steps_per_epoch(info, 16), 2)
+    channel = dataset_info.mean_for_config(info, _data_config(FOLDER, mean='channel'))
     np.testing.assert_allclose(channel, TRAIN.reshape(-1, 3).mean(0), rtol=1e-5)
 
   def test_missing_or_incomplete_folder(self):
@@ -120,9 +124,46 @@ class InfoTest(absltest.TestCase):
     for folder in (empty, os.path.join(empty, 'absent')):
       with self.assertRaisesRegex(FileNotFoundError,
                                   f'{folder} holds no complete.*alexnet_jax.prepare'):
-        input_pipeline.load_info(_data_config(folder))
+        sources.load_info(_data_config(folder))
     with self.assertRaisesRegex(ValueError, 'prepared at image_size 32'):
-      input_pipeline.load_info(_data_config(FOLDER, image_size=64, crop_size=56))
+      sources.load_info(_data_config(FOLDER, image_size=64, crop_size=56))
+
+
+class SourceFactoryTest(absltest.TestCase):
+
+  def test_the_config_picks_the_source(self):
+    prepared = sources.create_source(_data_config(FOLDER))
+    self.assertIsInstance(prepared, sources.PreparedSource)
+    self.assertEqual(prepared.info().split_sizes, {'train': NUM_TRAIN, 'val': NUM_VAL})
+    self.assertFalse(prepared.split('val').resize)  # prepared images are stored resized
+    # Choosing a source opens nothing: an empty folder is refused only when read.
+    tfds_source = sources.create_source(
+        _data_config(files.make_tempdir(parent=_ROOT), source='tfds'))
+    self.assertIsInstance(tfds_source, sources.TfdsImagenetSource)
+    with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
+      tfds_source.info()
+
+  def test_an_unknown_source_is_refused_in_one_line(self):
+    config = _data_config(FOLDER, source='imagenet')
+    message = "^data.source must be 'prepared' or 'tfds', got 'imagenet'$"
+    for read in (sources.create_source, sources.load_info,
+                 lambda c: sources.open_split(c, 'train'),
+                 lambda c: input_pipeline.create_train_iterator(c, global_batch_size=8, seed=0,
+                                                                process_index=0,
+                                                                process_count=1)):
+      with self.assertRaisesRegex(errors.InputError, message):
+        read(config)
+
+  def test_the_prepared_source_needs_no_tensorflow_datasets(self):
+    code = ('import sys; from alexnet_jax.data import input_pipeline; from configs import '
+            f'imagenet; c = imagenet.get_config().data; c.dir = {FOLDER!r}; '
+            f'c.image_size = {SIZE}; input_pipeline.load_info(c); '
+            "input_pipeline.open_split(c, 'train'); "
+            "print('tensorflow_datasets' in sys.modules)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-c', code], cwd=repo, capture_output=True,
+                            text=True, timeout=300, check=False)
+    self.assertEqual(result.stdout.strip(), 'False', result.stderr[-2000:])
 
 
 class DamagedShardTest(absltest.TestCase):
@@ -131,7 +172,7 @@ class DamagedShardTest(absltest.TestCase):
     source = os.path.join(files.make_tempdir(parent=_ROOT), 'source')
     shutil.copytree(os.path.join(os.path.dirname(FOLDER), 'images'), source)
     folder = os.path.join(files.make_tempdir(parent=_ROOT), 'prepared')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
       prepare.prepare(source, folder, image_size=SIZE, progress=False)
     shards = [os.path.join(folder, f'train.array_record-{i:05d}-of-00003') for i in range(3)]
     for damaged, first_bad in ((1, 16), (2, 32)):
@@ -140,7 +181,7 @@ class DamagedShardTest(absltest.TestCase):
       path = os.path.join(copy, os.path.basename(shards[damaged]))
       with open(path, 'r+b') as f:
         f.write(bytes(os.path.getsize(path) // 2))  # its records and their checksums zeroed
-      records = input_pipeline.open_split(_data_config(copy), 'train').records
+      records = sources.open_split(_data_config(copy), 'train').records
       for i in range(first_bad):  # the shards before it read as they are
         prepared_format.decode_record(records[i])
       with self.assertRaises(errors.InputError) as ctx:
@@ -176,7 +217,7 @@ class TrainIteratorTest(parameterized.TestCase):
     self.assertTrue(0 < flips.sum() < len(flips))
 
   def test_lighting_alphas_follow_the_config(self):
-    info = input_pipeline.load_info(_data_config(FOLDER))
+    info = sources.load_info(_data_config(FOLDER))
     shifts = np.concatenate([b['lighting'] for b in _take(self._iterator(batch=40), 10)])
     alphas = (shifts / 255) @ info.eigvecs / info.eigvals
     np.testing.assert_allclose(alphas.std(0), 0.1, rtol=0.15)
@@ -337,7 +378,7 @@ class EvalIteratorTest(parameterized.TestCase):
         np.testing.assert_array_equal(b['image'][k, v], window[:, ::-1] if flip else window)
 
   def test_normalized_views_equal_numpy(self):
-    info = input_pipeline.load_info(_data_config(FOLDER))
+    info = sources.load_info(_data_config(FOLDER))
     b = self._batches(10)[0]
     out = np.asarray(preprocess.normalize(b['image'], b['crop'], b['flip'], b['lighting'],
                                        info.mean_image))
@@ -392,7 +433,7 @@ class TfdsSourceTest(absltest.TestCase):
     return _data_config(self.data_dir, source='tfds', **overrides)
 
   def test_info_uses_constants_then_the_stats_file(self):
-    info = input_pipeline.load_info(self._config())
+    info = sources.load_info(self._config())
     self.assertEqual(info.num_classes, 1000)
     self.assertEqual(info.class_names, prepare.imagenet_wnids())
     self.assertEqual(info.split_sizes, {'train': 6, 'val': 3})
@@ -403,7 +444,7 @@ class TfdsSourceTest(absltest.TestCase):
 
     report = prepare.prepare('tfds', self.data_dir, image_size=SIZE, progress=False)
     self.assertEqual(report['converted'], {'train': 6})
-    info = input_pipeline.load_info(self._config())
+    info = sources.load_info(self._config())
     self.assertEqual(info.stats_source, prepared_format.tfds_stats_file(self.data_dir, SIZE))
     np.testing.assert_allclose(info.mean_image, self.train.mean(0), rtol=1e-5, atol=1e-4)
     cov = np.cov(self.train.reshape(-1, 3) / 255.0, rowvar=False, bias=True)
@@ -426,9 +467,21 @@ class TfdsSourceTest(absltest.TestCase):
     labels = [int(b['label'][k]) for b in batches for k in np.flatnonzero(b['mask'])]
     self.assertEqual(labels, self.labels['validation'])
 
+  def test_open_tfds_imagenet_gives_the_builder_and_a_split(self):
+    opened = sources.open_tfds_imagenet(self.data_dir, 'val')
+    self.assertEqual(opened.builder.info.splits['validation'].num_examples, 3)
+    examples = [sources.parse_tfds_example(opened.records[i]) for i in range(3)]
+    self.assertEqual([label for _, label in examples], self.labels['validation'])
+    self.assertEqual([jpeg for jpeg, _ in examples], self.jpegs['validation'])
+    self.assertLen(sources.open_tfds_imagenet(self.data_dir).records, 6)  # train by default
+    with self.assertRaisesRegex(ValueError, "split must be 'train' or 'val', got 'test'"):
+      sources.open_tfds_imagenet(self.data_dir, 'test')
+    with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
+      sources.open_tfds_imagenet(files.make_tempdir(parent=_ROOT))
+
   def test_missing_tfds_dataset(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
-      input_pipeline.load_info(_data_config(files.make_tempdir(parent=_ROOT), source='tfds'))
+      sources.load_info(_data_config(files.make_tempdir(parent=_ROOT), source='tfds'))
 
 
 if __name__ == '__main__':

@@ -240,7 +240,7 @@ class ViewsTest(absltest.TestCase):
         shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert('RGB'))
         self.assertEqual(shown.shape, (80, 50, 3))
         ours = predict.read_image(path, 32)
-        stored, turned = prepare._convert(data, 32)  # pylint: disable=protected-access
+        stored, turned = prepare.convert_image(data, 32)
         self.assertTrue(turned)
         np.testing.assert_array_equal(ours, stored)
         if fmt == 'PNG':  # lossless: exactly Pillow's upright image, resized as prepare does

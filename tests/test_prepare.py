@@ -1,384 +1,28 @@
-"""prepare.py on tiny fake data in the official-tar and ImageFolder layouts, and digits."""
+"""The prepare package converting images: an ImageFolder, the paper's stored size, digits,
+phone photos.
 
-import io
+The official tars: tests/test_prepare_tars.py; what prepare refuses and checks:
+tests/test_prepare_checks.py; tiny fake sources: tests/fakes.py.
+"""
+
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from unittest import mock
-import zlib
 
 from absl.testing import absltest
-from array_record.python import array_record_module
 import numpy as np
 from PIL import Image
 
+from alexnet_jax import prepare
 from alexnet_jax.data import decoding
 from alexnet_jax.data import prepared_format
-from alexnet_jax.core import errors
-from alexnet_jax import prepare
+from tests import fakes
 
-SIZE = 32  # Stored image side in these tests.
+SIZE = fakes.SIZE
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ROOT = ''  # Holds every folder these tests write; removed at the end.
-
-
-def setUpModule():
-  global _ROOT
-  _ROOT = tempfile.mkdtemp(prefix='test_prepare_')
-
-
-def tearDownModule():
-  shutil.rmtree(_ROOT, ignore_errors=True)
-
-
-def _tempdir() -> str:
-  return tempfile.mkdtemp(dir=_ROOT)
-
-
-def _jpeg(image: np.ndarray, **kwargs) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'JPEG', quality=95, **kwargs)
-  return buf.getvalue()
-
-
-def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'PNG')
-  return buf.getvalue()
-
-
-def _cmyk_jpeg(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).convert('CMYK').save(buf, 'JPEG', quality=95)
-  return buf.getvalue()
-
-
-def _solid(color, height, width) -> np.ndarray:
-  return np.broadcast_to(np.uint8(color), (height, width, 3)).copy()
-
-
-def _color(i: int) -> tuple[int, int, int]:
-  """A distinct, well separated colour for image i (i < 64)."""
-  return (30 + 60 * (i % 4), 30 + 60 * (i // 4 % 4), 30 + 60 * (i // 16 % 4))
-
-
-def _add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  archive.addfile(info, io.BytesIO(data))
-
-
-def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
-  """Decoded images and labels of a prepared split, in storage order."""
-  with open(os.path.join(folder, prepared_format.DATASET_FILE)) as f:
-    description = json.load(f)
-  images, labels = [], []
-  for name, count in description['shards'][split]:
-    reader = array_record_module.ArrayRecordReader(os.path.join(folder, name))
-    records = reader.read_all()
-    reader.close()
-    assert len(records) == count
-    for record in records:
-      data, label = prepared_format.decode_record(record)
-      images.append(decoding.decode(data))
-      labels.append(label)
-  return images, labels
-
-
-def _numpy_stats(images):
-  stack = np.stack(images).astype(np.float64)
-  pixels = stack.reshape(-1, 3) / 255.0
-  return stack.mean(0), np.cov(pixels, rowvar=False, bias=True)
-
-
-class _StatsAssertions(absltest.TestCase):
-
-  def assert_stats_match(self, folder, train_images):
-    mean, cov = _numpy_stats(train_images)
-    with np.load(os.path.join(folder, prepared_format.STATS_FILE)) as stats:
-      self.assertEqual(stats['mean_image'].shape, (SIZE, SIZE, 3))
-      self.assertEqual(stats['mean_image'].dtype, np.float32)
-      np.testing.assert_allclose(stats['mean_image'], mean, rtol=1e-6, atol=1e-4)
-      np.testing.assert_allclose(stats['channel_mean'], mean.reshape(-1, 3).mean(0),
-                                 rtol=1e-5)
-      np.testing.assert_allclose(stats['covariance'], cov, rtol=1e-9, atol=1e-12)
-      eigvals = np.linalg.eigvalsh(cov)[::-1]
-      np.testing.assert_allclose(stats['eigvals'], eigvals, rtol=1e-5, atol=1e-7)
-      vecs = stats['eigvecs'].astype(np.float64)
-      np.testing.assert_allclose(vecs.T @ vecs, np.eye(3), atol=1e-5)
-      for k in range(3):  # Columns are the components: cov v = lambda v.
-        np.testing.assert_allclose(cov @ vecs[:, k], eigvals[k] * vecs[:, k],
-                                   atol=1e-6)
-      self.assertEqual(int(stats['count']), len(train_images))
-
-
-class OfficialTarsTest(_StatsAssertions):
-  """A fake manual_dir: ILSVRC2012_img_train.tar (tar of <wnid>.tar) + val tar."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.tmp = _tempdir()
-    cls.source = os.path.join(cls.tmp, 'manual')
-    os.makedirs(cls.source)
-    val_wnids = prepare.imagenet_validation_wnids()
-    # Classes of val images 1-5, plus the first wnid of labels.txt (no val image).
-    cls.wnids = sorted(set(val_wnids[:5]) | {prepare.imagenet_wnids()[0]})
-    cls.expected_color = {}  # (wnid, name) -> RGB of a solid image.
-    index = 0
-    with tarfile.open(os.path.join(cls.source, prepare.TRAIN_TAR), 'w') as outer:
-      for wnid in reversed(cls.wnids):  # Tar order unlike labels.txt order.
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode='w') as inner:
-          for j, (h, w) in enumerate([(48, 36), (30, 50), (40, 40)]):
-            name = f'{wnid}_{j}.JPEG'
-            _add_file(inner, name, _jpeg(_solid(_color(index), h, w)))
-            cls.expected_color[(wnid, name)] = _color(index)
-            index += 1
-          if wnid == cls.wnids[0]:
-            # The bad inputs of ImageNet itself, and a truncated file.
-            _add_file(inner, f'{wnid}_cmyk.JPEG', _cmyk_jpeg(_solid(_color(index), 40, 30)))
-            cls.expected_color[(wnid, f'{wnid}_cmyk.JPEG')] = _color(index)
-            _add_file(inner, f'{wnid}_png.JPEG', _png(_solid(_color(index + 1), 36, 36)))
-            cls.expected_color[(wnid, f'{wnid}_png.JPEG')] = _color(index + 1)
-            gray = np.full((30, 40), 90, np.uint8)
-            _add_file(inner, f'{wnid}_gray.JPEG', _jpeg(gray))
-            cls.expected_color[(wnid, f'{wnid}_gray.JPEG')] = (90, 90, 90)
-            broken = _jpeg(np.random.default_rng(0).integers(0, 256, (40, 40, 3),
-                                                             dtype=np.uint8))
-            _add_file(inner, f'{wnid}_truncated.JPEG', broken[:len(broken) // 2])
-            index += 2
-        _add_file(outer, f'{wnid}.tar', buf.getvalue())
-    # Val images 1..7; 6 and 7 belong to classes absent from this train tar.
-    cls.val_colors = {}
-    with tarfile.open(os.path.join(cls.source, prepare.VAL_TAR), 'w') as val:
-      for number in (3, 1, 7, 2, 5, 4, 6):  # Stored out of order on purpose.
-        color = _color(40 + number)
-        cls.val_colors[number] = color
-        _add_file(val, f'ILSVRC2012_val_{number:08d}.JPEG',
-                  _jpeg(_solid(color, 40, 56)))
-    cls.output = os.path.join(cls.tmp, 'prepared')
-    cls.report = prepare.prepare(cls.source, cls.output, image_size=SIZE,
-                                 progress=False)
-
-  def test_class_order_is_tfds_labels_order(self):
-    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
-      description = json.load(f)
-    order = [w for w in prepare.imagenet_wnids() if w in self.wnids]
-    self.assertEqual(description['class_names'], order)
-    self.assertEqual(description['num_classes'], 6)
-    self.assertEqual(description['image_size'], SIZE)
-    self.assertTrue(description['complete'])
-
-  def test_counts_and_report(self):
-    # 6 classes x 3 good images + cmyk + png + gray; the truncated one is skipped.
-    self.assertEqual(self.report['converted'], {'train': 21, 'val': 5})
-    self.assertEqual(self.report['skipped'], {'train': 1, 'val': 0})
-    self.assertIn('_truncated.JPEG', self.report['skipped_files'][0][0])
-    self.assertEqual(self.report['val_outside_classes'], 2)
-    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
-      self.assertEqual(json.load(f)['splits'], {'train': 21, 'val': 5})
-    self.assertFalse(os.path.exists(os.path.join(self.output, prepare.PARTIAL_DIR)))
-
-  def test_train_labels_follow_the_synset_tar(self):
-    images, labels = read_split(self.output, 'train')
-    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
-      class_names = json.load(f)['class_names']
-    by_color = {}
-    for (wnid, _), color in self.expected_color.items():
-      by_color.setdefault(wnid, []).append(np.float64(color))
-    for image, label in zip(images, labels):
-      self.assertEqual(image.shape, (SIZE, SIZE, 3))
-      mean = image.reshape(-1, 3).mean(0)
-      # Its colour is one of the images of the class its label names.
-      distance = min(np.abs(mean - c).max() for c in by_color[class_names[label]])
-      self.assertLess(distance, 6, f'label {label} has colour {mean}')
-
-  def test_grayscale_cmyk_png_converted(self):
-    images, _ = read_split(self.output, 'train')
-    means = [im.reshape(-1, 3).mean(0) for im in images]
-    wnid = self.wnids[0]
-    for kind in ('cmyk', 'png', 'gray'):
-      color = np.float64(self.expected_color[(wnid, f'{wnid}_{kind}.JPEG')])
-      self.assertLess(min(np.abs(m - color).max() for m in means), 6, kind)
-    gray = min(images, key=lambda im: np.abs(im.reshape(-1, 3).mean(0) - 90).max())
-    np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1)
-    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1)
-
-  def test_val_labels_by_official_file_number(self):
-    images, labels = read_split(self.output, 'val')
-    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
-      class_names = json.load(f)['class_names']
-    val_wnids = prepare.imagenet_validation_wnids()
-    for number, image, label in zip(range(1, 6), images, labels):
-      self.assertEqual(class_names[label], val_wnids[number - 1])
-      np.testing.assert_allclose(image.reshape(-1, 3).mean(0), self.val_colors[number],
-                                 atol=6)
-
-  def test_statistics_match_numpy(self):
-    self.assert_stats_match(self.output, read_split(self.output, 'train')[0])
-
-  def test_non_official_val_names_are_refused(self):
-    source = os.path.join(self.tmp, 'renamed_val')
-    os.makedirs(source)
-    os.link(os.path.join(self.source, prepare.TRAIN_TAR),
-            os.path.join(source, prepare.TRAIN_TAR))
-    with tarfile.open(os.path.join(source, prepare.VAL_TAR), 'w') as val:
-      _add_file(val, 'ILSVRC2012_val_00000001.JPEG', _jpeg(_solid(_color(0), 8, 8)))
-      _add_file(val, 'my_photo.JPEG', _jpeg(_solid(_color(1), 8, 8)))
-    with self.assertRaisesRegex(ValueError, 'not an official validation file name'):
-      prepare.prepare(source, os.path.join(self.tmp, 'renamed_out'), image_size=SIZE,
-                      progress=False)
-    self.assertFalse(prepared_format.is_complete(os.path.join(self.tmp, 'renamed_out')))
-
-  def test_official_set_counts(self):
-    # The official ILSVRC-2012 set: 1000 synsets in the train tar, 50,000 validation images.
-    self.assertEqual(self.report['train_synsets'], [6, 1000])
-    self.assertEqual(self.report['val_images'], [7, 50000])  # 2 of them outside the 6 classes
-    self.assertFalse(self.report['official_complete'])
-    self.assertIn('; not the complete official ILSVRC-2012 set: 6 of 1000 synsets, 7 of 50,000 '
-                  'validation images (--strict refuses it);', prepare.summary_line(self.report))
-    with open(os.path.join(self.output, prepared_format.DATASET_FILE)) as f:
-      description = json.load(f)
-    self.assertFalse(description['official_complete'])
-    self.assertEqual(description['source_files'], {
-        name: os.path.getsize(os.path.join(self.source, name))
-        for name in (prepare.TRAIN_TAR, prepare.VAL_TAR)})
-
-  def test_rerun_is_a_noop(self):
-    before = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
-              for n in os.listdir(self.output)}
-    report = prepare.ensure_prepared(self.source, self.output, image_size=SIZE)
-    self.assertTrue(report['noop'])
-    report = prepare.prepare(self.source, self.output, image_size=SIZE, progress=False)
-    self.assertTrue(report['noop'])
-    after = {n: os.stat(os.path.join(self.output, n)).st_mtime_ns
-             for n in os.listdir(self.output)}
-    self.assertEqual(before, after)
-    with self.assertRaisesRegex(ValueError, 'image_size 32, not 64'):
-      prepare.prepare(self.source, self.output, image_size=64, progress=False)
-
-
-def _write_tars(folder: str, wnids, val_numbers, *, damaged_member: str = '') -> None:
-  """Official-layout tars in `folder`: two solid images per synset, one per val number.
-
-  damaged_member: a wnid whose tar gets its second image's header overwritten.
-  """
-  os.makedirs(folder, exist_ok=True)
-  with tarfile.open(os.path.join(folder, prepare.TRAIN_TAR), 'w') as outer:
-    for k, wnid in enumerate(wnids):
-      buf = io.BytesIO()
-      with tarfile.open(fileobj=buf, mode='w') as inner:
-        for j in range(2):
-          _add_file(inner, f'{wnid}_{j}.JPEG', _jpeg(_solid(_color(2 * k + j), 20, 24)))
-      data = buf.getvalue()
-      if wnid == damaged_member:
-        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-          at = inner.getmembers()[1].offset
-        data = data[:at] + b'x' * tarfile.BLOCKSIZE + data[at + tarfile.BLOCKSIZE:]
-      _add_file(outer, f'{wnid}.tar', data)
-  with tarfile.open(os.path.join(folder, prepare.VAL_TAR), 'w') as val:
-    for number in val_numbers:
-      _add_file(val, f'ILSVRC2012_val_{number:08d}.JPEG', _jpeg(_solid(_color(number), 20, 24)))
-
-
-class TarChecksTest(absltest.TestCase):
-  """What prepare trusts of the official tars (the command-line cases: tests/test_bad_input.py)."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.val_wnids = prepare.imagenet_validation_wnids()
-    cls.wnids = cls.val_wnids[:2]  # the synsets of validation images 1 and 2
-    assert cls.wnids[0] != cls.wnids[1]
-
-  def setUp(self):
-    super().setUp()
-    self.tmp = _tempdir()
-
-  def test_strict_takes_only_the_whole_official_set(self):
-    source = os.path.join(self.tmp, 'src')
-    _write_tars(source, self.wnids, (1, 2))
-    output = os.path.join(self.tmp, 'out')
-    with self.assertRaisesRegex(errors.InputError, 'holds 2 of 1000 synsets, 2 of 50,000 '
-                                'validation images; --strict prepares only the complete set'):
-      prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
-    self.assertFalse(os.path.exists(output))
-    # Were these two synsets and two images all of ILSVRC-2012, they would be the whole set.
-    with mock.patch.object(prepare, 'imagenet_wnids', return_value=tuple(sorted(self.wnids))), \
-        mock.patch.object(prepare, 'imagenet_validation_wnids', return_value=self.wnids):
-      report = prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
-    self.assertTrue(report['official_complete'])
-    self.assertEqual((report['train_synsets'], report['val_images']), ([2, 2], [2, 2]))
-    self.assertIn('; the complete official ILSVRC-2012 set;', prepare.summary_line(report))
-    with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
-      self.assertTrue(json.load(f)['official_complete'])
-
-  def test_a_rerun_on_other_tars_is_not_already_complete(self):
-    source = os.path.join(self.tmp, 'src')
-    _write_tars(source, self.wnids[:1], (1,))  # a part of the data, prepared first
-    output = os.path.join(self.tmp, 'out')
-    prepare.prepare(source, output, image_size=SIZE, progress=False)
-    description = os.path.join(output, prepared_format.DATASET_FILE)
-    with open(description, 'rb') as f:
-      before = f.read()
-    smaller = os.path.getsize(os.path.join(source, prepare.TRAIN_TAR))
-    os.rename(source, source + '.first')
-    _write_tars(source, self.wnids, (1, 2))  # then the whole of it, in the same place
-    larger = os.path.getsize(os.path.join(source, prepare.TRAIN_TAR))
-    message = (f'{output} was prepared from other files in {source} than those there now '
-               rf'\(ILSVRC2012_img_train.tar: {smaller:,} bytes then, {larger:,} bytes now\)')
-    with self.assertRaisesRegex(errors.InputError, message):
-      prepare.prepare(source, output, image_size=SIZE, progress=False)
-    with self.assertRaisesRegex(errors.InputError, message):
-      prepare.ensure_prepared(source, output, image_size=SIZE)
-    with open(description, 'rb') as f:
-      self.assertEqual(f.read(), before)
-    shutil.rmtree(source)
-    os.rename(source + '.first', source)  # the tars it was prepared from: complete, as it was
-    self.assertTrue(prepare.prepare(source, output, image_size=SIZE, progress=False)['noop'])
-    os.remove(os.path.join(source, prepare.TRAIN_TAR))  # deleted once prepared: no change
-    self.assertTrue(prepare.ensure_prepared(source, output, image_size=SIZE)['noop'])
-
-  def test_damage_found_while_converting_leaves_nothing(self):
-    source = os.path.join(self.tmp, 'src')
-    # The damage lies inside a synset tar whose ends are whole: found when it is read.
-    _write_tars(source, self.wnids, (1,), damaged_member=self.wnids[1])
-    made = os.path.join(self.tmp, 'made')  # created by prepare
-    given = os.path.join(self.tmp, 'given')  # an empty folder the user made
-    os.makedirs(given)
-    for output, workers in ((made, 1), (given, 2)):
-      with self.assertRaisesRegex(errors.DamagedSourceError,
-                                  f'{self.wnids[1]}.tar in .* holds a damaged header at byte '
-                                  '1,536 \\(after 1 member\\)'):
-        prepare.prepare(source, output, image_size=SIZE, workers=workers, progress=False)
-    self.assertFalse(os.path.exists(made))
-    self.assertEqual(os.listdir(given), [])
-
-  def test_workers_are_capped_by_cores_and_memory(self):
-    mib = 2**20
-    self.assertEqual(prepare.worker_limit(8, None), 8)
-    self.assertEqual(prepare.worker_limit(8, 1000 * mib), 5)  # 1000 MiB for ~200 MiB each
-    self.assertEqual(prepare.worker_limit(4, 100 * 2**30), 4)
-    self.assertEqual(prepare.worker_limit(4, 0), 1)
-    source = os.path.join(self.tmp, 'src')
-    _write_image_folder(source, ['a'], 1, 0, np.random.default_rng(0))
-    shutil.rmtree(os.path.join(source, 'val'))  # one part left: converted in this process
-    with self.assertLogs('absl', 'WARNING') as logs:
-      report = prepare.prepare(source, os.path.join(self.tmp, 'out'), image_size=SIZE,
-                               workers=10**6, progress=False)
-    self.assertBetween(report['workers'], 1, len(os.sched_getaffinity(0)))
-    self.assertTrue(any(f'--workers=1000000 capped at {report["workers"]}: ' in line
-                        for line in logs.output), logs.output)
-    for bad in (0, -3):
-      with self.assertRaisesRegex(errors.InputError, f'--workers must be a positive integer, '
-                                  f'got {bad}'):
-        prepare.prepare(source, os.path.join(self.tmp, 'bad'), workers=bad)
-    self.assertFalse(os.path.exists(os.path.join(self.tmp, 'bad')))
+read_split = fakes.read_split  # tests/test_train.py reads prepared splits through here
 
 
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -424,59 +68,26 @@ def reference_stored_image(image: np.ndarray, size: int) -> np.ndarray:
   return np.einsum('pj,ojc->opc', weights, rows)
 
 
-def _smooth_image(h: int, w: int, rng: np.random.Generator, size: int) -> np.ndarray:
-  """A tinted wave with a period of 10-20 pixels once stored at `size`: JPEG keeps it to
-  a few levels (little colour detail for the 4:2:0 chroma to lose), while a one-pixel
-  shift or an edge of padding moves it by tens of levels."""
-  y, x = np.mgrid[0:h, 0:w]
-  period = rng.uniform(10, 20) * min(h, w) / size
-  angle, phase = rng.uniform(0, 2 * np.pi, 2)
-  wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
-  tint = rng.uniform(-30, 30, 3)
-  return np.clip(np.round(128 + tint + 80 * wave[..., None]), 0, 255).astype(np.uint8)
-
-
 def _read_source(path: str) -> np.ndarray:
   """A source file decoded by PIL (not by the codecs under test)."""
   with Image.open(path) as image:
     return np.asarray(image.convert('RGB'))
 
 
-def _write_image_folder(root, classes, per_class, val_per_class, rng):
-  """ImageFolder with smooth images of assorted sizes; returns {path: label name}."""
-  truth = {}
-  for split, count in (('train', per_class), ('val', val_per_class)):
-    for name in classes:
-      folder = os.path.join(root, split, name)
-      os.makedirs(folder)
-      for j in range(count):
-        ext = ('.JPEG', '.jpg', '.png')[j % 3]
-        # JPEGs stay under 36 pixels: libjpeg would decode a larger one at a reduced DCT
-        # scale (decoding.open_image), which reference_stored_image does not model. The
-        # PNGs cover shrinking from up to twice the stored size.
-        h, w = rng.integers(SIZE // 2, 2 * SIZE if ext == '.png' else 36, 2)
-        image = _smooth_image(h, w, rng, SIZE)
-        path = os.path.join(folder, f'{name}_{j}{ext}')
-        with open(path, 'wb') as f:
-          f.write(_png(image) if ext == '.png' else _jpeg(image))
-        truth[path] = name
-  return truth
-
-
-class ImageFolderTest(_StatsAssertions):
+class ImageFolderTest(fakes.StatsAssertions):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = _tempdir()
+    cls.tmp = fakes.tempdir()
     cls.source = os.path.join(cls.tmp, 'folder')
     cls.classes = ['emu', 'cat', 'dog']
-    cls.truth = _write_image_folder(cls.source, cls.classes, 5, 2,
-                                    np.random.default_rng(0))
+    cls.truth = fakes.write_image_folder(cls.source, cls.classes, 5, 2,
+                                         np.random.default_rng(0))
     with open(os.path.join(cls.source, 'train', 'cat', 'notes.txt'), 'w') as f:
       f.write('not an image')
     cls.output = os.path.join(cls.tmp, 'prepared')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):  # Several parts, tiny data.
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 4):  # Several parts, tiny data.
       cls.report = prepare.prepare(cls.source, cls.output, image_size=SIZE,
                                    progress=False)
 
@@ -521,7 +132,7 @@ class ImageFolderTest(_StatsAssertions):
 
   def test_workers_give_identical_files(self):
     output = os.path.join(self.tmp, 'parallel')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 4):
       prepare.prepare(self.source, output, image_size=SIZE, workers=2, progress=False)
     self.assert_same_files(output)
 
@@ -529,8 +140,8 @@ class ImageFolderTest(_StatsAssertions):
     # An ImageFolder needs no ImageNet label file: the same dataset, byte for byte.
     output = os.path.join(self.tmp, 'no_tfds')
     missing = FileNotFoundError('tensorflow-datasets is not installed')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4), \
-        mock.patch.object(prepare, 'imagenet_wnids', side_effect=missing):
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 4), \
+        mock.patch.object(prepare.labels, 'imagenet_wnids', side_effect=missing):
       prepare.prepare(self.source, output, image_size=SIZE, progress=False)
     self.assert_same_files(output)
     with open(os.path.join(output, prepared_format.DATASET_FILE)) as f:
@@ -538,11 +149,11 @@ class ImageFolderTest(_StatsAssertions):
 
   def test_interrupted_run_is_not_complete_and_resumes(self):
     source = os.path.join(self.tmp, 'interrupted')
-    _write_image_folder(source, ['a', 'b'], 4, 1, np.random.default_rng(1))
+    fakes.write_image_folder(source, ['a', 'b'], 4, 1, np.random.default_rng(1))
     with open(os.path.join(source, 'train', 'b', 'b_9.jpg'), 'wb') as f:
       f.write(b'\xff\xd8\xff\xe0 not really a jpeg')
     output = os.path.join(self.tmp, 'interrupted_out')
-    with mock.patch.object(prepare, 'FILES_PER_PART', 4):
+    with mock.patch.object(prepare.parts, 'FILES_PER_PART', 4):
       with self.assertRaisesRegex(ValueError, 'cannot decode .*b_9.jpg'):
         prepare.prepare(source, output, image_size=SIZE, strict=True, progress=False)
       self.assertFalse(prepared_format.is_complete(output))
@@ -571,13 +182,13 @@ class StoredSizeTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tmp = _tempdir()
+    tmp = fakes.tempdir()
     cls.source = os.path.join(tmp, 'source')
     rng = np.random.default_rng(3)
     cls.originals = {}
     for name, (h, w) in cls.SOURCES.items():
       os.makedirs(os.path.join(cls.source, 'train', name))
-      cls.originals[name] = _smooth_image(h, w, rng, 256)
+      cls.originals[name] = fakes.smooth_image(h, w, rng, 256)
       Image.fromarray(cls.originals[name]).save(os.path.join(cls.source, 'train', name, 'x.png'))
     # Neither path is given an image size: both must default to the paper's 256.
     cls.from_cli = os.path.join(tmp, 'cli')
@@ -610,12 +221,12 @@ class StoredSizeTest(absltest.TestCase):
         self.assertLessEqual(error.max(), 8, f'{output}: image of class {name}')
 
 
-class DigitsTest(_StatsAssertions):
+class DigitsTest(fakes.StatsAssertions):
 
   def test_digits(self):
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
-    output = os.path.join(_tempdir(), 'digits')
+    output = os.path.join(fakes.tempdir(), 'digits')
     report = prepare.prepare('digits', output, image_size=SIZE, progress=False)
     digits = datasets.load_digits()
     per_class = np.bincount(digits.target, minlength=10)
@@ -640,9 +251,9 @@ class PhotoTest(absltest.TestCase):
   """Phone photos (stored sideways, with an EXIF orientation tag) and links to nothing."""
 
   def test_exif_photo_is_stored_upright_and_counted(self):
-    tmp = _tempdir()
+    tmp = fakes.tempdir()
     source = os.path.join(tmp, 'src')
-    _write_image_folder(source, ['a', 'b'], 2, 1, np.random.default_rng(0))
+    fakes.write_image_folder(source, ['a', 'b'], 2, 1, np.random.default_rng(0))
     # A tall 48x32 picture whose pixels are stored turned on their side (32x48) with tag 6
     # (turn 90 degrees clockwise to show), as a phone held upright stores it.
     rows, cols = np.mgrid[0:48, 0:32]
@@ -652,7 +263,7 @@ class PhotoTest(absltest.TestCase):
     exif = Image.Exif()
     exif[0x0112] = 6
     with open(os.path.join(source, 'train', 'b', 'phone.jpg'), 'wb') as f:
-      f.write(_jpeg(sideways, exif=exif.tobytes()))
+      f.write(fakes.jpeg(sideways, exif=exif.tobytes()))
     os.symlink(os.path.join(source, 'gone.jpg'), os.path.join(source, 'train', 'a', 'moved.jpg'))
     output = os.path.join(tmp, 'out')
     report = prepare.prepare(source, output, image_size=SIZE, progress=False)
@@ -666,120 +277,6 @@ class PhotoTest(absltest.TestCase):
     expected = decoding.resize_center_crop(upright, SIZE)
     self.assertLess(np.abs(stored.astype(int) - expected.astype(int)).mean(), 6)
     self.assertGreater(stored[:4, :, 0].mean(), 200)  # red at the top, not at a side
-
-
-class VerificationTest(absltest.TestCase):
-  """What prepare wrote is read back before dataset.json marks it complete."""
-
-  def test_a_record_changed_on_the_way_to_disk_is_caught(self):
-    tmp = _tempdir()
-    path = os.path.join(tmp, 'part.array_record')
-    writer = array_record_module.ArrayRecordWriter(path, prepare.WRITER_OPTIONS)
-    records = [b'first record', b'second record']
-    for r in records:
-      writer.write(r)
-    writer.close()
-    prepare._verify_shard(path, [zlib.crc32(r) for r in records])  # pylint: disable=protected-access
-    with self.assertRaisesRegex(errors.UserError, 'record 1 of .* differs from what was written'):
-      prepare._verify_shard(path, [zlib.crc32(records[0]), zlib.crc32(b'other')])  # pylint: disable=protected-access
-    with self.assertRaisesRegex(errors.UserError, 'holds 2 records after writing 3'):
-      prepare._verify_shard(path, [0, 0, 0])  # pylint: disable=protected-access
-
-  def test_a_shard_cut_short_after_its_part_is_refused(self):
-    tmp = _tempdir()
-    source = os.path.join(tmp, 'src')
-    _write_image_folder(source, ['a', 'b'], 3, 1, np.random.default_rng(0))
-    output = os.path.join(tmp, 'out')
-    finish = prepare._finish  # pylint: disable=protected-access
-
-    def finish_after_damage(plan, output, work_dir, *args):
-      # Between the parts and the final layout, a shard loses its tail (a failed copy).
-      shard = os.path.join(work_dir, 'train-00000.array_record')
-      with open(shard, 'r+b') as f:
-        f.truncate(os.path.getsize(shard) - 100)
-      return finish(plan, output, work_dir, *args)
-
-    with mock.patch.object(prepare, '_finish', finish_after_damage):
-      with self.assertRaisesRegex(errors.UserError, r'train\.array_record-00000-of-00001 is '
-                                  r'\d+ bytes, not the \d+ bytes written'):
-        prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertFalse(os.path.exists(os.path.join(output, prepared_format.DATASET_FILE)))
-
-  def test_output_inside_the_source_is_refused_before_anything_is_written(self):
-    tmp = _tempdir()
-    source = os.path.join(tmp, 'src')
-    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
-    before = sorted(os.walk(source))
-    with self.assertRaisesRegex(errors.InputError, 'is inside the source'):
-      prepare.prepare(source, os.path.join(source, 'train', 'out'), image_size=SIZE)
-    self.assertEqual(sorted(os.walk(source)), before)
-
-
-class BadSourceTest(absltest.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.tmp = _tempdir()
-
-  def test_missing_source(self):
-    with self.assertRaisesRegex(FileNotFoundError, 'does not exist'):
-      prepare.prepare(os.path.join(self.tmp, 'nope'), os.path.join(self.tmp, 'out'))
-
-  def test_empty_source(self):
-    os.makedirs(os.path.join(self.tmp, 'empty'))
-    with self.assertRaisesRegex(ValueError, 'is empty'):
-      prepare.prepare(os.path.join(self.tmp, 'empty'), os.path.join(self.tmp, 'out'))
-
-  def test_unrecognised_source(self):
-    os.makedirs(os.path.join(self.tmp, 'other', 'pictures'))
-    with self.assertRaisesRegex(ValueError, 'holds neither'):
-      prepare.prepare(os.path.join(self.tmp, 'other'), os.path.join(self.tmp, 'out'))
-
-  def test_class_folder_without_images(self):
-    source = os.path.join(self.tmp, 'src')
-    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
-    os.makedirs(os.path.join(source, 'train', 'b'))
-    with open(os.path.join(source, 'train', 'b', 'readme.txt'), 'w') as f:
-      f.write('x')
-    with self.assertRaisesRegex(ValueError, r'class folder .*train/b holds no images'):
-      prepare.prepare(source, os.path.join(self.tmp, 'out'), image_size=SIZE)
-
-  def test_empty_train_tar(self):
-    source = os.path.join(self.tmp, 'tars')
-    os.makedirs(source)
-    tarfile.open(os.path.join(source, prepare.TRAIN_TAR), 'w').close()
-    with self.assertRaisesRegex(ValueError, 'is empty'):
-      prepare.prepare(source, os.path.join(self.tmp, 'out'))
-
-  def test_foreign_output_folder(self):
-    source = os.path.join(self.tmp, 'src')
-    _write_image_folder(source, ['a'], 1, 0, np.random.default_rng(0))
-    output = os.path.join(self.tmp, 'out')
-    os.makedirs(output)
-    with open(os.path.join(output, 'precious.txt'), 'w') as f:
-      f.write('x')
-    with self.assertRaisesRegex(ValueError, 'not empty'):
-      prepare.prepare(source, output, image_size=SIZE)
-
-  def test_temporary_files_of_a_killed_run_are_not_foreign(self):
-    source = os.path.join(self.tmp, 'src')
-    _write_image_folder(source, ['a'], 2, 1, np.random.default_rng(0))
-    output = os.path.join(self.tmp, 'out')
-    os.makedirs(output)
-    for name in ('.dataset.json.k3x9_q', '.stats.npz.a1b2c3', 'dataset.json.tmp'):
-      open(os.path.join(output, name), 'w').close()
-    prepare.prepare(source, output, image_size=SIZE, progress=False)
-    self.assertTrue(prepared_format.is_complete(output))
-
-  def test_command_line_error_is_one_line(self):
-    result = subprocess.run(
-        [sys.executable, '-m', 'alexnet_jax.prepare', f'--source={self.tmp}/nope',
-         f'--output={self.tmp}/out'], cwd=REPO, capture_output=True, text=True,
-        timeout=120, check=False)
-    self.assertEqual(result.returncode, 2)
-    self.assertEqual(result.stderr.strip().splitlines(),
-                     [f'error: source folder {self.tmp}/nope does not exist'])
-    self.assertFalse(os.path.exists(f'{self.tmp}/out'), 'a refused source left an output folder')
 
 
 if __name__ == '__main__':

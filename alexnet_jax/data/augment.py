@@ -1,7 +1,7 @@
 """Image ops of the paper's augmentation, as small pure functions.
 
 Host side (numpy, uint8): crop offsets, crops, flips and the per-image PCA lighting
-shift (decoding and the stored-image geometry are in `codecs`). Every random op takes
+shift (decoding and the stored-image geometry are in `decoding`). Every random op takes
 an explicit `np.random.Generator` (grain hands one to each record), so a record's
 augmentation depends only on the pipeline seed and the record's position in the
 stream.

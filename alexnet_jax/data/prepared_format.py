@@ -1,4 +1,4 @@
-"""The prepared-dataset format: what `prepare` writes and `input_pipeline` reads.
+"""The prepared-dataset format: what `prepare` writes and `sources` reads.
 
 A prepared folder holds ArrayRecord shards of records (`encode_record`), the
 training statistics (STATS_FILE) and the description DATASET_FILE, written last:

@@ -1,0 +1,133 @@
+"""A whole preparation: `prepare` and `ensure_prepared`, from the checks to dataset.json.
+
+The source is read and its work listed before anything is written; the parts not
+yet done are converted under the output folder's lock, then finished into the
+final layout. A damaged source found while converting leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+
+from alexnet_jax.core import errors
+from alexnet_jax.data import prepared_format
+from alexnet_jax.prepare import finish
+from alexnet_jax.prepare import labels
+from alexnet_jax.prepare import output_dir
+from alexnet_jax.prepare import parts
+from alexnet_jax.prepare import pool
+from alexnet_jax.prepare import progress_line
+from alexnet_jax.prepare import shards
+from alexnet_jax.prepare import sources
+from alexnet_jax.prepare import tfds_stats
+
+
+def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
+            workers: int = 1, jpeg_quality: int = 95,
+            progress: bool = True) -> dict[str, Any]:
+  """Prepares `source` into `output` (`python -m alexnet_jax.prepare --help`); returns the report.
+
+  A complete `output` is left as it is (report['noop'] is True). An incomplete one from
+  an interrupted run with the same settings is resumed; one with others is restarted.
+
+  Args:
+    source: official-tars folder, ImageFolder root, or 'digits'.
+    output: the folder to fill; created if needed; must be empty or ours.
+    image_size: side of the stored square images.
+    strict: raise on the first undecodable image instead of skipping it.
+    workers: processes converting parts in parallel (1: in this process).
+    jpeg_quality: quality of the re-encoded JPEGs.
+    progress: print a progress line with ETA.
+  Raises errors.UserError (one line) for an unusable source or output.
+  """
+  if image_size < 8:
+    raise errors.InputError(f'image_size must be at least 8, got {image_size}')
+  workers = pool.checked_workers(workers)
+  if not output:
+    raise errors.InputError('no output folder given: pass --output=DIR')
+  if source == 'tfds':
+    return tfds_stats.prepare_tfds_stats(output, image_size=image_size, workers=workers,
+                                         progress=progress)
+  output = output_dir.checked_output(source, output, jpeg_quality)
+  description = prepared_format.read_dataset_json(output)
+  if description is not None and prepared_format.is_complete(output):
+    return output_dir.noop_report(output, description, image_size, source)
+  if os.path.isdir(output):
+    output_dir.check_usable(output)  # before the lock file below lands in someone else's folder
+  start = time.monotonic()
+  work = sources.list_work(source)  # reads the source only: a source it refuses leaves no trace
+  if strict and work.official is not None and not work.official['official_complete']:
+    raise errors.InputError(
+        f'{work.source} is not the complete official ILSVRC-2012 set: it holds '
+        f'{labels.official_shortfall(work.official)}; --strict prepares only the complete set '
+        '(run without --strict to prepare this part of it)')
+  created = not os.path.isdir(output)
+  try:
+    os.makedirs(output, exist_ok=True)
+  except OSError as e:  # A file where a parent folder should be, no permission, ...
+    raise errors.InputError(f'cannot create the output folder {output}: {e.strerror or e}') from e
+  try:
+    return _prepare_locked(work, output, image_size, strict, workers, jpeg_quality, progress,
+                           source, start)
+  except errors.DamagedSourceError:
+    # The source turned out damaged while being converted: what was made from it is not kept.
+    output_dir.remove_unfinished(output, created)
+    raise
+
+
+def _prepare_locked(work: parts.Work, output: str, image_size: int, strict: bool, workers: int,
+                    jpeg_quality: int, progress: bool, source: str,
+                    start: float) -> dict[str, Any]:
+  """The conversion itself, under the output folder's lock."""
+  with output_dir.locked(output):
+    description = prepared_format.read_dataset_json(output)
+    if description is not None and prepared_format.is_complete(output):
+      # Another process finished it while this one waited for the lock.
+      return output_dir.noop_report(output, description, image_size, source)
+    output_dir.check_usable(output)
+    work_dir = os.path.join(output, output_dir.PARTIAL_DIR)
+    output_dir.open_work_dir(work_dir, {'source': work.source, 'kind': work.kind,
+                                        'source_files': work.source_files,
+                                        'image_size': image_size, 'jpeg_quality': jpeg_quality,
+                                        'parts': [p.name for p in work.parts]})
+    todo = [p for p in work.parts if not output_dir.part_done(work_dir, p)]
+    if len(todo) < len(work.parts):
+      logging.info('resuming: %d of %d parts already done', len(work.parts) - len(todo),
+                   len(work.parts))
+    try:
+      _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
+      return finish.finish_dataset(work, output, work_dir, image_size, jpeg_quality, workers,
+                                   time.monotonic() - start)
+    except KeyboardInterrupt:
+      finished = sum(output_dir.part_done(work_dir, p) for p in work.parts)
+      raise errors.Interrupted(
+          f'Ctrl-C; {finished} of {len(work.parts)} parts are finished and kept in {work_dir} '
+          '(unfinished files removed): rerun the same command to continue') from None
+
+
+def _run_parts(todo: list[parts.Part], work_dir: str, image_size: int, jpeg_quality: int,
+               strict: bool, workers: int, progress: bool) -> None:
+  bar = progress_line.ProgressLine(sum(p.weight for p in todo), len(todo), enabled=progress)
+  tasks = [(p.weight, shards.run_part, p, work_dir, image_size, jpeg_quality, strict)
+           for p in todo]
+  for _ in pool.execute(tasks, workers, bar):
+    pass
+
+
+def ensure_prepared(source: str, output: str, *, image_size: int = 256,
+                    strict: bool = False, workers: int = 1,
+                    jpeg_quality: int = 95) -> dict[str, Any]:
+  """`prepare` for callers such as training.trainer: returns at once when `output` is complete.
+
+  Call it from one process per output folder or let the others wait: a file lock
+  serialises concurrent calls, and the waiting ones then find the dataset complete.
+  """
+  description = prepared_format.read_dataset_json(output) if output else None
+  if description is not None and prepared_format.is_complete(output):
+    return output_dir.noop_report(os.path.abspath(output), description, image_size, source)
+  return prepare(source, output, image_size=image_size, strict=strict,
+                 workers=workers, jpeg_quality=jpeg_quality)

@@ -1,0 +1,154 @@
+"""The final layout: the parts' shards moved into place, checked, and dataset.json.
+
+dataset.json is written last: it is the completeness marker, so it never
+describes a shard that is missing or cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Sequence
+
+from absl import logging
+from array_record.python import array_record_module
+import numpy as np
+
+from alexnet_jax.core import errors
+from alexnet_jax.data import prepared_format
+from alexnet_jax.prepare import parts
+from alexnet_jax.prepare import pixel_stats
+from alexnet_jax.prepare import shards
+
+MAX_LISTED_SKIPS = 1000
+_Results = Sequence[tuple[parts.Part, dict[str, Any]]]
+
+
+def _train_counts(work: parts.Work, results: _Results) -> np.ndarray:
+  """Decoded training images per class; raises ValueError when a class has none."""
+  train_counts = np.zeros(len(work.class_names), np.int64)
+  for part, result in results:
+    if part.split == 'train':
+      for label, count in result['label_counts']:
+        train_counts[label] += count
+  if not train_counts.any():
+    raise errors.InputError(f'no training image of {work.source} could be decoded')
+  empty = [work.class_names[i] for i in np.flatnonzero(train_counts == 0)]
+  if empty:
+    raise errors.InputError(f'classes without any decodable training image: '
+                            f'{", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
+  return train_counts
+
+
+def _move_shards(results: _Results, work_dir: str, output: str
+                 ) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, int], list[Any]]:
+  """Renames the parts' shards into place: (shards, sizes, skipped counts, skipped files)."""
+  placed, sizes, skipped = {}, {}, {}
+  skipped_files = []
+  for split in prepared_format.SPLITS:
+    filled = [(p, r) for p, r in results if p.split == split and r['converted']]
+    placed[split] = []
+    for i, (part, result) in enumerate(filled):
+      name = f'{split}.array_record-{i:05d}-of-{len(filled):05d}'
+      src, dst = (os.path.join(work_dir, part.name + '.array_record'),
+                  os.path.join(output, name))
+      if os.path.exists(src):  # Absent if an interrupted finish moved it already.
+        os.replace(src, dst)
+      placed[split].append([name, result['converted']])
+    sizes[split] = sum(n for _, n in placed[split])
+    split_skips = [s for p, r in results if p.split == split for s in r['skipped']]
+    skipped[split] = len(split_skips)
+    skipped_files.extend(split_skips)
+  return placed, sizes, skipped, skipped_files
+
+
+def _check_shards(output: str, placed: dict[str, list[Any]], results: _Results) -> None:
+  """Each final shard has the size and record count its part wrote (read back at write
+  time), so dataset.json never describes a shard that a failed move or copy cut short."""
+  written = {}
+  for split in prepared_format.SPLITS:
+    filled = [r for p, r in results if p.split == split and r['converted']]
+    written.update({name: r.get('bytes') for (name, _), r in zip(placed[split], filled)})
+  for split in prepared_format.SPLITS:
+    for name, count in placed[split]:
+      path = os.path.join(output, name)
+      size = os.path.getsize(path) if os.path.isfile(path) else None
+      if size is None or (written[name] is not None and size != written[name]):
+        raise errors.UserError(f'{path} is {"missing" if size is None else f"{size} bytes"}, '
+                               f'not the {written[name]} bytes written; delete {output} and '
+                               'prepare again')
+      reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+      try:
+        found = reader.num_records()
+      finally:
+        reader.close()
+      if found != count:
+        raise errors.UserError(f'{path} holds {found} records, not the {count} written; '
+                               f'delete {output} and prepare again')
+
+
+def finish_dataset(work: parts.Work, output: str, work_dir: str, image_size: int,
+                   jpeg_quality: int, workers: int, seconds: float) -> dict[str, Any]:
+  """Merges the parts into the final layout; dataset.json is written last."""
+  results = []
+  for part in work.parts:
+    with open(os.path.join(work_dir, part.name + '.json')) as f:
+      results.append((part, json.load(f)))
+  train_counts = _train_counts(work, results)
+  statistics = pixel_stats.merge_parts(results, work_dir, image_size)
+  stats_path = os.path.join(output, prepared_format.STATS_FILE)
+  try:
+    prepared_format.write_stats(stats_path, statistics)
+  except OSError as e:
+    raise shards.write_error(stats_path, e) from e
+  placed, sizes, skipped, skipped_files = _move_shards(results, work_dir, output)
+  _check_shards(output, placed, results)
+  if skipped_files:
+    logging.warning('skipped %d undecodable files, e.g. %s: %s', len(skipped_files),
+                    *skipped_files[0])
+  report = {
+      'source': work.source, 'kind': work.kind, 'converted': sizes, 'skipped': skipped,
+      'skipped_files': skipped_files[:MAX_LISTED_SKIPS], **work.notes, **(work.official or {}),
+      'rotated': sum(r.get('rotated', 0) for _, r in results),
+      'workers': workers, 'seconds': round(seconds, 2),
+  }
+  description = _description(work, image_size, jpeg_quality, sizes, placed, train_counts,
+                             statistics, report)
+  description_path = os.path.join(output, prepared_format.DATASET_FILE)
+  try:
+    shards.write_json(description_path, description)
+  except OSError as e:
+    raise shards.write_error(description_path, e) from e
+  shutil.rmtree(work_dir, ignore_errors=True)
+  return dict(report, output=output, noop=False)
+
+
+def _description(work: parts.Work, image_size: int, jpeg_quality: int, sizes: dict[str, int],
+                 placed: dict[str, list[Any]], train_counts: np.ndarray,
+                 statistics: dict[str, np.ndarray], report: dict[str, Any]) -> dict[str, Any]:
+  """The contents of dataset.json: the classes, splits, shards, statistics and report."""
+  description = {
+      'format': prepared_format.FORMAT,
+      'record': prepared_format.RECORD_LAYOUT,
+      'source': work.source,
+      'kind': work.kind,
+      'image_size': image_size,
+      'jpeg_quality': jpeg_quality,
+      'num_classes': len(work.class_names),
+      'class_names': work.class_names,
+      'class_descriptions': work.class_descriptions,
+      'splits': sizes,
+      'shards': placed,
+      'stats_file': prepared_format.STATS_FILE,
+      'train_class_counts': train_counts.tolist(),
+      'eigvals': statistics['eigvals'].tolist(),
+      'eigvecs': statistics['eigvecs'].tolist(),
+      'channel_mean': statistics['channel_mean'].tolist(),
+      'report': report,
+      'complete': True,
+  }
+  if work.official is not None:
+    description['official_complete'] = work.official['official_complete']
+    description['source_files'] = work.source_files
+  return description
