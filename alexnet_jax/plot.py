@@ -25,13 +25,13 @@ from absl import flags
 from absl import logging
 from PIL import Image
 
-from alexnet_jax.core import errors
 from alexnet_jax.core import cli
+from alexnet_jax.core import errors
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax.model import alexnet
-from alexnet_jax import predict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +128,9 @@ def _write_plots(workdir: str, folder: str, step: int | None, max_train: int, nu
                  Outcome(run_figures.THROUGHPUT_FILE, None, str(e))]
 
   try:
-    config = predict.load_config(workdir)
+    config = finished_run.load_config(workdir)
     model = alexnet.from_config(config.model)
-    params, _ = predict.restore_params(workdir, config, step)
+    params, _ = finished_run.restore_params(workdir, config, step)
   except FileNotFoundError as e:
     if not any(o.path for o in outcomes):
       raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metric_log.METRICS_FILE} '
@@ -141,7 +141,7 @@ def _write_plots(workdir: str, folder: str, step: int | None, max_train: int, nu
       params['conv1']['kernel'], config.model.towers,
       os.path.join(folder, run_figures.KERNELS_FILE))))
   try:
-    info = predict.dataset_info(workdir, config)
+    info = finished_run.dataset_info(workdir, config)
     path = run_figures.nearest_neighbour_figure(
         os.path.join(folder, run_figures.NEIGHBOURS_FILE), params=params, model=model,
         data_config=config.data, mean_image=input_pipeline.mean_for_config(info, config.data),

@@ -7,7 +7,8 @@ wnid, and its human-readable description). Without --crops the run's own final
 test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
 crop for digits, where half of the 10 views would be mirrored digits). The run's
 stored config, its checkpoint and the dataset facts it keeps in the workdir
-(see workdir.py) are all it needs: no training data, no accelerator.
+(opened by evaluation/finished_run.py) are all it needs: no training data, no
+accelerator.
 
 Each image goes through exactly what evaluation does: the shorter side resized
 to config.data.image_size and the central square kept (as `prepare` stores
@@ -25,27 +26,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import PIL
 
+from alexnet_jax.core import cli
 from alexnet_jax.core import errors
 from alexnet_jax.data import augment
-from alexnet_jax.storage import checkpointing
-from alexnet_jax.core import cli
 from alexnet_jax.data import decoding
-from alexnet_jax.config import resolution
-from alexnet_jax.training import experiment
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.model import alexnet
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax.training import step_fns
-from alexnet_jax.storage import workdir_files
 
 Image = Union[str, os.PathLike, np.ndarray]
 # Images per forward pass: 10 views each, so a chunk is 80 crops.
@@ -58,133 +54,6 @@ class ClassScore:
   prob: float
   name: str  # wnid or folder name
   description: str  # human-readable, or the name again when the dataset has none
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained run ready to classify: its config, model, weights and dataset facts."""
-  config: ml_collections.ConfigDict
-  model: alexnet.AlexNet
-  params: Any
-  info: input_pipeline.DatasetInfo
-  step: int
-
-  @property
-  def mean_image(self) -> np.ndarray:
-    return input_pipeline.mean_for_config(self.info, self.config.data)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
-  """The resolved config the run in WORKDIR stored at its start."""
-  workdir = os.fspath(workdir)
-  if not os.path.isdir(workdir):
-    raise errors.MissingInputError(f'workdir {workdir} does not exist')
-  stored = workdir_files.load_config_dict(workdir)  # a damaged file is named in its error
-  if stored is None:
-    raise errors.MissingInputError(f'{workdir} holds no {workdir_files.CONFIG_JSON}: not the workdir '
-                                   'of a training run')
-  # Runs store their resolved config; an 'auto' left in an older one is resolved here.
-  return resolution.resolve_auto(ml_collections.ConfigDict(stored))
-
-
-def abstract_state(config: ml_collections.ConfigDict,
-                   device: jax.Device | None = None) -> step_fns.TrainState:
-  """Shapes of the run's TrainState, each placed whole on one device: a restore target.
-
-  Traced with jax.eval_shape, so nothing is initialised. The optimizer state is
-  part of it because checkpoints store the whole train state.
-  """
-  mesh = experiment.create_mesh(config, [device or jax.devices()[0]], {'data': 1, 'model': 1})
-  return experiment.setup(config, mesh=mesh).abstract_state
-
-
-def open_checkpoints(workdir: str | os.PathLike[str],
-                     config: ml_collections.ConfigDict) -> checkpointing.Checkpointer:
-  """The run's checkpoints, opened read-only; raises FileNotFoundError when it has none.
-
-  Unlike a resuming trainer, this reader never falls back to an older checkpoint,
-  moves folders or deletes a save in flight: it is safe beside a live run.
-  """
-  workdir = os.fspath(workdir)
-  folder = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  if not os.path.isdir(folder):
-    raise errors.MissingInputError(f'no checkpoint in {workdir} ({folder} does not exist)')
-  ckpt = checkpointing.Checkpointer.from_config(workdir, config.checkpoint, async_save=False,
-                                                    read_only=True)
-  if not ckpt.all_steps():
-    ckpt.close()
-    raise errors.MissingInputError(f'no finished checkpoint in {folder}')
-  return ckpt
-
-
-def check_step(ckpt: checkpointing.Checkpointer, step: int,
-               workdir: str | os.PathLike[str]) -> None:
-  """Raises errors.InputError unless `step` is a finished checkpoint of WORKDIR's `ckpt`."""
-  steps = ckpt.all_steps()
-  if step not in steps:
-    folder = os.path.join(os.fspath(workdir), checkpointing.CHECKPOINT_DIR)
-    raise errors.InputError(f'no checkpoint of step {step} in {folder}; it has steps {steps}')
-
-
-def restore_state(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                  step: int | None, target: step_fns.TrainState) -> tuple[Any, int]:
-  """(state, step) of the newest checkpoint in WORKDIR, or of `step`, read into `target`.
-
-  target: the abstract state (shapes, dtypes, shardings) to restore into. A
-  checkpoint that cannot be read raises checkpoint.CheckpointError naming it.
-  """
-  ckpt = open_checkpoints(workdir, config)
-  try:
-    if step is None:
-      step = ckpt.all_steps()[-1]
-    check_step(ckpt, step, workdir)
-    try:
-      state, _ = ckpt.restore(target, step=step)
-    except checkpointing.CheckpointError as e:
-      older = [s for s in ckpt.all_steps() if s < step]
-      hint = f'; --step={older[-1]} selects the one before it' if older else ''
-      raise checkpointing.CheckpointError(f'{e}{hint}') from e
-  finally:
-    ckpt.close()
-  return state, step
-
-
-def restore_params(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
-                   step: int | None = None) -> tuple[Any, int]:
-  """(params, step) of the newest checkpoint in WORKDIR, or of `step`, on one device.
-
-  A checkpoint that cannot be read raises checkpoint.CheckpointError; unlike a
-  resuming trainer, this reader never falls back to an older one or moves
-  folders, so what it reports is the step asked for.
-  """
-  state, step = restore_state(workdir, config, step, abstract_state(config))
-  return state.params, step
-
-
-def dataset_info(workdir: str | os.PathLike[str],
-                 config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-  """The run's dataset facts, checked against its model."""
-  info = workdir_files.dataset_info_for_run(workdir, config.data)
-  if info.num_classes != config.model.num_classes:
-    raise errors.InputError(
-        f'the run in {workdir} has {config.model.num_classes} output classes but '
-        f'its dataset description lists {info.num_classes}')
-  return info
-
-
-def load_run(workdir: str | os.PathLike[str], step: int | None = None) -> Run:
-  """Config, model, weights (newest checkpoint, or `step`) and dataset facts of a run."""
-  config = load_config(workdir)
-  model = alexnet.from_config(config.model)
-  info = dataset_info(workdir, config)
-  params, step = restore_params(workdir, config, step)
-  return Run(config, model, params, info, step)
-
-
-# ----------------------------------------------------------------------------- images
 
 
 def read_image(image: Image, image_size: int) -> np.ndarray:
@@ -242,7 +111,8 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
 _view_probabilities = jax.jit(step_fns.view_probabilities, static_argnames='model')
 
 
-def classify(run: Run, images: Sequence[np.ndarray], crops: int = 10) -> np.ndarray:
+def classify(run: finished_run.FinishedRun, images: Sequence[np.ndarray],
+             crops: int = 10) -> np.ndarray:
   """Class probabilities (n, num_classes) of stored uint8 images (S, S, 3).
 
   Each row is the mean of the softmax outputs over the image's views.
@@ -270,17 +140,18 @@ def top_k(probs: np.ndarray, info: input_pipeline.DatasetInfo, k: int = 5) -> li
 
 def predict_with_run(workdir: str | os.PathLike[str], images: Sequence[Image],
                      crops: int | None = 10, step: int | None = None
-                     ) -> tuple[Run, list[tuple[np.ndarray, list[ClassScore]]]]:
+                     ) -> tuple[finished_run.FinishedRun,
+                                list[tuple[np.ndarray, list[ClassScore]]]]:
   """`predict`, also returning the loaded run (which checkpoint step answered, its classes).
 
   crops=None takes the run's own final test (config.final_eval_crops).
   """
-  config = load_config(workdir)
+  config = finished_run.load_config(workdir)
   crops = config.final_eval_crops if crops is None else crops
   if crops not in (1, 10):
     raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
   stored = [read_image(im, config.data.image_size) for im in images]  # bad files fail fast
-  run = load_run(workdir, step)
+  run = finished_run.load_run(workdir, step)
   probs = classify(run, stored, crops)
   return run, [(p, top_k(p, run.info)) for p in probs]
 

@@ -109,13 +109,13 @@ def time_eval(workdir: str, crops: int, num_batches: int) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax.training import experiment  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.evaluation import finished_run  # pylint: disable=g-import-not-at-top
   from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top
 
-  config = predict.load_config(workdir)
-  info = predict.dataset_info(workdir, config)
+  config = finished_run.load_config(workdir)
+  info = finished_run.dataset_info(workdir, config)
   exp = experiment.setup(config, info)
-  state, step = predict.restore_state(workdir, config, None, exp.abstract_state)
+  state, step = finished_run.restore_state(workdir, config, None, exp.abstract_state)
   eval_step = exp.eval_step()
   batches = input_pipeline.create_eval_iterator(
       config.data, 'train', global_batch_size=config.batch_size, crops=crops, process_index=0,

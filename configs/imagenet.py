@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # -1: derive from num_epochs and the train split size.
   config.eval_every_epochs = 1  # Validation after every this many epochs.
   config.final_eval_crops = 10  # View count of the last evaluation: 10 = the paper's test.
+  # Evaluations: (metrics prefix, kind, split, 'every' | 'final'); see evaluation/evaluators.py.
+  config.evals = (('val', 'center_crop', 'val', 'every'), ('val10', 'ten_crop', 'val', 'final'))
 
   # Device mesh: the paper's two-GPU split is `model=2`; `-1` takes the remaining devices.
   config.mesh = ml_collections.ConfigDict()

@@ -22,6 +22,7 @@ from alexnet_jax.config import resolution
 from alexnet_jax.training import experiment
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax import prepare
 from alexnet_jax.sharding import meshes
 from alexnet_jax.training import trainer
@@ -197,7 +198,7 @@ class ThreeClassRunTest(absltest.TestCase):
       sharded, _ = ckpt.restore(exp.abstract_state)
     finally:
       ckpt.close()
-    run = predict.load_run(workdir)
+    run = finished_run.load_run(workdir)
     self.assertEqual(run.step, 3)
     self.assertEqual(run.params['fc8']['kernel'].shape, (512, 3))
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(sharded.params)),

@@ -384,7 +384,7 @@ class PlainOrbaxRecipeTest(absltest.TestCase):
   """docs/checkpoints.md's recipe, run as written on a real run's checkpoint."""
 
   def test_the_documented_recipe_reads_a_real_run(self):
-    from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.evaluation import finished_run  # pylint: disable=g-import-not-at-top
     from tests import trained_run  # pylint: disable=g-import-not-at-top
     workdir = trained_run.workdir()  # trained on eight devices, the towers split over two
     with open(os.path.join(REPO, 'docs', 'checkpoints.md')) as f:
@@ -409,8 +409,8 @@ class PlainOrbaxRecipeTest(absltest.TestCase):
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertIn(f'step {trained_run.STEPS}: conv1 kernel (11, 11, 3, 12)', proc.stdout)
 
-    config = predict.load_config(workdir)
-    want, step = predict.restore_params(workdir, config)
+    config = finished_run.load_config(workdir)
+    want, step = finished_run.restore_params(workdir, config)
     self.assertEqual(step, trained_run.STEPS)
     got = np.load(os.path.join(out, 'params.npz'))
     flat = jax.tree_util.tree_flatten_with_path(want)[0]

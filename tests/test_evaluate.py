@@ -19,12 +19,14 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from alexnet_jax.storage import checkpointing
-from alexnet_jax.data import decoding
-from alexnet_jax import evaluate
-from alexnet_jax.data import input_pipeline
-from alexnet_jax.storage import lockfile
 from alexnet_jax import predict
+from alexnet_jax.data import decoding
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.evaluation import checkpoint_eval
+from alexnet_jax.evaluation import ensemble as ensemble_eval
+from alexnet_jax.evaluation import finished_run
+from alexnet_jax.storage import checkpointing
+from alexnet_jax.storage import lockfile
 from alexnet_jax.training import trainer
 from tests import test_reliability
 from tests import test_train
@@ -100,19 +102,19 @@ class EvaluateTest(absltest.TestCase):
     for workdir, crops, prefix in ((self.a, 1, 'val'), (self.a, 10, 'val10'),
                                    (self.b, 1, 'val')):
       with self.subTest(workdir=os.path.basename(workdir), crops=crops):
-        result = evaluate.evaluate_run(workdir, crops=crops, force=True)
+        result = checkpoint_eval.evaluate_run(workdir, crops=crops, force=True)
         logged = last_eval(workdir)
         self.assertEqual(result.steps, (STEPS,))
         self.assertEqual(result.count, 364)  # the digits' validation split
         self.assertEqual((result.loss, result.top1_err, result.top5_err),
                          (logged[f'{prefix}_loss'], logged[f'{prefix}_top1_err'],
                           logged[f'{prefix}_top5_err']))
-    self.assertEqual(evaluate.evaluate_run(self.b, force=True).mesh, {'data': 4, 'model': 2})
+    self.assertEqual(checkpoint_eval.evaluate_run(self.b, force=True).mesh, {'data': 4, 'model': 2})
 
   def test_two_devices_equal_one(self):
     # B's own mesh (model=2) fits two devices; one device falls back to data-parallel.
-    two = evaluate.evaluate_run(self.b, crops=10, devices=jax.devices()[:2], force=True)
-    one = evaluate.evaluate_run(self.b, crops=10, devices=jax.devices()[:1], force=True)
+    two = checkpoint_eval.evaluate_run(self.b, crops=10, devices=jax.devices()[:2], force=True)
+    one = checkpoint_eval.evaluate_run(self.b, crops=10, devices=jax.devices()[:1], force=True)
     self.assertEqual(two.mesh, {'data': 1, 'model': 2})
     self.assertEqual(one.mesh, {'data': 1, 'model': 1})
     self.assertAlmostEqual(two.loss, one.loss, delta=1e-5 * one.loss)
@@ -121,7 +123,7 @@ class EvaluateTest(absltest.TestCase):
 
   def test_answered_from_the_file_unless_forced(self):
     workdir = self.copy(self.a)
-    first = evaluate.evaluate_run(workdir, crops=1)
+    first = checkpoint_eval.evaluate_run(workdir, crops=1)
     path = os.path.join(workdir, 'eval', f'{STEPS}-1crop.json')
     self.assertIsNone(first.cached)
     with open(path) as f:
@@ -133,10 +135,10 @@ class EvaluateTest(absltest.TestCase):
     stored['loss'] = 123.0
     with open(path, 'w') as f:
       json.dump(stored, f)
-    again = evaluate.evaluate_run(workdir, crops=1)
+    again = checkpoint_eval.evaluate_run(workdir, crops=1)
     self.assertEqual((again.loss, again.cached), (123.0, path))
     # ... and --force computes (and stores) the real one again.
-    forced = evaluate.evaluate_run(workdir, crops=1, force=True)
+    forced = checkpoint_eval.evaluate_run(workdir, crops=1, force=True)
     self.assertEqual(forced.loss, first.loss)
     with open(path) as f:
       self.assertEqual(json.load(f)['loss'], first.loss)
@@ -144,8 +146,8 @@ class EvaluateTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(workdir, 'eval', f'{STEPS}-10crop.json')))
 
   def test_ensemble_of_one_is_the_run(self):
-    ensemble = evaluate.evaluate_ensemble([self.a], crops=10, force=True)
-    alone = evaluate.evaluate_run(self.a, crops=10, force=True)
+    ensemble = ensemble_eval.evaluate_ensemble([self.a], crops=10, force=True)
+    alone = checkpoint_eval.evaluate_run(self.a, crops=10, force=True)
     (member,) = ensemble.members
     self.assertEqual((member.loss, member.top1_err, member.top5_err),
                      (alone.loss, alone.top1_err, alone.top5_err))
@@ -155,15 +157,15 @@ class EvaluateTest(absltest.TestCase):
     self.assertAlmostEqual(result.loss, alone.loss, delta=1e-6 * alone.loss)
 
   @classmethod
-  def ensemble_of_two(cls) -> evaluate.Ensemble:
+  def ensemble_of_two(cls) -> ensemble_eval.Ensemble:
     if not hasattr(cls, '_ensemble'):
-      cls._ensemble = evaluate.evaluate_ensemble([cls.a, cls.b], crops=10)
+      cls._ensemble = ensemble_eval.evaluate_ensemble([cls.a, cls.b], crops=10)
     return cls._ensemble
 
   def test_ensemble_of_two_averages_the_softmax_outputs(self):
     ensemble = self.ensemble_of_two()
     # Independently: every validation image through predict on one device, in numpy.
-    run_a, run_b = predict.load_run(self.a), predict.load_run(self.b)
+    run_a, run_b = finished_run.load_run(self.a), finished_run.load_run(self.b)
     source = input_pipeline.open_split(run_a.config.data, 'val')
     images, labels = [], []
     for i in range(len(source.records)):
@@ -237,26 +239,26 @@ class ChooseStepTest(absltest.TestCase):
     # keep=3: the newest three (6, 8, 10) and the best (4) are kept; 2 was deleted.
     workdir, config = self.save_checkpoints({2: 0.5, 4: 0.05, 6: None, 8: 0.4, 10: 0.3})
     before = digests(workdir)
-    self.assertEqual(evaluate.choose_step(workdir, config, 'best'), 4)
-    self.assertEqual(evaluate.choose_step(workdir, config, 'newest'), 10)
-    self.assertEqual(evaluate.choose_step(workdir, config, 6), 6)
+    self.assertEqual(finished_run.choose_step(workdir, config, 'best'), 4)
+    self.assertEqual(finished_run.choose_step(workdir, config, 'newest'), 10)
+    self.assertEqual(finished_run.choose_step(workdir, config, 6), 6)
     with self.assertRaisesRegex(ValueError, r'no checkpoint of step 2 in .*; it has steps '
                                 r'\[4, 6, 8, 10\]'):
-      evaluate.choose_step(workdir, config, 2)
+      finished_run.choose_step(workdir, config, 2)
     self.assertEqual(digests(workdir), before)
 
   def test_best_needs_a_stored_error(self):
     workdir, config = self.save_checkpoints({2: None, 4: None})
     with self.assertRaisesRegex(ValueError, r'no checkpoint in .* has a validation error stored '
                                 r'\(steps \[2, 4\]\)'):
-      evaluate.choose_step(workdir, config, 'best')
+      finished_run.choose_step(workdir, config, 'best')
 
   def test_parse_step(self):
-    self.assertEqual([evaluate.parse_step(s) for s in ('newest', 'best', '12', None)],
+    self.assertEqual([finished_run.parse_step(s) for s in ('newest', 'best', '12', None)],
                      ['newest', 'best', 12, 'newest'])
     with self.assertRaisesRegex(ValueError, "--step must be a checkpoint step, 'newest' or "
                                 "'best', got 'last'"):
-      evaluate.parse_step('last')
+      finished_run.parse_step('last')
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ from PIL import Image
 from alexnet_jax.core import errors
 from alexnet_jax.figures import run_figures
 from alexnet_jax import plot
-from alexnet_jax import predict
+from alexnet_jax.evaluation import finished_run
 from tests import trained_run
 
 
@@ -145,7 +145,7 @@ class RunFiguresTest(absltest.TestCase):
 
   def test_fc7_features_feed_fc8(self):
     # fc8's logits are an affine map of the fc7 activations: the captured ones must be those.
-    run = predict.load_run(self.workdir)
+    run = finished_run.load_run(self.workdir)
     crops = run_figures.load_center_crops(run.config.data, 'val', [0, 5, 9])
     features = run_figures.features_of(crops, run.params, model=run.model,
                                    mean_image=run.mean_image, batch=2)  # a padded last batch

@@ -15,6 +15,7 @@ from PIL import ImageOps
 from alexnet_jax.data import decoding
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax import prepare
 from alexnet_jax.training import step_fns
 from alexnet_jax.storage import workdir_files
@@ -42,7 +43,7 @@ class PredictTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.workdir = trained_run.workdir()
-    cls.trained = predict.load_run(cls.workdir)
+    cls.trained = finished_run.load_run(cls.workdir)
     cls.tmp = tempfile.TemporaryDirectory()
     # Two validation digits, stored as lossless PNGs: reading one back gives the
     # stored image exactly (it is already image_size square).

@@ -8,7 +8,7 @@ from absl.testing import absltest
 import jax
 
 from alexnet_jax.model import alexnet
-from alexnet_jax import predict
+from alexnet_jax.evaluation import finished_run
 from alexnet_jax import summary
 from configs import imagenet
 from tests import trained_run
@@ -51,7 +51,7 @@ class SummaryTest(absltest.TestCase):
   def test_totals_equal_a_created_model(self):
     # The shared tiny run's params were created by model.init and trained (a two-tower
     # net at 1/8 width); its stored config must summarise to exactly their sizes.
-    run = predict.load_run(trained_run.workdir())
+    run = finished_run.load_run(trained_run.workdir())
     rows = summary.summarize(run.config)
     self.assertEqual(sum(r.params for r in rows), alexnet.count_params(run.params))
     for r in rows:

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.core import errors
+from alexnet_jax.evaluation import evaluators
 from alexnet_jax.model import alexnet
 from alexnet_jax.training import optim
 from alexnet_jax.sharding import meshes
@@ -200,6 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(_is_int(config.eval_every_epochs) and config.eval_every_epochs > 0, 'eval_every_epochs',
        'a positive integer')
   need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
+  evaluators.validate_evals(config)
   d = config.data
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',

@@ -53,6 +53,7 @@ DECISIONS: dict[str, Decision] = {
     'eval_every_epochs': _accept('only when evaluations happen (with the plateau schedule, '
                                  'patience counts evaluations at the new cadence)'),
     'final_eval_crops': _accept('only the views of the last evaluation'),
+    'evals': _accept('only which evaluations are made and logged, not what is trained'),
     # ----------------------------------------------------------------- devices
     'mesh.data': _accept('checkpoints restore into any sharding: the same computation, up to '
                          'the order of float sums (docs/design.md, "XLA:CPU measurements")'),

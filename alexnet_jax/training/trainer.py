@@ -35,6 +35,7 @@ from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.training import experiment
 from alexnet_jax.data import device_feed
+from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
@@ -56,7 +57,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
 
 
 @dataclasses.dataclass
-class _Run:
+class _TrainingSession:
   """What the loop works with; everything but the train state, which the loop threads."""
   config: ml_collections.ConfigDict
   workdir: str
@@ -65,7 +66,7 @@ class _Run:
   num_steps: int
   feed: device_feed.DeviceFeed  # (data position, global batch) of each step, transferred ahead
   train_step: Callable[..., Any]
-  eval_step: Callable[..., Any]
+  evals: list[evaluators.CropEvaluator]  # config.evals, in their listed order
   dropout_rng: jax.Array
   plateau: optim.PlateauSchedule | None
   ckpt: checkpointing.Checkpointer
@@ -175,12 +176,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     profiler = metric_log.StepProfiler(workdir, config.log.get('profile_steps', ()),
                                         enabled=is_host0)
     stack.callback(profiler.close)
-    run = _Run(config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
-               num_steps=num_steps, feed=feed,
-               train_step=exp.train_step(), eval_step=exp.eval_step(),
-               dropout_rng=jax.device_put(dropout_rng, meshes.replicated(mesh)),
-               plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
-               preemption=preemption, profiler=profiler)
+    run = _TrainingSession(
+        config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
+        num_steps=num_steps, feed=feed, train_step=exp.train_step(),
+        evals=evaluators.build(config, exp, exp.eval_step(), meshes.data_shard(mesh)),
+        dropout_rng=jax.device_put(dropout_rng, meshes.replicated(mesh)),
+        plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
+        preemption=preemption, profiler=profiler)
     state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
     interrupted = None
     if stopped is not None and preemption.interrupted:
@@ -188,7 +190,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   return state, last_eval, interrupted
 
 
-def _interrupted_message(run: _Run, stopped: int, start_step: int) -> str:
+def _interrupted_message(run: _TrainingSession, stopped: int, start_step: int) -> str:
   folder = run.ckpt.directory
   if stopped > start_step:
     return (f'Ctrl-C at step {stopped}: saved the checkpoint of step {stopped} in {folder}; '
@@ -236,7 +238,7 @@ def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 # ----------------------------------------------------------------------------- the loop
 
 
-def _loop(run: _Run, state: step_fns.TrainState, start_step: int
+def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int
           ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[int]]:
   """Steps from start_step to the end, or to a stop signal.
 
@@ -285,7 +287,8 @@ def _loop(run: _Run, state: step_fns.TrainState, start_step: int
   return state, last_eval, None
 
 
-def _stop_if_diverged(run: _Run, pending: list[dict[str, jax.Array]], step: int) -> None:
+def _stop_if_diverged(run: _TrainingSession, pending: list[dict[str, jax.Array]],
+                      step: int) -> None:
   """Raises NonFiniteError at the first NaN or infinite loss among the pending steps.
 
   The steps pending end at `step`. Waits first for the save in flight, of an
@@ -303,7 +306,7 @@ def _stop_if_diverged(run: _Run, pending: list[dict[str, jax.Array]], step: int)
   metric_log.check_finite(losses[bad[0]], first, last_checkpoint_step=run.ckpt.latest_step())
 
 
-def _log_train(run: _Run, step: int, pending: list[dict[str, jax.Array]],
+def _log_train(run: _TrainingSession, step: int, pending: list[dict[str, jax.Array]],
                timer: tuple[float, int]) -> tuple[float, int]:
   """Writes the mean of the pending step metrics; stops on a non-finite loss."""
   _stop_if_diverged(run, pending, step)
@@ -317,25 +320,18 @@ def _log_train(run: _Run, step: int, pending: list[dict[str, jax.Array]],
   return now, step
 
 
-def _evaluate_and_log(run: _Run, state: step_fns.TrainState, step: int,
+def _evaluate_and_log(run: _TrainingSession, state: step_fns.TrainState, step: int,
                       final: bool) -> dict[str, Any]:
-  """The center-crop evaluation (and the 10-crop one at the end, if configured), logged."""
+  """The evaluations of config.evals due at this step (the 'final' ones at the end), logged."""
   record: dict[str, Any] = {'step': step, 'kind': 'eval', 'epoch': step / run.steps_per_epoch}
-  final_views = [(10, 'val10')] if final and run.config.final_eval_crops == 10 else []
-  shard_index, shard_count = meshes.data_shard(run.exp.mesh)
-  for crops, prefix in [(1, 'val')] + final_views:
-    batches = input_pipeline.create_eval_iterator(
-        run.config.data, 'val', global_batch_size=run.config.batch_size, crops=crops,
-        process_index=shard_index, process_count=shard_count)
-    result = run.exp.evaluate(run.eval_step, state, batches)
-    record.update({f'{prefix}_loss': result['loss'], f'{prefix}_top1_err': result['top1_err'],
-                   f'{prefix}_top5_err': result['top5_err']})
+  for evaluator in evaluators.due(run.evals, final):
+    record.update(evaluator.run(state))
   run.writer.write(record)
   run.reporter.log_eval(step, record)
   return record
 
 
-def _save(run: _Run, state: step_fns.TrainState, step: int,
+def _save(run: _TrainingSession, state: step_fns.TrainState, step: int,
           pending: list[dict[str, jax.Array]], val_error: float | None = None,
           force: bool = False) -> None:
   """Starts the checkpoint of `step` if one is due; never one of weights after a NaN loss."""
@@ -350,13 +346,14 @@ def _save(run: _Run, state: step_fns.TrainState, step: int,
   run.ckpt.save(step, state, meta=meta, val_error=val_error, force=force)
 
 
-def _with_lr(run: _Run, state: step_fns.TrainState, lr: float) -> step_fns.TrainState:
+def _with_lr(run: _TrainingSession, state: step_fns.TrainState, lr: float) -> step_fns.TrainState:
   """The state with the learning rate the next update uses set to `lr`, sharded as before."""
   return jax.device_put(state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr)),
                         run.exp.state_shardings)
 
 
-def _with_start_lr(run: _Run, state: step_fns.TrainState, start_step: int) -> step_fns.TrainState:
+def _with_start_lr(run: _TrainingSession, state: step_fns.TrainState,
+                   start_step: int) -> step_fns.TrainState:
   """The schedule's rate at the start (a resume may continue under a changed config)."""
   if run.config.optim.schedule != 'plateau':
     return _with_lr(run, state, optim.learning_rate_at(run.config.optim,

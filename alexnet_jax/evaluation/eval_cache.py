@@ -1,0 +1,86 @@
+"""What an evaluation of a checkpoint found, and its file in WORKDIR/eval/.
+
+An Evaluation is kept as WORKDIR/eval/<step>-<crops>crop.json (`-<split>` added
+for other splits than val) and read back instead of evaluating again; an
+unreadable file only warns and is evaluated again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+from absl import logging
+
+from alexnet_jax.core import fileio
+
+EVAL_DIR = 'eval'
+FORMAT = 'alexnet_jax.evaluation/1'
+ENSEMBLE_FORMAT = 'alexnet_jax.ensemble_evaluation/1'
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """Loss and errors of one network's checkpoint (or an ensemble's) over a split."""
+  workdirs: tuple[str, ...]  # one run, or the members of an ensemble
+  steps: tuple[int, ...]  # the checkpoint step of each
+  crops: int  # views per image: 1 (center) or 10 (the paper's test)
+  split: str
+  loss: float  # mean cross-entropy of the (averaged) predictions
+  top1_err: float  # fractions, as in metrics.jsonl
+  top5_err: float
+  count: int  # images evaluated
+  mesh: dict[str, int]  # the mesh each member ran on ({} for an ensemble)
+  cached: Optional[str] = None  # the file this was read from; None: computed now
+
+  def to_json(self) -> dict[str, Any]:
+    return {'format': FORMAT if len(self.workdirs) == 1 else ENSEMBLE_FORMAT,
+            'workdirs': list(self.workdirs), 'steps': list(self.steps), 'crops': self.crops,
+            'split': self.split, 'loss': self.loss, 'top1_err': self.top1_err,
+            'top5_err': self.top5_err, 'count': self.count, 'mesh': self.mesh}
+
+  def line(self) -> str:
+    """What a person reads: which network and test, then loss and errors."""
+    what = '10-crop test' if self.crops == 10 else 'center crop'
+    if len(self.workdirs) == 1:
+      head = f'{self.workdirs[0]} step {self.steps[0]}'
+    else:
+      head = f'ensemble of {len(self.workdirs)}'
+    source = f' (cached: {self.cached})' if self.cached else ''
+    return (f'{head}, {self.split} {what}, {self.count} images: loss {self.loss:.4f}, '
+            f'top-1 error {100 * self.top1_err:.2f}%, top-5 error {100 * self.top5_err:.2f}%'
+            f'{source}')
+
+
+def cache_path(workdir: str, step: int, crops: int, split: str) -> str:
+  """WORKDIR/eval/<step>-<crops>crop.json (val) or <step>-<crops>crop-<split>.json."""
+  suffix = '' if split == 'val' else f'-{split}'
+  return os.path.join(workdir, EVAL_DIR, f'{step}-{crops}crop{suffix}.json')
+
+
+def read_cached(path: str) -> Optional[Evaluation]:
+  """The evaluation stored at `path`, or None when there is none or it is unreadable."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      d = json.load(f)
+    if d.get('format') != FORMAT:
+      raise ValueError(f'unknown format {d.get("format")!r}')
+    return Evaluation(workdirs=tuple(d['workdirs']), steps=tuple(d['steps']), crops=d['crops'],
+                      split=d['split'], loss=d['loss'], top1_err=d['top1_err'],
+                      top5_err=d['top5_err'], count=d['count'], mesh=d['mesh'], cached=path)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning('Ignoring the unreadable evaluation %s (%s); evaluating again.', path, e)
+    return None
+
+
+def write_cached(path: str, evaluation: Evaluation) -> None:
+  """Writes the evaluation to `path` atomically; a workdir that cannot be written only warns."""
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.atomic_write(path, lambda f: f.write(json.dumps(evaluation.to_json(), indent=1) + '\n'))
+  except OSError as e:
+    logging.warning('Could not write %s (%s); the result is not kept.', path, e.strerror or e)
