@@ -16,10 +16,11 @@ import jax
 from ml_collections import config_flags
 
 from alexnet_jax.core import cli
-from alexnet_jax.distributed import cluster
+from alexnet_jax.distributed import environment
+from alexnet_jax.distributed import startup
+from alexnet_jax.distributed import watch
 from alexnet_jax.training import dry_run
 from alexnet_jax.core import xla_flags
-from alexnet_jax.sharding import meshes
 from alexnet_jax.training import trainer
 
 FLAGS = flags.FLAGS
@@ -60,7 +61,7 @@ flags.DEFINE_integer('process_id', None, 'This process index in a multi-process 
 flags.DEFINE_integer('coordinator_port', None,
                      'Port of the coordinator on the first node of a SLURM step or TPU slice, '
                      'instead of the one chosen (docs/cluster.md, "Coordinator and peers").')
-flags.DEFINE_integer('distributed_timeout', cluster.DEFAULT_TIMEOUT_S,
+flags.DEFINE_integer('distributed_timeout', environment.DEFAULT_TIMEOUT_S,
                      'Seconds each process of a multi-process run waits for the others at '
                      'start (and for their config) before it stops with one line.')
 flags.DEFINE_bool('auto_distributed', False,
@@ -85,10 +86,10 @@ def main(argv):
   if added:
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
   config = cli.config_from_flag('config')
-  meshes.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                            auto_detect=FLAGS.auto_distributed,
-                            timeout_s=FLAGS.distributed_timeout,
-                            coordinator_port=FLAGS.coordinator_port)
+  startup.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto_detect=FLAGS.auto_distributed,
+                           timeout_s=FLAGS.distributed_timeout,
+                           coordinator_port=FLAGS.coordinator_port)
   cli.start_backend()
   logging.info('JAX process %d of %d; local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
@@ -101,4 +102,4 @@ def main(argv):
 if __name__ == '__main__':
   # exit_together outside report_user_errors: a process that stops (after its one line)
   # tells the other processes of the run.
-  app.run(cluster.exit_together(main), flags_parser=cli.parse_flags)
+  app.run(watch.exit_together(main), flags_parser=cli.parse_flags)

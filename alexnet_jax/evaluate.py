@@ -47,7 +47,7 @@ from alexnet_jax.core import cli
 from alexnet_jax.core import fileio
 from alexnet_jax.evaluation import checkpoint_eval
 from alexnet_jax.evaluation import ensemble as ensemble_eval
-from alexnet_jax.evaluation import evaluators
+from alexnet_jax.config import eval_schema
 from alexnet_jax.evaluation import finished_run
 
 FLAGS = flags.FLAGS
@@ -61,7 +61,7 @@ def _define_flags() -> None:
                       'validation error among the kept ones) or a step number.')
   flags.DEFINE_enum('crops', None, ['10', '1'], '10: the paper\'s 10-crop test; 1: center crop. '
                     'Default: the test the run ended with (config.final_eval_crops).')
-  flags.DEFINE_enum('split', 'val', list(evaluators.SPLITS),
+  flags.DEFINE_enum('split', 'val', list(eval_schema.SPLITS),
                     'Split of the dataset to evaluate on.')
   flags.DEFINE_string('data_dir', None, 'Dataset folder; default the run\'s config.data.dir.')
   flags.DEFINE_bool('force', False, 'Evaluate again even if WORKDIR/eval/ holds the result.')

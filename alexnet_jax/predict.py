@@ -41,7 +41,7 @@ from alexnet_jax.data import augment
 from alexnet_jax.data import decoding
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.evaluation import finished_run
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 
 Image = Union[str, os.PathLike, np.ndarray]
 # Images per forward pass: 10 views each, so a chunk is 80 crops.

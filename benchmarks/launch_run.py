@@ -107,7 +107,7 @@ def summarize_run(workdir: str, batch: int) -> dict[str, Any]:
 def time_eval(workdir: str, crops: int, num_batches: int) -> dict[str, Any]:
   """Images/second of the eval step over the first batches of the train split, pipeline included."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.learning import experiment  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax.evaluation import finished_run  # pylint: disable=g-import-not-at-top
   from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,7 @@ r"""Images/second of the jitted train step, against PyTorch eager in the same pr
 
 What is timed is the project's own step, `step_fns.train_step` (uint8 crops ->
 `preprocess.normalize` on the device -> model -> cross-entropy -> the paper's SGD), on a
-`TrainState` created as the trainer creates it (`meshes.create_sharded_state`, then
+`TrainState` created as the trainer creates it (`placement.create_sharded_state`, then
 `jax.jit` with explicit shardings and the state donated), traced under the mesh and
 the logical rules. The batch is one fixed uint8 batch already on the device (the
 variant `feed=host` transfers a fresh numpy batch every step instead, as the loop does).
@@ -164,8 +164,8 @@ YNN_JAXLIB_DEFAULT = ('individual_convolution', 'individual_dot', 'reduce')
 
 def _lrn_parts():
   """The model's LRN pieces: the channel window sum and d ** -beta."""
-  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
-  return alexnet._channel_window_sum, alexnet._inverse_power  # pylint: disable=protected-access
+  from alexnet_jax.model import layers  # pylint: disable=g-import-not-at-top
+  return layers._channel_window_sum, layers._inverse_power  # pylint: disable=protected-access
 
 
 def lrn_autodiff(x, size=5, k=2.0, alpha=1e-4, beta=0.75):
@@ -287,9 +287,10 @@ class JaxStep:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
-    from alexnet_jax.training import optim  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.learning import optim  # pylint: disable=g-import-not-at-top
     from alexnet_jax.sharding import meshes  # pylint: disable=g-import-not-at-top
-    from alexnet_jax.training import step_fns  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.sharding import placement  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.learning import step_fns  # pylint: disable=g-import-not-at-top
 
     fields = dict(NETS[case.net], dtype=case.dtype)
     if variant.group_impl:
@@ -300,26 +301,26 @@ class JaxStep:
     self.mesh = meshes.create_mesh({'data': data, 'model': model_axis},
                                      jax.devices()[:data * model_axis], model_config=fields)
     rules = RULES
-    meshes.check_batch_divisible(case.batch, self.mesh)
+    placement.check_batch_divisible(case.batch, self.mesh)
     optimizer = optim.create_optimizer(OPTIM)
     init_rng, dropout_rng = jax.random.split(jax.random.key(0))
-    self.state, state_shardings = meshes.create_sharded_state(
+    self.state, state_shardings = placement.create_sharded_state(
         lambda rng: step_fns.init_state(self.model, optimizer, rng, CROP), init_rng,
         self.mesh, rules)
-    repl = meshes.replicated(self.mesh)
+    repl = placement.replicated(self.mesh)
     mean_image = jax.device_put(
         jnp.asarray(np.random.default_rng(1).uniform(60, 180, (IMAGE_SIZE, IMAGE_SIZE, 3)),
                     jnp.float32), repl)
     self.rng = jax.device_put(dropout_rng, repl)
     self.host_batch = numpy_batch(case.batch)
-    self.device_batch = meshes.make_global_batch(self.host_batch, self.mesh)
+    self.device_batch = placement.make_global_batch(self.host_batch, self.mesh)
     self.feed = variant.feed
-    self._put = lambda b: meshes.make_global_batch(b, self.mesh)
+    self._put = lambda b: placement.make_global_batch(b, self.mesh)
     with meshes.use_mesh(self.mesh, rules), variant.patched_model():
       self.step = jax.jit(
           lambda s, b, r: step_fns.train_step(s, b, r, model=self.model, optimizer=optimizer,
                                            mean_image=mean_image),
-          in_shardings=(state_shardings, meshes.batch_sharding(self.mesh), repl),
+          in_shardings=(state_shardings, placement.batch_sharding(self.mesh), repl),
           out_shardings=(state_shardings, repl), donate_argnums=0 if variant.donate else ())
       start = time.perf_counter()
       self.step = self.step.lower(self.state, self.device_batch, self.rng).compile(
@@ -371,9 +372,9 @@ def check_torch_lrn() -> float:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import layers  # pylint: disable=g-import-not-at-top
   a = np.random.default_rng(0).uniform(0, 60, (2, 5, 5, 16)).astype(np.float32)
-  want = np.asarray(alexnet.local_response_norm(jnp.asarray(a)))
+  want = np.asarray(layers.local_response_norm(jnp.asarray(a)))
   got = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(
       torch.from_numpy(a).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   return float(np.max(np.abs(got - want) / np.abs(want).clip(1e-6)))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import layers
 from alexnet_jax.data import preprocess
 
 
@@ -128,7 +129,7 @@ class LRNTest(parameterized.TestCase):
     a = rng.normal(scale=30.0, size=(2, 3, 4, channels)).astype(np.float32)
     if alpha > 0.1:
       a /= 30.0
-    got = alexnet.local_response_norm(jnp.asarray(a), size=size, k=k, alpha=alpha, beta=beta)
+    got = layers.local_response_norm(jnp.asarray(a), size=size, k=k, alpha=alpha, beta=beta)
     want = lrn_numpy(a, size, k, alpha, beta)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
     # The window is not trivial at these scales.
@@ -138,7 +139,7 @@ class LRNTest(parameterized.TestCase):
     # One non-zero channel at the edge: only channels within size//2 feel it.
     a = np.ones((1, 1, 1, 8), np.float32)
     a[..., 0] = 100.0
-    got = np.asarray(alexnet.local_response_norm(jnp.asarray(a)))
+    got = np.asarray(layers.local_response_norm(jnp.asarray(a)))
     self.assertAlmostEqual(got[0, 0, 0, 1], 1.0 / (2.0 + 1e-4 * (1e4 + 3)) ** 0.75, places=6)
     self.assertAlmostEqual(got[0, 0, 0, 2], 1.0 / (2.0 + 1e-4 * (1e4 + 4)) ** 0.75, places=6)
     self.assertAlmostEqual(got[0, 0, 0, 3], 1.0 / (2.0 + 1e-4 * 5) ** 0.75, places=6)
@@ -146,7 +147,7 @@ class LRNTest(parameterized.TestCase):
 
   def test_rejects_even_size(self):
     with self.assertRaisesRegex(ValueError, 'odd'):
-      alexnet.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
+      layers.local_response_norm(jnp.ones((1, 1, 1, 4)), size=4)
 
   @parameterized.parameters(
       dict(size=5, k=2.0, alpha=1e-4, beta=0.75, scale=30.0),
@@ -165,16 +166,16 @@ class LRNTest(parameterized.TestCase):
     rng = np.random.default_rng(1)
     a = jnp.asarray(rng.normal(scale=scale, size=(2, 3, 4, 9)).astype(np.float32))
     g = jnp.asarray(rng.normal(size=a.shape).astype(np.float32))
-    lrn = lambda x: alexnet.local_response_norm(x, size=size, k=k, alpha=alpha, beta=beta)
+    lrn = lambda x: layers.local_response_norm(x, size=size, k=k, alpha=alpha, beta=beta)
     got = jax.grad(lambda x: jnp.vdot(lrn(x), g))(a)
     want = jax.grad(lambda x: jnp.vdot(formula(x), g))(a)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
   def test_bfloat16_gradient(self):
     a = jax.random.normal(jax.random.key(0), (1, 2, 2, 8), jnp.bfloat16) * 30
-    grad = jax.grad(lambda x: alexnet.local_response_norm(x).astype(jnp.float32).sum())(a)
+    grad = jax.grad(lambda x: layers.local_response_norm(x).astype(jnp.float32).sum())(a)
     self.assertEqual(grad.dtype, jnp.bfloat16)
-    want = jax.grad(lambda x: alexnet.local_response_norm(x).sum())(a.astype(jnp.float32))
+    want = jax.grad(lambda x: layers.local_response_norm(x).sum())(a.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want), rtol=2e-2, atol=1e-3)
 
 
@@ -199,17 +200,17 @@ class MaxPoolTest(parameterized.TestCase):
     windows = np.stack([np.stack([a[:, i * stride:i * stride + window,
                                     j * stride:j * stride + window].max(axis=(1, 2))
                                   for j in range(out_w)], axis=1) for i in range(out_h)], axis=1)
-    pooled = alexnet.max_pool(x, window, stride)
+    pooled = layers.max_pool(x, window, stride)
     np.testing.assert_array_equal(np.asarray(pooled), windows)
     g = jnp.asarray(rng.normal(size=windows.shape).astype(np.float32))
-    got = jax.grad(lambda v: jnp.vdot(alexnet.max_pool(v, window, stride), g))(x)
+    got = jax.grad(lambda v: jnp.vdot(layers.max_pool(v, window, stride), g))(x)
     want = jax.grad(lambda v: jnp.vdot(reference(v), g))(x)
     # The same terms summed in another order where windows overlap.
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
   def test_bfloat16(self):
     x = jax.random.normal(jax.random.key(0), (1, 7, 7, 4), jnp.bfloat16)
-    grad = jax.grad(lambda v: alexnet.max_pool(v).astype(jnp.float32).sum())(x)
+    grad = jax.grad(lambda v: layers.max_pool(v).astype(jnp.float32).sum())(x)
     self.assertEqual(grad.dtype, jnp.bfloat16)
     want = jax.grad(lambda v: nn.max_pool(v, (3, 3), (2, 2)).astype(jnp.float32).sum())(x)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(want))
@@ -277,7 +278,8 @@ class AblationSwitchTest(parameterized.TestCase):
   @parameterized.parameters(((48, 128, 192, 192),), ((48, 0, 192, 192, 256),),
                             ((48.0, 128, 192, 192, 256),))
   def test_bad_conv_widths(self, widths):
-    with self.assertRaisesRegex(ValueError, 'conv_widths must be None or 5 positive integers'):
+    with self.assertRaisesRegex(ValueError, r"config.model.conv_widths must be None or five "
+                                r"positive integers \(conv1-conv5\), got \("):
       alexnet.AlexNet(towers=1, conv_widths=widths).check()
 
   def test_from_config_accepts_widths_read_back_from_json(self):

@@ -19,12 +19,13 @@ from PIL import Image
 
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax import prepare
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.training import trainer
 from tests.test_plan import launch
 from tests.test_plan import launch_env
@@ -104,12 +105,12 @@ def one_step(num_classes: int, devices: int, mesh_model) -> dict:
   with meshes.use_mesh(mesh, exp.rules):
     state = exp.init_state(jax.random.key(0))
     init_params = jax.device_get(state.params)
-    rng = jax.device_put(jax.random.key(1), meshes.replicated(mesh))
+    rng = jax.device_put(jax.random.key(1), placement.replicated(mesh))
     fc8 = exp.state_shardings.params['fc8']['kernel']
     conv2 = exp.state_shardings.params['conv2']['kernel']
-    new_state, metrics = exp.train_step()(state, meshes.make_global_batch(train_batch, mesh),
+    new_state, metrics = exp.train_step()(state, placement.make_global_batch(train_batch, mesh),
                                           rng)
-    evaluated = exp.eval_step()(new_state, meshes.make_global_batch(eval_batch, mesh))
+    evaluated = exp.eval_step()(new_state, placement.make_global_batch(eval_batch, mesh))
   return {'mesh': dict(mesh.shape), 'fc8_whole': fc8.is_fully_replicated,
           'fc8_shard': fc8.shard_shape(new_state.params['fc8']['kernel'].shape),
           'conv2_shard': conv2.shard_shape(new_state.params['conv2']['kernel'].shape),

@@ -29,8 +29,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax.storage import checkpointing
+from alexnet_jax.storage import grain_state
 from alexnet_jax.core import errors
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
 from alexnet_jax.storage import workdir_files
 from tests.helpers import REPO
@@ -320,7 +321,7 @@ class DataPositionTest(CheckpointTestCase):
     return ckpt, state, after
 
   def as_if_saved_by_two_processes(self, ckpt) -> None:
-    folder = os.path.join(ckpt.step_path(5), checkpointing.GRAIN_ITEM)
+    folder = os.path.join(ckpt.step_path(5), grain_state.GRAIN_ITEM)
     os.rename(os.path.join(folder, 'process_0-of-1.json'),
               os.path.join(folder, 'process_0-of-2.json'))
     shutil.copy(os.path.join(folder, 'process_0-of-2.json'),
@@ -362,7 +363,7 @@ class DataPositionTest(CheckpointTestCase):
 
   def test_unknown_grain_state_leaves_the_position_to_the_caller(self):
     ckpt, state, _ = self.save_old_style(0, 3)
-    with open(os.path.join(ckpt.step_path(5), checkpointing.GRAIN_ITEM, 'process_0-of-1.json'),
+    with open(os.path.join(ckpt.step_path(5), grain_state.GRAIN_ITEM, 'process_0-of-1.json'),
               'w') as f:
       f.write('{"some_future_field": 3}')
     _, meta = ckpt.restore(abstract_of(state))

@@ -5,10 +5,20 @@ Every run here is two (or three) `launch.py` processes with one CPU device each 
 status of every process, exactly one `error:` line (the expected one), no Python traceback and
 no C++ abort, and that nothing was written or lost. The kill -9 case kills process 1 of a
 training run, then (started again) process 0, the coordinator, and resumes: the finished run
-must equal an uninterrupted one.
+must equal an uninterrupted one. A survivor of the coordinator may also end with JAX's own
+abort (docs/cluster.md, "When a process is lost"); that is pinned too.
+
+The unit tests at the end check the pieces without processes: the launcher's variables, the
+arguments JAX is given, and the verdict on differing configs.
+
+On any machine and JAX (the CPU platform is enough):
+
+  JAX_PLATFORMS=cpu python3 -m pytest -q tests/test_cluster.py tests/test_multihost.py
 """
 
 import errno
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -24,10 +34,14 @@ from unittest import mock
 
 from absl.testing import absltest
 import grain
+import jax
 
-from alexnet_jax.storage import checkpointing
-from alexnet_jax.distributed import cluster
 from alexnet_jax.core import errors
+from alexnet_jax.distributed import agreement
+from alexnet_jax.distributed import environment
+from alexnet_jax.distributed import startup
+from alexnet_jax.distributed import watch
+from alexnet_jax.storage import checkpointing
 from tests import XLA_TEST_FLAGS
 from tests import test_checkpoint
 from tests import test_train
@@ -40,12 +54,23 @@ MEET = '--distributed_timeout=120'
 STEPS = 16
 CHECKPOINT_EVERY = 4
 ABORTS = ('Traceback', 'Check failure', 'Fatal Python error', 'terminate called', 'Aborted')
+# What JAX's client prints before it aborts its process when its coordinator is gone.
+JAX_COORDINATOR_GONE = 'JAX distributed service detected fatal errors'
+# A survivor stops within this many seconds of a peer's kill -9 (JAX's heartbeat: 100 s).
+LOSS_NOTICED_S = 30
 
 
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def lost_line(victim: int) -> str:
+  role = ' (the coordinator)' if victim == 0 else ''
+  return (f'error: process {victim}{role} of 2 was lost: it ended without a word (killed, '
+          'crashed, or its host or network failed); stopped this process too. Every checkpoint '
+          'folder left is complete; start all processes again to resume from the newest')
 
 
 def error_lines(output: str) -> list[str]:
@@ -134,6 +159,19 @@ class ClusterTest(absltest.TestCase):
         self.assert_running(proc)
       time.sleep(0.05)
 
+  def assert_coordinator_lost(self, proc: subprocess.Popen) -> None:
+    """`proc` survived process 0, JAX's coordinator: the watch and JAX's client race to end
+    it (docs/cluster.md, "When process 0 itself dies"). Either the watch's line and status,
+    JAX's message possibly printed before it, or JAX's abort with no line of this program's."""
+    output = self.output(proc)
+    self.assertNotIn('Traceback', output)
+    if proc.returncode == -signal.SIGABRT:
+      self.assertIn(JAX_COORDINATOR_GONE, output)
+      self.assertEqual(error_lines(output), [], output[-3000:])
+    else:
+      self.assertEqual(proc.returncode, errors.EXIT_PEER_LOST, output[-3000:])
+      self.assertEqual(error_lines(output), [lost_line(0)], output[-3000:])
+
   # --------------------------------------------------------------------------- start-up
 
   def test_missing_peer_named_by_process_0_from_slurm_variables(self):
@@ -215,10 +253,10 @@ class ClusterTest(absltest.TestCase):
     self.assertFalse(os.path.exists(workdir))
 
   def test_slurm_ports_differ_for_jobs_4096_apart_and_for_steps(self):
-    low, high = cluster.PORT_RANGE
+    low, high = environment.PORT_RANGE
     self.assertLessEqual(high, 32768)  # below Linux's ephemeral ports
     for job in (1, 4095, 123456, 9999999):
-      ports = {cluster.slurm_port(job + k * 4096, step) for k in range(4) for step in range(3)}
+      ports = {environment.slurm_port(job + k * 4096, step) for k in range(4) for step in range(3)}
       self.assertLen(ports, 12, job)
       self.assertTrue(all(low <= p < high for p in ports), ports)
 
@@ -240,12 +278,14 @@ class ClusterTest(absltest.TestCase):
       procs = [self.process(workdir, port, i, MEET) for i in range(2)]
       self.wait_for_checkpoint(workdir, newest + CHECKPOINT_EVERY, procs)
       os.kill(procs[victim].pid, signal.SIGKILL)
-      role = ' (the coordinator)' if victim == 0 else ''
-      self.assert_one_error(
-          procs[1 - victim], errors.EXIT_PEER_LOST,
-          f'error: process {victim}{role} of 2 was lost: it ended without a word (killed, '
-          'crashed, or its host or network failed); stopped this process too. Every checkpoint '
-          'folder left is complete; start all processes again to resume from the newest')
+      killed = time.monotonic()
+      survivor = procs[1 - victim]
+      survivor.wait(timeout=LOSS_NOTICED_S)  # bounded: long before JAX's heartbeat timeout
+      self.assertLess(time.monotonic() - killed, LOSS_NOTICED_S)
+      if victim == 1:
+        self.assert_one_error(survivor, errors.EXIT_PEER_LOST, lost_line(victim))
+      else:
+        self.assert_coordinator_lost(survivor)
       self.assertEqual(procs[victim].wait(), -signal.SIGKILL)
       newest = max(checkpointing.finished_steps(workdir))
     self.assertLess(newest, STEPS)
@@ -290,7 +330,7 @@ class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
   def failed_save(self, session) -> BaseException:
     ckpt = self.checkpointer()
     broken = OSError(errno.ENOSPC, 'No space left on device')
-    with mock.patch.object(cluster, '_session', session), \
+    with mock.patch.object(watch, '_session', session), \
          mock.patch.object(grain.checkpoint.CheckpointHandler, 'save', side_effect=broken):
       with self.assertRaises(Exception) as caught:
         ckpt.save(1, test_checkpoint.make_state(self.mesh),
@@ -303,13 +343,156 @@ class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
     lost.set()
     session = types.SimpleNamespace(lost=lost, lost_message='process 1 of 2 was lost')
     error = self.failed_save(session)
-    self.assertIsInstance(error, cluster.PeerLost)
+    self.assertIsInstance(error, watch.PeerLost)
     self.assertEqual(str(error), 'process 1 of 2 was lost')
 
   def test_write_error_without_a_lost_peer_is_the_disk(self):
     error = self.failed_save(None)
     self.assertIsInstance(error, checkpointing.CheckpointWriteError)
     self.assertIn('no space left on the device', str(error))
+
+
+class DistributedTest(absltest.TestCase):
+
+  def test_single_process_is_a_no_op(self):
+    self.assertFalse(startup.init_distributed())
+    self.assertFalse(startup.init_distributed(num_processes=1))
+    startup.sync_hosts('nothing to wait for')
+
+  def test_bad_flags(self):
+    with self.assertRaisesRegex(ValueError, '--num_processes is required'):
+      startup.init_distributed('127.0.0.1:1234')
+    with self.assertRaisesRegex(ValueError, r'--process_id must be in \[0, 2\), got 2'):
+      startup.init_distributed('127.0.0.1:1234', 2, 2)
+    with self.assertRaisesRegex(ValueError, r'--coordinator_address .* is required'):
+      startup.init_distributed(None, 2, 0)
+
+  def test_cluster_detection(self):
+    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node[1-2]', SLURM_NTASKS='4',
+                 SLURM_PROCID='1', SLURM_LOCALID='1')
+    self.assertEqual(environment.cluster_process_count(slurm), 4)
+    # salloc without srun: no step, so not a multi-process run of this program.
+    self.assertEqual(environment.cluster_process_count(
+        {k: v for k, v in slurm.items() if k != 'SLURM_STEP_NODELIST'}), 1)
+    self.assertEqual(environment.cluster_process_count(
+        dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')), 2)
+    self.assertEqual(environment.cluster_process_count(
+        dict(TPU_WORKER_HOSTNAMES='w0,w1,w2,w3')), 4)
+    self.assertEqual(environment.cluster_process_count({}), 1)
+
+  def test_cluster_variables_that_are_not_counts_are_named(self):
+    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='2',
+                 SLURM_PROCID='0', SLURM_LOCALID='0')
+    ompi = dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')
+    for env, name, value in ((slurm, 'SLURM_NTASKS', 'abc'), (slurm, 'SLURM_NTASKS', '0'),
+                             (slurm, 'SLURM_PROCID', '1.5'), (slurm, 'SLURM_LOCALID', ''),
+                             (ompi, 'OMPI_COMM_WORLD_SIZE', 'two')):
+      with self.assertRaisesRegex(errors.InputError,
+                                  f"^the environment variable {name}='{value}' must be an "
+                                  'integer >= '):
+        environment.cluster_process_count(dict(env, **{name: value}))
+
+  def test_no_cluster_to_detect_is_one_line(self):
+    code = ('from alexnet_jax.distributed import startup; '
+            'startup.init_distributed(auto_detect=True, timeout_s=5)')
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('SLURM_', 'OMPI_', 'TPU_', 'JAX_COORDINATOR'))}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(env, PYTHONPATH=REPO, JAX_PLATFORMS='cpu'), timeout=300)
+    self.assertIn('errors.InputError: no cluster found to join (--auto_distributed): give '
+                  '--coordinator_address, --num_processes and --process_id', proc.stderr)
+
+
+class LauncherVariablesTest(absltest.TestCase):
+  """Process 0's address and the process count, from SLURM's and Open MPI's variables."""
+
+  def test_first_slurm_node(self):
+    for nodes in ('node001', 'node001,host2', 'node[001-015],host2', 'node[001,007-015],host2',
+                  ' node001 '):
+      self.assertEqual(environment.first_slurm_node(nodes), 'node001', nodes)
+    self.assertEqual(environment.first_slurm_node('gpu-a[7]'), 'gpu-a7')
+    self.assertEqual(environment.first_slurm_node(''), '')
+
+  def test_slurm_membership(self):
+    env = dict(SLURM_JOB_ID='7', SLURM_STEP_ID='2', SLURM_STEP_NODELIST='gpu[003-004],cpu1',
+               SLURM_NTASKS='8', SLURM_PROCID='5', SLURM_LOCALID='1')
+    self.assertEqual(environment.from_slurm(env, None), environment.Membership(
+        f'gpu003:{environment.slurm_port(7, 2)}', 8, 5, (1,), 'SLURM'))
+    self.assertEqual(environment.from_slurm(env, 23456).coordinator, 'gpu003:23456')
+    with self.assertRaisesRegex(errors.InputError, 'SLURM_STEP_NODELIST is empty'):
+      environment.from_slurm(dict(env, SLURM_STEP_NODELIST=' '), None)
+
+  def test_ompi_membership(self):
+    env = dict(OMPI_MCA_orte_hnp_uri='1531576320.0;tcp://10.96.0.1,10.148.0.1:34911',
+               OMPI_COMM_WORLD_SIZE='4', OMPI_COMM_WORLD_RANK='3',
+               OMPI_COMM_WORLD_LOCAL_RANK='1')
+    # JAX's own port for the job: 61440 + (job id / 4096) mod 4096.
+    port = 61440 + (1531576320 // 4096) % 4096
+    self.assertEqual(environment.from_ompi(env, None), environment.Membership(
+        f'10.96.0.1:{port}', 4, 3, (1,), 'Open MPI'))
+    six = dict(env, OMPI_MCA_orte_hnp_uri='1314521088.0;tcp6://[fe80::b9b:ac5d,2620:10d::2]:43370')
+    self.assertEqual(environment.from_ompi(six, 23456).coordinator, '[fe80::b9b:ac5d]:23456')
+    with self.assertRaisesRegex(errors.InputError, 'OMPI_COMM_WORLD_RANK=4 but'):
+      environment.from_ompi(dict(env, OMPI_COMM_WORLD_RANK='4'), None)
+
+
+class InitializeArgumentsTest(absltest.TestCase):
+  """jax.distributed.initialize gets the run's timeouts, and only those its release takes."""
+
+  def initialize_with(self, signature_of) -> dict:
+    calls = []
+
+    @functools.wraps(signature_of)
+    def fake(*args, **kwargs):
+      calls.append(inspect.signature(signature_of).bind(*args, **kwargs).arguments)
+
+    with mock.patch.object(jax.distributed, 'initialize', fake):
+      startup._initialize(7, coordinator_address='node0:1234', num_processes=2, process_id=1,
+                          local_device_ids=None, cluster_detection_method='deactivate')
+    self.assertLen(calls, 1)
+    return dict(calls[0])
+
+  def test_this_jax_gets_every_timeout(self):
+    got = self.initialize_with(jax.distributed.initialize)
+    self.assertEqual(got, dict(
+        coordinator_address='node0:1234', num_processes=2, process_id=1, local_device_ids=None,
+        cluster_detection_method='deactivate', initialization_timeout=7,
+        heartbeat_timeout_seconds=startup.HEARTBEAT_TIMEOUT_S,
+        shutdown_timeout_seconds=startup.SHUTDOWN_TIMEOUT_S))
+
+  def test_an_older_jax_gets_only_what_it_takes(self):
+    def initialize(coordinator_address=None, num_processes=None, process_id=None,
+                   local_device_ids=None, initialization_timeout=300):
+      del coordinator_address, num_processes, process_id, local_device_ids
+      del initialization_timeout
+
+    got = self.initialize_with(initialize)
+    self.assertEqual(got, dict(coordinator_address='node0:1234', num_processes=2, process_id=1,
+                               local_device_ids=None, initialization_timeout=7))
+
+
+class AgreementTest(absltest.TestCase):
+  """The verdict every process computes from everyone's fields."""
+
+  def test_equal_fields_agree(self):
+    self.assertEqual(agreement.verdict_line('config', [{'a': 1, 'b': [1, 2]}] * 3), '')
+    agreement.agree('config', {'a': 1})  # one process: nothing to compare
+
+  def test_differences_are_named_with_both_values(self):
+    everyone = [{'batch_size': 16, 'seed': 0, 'name': 'x'},
+                {'batch_size': 32, 'seed': 3, 'name': 'x'},
+                {'batch_size': 16, 'seed': 0, 'name': 'y' * 50}]
+    self.assertEqual(
+        agreement.verdict_line('config', everyone),
+        'the processes of this run have different configs: process 1 differs from process 0 in '
+        'batch_size (32 vs 16), seed (3 vs 0); process 2 differs from process 0 in name ("' +
+        'y' * 36 + '... vs "x"). Start every process with the same --config and --config.* '
+        'overrides')
+
+  def test_many_differences_are_counted(self):
+    first, other = {f'f{i}': 0 for i in range(8)}, {f'f{i}': 1 for i in range(8)}
+    line = agreement.verdict_line('dataset', [first, other])
+    self.assertIn('f5 (1 vs 0) and 2 more. Start every process with the same data', line)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import os
 from absl.testing import absltest
 
 from alexnet_jax.config import resolution
+from alexnet_jax.config import eval_schema
 from alexnet_jax.core import errors
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.training import trainer
@@ -44,7 +45,7 @@ class BuildTest(absltest.TestCase):
   def test_a_config_without_the_field_gets_the_default(self):
     # A run's config.py written before the field existed.
     config = imagenet.get_config()
-    self.assertEqual(config.evals, evaluators.DEFAULT_EVALS)
+    self.assertEqual(config.evals, eval_schema.DEFAULT_EVALS)
     del config['evals']
     self.assertEqual(names(self.build(config)), ['val', 'val10'])
 
@@ -90,7 +91,7 @@ class ValidateTest(absltest.TestCase):
       self.assertIn("config.evals must hold ('val', <kind>, 'val', 'every')", self.refused(evals))
 
   def test_the_default_and_a_ten_crop_val_pass(self):
-    for evals in (evaluators.DEFAULT_EVALS, (('val', 'ten_crop', 'val', 'every'),)):
+    for evals in (eval_schema.DEFAULT_EVALS, (('val', 'ten_crop', 'val', 'every'),)):
       config = digits.get_config()
       config.evals = evals
       resolution.load(config, platform='cpu', cpu_count=2, devices=1, processes=1)

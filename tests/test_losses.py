@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax.learning import step_fns
 from alexnet_jax.model import losses
-from alexnet_jax.training import step_fns
 
 
 def numpy_cross_entropy(logits, labels):

@@ -1,12 +1,17 @@
 """Two processes on localhost, one CPU device each, against one process with two devices.
 
-Each worker (tests/tiny_training.py) joins through `sharding.init_distributed`
-with a local coordinator, feeds only its slice of every batch
-(`sharding.data_shard`) and trains a few steps under a mesh that spans both
-processes: data-parallel (2, 1), where each process reads half of each batch,
-and model-parallel (1, 2), where the two devices hold one tower each and both
-processes read the whole batch. The final parameters must equal those of the
-same run in one process with two devices (a third worker, run alongside).
+Each worker (tests/tiny_training.py) joins as launch.py does
+(`startup.init_distributed`: the roll call, the watch, `jax.distributed.initialize`)
+with a local coordinator, agrees on the config, feeds only its slice of every
+batch (`placement.data_shard`) and trains a few steps of the run's own step
+(`experiment.setup`, `step_fns.train_step`, the shipped sharding rules) under a
+mesh that spans both processes: data-parallel (2, 1), where each process reads
+half of each batch, and model-parallel (1, 2), where the two devices hold one
+tower each and both processes read the whole batch. The final parameters must
+equal those of the same run in one process with two devices (a third worker,
+run alongside).
+
+  JAX_PLATFORMS=cpu python3 -m pytest -q tests/test_cluster.py tests/test_multihost.py
 """
 
 import os

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from tests.helpers.checks import assert_trees_close
 
 MOMENTUM = 0.9

@@ -17,7 +17,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax import prepare
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import workdir_files
 from tests import trained_run
 

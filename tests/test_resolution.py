@@ -1,10 +1,16 @@
-"""resolution.resolve_auto: the settings the program picks for the hardware, one rule for all."""
+"""resolution.resolve_auto: the settings the program picks for the hardware, one rule for all;
+resolution.validate: every field checked once, by one function."""
+
+import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.model import alexnet
+from alexnet_jax.storage import checkpointing
 from configs import digits
 from configs import imagenet
 
@@ -134,6 +140,62 @@ class ValidateDtypeTest(parameterized.TestCase):
     with self.assertRaisesRegex(errors.InputError,
                                 f"^config.model.dtype must be .* got '{dtype}'$"):
       resolution.validate(self._config(dtype))
+
+
+# Fields that were once checked in two places, a bad value of each, the one line that
+# refuses it, and the one function that checks it.
+ONE_PLACE = (
+    ('checkpoint.keep', 0, 'config.checkpoint.keep must be a positive integer, got 0',
+     (resolution, 'check_checkpoint_config')),
+    ('model.pool_size', 0, 'config.model.pool_size must be a positive integer, got 0',
+     (alexnet, 'check_fields')),
+    ('model.conv_widths', (48, 128, 192, 192),
+     'config.model.conv_widths must be None or five positive integers (conv1-conv5), got '
+     '(48, 128, 192, 192)', (alexnet, 'check_fields')),
+    ('model.init_scheme', 'xavier',
+     "unknown init scheme 'xavier'; expected one of ('paper', 'caffe', 'he')",
+     (alexnet, 'check_fields')),
+)
+
+
+class OnePlaceTest(parameterized.TestCase):
+  """Each field is refused by one function, which validate and the library both reach."""
+
+  def _config(self, field: str, value):
+    config = resolution.resolve_auto(digits.get_config(), platform='cpu', cpu_count=2,
+                                     devices=1, processes=1)
+    group, name = field.split('.')
+    with config.unlocked(), config[group].ignore_type():
+      config[group][name] = value
+    return config
+
+  def _direct(self, field: str, value) -> None:
+    """The library used without a config: the network's layer table (its check, then
+    the width and size arithmetic), or a Checkpointer."""
+    group, name = field.split('.')
+    if group == 'model':
+      alexnet.layer_table(alexnet.AlexNet(**{name: value}), 224)
+    else:
+      checkpointing.Checkpointer(tempfile.mkdtemp(), **{name: value}, async_save=False).close()
+
+  @parameterized.parameters(*ONE_PLACE)
+  def test_refused_with_one_line(self, field, value, message, owner):
+    del owner
+    with self.assertRaises(errors.InputError) as validated:
+      resolution.validate(self._config(field, value))
+    self.assertEqual(str(validated.exception), message)
+    with self.assertRaises(errors.InputError) as direct:
+      self._direct(field, value)
+    self.assertEqual(str(direct.exception), message)
+
+  @parameterized.parameters(*ONE_PLACE)
+  def test_no_second_check(self, field, value, message, owner):
+    # With the one check switched off nothing else refuses the value: not validate,
+    # not the network's own check (scaled_widths, ...), not the Checkpointer.
+    del message
+    with mock.patch.object(*owner, lambda *_: None):
+      resolution.validate(self._config(field, value))
+      self._direct(field, value)
 
 
 if __name__ == '__main__':

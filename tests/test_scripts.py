@@ -16,6 +16,7 @@ import time
 from absl import logging
 from absl.testing import absltest
 from absl.testing import parameterized
+from packaging import markers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ('slurm_gpu.sbatch', 'tpu_vm.sh', 'single_node.sh')
@@ -134,13 +135,18 @@ def doc_section(name: str) -> str:
   return matches[0]
 
 
-def requirement_pins(name: str) -> dict[str, str]:
+# The Python ranges the requirement files pin jax for (PEP 508 markers): each has its own jax.
+PYTHON_RANGES = ('python_version < "3.12"', 'python_version >= "3.12"')
+
+
+def requirement_pins(name: str) -> dict[str, dict[str, str]]:
+  """marker ('' for a line without one) -> {package: version} of the `==` lines of a file."""
   pins = {}
   for line in (REPO / name).read_text().splitlines():
     line = line.split('#', 1)[0].strip()
-    m = re.fullmatch(r'([A-Za-z0-9_.\-]+(?:\[[a-z0-9_,\-]+\])?)==(\S+)', line)
+    m = re.fullmatch(r'([A-Za-z0-9_.\-]+(?:\[[a-z0-9_,\-]+\])?)==([^;\s]+)\s*(?:;\s*(.+))?', line)
     if m:
-      pins[m.group(1).lower()] = m.group(2)
+      pins.setdefault(m.group(3) or '', {})[m.group(1).lower()] = m.group(2)
   return pins
 
 
@@ -198,17 +204,30 @@ class RequirementsTest(absltest.TestCase):
 
   def test_accelerator_builds_pin_the_same_jax(self):
     cpu = requirement_pins('requirements.txt')
-    version = cpu['jax']
-    self.assertEqual(cpu['jaxlib'], version)
     cuda = requirement_pins('requirements-cuda.txt')
-    self.assertEqual(cuda, {'jax[cuda13]': version, 'jax-cuda13-plugin': version,
-                            'jax-cuda13-pjrt': version})
     tpu = requirement_pins('requirements-tpu.txt')
-    self.assertEqual(tpu['jax[tpu]'], version)
-    self.assertIn('libtpu', tpu)
+    # jax is pinned once per Python range, never on a line that holds for every Python.
+    self.assertEmpty({'jax', 'jaxlib', 'flax'} & set(cpu.get('', {})))
+    self.assertEqual(set(cpu) - {''}, set(PYTHON_RANGES))
+    self.assertEqual(set(cuda), set(PYTHON_RANGES))
+    self.assertEqual(set(tpu), set(PYTHON_RANGES))
+    for marker in PYTHON_RANGES:
+      version = cpu[marker]['jax']
+      self.assertEqual(cpu[marker]['jaxlib'], version, marker)
+      self.assertEqual(cuda[marker], {'jax[cuda13]': version, 'jax-cuda13-plugin': version,
+                                      'jax-cuda13-pjrt': version}, marker)
+      self.assertEqual(tpu[marker]['jax[tpu]'], version, marker)
+      self.assertIn('libtpu', tpu[marker], marker)
     for name in ('requirements-cuda.txt', 'requirements-tpu.txt'):
       lines = (REPO / name).read_text().splitlines()
       self.assertIn('-r requirements.txt', lines, f'{name} must include the CPU pins')
+
+  def test_each_python_gets_exactly_one_range(self):
+    # The markers are valid PEP 508 and split the Pythons with no gap and no overlap.
+    ranges = [markers.Marker(m) for m in PYTHON_RANGES]
+    for python in ('3.10', '3.11', '3.12', '3.13', '3.14'):
+      chosen = [m for m in ranges if m.evaluate({'python_version': python})]
+      self.assertLen(chosen, 1, python)
 
 
 class FakeCommandsTest(absltest.TestCase):

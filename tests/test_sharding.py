@@ -20,10 +20,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.model import layers
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 
 MESH_SHAPES = ((1, 2), (2, 1), (2, 2))
 KINDS = ('all-reduce', 'all-gather', 'collective-permute', 'reduce-scatter', 'all-to-all',
@@ -176,10 +177,10 @@ class MeshTest(parameterized.TestCase):
                               jax.random.key(0), jnp.zeros((1, tiny.IMAGE, tiny.IMAGE, 3)))
     mesh = meshes.create_mesh({'data': 1, 'model': 2}, jax.devices()[:2])
     with self.assertRaisesRegex(ValueError, r"\['fc8'\]\['bias'\].*'classes', size 5"):
-      meshes.param_shardings(abstract, mesh, tiny.RULES)
+      placement.param_shardings(abstract, mesh, tiny.RULES)
     # With them, fc8 stays whole and every other weight is split as before.
     rules = meshes.rules_for_sizes(tiny.RULES, mesh.shape, 5)
-    shardings = meshes.param_shardings(abstract, mesh, rules)
+    shardings = placement.param_shardings(abstract, mesh, rules)
     self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
     self.assertTrue(shardings['params']['fc8']['bias'].is_fully_replicated)
     self.assertEqual(tuple(shardings['params']['fc7']['kernel'].spec), (None, 'model'))
@@ -187,10 +188,10 @@ class MeshTest(parameterized.TestCase):
 
   def test_batch_must_divide_data_axis(self):
     mesh = mesh_of(4, 1)
-    meshes.check_batch_divisible(8, mesh)
+    placement.check_batch_divisible(8, mesh)
     with self.assertRaisesRegex(ValueError, r'config.batch_size=6 is not divisible by the mesh '
                                 r'data axis \(4'):
-      meshes.check_batch_divisible(6, mesh)
+      placement.check_batch_divisible(6, mesh)
 
 
 class RulesTest(absltest.TestCase):
@@ -262,8 +263,8 @@ class PlacementTest(parameterized.TestCase):
   @parameterized.parameters((1, 2), (2, 2))
   def test_model_split_shards(self, data, model):
     mesh = meshes.create_mesh({'data': data, 'model': model}, jax.devices()[:data * model])
-    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
-    rows = {r.path: r for r in meshes.sharding_plan(self.abstract, shardings)}
+    shardings = placement.param_shardings(self.abstract, mesh, tiny.RULES)
+    rows = {r.path: r for r in placement.sharding_plan(self.abstract, shardings)}
     for name, local in self.PAPER_SPLIT.items():
       self.assertEqual(rows["['params']" + name].shard_shape, local, name)
       # The momentum is split exactly like its weight.
@@ -275,14 +276,14 @@ class PlacementTest(parameterized.TestCase):
       self.assertEqual(rows[path].shard_shape, (), path)
       self.assertTrue(shardings_at(shardings, path).is_fully_replicated, path)
     # 60,965,224 weights, halved, twice (weights and momentum), + 3 int32/float32 scalars.
-    self.assertEqual(meshes.bytes_per_device(self.abstract, shardings),
+    self.assertEqual(placement.bytes_per_device(self.abstract, shardings),
                      2 * 60_965_224 * 4 // 2 + 3 * 4)
 
   def test_grouped_shard_is_one_tower(self):
     # conv2's kernel: device m of the model axis holds output channels
     # [128m, 128m + 128), i.e. exactly tower m; both data rows hold the same.
     mesh = meshes.create_mesh({'data': 2, 'model': 2}, jax.devices()[:4])
-    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
+    shardings = placement.param_shardings(self.abstract, mesh, tiny.RULES)
     for layer, out in (('conv2', 256), ('conv4', 384), ('conv5', 256)):
       s = shardings['params'][layer]['kernel']
       indices = s.devices_indices_map((3, 3, 48, out))
@@ -292,8 +293,8 @@ class PlacementTest(parameterized.TestCase):
 
   def test_data_parallel_replicates_weights(self):
     mesh = meshes.create_mesh({'data': 2, 'model': 1}, jax.devices()[:2])
-    shardings = meshes.param_shardings(self.abstract, mesh, tiny.RULES)
-    for row in meshes.sharding_plan(self.abstract, shardings):
+    shardings = placement.param_shardings(self.abstract, mesh, tiny.RULES)
+    for row in placement.sharding_plan(self.abstract, shardings):
       self.assertEqual(row.shard_shape, row.shape, row.path)
 
 
@@ -315,7 +316,7 @@ def reference_init():
 
 @functools.lru_cache(maxsize=None)
 def sharded_init(data: int, model: int):
-  return meshes.create_sharded_state(tiny.init_state, jax.random.key(0), mesh_of(data, model),
+  return placement.create_sharded_state(tiny.init_state, jax.random.key(0), mesh_of(data, model),
                                        tiny.RULES)
 
 
@@ -335,7 +336,7 @@ class CreateStateTest(parameterized.TestCase):
 
   def test_abstract_for_restore(self):
     state, shardings = sharded_init(1, 2)
-    target = meshes.abstract(state, shardings)
+    target = placement.abstract(state, shardings)
     leaf = target['params']['fc6']['kernel']
     self.assertEqual((leaf.shape, leaf.sharding), (state['params']['fc6']['kernel'].shape,
                                                    shardings['params']['fc6']['kernel']))
@@ -345,12 +346,12 @@ class BatchTest(absltest.TestCase):
 
   def test_global_batch_from_one_process(self):
     mesh = mesh_of(2, 2)
-    self.assertEqual(meshes.data_shard(mesh), (0, 1))  # one process feeds the whole batch
+    self.assertEqual(placement.data_shard(mesh), (0, 1))  # one process feeds the whole batch
     local = tiny.global_batch(0)
-    batch = meshes.make_global_batch(local, mesh)
+    batch = placement.make_global_batch(local, mesh)
     for name, x in batch.items():
       self.assertEqual(x.shape, local[name].shape)
-      self.assertEqual(x.sharding, meshes.batch_sharding(mesh))
+      self.assertEqual(x.sharding, placement.batch_sharding(mesh))
       self.assertEqual(x.addressable_shards[0].data.shape[0], tiny.BATCH // 2)
       np.testing.assert_array_equal(np.asarray(x), local[name])
 
@@ -358,12 +359,40 @@ class BatchTest(absltest.TestCase):
 # ----------------------------------------------------------------------------- the train step
 
 
+def train_step(state: dict, batch: dict, rng: jax.Array) -> tuple[dict, jax.Array, dict]:
+  """One SGD step with dropout; returns (new state, loss, gradients).
+
+  The model's forward and backward pass and the paper's SGD without the run's
+  preprocessing and metrics, so that the HLO below holds the network's own
+  traffic only. The run's step (`step_fns.train_step` through
+  `experiment.setup`) is compared across meshes in tests/test_any_mesh.py and
+  across processes in tests/test_multihost.py.
+  """
+  model, optimizer = tiny.create_model(), tiny.create_optimizer()
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return {'params': params, 'opt_state': opt_state}, loss, grads
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, state_shardings: dict):
+  repl = placement.replicated(mesh)
+  return jax.jit(meshes.bind_mesh(train_step, mesh, tiny.RULES),
+                 in_shardings=(state_shardings, placement.batch_sharding(mesh), repl),
+                 out_shardings=(state_shardings, repl, state_shardings['params']))
+
+
 @functools.lru_cache(maxsize=None)
 def reference_step():
   """One step on one device, no mesh: (loss, grads, new state) as numpy."""
   state = reference_init()
   batch = tiny.global_batch(0)
-  new_state, loss, grads = jax.jit(tiny.train_step)(state, batch, jax.random.key(1))
+  new_state, loss, grads = jax.jit(train_step)(state, batch, jax.random.key(1))
   return jax.device_get((loss, grads, new_state))
 
 
@@ -372,10 +401,10 @@ def sharded_step(data: int, model: int):
   """The same step under a mesh: ((loss, grads, new state) as numpy, compiled HLO text)."""
   mesh = mesh_of(data, model)
   state, shardings = sharded_init(data, model)
-  batch = meshes.make_global_batch(tiny.global_batch(0), mesh)
-  rng = jax.device_put(jax.random.key(1), meshes.replicated(mesh))
+  batch = placement.make_global_batch(tiny.global_batch(0), mesh)
+  rng = jax.device_put(jax.random.key(1), placement.replicated(mesh))
   # Traced outside any mesh context: bind_mesh alone must give the tower-local layers.
-  compiled = tiny.jit_train_step(mesh, shardings).lower(state, batch, rng).compile()
+  compiled = jit_train_step(mesh, shardings).lower(state, batch, rng).compile()
   new_state, loss, grads = compiled(state, batch, rng)
   return jax.device_get((loss, grads, new_state)), compiled.as_text()
 
@@ -466,13 +495,13 @@ class ShardedStepTest(parameterized.TestCase):
 
     with meshes.use_mesh(mesh, rules):
       shapes = jax.eval_shape(init, jax.random.key(0))
-      shardings = meshes.param_shardings(shapes, mesh, rules)
+      shardings = placement.param_shardings(shapes, mesh, rules)
     self.assertTrue(shardings['params']['fc8']['kernel'].is_fully_replicated)
-    abstract = meshes.abstract(shapes, shardings)
+    abstract = placement.abstract(shapes, shardings)
     batch = {'image': jax.ShapeDtypeStruct((tiny.BATCH, tiny.IMAGE, tiny.IMAGE, 3), jnp.float32,
-                                           sharding=meshes.batch_sharding(mesh)),
+                                           sharding=placement.batch_sharding(mesh)),
              'label': jax.ShapeDtypeStruct((tiny.BATCH,), jnp.int32,
-                                           sharding=meshes.batch_sharding(mesh))}
+                                           sharding=placement.batch_sharding(mesh))}
     hlo = jax.jit(meshes.bind_mesh(step, mesh, rules), out_shardings=shardings).lower(
         abstract, batch).compile().as_text()
     found = collectives(hlo)
@@ -505,7 +534,7 @@ class GroupedLayersTest(parameterized.TestCase):
       boxed = jax.eval_shape(layer.init, jax.random.key(0), h)['params']
       params[str(i)] = boxed
       h = jax.eval_shape(layer.apply, {'params': nn.unbox(boxed)}, h)
-    shardings = meshes.param_shardings(params, mesh, tiny.RULES)
+    shardings = placement.param_shardings(params, mesh, tiny.RULES)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
 
@@ -545,7 +574,7 @@ class GroupedLayersTest(parameterized.TestCase):
                                                                       'model'))
     fn = jax.jit(meshes.bind_mesh(lambda p, inp: conv.apply({'params': p}, inp), mesh,
                                     tiny.RULES),
-                 in_shardings=(meshes.param_shardings(boxed, mesh, tiny.RULES), act),
+                 in_shardings=(placement.param_shardings(boxed, mesh, tiny.RULES), act),
                  out_shardings=act)
     compiled = fn.lower(params, x).compile()
     self.assertEqual(collectives(compiled.as_text()), [])
@@ -571,7 +600,7 @@ class GroupedLayersTest(parameterized.TestCase):
     mesh = mesh_of(1, 2)
     act = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None, None,
                                                                       'model'))
-    fn = jax.jit(lambda x: jax.vjp(alexnet.local_response_norm, x)[1](x),
+    fn = jax.jit(lambda x: jax.vjp(layers.local_response_norm, x)[1](x),
                  in_shardings=act, out_shardings=act)
     with meshes.use_mesh(mesh, tiny.RULES):
       hlo = fn.lower(jax.ShapeDtypeStruct((8, 7, 7, 32), jnp.float32)).compile().as_text()
@@ -579,50 +608,6 @@ class GroupedLayersTest(parameterized.TestCase):
     self.assertEqual(set(kinds(hlo)), {'collective-permute'}, found)
     for _, shape, _ in found:
       self.assertLessEqual(int(re.match(r'f32\[(?:\d+,)*(\d+)\]', shape).group(1)), 2, shape)
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-class DistributedTest(absltest.TestCase):
-
-  def test_single_process_is_a_no_op(self):
-    self.assertFalse(meshes.init_distributed())
-    self.assertFalse(meshes.init_distributed(num_processes=1))
-    meshes.sync_hosts('nothing to wait for')
-
-  def test_bad_flags(self):
-    with self.assertRaisesRegex(ValueError, '--num_processes is required'):
-      meshes.init_distributed('127.0.0.1:1234')
-    with self.assertRaisesRegex(ValueError, r'--process_id must be in \[0, 2\), got 2'):
-      meshes.init_distributed('127.0.0.1:1234', 2, 2)
-    with self.assertRaisesRegex(ValueError, r'--coordinator_address .* is required'):
-      meshes.init_distributed(None, 2, 0)
-
-  def test_cluster_detection(self):
-    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node[1-2]', SLURM_NTASKS='4',
-                 SLURM_PROCID='1', SLURM_LOCALID='1')
-    self.assertEqual(meshes.cluster_process_count(slurm), 4)
-    # salloc without srun: no step, so not a multi-process run of this program.
-    self.assertEqual(meshes.cluster_process_count(
-        {k: v for k, v in slurm.items() if k != 'SLURM_STEP_NODELIST'}), 1)
-    self.assertEqual(meshes.cluster_process_count(
-        dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')), 2)
-    self.assertEqual(meshes.cluster_process_count(
-        dict(TPU_WORKER_HOSTNAMES='w0,w1,w2,w3')), 4)
-    self.assertEqual(meshes.cluster_process_count({}), 1)
-
-  def test_cluster_variables_that_are_not_counts_are_named(self):
-    slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='2',
-                 SLURM_PROCID='0', SLURM_LOCALID='0')
-    ompi = dict(OMPI_MCA_orte_hnp_uri='1.2.3.4:5', OMPI_COMM_WORLD_SIZE='2')
-    for env, name, value in ((slurm, 'SLURM_NTASKS', 'abc'), (slurm, 'SLURM_NTASKS', '0'),
-                             (slurm, 'SLURM_PROCID', '1.5'), (slurm, 'SLURM_LOCALID', ''),
-                             (ompi, 'OMPI_COMM_WORLD_SIZE', 'two')):
-      with self.assertRaisesRegex(errors.InputError,
-                                  f"^the environment variable {name}='{value}' must be an "
-                                  'integer >= '):
-        meshes.cluster_process_count(dict(env, **{name: value}))
 
 
 if __name__ == '__main__':

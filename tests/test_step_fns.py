@@ -8,9 +8,9 @@ import numpy as np
 
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import preprocess
-from alexnet_jax.training import experiment
-from alexnet_jax.training import optim
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import optim
+from alexnet_jax.learning import step_fns
 from tests.helpers.training import digits_dir
 from tests.helpers.training import tiny_config
 

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.training import trainer
 from configs import imagenet

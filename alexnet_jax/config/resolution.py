@@ -16,10 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax.config import eval_schema
 from alexnet_jax.core import errors
-from alexnet_jax.evaluation import evaluators
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
 
 # data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
@@ -119,11 +119,6 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices))
 
 
-# The compute dtypes the network runs in (its LRN and softmax work in float32 inside);
-# an integer or float64 type would fail, or silently compute in float32, after set-up.
-COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
-
-
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
                  cpu_count: int | None = None, devices: int | None = None,
                  processes: int | None = None) -> ml_collections.ConfigDict:
@@ -178,14 +173,32 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_checkpoint_config(checkpoint_config: Any) -> None:
+  """Raises errors.InputError naming the first of config.checkpoint's counts that is not one.
+
+  The one check of every_steps and keep: validate calls it for a run's
+  config, storage's Checkpointer for its own arguments. keep_best and start_fresh_if_unusable
+  are read as truth values.
+  """
+  for field in ('every_steps', 'keep'):
+    value = checkpoint_config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first field of a resolved config with an impossible value.
 
-  Covers the top-level, data, log and checkpoint fields here; the optimizer
-  (optim.validate_optim_config), the mesh sizes' form (meshes.check_mesh_config),
-  the mesh rules (meshes.logical_rules) and the network at the configured crop
-  (AlexNet.check). Whether the mesh fits the devices depends on them and is
-  checked when the mesh is made.
+  The one entry point of the config checks, and each field is checked in one
+  function: the top-level, data, log and checkpoint fields here (the checkpoint
+  module sits above this package and calls check_checkpoint_config); each other
+  section by the module below that uses it: config.optim (optim.validate_optim_config), the mesh sizes' form
+  (meshes.check_mesh_config), the mesh rules (meshes.logical_rules) and config.model
+  with the network at the configured crop (alexnet.check_fields, via AlexNet.check).
+  The library used without a config (an AlexNet when applied, a Checkpointer,
+  PlateauSchedule.from_config) runs the same function, so it refuses the same values
+  with the same message; no other code checks these fields again. Whether the mesh fits the
+  devices depends on them and is checked when the mesh is made.
   """
 
   def need(ok: bool, field: str, requirement: str) -> None:
@@ -201,7 +214,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(_is_int(config.eval_every_epochs) and config.eval_every_epochs > 0, 'eval_every_epochs',
        'a positive integer')
   need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
-  evaluators.validate_evals(config)
+  eval_schema.validate_evals(config)
   d = config.data
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',
@@ -219,18 +232,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(tuple(profile) == () or (len(profile) == 2 and all(_is_int(s) for s in profile)
                                 and 1 <= profile[0] < profile[1]),
        'log.profile_steps', '() or (start, stop) with 1 <= start < stop')
-  need(_is_int(config.checkpoint.every_steps) and config.checkpoint.every_steps > 0,
-       'checkpoint.every_steps', 'a positive integer')
-  need(_is_int(config.checkpoint.keep) and config.checkpoint.keep > 0, 'checkpoint.keep',
-       'a positive integer')
-  m = config.model
-  need(m.dtype in COMPUTE_DTYPES, 'model.dtype', f"'auto' or one of {COMPUTE_DTYPES}")
-  need(_is_int(m.pool_size) and m.pool_size > 0, 'model.pool_size', 'a positive integer')
-  need(_is_int(m.pool_stride) and m.pool_stride > 0, 'model.pool_stride', 'a positive integer')
-  need(m.conv_widths is None or (
-      isinstance(m.conv_widths, (tuple, list)) and len(m.conv_widths) == 5
-      and all(_is_int(c) and c > 0 for c in m.conv_widths)),
-       'model.conv_widths', 'None or five positive integers (conv1-conv5)')
+  check_checkpoint_config(config.checkpoint)
   optim.validate_optim_config(config.optim)
   meshes.check_mesh_config(config.mesh)
   meshes.logical_rules(config)

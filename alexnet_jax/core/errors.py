@@ -53,7 +53,8 @@ class Interrupted(Exception):
 USER_ERRORS = (UserError,)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
-# A multi-process run stopped because another of its processes died or stopped (cluster.py).
+# A multi-process run stopped because another of its processes died or stopped
+# (distributed/watch.py).
 EXIT_PEER_LOST = 3
 
 # Names of the layers a checkpoint read goes through (orbax -> tensorstore -> zarr in OCDBT).

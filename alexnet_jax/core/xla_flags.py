@@ -80,10 +80,25 @@ def configure_xla_cpu(environ: MutableMapping[str, str] | None = None) -> tuple[
   if not CPU_FLAGS or YNN_OPTION in current or not backend_will_be_cpu(env):
     return ()
   if env is os.environ:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    if xla_bridge.backends_are_initialized():
+    if backend_started():
       logging.warning('JAX started its backend before configure_xla_cpu(): %s not applied.',
                       ' '.join(CPU_FLAGS))
       return ()
   env['XLA_FLAGS'] = ' '.join([current, *CPU_FLAGS]).strip()
   return CPU_FLAGS
+
+
+def backend_started() -> bool:
+  """Whether this process's JAX backend has started (XLA has read XLA_FLAGS).
+
+  JAX has no public query for it, but its public config refuses a new value of
+  `jax_num_cpu_devices` once a backend exists: try one and put the old back.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  current = jax.config.jax_num_cpu_devices
+  try:
+    jax.config.update('jax_num_cpu_devices', current + 1 if current > 0 else 1)
+  except RuntimeError:
+    return True
+  jax.config.update('jax_num_cpu_devices', current)
+  return False

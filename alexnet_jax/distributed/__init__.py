@@ -1,2 +1,3 @@
-"""The processes of a multi-process run: the launcher's environment, start-up, the watch
-for lost peers and agreement on one config."""
+"""The processes of a multi-process run, on JAX's public API: environment.py (who they are,
+from the flags or the launcher), rollcall.py (they meet before JAX starts), startup.py
+(init_distributed), watch.py (a lost process stops the others) and agreement.py (one config)."""

@@ -20,15 +20,16 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax.config import eval_schema
 from alexnet_jax.core import errors
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.evaluation import eval_cache
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.evaluation import finished_run
-from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import metric_log
-from alexnet_jax.training import experiment
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import step_fns
 
 
 @dataclasses.dataclass
@@ -51,9 +52,9 @@ def load_job(workdir: str | os.PathLike[str], step: str | int, crops: Optional[i
     config.data.dir = data_dir
   info = finished_run.dataset_info(workdir, config)
   crops = config.final_eval_crops if crops is None else crops
-  evaluators.kind_for_crops(crops)  # 1 or 10
-  if split not in evaluators.SPLITS:
-    raise errors.InputError(f'split must be one of {evaluators.SPLITS}, got {split!r}')
+  eval_schema.kind_for_crops(crops)  # 1 or 10
+  if split not in eval_schema.SPLITS:
+    raise errors.InputError(f'split must be one of {eval_schema.SPLITS}, got {split!r}')
   chosen = finished_run.choose_step(workdir, config, step)
   path = eval_cache.cache_path(workdir, chosen, crops, split)
   return EvalJob(workdir, config, info, chosen, path, eval_cache.read_cached(path)), crops
@@ -129,7 +130,7 @@ class SplitPass:
       self._probability_step = self.exp.probability_step()
     if not with_sums:
       for local in self.evaluator.batches():
-        self._on_batch(local, meshes.make_global_batch(local, self.exp.mesh))
+        self._on_batch(local, placement.make_global_batch(local, self.exp.mesh))
       return None
     result = self.evaluator.measure(self.state, on_batch=self._on_batch)
     return eval_cache.Evaluation(

@@ -19,7 +19,7 @@ from alexnet_jax.core import errors
 from alexnet_jax.evaluation import checkpoint_eval
 from alexnet_jax.evaluation import eval_cache
 from alexnet_jax.evaluation import finished_run
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import step_fns
 
 
 @dataclasses.dataclass(frozen=True)

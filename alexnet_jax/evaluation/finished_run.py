@@ -26,8 +26,8 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.model import alexnet
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.storage import workdir_files
-from alexnet_jax.training import experiment
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import step_fns
 
 NEWEST, BEST = 'newest', 'best'
 

@@ -14,6 +14,8 @@ conv1, conv3 and the fully connected layers see everything. Every weight carries
 logical axis names (`conv_out`, `fc_out`, `classes`, ...); `alexnet_jax.sharding.meshes` maps them
 onto a device mesh, so this file names no devices or mesh axes. Under such a mesh
 the grouped convs run tower-local on each device (`tower_shard_specs`).
+The parameter-free LRN and max-pool layers, with their hand-written gradients,
+are in `alexnet_jax.model.layers`.
 
 Precision (docs/design.md, "Numerics under bfloat16"). Parameters are float32 under
 any `dtype`. With dtype='bfloat16':
@@ -36,7 +38,6 @@ TPUs bfloat16 passes).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -46,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.core import errors
+# Called by name in AlexNet.__call__, so benchmarks/train_step.py can swap in other forms.
+from alexnet_jax.model.layers import POOL_STRIDE, POOL_WINDOW, local_response_norm, max_pool
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -61,12 +64,13 @@ CONV_LAYOUT = {
     'conv4': (3, 1, 1, True),
     'conv5': (3, 1, 1, True),
 }
-POOL_WINDOW, POOL_STRIDE = 3, 2  # overlapping pooling (section 3.4)
 # Convs computed in float32 at full precision under any compute dtype: conv1, so that
 # its input (pixels minus the mean, plus the lighting shift) is not rounded to bfloat16
 # (docs/design.md, "Numerics under bfloat16").
 FULL_PRECISION_CONVS = ('conv1',)
-INIT_SCHEMES = ('paper', 'caffe', 'he')
+# The compute dtypes the network runs in (its LRN and softmax work in float32 inside);
+# an integer or float64 type would fail, or silently compute in float32, after set-up.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 GROUP_IMPLS = ('split', 'feature_group')
 
 # Logical axis names of the weights; the sharding rules table maps them to mesh axes.
@@ -79,120 +83,6 @@ FC_BIAS_AXES = ('fc_out',)
 CLASSES_AXIS = 'classes'
 # Logical names of a conv activation (NHWC): images on `batch`, feature maps on `conv_out`.
 CONV_ACTIVATION_AXES = ('batch', None, None, 'conv_out')
-
-
-def local_response_norm(x: Array, *, size: int = 5, k: float = 2.0,
-                        alpha: float = 1e-4, beta: float = 0.75) -> Array:
-  """The paper's local response normalisation over the last (channel) axis.
-
-  b_c = a_c / (k + alpha * sum_{j=max(0, c-size//2)}^{min(N-1, c+size//2)} a_j^2) ** beta
-
-  alpha is not divided by `size` (unlike Caffe and PyTorch). The window is
-  clipped at the first and last channel, which zero padding gives exactly.
-  The gradient is written out (`_lrn_backward`); like `max_pool`, this makes the
-  model differentiable in reverse mode only (jax.grad, jax.vjp; not jax.jvp or
-  jacfwd): a custom_jvp form of both ran ~10% slower (benchmarks/README.md).
-  """
-  if size < 1 or size % 2 == 0:
-    raise ValueError(f'LRN size must be a positive odd number, got {size}')
-  return _lrn(x, size, float(k), float(alpha), float(beta))
-
-
-def _channel_window_sum(t: Array, size: int) -> Array:
-  """sum_{j=c-size//2}^{c+size//2} t_j for every channel c, zeros beyond the edges.
-
-  A sum of shifted slices beats reduce_window and a banded matmul on XLA:CPU and
-  fuses on GPU (benchmarks/README.md).
-  """
-  half = size // 2
-  padded = jnp.pad(t, [(0, 0)] * (t.ndim - 1) + [(half, half)])
-  channels = t.shape[-1]
-  return sum(padded[..., i:i + channels] for i in range(size))
-
-
-def _inverse_power(denom: Array, beta: float) -> Array:
-  if beta == 0.75:
-    # t ** -0.75 = rsqrt(t) * rsqrt(sqrt(t)): cheaper than pow (exp + log).
-    return jax.lax.rsqrt(denom) * jax.lax.rsqrt(jnp.sqrt(denom))
-  return denom ** -beta
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _lrn(x: Array, size: int, k: float, alpha: float, beta: float) -> Array:
-  return _lrn_forward(x, size, k, alpha, beta)[0]
-
-
-def _lrn_forward(x, size, k, alpha, beta):
-  # Squares and their windowed sum in float32 even under bf16 compute: the
-  # denominator is a sum of up to `size` squares raised to a fractional power.
-  x32 = x.astype(jnp.float32)
-  denom = k + alpha * _channel_window_sum(jnp.square(x32), size)
-  return (x32 * _inverse_power(denom, beta)).astype(x.dtype), (x, denom)
-
-
-def _lrn_backward(size, k, alpha, beta, residuals, g):
-  """The analytic gradient: one more windowed sum (autodiff of the forward is slower).
-
-  With d_c the denominator and s_c = d_c ** -beta, b_c = a_c s_c and
-  db_c/da_j = [c == j] s_c - 2 alpha beta a_c a_j s_c / d_c for j in c's window, so
-  dL/da_j = g_j s_j - 2 alpha beta a_j sum_{c in window(j)} g_c a_c s_c / d_c.
-  """
-  del k
-  x, denom = residuals
-  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
-  scale = _inverse_power(denom, beta)
-  through = _channel_window_sum(g32 * x32 * scale / denom, size)
-  return ((g32 * scale - 2.0 * alpha * beta * x32 * through).astype(x.dtype),)
-
-
-_lrn.defvjp(_lrn_forward, _lrn_backward)
-
-
-def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
-  """window x window max-pooling with `stride`, no padding, NHWC.
-
-  The paper's overlapping pooling (section 3.4) is window 3, stride 2; window 2,
-  stride 2 is the non-overlapping scheme it was compared with.
-
-  The gradient goes to the first maximum of each window in row-major order, as
-  XLA's select_and_scatter (the autodiff of reduce_window max) routes it; written
-  out here because XLA:CPU lowers select_and_scatter to index tensors and a
-  scatter, 3-10% slower for the whole train step (benchmarks/README.md).
-  """
-  if window < 1 or stride < 1:
-    raise ValueError(f'pooling window and stride must be >= 1, got {window} and {stride}')
-  return _max_pool(x, int(window), int(stride))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x: Array, window: int, stride: int) -> Array:
-  return nn.max_pool(x, (window, window), (stride, stride))
-
-
-def _max_pool_forward(x, window, stride):
-  y = _max_pool(x, window, stride)
-  return y, (x, y)
-
-
-def _max_pool_backward(window, stride, residuals, g):
-  x, y = residuals
-  (_, h, w, _), (_, oh, ow, _) = x.shape, y.shape
-  span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-  routed = jnp.zeros(y.shape, bool)
-  dx = jnp.zeros_like(x)
-  for i in range(window):
-    for j in range(window):
-      # Window element (i, j) of every window, and where it is the first maximum.
-      hit = (x[:, i:i + span_h:stride, j:j + span_w:stride] == y) & ~routed
-      routed = routed | hit
-      # Back to input positions: the transpose of the strided slice is an interior pad.
-      dx = dx + jax.lax.pad(jnp.where(hit, g, 0).astype(x.dtype), jnp.zeros((), x.dtype),
-                            [(0, 0, 0), (i, h - i - span_h, stride - 1),
-                             (j, w - j - span_w, stride - 1), (0, 0, 0)])
-  return (dx,)
-
-
-_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -221,6 +111,17 @@ def _normal(std: float) -> Initializer:
   return nn.initializers.normal(stddev=std)
 
 
+_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')  # the paper's biases of 1
+# init scheme -> layer name -> (kernel initializer, bias value); see layer_init.
+_INITS: dict[str, Callable[[str], tuple[Initializer, float]]] = {
+    'paper': lambda name: (_normal(0.01), 1.0 if name in _BIAS_ONE else 0.0),
+    'caffe': lambda name: (_normal(0.005 if name in ('fc6', 'fc7') else 0.01),
+                           0.1 if name in _BIAS_ONE else 0.0),
+    'he': lambda name: (nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0),
+}
+INIT_SCHEMES = tuple(_INITS)
+
+
 def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
   """(kernel initializer, bias value) of one layer under an init scheme.
 
@@ -229,16 +130,9 @@ def layer_init(scheme: str, name: str) -> tuple[Initializer, float]:
   caffe: the bvlc_alexnet reproduction, which found the paper's biases of 1 gave a
     flat loss: std 0.005 in fc6/fc7, biases 0.1 where the paper has 1.
   he: N(0, 2/fan_in) weights (He et al., 2015), zero biases.
+  `scheme` is one of INIT_SCHEMES: check_fields refuses any other before a layer is built.
   """
-  ones = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
-  if scheme == 'paper':
-    return _normal(0.01), 1.0 if name in ones else 0.0
-  if scheme == 'caffe':
-    std = 0.005 if name in ('fc6', 'fc7') else 0.01
-    return _normal(std), 0.1 if name in ones else 0.0
-  if scheme == 'he':
-    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'), 0.0
-  raise errors.InputError(f'unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}')
+  return _INITS[scheme](name)
 
 
 def _axes_size(mesh: jax.sharding.AbstractMesh, axes: Any) -> int:
@@ -365,26 +259,68 @@ class Dense(nn.Module):
 
 def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
                   ) -> tuple[tuple[int, ...], int]:
-  """Conv widths and hidden fc width at a width multiplier.
+  """Conv widths and hidden fc width at a width multiplier (check_fields checks both).
 
   conv_widths: the five conv widths at width 1.0; None is the paper's CONV_FEATURES.
   """
-  if not width > 0:
-    raise errors.InputError(f'model width multiplier must be > 0, got {width}')
   base = CONV_FEATURES if conv_widths is None else tuple(conv_widths)
-  if len(base) != len(CONV_FEATURES) or not all(
-      isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base):
-    raise errors.InputError(f'conv_widths must be None or {len(CONV_FEATURES)} positive integers '
-                            f'(conv1-conv5), got {conv_widths!r}')
   convs = tuple(max(1, int(round(c * width))) for c in base)
   return convs, max(1, int(round(FC_FEATURES * width)))
 
 
-def resolve_dtype(dtype: Any) -> Any:
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _compute_dtype_name(dtype: Any) -> str | None:
   try:
-    return jnp.dtype(dtype)
-  except TypeError as e:
-    raise errors.InputError(f'unknown model dtype {dtype!r}') from e
+    return jnp.dtype(dtype).name
+  except (TypeError, ValueError):
+    return None
+
+
+def check_fields(net: 'AlexNet') -> None:
+  """Raises errors.InputError naming the first field of `net` with an impossible value.
+
+  The one check of every config.model field: resolution.validate reaches it through
+  `from_config`, a network built without a config through `AlexNet.check`; the
+  functions below the network (layer_init, scaled_widths, layers.max_pool) trust it.
+  """
+  if net.init_scheme not in INIT_SCHEMES:
+    raise errors.InputError(
+        f'unknown init scheme {net.init_scheme!r}; expected one of {INIT_SCHEMES}')
+  if net.group_impl not in GROUP_IMPLS:
+    raise errors.InputError(f'unknown group_impl {net.group_impl!r}; expected one of {GROUP_IMPLS}')
+  if net.towers not in (1, 2):
+    raise errors.InputError(f'towers must be 1 or 2, got {net.towers}')
+  if net.num_classes < 1:
+    raise errors.InputError(f'num_classes must be >= 1, got {net.num_classes}')
+  if not 0.0 <= net.dropout_rate < 1.0:
+    raise errors.InputError(f'dropout_rate must be in [0, 1), got {net.dropout_rate}')
+  if not net.input_scale > 0:
+    raise errors.InputError(f'input_scale must be > 0, got {net.input_scale}')
+  if net.conv1_padding < 0:
+    raise errors.InputError(f'conv1_padding must be >= 0, got {net.conv1_padding}')
+  if _compute_dtype_name(net.dtype) not in COMPUTE_DTYPES:
+    # 'auto' is the config's, resolved to one of these before a network is built.
+    raise errors.InputError(f"config.model.dtype must be 'auto' or one of {COMPUTE_DTYPES}, "
+                            f'got {net.dtype!r}')
+  for name in ('pool_size', 'pool_stride'):
+    if not _positive_int(getattr(net, name)):
+      raise errors.InputError(
+          f'config.model.{name} must be a positive integer, got {getattr(net, name)!r}')
+  if not net.width > 0:
+    raise errors.InputError(f'model width multiplier must be > 0, got {net.width}')
+  widths = net.conv_widths
+  if widths is not None and not (isinstance(widths, (tuple, list)) and len(widths) == 5
+                                 and all(_positive_int(c) for c in widths)):
+    raise errors.InputError('config.model.conv_widths must be None or five positive integers '
+                            f'(conv1-conv5), got {widths!r}')
+  for name, c in zip(CONV_LAYOUT, scaled_widths(net.width, widths)[0]):
+    if c % net.towers:
+      raise errors.InputError(
+          f'{name} width {c} (width multiplier {net.width}) is not divisible by '
+          f'towers={net.towers}; choose a width giving even conv widths')
 
 
 class AlexNet(nn.Module):
@@ -410,34 +346,8 @@ class AlexNet(nn.Module):
   conv_widths: tuple[int, ...] | None = None
 
   def check(self, input_shape: Sequence[int] | None = None) -> None:
-    """Raises ValueError for a bad configuration or input shape (before any compile)."""
-    if self.init_scheme not in INIT_SCHEMES:
-      raise errors.InputError(
-          f'unknown init scheme {self.init_scheme!r}; expected one of {INIT_SCHEMES}')
-    if self.group_impl not in GROUP_IMPLS:
-      raise errors.InputError(
-          f'unknown group_impl {self.group_impl!r}; expected one of {GROUP_IMPLS}')
-    if self.towers not in (1, 2):
-      raise errors.InputError(f'towers must be 1 or 2, got {self.towers}')
-    if self.num_classes < 1:
-      raise errors.InputError(f'num_classes must be >= 1, got {self.num_classes}')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise errors.InputError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
-    if not self.input_scale > 0:
-      raise errors.InputError(f'input_scale must be > 0, got {self.input_scale}')
-    if self.conv1_padding < 0:
-      raise errors.InputError(f'conv1_padding must be >= 0, got {self.conv1_padding}')
-    resolve_dtype(self.dtype)
-    for name in ('pool_size', 'pool_stride'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise errors.InputError(f'{name} must be a positive integer, got {value!r}')
-    convs, hidden = scaled_widths(self.width, self.conv_widths)
-    for name, c in zip(CONV_LAYOUT, convs):
-      if c % self.towers:
-        raise errors.InputError(
-            f'{name} width {c} (width multiplier {self.width}) is not divisible by '
-            f'towers={self.towers}; choose a width giving even conv widths')
+    """Raises ValueError for a bad field (check_fields) or input shape, before any compile."""
+    check_fields(self)
     if input_shape is None:
       return
     if len(input_shape) != 4:
@@ -459,7 +369,7 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     self.check(x.shape)
-    dtype = resolve_dtype(self.dtype)
+    dtype = jnp.dtype(self.dtype)
     convs, hidden = scaled_widths(self.width, self.conv_widths)
     if self.input_scale != 1.0:
       x = x * self.input_scale

@@ -14,7 +14,7 @@ A checkpoint of step N is the folder `WORKDIR/checkpoints/N/` with two items
 Checkpoints written before DATA_POSITION existed (and saves given a
 `data_iterator`) hold a third item, `data/`: grain's iterator state, one file
 per process, `process_<i>-of-<n>.json`. `data_position` reads the position out
-of those files for any process count (`position_from_grain_state`).
+of those files for any process count (`grain_state`).
 
 Saves are asynchronous: `save` returns once the arrays are copied off the
 devices (their buffers may then be donated), and the files are written in the
@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -49,8 +48,10 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax.distributed import cluster
+from alexnet_jax.distributed import watch
+from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.storage import grain_state
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
@@ -59,7 +60,6 @@ VAL_ERROR = 'val_error'
 # meta keys: the global batches the train iterator had read, and the processes that saved.
 DATA_POSITION = 'data_position'
 PROCESS_COUNT = 'process_count'
-GRAIN_ITEM = 'data'  # the item of grain's per-process iterator state files
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -89,42 +89,6 @@ def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
   except (FileNotFoundError, NotADirectoryError):
     return []
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
-
-
-def position_from_grain_state(state: Any) -> Optional[int]:
-  """Batches read, from a grain state of the train iterator; None for a shape not known.
-
-  With threads the state is {'next_index': k}: k local batches read, and local
-  batch k is this process's part of global batch k (input_pipeline.ProcessBlocks),
-  so k is the global position for any process count. With W worker processes
-  (mp_prefetch) worker w serves batches w, w + W, ...; its state counts the
-  batches it served, and their sum is the position.
-  """
-  if not isinstance(state, Mapping):
-    return None
-  if set(state) == {'next_index'} and isinstance(state['next_index'], int):
-    return state['next_index']
-  workers = state.get('iterators_in_use_states')
-  if isinstance(workers, list) and workers and not any(state.get('exhausted') or ()):
-    counts = [position_from_grain_state(w) for w in workers]
-    if None not in counts and not state.get('future_states'):
-      return sum(counts)
-  return None
-
-
-def _grain_files(step_dir: str) -> dict[tuple[int, int], str]:
-  """(process index, process count) -> path of the grain state files of a checkpoint."""
-  folder = os.path.join(step_dir, GRAIN_ITEM)
-  try:
-    names = os.listdir(folder)
-  except (FileNotFoundError, NotADirectoryError):
-    return {}
-  files = {}
-  for name in names:
-    match = re.fullmatch(r'process_(\d+)-of-(\d+)\.json', name)
-    if match:
-      files[(int(match[1]), int(match[2]))] = os.path.join(folder, name)
-  return files
 
 
 def _is_primary() -> bool:
@@ -165,11 +129,8 @@ class Checkpointer:
     read_only: for readers beside a live run (predict, plot): never deletes orbax's
       temporary folders (a save in flight), never moves damaged checkpoints, never saves.
     """
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-      raise errors.InputError(f'config.checkpoint.keep must be an integer >= 1, got {keep!r}')
-    if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
-      raise errors.InputError(
-          f'config.checkpoint.every_steps must be an integer >= 1, got {every_steps!r}')
+    resolution.check_checkpoint_config({'every_steps': 1 if every_steps is None else every_steps,
+                             'keep': keep})
     self._directory = os.path.abspath(os.fspath(directory))
     self._keep_best = bool(keep_best)
     self._start_fresh_if_unusable = bool(start_fresh_if_unusable)
@@ -283,7 +244,7 @@ class Checkpointer:
       raise TypeError(f'checkpoint meta must be JSON-serialisable: {e}') from None
     items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
     if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+      items[grain_state.GRAIN_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = None
     if self._keep_best:
       metrics = {VAL_ERROR: None if val_error is None else float(val_error)}
@@ -299,15 +260,15 @@ class Checkpointer:
     return saved
 
   def _write_error(self, step: Optional[int], error: BaseException
-                   ) -> CheckpointWriteError | cluster.PeerLost:
+                   ) -> CheckpointWriteError | watch.PeerLost:
     """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`.
 
     In a multi-process run a write also fails when another process dies; then the
     disk is not the cause, and the watch of the processes reports the lost one.
     """
-    lost = cluster.lost_peer()
+    lost = watch.lost_peer()
     if lost is not None:
-      return cluster.PeerLost(lost)
+      return watch.PeerLost(lost)
     text = str(error)
     if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
       reason = f'no space left on the device of {self._directory}'
@@ -326,7 +287,7 @@ class Checkpointer:
                     data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
     items = {'state': ocp.args.StandardRestore(abstract_state), 'meta': ocp.args.JsonRestore()}
     if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items[grain_state.GRAIN_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     meta = restored['meta']
     if not isinstance(meta, dict):
@@ -367,7 +328,8 @@ class Checkpointer:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-exception-caught
-        other = self._other_process_counts(candidate) if data_iterator is not None else []
+        other = (grain_state.other_process_counts(self.step_path(candidate))
+                 if data_iterator is not None else [])
         if other:  # healthy, but grain's state files are per process: never moved aside
           data_iterator.set_state(initial_position)
           raise self._other_count_error(candidate, other) from e
@@ -411,13 +373,6 @@ class Checkpointer:
         f'{" or ".join(map(str, counts))} processes, not of {jax.process_count()}: '
         'restore it without data_iterator and start the iterator at its data_position')
 
-  def _other_process_counts(self, step: int) -> list[int]:
-    """The process counts of grain state files in checkpoint `step` when none is this run's."""
-    files = _grain_files(self.step_path(step))
-    if not files or (jax.process_index(), jax.process_count()) in files:
-      return []
-    return sorted({count for _, count in files})
-
   def data_position(self, step: int, meta: Mapping[str, Any]) -> Optional[int]:
     """The global batches read at checkpoint `step`, whose restored meta is `meta`.
 
@@ -434,30 +389,7 @@ class Checkpointer:
                         '%d: its data position (global batch %d) is the same for any process '
                         'count and carries over.', step, saved_by, here, meta[DATA_POSITION])
       return int(meta[DATA_POSITION])
-    files = _grain_files(self.step_path(step))
-    if not files:
-      logging.warning('Checkpoint at step %d stores no data position.', step)
-      return None
-    key = (jax.process_index(), here)
-    path = files.get(key) or files[min(files)]
-    try:
-      with open(path) as f:
-        position = position_from_grain_state(json.load(f))
-    except (OSError, ValueError) as e:
-      logging.warning('Checkpoint at step %d: cannot read %s (%s).', step, path,
-                      errors.first_line(e, 160))
-      position = None
-    if position is None:
-      logging.warning('Checkpoint at step %d: %s holds no data position this program can '
-                      'read.', step, path)
-      return None
-    if key not in files:
-      logging.warning('Checkpoint at step %d holds the grain iterator state of %s processes '
-                      '(%s); this run has %d. Only its position carries over: global batch '
-                      '%d, the same for any process count (grain\'s per-process state is '
-                      'not used).', step, ' or '.join(map(str, sorted({n for _, n in files}))),
-                      os.path.basename(path), here, position)
-    return position
+    return grain_state.position_from_files(self.step_path(step), step)
 
   def _quarantine(self, steps: Sequence[int]) -> list[str]:
     """Moves the given step folders into checkpoints/damaged/ (host 0); returns the new paths."""

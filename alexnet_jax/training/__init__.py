@@ -1,2 +1,2 @@
-"""Training: the optimizer, the pure train and eval steps, the setup of a run, the
-loop, its stop signals and the dry-run plan."""
+"""Training a run: the loop (`trainer`), its stop signals, and the `--dry_run` plan with
+the step's memory and FLOP footprint."""

@@ -2,7 +2,7 @@
 
 Resolves the config, builds the mesh, derives every weight's sharding, and
 reports the batch split, the steps, the data each host reads, a per-device
-memory estimate, the work of an epoch and, given a speed, how long the run
+memory estimate (`footprint`), the work of an epoch and, given a speed, how long the run
 takes. Nothing is compiled or allocated: the state exists only as shapes
 (`jax.eval_shape`).
 
@@ -21,27 +21,22 @@ import os
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
+from alexnet_jax.training import footprint
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.model import alexnet
 from alexnet_jax.core import progress
 from alexnet_jax.sharding import meshes
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import workdir_files
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
 GIB = 2**30
-# A training image costs its forward pass three times (forward, and the two matmuls of the
-# backward: input and weight gradients), at 2 FLOPs per multiply-add.
-FLOPS_PER_TRAINING_MAC = 3 * 2
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
   """What to plan for (launch.py's --plan_* flags); every field None: the visible devices.
@@ -108,25 +103,6 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
-class Memory:
-  """Bytes one device holds during a train step (activations estimated, see activation_bytes)."""
-  params: int
-  gradients: int
-  opt_state: int
-  activations: int  # at the configured per-device batch
-  activations_per_image: int  # per image of the per-device batch
-
-  @property
-  def total(self) -> int:
-    return self.params + self.gradients + self.opt_state + self.activations
-
-  def largest_batch(self, limit: int) -> int:
-    """The largest per-device batch whose estimate fits in `limit` bytes (0: none does)."""
-    room = limit - (self.params + self.gradients + self.opt_state)
-    return max(0, room // self.activations_per_image)
-
-
-@dataclasses.dataclass(frozen=True)
 class Plan:
   backend: str  # the platform planned for
   planned: bool  # True: a Target's cluster, planned from an abstract mesh
@@ -151,13 +127,13 @@ class Plan:
   total_steps: int | None
   train_examples_per_host_epoch: int | None
   param_count: int
-  memory: Memory
+  memory: footprint.Memory
   device_memory_gib: float | None  # Target.device_memory_gib
   flops_per_image: int  # training, per image
   epoch_flops: int | None  # the images of one epoch's steps
   images_per_sec: float | None  # whole job: given, or devices x peak x efficiency
   speed_note: str
-  shards: list[meshes.ShardInfo]
+  shards: list[placement.ShardInfo]
   whole_note: str  # why fc8 is whole on every device ('' when it is split)
   not_computed: tuple[str, ...]
 
@@ -182,47 +158,6 @@ class Plan:
     return self.total_steps * self.global_batch / self.images_per_sec
 
 
-# ----------------------------------------------------------------------------- estimates
-
-
-def output_splits(rules: meshes.Rules, axis_sizes: dict[str, int]) -> dict[str, int]:
-  """Devices each layer kind's outputs are split over: 'conv', 'fc' (fc6, fc7), 'classes'."""
-  placement = dict(rules)
-
-  def size(name: str) -> int:
-    axes = placement.get(name)
-    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(axis_sizes[a] for a in names)
-
-  return {'conv': size('conv_out'), 'fc': size('fc_out'), 'classes': size(alexnet.CLASSES_AXIS)}
-
-
-def activation_bytes(model: alexnet.AlexNet, crop: int, batch_per_device: int,
-                     splits: dict[str, int]) -> int:
-  """Rough bytes of the activations one device keeps for the backward pass.
-
-  Counts each layer output once for the forward value and once for its gradient
-  (conv, ReLU/LRN outputs and pools; fc outputs and dropout masks), in the compute
-  dtype, over the per-device batch; a layer split over n devices holds 1/n
-  (`output_splits`: fc8 may be whole). XLA fuses some of these away, so the true
-  peak is usually lower.
-  """
-  itemsize = jnp.dtype(alexnet.resolve_dtype(model.dtype)).itemsize
-  per_image = crop * crop * 3  # the normalised input
-  for row in alexnet.layer_table(model, crop):
-    n = math.prod(row.output_shape)
-    copies = 2 if row.name in ('conv1', 'conv2') and model.use_lrn else 1  # pre- and post-LRN
-    copies += 1 if row.name in ('fc6', 'fc7') else 0  # dropout output
-    kind = 'classes' if row.name == 'fc8' else 'fc' if row.name.startswith('fc') else 'conv'
-    per_image += n * copies // splits[kind]
-  return 2 * per_image * batch_per_device * itemsize
-
-
-def training_flops_per_image(model: alexnet.AlexNet, crop: int) -> int:
-  """FLOPs of one training image: 3 x 2 x the forward multiply-adds of model.layer_table."""
-  return FLOPS_PER_TRAINING_MAC * sum(row.macs for row in alexnet.layer_table(model, crop))
-
-
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -236,12 +171,12 @@ def _process_owners(data: int, model: int, processes: int) -> np.ndarray:
 
 
 def _planned_batch_split(mesh_data: int, mesh_model: int, processes: int) -> int:
-  """Slices each global batch is cut into for the processes (meshes.data_shard's count)."""
+  """Slices each global batch is cut into for the processes (placement.data_shard's count)."""
   owners = _process_owners(mesh_data, mesh_model, processes)
   counts = set()
   for p in range(processes):
     try:
-      counts.add(meshes.data_shard_of(owners, p)[1])
+      counts.add(placement.data_shard_of(owners, p)[1])
     except errors.InputError:
       raise errors.InputError(
           f'--plan_processes={processes} puts {mesh_data * mesh_model // processes} '
@@ -295,7 +230,7 @@ class _Topology:
   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh
   platform: str
   processes: int
-  batch_slices: int  # meshes.data_shard's count: slices of each batch over the processes
+  batch_slices: int  # placement.data_shard's count: slices of each batch over the processes
   cores_from: str  # where the decoder-thread count came from, in words
   feeding: resolution.Feeding  # the input projection data.worker_count -1 decided by
 
@@ -309,7 +244,7 @@ def _topology(raw: ml_collections.ConfigDict, target: Target) -> _Topology:
     feed = resolution.feeding_for(raw, jax.default_backend(), cores, jax.device_count(),
                                   jax.process_count())
     return _Topology(config, mesh, jax.default_backend(), jax.process_count(),
-                     meshes.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
+                     placement.data_shard(mesh)[1], f"this machine's {cores} cores", feed)
   if target.host_cores is None:
     cores = os.cpu_count() or 1
     cores_from = f"this machine's {cores} cores, as no --plan_host_cores was given"
@@ -337,8 +272,8 @@ def _speed(target: Target, num_devices: int, flops_per_image: int
 def _whole_note(config: ml_collections.ConfigDict, exp: experiment.Experiment) -> str:
   """Why fc8 is whole on every device, when the mesh's rules keep it whole ('' otherwise)."""
   sizes = dict(exp.mesh.shape)
-  configured = output_splits(meshes.logical_rules(config), sizes)['classes']
-  if output_splits(exp.rules, sizes)['classes'] == 1 and configured > 1:
+  configured = footprint.output_splits(meshes.logical_rules(config), sizes)['classes']
+  if footprint.output_splits(exp.rules, sizes)['classes'] == 1 and configured > 1:
     return (f'whole on every device: {exp.model.num_classes} classes do not split over '
             f'{configured} devices (docs/sharding.md)')
   return ''
@@ -360,8 +295,8 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
   info, train_n, data_note = _read_dataset(config, target)
   exp = experiment.setup(config, info, mesh=mesh)
   batch_per_device = config.batch_size // data_axis
-  param_rows, memory = _memory(exp, batch_per_device)
-  flops_per_image = training_flops_per_image(exp.model, config.data.crop_size)
+  param_rows, memory = footprint.device_memory(exp, batch_per_device)
+  flops_per_image = footprint.training_flops_per_image(exp.model, config.data.crop_size)
   images_per_sec, speed_note = _speed(target, mesh.size, flops_per_image)
   spe = steps = per_host = epoch_flops = None
   not_computed = []
@@ -395,21 +330,6 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       shards=param_rows, whole_note=_whole_note(config, exp), not_computed=tuple(not_computed))
   check_memory(plan)
   return plan
-
-
-def _memory(exp: experiment.Experiment, batch_per_device: int
-            ) -> tuple[list[meshes.ShardInfo], Memory]:
-  """The weights' shard table and the bytes one device holds at this per-device batch."""
-  shapes, shardings = exp.state_shapes, exp.state_shardings
-  param_rows = meshes.sharding_plan(shapes.params, shardings.params)
-  param_bytes = sum(r.shard_bytes for r in param_rows)
-  crop = exp.config.data.crop_size
-  splits = output_splits(exp.rules, dict(exp.mesh.shape))
-  return param_rows, Memory(
-      params=param_bytes, gradients=param_bytes,
-      opt_state=meshes.bytes_per_device(shapes.opt_state, shardings.opt_state),
-      activations=activation_bytes(exp.model, crop, batch_per_device, splits),
-      activations_per_image=activation_bytes(exp.model, crop, 1, splits))
 
 
 def check_memory(plan: Plan) -> None:

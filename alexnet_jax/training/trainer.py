@@ -29,20 +29,22 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.storage import checkpointing
-from alexnet_jax.distributed import cluster
+from alexnet_jax.distributed import agreement
+from alexnet_jax.distributed import startup
 from alexnet_jax.config import resume_changes
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
-from alexnet_jax.training import experiment
+from alexnet_jax.learning import experiment
 from alexnet_jax.data import device_feed
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
 from alexnet_jax.sharding import meshes
-from alexnet_jax.training import step_fns
+from alexnet_jax.sharding import placement
+from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import workdir_files
 
 
@@ -52,7 +54,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
     from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
     prepare.ensure_prepared(config.data.prepare_from, config.data.dir,
                             image_size=config.data.image_size)
-  meshes.sync_hosts('dataset prepared')
+  startup.sync_hosts('dataset prepared')
   return input_pipeline.load_info(config.data)
 
 
@@ -90,13 +92,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config = resolution.load(config)
   # Every process must train the same run: a difference stops all of them here, in one line.
-  cluster.agree('config', _config_fields(config))
+  agreement.agree('config', _config_fields(config))
   workdir_files.prepare_workdir(workdir)
   with workdir_files.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
     accepted = workdir_files.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
-    cluster.agree('dataset', _dataset_fields(info))
+    agreement.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
     workdir_files.check_dataset(workdir, info)
     state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted)
@@ -179,8 +181,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     run = _TrainingSession(
         config=config, workdir=workdir, exp=exp, steps_per_epoch=steps_per_epoch,
         num_steps=num_steps, feed=feed, train_step=exp.train_step(),
-        evals=evaluators.build(config, exp, exp.eval_step(), meshes.data_shard(mesh)),
-        dropout_rng=jax.device_put(dropout_rng, meshes.replicated(mesh)),
+        evals=evaluators.build(config, exp, exp.eval_step(), placement.data_shard(mesh)),
+        dropout_rng=jax.device_put(dropout_rng, placement.replicated(mesh)),
         plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
         preemption=preemption, profiler=profiler)
     state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
@@ -227,11 +229,11 @@ def _restore_or_start(ckpt: checkpointing.Checkpointer, exp: experiment.Experime
 def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 position: int) -> device_feed.DeviceFeed:
   """The train batches from global batch `position` on, data.device_prefetch of them ahead."""
-  shard_index, shard_count = meshes.data_shard(mesh)
+  shard_index, shard_count = placement.data_shard(mesh)
   batches = input_pipeline.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
       process_index=shard_index, process_count=shard_count, start=position)
-  return device_feed.DeviceFeed(batches, lambda local: meshes.make_global_batch(local, mesh),
+  return device_feed.DeviceFeed(batches, lambda local: placement.make_global_batch(local, mesh),
                              start=position, depth=config.data.device_prefetch)
 
 

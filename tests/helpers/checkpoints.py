@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from alexnet_jax.learning import optim
 from alexnet_jax.storage import checkpointing
-from alexnet_jax.training import optim
 from tests.helpers import files
 
 

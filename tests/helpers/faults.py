@@ -18,11 +18,11 @@ import numpy as np
 
 from alexnet_jax.config import resolution
 from alexnet_jax.data import input_pipeline
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import optim
+from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.storage import workdir_files
-from alexnet_jax.training import experiment
-from alexnet_jax.training import optim
-from alexnet_jax.training import step_fns
 from tests.helpers import REPO
 from tests.helpers import subprocesses
 from tests.helpers import training

@@ -14,9 +14,9 @@ import jax
 import ml_collections
 
 from alexnet_jax import prepare
-from alexnet_jax.training import experiment
-from alexnet_jax.training import optim
-from alexnet_jax.training import step_fns
+from alexnet_jax.learning import experiment
+from alexnet_jax.learning import optim
+from alexnet_jax.learning import step_fns
 from alexnet_jax.training import trainer
 from configs import imagenet
 from tests.helpers import REPO

@@ -25,9 +25,10 @@ import optax
 from alexnet_jax.core import errors
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
-from alexnet_jax.training import step_fns
+from alexnet_jax.sharding import placement
+from alexnet_jax.learning import step_fns
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,7 +45,7 @@ class Experiment:
   @property
   def abstract_state(self) -> step_fns.TrainState:
     """ShapeDtypeStructs with their target shardings: what a checkpoint restores into."""
-    return meshes.abstract(self.state_shapes, self.state_shardings)
+    return placement.abstract(self.state_shapes, self.state_shardings)
 
   @property
   def mean_image(self) -> np.ndarray:
@@ -57,11 +58,11 @@ class Experiment:
     """The initial train state, each array created on the devices that keep it."""
     init_fn = functools.partial(step_fns.init_state, self.model, self.optimizer,
                                 crop_size=self.config.data.crop_size)
-    state, _ = meshes.create_sharded_state(init_fn, rng, self.mesh, self.rules)
+    state, _ = placement.create_sharded_state(init_fn, rng, self.mesh, self.rules)
     return state
 
   def _replicated(self, x: Any) -> jax.Array:
-    return jax.device_put(x, meshes.replicated(self.mesh))
+    return jax.device_put(x, placement.replicated(self.mesh))
 
   def train_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch, jax.Array],
                                    tuple[step_fns.TrainState, dict[str, jax.Array]]]:
@@ -69,9 +70,9 @@ class Experiment:
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
     fn = functools.partial(step_fns.train_step, model=self.model, optimizer=self.optimizer,
                            mean_image=mean_image)
-    repl = meshes.replicated(self.mesh)
+    repl = placement.replicated(self.mesh)
     return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh), repl),
+                   in_shardings=(self.state_shardings, placement.batch_sharding(self.mesh), repl),
                    out_shardings=(self.state_shardings, repl), donate_argnums=0)
 
   def eval_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch], dict[str, jax.Array]]:
@@ -79,8 +80,8 @@ class Experiment:
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
     fn = functools.partial(step_fns.eval_step, model=self.model, mean_image=mean_image)
     return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh)),
-                   out_shardings=meshes.replicated(self.mesh))
+                   in_shardings=(self.state_shardings, placement.batch_sharding(self.mesh)),
+                   out_shardings=placement.replicated(self.mesh))
 
   def probability_step(self) -> Callable[[step_fns.TrainState, step_fns.Batch], jax.Array]:
     """step(state, global eval batch) -> (b, num_classes) predictions, on every device.
@@ -90,8 +91,8 @@ class Experiment:
     mean_image = self._replicated(jnp.asarray(self.mean_image, jnp.float32))
     fn = functools.partial(_state_probabilities, model=self.model, mean_image=mean_image)
     return jax.jit(meshes.bind_mesh(fn, self.mesh, self.rules),
-                   in_shardings=(self.state_shardings, meshes.batch_sharding(self.mesh)),
-                   out_shardings=meshes.replicated(self.mesh))
+                   in_shardings=(self.state_shardings, placement.batch_sharding(self.mesh)),
+                   out_shardings=placement.replicated(self.mesh))
 
   def evaluate(self, eval_step: Callable[..., dict[str, jax.Array]], state: step_fns.TrainState,
                batches: Iterator[dict[str, np.ndarray]],
@@ -103,7 +104,7 @@ class Experiment:
     """
     totals = None
     for local in batches:
-      batch = meshes.make_global_batch(local, self.mesh)
+      batch = placement.make_global_batch(local, self.mesh)
       out = eval_step(state, batch)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
       if on_batch is not None:
@@ -177,7 +178,7 @@ def create_mesh(config: ml_collections.ConfigDict,
   """
   mesh = meshes.create_mesh(config.mesh if mesh_config is None else mesh_config, devices,
                               model_config=config.model)
-  meshes.check_batch_divisible(config.batch_size, mesh)
+  placement.check_batch_divisible(config.batch_size, mesh)
   return mesh
 
 
@@ -188,7 +189,7 @@ def create_abstract_mesh(config: ml_collections.ConfigDict,
   No device is needed: the dry run plans a cluster's job from a login node.
   """
   mesh = meshes.create_abstract_mesh(config.mesh, num_devices, model_config=config.model)
-  meshes.check_batch_divisible(config.batch_size, mesh)
+  placement.check_batch_divisible(config.batch_size, mesh)
   return mesh
 
 
@@ -211,6 +212,6 @@ def setup(config: ml_collections.ConfigDict,
   init_fn = lambda rng: step_fns.init_state(model, optimizer, rng, config.data.crop_size)
   with meshes.use_mesh(mesh, rules):
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    shardings = meshes.param_shardings(shapes, mesh, rules)
+    shardings = placement.param_shardings(shapes, mesh, rules)
   return Experiment(config=config, mesh=mesh, rules=rules, info=info, model=model,
                     optimizer=optimizer, state_shapes=shapes, state_shardings=shardings)

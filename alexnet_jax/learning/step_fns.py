@@ -18,7 +18,7 @@ import optax
 
 from alexnet_jax.model import losses
 from alexnet_jax.model import alexnet
-from alexnet_jax.training import optim
+from alexnet_jax.learning import optim
 from alexnet_jax.data import preprocess
 
 Batch = dict[str, jax.Array]
