@@ -8,7 +8,7 @@ change to it is REFUSED, and the run says how to get out (the stored config, or 
 new workdir). A field that only changes what is logged, how often checkpoints are
 written, how long the run lasts, when it evaluates or how the work is spread over
 devices and threads is ACCEPTED, recorded in the workdir and written into its
-config (workdir.py).
+config (storage/workdir_files.py).
 
 `DECISIONS` holds every field of configs/imagenet.py (tests/test_resume_changes.py
 fails for a field without one) and a few that other configs add; a field this
