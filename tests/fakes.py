@@ -6,22 +6,21 @@ that a whole preparation takes a second; SIZE is the stored side they use.
 
 import atexit
 import io
-import json
 import os
 import shutil
 import tarfile
-import tempfile
 
 from absl.testing import absltest
-from array_record.python import array_record_module
 import numpy as np
-from PIL import Image
 
 from alexnet_jax import prepare
-from alexnet_jax.data import decoding
 from alexnet_jax.data import prepared_format
+from tests.helpers import files
+from tests.helpers import images as test_images
+from tests.helpers.images import png
 
 SIZE = 32  # Stored image side in these tests.
+read_split = test_images.read_split  # the prepare tests read splits as fakes.read_split
 _root = ''  # Holds every folder the tests write; removed when the process ends.
 
 
@@ -29,27 +28,17 @@ def tempdir() -> str:
   """A new folder under this process's test root."""
   global _root
   if not _root:
-    _root = tempfile.mkdtemp(prefix='test_prepare_')
+    _root = files.make_tempdir(prefix='test_prepare_')
     atexit.register(shutil.rmtree, _root, ignore_errors=True)
-  return tempfile.mkdtemp(dir=_root)
+  return files.make_tempdir(parent=_root)
 
 
 def jpeg(image: np.ndarray, **kwargs) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'JPEG', quality=95, **kwargs)
-  return buf.getvalue()
-
-
-def png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'PNG')
-  return buf.getvalue()
+  return test_images.jpeg(image, quality=95, **kwargs)
 
 
 def cmyk_jpeg(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).convert('CMYK').save(buf, 'JPEG', quality=95)
-  return buf.getvalue()
+  return test_images.jpeg(image, quality=95, mode='CMYK')
 
 
 def solid(color, height, width) -> np.ndarray:
@@ -65,23 +54,6 @@ def add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
   info = tarfile.TarInfo(name)
   info.size = len(data)
   archive.addfile(info, io.BytesIO(data))
-
-
-def read_split(folder: str, split: str) -> tuple[list[np.ndarray], list[int]]:
-  """Decoded images and labels of a prepared split, in storage order."""
-  with open(os.path.join(folder, prepared_format.DATASET_FILE)) as f:
-    description = json.load(f)
-  images, labels = [], []
-  for name, count in description['shards'][split]:
-    reader = array_record_module.ArrayRecordReader(os.path.join(folder, name))
-    records = reader.read_all()
-    reader.close()
-    assert len(records) == count
-    for record in records:
-      data, label = prepared_format.decode_record(record)
-      images.append(decoding.decode(data))
-      labels.append(label)
-  return images, labels
 
 
 def _numpy_stats(images):

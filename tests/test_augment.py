@@ -1,7 +1,5 @@
 """Each augmentation op alone, against a numpy formula written out here."""
 
-import os
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -9,8 +7,6 @@ import numpy as np
 
 from alexnet_jax.data import augment
 from alexnet_jax.data import preprocess
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _random_eigen(rng):

@@ -37,10 +37,12 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from tests import test_reliability as reliability
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import faults
+from tests.helpers import images
+from tests.helpers import subprocesses
+from tests.helpers import training
 
-REPO = test_train.REPO
 DOC = os.path.join(REPO, 'docs', 'bad_input.md')
 
 # Placeholders of the matrix, what they stand for, in the order they are substituted back
@@ -49,7 +51,7 @@ FIXTURES = {
     'RUN': 'the workdir of a run: config, dataset info, a checkpoint of step 2, metrics',
     'RUN3': 'the same on {DATA3}, with 3 output classes',
     'BROKEN_RUN': 'a copy of {RUN} whose checkpoint has its largest array file cut in half',
-    'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/test_train.py` `tiny_config`)',
+    'CFG': 'a config file for a tiny AlexNet on {DATA} (`tests/helpers/training.py` `tiny_config`)',
     'DATA3': 'a prepared 3-class dataset (ImageFolder of 24 train and 6 val images)',
     'NOVAL': 'a prepared 3-class dataset without validation images (an ImageFolder without val/)',
     'DAMAGED': 'a copy of {DATA} whose first train shard had most of its bytes overwritten',
@@ -645,13 +647,6 @@ SUBPROCESS_CASES = ('negative_lr', 'missing_source', 'predict_missing_step',
 # ----------------------------------------------------------------------------- inputs
 
 
-def _jpeg(image: np.ndarray, mode: Optional[str] = None) -> bytes:
-  buf = io.BytesIO()
-  picture = Image.fromarray(image)
-  (picture.convert(mode) if mode else picture).save(buf, 'JPEG', quality=90)
-  return buf.getvalue()
-
-
 def _image(seed: int, size: int = 40) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
@@ -677,10 +672,10 @@ def _tar_wnids() -> tuple[str, str]:
 def _damaged_train_tar(damage: str, seed: int) -> bytes:
   """A train tar of two synsets of two images each, whole or damaged as `damage` says."""
   wnids = _tar_wnids()
-  inner = [_tar_bytes({f'{w}_{i}.JPEG': _jpeg(_image(seed + i, 16)) for i in range(2)})
+  inner = [_tar_bytes({f'{w}_{i}.JPEG': images.jpeg(_image(seed + i, 16)) for i in range(2)})
            for w in wnids]
   if damage == 'member_not_a_tar':
-    inner[0] = _jpeg(_image(seed, 16))
+    inner[0] = images.jpeg(_image(seed, 16))
   if damage == 'member_damaged_inside':  # the second image's header overwritten
     with tarfile.open(fileobj=io.BytesIO(inner[1])) as archive:
       second = archive.getmembers()[1].offset
@@ -734,9 +729,9 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
       json.dump(config, f)
     return
   if kind == 'jpeg':
-    data = _jpeg(_image(seed))
+    data = images.jpeg(_image(seed))
   elif kind == 'truncated':
-    whole = _jpeg(_image(seed))
+    whole = images.jpeg(_image(seed))
     data = whole[:len(whole) // 2]
   elif kind == 'empty':
     data = b''
@@ -747,9 +742,9 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     Image.fromarray(_image(seed)).save(buf, 'PNG')
     data = buf.getvalue()
   elif kind == 'cmyk':
-    data = _jpeg(_image(seed), 'CMYK')
+    data = images.jpeg(_image(seed), mode='CMYK')
   elif kind == 'gray':
-    data = _jpeg(_image(seed)[..., 0])
+    data = images.jpeg(_image(seed)[..., 0])
   elif kind == 'exif':  # a photo stored sideways, as phones store them, with its tag
     buf = io.BytesIO()
     exif = Image.Exif()
@@ -763,19 +758,19 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   elif kind in ('train_tar', 'cats_tar'):
     from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
     wnid = 'cats' if kind == 'cats_tar' else prepare.imagenet_validation_wnids()[0]
-    inner = _tar_bytes({f'{wnid}_{i}.JPEG': _jpeg(_image(seed + i)) for i in range(2)})
+    inner = _tar_bytes({f'{wnid}_{i}.JPEG': images.jpeg(_image(seed + i)) for i in range(2)})
     data = _tar_bytes({f'{wnid}.tar': inner})
   elif kind.startswith('train_tar_'):
     data = _damaged_train_tar(kind[len('train_tar_'):], seed)
   elif kind == 'val_tar':
-    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': _jpeg(_image(seed))})
+    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': images.jpeg(_image(seed))})
   elif kind == 'val_tar_cut':
-    whole = _tar_bytes({f'ILSVRC2012_val_{n:08d}.JPEG': _jpeg(_image(seed + n)) for n in (1, 2)})
+    whole = _tar_bytes({f'ILSVRC2012_val_{n:08d}.JPEG': images.jpeg(_image(seed + n)) for n in (1, 2)})
     with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
       data = whole[:archive.getmembers()[1].offset_data + 300]
   elif kind == 'renamed_val_tar':
-    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': _jpeg(_image(seed)),
-                       'my_photo.JPEG': _jpeg(_image(seed + 1))})
+    data = _tar_bytes({'ILSVRC2012_val_00000001.JPEG': images.jpeg(_image(seed)),
+                       'my_photo.JPEG': images.jpeg(_image(seed + 1))})
   else:
     raise ValueError(f'unknown input kind {kind!r}')
   with open(path, 'wb') as f:
@@ -785,7 +780,7 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
 def _make_fixtures(root: str) -> dict[str, str]:
   """The shared inputs of the matrix, under `root` (DATA is the test run's digits set)."""
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
-  fixtures = {'DATA': test_train.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
+  fixtures = {'DATA': training.digits_dir(), 'FILE': os.path.join(root, 'a_file'),
               **dict(zip(('WNID0', 'WNID1'), _tar_wnids())),
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
               'RUN3': os.path.join(root, 'run3'),
@@ -793,11 +788,11 @@ def _make_fixtures(root: str) -> dict[str, str]:
               'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py')}
   with open(fixtures['FILE'], 'w') as f:
     f.write('a file, not a folder\n')
-  config = test_train.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
-  test_train.write_config_file(fixtures['CFG'], config)
-  reliability.write_run_with_checkpoint(config, fixtures['RUN'], step=2)
+  config = training.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
+  training.write_config_file(fixtures['CFG'], config)
+  faults.write_run_with_checkpoint(config, fixtures['RUN'], step=2)
   shutil.copytree(fixtures['RUN'], fixtures['BROKEN_RUN'])
-  reliability.damage(os.path.join(fixtures['BROKEN_RUN'], 'checkpoints', '2'), 'truncate')
+  faults.damage(os.path.join(fixtures['BROKEN_RUN'], 'checkpoints', '2'), 'truncate')
   source = os.path.join(root, 'three_classes')
   for i in range(24):
     name = os.path.join('train', 'abc'[i % 3], f'{i}.JPEG')
@@ -809,8 +804,8 @@ def _make_fixtures(root: str) -> dict[str, str]:
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
   shutil.copytree(fixtures['DATA'], fixtures['DAMAGED'])
   damage_shard(os.path.join(fixtures['DAMAGED'], 'train.array_record-00000-of-00003'))
-  reliability.write_run_with_checkpoint(
-      test_train.tiny_config(fixtures['DATA3'], num_train_steps=4, final_eval_crops=1,
+  faults.write_run_with_checkpoint(
+      training.tiny_config(fixtures['DATA3'], num_train_steps=4, final_eval_crops=1,
                              **{'model.num_classes': 3}), fixtures['RUN3'], step=2)
   return fixtures
 
@@ -975,7 +970,7 @@ def serve(spec_path: str) -> None:
 
 
 def _env() -> dict[str, str]:
-  return dict(reliability.launch_env(), PYTHONPATH=REPO)
+  return subprocesses.launch_env(compile_cache=True)
 
 
 # ----------------------------------------------------------------------------- the doc

@@ -17,8 +17,7 @@ from benchmarks import fetch_wheels
 from benchmarks import gpu_summary
 from benchmarks import launch_run
 from tests import XLA_TEST_FLAGS
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 def _write_metrics(workdir, records):

@@ -1,13 +1,13 @@
 """alexnet_jax.core.cli: a user error is the last line the process prints, whatever was left running."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
 from absl.testing import absltest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+from tests.helpers.subprocesses import subprocess_env
 
 # A program whose main leaves behind what an abandoned checkpoint restore leaves (a failed
 # future nobody awaited, a coroutine never started, an error raised in a finalizer) and then
@@ -47,8 +47,7 @@ PROGRAM = textwrap.dedent('''
 
 
 def run(*args: str, **environ: str) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != 'ALEXNET_JAX_TRACEBACK'}
-  env.update(PYTHONPATH=REPO, JAX_PLATFORMS='cpu', **environ)
+  env = subprocess_env(drop=('ALEXNET_JAX_TRACEBACK',), JAX_PLATFORMS='cpu', **environ)
   return subprocess.run([sys.executable, '-c', PROGRAM, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
 

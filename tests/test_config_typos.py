@@ -25,8 +25,9 @@ from configs import digits
 from configs import imagenet
 from configs.paper import ABLATIONS
 from configs.paper import digits as paper_digits
+from tests.helpers import REPO
+from tests.helpers.subprocesses import subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TYPO_MESSAGE = ('config.optim.learnin_rate, which is not a config field (did you mean '
                 'config.optim.learning_rate?)')
 
@@ -56,7 +57,7 @@ def stored_workdir(test: absltest.TestCase, stored: dict, checkpoint: bool = Tru
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env = subprocess_env(JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py'), *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
 

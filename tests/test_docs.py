@@ -18,7 +18,8 @@ import subprocess
 
 from absl.testing import absltest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 DESIGN = 'docs/design.md'
 README = 'README.md'
 THIS_FILE = 'tests/test_docs.py'  # its sample citations test the parser, not design.md

@@ -11,7 +11,7 @@ from alexnet_jax.evaluation import evaluators
 from alexnet_jax.training import trainer
 from configs import digits
 from configs import imagenet
-from tests import test_train
+from tests.helpers import training
 
 ONLY_VAL = (('val', 'center_crop', 'val', 'every'),)
 
@@ -102,10 +102,10 @@ class TrainingRunTest(absltest.TestCase):
   def test_a_run_that_lists_only_val_logs_only_val(self):
     # final_eval_crops=10 would add the paper's test; config.evals leaves it out.
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    config = test_train.tiny_config(test_train.digits_dir(), num_train_steps=2,
+    config = training.tiny_config(training.digits_dir(), num_train_steps=2,
                                     final_eval_crops=10, evals=ONLY_VAL)
     result = trainer.train_and_evaluate(config, workdir)
-    evals = [r for r in test_train.read_metrics(workdir) if r['kind'] == 'eval']
+    evals = [r for r in training.read_metrics(workdir) if r['kind'] == 'eval']
     self.assertLen(evals, 1)
     self.assertEqual(sorted(evals[0]), ['epoch', 'kind', 'step', 'val_loss', 'val_top1_err',
                                         'val_top5_err'])

@@ -5,19 +5,16 @@ pixel match at the reported crop offset and flip), so the tests check what the
 model will see, not how the pipeline is built.
 """
 
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import grain
 import numpy as np
-from PIL import Image
 
 from alexnet_jax.data import augment
 from alexnet_jax.data import preprocess
@@ -29,21 +26,11 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import sources
 from alexnet_jax import prepare
 from configs import imagenet
+from tests.helpers import files
+from tests.helpers import images as test_images
 
 SIZE, CROP = 32, 24
 NUM_TRAIN, NUM_VAL = 40, 11  # 4 classes x 10; val 3+3+3+2 (the last batch padded).
-
-
-def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'PNG')
-  return buf.getvalue()
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, 'JPEG', quality=90)
-  return buf.getvalue()
 
 
 def _data_config(folder: str, **overrides):
@@ -85,18 +72,14 @@ def _identify(stored: np.ndarray, image: np.ndarray, top: int, left: int,
 _ROOT = ''  # Holds every folder these tests write; removed at the end.
 
 
-def _tempdir() -> str:
-  return tempfile.mkdtemp(dir=_ROOT)
-
-
 def tearDownModule():
   shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 def setUpModule():
   global FOLDER, TRAIN, TRAIN_LABELS, VAL, VAL_LABELS, _ROOT
-  _ROOT = tempfile.mkdtemp(prefix='test_input_pipeline_')
-  tmp = _tempdir()
+  _ROOT = files.make_tempdir(prefix='test_input_pipeline_')
+  tmp = files.make_tempdir(parent=_ROOT)
   source = os.path.join(tmp, 'images')
   rng = np.random.default_rng(0)
   for split, counts in (('train', (10, 10, 10, 10)), ('val', (3, 3, 3, 2))):
@@ -105,7 +88,7 @@ def setUpModule():
       for j in range(count):
         h, w = rng.integers(SIZE, 2 * SIZE, 2)
         with open(os.path.join(source, split, name, f'{j}.png'), 'wb') as f:
-          f.write(_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+          f.write(test_images.png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
   FOLDER = os.path.join(tmp, 'prepared')
   prepare.prepare(source, FOLDER, image_size=SIZE, progress=False)
   TRAIN, TRAIN_LABELS = _stored(FOLDER, 'train')
@@ -137,7 +120,7 @@ class InfoTest(absltest.TestCase):
     np.testing.assert_allclose(channel, TRAIN.reshape(-1, 3).mean(0), rtol=1e-5)
 
   def test_missing_or_incomplete_folder(self):
-    empty = _tempdir()
+    empty = files.make_tempdir(parent=_ROOT)
     for folder in (empty, os.path.join(empty, 'absent')):
       with self.assertRaisesRegex(FileNotFoundError,
                                   f'{folder} holds no complete.*alexnet_jax.prepare'):
@@ -154,7 +137,8 @@ class SourceFactoryTest(absltest.TestCase):
     self.assertEqual(prepared.info().split_sizes, {'train': NUM_TRAIN, 'val': NUM_VAL})
     self.assertFalse(prepared.split('val').resize)  # prepared images are stored resized
     # Choosing a source opens nothing: an empty folder is refused only when read.
-    tfds_source = sources.create_source(_data_config(_tempdir(), source='tfds'))
+    tfds_source = sources.create_source(
+        _data_config(files.make_tempdir(parent=_ROOT), source='tfds'))
     self.assertIsInstance(tfds_source, sources.TfdsImagenetSource)
     with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
       tfds_source.info()
@@ -185,14 +169,14 @@ class SourceFactoryTest(absltest.TestCase):
 class DamagedShardTest(absltest.TestCase):
 
   def test_a_read_error_names_the_damaged_shard_and_the_fix(self):
-    source = os.path.join(_tempdir(), 'source')
+    source = os.path.join(files.make_tempdir(parent=_ROOT), 'source')
     shutil.copytree(os.path.join(os.path.dirname(FOLDER), 'images'), source)
-    folder = os.path.join(_tempdir(), 'prepared')
+    folder = os.path.join(files.make_tempdir(parent=_ROOT), 'prepared')
     with mock.patch.object(prepare.parts, 'FILES_PER_PART', 16):  # train shards of 16, 16 and 8
       prepare.prepare(source, folder, image_size=SIZE, progress=False)
     shards = [os.path.join(folder, f'train.array_record-{i:05d}-of-00003') for i in range(3)]
     for damaged, first_bad in ((1, 16), (2, 32)):
-      copy = os.path.join(_tempdir(), 'copy')
+      copy = os.path.join(files.make_tempdir(parent=_ROOT), 'copy')
       shutil.copytree(folder, copy)
       path = os.path.join(copy, os.path.basename(shards[damaged]))
       with open(path, 'r+b') as f:
@@ -338,7 +322,7 @@ class TrainIteratorTest(parameterized.TestCase):
 
     iterator = self._iterator(seed=6)
     _take(iterator, 2)
-    directory = _tempdir()
+    directory = files.make_tempdir(parent=_ROOT)
     with ocp.CheckpointManager(directory) as manager:
       manager.save(2, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointSave(iterator)))
@@ -415,7 +399,7 @@ class TfdsSourceTest(absltest.TestCase):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-    cls.data_dir = _tempdir()
+    cls.data_dir = files.make_tempdir(parent=_ROOT)
     builder = tfds.builder('imagenet2012', data_dir=cls.data_dir,
                            file_format='array_record')
     os.makedirs(builder.data_dir)
@@ -429,7 +413,7 @@ class TfdsSourceTest(absltest.TestCase):
       cls.jpegs[split], cls.labels[split] = [], []
       for i in range(count):
         h, w = rng.integers(SIZE, 3 * SIZE, 2)
-        jpeg, label = _jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), 997 - i
+        jpeg, label = test_images.jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), 997 - i
         writer.write(serializer.serialize_example(builder.info.features.encode_example(
             {'image': jpeg, 'label': label, 'file_name': f'{split}_{i}.JPEG'})))
         cls.jpegs[split].append(jpeg)
@@ -493,11 +477,11 @@ class TfdsSourceTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "split must be 'train' or 'val', got 'test'"):
       sources.open_tfds_imagenet(self.data_dir, 'test')
     with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
-      sources.open_tfds_imagenet(_tempdir())
+      sources.open_tfds_imagenet(files.make_tempdir(parent=_ROOT))
 
   def test_missing_tfds_dataset(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no prepared tfds imagenet2012'):
-      sources.load_info(_data_config(_tempdir(), source='tfds'))
+      sources.load_info(_data_config(files.make_tempdir(parent=_ROOT), source='tfds'))
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import time
 from absl.testing import absltest
 
 from alexnet_jax.storage import lockfile
+from tests.helpers.subprocesses import subprocess_env
 
 
 def write_lock(path: str, holder: lockfile.Holder, age: float = 0.0) -> None:
@@ -139,8 +140,7 @@ class LockTest(absltest.TestCase):
             'lock = lockfile.Lock(sys.argv[1])\n'
             'try:\n  lock.acquire()\nexcept lockfile.LockHeld:\n  print("held", flush=True)\n'
             'else:\n  print("got", flush=True)\n  sys.stdin.read()\n  lock.release()\n')
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))))
+    env = subprocess_env()
     procs = [subprocess.Popen([sys.executable, '-c', code, self.path], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
     outcomes = sorted(p.stdout.readline().strip() for p in procs)

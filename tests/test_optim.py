@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from alexnet_jax.learning import optim
+from tests.helpers.checks import assert_trees_close
 
 MOMENTUM = 0.9
 # Larger than the paper's 5e-4 so that decaying or not decaying a bias moves it visibly.
@@ -59,11 +60,6 @@ def numpy_paper_step(params, velocity, grads, lr, decay_bias):
   return new_params, new_velocity
 
 
-def assert_trees_close(test, actual, expected, **tol):
-  for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(np.asarray(a), e, err_msg=jax.tree_util.keystr(path), **tol)
-
-
 class PaperRuleTest(parameterized.TestCase):
 
   @parameterized.parameters(True, False)
@@ -82,9 +78,9 @@ class PaperRuleTest(parameterized.TestCase):
       params = optax.apply_updates(params, updates)
       ref_params, ref_velocity = numpy_paper_step(
           ref_params, ref_velocity, numpy_grad(ref_params), lr, decay_bias)
-      assert_trees_close(self, params, ref_params, rtol=2e-5, atol=1e-6)
+      assert_trees_close(params, ref_params, rtol=2e-5, atol=1e-6)
       # The trace is the paper's v itself, lr included.
-      assert_trees_close(self, opt_state.inner_state[2].trace, ref_velocity, rtol=2e-5, atol=1e-6)
+      assert_trees_close(opt_state.inner_state[2].trace, ref_velocity, rtol=2e-5, atol=1e-6)
 
   def test_bias_decay_switch_changes_only_biases(self):
     params, loss, _ = make_problem()
@@ -117,7 +113,7 @@ class PaperRuleTest(parameterized.TestCase):
       u, sgd_state = sgd.update(jax.grad(loss)(sgd_params), sgd_state, sgd_params)
       sgd_params = optax.apply_updates(sgd_params, u)
     # Same while the rate is constant.
-    assert_trees_close(self, sgd_params, jax.tree.map(np.asarray, paper_params), rtol=1e-5, atol=1e-6)
+    assert_trees_close(sgd_params, jax.tree.map(np.asarray, paper_params), rtol=1e-5, atol=1e-6)
     velocity = jax.tree.map(lambda a, b: np.float64(a) - np.float64(b), paper_params, previous)
 
     paper_state = optim.set_learning_rate(paper_state, lr_after)
@@ -131,7 +127,7 @@ class PaperRuleTest(parameterized.TestCase):
     # paper - sgd = m * (1 - lr_after / lr_before) * v_prev.
     expected_gap = jax.tree.map(lambda v: MOMENTUM * (1 - lr_after / lr_before) * v, velocity)
     gap = jax.tree.map(lambda a, b: np.float64(a) - np.float64(b), paper_next, sgd_next)
-    assert_trees_close(self, gap, expected_gap, rtol=1e-3, atol=1e-6)
+    assert_trees_close(gap, expected_gap, rtol=1e-3, atol=1e-6)
     self.assertGreater(min(np.abs(g).max() for g in jax.tree.leaves(expected_gap)), 1e-2)
 
 

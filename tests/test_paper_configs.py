@@ -19,7 +19,8 @@ from configs import digits
 from configs import imagenet
 from configs.paper import ABLATIONS
 from configs.paper import digits as paper_digits
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import training
 
 # The paper's two-tower net at a 224 crop (docs/design.md, "The network"):
 #   conv1 11*11*3*96 + 96 = 34,944       conv2 5*5*48*256 + 256 = 307,456 (grouped)
@@ -77,7 +78,7 @@ def param_count(config) -> int:
 class PaperConfigTest(parameterized.TestCase):
 
   def test_the_list_is_the_folder(self):
-    folder = os.path.join(test_train.REPO, 'configs', 'paper')
+    folder = os.path.join(REPO, 'configs', 'paper')
     modules = {f[:-3] for f in os.listdir(folder) if f.endswith('.py')} - {'__init__', 'digits'}
     self.assertEqual(modules, set(ABLATIONS))
     self.assertEqual(set(EXPECTED), set(ABLATIONS))
@@ -134,7 +135,7 @@ class PaperConfigTrainsTest(parameterized.TestCase):
     config.num_train_steps = 2
     config.model.width = 0.125
     config.model.dtype = 'float32'
-    config.data.dir = test_train.digits_dir()
+    config.data.dir = training.digits_dir()
     config.data.prepare_from = ''
     config.data.num_threads = 1
     config.log.every_steps = 1
@@ -142,7 +143,7 @@ class PaperConfigTrainsTest(parameterized.TestCase):
     config.log.progress = False
     workdir = self.create_tempdir().full_path
     result = trainer.train_and_evaluate(config, workdir)
-    records = test_train.read_metrics(workdir)
+    records = training.read_metrics(workdir)
     losses = [r['loss'] for r in records if r['kind'] == 'train']
     self.assertLen(losses, 2)
     self.assertTrue(np.all(np.isfinite(losses)), losses)

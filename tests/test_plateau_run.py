@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax import prepare
-from tests import test_reliability
-from tests import test_train
+from tests.helpers import faults
+from tests.helpers import training
 
 EPOCHS = 10  # One step each: drops after evaluations 3, 5 and 7; the cap shows at 9.
 BASE_LR = 1e-7  # Small enough that no prediction changes: the error stalls.
@@ -54,7 +54,7 @@ def tearDownModule():
 
 
 def plateau_config():
-  return test_train.tiny_config(
+  return training.tiny_config(
       noise_dataset(), num_train_steps=-1, num_epochs=EPOCHS, final_eval_crops=1,
       eval_every_epochs=1, **{'optim.schedule': 'plateau', 'optim.learning_rate': BASE_LR,
                               'checkpoint.every_steps': 1000})
@@ -78,12 +78,12 @@ class PlateauRunTest(absltest.TestCase):
     super().setUpClass()
     cls.config = plateau_config()
     cls.root = tempfile.mkdtemp(dir=_DATA['root'])
-    cls.config_file = test_train.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
+    cls.config_file = training.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
     cls.reference = os.path.join(cls.root, 'reference')
-    proc = test_reliability.launch(cls.config_file, cls.reference)
+    proc = faults.launch(cls.config_file, cls.reference)
     if proc.returncode != 0:
       raise AssertionError(f'the reference run failed:\n{proc.stderr[-3000:]}')
-    cls.trains, cls.evals = test_reliability.records(cls.reference)
+    cls.trains, cls.evals = faults.records(cls.reference)
 
   def test_the_error_stalls(self):
     """The premise of the schedule test: every evaluation has the first one's error."""
@@ -109,7 +109,7 @@ class PlateauRunTest(absltest.TestCase):
     log = os.path.join(self.create_tempdir().full_path, 'killed.log')
     checkpoints = os.path.join(workdir, 'checkpoints')
     with open(log, 'w') as log_file:
-      proc = test_reliability.start_launch(self.config_file, workdir, log_file)
+      proc = faults.start_launch(self.config_file, workdir, log_file)
       try:
         # Step 4 runs at the first dropped rate; its finished checkpoint holds the
         # schedule's state after that drop.
@@ -125,17 +125,17 @@ class PlateauRunTest(absltest.TestCase):
         if proc.poll() is None:
           proc.kill()
     self.assertEqual(proc.returncode, -signal.SIGKILL)
-    steps = [t[0] for t in test_reliability.records(workdir)[0]]
+    steps = [t[0] for t in faults.records(workdir)[0]]
     self.assertLess(max(steps), EPOCHS, 'the kill came after the last step')
-    resumed = test_reliability.launch(self.config_file, workdir)
+    resumed = faults.launch(self.config_file, workdir)
     self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
     restored = int(resumed.stderr.split('Resumed from step ')[1].split('.')[0])
     self.assertGreaterEqual(restored, 4, 'the resume must start after the first drop')
-    trains, evals = test_reliability.records(workdir)
+    trains, evals = faults.records(workdir)
     self.assertEqual(trains, self.trains)  # bitwise, lr included
     self.assertEqual(evals, self.evals)
-    for got, want in zip(test_reliability.params_of(self.config, workdir),
-                         test_reliability.params_of(self.config, self.reference)):
+    for got, want in zip(faults.params_of(self.config, workdir),
+                         faults.params_of(self.config, self.reference)):
       np.testing.assert_array_equal(got, want)
 
 

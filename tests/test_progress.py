@@ -5,15 +5,7 @@ import io
 from absl.testing import absltest
 
 from alexnet_jax.core import progress
-
-
-class FakeClock:
-
-  def __init__(self):
-    self.now = 0.0
-
-  def __call__(self):
-    return self.now
+from tests.helpers.checks import FakeClock
 
 
 class FormatTest(absltest.TestCase):

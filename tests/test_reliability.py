@@ -30,38 +30,31 @@ import time
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.storage import checkpointing
-from alexnet_jax.config import resolution
-from alexnet_jax.learning import experiment
-from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import lockfile
-from alexnet_jax.learning import optim
-from alexnet_jax.learning import step_fns
-from alexnet_jax.storage import workdir_files
-from tests import XLA_TEST_FLAGS
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import subprocesses
+from tests.helpers.faults import damage
+from tests.helpers.faults import launch
+from tests.helpers.faults import params_of
+from tests.helpers.faults import records
+from tests.helpers.faults import start_launch
+from tests.helpers.training import digits_dir
+from tests.helpers.training import final_params
+from tests.helpers.training import read_metrics
+from tests.helpers.training import tiny_config
+from tests.helpers.training import write_config_file
 
-REPO = test_train.REPO
 DOUBLE_CTRL_C = 'Ctrl-C twice'
 NUM_STEPS = 30  # 22 steps an epoch at batch 64: an epoch-end eval at 22, the last at 30
-_CACHE = {}
 
 
 def launch_env() -> dict[str, str]:
-  """Environment of a launch.py subprocess: eight CPU devices and a shared compilation cache."""
-  if 'dir' not in _CACHE:
-    _CACHE['dir'] = tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_')
-    atexit.register(shutil.rmtree, _CACHE['dir'], ignore_errors=True)
-  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_TEST_FLAGS}',
-              JAX_COMPILATION_CACHE_DIR=_CACHE['dir'],
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  """Environment of the commands run here: eight CPU devices, the shared compilation cache."""
+  return subprocesses.launch_env(compile_cache=True)
 
 
 _LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')
@@ -78,51 +71,11 @@ def traceback_of(stderr: str) -> str:
   return stderr[stderr.find('Traceback'):][:4000]
 
 
-def launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
-           python_args: tuple[str, ...] = ()):
-  """Runs launch.py to its end: the CompletedProcess (stdout, stderr as text)."""
-  cmd = [sys.executable, *python_args, os.path.join(REPO, 'launch.py'),
-         f'--config={config_file}', f'--workdir={workdir}', *args]
-  return subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def start_launch(config_file: str, workdir: str, log_file) -> subprocess.Popen:
-  """Starts launch.py with its output going to `log_file` (a pipe nobody reads would fill)."""
-  cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
-         f'--workdir={workdir}']
-  return subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=log_file,
-                          stderr=subprocess.STDOUT)
-
-
 def reliability_config(**overrides):
   settings = {'batch_size': 64, 'num_train_steps': NUM_STEPS, 'final_eval_crops': 1,
               'checkpoint.every_steps': 4}
   settings.update(overrides)
-  return test_train.tiny_config(test_train.digits_dir(), **settings)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of metrics.jsonl, also while a run appends to it (a half line is skipped)."""
-  try:
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      lines = f.readlines()
-  except FileNotFoundError:
-    return []
-  return [json.loads(line) for line in lines if line.endswith('\n')]
-
-
-def records(workdir: str) -> tuple[list[tuple], list[dict]]:
-  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines."""
-  lines = read_metrics(workdir)
-  trains = [(r['step'], r['loss'], r['top1_err'], r['top5_err'], r['lr'])
-            for r in lines if r['kind'] == 'train']
-  return trains, [r for r in lines if r['kind'] == 'eval']
-
-
-def params_of(config, workdir: str) -> list[np.ndarray]:
-  state, _ = test_train.final_params(config, workdir)
-  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+  return tiny_config(digits_dir(), **settings)
 
 
 def data_positions(config, workdir: str) -> dict[int, int]:
@@ -144,48 +97,6 @@ def folder_digest(folder: str) -> dict[str, str]:
   return digests
 
 
-def damage(step_dir: str, how: str) -> str:
-  """What a bad disk or a careless `rm` does to a finished checkpoint; returns what it hit."""
-  if how == 'truncate':  # every file of the array store loses its second half
-    path = os.path.join(step_dir, 'state')
-    for name in glob.glob(os.path.join(path, '**', 'd', '*'), recursive=True):
-      with open(name, 'r+b') as f:
-        f.truncate(os.path.getsize(name) // 2)
-  elif how == 'delete':
-    path = os.path.join(step_dir, 'state', 'manifest.ocdbt')
-    os.remove(path)
-  else:
-    raise ValueError(how)
-  return path
-
-
-def write_run_with_checkpoint(config, workdir: str, step: int) -> None:
-  """A workdir as a run leaves it after `step` steps (zero weights): a fixture made in seconds."""
-  config = resolution.resolve_auto(config)
-  info = input_pipeline.load_info(config.data)
-  model = experiment.create_model(config, info.num_classes)
-  optimizer = optim.create_optimizer(config.optim)
-  crop = config.data.crop_size
-  shapes = jax.eval_shape(
-      lambda r: nn.unbox(step_fns.init_state(model, optimizer, r, crop)),
-      jax.random.key(0))
-  rng = np.random.default_rng(0)
-  # Random weights: all-zero arrays would compress to almost nothing on disk.
-  state = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
-  state = state.replace(step=jnp.asarray(step, jnp.int32))
-  os.makedirs(workdir)
-  workdir_files.save_config(workdir, config)
-  workdir_files.save_dataset_info(workdir, info)
-  iterator = input_pipeline.create_train_iterator(config.data, global_batch_size=config.batch_size,
-                                                  seed=config.seed)
-  with checkpointing.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:
-    ckpt.save(step, state, data_iterator=iterator, meta={'step': step, 'plateau': None},
-              force=True)
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    for s in range(1, step + 1):
-      f.write(json.dumps({'step': s, 'kind': 'train', 'loss': 2.3}) + '\n')
-
-
 class FaultTestCase(parameterized.TestCase):
   """Holds the uninterrupted reference run, made once per process."""
 
@@ -196,7 +107,7 @@ class FaultTestCase(parameterized.TestCase):
     super().setUpClass()
     cls.root = tempfile.mkdtemp(prefix='test_reliability_')
     cls.config = reliability_config()
-    cls.config_file = test_train.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
+    cls.config_file = write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
     if 'workdir' not in FaultTestCase._reference:
       workdir = tempfile.mkdtemp(prefix='test_reliability_reference_')
       atexit.register(shutil.rmtree, workdir, ignore_errors=True)
@@ -223,7 +134,8 @@ class FaultTestCase(parameterized.TestCase):
     while time.time() < deadline:
       with open(log) as f:
         started = re.search(r'Training \d+ steps', f.read()) is not None
-      steps = [r['step'] for r in read_metrics(workdir) if r['kind'] == 'train'] if started else []
+      lines = read_metrics(workdir, while_running=True) if started else []
+      steps = [r['step'] for r in lines if r['kind'] == 'train']
       if steps and steps[-1] >= step:
         return steps[-1]
       if proc.poll() is not None:
@@ -356,7 +268,7 @@ class ConcurrentRunsTest(FaultTestCase):
     """A second launch.py on a live workdir (with another learning rate) changes nothing."""
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
     log = os.path.join(self.create_tempdir().full_path, 'first.log')
-    other = test_train.write_config_file(
+    other = write_config_file(
         os.path.join(self.create_tempdir().full_path, 'other.py'),
         reliability_config(**{'optim.learning_rate': 0.05}))
     with open(log, 'w') as log_file:
@@ -425,7 +337,7 @@ class NanStopTest(FaultTestCase):
     folder = self.create_tempdir().full_path
     config = reliability_config(**{'optim.learning_rate': 1e30, 'checkpoint.every_steps': 1,
                                    'log.every_steps': 5})
-    config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+    config_file = write_config_file(os.path.join(folder, 'cfg.py'), config)
     workdir = os.path.join(folder, 'run')
     proc = launch(config_file, workdir, python_args=('-c', SLOW_COMMIT))
     self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
@@ -435,7 +347,7 @@ class NanStopTest(FaultTestCase):
         'kept. Lower config.optim.learning_rate or check the input data, then rerun with the '
         'same workdir.'])
     self.assertEqual(os.listdir(os.path.join(workdir, 'checkpoints')), ['1'])
-    state, meta = test_train.final_params(config, workdir)
+    state, meta = final_params(config, workdir)
     self.assertEqual(meta['step'], 1)
     for leaf in jax.tree.leaves(state.params):
       self.assertTrue(np.isfinite(np.asarray(leaf)).all())
@@ -445,7 +357,7 @@ class NanStopTest(FaultTestCase):
     folder = self.create_tempdir().full_path
     config = reliability_config(**{'optim.learning_rate': 1e30, 'checkpoint.every_steps': 1,
                                    'log.every_steps': 5})
-    config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+    config_file = write_config_file(os.path.join(folder, 'cfg.py'), config)
     workdir = os.path.join(folder, 'run')
     proc = launch(config_file, workdir, python_args=('-c', FAILING_COMMIT))
     self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
@@ -541,7 +453,7 @@ class DiskFullTest(FaultTestCase):
     shutil.copytree(self.reference, workdir)
     before = folder_digest(os.path.join(workdir, newest))
     config = reliability_config(num_train_steps=NUM_STEPS + 2)
-    config_file = test_train.write_config_file(os.path.join(base, 'cfg.py'), config)
+    config_file = write_config_file(os.path.join(base, 'cfg.py'), config)
     proc = launch(config_file, workdir, python_args=() if mounted else ('-c', FULL_DISK))
     self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
     # orbax's writer thread logs its own tracebacks of the failed write, sometimes after ours.
@@ -630,7 +542,7 @@ class PrepareFaultTest(parameterized.TestCase):
     proc = run_prepare(*args, timeout=300)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     # Byte for byte the dataset an uninterrupted preparation made (one worker, no Ctrl-C).
-    reference = test_train.digits_dir()
+    reference = digits_dir()
     ours, theirs = folder_digest(output), folder_digest(reference)
     for digests in (ours, theirs):
       digests.pop('dataset.json')
@@ -763,7 +675,7 @@ class DeterminismTest(FaultTestCase):
                                                             'data.worker_count': workers,
                                                             'data.device_prefetch': ahead})
       folder = self.create_tempdir().full_path
-      config_file = test_train.write_config_file(os.path.join(folder, 'cfg.py'), config)
+      config_file = write_config_file(os.path.join(folder, 'cfg.py'), config)
       workdir = os.path.join(folder, 'run')
       proc = launch(config_file, workdir)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])

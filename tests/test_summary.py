@@ -12,8 +12,7 @@ from alexnet_jax.evaluation import finished_run
 from alexnet_jax import summary
 from configs import imagenet
 from tests import trained_run
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 # Multiply-adds per 224 image from the paper's layer shapes, written out independently of
 # model.layer_table: output pixels x kernel area x input channels per tower x output channels.

@@ -11,7 +11,7 @@ devices and threads is ACCEPTED, recorded in the workdir and written into its
 config (storage/workdir_files.py).
 
 `DECISIONS` holds every field of configs/imagenet.py and no other
-(tests/test_config_changes.py fails for a field without one, tests/test_config_typos.py
+(tests/test_resume_changes.py fails for a field without one, tests/test_config_typos.py
 for one more): it is the list of fields known_fields checks every config against. A
 field it lacks is a typo; known_fields refuses it before any comparison, and `compare`
 refuses it too, so it is never recorded as an accepted change.

@@ -1,4 +1,4 @@
-"""The train and eval steps, train_and_evaluate end to end, resume and preemption."""
+"""train_and_evaluate end to end, the model split, profiling, resume and preemption."""
 
 import glob
 import gzip
@@ -6,148 +6,32 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from unittest import mock
 
 from absl.testing import absltest
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax.data import preprocess
 from alexnet_jax.learning import experiment
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.learning import optim
-from alexnet_jax import prepare
-from alexnet_jax.learning import step_fns
 from alexnet_jax.training import trainer
 from configs import imagenet
-from tests import XLA_TEST_FLAGS
-from tests import test_prepare
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DATA = {}
-
-
-def digits_dir() -> str:
-  """The real digits set, prepared once per test run at the quickstart's image size."""
-  if 'dir' not in _DATA:
-    _DATA['tmp'] = tempfile.TemporaryDirectory()
-    path = os.path.join(_DATA['tmp'].name, 'digits')
-    prepare.prepare('digits', path, image_size=72, progress=False)
-    _DATA['dir'] = path
-  return _DATA['dir']
-
-
-def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
-  """A two-tower AlexNet at 1/8 width on 64-px crops: a train step takes milliseconds."""
-  config = imagenet.get_config()
-  config.batch_size = 16
-  config.num_epochs = 1
-  config.num_train_steps = 6
-  config.final_eval_crops = 10
-  config.mesh.data = -1  # all eight test devices (tests/__init__.py), 2 images each
-  config.mesh.model = 1
-  config.model.num_classes = 10
-  config.model.width = 0.125
-  config.model.init_scheme = 'he'
-  config.model.input_scale = 1 / 64
-  config.model.dtype = 'float32'
-  config.data.dir = data_dir
-  config.data.image_size = 72
-  config.data.crop_size = 64
-  config.data.flip = True
-  config.data.num_threads = 1
-  config.optim.schedule = 'constant'
-  config.checkpoint.every_steps = 3
-  config.log.every_steps = 1
-  config.log.tensorboard = False
-  config.log.progress = False
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def write_config_file(path: str, config: ml_collections.ConfigDict) -> str:
-  """A config file launch.py can load, holding exactly `config`."""
-  with open(path, 'w') as f:
-    f.write('import json\nimport ml_collections\n\n'
-            'def get_config():\n'
-            f'  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n')
-  return path
-
-
-def run_launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
-               wait: bool = True):
-  cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
-         f'--workdir={workdir}', *args]
-  # The same eight devices as the in-process runs, so that results compare bitwise.
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_TEST_FLAGS}')
-  if not wait:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def final_params(config: ml_collections.ConfigDict, workdir: str):
-  """Params of the newest checkpoint in `workdir`, restored on one device."""
-  from alexnet_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
-  model = experiment.create_model(config, 10)
-  optimizer = optim.create_optimizer(config.optim)
-  shapes = jax.eval_shape(lambda r: step_fns.init_state(model, optimizer, r, 64),
-                          jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          nn.unbox(shapes))
-  ckpt = checkpointing.Checkpointer.from_config(workdir, config.checkpoint)
-  try:
-    state, meta = ckpt.restore(abstract)
-  finally:
-    ckpt.close()
-  return state, meta
-
-
-def train_on_devices(config: ml_collections.ConfigDict, workdir: str, num_devices: int
-                     ) -> experiment.Experiment:
-  """train_and_evaluate on the first `num_devices` of the eight test devices (as if only
-  those were visible); returns the Experiment the run set up: its mesh and shardings."""
-  real_create_mesh, real_setup = experiment.create_mesh, experiment.setup
-  seen = []
-
-  def create_mesh(config, devices=None, mesh_config=None):
-    devices = jax.devices()[:num_devices] if devices is None else devices
-    return real_create_mesh(config, devices, mesh_config)
-
-  def setup(*args, **kwargs):
-    seen.append(real_setup(*args, **kwargs))
-    return seen[-1]
-
-  with mock.patch.object(experiment, 'create_mesh', create_mesh), \
-      mock.patch.object(experiment, 'setup', setup):
-    trainer.train_and_evaluate(config, workdir)
-  assert len(seen) == 1, seen
-  return seen[0]
+from tests.helpers.images import read_split
+from tests.helpers.training import digits_dir
+from tests.helpers.training import final_params
+from tests.helpers.training import read_metrics
+from tests.helpers.training import run_launch
+from tests.helpers.training import tiny_config
+from tests.helpers.training import train_on_devices
+from tests.helpers.training import write_config_file
 
 
 def numpy_evaluation(config: ml_collections.ConfigDict, params) -> dict[str, float]:
   """The val metrics of `params`, from the stored images: views cut and mean-subtracted here,
   softmax and the errors in numpy (section 4.1's ten views when final_eval_crops=10)."""
-  images, labels = test_prepare.read_split(config.data.dir, 'val')
+  images, labels = read_split(config.data.dir, 'val')
   images, labels = np.stack(images).astype(np.float32), np.asarray(labels)
   mean = input_pipeline.load_info(config.data).mean_image
   s, c = config.data.image_size, config.data.crop_size
@@ -177,77 +61,6 @@ def numpy_evaluation(config: ml_collections.ConfigDict, params) -> dict[str, flo
     views = [(t, l, f) for f in (False, True) for t, l in corners_and_center]
     result.update(metrics(np.mean([probabilities(*v) for v in views], axis=0), 'val10'))
   return result
-
-
-class StepTest(absltest.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.config = tiny_config(digits_dir())
-    cls.info = input_pipeline.load_info(cls.config.data)
-    cls.model = experiment.create_model(cls.config, cls.info.num_classes)
-    cls.optimizer = optim.create_optimizer(cls.config.optim)
-    cls.mean = jnp.asarray(cls.info.mean_image)
-    batches = input_pipeline.create_train_iterator(cls.config.data, global_batch_size=16, seed=0)
-    cls.batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
-
-  def fresh_state(self):
-    return jax.tree.map(lambda x: x, nn.unbox(step_fns.init_state(
-        self.model, self.optimizer, jax.random.key(0), 64)))
-
-  def test_steps_lower_the_loss(self):
-    step = jax.jit(lambda s, b, r: step_fns.train_step(s, b, r, model=self.model,
-                                                      optimizer=self.optimizer,
-                                                      mean_image=self.mean))
-    state = self.fresh_state()
-    losses = []
-    for _ in range(8):
-      state, metrics = step(state, self.batch, jax.random.key(1))
-      losses.append(float(metrics['loss']))
-    self.assertEqual(int(state.step), 8)
-    self.assertLess(losses[-1], 0.7 * losses[0], losses)
-    self.assertAlmostEqual(float(metrics['lr']), self.config.optim.learning_rate, places=7)
-
-  def test_train_metrics_match_numpy(self):
-    state = self.fresh_state()
-    _, metrics = step_fns.train_step(state, self.batch, jax.random.key(1), model=self.model,
-                                  optimizer=self.optimizer, mean_image=self.mean)
-    images = preprocess.normalize(self.batch['image'], self.batch['crop'], self.batch['flip'],
-                               self.batch['lighting'], self.mean)
-    rng = jax.random.fold_in(jax.random.key(1), 0)
-    logits = np.asarray(self.model.apply({'params': state.params}, images, train=True,
-                                         rngs={'dropout': rng}), np.float64)
-    labels = np.asarray(self.batch['label'])
-    logp = logits - logits.max(1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
-    self.assertAlmostEqual(float(metrics['loss']), -logp[np.arange(16), labels].mean(), places=4)
-    rank = (logits >= logits[np.arange(16), labels][:, None]).sum(1) - 1  # ties count against
-    self.assertAlmostEqual(float(metrics['top1_err']), float(np.mean(rank >= 1)), places=6)
-    self.assertAlmostEqual(float(metrics['top5_err']), float(np.mean(rank >= 5)), places=6)
-
-  def test_eval_step_matches_numpy(self):
-    state = self.fresh_state()
-    it = input_pipeline.create_eval_iterator(self.config.data, global_batch_size=16, crops=10)
-    batch = next(it)
-    batch['mask'][-3:] = False  # as if the last three rows were padding
-    out = jax.device_get(step_fns.eval_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
-                                         model=self.model, mean_image=self.mean))
-    # Independent: every view through the model one at a time, softmax in numpy.
-    probs = np.zeros((16, 10))
-    for v in range(10):
-      images = preprocess.normalize(batch['image'][:, v], batch['crop'][:, v], batch['flip'][:, v],
-                                 batch['lighting'][:, v], self.mean)
-      logits = np.asarray(self.model.apply({'params': state.params}, images), np.float64)
-      e = np.exp(logits - logits.max(1, keepdims=True))
-      probs += e / e.sum(1, keepdims=True) / 10
-    labels, mask = batch['label'], batch['mask']
-    p_true = probs[np.arange(16), labels]
-    rank = (probs >= p_true[:, None]).sum(1) - 1  # ties count against the label
-    self.assertEqual(float(out['count']), 13.0)
-    self.assertAlmostEqual(float(out['loss_sum']), float(-np.log(p_true)[mask].sum()), places=3)
-    self.assertEqual(float(out['top1_wrong']), float((rank >= 1)[mask].sum()))
-    self.assertEqual(float(out['top5_wrong']), float((rank >= 5)[mask].sum()))
 
 
 class TrainAndEvaluateTest(absltest.TestCase):

@@ -23,8 +23,9 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import workdir_files
 from configs import digits
 from configs import imagenet
-from tests import test_train
 from tests import trained_run
+from tests.helpers import REPO
+from tests.helpers import training
 
 STEP = 7  # the step of the fake finished checkpoint the resumes start from
 
@@ -85,7 +86,7 @@ class TableTest(absltest.TestCase):
 
   def test_every_config_field_has_a_decision(self):
     for config in (imagenet.get_config(), digits.get_config(),
-                   test_train.tiny_config('/data'), trained_run.tiny_config('/data')):
+                   training.tiny_config('/data'), trained_run.tiny_config('/data')):
       self.assertEqual(fields_without_decision(config), [],
                        'give each new config field a decision in resume_changes.DECISIONS')
 
@@ -117,7 +118,7 @@ class TableTest(absltest.TestCase):
 
   def test_the_accepted_fields_are_the_ones_docs_list(self):
     # docs/reliability.md, "Resuming with another config" is what the refusal line points at.
-    with open(os.path.join(test_train.REPO, 'docs', 'reliability.md')) as f:
+    with open(os.path.join(REPO, 'docs', 'reliability.md')) as f:
       text = f.read()
     section = text[text.index('- **Accepted and recorded**'):]
     section = section[:section.index('\n- **', 1)]

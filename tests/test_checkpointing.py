@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import types
 import warnings
@@ -26,7 +25,6 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import grain
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -36,37 +34,13 @@ from alexnet_jax.core import errors
 from alexnet_jax.learning import optim
 from alexnet_jax.training import stop_signals
 from alexnet_jax.storage import workdir_files
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((2,), ('model',), axis_types=(jax.sharding.AxisType.Explicit,))
-
-
-def optim_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      learning_rate=0.01, momentum=0.9, weight_decay=5e-4, decay_bias=True, schedule='plateau',
-      plateau_patience=2, plateau_factor=0.1, plateau_max_drops=3, step_epochs=(30, 60, 80)))
-
-
-def make_state(mesh, seed: int = 0):
-  """A small train state laid out like the trainer's: output features split over 'model'."""
-  rng = np.random.default_rng(seed)
-  split = lambda x, spec: jax.device_put(jnp.asarray(x), NamedSharding(mesh, spec))
-  params = {
-      'conv1': {'kernel': split(rng.normal(size=(3, 3, 3, 8)).astype(np.float32),
-                                P(None, None, None, 'model')),
-                'bias': split(rng.normal(size=(8,)).astype(np.float32), P('model'))},
-      'fc8': {'kernel': split(rng.normal(size=(6, 4)).astype(np.float32), P(None, 'model')),
-              'bias': split(rng.normal(size=(4,)).astype(np.float32), P('model'))},
-  }
-  opt_state = optim.create_optimizer(optim_config()).init(params)
-  # Some velocity, so that the optimizer state is not all zeros.
-  opt_state = jax.tree.map(lambda x: x + 0.5 if x.ndim else x, opt_state)
-  replicated = NamedSharding(mesh, P())
-  return {'step': jax.device_put(jnp.int32(7), replicated), 'params': params,
-          'opt_state': jax.device_put(opt_state, jax.tree.map(lambda x: x.sharding, opt_state))}
+from tests.helpers import REPO
+from tests.helpers import files
+from tests.helpers.checkpoints import CheckpointTestCase
+from tests.helpers.checkpoints import make_iterator
+from tests.helpers.checkpoints import make_state
+from tests.helpers.checkpoints import optim_config
+from tests.helpers.subprocesses import subprocess_env
 
 
 def abstract_of(state, shardings=None):
@@ -80,33 +54,8 @@ def to_numpy(tree):
   return jax.tree.map(np.asarray, tree)
 
 
-def make_iterator(seed: int = 3):
-  return iter(grain.MapDataset.range(40).seed(seed).shuffle().batch(4).to_iter_dataset())
-
-
-def make_tempdir(test: absltest.TestCase) -> str:
-  # Not absltest's create_tempdir: it needs absl flags, which pytest does not parse.
-  path = tempfile.mkdtemp(prefix='alexnet_ckpt_test_')
-  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
-  return path
-
-
 def take(it, n):
   return [np.asarray(next(it)).tolist() for _ in range(n)]
-
-
-class CheckpointTestCase(parameterized.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.assertGreaterEqual(jax.device_count(), 2, 'needs 2 CPU devices (set in tests/__init__.py)')
-    self.mesh = make_mesh()
-    self.workdir = make_tempdir(self)
-
-  def checkpointer(self, **kwargs) -> checkpointing.Checkpointer:
-    ckpt = checkpointing.Checkpointer(os.path.join(self.workdir, 'checkpoints'), **kwargs)
-    self.addCleanup(ckpt.close)
-    return ckpt
 
 
 class RoundTripTest(CheckpointTestCase):
@@ -444,7 +393,7 @@ class PlainOrbaxRecipeTest(absltest.TestCase):
     self.assertLen(blocks, 1)
     placeholder = "workdir = 'runs/digits'"
     self.assertIn(placeholder, blocks[0])
-    out = make_tempdir(self)
+    out = files.make_tempdir(self)
     code = blocks[0].replace(placeholder, f'workdir = {workdir!r}') + textwrap.dedent(f"""
         import json, sys
         assert not any(m.startswith('alexnet_jax') for m in sys.modules), 'imported the project'
@@ -563,7 +512,7 @@ class ConfigTest(absltest.TestCase):
     return imagenet.get_config()
 
   def test_config_py_reproduces_the_config(self):
-    workdir = make_tempdir(self)
+    workdir = files.make_tempdir(self)
     config = self.config()
     config.batch_size = 64
     workdir_files.save_config(workdir, config)
@@ -614,7 +563,7 @@ class PreemptionTest(absltest.TestCase):
         print('still alive', flush=True)
         ''')
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+                          text=True, timeout=120, env=subprocess_env())
     self.assertEqual(proc.stdout.split('\n')[0], 'True True True', proc.stderr)
     self.assertEqual(proc.returncode, -signal.SIGINT, proc.stdout + proc.stderr)
     self.assertNotIn('still alive', proc.stdout)
@@ -635,7 +584,7 @@ class PreemptionTest(absltest.TestCase):
 class ReadOnlyTest(absltest.TestCase):
 
   def test_read_only_keeps_a_save_in_flight_and_refuses_to_save(self):
-    workdir = make_tempdir(self)
+    workdir = files.make_tempdir(self)
     folder = os.path.join(workdir, 'checkpoints')
     writer = checkpointing.Checkpointer(folder, async_save=False)
     state = {'w': jnp.arange(4.0)}

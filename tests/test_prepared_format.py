@@ -2,19 +2,12 @@
 
 import json
 import os
-import shutil
-import tempfile
 
 from absl.testing import absltest
 import numpy as np
 
 from alexnet_jax.data import prepared_format
-
-
-def _tempdir(test: absltest.TestCase) -> str:
-  path = tempfile.mkdtemp(prefix='test_dataset_format_')
-  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
-  return path
+from tests.helpers import files
 
 
 def _write_description(folder: str, **fields) -> None:
@@ -39,7 +32,7 @@ class RecordTest(absltest.TestCase):
 class DescriptionTest(absltest.TestCase):
 
   def test_only_a_complete_description_of_this_format_counts(self):
-    folder = _tempdir(self)
+    folder = files.make_tempdir(self)
     self.assertIsNone(prepared_format.read_dataset_json(folder))
     self.assertIsNone(prepared_format.read_dataset_json(os.path.join(folder, 'absent')))
     with open(os.path.join(folder, prepared_format.DATASET_FILE), 'w') as f:
@@ -54,7 +47,7 @@ class DescriptionTest(absltest.TestCase):
                      prepared_format.FORMAT)
 
   def test_complete_needs_the_stats_and_every_shard(self):
-    folder = _tempdir(self)
+    folder = files.make_tempdir(self)
     _write_description(folder)
     self.assertFalse(prepared_format.is_complete(folder))
     open(os.path.join(folder, 'train.array_record-00000-of-00001'), 'w').close()
@@ -66,7 +59,7 @@ class DescriptionTest(absltest.TestCase):
 class StatsTest(absltest.TestCase):
 
   def test_write_then_read(self):
-    path = os.path.join(_tempdir(self), prepared_format.STATS_FILE)
+    path = os.path.join(files.make_tempdir(self), prepared_format.STATS_FILE)
     rng = np.random.default_rng(0)
     mean_image = rng.uniform(0, 255, (4, 4, 3)).astype(np.float32)
     eigvals = np.float32([0.2, 0.02, 0.005])

@@ -13,26 +13,13 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from tests import XLA_TEST_FLAGS
-from tests.test_train import digits_dir
-from tests.test_train import read_metrics
-from tests.test_train import tiny_config
-from tests.test_train import write_config_file
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def launch_env(devices: int, **extra: str) -> dict:
-  env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
-  env.update(PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {XLA_TEST_FLAGS}',
-             **extra)
-  return env
-
-
-def launch(args, env, timeout=300):
-  return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py'), *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+from tests.helpers import REPO
+from tests.helpers.subprocesses import launch
+from tests.helpers.subprocesses import launch_env
+from tests.helpers.training import digits_dir
+from tests.helpers.training import read_metrics
+from tests.helpers.training import tiny_config
+from tests.helpers.training import write_config_file
 
 
 def number(pattern: str, text: str) -> int:

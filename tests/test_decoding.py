@@ -9,39 +9,32 @@ from PIL import Image
 from PIL import ImageOps
 
 from alexnet_jax.data import decoding
-
-
-def _encode(image: np.ndarray, fmt: str, **kwargs) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, fmt, **kwargs)
-  return buf.getvalue()
+from tests.helpers.images import encode
 
 
 class DecodeTest(absltest.TestCase):
 
   def test_png_named_anything_decodes_exactly(self):
     image = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(decoding.decode(_encode(image, 'PNG')), image)
+    np.testing.assert_array_equal(decoding.decode(encode(image, 'PNG')), image)
 
   def test_jpeg_grayscale_and_cmyk_become_rgb(self):
     gray = np.full((16, 16), 77, np.uint8)
-    out = decoding.decode(_encode(gray, 'JPEG', quality=95))
+    out = decoding.decode(encode(gray, 'JPEG', quality=95))
     self.assertEqual(out.shape, (16, 16, 3))
     np.testing.assert_allclose(out, 77, atol=1)
     rgb = np.zeros((16, 16, 3), np.uint8) + np.uint8([200, 40, 120])
-    buf = io.BytesIO()
-    Image.fromarray(rgb).convert('CMYK').save(buf, 'JPEG', quality=95)
-    out = decoding.decode(buf.getvalue())
+    out = decoding.decode(encode(rgb, 'JPEG', mode='CMYK', quality=95))
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [200, 40, 120], atol=4)
 
   def test_sixteen_bit_png_is_rescaled(self):
     gray16 = np.full((8, 8), 32768, np.uint16)
-    out = decoding.decode(_encode(gray16, 'PNG'))
+    out = decoding.decode(encode(gray16, 'PNG'))
     np.testing.assert_allclose(out, 128, atol=1)
 
   def test_truncated_jpeg_raises(self):
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    data = _encode(image, 'JPEG', quality=90)
+    data = encode(image, 'JPEG', quality=90)
     with self.assertRaises(OSError):
       decoding.decode(data[:len(data) // 2])
 
@@ -66,7 +59,7 @@ class DecodeTest(absltest.TestCase):
 
   def test_upsampling_small_images(self):
     small = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    out = decoding.decode_and_resize(_encode(small, 'PNG'), 32)
+    out = decoding.decode_and_resize(encode(small, 'PNG'), 32)
     self.assertEqual(out.shape, (32, 32, 3))
     # Block averages of a smooth 4x enlargement stay near the source pixels.
     blocks = out.reshape(8, 4, 8, 4, 3).mean((1, 3))
@@ -77,10 +70,7 @@ def _with_orientation(image: np.ndarray, fmt: str, orientation: int) -> bytes:
   """`image` encoded with an EXIF orientation tag, as a camera stores a turned photo."""
   exif = Image.Exif()
   exif[0x0112] = orientation
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, fmt, exif=exif.tobytes(), **(
-      {'quality': 95} if fmt == 'JPEG' else {}))
-  return buf.getvalue()
+  return encode(image, fmt, exif=exif.tobytes(), **({'quality': 95} if fmt == 'JPEG' else {}))
 
 
 class OrientationTest(parameterized.TestCase):

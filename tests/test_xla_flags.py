@@ -12,8 +12,9 @@ import numpy as np
 
 from alexnet_jax.model import alexnet
 from alexnet_jax.core import xla_flags
-from tests.test_plan import REPO
-from tests.test_train import digits_dir
+from tests.helpers import REPO
+from tests.helpers.subprocesses import subprocess_env
+from tests.helpers.training import digits_dir
 
 OPTION = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
@@ -122,7 +123,7 @@ class LaunchTest(absltest.TestCase):
   """launch.py sets the options before JAX starts, and XLA accepts them."""
 
   def dry_run(self, xla_flags: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags)
+    env = subprocess_env(JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags)
     args = ['--config=configs/digits.py', f'--workdir={self.create_tempdir().full_path}',
             '--dry_run', f'--config.data.dir={digits_dir()}', '--config.mesh.model=1']
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch.py'), *args], cwd=REPO,
