@@ -45,8 +45,8 @@ class Plant:
 PAPER_NET = 'tests/test_paper_config.py::PaperNetworkTest'
 PAPER_CONFIG = 'tests/test_paper_config.py::ImagenetConfigTest'
 PLATEAU_RUN = 'tests/test_plateau_run.py'
-LOSSES = 'tests/test_metrics.py::LossesTest'
-BF16_NUMERICS = 'tests/test_model.py::Bfloat16NumericsTest'
+LOSSES = 'tests/test_losses.py::LossesTest'
+BF16_NUMERICS = 'tests/test_alexnet.py::Bfloat16NumericsTest'
 
 PLANTS = (
     # The paper's numbers where the network, the trainer and prepare use them.
@@ -77,7 +77,7 @@ PLANTS = (
           "_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6')", (PAPER_NET + '::test_init_is_the_papers',)),
     Plant('conv3_grouped', 'alexnet_jax/model/alexnet.py',
           "'conv3': (3, 1, 1, False),", "'conv3': (3, 1, 1, True),",
-          ('tests/test_model.py', '-k', 'test_network_level_towers')),
+          ('tests/test_alexnet.py', '-k', 'test_network_level_towers')),
     Plant('conv3_grouped_wiring', 'alexnet_jax/model/alexnet.py',
           "'conv3': (3, 1, 1, False),", "'conv3': (3, 1, 1, True),",
           (PAPER_NET + '::test_each_layer_reads_the_previous_one',)),
@@ -115,12 +115,12 @@ PLANTS = (
     Plant('model_axis_silently_1', 'alexnet_jax/sharding/meshes.py',
           'return jax.make_mesh((shape.data, shape.model), MESH_AXES,',
           'return jax.make_mesh((shape.data * shape.model, 1), MESH_AXES,',
-          ('tests/test_train.py', '-k', 'test_model_split_matches_one_device')),
+          ('tests/test_trainer.py', '-k', 'test_model_split_matches_one_device')),
     # Formulas the suite pinned before these tests.
     Plant('lrn_alpha_divided_by_n', 'alexnet_jax/model/layers.py',
           'denom = k + alpha * _channel_window_sum(jnp.square(x32), size)',
           'denom = k + alpha / size * _channel_window_sum(jnp.square(x32), size)',
-          ('tests/test_model.py', '-k', 'LRNTest')),
+          ('tests/test_alexnet.py', '-k', 'LRNTest')),
     Plant('optax_sgd_instead_of_paper_chain', 'alexnet_jax/learning/optim.py',
           '      optax.scale_by_learning_rate(learning_rate),\n'
           '      optax.trace(decay=momentum, nesterov=False),',
@@ -132,7 +132,7 @@ PLANTS = (
           ('tests/test_augment.py',)),
     Plant('top5_as_top1', 'alexnet_jax/model/losses.py',
           'return tuple(((rank >= k) | unusable)', 'return tuple(((rank >= 1) | unusable)',
-          ('tests/test_metrics.py',)),
+          ('tests/test_losses.py',)),
     # Numerics: ties, bfloat16 logits and conv1 (docs/design.md, "Top-k errors" and
     # "Numerics under bfloat16").
     Plant('ties_for_the_label', 'alexnet_jax/model/losses.py',

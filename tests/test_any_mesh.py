@@ -27,11 +27,12 @@ from alexnet_jax import prepare
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
 from alexnet_jax.training import trainer
-from tests.test_plan import launch
-from tests.test_plan import launch_env
-from tests.test_train import digits_dir
-from tests.test_train import read_metrics
-from tests.test_train import tiny_config
+from tests.helpers.checks import assert_trees_close
+from tests.helpers.subprocesses import launch
+from tests.helpers.subprocesses import launch_env
+from tests.helpers.training import digits_dir
+from tests.helpers.training import read_metrics
+from tests.helpers.training import tiny_config
 
 BATCH = 8
 
@@ -116,12 +117,6 @@ def one_step(num_classes: int, devices: int, mesh_model) -> dict:
           'conv2_shard': conv2.shard_shape(new_state.params['conv2']['kernel'].shape),
           'init': init_params, 'state': jax.device_get(new_state),
           'loss': float(metrics['loss']), 'eval': jax.device_get(evaluated)}
-
-
-def assert_trees_close(got, want, what):
-  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-7,
-                               err_msg=f'{what}{jax.tree_util.keystr(path)}')
 
 
 class AnyClassCountStepTest(parameterized.TestCase):

@@ -43,10 +43,11 @@ from alexnet_jax.distributed import startup
 from alexnet_jax.distributed import watch
 from alexnet_jax.storage import checkpointing
 from tests import XLA_TEST_FLAGS
-from tests import test_checkpoint
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import checkpoints
+from tests.helpers import training
+from tests.helpers.subprocesses import free_port
 
-REPO = test_train.REPO
 TIMEOUT = 3  # --distributed_timeout of the start-up cases, in seconds
 # The wait of runs whose processes must all meet: a loaded machine may start one of them
 # seconds after the other, which must not read as a missing peer.
@@ -58,12 +59,6 @@ ABORTS = ('Traceback', 'Check failure', 'Fatal Python error', 'terminate called'
 JAX_COORDINATOR_GONE = 'JAX distributed service detected fatal errors'
 # A survivor stops within this many seconds of a peer's kill -9 (JAX's heartbeat: 100 s).
 LOSS_NOTICED_S = 30
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def lost_line(victim: int) -> str:
@@ -83,11 +78,11 @@ class ClusterTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp(prefix='test_cluster_')
-    config = test_train.tiny_config(
-        test_train.digits_dir(), batch_size=16, num_train_steps=STEPS, final_eval_crops=1,
+    config = training.tiny_config(
+        training.digits_dir(), batch_size=16, num_train_steps=STEPS, final_eval_crops=1,
         **{'mesh.data': -1, 'mesh.model': 1, 'checkpoint.every_steps': CHECKPOINT_EVERY,
            'log.every_steps': CHECKPOINT_EVERY})
-    cls.config_file = test_train.write_config_file(os.path.join(cls.root, 'config.py'), config)
+    cls.config_file = training.write_config_file(os.path.join(cls.root, 'config.py'), config)
     # One CPU device per process; every run after the first reads its programs from the cache.
     cls.env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=XLA_TEST_FLAGS,
                    JAX_COMPILATION_CACHE_DIR=os.path.join(cls.root, 'xla_cache'),
@@ -324,7 +319,7 @@ class ClusterTest(absltest.TestCase):
     return [(r['step'], r['kind'], r.get('loss', r.get('val_loss'))) for r in lines]
 
 
-class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
+class CheckpointWriteAfterPeerLossTest(checkpoints.CheckpointTestCase):
   """A checkpoint write that fails because a peer died is reported as the loss, not the disk."""
 
   def failed_save(self, session) -> BaseException:
@@ -333,8 +328,8 @@ class CheckpointWriteAfterPeerLossTest(test_checkpoint.CheckpointTestCase):
     with mock.patch.object(watch, '_session', session), \
          mock.patch.object(grain.checkpoint.CheckpointHandler, 'save', side_effect=broken):
       with self.assertRaises(Exception) as caught:
-        ckpt.save(1, test_checkpoint.make_state(self.mesh),
-                  data_iterator=test_checkpoint.make_iterator(), meta={'epoch': 1})
+        ckpt.save(1, checkpoints.make_state(self.mesh),
+                  data_iterator=checkpoints.make_iterator(), meta={'epoch': 1})
         ckpt.wait()
     return caught.exception
 

@@ -24,11 +24,10 @@ import numpy as np
 
 from alexnet_jax.storage import checkpointing
 from tests import XLA_TEST_FLAGS
-from tests import test_multihost
-from tests import test_reliability
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import subprocesses
+from tests.helpers import training
 
-REPO = test_train.REPO
 STEPS = 4
 STOP = 2
 TIMEOUT_S = 300
@@ -36,8 +35,7 @@ TIMEOUT_S = 300
 
 def env() -> dict[str, str]:
   """One CPU device per process, the shared compilation cache of test_reliability."""
-  base = test_reliability.launch_env()
-  return dict(base, XLA_FLAGS=XLA_TEST_FLAGS)
+  return subprocesses.launch_env(compile_cache=True, XLA_FLAGS=XLA_TEST_FLAGS)
 
 
 def run(config_file: str, workdir: str, processes: int, steps: int) -> list[tuple[int, str]]:
@@ -47,7 +45,7 @@ def run(config_file: str, workdir: str, processes: int, steps: int) -> list[tupl
   if processes == 1:
     commands = [common]
   else:
-    port = test_multihost.free_port()
+    port = subprocesses.free_port()
     commands = [common + [f'--coordinator_address=127.0.0.1:{port}',
                           f'--num_processes={processes}', f'--process_id={i}']
                 for i in range(processes)]
@@ -64,7 +62,7 @@ def run(config_file: str, workdir: str, processes: int, steps: int) -> list[tupl
 
 
 def train_losses(workdir: str) -> dict[int, float]:
-  return {r['step']: r['loss'] for r in test_reliability.read_metrics(workdir)
+  return {r['step']: r['loss'] for r in training.read_metrics(workdir, while_running=True)
           if r['kind'] == 'train'}
 
 
@@ -76,9 +74,9 @@ class ElasticResumeTest(absltest.TestCase):
     cls.root = tempfile.mkdtemp(prefix='test_elastic_resume_')
     cls.addClassCleanup(shutil.rmtree, cls.root, ignore_errors=True)
     # Batch 16, a loss logged every step, checkpoints at STOP (the stopped run's last step).
-    cls.config = test_train.tiny_config(test_train.digits_dir(), num_train_steps=STEPS,
+    cls.config = training.tiny_config(training.digits_dir(), num_train_steps=STEPS,
                                         final_eval_crops=1)
-    cls.config_file = test_train.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
+    cls.config_file = training.write_config_file(os.path.join(cls.root, 'cfg.py'), cls.config)
     cls.reference = os.path.join(cls.root, 'reference')
     results = run(cls.config_file, cls.reference, processes=1, steps=STEPS)
     if results[0][0] != 0:
@@ -105,8 +103,8 @@ class ElasticResumeTest(absltest.TestCase):
     for step in got:
       self.assertAlmostEqual(got[step], want[step], delta=1e-5 * abs(want[step]),
                              msg=f'step {step}: not the same examples as the uninterrupted run')
-    ref_state, ref_meta = test_train.final_params(self.config, self.reference)
-    state, meta = test_train.final_params(self.config, workdir)
+    ref_state, ref_meta = training.final_params(self.config, self.reference)
+    state, meta = training.final_params(self.config, workdir)
     self.assertEqual((meta['step'], meta[checkpointing.DATA_POSITION]), (STEPS, STEPS))
     self.assertEqual(meta[checkpointing.PROCESS_COUNT], then)
     self.assertEqual(ref_meta[checkpointing.PROCESS_COUNT], 1)

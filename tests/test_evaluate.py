@@ -28,21 +28,21 @@ from alexnet_jax.evaluation import finished_run
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.storage import lockfile
 from alexnet_jax.training import trainer
-from tests import test_reliability
-from tests import test_train
+from tests.helpers import REPO
+from tests.helpers import subprocesses
+from tests.helpers import training
 
-REPO = test_train.REPO
 STEPS = 10
 
 
 def run_config(data: str, **overrides):
   settings = {'num_train_steps': STEPS, 'optim.learning_rate': 0.02}
   settings.update(overrides)
-  return test_train.tiny_config(data, **settings)
+  return training.tiny_config(data, **settings)
 
 
 def last_eval(workdir: str) -> dict:
-  return [r for r in test_train.read_metrics(workdir) if r['kind'] == 'eval'][-1]
+  return [r for r in training.read_metrics(workdir) if r['kind'] == 'eval'][-1]
 
 
 def digests(folder: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ class EvaluateTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data = test_train.digits_dir()
+    cls.data = training.digits_dir()
     cls.root = tempfile.mkdtemp(prefix='test_evaluate_')
     cls.a = os.path.join(cls.root, 'a')
     cls.b = os.path.join(cls.root, 'b')
@@ -201,7 +201,7 @@ class EvaluateTest(absltest.TestCase):
     proc = subprocess.run(
         [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={a}', f'--workdir={b}',
          '--crops=10', f'--output={output}'],
-        cwd=REPO, env=test_reliability.launch_env(), capture_output=True, text=True, timeout=600)
+        cwd=REPO, env=subprocesses.launch_env(compile_cache=True), capture_output=True, text=True, timeout=600)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     lines = proc.stdout.strip().splitlines()
     self.assertLen(lines, 3, proc.stdout)
@@ -227,7 +227,7 @@ class ChooseStepTest(absltest.TestCase):
   """`best` is the kept checkpoint with the lowest validation error orbax stored."""
 
   def save_checkpoints(self, errors: dict[int, float | None]) -> tuple[str, object]:
-    config = test_train.tiny_config('unused')
+    config = training.tiny_config('unused')
     workdir = self.create_tempdir().full_path
     state = {'w': np.arange(4, dtype=np.float32)}
     with checkpointing.Checkpointer.from_config(workdir, config.checkpoint) as ckpt:

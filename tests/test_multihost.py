@@ -15,7 +15,6 @@ run alongside).
 """
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,11 @@ from absl.testing import absltest
 import numpy as np
 
 from tests import tiny_training as tiny
+from tests.helpers.subprocesses import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 TIMEOUT_S = 420
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def worker_env() -> dict[str, str]:

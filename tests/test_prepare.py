@@ -22,7 +22,7 @@ from tests import fakes
 
 SIZE = fakes.SIZE
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-read_split = fakes.read_split  # tests/test_train.py reads prepared splits through here
+read_split = fakes.read_split
 
 
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import os
 import re
 
 from tests import tiny_training as tiny
+from tests.helpers.checks import assert_trees_close
 
 tiny.request_cpu_devices(4)  # before anything starts JAX's backend
 
@@ -409,12 +410,6 @@ def sharded_step(data: int, model: int):
   return jax.device_get((loss, grads, new_state)), compiled.as_text()
 
 
-def assert_trees_close(test, got, want, what):
-  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-7,
-                               err_msg=f'{what}{jax.tree_util.keystr(path)}')
-
-
 class ShardedStepTest(parameterized.TestCase):
 
   @parameterized.parameters(*MESH_SHAPES)
@@ -422,9 +417,9 @@ class ShardedStepTest(parameterized.TestCase):
     (loss, grads, state), _ = sharded_step(data, model)
     ref_loss, ref_grads, ref_state = reference_step()
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    assert_trees_close(self, grads, ref_grads, 'grads')
-    assert_trees_close(self, state['params'], ref_state['params'], 'params')
-    assert_trees_close(self, state['opt_state'], ref_state['opt_state'], 'opt_state')
+    assert_trees_close(grads, ref_grads, 'grads')
+    assert_trees_close(state['params'], ref_state['params'], 'params')
+    assert_trees_close(state['opt_state'], ref_state['opt_state'], 'opt_state')
     # The step moved the weights: equal updates, not two untouched copies.
     self.assertGreater(np.abs(state['params']['fc6']['kernel']
                               - np.asarray(reference_init()['params']['fc6']['kernel'])).max(),
