@@ -27,6 +27,7 @@ import numpy as np
 
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
+from alexnet_jax.data import worker_guard
 # Names callers have long reached through this module; they live where imported from.
 # pylint: disable=unused-import
 from alexnet_jax.data.dataset_info import DatasetInfo, mean_for_config, steps_per_epoch
@@ -138,7 +139,8 @@ def _iterator(dataset: grain.MapDataset,
       flags.FLAGS.mark_as_parsed()
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_config.worker_count),
-        per_worker_buffer_size=max(int(data_config.prefetch), 1)))
+        per_worker_buffer_size=max(int(data_config.prefetch), 1)),
+        worker_init_fn=worker_guard.die_with_parent)
   return iter(iter_dataset)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from absl import logging
 
 from alexnet_jax.core import errors
+from alexnet_jax.data import worker_guard
 from alexnet_jax.prepare import progress_line
 
 # Memory one conversion worker process may hold. Measured (peak resident set, image_size
@@ -70,6 +71,7 @@ def _ignore_ctrl_c() -> None:
   """
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+  worker_guard.die_with_parent()  # a parent killed by kill -9 leaves no converter running
 
 
 @contextlib.contextmanager

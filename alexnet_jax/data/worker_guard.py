@@ -1,0 +1,44 @@
+"""Keeps worker processes from outliving their parent: a watch thread in each worker.
+
+grain's worker processes (data.worker_count) and prepare's converters are
+multiprocessing children. A parent that exits normally stops them; one killed
+(kill -9, the OOM killer) cannot, and each orphan would keep decoding at its
+buffer's pace and hold hundreds of MB. `die_with_parent`, run first in every
+worker, starts a daemon thread that polls the parent's pid and kills its own
+process once the parent is gone (the worker is re-parented, so os.getppid()
+changes). A thread rather than prctl(PR_SET_PDEATHSIG): that signal follows the
+*thread* that started the child, and grain starts its workers from a thread pool
+whose threads may end while the parent lives; polling works on macOS too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+# Seconds between looks at the parent: an orphan lives at most this long.
+POLL_SECONDS = 0.5
+
+
+def _watch(parent: int, interval: float) -> None:
+  while True:
+    time.sleep(interval)
+    if os.getppid() != parent:
+      # SIGKILL: no cleanup to run (the parent owned every output), and no handler of
+      # grain's or the caller's can hold the process back.
+      os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_parent(*_: object, interval: float = POLL_SECONDS) -> None:
+  """Ends this process within `interval` seconds of its parent's death, whatever killed it.
+
+  Takes and ignores positional arguments, so it serves as grain's worker_init_fn
+  (called with the worker's index and count) as well as a pool initializer.
+  """
+  parent = os.getppid()
+  if parent == 1:  # already orphaned (or started by init): nothing to watch
+    return
+  threading.Thread(target=_watch, args=(parent, interval), name='die_with_parent',
+                   daemon=True).start()
