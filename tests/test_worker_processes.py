@@ -39,15 +39,18 @@ GRAIN_PARENT = textwrap.dedent('''
 ''')
 
 POOL_PARENT = textwrap.dedent('''
-    import multiprocessing, sys, time
+    import multiprocessing, time
     from alexnet_jax.prepare import pool
 
     if __name__ == '__main__':
-      context = multiprocessing.get_context('spawn')
-      with context.Pool(2, initializer=pool._ignore_ctrl_c) as workers:
-        workers.map(time.sleep, [0.1, 0.1])
-        print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
-        time.sleep(600)
+      # As pool.execute starts them; each busy with a part far longer than the test (or
+      # still importing when the parent dies).
+      workers = pool.new_pool(2)
+      busy = [workers.submit(time.sleep, 600) for _ in range(2)]
+      time.sleep(3)  # both started and into their task
+      print(' '.join(str(p.pid) for p in multiprocessing.active_children()
+                     if 'resource_tracker' not in p.name), flush=True)
+      time.sleep(600)
 ''')
 
 

@@ -17,7 +17,9 @@ Eval batch (V = 1 center crop, or the paper's 10 views): image uint8 (b, V, c, c
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 from absl import flags
 import grain
@@ -140,7 +142,7 @@ def _iterator(dataset: grain.MapDataset,
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_config.worker_count),
         per_worker_buffer_size=max(int(data_config.prefetch), 1)),
-        worker_init_fn=worker_guard.die_with_parent)
+        worker_init_fn=functools.partial(worker_guard.die_with_parent, parent=os.getpid()))
   return iter(iter_dataset)
 
 

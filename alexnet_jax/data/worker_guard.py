@@ -31,14 +31,19 @@ def _watch(parent: int, interval: float) -> None:
       os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(*_: object, interval: float = POLL_SECONDS) -> None:
+def die_with_parent(*_: object, parent: int | None = None,
+                    interval: float = POLL_SECONDS) -> None:
   """Ends this process within `interval` seconds of its parent's death, whatever killed it.
 
-  Takes and ignores positional arguments, so it serves as grain's worker_init_fn
-  (called with the worker's index and count) as well as a pool initializer.
+  parent: the pid of the process that started this one, as that process saw itself
+  (os.getpid() there); give it, since a worker may run this only after seconds of
+  imports, when a parent killed meanwhile is already replaced by init. Without it,
+  the parent of the moment. Takes and ignores positional arguments, so that
+  `functools.partial(die_with_parent, parent=os.getpid())` serves as grain's
+  worker_init_fn (called with the worker's index and count).
   """
-  parent = os.getppid()
-  if parent == 1:  # already orphaned (or started by init): nothing to watch
-    return
+  parent = os.getppid() if parent is None else parent
+  if os.getppid() != parent:
+    os.kill(os.getpid(), signal.SIGKILL)
   threading.Thread(target=_watch, args=(parent, interval), name='die_with_parent',
                    daemon=True).start()
