@@ -78,10 +78,11 @@ class PreparedSource(Source):
   def description(self) -> dict[str, Any]:
     """dataset.json of the complete dataset in data.dir, at the configured image_size."""
     folder = self.config.dir
-    if not folder or not prepared_format.is_complete(folder):
+    missing = prepared_format.what_is_missing(folder) if folder else prepared_format.NOT_PREPARED
+    if missing:
       raise errors.MissingInputError(
           f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-          f'(no finished {prepared_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
+          f'({missing}); run: python -m alexnet_jax.prepare '
           f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
     description = prepared_format.read_dataset_json(folder)
     if description['image_size'] != self.config.image_size:
