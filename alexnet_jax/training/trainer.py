@@ -251,9 +251,12 @@ def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int
   last_eval: dict[str, Any] = {}
   if start_step >= run.num_steps:
     evals = [r for r in metric_log.read_metrics(run.workdir) if r['kind'] == 'eval']
-    last_eval = evals[-1] if evals else {}
+    if not evals or evals[-1]['step'] != start_step:
+      # Saved at the end but its final evaluation failed (a damaged val shard): do it now.
+      logging.info('Evaluating the last step %d, whose final evaluation is missing.', start_step)
+      return state, _evaluate_and_log(run, state, start_step, final=True), None
     logging.info('The run in %s already finished at step %d.', run.workdir, start_step)
-    return state, last_eval, None
+    return state, evals[-1], None
   if run.preemption.requested():  # a signal during set-up: the state is the restored one
     logging.warning('Stop signal received before the first step: nothing new to save; '
                     'exiting.')
@@ -273,7 +276,7 @@ def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int
       timer = _log_train(run, step, pending, timer)
       pending = []
     if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
-      last_eval = _evaluate_and_log(run, state, step, final=last)
+      last_eval = _final_or_due_evaluation(run, state, step, pending, final=last)
       if run.plateau is not None:
         state = _with_lr(run, state, run.plateau.update(last_eval['val_top1_err']))
       _save(run, state, step, pending, val_error=last_eval['val_top1_err'], force=True)
@@ -320,6 +323,22 @@ def _log_train(run: _TrainingSession, step: int, pending: list[dict[str, jax.Arr
   run.writer.write({'step': step, 'kind': 'train', **summary})
   run.reporter.update(step, summary)
   return now, step
+
+
+def _final_or_due_evaluation(run: _TrainingSession, state: step_fns.TrainState, step: int,
+                             pending: list[dict[str, jax.Array]], final: bool
+                             ) -> dict[str, Any]:
+  """`_evaluate_and_log`; a final evaluation that fails first saves the last step.
+
+  A user error there (a damaged or missing val shard) would otherwise lose every step
+  since the last checkpoint; a rerun then finds the last step saved and evaluates it.
+  """
+  try:
+    return _evaluate_and_log(run, state, step, final)
+  except errors.UserError:
+    if final:
+      _save(run, state, step, pending, force=True)
+    raise
 
 
 def _evaluate_and_log(run: _TrainingSession, state: step_fns.TrainState, step: int,
