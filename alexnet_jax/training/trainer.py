@@ -35,6 +35,7 @@ from alexnet_jax.config import resume_changes
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
+from alexnet_jax.data import dataset_info
 from alexnet_jax.data import device_feed
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
@@ -55,7 +56,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
     prepare.ensure_prepared(config.data.prepare_from, config.data.dir,
                             image_size=config.data.image_size)
   startup.sync_hosts('dataset prepared')
-  return input_pipeline.load_info(config.data)
+  info = input_pipeline.load_info(config.data)
+  dataset_info.check_trainable(info, config.data.dir or config.data.source)
+  return info
 
 
 @dataclasses.dataclass
