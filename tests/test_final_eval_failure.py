@@ -3,9 +3,13 @@
 A tiny run whose only checkpoint would be the last step trains on a copy of the digits
 set whose val shard is damaged: the final evaluation fails with one user error, the
 last step is saved all the same, and once the shard is restored a rerun evaluates
-that step without training again.
+that step without training again. The rerun starts from another directory with the
+same relative config.data.dir: it resumes on the dataset the run started with, not a
+new preparation there.
 """
 
+import contextlib
+import json
 import os
 import shutil
 
@@ -35,17 +39,24 @@ class FinalEvaluationFailureTest(absltest.TestCase):
     val = sorted(n for n in os.listdir(data) if n.startswith('val.array_record'))[0]
     shutil.copy(os.path.join(data, val), os.path.join(root, 'val_backup'))
     _damage(os.path.join(data, val))
-    config = trained_run.tiny_config(data)
+    # data.dir relative, as configs/digits.py has it: the rerun below starts elsewhere.
+    config = trained_run.tiny_config('data')
     config.checkpoint.every_steps = 1000  # no save before the end
     workdir = os.path.join(root, 'run')
-    with self.assertRaisesRegex(errors.UserError, 'is damaged'):
+    with contextlib.chdir(root), self.assertRaisesRegex(errors.UserError, 'is damaged'):
       trainer.train_and_evaluate(config, workdir)
     steps = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                        read_only=True).all_steps()
     self.assertEqual(steps, [trained_run.STEPS])
 
     shutil.copy(os.path.join(root, 'val_backup'), os.path.join(data, val))
-    last = trainer.train_and_evaluate(config, workdir)
+    elsewhere = self.create_tempdir().full_path
+    with contextlib.chdir(elsewhere):
+      last = trainer.train_and_evaluate(config, workdir)
+    # The relative data.dir named root/data when the run started: not prepared again here.
+    self.assertFalse(os.path.exists(os.path.join(elsewhere, 'data')))
+    with open(os.path.join(workdir, 'config.json')) as f:
+      self.assertEqual(json.load(f)['data']['dir'], data)
     self.assertEqual(last['step'], trained_run.STEPS)
     records = metric_log.read_metrics(workdir)
     self.assertEqual([r['step'] for r in records if r['kind'] == 'eval'], [trained_run.STEPS])

@@ -37,6 +37,7 @@ from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
 from alexnet_jax.data import dataset_info
 from alexnet_jax.data import device_feed
+from alexnet_jax.data import sources
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
@@ -59,6 +60,21 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
   info = input_pipeline.load_info(config.data)
   dataset_info.check_trainable(info, config.data.dir or config.data.source)
   return info
+
+
+def _fixed_data_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`config` with an absolute data.dir: a relative one keeps naming the run's first folder."""
+  stored_dir = None
+  if (config.data.dir and not os.path.isabs(config.data.dir) and
+      checkpointing.finished_steps(workdir)):  # a resume: which folder did the run start with?
+    stored = (workdir_files.load_config_dict(workdir) or {}).get('data')
+    stored_dir = stored.get('dir') if isinstance(stored, dict) else None
+  data_dir, note = sources.absolute_data_dir(config.data.dir, stored_dir)
+  if note:
+    logging.warning('%s', note)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.dir = data_dir
+  return config
 
 
 @dataclasses.dataclass
@@ -99,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_files.prepare_workdir(workdir)
   with workdir_files.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
+    config = _fixed_data_dir(config, workdir)
     accepted = workdir_files.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
     agreement.agree('dataset', _dataset_fields(info))
