@@ -139,6 +139,7 @@ def _iterator(dataset: grain.MapDataset,
       # grain reads its absl flags when starting workers; outside `app.run` (tests,
       # notebooks) accept their defaults instead of failing.
       flags.FLAGS.mark_as_parsed()
+    worker_guard.quiet_resource_tracker()  # a killed worker: the error line stays the last
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_config.worker_count),
         per_worker_buffer_size=max(int(data_config.prefetch), 1)),

@@ -9,6 +9,10 @@ process once the parent is gone (the worker is re-parented, so os.getppid()
 changes). A thread rather than prctl(PR_SET_PDEATHSIG): that signal follows the
 *thread* that started the child, and grain starts its workers from a thread pool
 whose threads may end while the parent lives; polling works on macOS too.
+
+`quiet_resource_tracker` keeps multiprocessing's resource tracker from printing a
+warning below the run's last line when a killed worker leaves shared memory behind
+(the tracker removes it all the same).
 """
 
 from __future__ import annotations
@@ -47,3 +51,20 @@ def die_with_parent(*_: object, parent: int | None = None,
     os.kill(os.getpid(), signal.SIGKILL)
   threading.Thread(target=_watch, args=(parent, interval), name='die_with_parent',
                    daemon=True).start()
+
+
+# The warning multiprocessing's resource tracker prints at exit for each kind of resource
+# a killed worker left ('resource_tracker: There appear to be N leaked shared_memory
+# objects to clean up at shutdown'), as a PYTHONWARNINGS filter.
+_TRACKER_FILTER = 'ignore:resource_tracker:UserWarning'
+
+
+def quiet_resource_tracker() -> None:
+  """Lets the resource tracker, started with the first worker, clean up without a warning.
+
+  The tracker is a separate process that inherits the environment at its start, so
+  call this before the first worker process starts.
+  """
+  current = os.environ.get('PYTHONWARNINGS', '')
+  if _TRACKER_FILTER not in current.split(','):
+    os.environ['PYTHONWARNINGS'] = ','.join(filter(None, [current, _TRACKER_FILTER]))
