@@ -7,8 +7,9 @@ For each image it prints the five most probable classes (class name, e.g. the
 wnid, and its human-readable description). A file that is not an image (or not a
 regular file: a FIFO or a device is refused without reading it) does not stop the
 others: every readable image is classified, then each bad one is reported on one
-`error:` line, and a last line counts them (one image given: its line alone); the exit status is 2 when any image
-was bad, 0 otherwise. --step takes what evaluate takes: 'newest', 'best' or a number. Without --crops the run's own final
+`error:` line, and a last line counts them (one image given: its line alone); the
+exit status is 2 when any image was bad, 0 otherwise. --step takes what evaluate
+takes: 'newest', 'best' or a number. Without --crops the run's own final
 test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
 crop for digits, where half of the 10 views would be mirrored digits). The run's
 stored config, its checkpoint and the dataset facts it keeps in the workdir
