@@ -66,7 +66,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('data_dir', None, 'Dataset folder; default the run\'s config.data.dir.')
   flags.DEFINE_bool('force', False, 'Evaluate again even if WORKDIR/eval/ holds the result.')
   flags.DEFINE_string('output', None, 'Also write the result (the ensemble\'s, with several '
-                      '--workdir) to this JSON file.')
+                      '--workdir) to this JSON file (a regular file or a new one; a symlink '
+                      'is written through to its target).')
   flags.mark_flag_as_required('workdir')
 
 
@@ -75,6 +76,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.start_reader()
+  if FLAGS.output:  # before the evaluation, whose result a bad path would otherwise lose
+    fileio.check_output_path(FLAGS.output, '--output')
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
   options = dict(step=FLAGS.step, crops=crops, split=FLAGS.split, data_dir=FLAGS.data_dir,
                  force=FLAGS.force)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from typing import Sequence
 
 from absl import app
@@ -27,6 +26,7 @@ from PIL import Image
 
 from alexnet_jax.core import cli
 from alexnet_jax.core import errors
+from alexnet_jax.core import fileio
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import metric_log
@@ -44,9 +44,7 @@ class Outcome:
 def _writable(folder: str) -> None:
   """Raises UserError, before any drawing, when `folder` cannot be created or written."""
   try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-      pass
+    fileio.ensure_writable_dir(folder)
   except OSError as e:
     raise errors.UserError(f'cannot write the figures into {folder} ({e.strerror or e}); '
                            'pass --plots_dir=DIR to write them elsewhere') from e

@@ -1,9 +1,15 @@
 """Classifies image files with a trained run: the paper's 10-crop test, or the center crop.
 
-  python -m alexnet_jax.predict --workdir=runs/digits [--step=N] [--crops=10|1] IMAGE [IMAGE ...]
+  python -m alexnet_jax.predict --workdir=runs/digits [--step=newest|best|N] [--crops=10|1] \
+      IMAGE [IMAGE ...]
 
 For each image it prints the five most probable classes (class name, e.g. the
-wnid, and its human-readable description). Without --crops the run's own final
+wnid, and its human-readable description). A file that is not an image (or not a
+regular file: a FIFO or a device is refused without reading it) does not stop the
+others: every readable image is classified, then each bad one is reported on one
+`error:` line, and a last line counts them (one image given: its line alone); the
+exit status is 2 when any image was bad, 0 otherwise. --step takes what evaluate
+takes: 'newest', 'best' or a number. Without --crops the run's own final
 test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
 crop for digits, where half of the 10 views would be mirrored digits). The run's
 stored config, its checkpoint and the dataset facts it keeps in the workdir
@@ -26,7 +32,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence, Union
+import stat
+import sys
+from typing import Any, Sequence, Union
 
 from absl import app
 from absl import flags
@@ -59,7 +67,8 @@ class ClassScore:
 def read_image(image: Image, image_size: int) -> np.ndarray:
   """uint8 (S, S, 3): a file (any format PIL reads) or an RGB array, stored as prepare does.
 
-  Raises ValueError naming the file when it cannot be read as an image.
+  Raises InputError (a ValueError) naming the file when it is not a regular file or cannot
+  be read as an image.
   """
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
@@ -69,9 +78,15 @@ def read_image(image: Image, image_size: int) -> np.ndarray:
     return decoding.resize_center_crop(image, image_size)
   path = os.fspath(image)
   try:
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # a FIFO would block the read, a device never end it
+      kind = 'a folder' if stat.S_ISDIR(mode) else 'not a regular file (a FIFO, socket or device)'
+      raise errors.InputError(f'cannot read image {path}: it is {kind}')
     with open(path, 'rb') as f:
       data = f.read()
     return decoding.decode_and_resize(data, image_size)
+  except errors.InputError:
+    raise
   except Exception as e:  # pylint: disable=broad-exception-caught
     # Decoders fail in many ways (OSError, ValueError, SyntaxError, cv2.error, PIL's
     # DecompressionBombError); to the user each means the same: not a readable image.
@@ -138,31 +153,45 @@ def top_k(probs: np.ndarray, info: input_pipeline.DatasetInfo, k: int = 5) -> li
           for i in order]
 
 
+def _checked_crops(config: Any, crops: int | None) -> int:
+  crops = config.final_eval_crops if crops is None else crops
+  if crops not in (1, 10):
+    raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+  return crops
+
+
+def _load_run(workdir: str | os.PathLike[str], config: Any,
+              step: int | str | None) -> finished_run.FinishedRun:
+  """The run at `step`: a number, None or 'newest' (the newest), or 'best' (as evaluate)."""
+  if isinstance(step, str):
+    step = finished_run.choose_step(os.fspath(workdir), config, finished_run.parse_step(step))
+  return finished_run.load_run(workdir, step)
+
+
 def predict_with_run(workdir: str | os.PathLike[str], images: Sequence[Image],
-                     crops: int | None = 10, step: int | None = None
+                     crops: int | None = 10, step: int | str | None = None
                      ) -> tuple[finished_run.FinishedRun,
                                 list[tuple[np.ndarray, list[ClassScore]]]]:
   """`predict`, also returning the loaded run (which checkpoint step answered, its classes).
 
-  crops=None takes the run's own final test (config.final_eval_crops).
+  crops=None takes the run's own final test (config.final_eval_crops). step: a
+  checkpoint step, None or 'newest' (the newest), or 'best' (the lowest validation error).
   """
   config = finished_run.load_config(workdir)
-  crops = config.final_eval_crops if crops is None else crops
-  if crops not in (1, 10):
-    raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
+  crops = _checked_crops(config, crops)
   stored = [read_image(im, config.data.image_size) for im in images]  # bad files fail fast
-  run = finished_run.load_run(workdir, step)
+  run = _load_run(workdir, config, step)
   probs = classify(run, stored, crops)
   return run, [(p, top_k(p, run.info)) for p in probs]
 
 
 def predict(workdir: str | os.PathLike[str], images: Sequence[Image], crops: int = 10,
-            step: int | None = None) -> list[tuple[np.ndarray, list[ClassScore]]]:
+            step: int | str | None = None) -> list[tuple[np.ndarray, list[ClassScore]]]:
   """(probabilities, top-5) for each image, from the run in WORKDIR.
 
   images: file paths (any format PIL reads) or uint8 RGB arrays of any size.
   crops: 10 for the paper's test, 1 for the center crop.
-  step: the checkpoint to use; default the newest.
+  step: the checkpoint to use: a step number, 'newest' (default) or 'best'.
   """
   return predict_with_run(workdir, images, crops, step)[1]
 
@@ -188,10 +217,24 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Workdir of a training run (holds config.json and '
                       'checkpoints/).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step to use; default the newest.')
+  flags.DEFINE_string('step', finished_run.NEWEST,
+                      f"Checkpoint: '{finished_run.NEWEST}' (default), '{finished_run.BEST}' "
+                      '(lowest validation error among the kept ones) or a step number.')
   flags.DEFINE_enum('crops', None, ['10', '1'], '10: the paper\'s 10-crop test; 1: center crop. '
                     'Default: the test the run ended with (config.final_eval_crops).')
   flags.mark_flag_as_required('workdir')
+
+
+def read_images(paths: Sequence[str], image_size: int
+                ) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+  """(path, stored image) of each readable file, and the one-line reason of each other one."""
+  good, bad = [], []
+  for path in paths:
+    try:
+      good.append((path, read_image(path, image_size)))
+    except errors.InputError as e:
+      bad.append(str(e))
+  return good, bad
 
 
 @cli.report_user_errors
@@ -201,11 +244,24 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('give one or more image files after the flags')
   cli.start_reader()
   crops = None if FLAGS.crops is None else int(FLAGS.crops)
-  run, results = predict_with_run(FLAGS.workdir, images, crops=crops, step=FLAGS.step)
-  crops = run.config.final_eval_crops if crops is None else crops
-  print(f'{FLAGS.workdir}, checkpoint step {run.step}:')
-  for image, (_, top) in zip(images, results):
-    print(format_prediction(image, top, crops))
+  config = finished_run.load_config(FLAGS.workdir)
+  crops = _checked_crops(config, crops)
+  step = finished_run.parse_step(FLAGS.step)
+  good, bad = read_images(images, config.data.image_size)
+  if good:
+    run = _load_run(FLAGS.workdir, config, step)
+    print(f'{FLAGS.workdir}, checkpoint step {run.step}:')
+    probs = classify(run, [image for _, image in good], crops)
+    for (path, _), p in zip(good, probs):
+      print(format_prediction(path, top_k(p, run.info), crops), flush=True)
+  if len(images) == 1 and bad:
+    raise errors.InputError(bad[0])
+  for reason in bad:
+    print(f'error: {reason}', file=sys.stderr, flush=True)
+  if bad:
+    # Status 2 as for any user error; the good images above are classified all the same.
+    raise errors.InputError(f'{len(bad)} of {len(images)} images could not be read (listed '
+                            f'above); {len(good)} classified')
 
 
 if __name__ == '__main__':

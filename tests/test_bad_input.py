@@ -195,6 +195,14 @@ CASES = (
          'error: {CASE}/nowhere holds no complete prepared dataset (no finished dataset.json); '
          'run: python -m alexnet_jax.prepare --source=SRC --output={CASE}/nowhere (or set '
          'config.data.prepare_from)'),
+    Case('evaluate_output_is_a_folder', 'paths', 'evaluate --output is a folder (refused before '
+         'the evaluation)', 'evaluate', ('--workdir={RUN}', '--output={CASE}/dir'), 2,
+         'error: --output {CASE}/dir is a folder, not a regular file; give the path of a file to '
+         'write', inputs=(('dir', 'folder'),)),
+    Case('evaluate_output_missing_parent', 'paths', 'evaluate --output in a folder that does not '
+         'exist (refused before the evaluation)', 'evaluate',
+         ('--workdir={RUN}', '--output={CASE}/nowhere/result.json'), 2,
+         'error: --output {CASE}/nowhere/result.json: its folder {CASE}/nowhere does not exist'),
     Case('predict_missing_image', 'paths', 'predict IMAGE does not exist', 'predict',
          ('--workdir={RUN}', '{CASE}/nowhere.JPEG'), 2,
          'error: cannot read image {CASE}/nowhere.JPEG: No such file or directory'),

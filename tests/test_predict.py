@@ -189,7 +189,7 @@ class PredictTest(absltest.TestCase):
     bad = os.path.join(self.tmp.name, 'notes.jpg')
     with open(bad, 'w') as f:
       f.write('not an image')
-    self.assertOneLineError(self._cli(self.workdir, self.paths[0], bad),
+    self.assertOneLineError(self._cli(self.workdir, bad),
                             f'cannot read image {bad}: not an image')
 
   def test_cli_missing_checkpoint_is_one_line(self):

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -153,6 +154,12 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
                        jax.device_count() if devices is None else devices,
                        jax.process_count() if processes is None else processes)
     config.data.worker_count = cores if feed.use_processes else 0
+  if _is_int(config.data.worker_count) and config.data.worker_count > cores:
+    # Each worker holds a copy of the pipeline (~350 MB): a thousand would exhaust the memory
+    # long before they fed more images than one per core does.
+    logging.warning('data.worker_count=%d cut to %d, the CPU cores of this host (each worker '
+                    'process decodes on one core)', config.data.worker_count, cores)
+    config.data.worker_count = cores
   if config.data.num_threads == -1:
     config.data.num_threads = 1 if config.data.worker_count > 0 else cores
   return config

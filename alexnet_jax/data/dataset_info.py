@@ -12,6 +12,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from alexnet_jax.core import errors
 from alexnet_jax.data import preprocess
 
 
@@ -46,3 +47,14 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
   The train stream is endless, so the remainder of one epoch starts the next batch.
   """
   return info.split_sizes['train'] // global_batch_size
+
+
+def check_trainable(info: DatasetInfo, where: str) -> None:
+  """Refuses a dataset of fewer than two classes: its softmax is 1 whatever the weights, so
+  training would report loss 0 from the first step and learn nothing."""
+  if info.num_classes < 2:
+    raise errors.InputError(
+        f'the dataset in {where} has {info.num_classes} class'
+        f'{"" if info.num_classes == 1 else "es"} ({", ".join(info.class_names) or "none"}): '
+        'a classifier needs two or more (with one its loss is 0 from the first step and it '
+        'learns nothing); prepare a source with a folder per class')

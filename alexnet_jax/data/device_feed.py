@@ -16,23 +16,53 @@ so that a resume neither skips nor repeats the prefetched batches.
 
 An error in the thread (a damaged shard, a failed transfer) is raised in the
 caller's thread by the `next` that would have returned that batch, with the
-thread's traceback. `close` stops the thread; the trainer enters the feed into its
+thread's traceback; a grain worker process that died (killed) is raised as one
+user error. `close` stops the thread; the trainer enters the feed into its
 ExitStack, so it stops on every way out (the end, Ctrl-C, a NaN, preemption).
 """
 
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from absl import logging
+
+from alexnet_jax.core import errors
 
 Local = TypeVar('Local')
 Fed = TypeVar('Fed')
 
 _POLL_S = 0.1  # how often a thread waiting on a full queue looks for close()
 _JOIN_S = 60.0  # close() waits this long for a thread stuck inside the reader
+
+
+# How grain 0.2 words the death of one of its worker processes (process_prefetch.py).
+_WORKER_DIED = 'Worker process was terminated unexpectedly with exit code '
+
+
+def _as_user_error(error: BaseException) -> BaseException:
+  """A worker process killed under the reader (kill -9, the OOM killer) as one line.
+
+  Nothing is wrong with the program or the data; the caller's ExitStack awaits the
+  save in flight, so the checkpoints are complete and a rerun resumes. Any other
+  error is returned unchanged.
+  """
+  text = str(error)
+  if not (isinstance(error, RuntimeError) and text.startswith(_WORKER_DIED)):
+    return error
+  code = text[len(_WORKER_DIED):].split('.', 1)[0]
+  how = ''
+  if code.lstrip('-').isdigit() and int(code) < 0:
+    how = f', killed by {signal.Signals(-int(code)).name}'
+    if -int(code) == signal.SIGKILL:
+      how += ' (kill -9, or the out-of-memory killer)'
+  return errors.UserError(
+      f'a data worker process (data.worker_count) ended unexpectedly (exit code {code}{how}); '
+      'the run stopped with its checkpoints complete: rerun the same command to resume from '
+      'the newest one')
 
 
 class _End:
@@ -89,9 +119,9 @@ class DeviceFeed(Generic[Local, Fed]):
     if self._depth == 0:
       try:
         batch = self._put(next(self._batches))
-      except BaseException:
+      except BaseException as e:
         self._done = True  # as with a thread: nothing after an error or the end
-        raise
+        raise _as_user_error(e) from e
       self._position += 1
       return self._position, batch
     if self._thread is None:
@@ -120,7 +150,7 @@ class DeviceFeed(Generic[Local, Fed]):
         position += 1
         self._offer((position, self._put(local)))
     except BaseException as e:  # pylint: disable=broad-exception-caught
-      self._offer(_Failure(e))  # raised in the caller's thread by its next `next`
+      self._offer(_Failure(_as_user_error(e)))  # raised in the caller's thread by its next `next`
 
   def _offer(self, item: Any) -> None:
     while not self._stop.is_set():

@@ -17,7 +17,9 @@ Eval batch (V = 1 center crop, or the paper's 10 views): image uint8 (b, V, c, c
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 from absl import flags
 import grain
@@ -27,6 +29,7 @@ import numpy as np
 
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
+from alexnet_jax.data import worker_guard
 # Names callers have long reached through this module; they live where imported from.
 # pylint: disable=unused-import
 from alexnet_jax.data.dataset_info import DatasetInfo, mean_for_config, steps_per_epoch
@@ -136,9 +139,11 @@ def _iterator(dataset: grain.MapDataset,
       # grain reads its absl flags when starting workers; outside `app.run` (tests,
       # notebooks) accept their defaults instead of failing.
       flags.FLAGS.mark_as_parsed()
+    worker_guard.quiet_resource_tracker()  # a killed worker: the error line stays the last
     iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_config.worker_count),
-        per_worker_buffer_size=max(int(data_config.prefetch), 1)))
+        per_worker_buffer_size=max(int(data_config.prefetch), 1)),
+        worker_init_fn=functools.partial(worker_guard.die_with_parent, parent=os.getpid()))
   return iter(iter_dataset)
 
 

@@ -35,27 +35,66 @@ def decode_record(record: bytes) -> tuple[bytes, int]:
   return record[4:], struct.unpack_from('<i', record)[0]
 
 
+NOT_PREPARED = f'no finished {DATASET_FILE}'
+
+
+def _regular(path: str) -> bool:
+  """Whether `path` is a regular file (a symlink to one counts); a FIFO would block a read."""
+  return os.path.isfile(path)
+
+
+def _description(output: str) -> tuple[dict[str, Any] | None, str]:
+  """(the description of a complete dataset in `output`, '') or (None, what is wrong)."""
+  path = os.path.join(output, DATASET_FILE)
+  if not os.path.lexists(path):
+    return None, NOT_PREPARED
+  if not _regular(path):
+    return None, f'{DATASET_FILE} is not a regular file'
+  try:
+    with open(path, 'rb') as f:
+      description = json.loads(f.read().decode('utf-8'))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return None, f'{DATASET_FILE} cannot be read: {getattr(e, "strerror", None) or e}'
+  if not isinstance(description, dict):
+    return None, f'{DATASET_FILE} holds a JSON {type(description).__name__}, not an object'
+  if description.get('format') != FORMAT:
+    return None, (f'{DATASET_FILE} is of format {description.get("format")!r}, not {FORMAT!r} '
+                  '(written by another program or version)')
+  if not description.get('complete'):
+    return None, f'{DATASET_FILE} is not marked complete (its preparation did not finish)'
+  return description, ''
+
+
 def read_dataset_json(output: str) -> dict[str, Any] | None:
   """The description of a complete prepared dataset in `output`, else None."""
-  path = os.path.join(output, DATASET_FILE)
+  return _description(output)[0]
+
+
+def what_is_missing(output: str) -> str:
+  """What keeps `output` from being a finished preparation, in words; '' when it is one.
+
+  NOT_PREPARED where there is no dataset.json at all (nothing was prepared there).
+  """
+  description, reason = _description(output)
+  if description is None:
+    return reason
   try:
-    with open(path) as f:
-      description = json.load(f)
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-    return None
-  if description.get('format') != FORMAT or not description.get('complete'):
-    return None
-  return description
+    names = [STATS_FILE] + [name for split in description['shards'].values()
+                            for name, _ in split]
+  except (KeyError, AttributeError, TypeError, ValueError):
+    return f'{DATASET_FILE} lists no shards in the layout {FORMAT} gives them'
+  for name in names:
+    path = os.path.join(output, name)
+    if not _regular(path):
+      what = 'the statistics file' if name == STATS_FILE else 'the shard'
+      state = 'is not a regular file' if os.path.lexists(path) else 'is missing'
+      return f'{what} {name} that {DATASET_FILE} lists {state}'
+  return ''
 
 
 def is_complete(output: str) -> bool:
   """Whether `output` holds a finished preparation (dataset.json and its files)."""
-  description = read_dataset_json(output)
-  if description is None:
-    return False
-  names = [STATS_FILE] + [name for split in description['shards'].values()
-                          for name, _ in split]
-  return all(os.path.isfile(os.path.join(output, name)) for name in names)
+  return not what_is_missing(output)
 
 
 def tfds_stats_file(data_dir: str, image_size: int) -> str:

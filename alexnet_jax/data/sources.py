@@ -67,6 +67,28 @@ class Source(abc.ABC):
     """The records of a checked split name."""
 
 
+def absolute_data_dir(given: str, stored: str | None) -> tuple[str, str]:
+  """(the absolute data.dir a run uses, a line to log or ''): a relative data.dir is fixed once.
+
+  given: config.data.dir as configured ('data/digits' in configs/digits.py, relative
+  to the current directory). stored: the absolute data.dir the run in the workdir
+  started with (its config.json), None for a new run. A relative folder resolves
+  against the current directory at the start of a run and is stored absolute; a
+  resume from another directory uses the stored folder while it still holds a finished
+  dataset (instead of preparing the data again there), and says so in one line. An
+  absolute data.dir is always taken as given.
+  """
+  if not given or os.path.isabs(given):
+    return given, ''
+  here = os.path.abspath(given)
+  if (stored and os.path.isabs(stored) and stored != here and
+      prepared_format.is_complete(stored)):
+    return stored, (f'config.data.dir {given} is relative: resuming on the dataset this run '
+                    f'started with, {stored} (from here it would be {here}); give an absolute '
+                    'config.data.dir to use another folder')
+  return here, ''
+
+
 # ----------------------------------------------------------------------------------
 # 'prepared': the output of python -m alexnet_jax.prepare.
 
@@ -78,10 +100,11 @@ class PreparedSource(Source):
   def description(self) -> dict[str, Any]:
     """dataset.json of the complete dataset in data.dir, at the configured image_size."""
     folder = self.config.dir
-    if not folder or not prepared_format.is_complete(folder):
+    missing = prepared_format.what_is_missing(folder) if folder else prepared_format.NOT_PREPARED
+    if missing:
       raise errors.MissingInputError(
           f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-          f'(no finished {prepared_format.DATASET_FILE}); run: python -m alexnet_jax.prepare '
+          f'({missing}); run: python -m alexnet_jax.prepare '
           f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
     description = prepared_format.read_dataset_json(folder)
     if description['image_size'] != self.config.image_size:

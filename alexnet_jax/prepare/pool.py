@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from absl import logging
 
 from alexnet_jax.core import errors
+from alexnet_jax.data import worker_guard
 from alexnet_jax.prepare import progress_line
 
 # Memory one conversion worker process may hold. Measured (peak resident set, image_size
@@ -61,6 +62,12 @@ def checked_workers(workers: int) -> int:
   return min(workers, limit)
 
 
+def _start_worker(parent: int) -> None:
+  """The initializer of a worker: it ignores Ctrl-C and ends when `parent` (a pid) dies."""
+  _ignore_ctrl_c()
+  worker_guard.die_with_parent(parent=parent)  # a parent killed -9 leaves no converter running
+
+
 def _ignore_ctrl_c() -> None:
   """In a worker: Ctrl-C reaches the whole process group, but only the parent acts on it
   (it stops handing out parts; a worker finishes its part, or the parent ends it).
@@ -88,6 +95,14 @@ def _ctrl_c_held() -> Iterator[None]:
     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def new_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+  """`workers` spawned processes that ignore Ctrl-C and end with this process."""
+  # spawn, not fork: the caller may hold JAX or threads, which do not survive fork.
+  return concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context('spawn'), initializer=_start_worker,
+      initargs=(os.getpid(),))
+
+
 def execute(tasks: list[tuple[Any, ...]], workers: int,
             bar: progress_line.ProgressLine) -> Iterator[Any]:
   """Runs (weight, fn, *args) tasks, in worker processes if workers > 1; yields results.
@@ -100,11 +115,7 @@ def execute(tasks: list[tuple[Any, ...]], workers: int,
       bar.update(weight, result['images'])
       yield result
     return
-  # spawn, not fork: the caller may hold JAX or threads, which do not survive fork.
-  context = multiprocessing.get_context('spawn')
-  pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)),
-                                                mp_context=context,
-                                                initializer=_ignore_ctrl_c)
+  pool = new_pool(min(workers, len(tasks)))
   try:
     with _ctrl_c_held():  # the workers start during the submits
       futures = {pool.submit(fn, *args): weight for weight, fn, *args in tasks}

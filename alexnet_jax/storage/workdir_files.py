@@ -53,11 +53,7 @@ LOCK_FILE = 'run.lock'
 def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and proves it writable, so a bad path fails before any compile."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    fileio.ensure_writable_dir(workdir, f'.write_test_{jax.process_index()}')
   except OSError as e:
     raise errors.UserError(f'workdir {workdir!r} cannot be written: {e.strerror or e}') from e
 

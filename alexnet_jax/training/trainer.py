@@ -37,8 +37,10 @@ from alexnet_jax.config import resume_changes
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
+from alexnet_jax.data import dataset_info
 from alexnet_jax.data import device_feed
 from alexnet_jax.data import fingerprint
+from alexnet_jax.data import sources
 from alexnet_jax.evaluation import evaluators
 from alexnet_jax.figures import run_figures
 from alexnet_jax.data import input_pipeline
@@ -59,7 +61,24 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
     prepare.ensure_prepared(config.data.prepare_from, config.data.dir,
                             image_size=config.data.image_size)
   startup.sync_hosts('dataset prepared')
-  return input_pipeline.load_info(config.data)
+  info = input_pipeline.load_info(config.data)
+  dataset_info.check_trainable(info, config.data.dir or config.data.source)
+  return info
+
+
+def _fixed_data_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`config` with an absolute data.dir: a relative one keeps naming the run's first folder."""
+  stored_dir = None
+  if (config.data.dir and not os.path.isabs(config.data.dir) and
+      checkpointing.finished_steps(workdir)):  # a resume: which folder did the run start with?
+    stored = (workdir_files.load_config_dict(workdir) or {}).get('data')
+    stored_dir = stored.get('dir') if isinstance(stored, dict) else None
+  data_dir, note = sources.absolute_data_dir(config.data.dir, stored_dir)
+  if note:
+    logging.warning('%s', note)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.dir = data_dir
+  return config
 
 
 @dataclasses.dataclass
@@ -102,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_files.prepare_workdir(workdir)
   with workdir_files.hold_lock(workdir):  # for the run's whole life, its plots included
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
+    config = _fixed_data_dir(config, workdir)
     accepted = workdir_files.check_resume(workdir, config)  # before anything is compiled or written
     info = load_dataset(config)
     agreement.agree('dataset', _dataset_fields(info))
@@ -318,9 +338,12 @@ def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int,
   last_eval: dict[str, Any] = {}
   if start_step >= run.num_steps:
     evals = [r for r in metric_log.read_metrics(run.workdir) if r['kind'] == 'eval']
-    last_eval = evals[-1] if evals else {}
+    if not evals or evals[-1]['step'] != start_step:
+      # Saved at the end but its final evaluation failed (a damaged val shard): do it now.
+      logging.info('Evaluating the last step %d, whose final evaluation is missing.', start_step)
+      return state, _evaluate_and_log(run, state, start_step, final=True), None
     logging.info('The run in %s already finished at step %d.', run.workdir, start_step)
-    return state, last_eval, None
+    return state, evals[-1], None
   if run.preemption.requested():  # a signal during set-up: the state is the restored one
     logging.warning('Stop signal received before the first step: nothing new to save; '
                     'exiting.')
@@ -340,7 +363,7 @@ def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int,
       timer = _log_train(run, step, pending, timer)
       pending = []
     if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
-      last_eval = _evaluate_and_log(run, state, step, final=last)
+      last_eval = _final_or_due_evaluation(run, state, step, pending, final=last)
       if run.plateau is not None:
         state = _with_lr(run, state, run.plateau.update(last_eval['val_top1_err']))
       _save(run, state, step, pending, val_error=last_eval['val_top1_err'], force=True)
@@ -387,6 +410,22 @@ def _log_train(run: _TrainingSession, step: int, pending: list[dict[str, jax.Arr
   run.writer.write({'step': step, 'kind': 'train', **summary})
   run.reporter.update(step, summary)
   return now, step
+
+
+def _final_or_due_evaluation(run: _TrainingSession, state: step_fns.TrainState, step: int,
+                             pending: list[dict[str, jax.Array]], final: bool
+                             ) -> dict[str, Any]:
+  """`_evaluate_and_log`; a final evaluation that fails first saves the last step.
+
+  A user error there (a damaged or missing val shard) would otherwise lose every step
+  since the last checkpoint; a rerun then finds the last step saved and evaluates it.
+  """
+  try:
+    return _evaluate_and_log(run, state, step, final)
+  except errors.UserError:
+    if final:
+      _save(run, state, step, pending, force=True)
+    raise
 
 
 def _evaluate_and_log(run: _TrainingSession, state: step_fns.TrainState, step: int,
