@@ -113,11 +113,11 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def records(workdir: str) -> tuple[list[tuple], list[dict]]:
-  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines."""
+  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines less `time`."""
   lines = read_metrics(workdir)
   trains = [(r['step'], r['loss'], r['top1_err'], r['top5_err'], r['lr'])
             for r in lines if r['kind'] == 'train']
-  return trains, [r for r in lines if r['kind'] == 'eval']
+  return trains, [{k: v for k, v in r.items() if k != 'time'} for r in lines if r['kind'] == 'eval']
 
 
 def params_of(config, workdir: str) -> list[np.ndarray]:

@@ -167,6 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
     workdir_files.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
+    workdir_files.record_run(workdir, start_step)  # the code, packages and devices of this start
     writer = stack.enter_context(
         metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
     writer.truncate_after(start_step)
@@ -312,7 +313,8 @@ def _log_train(run: _TrainingSession, step: int, pending: list[dict[str, jax.Arr
                timer: tuple[float, int]) -> tuple[float, int]:
   """Writes the mean of the pending step metrics; stops on a non-finite loss."""
   _stop_if_diverged(run, pending, step)
-  summary = {k: float(np.mean(v)) for k, v in jax.device_get(
+  # float32 means stay float32, so that metrics.jsonl writes their shortest decimal.
+  summary = {k: np.mean(v) for k, v in jax.device_get(
       jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
   now, (last_time, last_step) = time.perf_counter(), timer
   summary['images_per_sec'] = (step - last_step) * run.config.batch_size / (now - last_time)
@@ -328,7 +330,7 @@ def _evaluate_and_log(run: _TrainingSession, state: step_fns.TrainState, step: i
   record: dict[str, Any] = {'step': step, 'kind': 'eval', 'epoch': step / run.steps_per_epoch}
   for evaluator in evaluators.due(run.evals, final):
     record.update(evaluator.run(state))
-  run.writer.write(record)
+  record = run.writer.write(record)  # now with its wall-clock time, as in metrics.jsonl
   run.reporter.log_eval(step, record)
   return record
 
