@@ -53,11 +53,14 @@ _CACHE = {}
 
 
 def launch_env() -> dict[str, str]:
-  """Environment of a launch.py subprocess: eight CPU devices and a shared compilation cache."""
+  """Environment of a launch.py subprocess: eight CPU devices and a shared compilation cache.
+
+  Log lines keep absl's prefix (ALEXNET_JAX_LOG_PREFIX), which tells them from messages.
+  """
   if 'dir' not in _CACHE:
     _CACHE['dir'] = tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_')
     atexit.register(shutil.rmtree, _CACHE['dir'], ignore_errors=True)
-  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', ALEXNET_JAX_LOG_PREFIX='1',
               XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_TEST_FLAGS}',
               JAX_COMPILATION_CACHE_DIR=_CACHE['dir'],
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
