@@ -313,11 +313,13 @@ def _log_train(run: _TrainingSession, step: int, pending: list[dict[str, jax.Arr
                timer: tuple[float, int]) -> tuple[float, int]:
   """Writes the mean of the pending step metrics; stops on a non-finite loss."""
   _stop_if_diverged(run, pending, step)
-  # float32 means stay float32, so that metrics.jsonl writes their shortest decimal.
-  summary = {k: np.mean(v) for k, v in jax.device_get(
+  # Summed in float64 (a float32 mean of 20 equal rates of 0.01 is 0.010000001), then kept
+  # float32, so that metrics.jsonl writes the shortest decimal of the float32 value.
+  summary = {k: np.float32(np.mean(v, dtype=np.float64)) for k, v in jax.device_get(
       jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
   now, (last_time, last_step) = time.perf_counter(), timer
-  summary['images_per_sec'] = (step - last_step) * run.config.batch_size / (now - last_time)
+  summary['images_per_sec'] = round((step - last_step) * run.config.batch_size / (now - last_time),
+                                    1)
   summary['epoch'] = step / run.steps_per_epoch
   run.writer.write({'step': step, 'kind': 'train', **summary})
   run.reporter.update(step, summary)
