@@ -45,6 +45,7 @@ from alexnet_jax.training import stop_signals
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
 from alexnet_jax.learning import step_fns
+from alexnet_jax.storage import tracking
 from alexnet_jax.storage import workdir_files
 
 
@@ -167,9 +168,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
     workdir_files.save_dataset_info(workdir, info)  # classes and mean image: predict needs no data
-    workdir_files.record_run(workdir, start_step)  # the code, packages and devices of this start
-    writer = stack.enter_context(
-        metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard))
+    record = workdir_files.record_run(workdir, start_step)  # code, packages, devices of this start
+    tracker = tracking.open_tracker(workdir, config, record) if is_host0 else None
+    writer = stack.enter_context(  # closes the tracker too
+        metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard,
+                                tracker=tracker))
     writer.truncate_after(start_step)
     reporter = metric_log.ProgressReporter(
         num_steps, start_step=start_step,
