@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -91,7 +92,7 @@ def open_tracker(workdir: str, config: ml_collections.ConfigDict,
   import wandb  # pylint: disable=g-import-not-at-top
   workdir = os.fspath(workdir)
   state = _read_state(workdir)
-  run_id = state.get('id') or wandb.util.generate_id()
+  run_id = state.get('id') or secrets.token_hex(6)  # W&B ids: letters and digits
   sent = tuple(state.get('sent') or (-1, -1))
   _write_state(workdir, {'id': run_id, 'sent': list(sent)})  # a start killed in init resumes it
   try:
