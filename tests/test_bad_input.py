@@ -197,8 +197,8 @@ CASES = (
          "with base 10: 'ten'"),
     Case('unknown_field', 'configs', 'a config field that does not exist (a typo)', 'launch',
          _launch('--config.optim.lr=0.1'), 2,
-         "error: --config.optim.lr: the config has no field 'lr' (see the config file for the "
-         "fields)"),
+         'error: --config.optim.lr: config.optim.lr is not a config field; the fields are '
+         'those of configs/imagenet.py'),
     Case('negative_lr', 'configs', 'negative learning rate', 'launch',
          _launch('--config.optim.learning_rate=-0.1', workdir='{RUN}'), 2,
          'error: config.optim.learning_rate must be > 0, got -0.1'),

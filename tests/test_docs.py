@@ -33,7 +33,7 @@ FORBIDDEN_WORD = re.compile(rf'\b{_SPEC}\b')  # "<name>'s", "(<name>)"; not Part
 CITATION = re.compile(r'docs/design\.md,')
 QUOTED = re.compile(r'[ \t]*(?:\n[ \t]*(?:#[ \t]*)?)?"([^"\n]*(?:\n[ \t]*(?:#[ \t]*)?[^"\n]*)?)"')
 LINK = re.compile(r'design\.md#([^\s)\]>`\'"]*)')
-MODULE_CELL = re.compile(r'`alexnet_jax/(\w+)\.py`')
+MODULE_CELL = re.compile(r'`alexnet_jax/((?:\w+/)*\w+)\.py`')
 
 
 def repository_files() -> list[str]:
@@ -115,8 +115,13 @@ def section(text: str, heading: str) -> str:
 
 
 def package_modules() -> list[str]:
-  paths = glob.glob(os.path.join(REPO, 'alexnet_jax', '*.py'))
-  return sorted(os.path.basename(p)[:-3] for p in paths
+  """Every module of the package as a path under alexnet_jax/ without '.py' ('data/sources').
+
+  A package's __init__.py (its docstring names its modules) is not a module of its own.
+  """
+  paths = glob.glob(os.path.join(REPO, 'alexnet_jax', '**', '*.py'), recursive=True)
+  package = os.path.join(REPO, 'alexnet_jax')
+  return sorted(os.path.relpath(p, package)[:-3] for p in paths
                 if os.path.basename(p) != '__init__.py')
 
 
@@ -155,7 +160,7 @@ class LayoutTest(absltest.TestCase):
       layout = section(f.read(), 'Layout')
     listed = [m for row in layout.splitlines() if row.startswith('|')
               for m in MODULE_CELL.findall(row)]
-    self.assert_lists_modules(listed, f'{README}, "Layout" (one `alexnet_jax/NAME.py` a row)')
+    self.assert_lists_modules(listed, f'{README}, "Layout" (each `alexnet_jax/PATH.py` once)')
 
 
 class DesignCitationTest(absltest.TestCase):

@@ -2,7 +2,8 @@
 
 Every entry point (launch.py's train and dry run, predict, summary) calls
 `resolve_auto` and `validate` once, before anything is compiled or written, so
-a bad value is one line naming the field. The modules below this one trust
+a bad value is one line naming the field; `resolve_auto` first refuses a field
+that no config has (known_fields). The modules below this one trust
 the config they are given.
 """
 
@@ -18,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.config import eval_schema
+from alexnet_jax.config import known_fields
 from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
 from alexnet_jax.learning import optim
@@ -135,7 +137,9 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   -1: one decoder thread per core without worker processes, one per worker with them.
   platform ('cpu', 'gpu', 'tpu'), cpu_count, devices and processes default to this
   machine's; the dry run passes those of the cluster it plans for, so both use this one rule.
+  A field that no config has (a typo) is refused first (known_fields).
   """
+  known_fields.check(config)
   values = config.to_dict()
   values['mesh']['model'] = _mesh_size(values['mesh'].get('model'))
   config = ml_collections.ConfigDict(values)

@@ -8,11 +8,13 @@ change to it is REFUSED, and the run says how to get out (the stored config, or 
 new workdir). A field that only changes what is logged, how often checkpoints are
 written, how long the run lasts, when it evaluates or how the work is spread over
 devices and threads is ACCEPTED, recorded in the workdir and written into its
-config (workdir.py).
+config (storage/workdir_files.py).
 
-`DECISIONS` holds every field of configs/imagenet.py (tests/test_config_changes.py
-fails for a field without one) and a few that other configs add; a field this
-program does not know (a user's own addition) is accepted, since nothing reads it.
+`DECISIONS` holds every field of configs/imagenet.py and no other
+(tests/test_config_changes.py fails for a field without one, tests/test_config_typos.py
+for one more): it is the list of fields known_fields checks every config against. A
+field it lacks is a typo; known_fields refuses it before any comparison, and `compare`
+refuses it too, so it is never recorded as an accepted change.
 """
 
 from __future__ import annotations
@@ -123,11 +125,11 @@ DECISIONS: dict[str, Decision] = {
     'log.wandb.mode': _accept('only whether W&B uploads now or later'),
 }
 
-UNKNOWN = _accept('not a field this program reads')
+UNKNOWN = _refuse('not a field of any config (a typo?)')
 
 
 def decision(field: str) -> Decision:
-  """The decision for a dotted field name (UNKNOWN for a field the program does not read)."""
+  """The decision for a dotted field name (UNKNOWN, refused, for a field no config has)."""
   return DECISIONS.get(field, UNKNOWN)
 
 
@@ -157,8 +159,9 @@ def compare(stored: Mapping[str, Any], current: Mapping[str, Any]
             ) -> tuple[list[Change], list[Change]]:
   """(refused, accepted) changes between two plain (JSON-like) configs, by dotted field.
 
-  A field one side lacks is accepted: the program gained or lost it since the run
-  started, and its default is meant to keep the old behaviour.
+  A known field one side lacks is accepted: the program gained it since the run
+  started, and its default is meant to keep the old behaviour. A field no config has
+  is refused whatever its values.
   """
   old, new = flatten(stored), flatten(current)
   refused, accepted = [], []
@@ -167,7 +170,7 @@ def compare(stored: Mapping[str, Any], current: Mapping[str, Any]
     if before == after:
       continue
     rule = decision(field)
-    if MISSING in (before, after):
-      rule = _accept('the program gained or lost this field since the run started')
+    if MISSING in (before, after) and field in DECISIONS:
+      rule = _accept('the program gained this field since the run started')
     (refused if rule.action == REFUSE else accepted).append(Change(field, before, after, rule))
   return refused, accepted

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging as py_logging
 import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -101,26 +102,60 @@ def _config_flag_value(argv: list[str]) -> str:
   return ''
 
 
+# ml_collections' own suggestion (difflib) for a name a config lacks, and the path it
+# reports where a value is indexed as if it were a section.
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
+_QUOTED_NAME = re.compile(r"""^\W*'([^'\\]+)""")
+_LOOKUP = re.compile(r'Attempting to lookup: ([\w.]+)')
+
+
+def _unknown_override(argv: list[str], error: Exception) -> str | None:
+  """One line for a --config.FIELD override naming no field, with the nearest field.
+
+  ml_collections says it as a KeyError, or an AttributeError holding one, whose text
+  carries the missing name and its own "Did you mean" suggestion. None when no
+  override of `argv` names what the error does (an error of the config file itself).
+  """
+  text = str(error)
+  paths = [a[2:].split('=', 1)[0].split('.', 1)[1] for a in argv[1:]
+           if a.startswith('--config.')]
+  lookup = _LOOKUP.search(text)
+  if lookup:  # a value that is not a section: optim.learning_rate.x
+    path = lookup.group(1)
+    return f'--config.{path}: config.{path} is not a config field' if path in paths else None
+  suggestion = _DID_YOU_MEAN.search(text)
+  quoted = _QUOTED_NAME.search(text)
+  wrong = suggestion.group(2) if suggestion else (quoted.group(1) if quoted else '')
+  path = next((p for p in paths if wrong in p.split('.')), None)
+  if path is None:
+    return None
+  message = f'--config.{path}: config.{path} is not a config field'
+  if suggestion:
+    parts = [suggestion.group(1) if part == wrong else part for part in path.split('.')]
+    message += f' (did you mean config.{".".join(parts)}?)'
+  return message
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
 
-  ml_collections reports such a typo as an AttributeError from inside the parser,
-  which absl would show as a traceback; it reports a config file without a
+  ml_collections reports such a typo as an AttributeError or KeyError from inside the
+  parser, which absl would show as a traceback; it reports a config file without a
   `get_config` function the same way.
   """
   try:
     return app.parse_flags_with_usage(argv)
-  except AttributeError as e:
+  except (AttributeError, KeyError) as e:
     if "has no attribute 'get_config'" in str(e):
       print(f'error: the --config file {_config_flag_value(argv)} defines no get_config() '
             'function (a config file returns its ml_collections.ConfigDict from get_config(); '
             'see configs/imagenet.py)', file=sys.stderr, flush=True)
       sys.exit(errors.EXIT_USER_ERROR)
-    name = str(e).strip('"\'')
-    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    flag = next((o for o in overrides if name in o.split('.')), '--config override')
-    print(f'error: {flag}: the config has no field {name!r} (see the config file for the fields)',
-          file=sys.stderr, flush=True)
+    override = _unknown_override(argv, e)
+    if override is None:
+      raise
+    print(f'error: {override}; the fields are those of configs/imagenet.py', file=sys.stderr,
+          flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
 
 

@@ -1,6 +1,6 @@
 """Everything a run is made of before its first step: one setup for train, plan and predict.
 
-  exp = experiment.setup(config, info)           # config from config_lib.load
+  exp = experiment.setup(config, info)           # config from resolution.load
   state = exp.init_state(jax.random.key(seed))   # created where it lives
   train_step, eval_step = exp.train_step(), exp.eval_step()
 

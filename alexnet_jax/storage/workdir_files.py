@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.storage import checkpointing
+from alexnet_jax.config import known_fields
 from alexnet_jax.config import resume_changes
 from alexnet_jax.core import errors
 from alexnet_jax.core import fileio
@@ -176,7 +177,8 @@ def save_config(workdir: str | os.PathLike[str], config: Any) -> None:
 def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
   """The stored config.json of WORKDIR as a dict, or None if there is none.
 
-  Raises errors.InputError naming the file when it is not a JSON object.
+  Raises errors.InputError naming the file when it is not a JSON object, or when it
+  holds a field no config has (an edited file): a resume never takes that for a change.
   """
   path = os.path.join(os.fspath(workdir), CONFIG_JSON)
   if not os.path.exists(path):
@@ -193,6 +195,8 @@ def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]
     raise errors.InputError(f'{path} holds a JSON {type(stored).__name__}, not the run\'s '
                             'config object; restore it, or delete it to run without checking '
                             'the config')
+  known_fields.check(stored, where=path,
+                     fix=f'rename or remove it in {path} and in {CONFIG_PY} beside it')
   return stored
 
 

@@ -9,7 +9,9 @@ feed, the metric writer, the progress reporter and the preemption watcher live i
 one `ExitStack`, so each is closed (the last save awaited, the prefetch thread
 stopped, files flushed, signal handlers restored) on every way out. No
 checkpoint is written of weights after a NaN loss: the losses of the steps since
-the last log line are checked before each save.
+the last log line are checked before each save. Each checkpoint also carries those
+steps' metrics (the part of the log window not yet written), so the first train line
+after a restore averages the same steps as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = exp.init_state(init_rng)
     ckpt = stack.enter_context(checkpointing.Checkpointer.from_config(workdir, config.checkpoint))
-    state, plateau, position = _restore_or_start(ckpt, exp, state)
+    state, plateau, position, pending = _restore_or_start(ckpt, exp, state)
     start_step = int(state.step)
     feed = stack.enter_context(_start_feed(config, mesh, position))  # stopped on every way out
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
@@ -189,7 +191,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         dropout_rng=jax.device_put(dropout_rng, placement.replicated(mesh)),
         plateau=plateau, ckpt=ckpt, writer=writer, reporter=reporter,
         preemption=preemption, profiler=profiler)
-    state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step)
+    state, last_eval, stopped = _loop(run, _with_start_lr(run, state, start_step), start_step,
+                                      pending)
     interrupted = None
     if stopped is not None and preemption.interrupted:
       interrupted = _interrupted_message(run, stopped, start_step)
@@ -209,15 +212,17 @@ def _interrupted_message(run: _TrainingSession, stopped: int, start_step: int) -
 
 def _restore_or_start(ckpt: checkpointing.Checkpointer, exp: experiment.Experiment,
                       state: step_fns.TrainState
-                      ) -> tuple[step_fns.TrainState, optim.PlateauSchedule | None, int]:
-  """The newest readable checkpoint, else a fresh start: (state, plateau, data position).
+                      ) -> tuple[step_fns.TrainState, optim.PlateauSchedule | None, int,
+                                 list[dict[str, Any]]]:
+  """The newest readable checkpoint, else a fresh start: (state, plateau, data position,
+  the metrics of its steps not yet logged).
 
   The data position is the global batches already read, the same number for any
   process count (docs/checkpoints.md).
   """
   restored = ckpt.restore(exp.abstract_state)
   if restored is None:
-    return state, optim.make_plateau(exp.config.optim), 0
+    return state, optim.make_plateau(exp.config.optim), 0, []
   state, meta = restored
   step = int(state.step)
   position = ckpt.data_position(step, meta)
@@ -227,7 +232,31 @@ def _restore_or_start(ckpt: checkpointing.Checkpointer, exp: experiment.Experime
     position = step
   logging.info('Resumed from step %d.', step)
   logging.info('The data continues at global batch %d.', position)
-  return state, optim.make_plateau(exp.config.optim, meta.get('plateau')), int(position)
+  return (state, optim.make_plateau(exp.config.optim, meta.get('plateau')), int(position),
+          _unlogged_from_meta(meta))
+
+
+# Checkpoint meta key: {metric: [value of each step since the last train line]}.
+UNLOGGED_METRICS = 'unlogged_metrics'
+
+
+def _unlogged_to_meta(pending: list[dict[str, jax.Array]]) -> dict[str, list[float]]:
+  """The per-step metrics not yet logged, as JSON: float32 values survive exactly."""
+  if not pending:
+    return {}
+  values = jax.device_get(pending)
+  return {k: [float(step[k]) for step in values] for k in values[0]}
+
+
+def _unlogged_from_meta(meta: dict[str, Any]) -> list[dict[str, Any]]:
+  """The steps `_unlogged_to_meta` stored, as the loop's pending list (float32 scalars).
+
+  A checkpoint written before the field existed has none: its first line after a
+  restore then averages only the steps since.
+  """
+  stored = meta.get(UNLOGGED_METRICS) or {}
+  count = len(next(iter(stored.values()), []))
+  return [{k: np.float32(v[i]) for k, v in stored.items()} for i in range(count)]
 
 
 def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -244,9 +273,13 @@ def _start_feed(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 # ----------------------------------------------------------------------------- the loop
 
 
-def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int
+def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int,
+          pending: list[dict[str, Any]]
           ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[int]]:
   """Steps from start_step to the end, or to a stop signal.
+
+  `pending` holds the metrics of the steps before start_step that no train line
+  has averaged yet (restored with the checkpoint).
 
   Returns the state, the last eval metrics and the step at which a signal stopped
   the run (None when it ran to the end); that step's checkpoint has been started.
@@ -264,7 +297,7 @@ def _loop(run: _TrainingSession, state: step_fns.TrainState, start_step: int
     return state, last_eval, start_step
   logging.info('Training %d steps (%d per epoch, global batch %d) from step %d.', run.num_steps,
                spe, config.batch_size, start_step)
-  pending: list[dict[str, jax.Array]] = []  # metrics of the steps not yet logged or checked
+  pending = list(pending)  # metrics of the steps not yet logged or checked
   timer = (time.perf_counter(), start_step)
   for step in range(start_step + 1, run.num_steps + 1):
     run.profiler.before_step(step)  # the trace includes waiting for the batch
@@ -351,7 +384,9 @@ def _save(run: _TrainingSession, state: step_fns.TrainState, step: int,
           'plateau': run.plateau.state_dict() if run.plateau else None,
           # Of the batches this step consumed, not of those the feed read ahead.
           checkpointing.DATA_POSITION: run.feed.position,
-          checkpointing.PROCESS_COUNT: jax.process_count()}
+          checkpointing.PROCESS_COUNT: jax.process_count(),
+          # The log window so far: a restore continues it instead of starting a shorter one.
+          UNLOGGED_METRICS: _unlogged_to_meta(pending)}
   run.ckpt.save(step, state, meta=meta, val_error=val_error, force=force)
 
 
