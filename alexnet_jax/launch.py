@@ -15,6 +15,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from alexnet_jax.config import printing
 from alexnet_jax.core import cli
 from alexnet_jax.distributed import environment
 from alexnet_jax.distributed import startup
@@ -27,6 +28,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots are written.')
 flags.DEFINE_bool('dry_run', False, 'Resolve config and mesh, print the plan, and exit.')
+flags.DEFINE_bool('print_config', False,
+                  'Print the resolved config, each field with its comment, and exit.')
 # The cluster a dry run plans for without having it, and the figures of its estimates.
 flags.DEFINE_integer('plan_devices', None,
                      'With --dry_run: plan for this many accelerator devices instead of the '
@@ -67,7 +70,10 @@ flags.DEFINE_integer('distributed_timeout', environment.DEFAULT_TIMEOUT_S,
 flags.DEFINE_bool('auto_distributed', False,
                   'Let JAX discover the processes of the job itself (Cloud TPU pod slices, whose '
                   'worker list comes from the TPU metadata rather than the environment).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flag_as_required('config')
+# Required as mark_flag_as_required does it (the same message), except by --print_config.
+flags.register_validator('workdir', lambda value: value is not None or FLAGS.print_config,
+                         message='Flag --workdir must have a value other than None.')
 
 
 @cli.report_user_errors
@@ -86,6 +92,8 @@ def main(argv):
   if added:
     logging.info('XLA:CPU options added to XLA_FLAGS: %s', ' '.join(added))
   config = cli.config_from_flag('config')
+  if FLAGS.print_config:
+    return printing.print_config(config, FLAGS['config'].config_filename)
   startup.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto_detect=FLAGS.auto_distributed,
                            timeout_s=FLAGS.distributed_timeout,

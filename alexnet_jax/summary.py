@@ -26,6 +26,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from alexnet_jax.core import cli
+from alexnet_jax.config import printing
 from alexnet_jax.config import resolution
 from alexnet_jax.model import alexnet
 from alexnet_jax.sharding import meshes
@@ -182,6 +183,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Config file to summarise.', lock_config=True)
+  flags.DEFINE_bool('print_config', False,
+                    'Print the resolved config, each field with its comment, and exit.')
   flags.mark_flag_as_required('config')
 
 
@@ -192,6 +195,8 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keeps JAX's backend probing off the table
   config = cli.config_from_flag('config')
+  if FLAGS.print_config:
+    return printing.print_config(config, FLAGS['config'].config_filename)
   cli.start_backend()
   config = resolution.load(config)  # e.g. model.dtype 'auto' -> this machine's choice
   print(format_summary(config, summarize(config)))

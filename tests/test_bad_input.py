@@ -978,7 +978,8 @@ def serve(spec_path: str) -> None:
 
 
 def _env() -> dict[str, str]:
-  return subprocesses.launch_env(compile_cache=True)
+  # absl's prefix (ALEXNET_JAX_LOG_PREFIX) tells log lines from messages.
+  return subprocesses.launch_env(compile_cache=True, ALEXNET_JAX_LOG_PREFIX='1')
 
 
 # ----------------------------------------------------------------------------- the doc

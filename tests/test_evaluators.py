@@ -107,8 +107,8 @@ class TrainingRunTest(absltest.TestCase):
     result = trainer.train_and_evaluate(config, workdir)
     evals = [r for r in training.read_metrics(workdir) if r['kind'] == 'eval']
     self.assertLen(evals, 1)
-    self.assertEqual(sorted(evals[0]), ['epoch', 'kind', 'step', 'val_loss', 'val_top1_err',
-                                        'val_top5_err'])
+    self.assertEqual(sorted(evals[0]), ['epoch', 'kind', 'step', 'time', 'val_loss',
+                                        'val_top1_err', 'val_top5_err'])
     self.assertEqual(result, evals[0])
 
 

@@ -177,7 +177,7 @@ class ProgressReporterTest(absltest.TestCase):
       reporter.update(200, train_record(200, loss=2.25))
     line = logs.records[-1].getMessage()
     for part in ('step 200/1000', 'epoch 2.00', 'loss 2.2500', 'top1_err 0.5000',
-                 'top5_err 0.2500', 'lr 0.0100', '123.0 img/s', 'ETA 00:01:20'):
+                 'top5_err 0.2500', 'lr 0.01', '123 img/s', 'ETA 00:01:20'):
       self.assertIn(part, line)
     with self.assertLogs('absl', level='INFO') as logs:
       reporter.log_eval(200, eval_record(200))

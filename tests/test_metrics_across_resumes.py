@@ -37,11 +37,12 @@ def config(data_dir: str):
 
 
 def metric_lines(workdir: str) -> list[dict]:
-  """metrics.jsonl without images_per_sec, the one field a wall clock decides."""
+  """metrics.jsonl without images_per_sec and time, the fields a wall clock decides."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   for record in records:
     record.pop('images_per_sec', None)
+    record.pop('time', None)
   return records
 
 

@@ -53,8 +53,11 @@ NUM_STEPS = 30  # 22 steps an epoch at batch 64: an epoch-end eval at 22, the la
 
 
 def launch_env() -> dict[str, str]:
-  """Environment of the commands run here: eight CPU devices, the shared compilation cache."""
-  return subprocesses.launch_env(compile_cache=True)
+  """Environment of the commands run here: eight CPU devices, the shared compilation cache.
+
+  Log lines keep absl's prefix (ALEXNET_JAX_LOG_PREFIX), which tells them from messages.
+  """
+  return subprocesses.launch_env(compile_cache=True, ALEXNET_JAX_LOG_PREFIX='1')
 
 
 _LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] ')

@@ -10,6 +10,7 @@ the config they are given.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from typing import Any
 
@@ -197,6 +198,26 @@ def check_checkpoint_config(checkpoint_config: Any) -> None:
       raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
 
 
+WANDB_MODES = ('', 'online', 'offline', 'disabled')
+
+
+def _check_wandb(section: Any) -> None:
+  """config.log.wandb: text fields, a known mode, and the wandb package where a project is set."""
+  for field in ('project', 'entity', 'name', 'mode'):
+    value = section.get(field, '')
+    if not isinstance(value, str):
+      raise errors.InputError(f'config.log.wandb.{field} must be text, got {value!r}')
+  if section.get('mode', '') not in WANDB_MODES:
+    raise errors.InputError(f'config.log.wandb.mode must be one of {WANDB_MODES}, got '
+                            f'{section.get("mode")!r}')
+  # find_spec looks for the package without importing it: W&B off costs nothing.
+  if section.get('project', '') and importlib.util.find_spec('wandb') is None:
+    raise errors.InputError(
+        f'config.log.wandb.project is {section.get("project")!r} but the wandb package is not '
+        "installed: pip install wandb (requirements.txt pins it), or leave the project '' for "
+        'no W&B')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first field of a resolved config with an impossible value.
 
@@ -243,6 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(tuple(profile) == () or (len(profile) == 2 and all(_is_int(s) for s in profile)
                                 and 1 <= profile[0] < profile[1]),
        'log.profile_steps', '() or (start, stop) with 1 <= start < stop')
+  _check_wandb(config.log.get('wandb') or {})
   check_checkpoint_config(config.checkpoint)
   optim.validate_optim_config(config.optim)
   meshes.check_mesh_config(config.mesh)

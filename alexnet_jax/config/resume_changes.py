@@ -118,6 +118,11 @@ DECISIONS: dict[str, Decision] = {
     'log.tensorboard': _accept('only whether TensorBoard files are written'),
     'log.progress': _accept('only the console progress bar'),
     'log.profile_steps': _accept('only which steps are profiled'),
+    'log.wandb.project': _accept('only where metrics are mirrored (the W&B run id stays in the '
+                                 'workdir)'),
+    'log.wandb.entity': _accept('only where metrics are mirrored'),
+    'log.wandb.name': _accept('only the name W&B shows'),
+    'log.wandb.mode': _accept('only whether W&B uploads now or later'),
 }
 
 UNKNOWN = _refuse('not a field of any config (a typo?)')

@@ -102,5 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.log.tensorboard = True  # Write TensorBoard event files in the workdir.
   config.log.progress = True  # Progress bar when the console is interactive.
   config.log.profile_steps = ()  # (start, stop): profile steps start..stop-1 into WORKDIR/profile.
+  # Weights & Biases (pip install wandb): metrics.jsonl, the config and the run record
+  # mirrored to one W&B run per workdir, resumed with it. TensorBoard stays on beside it.
+  config.log.wandb = ml_collections.ConfigDict()
+  config.log.wandb.project = ''  # W&B project; '': W&B off (wandb is not even imported).
+  config.log.wandb.entity = ''  # W&B user or team; '': your default entity.
+  config.log.wandb.name = ''  # Run name shown in W&B; '': the workdir's folder name.
+  config.log.wandb.mode = ''  # 'online' | 'offline' (upload later: wandb sync) | 'disabled';
+  #                             '': the WANDB_MODE environment variable, else online.
 
   return config

@@ -5,6 +5,12 @@ prints `error: ...` and exits with status 2, Ctrl-C prints one `interrupted: ...
 line and exits with status 130, and anything else (a bug) keeps its traceback.
 Set the environment variable ALEXNET_JAX_TRACEBACK=1 to see the traceback above a
 user error's line too, for a bug report.
+
+The wrapper also sets up the console: log lines are the message alone (warnings
+and errors begin `WARNING:` or `ERROR:`), without absl's prefix of level, time,
+thread and file:line; ALEXNET_JAX_LOG_PREFIX=1 keeps that prefix. INFO lines of
+orbax, grain and jax stay off the console, and so does orbax's notice on every
+read-only checkpoint reader.
 """
 
 from __future__ import annotations
@@ -28,19 +34,46 @@ from alexnet_jax.core import xla_flags
 
 # Set to 1 to see the traceback above a user error's one line (for reporting bugs).
 TRACEBACK_ENV = 'ALEXNET_JAX_TRACEBACK'
+# Set to 1 to keep absl's prefix (level, time, thread, file:line) on console log lines.
+LOG_PREFIX_ENV = 'ALEXNET_JAX_LOG_PREFIX'
 
 
 # Libraries whose INFO lines (every async save, every backend probe) would bury the
 # run's own progress lines; their warnings and errors still show.
 QUIET_LIBRARIES = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}', f'{os.sep}jax{os.sep}')
+# Warnings of those libraries that report a choice of this program, not a problem: orbax
+# warns on every CheckpointManager opened read-only (predict, evaluate, plot do).
+QUIET_WARNINGS = ('Given directory is read only',)
 
 
 class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    library = any(part in record.pathname for part in QUIET_LIBRARIES)
     if record.levelno >= py_logging.WARNING:
-      return True
-    return not any(part in record.pathname for part in QUIET_LIBRARIES)
+      return not (library and str(record.msg).startswith(QUIET_WARNINGS))
+    return not library
+
+
+class ConsoleFormatter(py_logging.Formatter):
+  """A log record as the user reads it: the message; warnings and errors say which they are.
+
+  Upper case, so that a logged error never reads as the one `error: ...` line of a
+  user mistake.
+  """
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    message = super().format(record)  # the message, and the traceback of logging.exception
+    if record.levelno >= py_logging.WARNING:
+      return f'{record.levelname}: {message}'
+    return message
+
+
+def plain_console_logs() -> None:
+  """Console log lines without absl's prefix, unless ALEXNET_JAX_LOG_PREFIX asks for it."""
+  if os.environ.get(LOG_PREFIX_ENV, '') not in ('', '0'):
+    return
+  logging.get_absl_handler().setFormatter(ConsoleFormatter())
 
 
 def quiet_library_logs() -> None:
@@ -228,6 +261,7 @@ def report_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]
   @functools.wraps(main)
   def wrapped(argv: list[str]) -> None:
     quiet_library_logs()
+    plain_console_logs()
     try:
       main(argv)
     except errors.USER_ERRORS as e:

@@ -4,15 +4,18 @@ Only host 0 writes; on other hosts every method is a no-op, so the trainer
 calls them unconditionally.
 
 metrics.jsonl holds one JSON object per line (docs/design.md, "metrics.jsonl"). Every
-record has `step` (optimizer steps done) and `kind`:
+record has `step` (optimizer steps done), `kind` and `time` (when it was written, Unix
+seconds):
 
   train: loss, top1_err, top5_err, lr, epoch, images_per_sec
   eval:  val_loss, val_top1_err, val_top5_err (+ val10_top1_err, val10_top5_err
          for the 10-crop test)
 
-Errors are fractions in [0, 1]; extra keys are allowed. A resumed run first
-calls `truncate_after(restored_step)`, which drops the lines the crashed run
-wrote after its last checkpoint, so every step appears once.
+Errors are fractions in [0, 1]; extra keys are allowed. float32 values are
+written as the shortest decimal that reads back as the same float32 (`0.01`, not
+`0.010000000707805157`). A resumed run first calls `truncate_after(restored_step)`,
+which drops the lines the crashed run wrote after its last checkpoint, so every
+step appears once.
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def _json_value(value: Any) -> Any:
     return [_json_value(v) for v in value]
   array = np.asarray(value)
   if array.ndim:
-    return [_json_value(v) for v in array.tolist()]
+    return [_json_value(v) for v in array]
+  if array.dtype == np.float32:
+    # The float64 of a float32 prints its binary noise; this decimal reads back as the same float32.
+    return _json_value(float(str(array[()])))
   number = array.item()
   if isinstance(number, float) and not math.isfinite(number):
     return None
@@ -108,9 +114,16 @@ class MetricWriter:
   """Appends records to WORKDIR/metrics.jsonl and mirrors numbers to TensorBoard."""
 
   def __init__(self, workdir: str | os.PathLike[str], *, enabled: Optional[bool] = None,
-               tensorboard: bool = True):
-    """enabled: write at all; default True on host 0 only. tensorboard: also write event files."""
+               tensorboard: bool = True, tracker: Optional[Any] = None,
+               clock: Callable[[], float] = time.time):
+    """enabled: write at all; default True on host 0 only. tensorboard: also write event files.
+
+    tracker: an experiment tracker (tracking.WandbTracker) that gets every record
+    too and is closed with the writer. clock: the wall clock of each record's `time`.
+    """
     self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+    self._tracker = tracker if self.enabled else None
+    self._clock = clock
     self.workdir = os.fspath(workdir)
     self.path = os.path.join(self.workdir, METRICS_FILE)
     self._tensorboard = tensorboard
@@ -130,22 +143,31 @@ class MetricWriter:
                                                    flush_secs=30)
     return self._tb_writer
 
-  def write(self, record: Mapping[str, Any]) -> None:
-    """Appends one record (see the module docstring) and flushes it to disk."""
+  def write(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Appends one record (see the module docstring) and flushes it to disk.
+
+    Returns the record with its `time` (the wall clock now, unless it has one), on
+    every host.
+    """
+    stamped = dict(record)
+    stamped.setdefault('time', float(self._clock()))
     if not self.enabled:
-      return
-    validate_record(record)
-    ordered = {'step': int(record['step']), 'kind': record['kind']}
-    ordered.update({k: _json_value(v) for k, v in record.items() if k not in ordered})
+      return stamped
+    validate_record(stamped)
+    ordered = {'step': int(stamped['step']), 'kind': stamped['kind']}
+    ordered.update({k: _json_value(v) for k, v in stamped.items() if k not in ordered})
     self._file.write(json.dumps(ordered, allow_nan=False) + '\n')
     self._file.flush()
     if self._tensorboard:
       tb = self._tb()
       for key, value in ordered.items():
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key not in ('step', 'kind') and numeric:
+        if key not in ('step', 'kind', 'time') and numeric:  # TensorBoard keeps its own wall time
           tb.add_scalar(f'{ordered["kind"]}/{key}', value, ordered['step'])
       tb.flush()
+    if self._tracker is not None:
+      self._tracker.log(ordered)
+    return stamped
 
   def truncate_after(self, step: int) -> int:
     """Drops records with step > `step` (and any half-written line); returns how many.
@@ -190,6 +212,9 @@ class MetricWriter:
     if self._tb_writer is not None:
       self._tb_writer.close()
       self._tb_writer = None
+    if self._tracker is not None:
+      self._tracker.close()
+      self._tracker = None
 
   def __enter__(self) -> 'MetricWriter':
     return self
@@ -205,6 +230,17 @@ def _fmt(value: Any) -> str:
   if isinstance(value, float):
     return f'{value:.4g}' if abs(value) < 1e-3 and value != 0 else f'{value:.4f}'
   return str(value)
+
+
+def format_lr(value: Any) -> str:
+  """A learning rate as its float32 reads: '0.01', '1e-05' (the schedule's own numbers)."""
+  return str(np.float32(value))
+
+
+def format_rate(value: Any) -> str:
+  """Images per second: whole numbers with thousands separators from 100 on ('1,234')."""
+  value = float(value)
+  return f'{value:,.0f}' if abs(value) >= 100 else f'{value:.3g}'
 
 
 class ProgressReporter:
@@ -256,10 +292,12 @@ class ProgressReporter:
     """The console line of a train record."""
     epoch = self._epoch(step, record)
     head = f'step {step}/{self.total_steps}' + (f' (epoch {epoch:.2f})' if epoch is not None else '')
-    parts = [f'{k} {_fmt(float(record[k]))}' for k in ('loss', 'top1_err', 'top5_err', 'lr')
+    parts = [f'{k} {_fmt(float(record[k]))}' for k in ('loss', 'top1_err', 'top5_err')
              if k in record]
+    if 'lr' in record:
+      parts.append(f'lr {format_lr(record["lr"])}')
     if 'images_per_sec' in record:
-      parts.append(f'{float(record["images_per_sec"]):.1f} img/s')
+      parts.append(f'{format_rate(record["images_per_sec"])} img/s')
     parts.append(f'ETA {progress.format_duration(self.eta_seconds(step))}')
     return f'{head}: ' + ', '.join(parts)
 

@@ -28,12 +28,17 @@ from tests.helpers import subprocesses
 from tests.helpers import training
 
 
+def _env() -> dict[str, str]:
+  """Log lines keep absl's prefix (ALEXNET_JAX_LOG_PREFIX), which tells them from messages."""
+  return subprocesses.launch_env(compile_cache=True, ALEXNET_JAX_LOG_PREFIX='1')
+
+
 def launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
            python_args: tuple[str, ...] = ()):
   """Runs launch.py to its end: the CompletedProcess (stdout, stderr as text)."""
   cmd = [sys.executable, *python_args, os.path.join(REPO, 'launch.py'),
          f'--config={config_file}', f'--workdir={workdir}', *args]
-  return subprocess.run(cmd, cwd=REPO, env=subprocesses.launch_env(compile_cache=True),
+  return subprocess.run(cmd, cwd=REPO, env=_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -41,16 +46,17 @@ def start_launch(config_file: str, workdir: str, log_file) -> subprocess.Popen:
   """Starts launch.py with its output going to `log_file` (a pipe nobody reads would fill)."""
   cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
          f'--workdir={workdir}']
-  return subprocess.Popen(cmd, cwd=REPO, env=subprocesses.launch_env(compile_cache=True),
+  return subprocess.Popen(cmd, cwd=REPO, env=_env(),
                           stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def records(workdir: str) -> tuple[list[tuple], list[dict]]:
-  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines."""
+  """(step, loss, top1_err, top5_err, lr) of each train line, and the eval lines less `time`."""
   lines = training.read_metrics(workdir, while_running=True)
   trains = [(r['step'], r['loss'], r['top1_err'], r['top5_err'], r['lr'])
             for r in lines if r['kind'] == 'train']
-  return trains, [r for r in lines if r['kind'] == 'eval']
+  return trains, [{k: v for k, v in r.items() if k != 'time'} for r in lines
+                  if r['kind'] == 'eval']
 
 
 def params_of(config, workdir: str) -> list[np.ndarray]:
