@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import logging as py_logging
 import os
+import re
 import sys
+import textwrap
 import traceback
 from typing import Callable
 
@@ -68,27 +70,73 @@ def _config_flag_value(argv: list[str]) -> str:
   return ''
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
+def _refuse(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(errors.EXIT_USER_ERROR)
 
-  ml_collections reports such a typo as an AttributeError from inside the parser,
-  which absl would show as a traceback; it reports a config file without a
-  `get_config` function the same way.
+
+def _through_a_leaf(error: KeyError, argv: list[str]) -> str | None:
+  """The line for an override that names a field inside a plain value (--config.a.b.c where
+  a.b is a number or string), which ml_collections reports as a KeyError from its parser."""
+  text = str(error.args[0]) if error.args else ''
+  match = re.match(r"Attribute <class '(\w+)'>\.(\S+) does not exist.*Attempting to lookup: "
+                   r'(\S+)', text)
+  if not match:
+    return None
+  kind, inner, path = match.groups()
+  leaf = path[:-len(inner) - 1] if path.endswith('.' + inner) else path
+  flag = next((a.split('=')[0] for a in argv[1:] if a.startswith(f'--config.{path}')),
+              f'--config.{path}')
+  return (f'{flag}: config.{leaf} is a single value (a {kind}), not a group of fields; set it '
+          f'as --config.{leaf}=VALUE')
+
+
+def _config_argument_refused(message: str, argv: list[str]) -> str | None:
+  """The line for a --config=FILE:ARG whose get_config() takes no argument."""
+  if 'get_config() takes 0 positional arguments' not in message:
+    return None
+  value = _config_flag_value(argv)
+  filename, argument = (value.split(':', 1) + [''])[:2]
+  return (f'the --config file {filename} has a get_config() that takes no argument, but '
+          f'--config={value} passes it {argument!r} (the text after the colon); give '
+          f'--config={filename} and set fields with --config.FIELD=VALUE')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, plus one line for what ml_collections reports from inside it.
+
+  A --config.FIELD override naming no field (a typo) and a config file without a
+  `get_config` function arrive as an AttributeError, an override through a plain
+  value (--config.optim.momentum.x) as a KeyError, a --config=FILE:ARG whose
+  get_config() takes no argument as a flag error holding a traceback: each becomes
+  one `error:` line and status 2. Other flag errors keep absl's FATAL line (status 1).
   """
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    line = _config_argument_refused(str(e), argv)
+    if line:
+      _refuse(line)
+    message = str(e)
+    message = f'\n{textwrap.indent(message, "  ")}' if '\n' in message else f' {message}'
+    sys.stderr.write(f'FATAL Flags parsing error:{message}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.stderr.flush()
+    sys.exit(1)  # what absl's parse_flags_with_usage exits with
+  except KeyError as e:
+    line = _through_a_leaf(e, argv)
+    if line is None:
+      raise
+    _refuse(line)
   except AttributeError as e:
     if "has no attribute 'get_config'" in str(e):
-      print(f'error: the --config file {_config_flag_value(argv)} defines no get_config() '
-            'function (a config file returns its ml_collections.ConfigDict from get_config(); '
-            'see configs/imagenet.py)', file=sys.stderr, flush=True)
-      sys.exit(errors.EXIT_USER_ERROR)
+      _refuse(f'the --config file {_config_flag_value(argv)} defines no get_config() function (a '
+              'config file returns its ml_collections.ConfigDict from get_config(); see '
+              'configs/imagenet.py)')
     name = str(e).strip('"\'')
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     flag = next((o for o in overrides if name in o.split('.')), '--config override')
-    print(f'error: {flag}: the config has no field {name!r} (see the config file for the fields)',
-          file=sys.stderr, flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
+    _refuse(f'{flag}: the config has no field {name!r} (see the config file for the fields)')
 
 
 def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:
