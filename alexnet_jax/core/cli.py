@@ -106,8 +106,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus one line for what ml_collections reports from inside it.
 
   A --config.FIELD override naming no field (a typo) and a config file without a
-  `get_config` function arrive as an AttributeError, an override through a plain
-  value (--config.optim.momentum.x) as a KeyError, a --config=FILE:ARG whose
+  `get_config` function arrive as an AttributeError (an unknown group as a KeyError),
+  an override through a plain value (--config.optim.momentum.x) as a KeyError, a
+  field path that is not names and dots (--config.batch_size.0) as a ValueError, a --config=FILE:ARG whose
   get_config() takes no argument as a flag error holding a traceback: each becomes
   one `error:` line and status 2. Other flag errors keep absl's FATAL line (status 1).
   """
@@ -123,20 +124,38 @@ def parse_flags(argv: list[str]) -> list[str]:
                      'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.stderr.flush()
     sys.exit(1)  # what absl's parse_flags_with_usage exits with
+  except TypeError as e:  # ml_collections indexing a plain value, or a tuple from a number
+    if not any('ml_collections' in frame.filename
+               for frame in traceback.extract_tb(e.__traceback__)):
+      raise
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    which = overrides[0] if len(overrides) == 1 else f'one of {", ".join(overrides)}'
+    _refuse(f'{which}: cannot be applied to the config ({errors.first_line(e)}): an override '
+            'names one field (names joined by dots) and gives it a value of that field\'s type')
+  except ValueError as e:  # a field path that is not names joined by dots (a.0, a.b[)
+    bad_path = re.match(r"Could not parse '(.*)': ", str(e))
+    if bad_path is None:
+      raise
+    _refuse(f'--config.{bad_path.group(1)}: not a config field (a field is names joined by dots, '
+            'as in --config.optim.momentum=0.9)')
   except KeyError as e:
     line = _through_a_leaf(e, argv)
-    if line is None:
+    unknown = re.match(r"'([^']*)'", str(e.args[0]) if e.args else '')
+    if line is None and unknown is None:
       raise
-    _refuse(line)
+    _refuse(line or _no_such_field(unknown.group(1), argv))  # KeyError: an unknown group
   except AttributeError as e:
     if "has no attribute 'get_config'" in str(e):
       _refuse(f'the --config file {_config_flag_value(argv)} defines no get_config() function (a '
               'config file returns its ml_collections.ConfigDict from get_config(); see '
               'configs/imagenet.py)')
-    name = str(e).strip('"\'')
-    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    flag = next((o for o in overrides if name in o.split('.')), '--config override')
-    _refuse(f'{flag}: the config has no field {name!r} (see the config file for the fields)')
+    _refuse(_no_such_field(str(e).strip('"\''), argv))
+
+
+def _no_such_field(name: str, argv: list[str]) -> str:
+  overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  flag = next((o for o in overrides if name in o.split('.')), '--config override')
+  return f'{flag}: the config has no field {name!r} (see the config file for the fields)'
 
 
 def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:
