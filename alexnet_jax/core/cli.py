@@ -84,7 +84,8 @@ def _through_a_leaf(error: KeyError, argv: list[str]) -> str | None:
   if not match:
     return None
   kind, inner, path = match.groups()
-  leaf = path[:-len(inner) - 1] if path.endswith('.' + inner) else path
+  cut = (path + '.').rfind(f'.{inner}.')  # the leaf is the path before the name inside it
+  leaf = path[:cut] if cut > 0 else path
   flag = next((a.split('=')[0] for a in argv[1:] if a.startswith(f'--config.{path}')),
               f'--config.{path}')
   return (f'{flag}: config.{leaf} is a single value (a {kind}), not a group of fields; set it '
@@ -112,6 +113,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   get_config() takes no argument as a flag error holding a traceback: each becomes
   one `error:` line and status 2. Other flag errors keep absl's FATAL line (status 1).
   """
+  config_file = _config_flag_value(argv).split(':', 1)[0]
+  if config_file and os.path.exists(config_file) and not os.path.isfile(config_file):
+    # Loading it would read a FIFO (waiting forever for a writer) or a device.
+    _refuse(f'the --config file {config_file} is not a regular file; give a config file like '
+            'configs/imagenet.py')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -124,6 +130,10 @@ def parse_flags(argv: list[str]) -> list[str]:
                      'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.stderr.flush()
     sys.exit(1)  # what absl's parse_flags_with_usage exits with
+  except SyntaxError as e:  # a --config file that is not Python (a text file, a binary)
+    where = f'{e.filename}, line {e.lineno}' if e.lineno else e.filename
+    _refuse(f'the --config file {_config_flag_value(argv)} is not a Python config file '
+            f'({where}: {e.msg}); give a file like configs/imagenet.py')
   except TypeError as e:  # ml_collections indexing a plain value, or a tuple from a number
     if not any('ml_collections' in frame.filename
                for frame in traceback.extract_tb(e.__traceback__)):

@@ -110,6 +110,8 @@ def snapshot(root: str) -> dict[str, str]:
 def changes(before: dict[str, str], after: dict[str, str], outputs: list[str]) -> list[str]:
   """Paths added, removed or changed, except those at or under an output."""
   def named(path: str) -> bool:
+    if path not in before and any(o.startswith(path + os.sep) for o in outputs):
+      return True  # a missing folder above an output, made to hold it
     return any(path == o or path.startswith(o.rstrip(os.sep) + os.sep) for o in outputs)
   paths = set(before) | set(after)
   return sorted(p for p in paths if before.get(p) != after.get(p) and not named(p))
