@@ -456,9 +456,14 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, target: Target | No
   """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing.
 
   Refuses what the run would refuse before training: a dataset without validation
-  images, a resume whose config changes what the run computes.
+  images, a resume whose config changes what the run computes, a workdir that is not
+  a folder, a lock path no run could take.
   """
   target = target or Target()
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    # The run would refuse it when it makes the workdir (workdir_files.prepare_workdir).
+    raise errors.UserError(f'workdir {workdir!r} cannot be written: it exists and is not a '
+                           'folder')
   plan = build_plan(config, target)
   # The config as the planned run resolves it: its platform decides model.dtype 'auto'.
   resolved = resolution.load(config, platform=target.platform, cpu_count=target.host_cores,

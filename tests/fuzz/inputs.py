@@ -190,7 +190,7 @@ def path_flags(draw: Callable, slow: bool = True) -> Draw:
   tool, args, needs_run, outputs, elsewhere = draw(st.sampled_from(flags))
   kind = draw(st.sampled_from(FS_KINDS))
   flag = next(a for a in args if '{P}' in a)
-  return Draw('path', f'{flag} given {kind}', tool, args,
+  return Draw('path', f'{tool} {flag} given {kind}', tool, args,
               needs=(('run',) if needs_run else ()) + (f'fs:{kind}',), outputs=outputs,
               elsewhere=elsewhere)
 
