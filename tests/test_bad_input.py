@@ -39,6 +39,7 @@ from PIL import Image
 
 from tests import test_reliability as reliability
 from tests import test_train
+from tests.fuzz import findings as fuzz_findings
 
 REPO = test_train.REPO
 DOC = os.path.join(REPO, 'docs', 'bad_input.md')
@@ -1036,12 +1037,13 @@ def render_doc() -> str:
       lines.append(f'| {cell(case.what)} | `{cell(command)}` | {status} | '
                    f'`{cell(case.message)}` |')
     lines.append('')
+  lines += fuzz_findings.doc_lines()
   lines += [
       '## Not covered',
       '',
-      '- A config file with a Python error in it (a syntax error, an exception in',
-      '  `get_config`) ends in Python\'s own traceback, which points at the offending line,',
-      '  with exit status 1.',
+      '- A config file whose `get_config` raises an exception ends in Python\'s own',
+      '  traceback, which points at the offending line, with exit status 1 (a file that is',
+      '  not Python, a syntax error, is one `error:` line).',
       '- Permission errors: the tests run as root, where `chmod` does not stop writes; a',
       '  file where a folder should be stands in for an unwritable path here (a read-only',
       '  workdir is in reliability.md).',

@@ -335,7 +335,7 @@ class Fixtures:
   def build(self, d: Draw, timeout: float) -> runner.Case:
     case_dir = os.path.join(self.root, f'case{next(self._count):04d}')
     os.makedirs(case_dir)
-    values = {'CASE': case_dir, 'DATA': self.data, 'IMAGE': self.image,
+    values = {'CASE': case_dir, 'CONFIG': CONFIG_FILE, 'DATA': self.data, 'IMAGE': self.image,
               'SMALL_SOURCE': self.small_source, 'RUN': os.path.join(case_dir, 'run')}
     for need in d.needs:
       if need == 'run':

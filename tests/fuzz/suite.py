@@ -26,6 +26,7 @@ import numpy as np
 
 from tests import fakes
 from tests import trained_run
+from tests.fuzz import findings
 from tests.fuzz import inputs
 from tests.fuzz import runner
 
@@ -55,26 +56,6 @@ def _strategies(slow: bool) -> dict[str, st.SearchStrategy[inputs.Draw]]:
           'plan': inputs.plan_numbers(), 'path': inputs.path_flags(slow),
           'name': inputs.odd_names(slow), 'workdir_file': inputs.workdir_files(slow),
           'env': inputs.environment()}
-
-
-# What each class must always include, whatever the draw: the instances found before.
-PINNED = {
-    'config': [inputs.Draw('config', 'through_leaf --config.optim.momentum.x=1', 'launch',
-                           inputs._dry_run('--config.optim.momentum.x=1')),  # pylint: disable=protected-access
-               inputs.Draw('config', '--config=FILE:small', 'launch',
-                           (f'--config={inputs.CONFIG_FILE}:small', '--workdir={CASE}/new',
-                            '--dry_run'))],
-    'plan': [inputs.Draw('plan', '--plan_device_memory_gib=inf', 'launch',
-                         inputs._dry_run('--plan_device_memory_gib=inf'))],  # pylint: disable=protected-access
-    'workdir_file': [inputs.Draw('workdir_file', 'run.lock replaced by non_utf8, then dry_run',
-                                 'launch', ('--config={RUN}/config.py', '--workdir={RUN}',
-                                            '--dry_run'), needs=('run',),
-                                 damage=('run.lock', 'non_utf8')),
-                     inputs.Draw('workdir_file', 'metrics replaced by nope, then evaluate',
-                                 'evaluate', ('--workdir={RUN}', '--crops=1'), needs=('run',),
-                                 outputs=('{RUN}/eval',),
-                                 damage=('checkpoints/{step}/metrics/metrics', 'nope'))],
-}
 
 
 class FuzzTest(absltest.TestCase):
@@ -114,7 +95,8 @@ class FuzzTest(absltest.TestCase):
     return case, result, runner.violations(case, result)
 
   def fuzz(self, kind: str) -> None:
-    """Draws the profile's cases of `kind` plus PINNED ones; fails listing every violation."""
+    """Runs the findings of `kind`, then draws the profile's cases; fails listing every case
+    that broke a property (or, for a finding, ended otherwise than pinned)."""
     prof = self.profile
     strategy = _strategies(prof.slow)[kind]
     if not prof.slow:
@@ -131,8 +113,13 @@ class FuzzTest(absltest.TestCase):
       elif broken:
         failures.append(runner.describe(case, result))
 
-    for draw in PINNED.get(kind, []):
-      check(draw)
+    for found in findings.FINDINGS:
+      if found.draw.kind == kind:
+        case, result, broken = self.run_draw(found.draw)
+        seen = (result.status, findings.last_line(result.output, case))
+        if broken or seen != (found.status, found.line):
+          failures.append(f'expected {(found.status, found.line)}\n' +
+                          runner.describe(case, result))
     body: Callable[[inputs.Draw], None] = hypothesis.given(strategy)(check)
     settings = hypothesis.settings(
         max_examples=prof.examples[kind], deadline=None, database=None, derandomize=False,
