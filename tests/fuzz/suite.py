@@ -40,8 +40,8 @@ class Profile:
 
 
 PROFILES = {
-    'fast': Profile({'config': 40, 'plan': 12, 'path': 30, 'name': 10, 'workdir_file': 20,
-                     'env': 3}, slow=False, timeout=60),
+    'fast': Profile({'config': 30, 'plan': 8, 'path': 20, 'name': 8, 'workdir_file': 12,
+                     'env': 2}, slow=False, timeout=60),
     'long': Profile({'config': 150, 'plan': 40, 'path': 150, 'name': 40, 'workdir_file': 120,
                      'env': 40}, slow=True, timeout=300),
 }
