@@ -69,6 +69,11 @@ class OverrideErrorsTest(parameterized.TestCase):
     _, status, err = parse(f'--config={DIGITS}', *overrides)
     self.assertEqual((status, err.strip()), (errors.EXIT_USER_ERROR, expected))
 
+  def test_the_override_that_cannot_be_applied_is_named_among_others(self):
+    _, status, err = parse(f'--config={DIGITS}', '--config.seed=3', '--config.model.dtype.x=1')
+    self.assertEqual(status, 2)
+    self.assertStartsWith(err, 'error: --config.model.dtype.x: cannot be applied')
+
   def test_config_file_argument_to_a_get_config_without_one(self):
     _, status, err = parse(f'--config={DIGITS}:small')
     self.assertEqual(status, errors.EXIT_USER_ERROR)
@@ -88,7 +93,9 @@ class OverrideErrorsTest(parameterized.TestCase):
   def test_a_config_path_that_is_not_a_file_is_not_opened(self):
     fifo = os.path.join(self.create_tempdir().full_path, 'fifo')
     os.mkfifo(fifo)
-    for path in (fifo, os.devnull, os.path.dirname(fifo)):
+    # /dev/null is a character device, where the machine has one (some sandboxes give a file).
+    devices = [os.devnull] if not os.path.isfile(os.devnull) else []
+    for path in [fifo, os.path.dirname(fifo), *devices]:
       _, status, err = parse(f'--config={path}')
       self.assertEqual((status, err.strip()),
                        (2, f'error: the --config file {path} is not a regular file; give a '

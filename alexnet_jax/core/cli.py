@@ -13,6 +13,7 @@ import functools
 import logging as py_logging
 import os
 import re
+import runpy
 import sys
 import textwrap
 import traceback
@@ -22,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from alexnet_jax.core import errors
 from alexnet_jax.core import xla_flags
@@ -109,8 +111,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   A --config.FIELD override naming no field (a typo) and a config file without a
   `get_config` function arrive as an AttributeError (an unknown group as a KeyError),
   an override through a plain value (--config.optim.momentum.x) as a KeyError, a
-  field path that is not names and dots (--config.batch_size.0) as a ValueError, a --config=FILE:ARG whose
-  get_config() takes no argument as a flag error holding a traceback: each becomes
+  field path that is not names and dots (--config.batch_size.0) as a ValueError, a
+  --config=FILE:ARG whose get_config() takes no argument as a flag error holding a
+  traceback, a file that is not Python as a SyntaxError: each becomes
   one `error:` line and status 2. Other flag errors keep absl's FATAL line (status 1).
   """
   config_file = _config_flag_value(argv).split(':', 1)[0]
@@ -139,7 +142,8 @@ def parse_flags(argv: list[str]) -> list[str]:
                for frame in traceback.extract_tb(e.__traceback__)):
       raise
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    which = overrides[0] if len(overrides) == 1 else f'one of {", ".join(overrides)}'
+    failing = _overrides_failing(argv, overrides)
+    which = failing[0] if len(failing) == 1 else f'one of {", ".join(failing or overrides)}'
     _refuse(f'{which}: cannot be applied to the config ({errors.first_line(e)}): an override '
             'names one field (names joined by dots) and gives it a value of that field\'s type')
   except ValueError as e:  # a field path that is not names joined by dots (a.0, a.b[)
@@ -160,6 +164,22 @@ def parse_flags(argv: list[str]) -> list[str]:
               'config file returns its ml_collections.ConfigDict from get_config(); see '
               'configs/imagenet.py)')
     _refuse(_no_such_field(str(e).strip('"\''), argv))
+
+
+def _overrides_failing(argv: list[str], overrides: list[str]) -> list[str]:
+  """Those of `overrides` whose field path does not resolve in the --config file's config
+  ([] where the file cannot be loaded again)."""
+  try:
+    config = runpy.run_path(_config_flag_value(argv).split(':', 1)[0])['get_config']()
+  except Exception:  # pylint: disable=broad-exception-caught
+    return []
+  failing = []
+  for flag in overrides:
+    try:
+      config_path.get_value(flag[len('--config.'):], config)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+      failing.append(flag)
+  return failing
 
 
 def _no_such_field(name: str, argv: list[str]) -> str:
