@@ -39,9 +39,13 @@ def read_dataset_json(output: str) -> dict[str, Any] | None:
   """The description of a complete prepared dataset in `output`, else None."""
   path = os.path.join(output, DATASET_FILE)
   try:
-    with open(path) as f:
-      description = json.load(f)
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    if not os.path.isfile(path):  # missing, a link loop, a FIFO (never opened) or a folder
+      return None
+    with open(path, 'rb') as f:
+      description = json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+    return None
+  if not isinstance(description, dict):
     return None
   if description.get('format') != FORMAT or not description.get('complete'):
     return None

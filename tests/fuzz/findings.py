@@ -64,6 +64,9 @@ FINDINGS = (
     Finding(inputs.Draw('path', '--workdir of a dry run is a FIFO', 'launch',
                         _DRY('--workdir={P}'), needs=('fs:fifo',)), 2,
             "error: workdir '{CASE}/target' cannot be written: it exists and is not a folder"),
+    Finding(inputs.Draw('path', 'config.data.dir is a link loop', 'launch',
+                        _DRY('--config.data.dir={P}'), needs=('fs:link_loop',)), 0,
+            'workdir: {CASE}/new (new run)'),
     Finding(inputs.Draw('path', 'plot --workdir is an empty folder', 'plot',
                         ('--workdir={P}',), needs=('fs:folder',)), 2,
             'error: nothing to plot in {CASE}/target: no metrics.jsonl and no config.json (not '

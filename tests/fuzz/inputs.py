@@ -359,6 +359,8 @@ class Fixtures:
       for key, value in values.items():
         text = text.replace('{' + key + '}', value)
       return text
+    outputs = [fill(o) for o in d.outputs]
+    outputs += [os.path.realpath(o) for o in outputs]  # written through a link to a folder
     return runner.Case(kind=d.kind, what=d.what, tool=d.tool, args=[fill(a) for a in d.args],
-                       cwd=case_dir, outputs=[fill(o) for o in d.outputs], env=dict(d.env),
+                       cwd=case_dir, outputs=outputs, env=dict(d.env),
                        timeout=timeout, elsewhere=d.elsewhere)
