@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from alexnet_jax.core import errors
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.storage import lockfile
+from alexnet_jax.storage import metric_log
 from alexnet_jax.storage import workdir_files
 
 
@@ -173,6 +174,16 @@ class WorkdirJsonFilesTest(absltest.TestCase):
       (os.rmdir if data is None else os.remove)(path)
     self.put('config_history.jsonl', json.dumps({'step': 3, 'changes': {}}).encode() + b'\n')
     self.assertEqual(workdir_files.read_config_history(self.workdir), [{'step': 3, 'changes': {}}])
+
+  def test_metrics_jsonl(self):
+    self.put('metrics.jsonl', b'{}\n[1]\n\xff\xfe\n{"kind": "train", "step": 2}\n7\n')
+    self.assertEqual(metric_log.read_metrics(self.workdir), [{'kind': 'train', 'step': 2}])
+    os.remove(os.path.join(self.workdir, 'metrics.jsonl'))
+    path = self.put('metrics.jsonl', None)
+    with self.assertRaisesWithLiteralMatch(
+        errors.InputError, f"{path} is not a regular file; it should hold the run's metrics "
+        '(one JSON record a line): move it away'):
+      metric_log.read_metrics(self.workdir)
 
   def test_dataset_info(self):
     for data in (None, b'\xff\xfe', b'[1]', b'7'):
