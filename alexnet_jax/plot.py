@@ -102,6 +102,11 @@ def write_plots(workdir: str | os.PathLike[str], *, step: int | None = None,
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise errors.MissingInputError(f'workdir {workdir} does not exist')
+  if not any(os.path.lexists(os.path.join(workdir, name))
+             for name in (metric_log.METRICS_FILE, 'config.json')):
+    # Refused before the plots folder is made: a folder that is not a run stays as it was.
+    raise errors.MissingInputError(f'nothing to plot in {workdir}: no {metric_log.METRICS_FILE} '
+                                   'and no config.json (not the workdir of a training run)')
   folder = plots_dir or run_figures.plots_dir(workdir)
   _writable(folder)
   try:

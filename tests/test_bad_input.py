@@ -42,6 +42,7 @@ from tests.helpers import faults
 from tests.helpers import images
 from tests.helpers import subprocesses
 from tests.helpers import training
+from tests.fuzz import findings as fuzz_findings
 
 DOC = os.path.join(REPO, 'docs', 'bad_input.md')
 
@@ -1046,12 +1047,13 @@ def render_doc() -> str:
       lines.append(f'| {cell(case.what)} | `{cell(command)}` | {status} | '
                    f'`{cell(case.message)}` |')
     lines.append('')
+  lines += fuzz_findings.doc_lines()
   lines += [
       '## Not covered',
       '',
-      '- A config file with a Python error in it (a syntax error, an exception in',
-      '  `get_config`) ends in Python\'s own traceback, which points at the offending line,',
-      '  with exit status 1.',
+      '- A config file whose `get_config` raises an exception ends in Python\'s own',
+      '  traceback, which points at the offending line, with exit status 1 (a file that is',
+      '  not Python, a syntax error, is one `error:` line).',
       '- Permission errors: the tests run as root, where `chmod` does not stop writes; a',
       '  file where a folder should be stands in for an unwritable path here (a read-only',
       '  workdir is in reliability.md).',

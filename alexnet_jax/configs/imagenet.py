@@ -57,7 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.group_impl = 'split'  # Grouped convs: 'split' (per-tower convs) | 'feature_group'.
   config.model.pool_size = 3  # Max-pool window z: 3 with stride 2 overlaps (section 3.4).
   config.model.pool_stride = 2  # Max-pool stride s; s=z=2 is the paper's non-overlapping control.
-  config.model.conv_widths = None  # conv1-conv5 widths at width 1.0, a tuple; None: the paper.
+  # conv1-conv5 widths at width 1.0, a tuple (--config.model.conv_widths='(48,128,192,192,128)');
+  # None: the paper. A typed placeholder, so that the command line can set it.
+  config.model.conv_widths = config_dict.placeholder(tuple)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.

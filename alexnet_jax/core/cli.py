@@ -20,7 +20,9 @@ import logging as py_logging
 import os
 import pathlib
 import re
+import runpy
 import sys
+import textwrap
 import traceback
 from typing import Callable
 
@@ -28,6 +30,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections.config_flags import config_path as ml_config_path
 
 from alexnet_jax.core import errors
 from alexnet_jax.core import xla_flags
@@ -172,33 +175,131 @@ def _unknown_override(argv: list[str], error: Exception) -> str | None:
   return message
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, plus one line for a --config.FIELD override naming no field.
+def _refuse(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(errors.EXIT_USER_ERROR)
 
-  ml_collections reports such a typo as an AttributeError or KeyError from inside the
-  parser, which absl would show as a traceback; it reports a config file without a
-  `get_config` function the same way. A shipped config's name given to --config
-  becomes its file first (`config_path`).
+
+def _through_a_leaf(error: KeyError, argv: list[str]) -> str | None:
+  """The line for an override that names a field inside a plain value (--config.a.b.c where
+  a.b is a number or string), which ml_collections reports as a KeyError from its parser."""
+  text = str(error.args[0]) if error.args else ''
+  match = re.match(r"Attribute <class '(\w+)'>\.(\S+) does not exist.*Attempting to lookup: "
+                   r'(\S+)', text)
+  if not match:
+    return None
+  kind, inner, path = match.groups()
+  cut = (path + '.').rfind(f'.{inner}.')  # the leaf is the path before the name inside it
+  leaf = path[:cut] if cut > 0 else path
+  flag = next((a.split('=')[0] for a in argv[1:] if a.startswith(f'--config.{path}')),
+              f'--config.{path}')
+  return (f'{flag}: config.{leaf} is a single value (a {kind}), not a group of fields; set it '
+          f'as --config.{leaf}=VALUE')
+
+
+def _config_argument_refused(message: str, argv: list[str]) -> str | None:
+  """The line for a --config=FILE:ARG whose get_config() takes no argument."""
+  if 'get_config() takes 0 positional arguments' not in message:
+    return None
+  value = _config_flag_value(argv)
+  filename, argument = (value.split(':', 1) + [''])[:2]
+  return (f'the --config file {filename} has a get_config() that takes no argument, but '
+          f'--config={value} passes it {argument!r} (the text after the colon); give '
+          f'--config={filename} and set fields with --config.FIELD=VALUE')
+
+
+def _typo_line(argv: list[str], error: Exception) -> str | None:
+  override = _unknown_override(argv, error)
+  return None if override is None else f'{override}; the fields are those of configs/imagenet.py'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, plus one line for what ml_collections reports from inside it.
+
+  A shipped config's name given to --config becomes its file first (`config_path`).
+  A --config.FIELD override naming no field (a typo, with ml_collections' nearest
+  field) and a config file without a `get_config` function arrive as an
+  AttributeError or KeyError, an override through a plain value
+  (--config.optim.momentum.x) as a KeyError, a field path that is not names and dots
+  (--config.batch_size.0) as a ValueError, a --config=FILE:ARG whose get_config()
+  takes no argument as a flag error holding a traceback, a file that is not Python as
+  a SyntaxError: each becomes one `error:` line and status 2. Other flag errors keep
+  absl's FATAL line (status 1).
   """
+  config_file = _config_flag_value(argv).split(':', 1)[0]
+  if config_file and os.path.exists(config_file) and not os.path.isfile(config_file):
+    # Loading it would read a FIFO (waiting forever for a writer) or a device.
+    _refuse(f'the --config file {config_file} is not a regular file; give a config file like '
+            'configs/imagenet.py')
   try:
     argv = _with_config_paths(argv)
   except errors.MissingInputError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
+    _refuse(str(e))
   try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:
-    if "has no attribute 'get_config'" in str(e):
-      print(f'error: the --config file {_config_flag_value(argv)} defines no get_config() '
-            'function (a config file returns its ml_collections.ConfigDict from get_config(); '
-            'see configs/imagenet.py)', file=sys.stderr, flush=True)
-      sys.exit(errors.EXIT_USER_ERROR)
-    override = _unknown_override(argv, e)
-    if override is None:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    line = _config_argument_refused(str(e), argv)
+    if line:
+      _refuse(line)
+    message = str(e)
+    message = f'\n{textwrap.indent(message, "  ")}' if '\n' in message else f' {message}'
+    sys.stderr.write(f'FATAL Flags parsing error:{message}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.stderr.flush()
+    sys.exit(1)  # what absl's parse_flags_with_usage exits with
+  except SyntaxError as e:  # a --config file that is not Python (a text file, a binary)
+    where = f'{e.filename}, line {e.lineno}' if e.lineno else e.filename
+    _refuse(f'the --config file {_config_flag_value(argv)} is not a Python config file '
+            f'({where}: {e.msg}); give a file like configs/imagenet.py')
+  except TypeError as e:  # ml_collections indexing a plain value, or a tuple from a number
+    if not any('ml_collections' in frame.filename
+               for frame in traceback.extract_tb(e.__traceback__)):
       raise
-    print(f'error: {override}; the fields are those of configs/imagenet.py', file=sys.stderr,
-          flush=True)
-    sys.exit(errors.EXIT_USER_ERROR)
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    failing = _overrides_failing(argv, overrides)
+    which = failing[0] if len(failing) == 1 else f'one of {", ".join(failing or overrides)}'
+    _refuse(f'{which}: cannot be applied to the config ({errors.first_line(e)}): an override '
+            'names one field (names joined by dots) and gives it a value of that field\'s type')
+  except ValueError as e:  # a field path that is not names joined by dots (a.0, a.b[)
+    bad_path = re.match(r"Could not parse '(.*)': ", str(e))
+    if bad_path is None:
+      raise
+    _refuse(f'--config.{bad_path.group(1)}: not a config field (a field is names joined by dots, '
+            'as in --config.optim.momentum=0.9)')
+  except KeyError as e:
+    line = _through_a_leaf(e, argv) or _typo_line(argv, e)
+    unknown = re.match(r"'([^']*)'", str(e.args[0]) if e.args else '')
+    if line is None and unknown is None:
+      raise
+    _refuse(line or _no_such_field(unknown.group(1), argv))  # KeyError: an unknown group
+  except AttributeError as e:
+    if "has no attribute 'get_config'" in str(e):
+      _refuse(f'the --config file {_config_flag_value(argv)} defines no get_config() function (a '
+              'config file returns its ml_collections.ConfigDict from get_config(); see '
+              'configs/imagenet.py)')
+    _refuse(_typo_line(argv, e) or _no_such_field(str(e).strip('"\''), argv))
+
+
+def _overrides_failing(argv: list[str], overrides: list[str]) -> list[str]:
+  """Those of `overrides` whose field path does not resolve in the --config file's config
+  ([] where the file cannot be loaded again)."""
+  try:
+    config = runpy.run_path(_config_flag_value(argv).split(':', 1)[0])['get_config']()
+  except Exception:  # pylint: disable=broad-exception-caught
+    return []
+  failing = []
+  for flag in overrides:
+    try:
+      ml_config_path.get_value(flag[len('--config.'):], config)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+      failing.append(flag)
+  return failing
+
+
+def _no_such_field(name: str, argv: list[str]) -> str:
+  overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  flag = next((o for o in overrides if name in o.split('.')), '--config override')
+  return f'{flag}: the config has no field {name!r} (see the config file for the fields)'
 
 
 def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:

@@ -116,7 +116,8 @@ def read_cached(path: str, expected: Optional[Mapping[str, Any]] = None
                        split=d['split'], loss=d['loss'], top1_err=d['top1_err'],
                        top5_err=d['top5_err'], count=d['count'], mesh=d['mesh'], cached=path,
                        identity=dict(d.get('identity') or {}))
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError:
+    # JSON of another shape than an object
     logging.warning('Ignoring the unreadable evaluation %s (%s); evaluating again.', path, e)
     return None
   if expected is not None and found.identity != dict(expected):

@@ -208,7 +208,11 @@ def rules_for_sizes(rules: Rules, axis_sizes: Mapping[str, int], num_classes: in
 
 def logical_rules(config: Any) -> Rules:
   """`config.mesh.rules` as flax logical-axis rules, checked against the mesh and model."""
-  rules = tuple(tuple(rule) for rule in config.mesh.get('rules', ()))
+  given = config.mesh.get('rules', ())
+  if not isinstance(given, (tuple, list)) or not all(isinstance(r, (tuple, list)) for r in given):
+    raise errors.InputError(f'config.mesh.rules must be a tuple of (logical name, mesh axis or '
+                            f'None) pairs, got {given!r}')
+  rules = tuple(tuple(rule) for rule in given)
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise errors.InputError(

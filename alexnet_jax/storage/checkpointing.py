@@ -119,6 +119,48 @@ def _abstract_leaf(x: Any) -> Any:
   return x
 
 
+# Files of a finished checkpoint that orbax reads as JSON objects when it opens the folder.
+_OPEN_FILES = ('_CHECKPOINT_METADATA', os.path.join('metrics', 'metrics'))
+
+
+def _json_object_problem(path: str) -> Optional[str]:
+  """Why `path` is not a JSON object orbax can read ('' if absent), or None when it is."""
+  if not os.path.lexists(path):
+    return None
+  if not os.path.isfile(path):
+    return 'is not a regular file'
+  try:
+    with open(path, 'rb') as f:
+      value = json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+    return f'is not JSON ({errors.first_line(e, 120)})'
+  if not isinstance(value, dict):
+    return f'holds a JSON {type(value).__name__}, not an object'
+  metric = value.get(VAL_ERROR)
+  if path.endswith('metrics') and not (metric is None or isinstance(metric, (int, float))):
+    return f'holds {VAL_ERROR}={metric!r}, not a number'
+  return None
+
+
+def unreadable_open_files(directory: str) -> list[tuple[int, str, str]]:
+  """(step, file, what is wrong) for each file of _OPEN_FILES in DIRECTORY's step folders
+  that orbax could not read."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return []
+  found = []
+  for name in sorted(names, key=lambda n: (len(n), n)):
+    step_dir = os.path.join(directory, name)
+    if not name.isdigit() or not os.path.isdir(step_dir):
+      continue
+    for relative in _OPEN_FILES:
+      problem = _json_object_problem(os.path.join(step_dir, relative))
+      if problem:
+        found.append((int(name), os.path.join(step_dir, relative), problem))
+  return found
+
+
 class Checkpointer:
   """Saves and restores train state, run metadata and the data iterator.
 
@@ -176,10 +218,33 @@ class Checkpointer:
         # What orbax would set itself for a reader, with a warning on every open.
         **({'save_interval_steps': 0} if read_only else {}),
     )
+    self._set_aside_unreadable_files()
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._writing: Optional[int] = None  # Step of the save in flight, if any.
     # The first save of this Checkpointer is read back and compared before save returns.
     self._read_back_done = read_only
+
+  def _set_aside_unreadable_files(self) -> None:
+    """Moves checkpoints whose files orbax reads on opening are unreadable to damaged/.
+
+    Orbax reads every checkpoint's metrics and metadata files when it opens the
+    folder and stops at the first that is not the JSON it wrote, so one damaged file
+    would keep every checkpoint from being read. A reader (read_only) moves nothing:
+    it refuses in one line naming the file.
+    """
+    bad = unreadable_open_files(self._directory)
+    if bad and self._read_only:
+      step, path, reason = bad[0]
+      raise CheckpointError(
+          f'checkpoint {self.step_path(step)} is damaged: {path} {reason}; resume the run '
+          '(launch.py with its --workdir) to move it to '
+          f'{os.path.join(self._directory, DAMAGED_DIR)} and go on from the one before it')
+    _sync('alexnet_jax_checkpoint_scan')  # every process has looked before any moves
+    if bad:
+      moved = self._move_aside(sorted({step for step, _, _ in bad}))
+      for step, path, reason in bad:
+        logging.warning('Checkpoint at step %d is damaged (%s %s); moved to %s.', step, path,
+                        reason, ', '.join(moved))
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike[str], checkpoint_config: Any,
@@ -458,6 +523,12 @@ class Checkpointer:
 
   def _quarantine(self, steps: Sequence[int]) -> list[str]:
     """Moves the given step folders into checkpoints/damaged/ (host 0); returns the new paths."""
+    targets = self._move_aside(steps)
+    self._manager.reload()
+    return targets
+
+  def _move_aside(self, steps: Sequence[int]) -> list[str]:
+    """_quarantine without telling orbax (for use before its manager exists)."""
     damaged_root = os.path.join(self._directory, DAMAGED_DIR)
     stamp = time.strftime('%Y%m%d-%H%M%S')
     targets = [os.path.join(damaged_root, f'{s}-{stamp}') for s in steps]
@@ -469,7 +540,6 @@ class Checkpointer:
         if os.path.exists(self.step_path(s)):
           shutil.move(self.step_path(s), targets[i])
     _sync('alexnet_jax_checkpoint_quarantine')
-    self._manager.reload()
     return targets
 
   def wait(self) -> None:

@@ -31,9 +31,11 @@ after STALE_SECONDS; one killed on this machine at once.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -50,9 +52,11 @@ _FORMAT = 'alexnet_jax.lock/1'
 
 
 def _read(path: str) -> str:
+  """The text of a small file, '' where it cannot be read; bytes that are not UTF-8 are
+  replaced (a damaged lock file is compared and parsed, never trusted)."""
   try:
-    with open(path) as f:
-      return f.read().strip()
+    with open(path, 'rb') as f:
+      return f.read().decode('utf-8', errors='replace').strip()
   except OSError:
     return ''
 
@@ -102,10 +106,13 @@ class Holder:
       d = json.loads(text)
       if d.get('format') != _FORMAT:
         return None
-      return cls(host=str(d['host']), pid=int(d['pid']), started=str(d['started']),
+      pid, process_start = int(d['pid']), d.get('process_start')
+      if not 0 < pid < 2**31:  # os.kill takes a C int
+        return None
+      return cls(host=str(d['host']), pid=pid, started=str(d['started']),
                  token=str(d['token']), boot_id=str(d.get('boot_id', '')),
                  pid_namespace=str(d.get('pid_namespace', '')),
-                 process_start=d.get('process_start'))
+                 process_start=process_start if isinstance(process_start, int) else None)
     except (ValueError, KeyError, TypeError, AttributeError):
       return None
 
@@ -132,6 +139,30 @@ class Holder:
     return f'host {self.host}, pid {self.pid}, started {self.started}'
 
 
+class LockUnusable(OSError):
+  """The lock's path holds something that is not a file (a folder, a FIFO, a socket)."""
+
+
+def _damaged(raw: bytes) -> bool:
+  """Whether a lock file's bytes are neither a lock nor one being written: no Lock wrote them.
+
+  A Lock writes ASCII JSON (json.dumps escapes other characters) in one write, so a
+  reader may see '' or a cut JSON object, never other bytes or complete JSON that is
+  not a lock.
+  """
+  try:
+    text = raw.decode('ascii').strip()
+  except UnicodeDecodeError:
+    return True
+  if not text or Holder.parse(text) is not None:
+    return False
+  try:
+    json.loads(text)
+  except ValueError:
+    return not text.startswith('{')  # a cut object may be a write in progress
+  return True
+
+
 class LockHeld(Exception):
   """Another live process holds the lock."""
 
@@ -147,6 +178,7 @@ class _Seen:
   text: str
   holder: Optional[Holder]
   age: float
+  damaged: bool = False  # bytes no Lock writes: taken over at once
 
 
 class Lock:
@@ -173,16 +205,29 @@ class Lock:
       os.remove(probe)
 
   def inspect(self) -> Optional[_Seen]:
-    """The lock file as it is now, or None when there is none."""
+    """The lock file as it is now, or None when there is none.
+
+    Raises LockUnusable when the path holds something other than a regular file
+    (opening a FIFO would wait for a writer forever).
+    """
     try:
-      with open(self.path) as f:
-        text = f.read()
+      status = os.lstat(self.path)
+    except FileNotFoundError:
+      return None
+    if not stat.S_ISREG(status.st_mode):
+      raise LockUnusable(errno.EEXIST, 'not a regular file', self.path)
+    try:
+      with open(self.path, 'rb') as f:
+        raw = f.read()
         mtime = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
       return None
-    return _Seen(text, Holder.parse(text), max(0.0, self._server_now() - mtime))
+    text = raw.decode('utf-8', errors='replace')
+    return _Seen(text, Holder.parse(text), max(0.0, self._server_now() - mtime), _damaged(raw))
 
   def is_stale(self, seen: _Seen) -> bool:
+    if seen.damaged:
+      return True
     if seen.holder is not None and seen.holder.on_this_machine():
       return not seen.holder.alive_here()
     # Another machine (or a lock file still being written): only the heartbeat tells.

@@ -100,13 +100,19 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
   path = os.path.join(os.fspath(workdir), METRICS_FILE)
   if not os.path.exists(path):
     return []
+  if not os.path.isfile(path):
+    raise errors.InputError(f'{path} is not a regular file; it should hold the run\'s metrics '
+                            '(one JSON record a line): move it away')
   records = []
-  with open(path) as f:
+  # Bytes that are not UTF-8 (a damaged disk) spoil their line only.
+  with open(path, errors='replace') as f:
     for line in f:
       try:
-        records.append(json.loads(line))
+        record = json.loads(line)
       except json.JSONDecodeError:
         continue
+      if isinstance(record, dict) and 'kind' in record and 'step' in record:  # else not a record
+        records.append(record)
   return records
 
 
@@ -177,7 +183,7 @@ class MetricWriter:
     if not self.enabled:
       return 0
     kept, dropped = [], 0
-    with open(self.path) as f:
+    with open(self.path, errors='replace') as f:  # a line of other bytes is dropped
       for line in f:
         try:
           record = json.loads(line)

@@ -78,6 +78,13 @@ def _lock_refusal(workdir: str, held: lockfile.LockHeld) -> str:
           f'another host after {lockfile.STALE_SECONDS:.0f} s without a heartbeat)')
 
 
+def _lock_unusable(workdir: str) -> str:
+  path = os.path.join(workdir, LOCK_FILE)
+  return (f'{path} is not a regular file (a folder, link, FIFO or socket), so no run can lock '
+          f'the workdir {workdir}: a run writes its lock file there. Move it away, or use '
+          'another --workdir')
+
+
 @contextlib.contextmanager
 def hold_lock(workdir: str) -> Iterator[None]:
   """Holds WORKDIR/run.lock for the block: one run writes a workdir at a time.
@@ -92,6 +99,8 @@ def hold_lock(workdir: str) -> Iterator[None]:
     lock = lockfile.Lock(os.path.join(workdir, LOCK_FILE))
     try:
       gone = lock.acquire()
+    except lockfile.LockUnusable:
+      lock, refusal = None, _lock_unusable(workdir)
     except lockfile.LockHeld as held:
       lock, refusal = None, _lock_refusal(workdir, held)
     else:
@@ -115,15 +124,23 @@ def hold_lock(workdir: str) -> Iterator[None]:
 
 
 def lock_status(workdir: str) -> Optional[str]:
-  """Who holds WORKDIR's lock, in words ('... (stale)' for a dead holder), or None."""
+  """Who holds WORKDIR's lock, in words ('... (stale)' for a dead holder), or None.
+
+  Raises errors.UserError where a run could not take the lock at all (the path holds
+  a folder or another non-file), as the run itself would.
+  """
   lock = lockfile.Lock(os.path.join(os.fspath(workdir), LOCK_FILE))
   try:
     seen = lock.inspect()
+  except lockfile.LockUnusable as e:
+    raise errors.UserError(_lock_unusable(os.fspath(workdir))) from e
   except OSError:
     return None
   if seen is None:
     return None
   who = seen.holder.describe() if seen.holder else 'a process writing the lock file'
+  if seen.damaged:
+    who = 'a damaged lock file that no run wrote'
   return f'{who}{" (stale: it will be taken over)" if lock.is_stale(seen) else ""}'
 
 
@@ -182,10 +199,14 @@ def load_config_dict(workdir: str | os.PathLike[str]) -> Optional[dict[str, Any]
   path = os.path.join(os.fspath(workdir), CONFIG_JSON)
   if not os.path.exists(path):
     return None
+  if not os.path.isfile(path):
+    raise errors.InputError(f'{path} is not a regular file; it should hold the config the run '
+                            f'was started with ({CONFIG_PY} beside it has the same settings): '
+                            'move it away to resume training without checking the config')
   try:
-    with open(path) as f:
-      stored = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
+    with open(path, 'rb') as f:
+      stored = json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
     raise errors.InputError(
         f'{path} is not valid JSON ({e}); it holds the config the run was started with '
         f'({CONFIG_PY} beside it has the same settings): restore it from a backup, or delete '
@@ -242,8 +263,13 @@ def record_config(workdir: str | os.PathLike[str], config: Any,
   if accepted:
     line = json.dumps({'step': int(step), 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
                        'changes': {c.field: [c.stored, c.current] for c in accepted}})
-    with open(os.path.join(workdir, CONFIG_HISTORY), 'a') as f:
-      f.write(line + '\n')
+    path = os.path.join(workdir, CONFIG_HISTORY)
+    try:
+      with open(path, 'a') as f:
+        f.write(line + '\n')
+    except OSError as e:
+      raise errors.UserError(f'cannot record the accepted config changes in {path}: '
+                             f'{e.strerror or e}; move it away and rerun') from e
     logging.warning('Resuming at step %d with changed fields (recorded in %s): %s', step,
                     os.path.join(workdir, CONFIG_HISTORY),
                     '; '.join(f'{c.field}: {json.dumps(c.stored)} -> {json.dumps(c.current)}'
@@ -254,15 +280,27 @@ def record_config(workdir: str | os.PathLike[str], config: Any,
 def read_config_history(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
   """The records of WORKDIR/config_history.jsonl (empty when no resume changed a field)."""
   path = os.path.join(os.fspath(workdir), CONFIG_HISTORY)
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     return []
-  records = []
-  with open(path) as f:
-    for line in f:
+  try:
+    if not os.path.isfile(path):
+      raise ValueError('not a regular file')
+    with open(path, 'rb') as f:
+      lines = f.read().decode('utf-8').splitlines(keepends=True)
+    if lines and not lines[-1].endswith('\n'):
       try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:  # the last line of a start killed while writing it
-        continue
+        json.loads(lines[-1])
+      except ValueError:  # the last line of a start killed while writing it
+        lines = lines[:-1]
+    records = [json.loads(line) for line in lines if line.strip()]
+    for record in records:
+      if not (isinstance(record, dict) and isinstance(record.get('step'), int)
+              and isinstance(record.get('changes'), dict)):
+        raise ValueError(f'a line is not a record of step and changes: {str(record)[:80]}')
+  except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+    raise errors.InputError(
+        f'{path} is unreadable ({e}); it lists the config changes resumes accepted: restore it '
+        'from a backup, or move it away (the run then keeps no record of earlier changes)') from e
   return records
 
 
@@ -316,8 +354,10 @@ def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.Dataset
   if not os.path.exists(info_path):
     return None
   try:
-    with open(info_path) as f:
-      d = json.load(f)
+    with open(info_path, 'rb') as f:
+      d = json.loads(f.read().decode('utf-8'))
+    if not isinstance(d, dict):
+      raise ValueError(f'it holds a JSON {type(d).__name__}, not an object')
     if d.get('format') != INFO_FORMAT:
       raise ValueError(f'unknown format {d.get("format")!r}')
     mean_image = np.load(mean_path)
@@ -334,7 +374,7 @@ def load_dataset_info(workdir: str | os.PathLike[str]) -> input_pipeline.Dataset
         eigvals=np.asarray(d['eigvals'], np.float32),
         eigvecs=np.asarray(d['eigvecs'], np.float32),
         stats_source=d['stats_source'])
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise errors.InputError(
         f'the dataset description stored in {workdir} ({INFO_FILE}, {MEAN_FILE}) '
         f'is unreadable: {e}') from e

@@ -37,6 +37,16 @@ from alexnet_jax.storage import workdir_files
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
 GIB = 2**30
+# The values each --plan_* number may take: beyond them a figure describes no machine,
+# and the estimates would overflow (inf GiB), or print durations thousands of digits
+# long (1e-300 images/s), or build an array of a device per entry (1e12 devices).
+PLAN_RANGES = {
+    'devices': (1, 2**20), 'processes': (1, 2**20), 'host_cores': (1, 2**16),
+    'train_images': (1, 10**12), 'device_memory_gib': (1e-6, 1e6),
+    'images_per_sec': (1e-3, 1e12), 'peak_tflops': (1e-3, 1e9),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   """What to plan for (launch.py's --plan_* flags); every field None: the visible devices.
@@ -58,11 +68,17 @@ class Target:
   def check(self) -> None:
     """Raises errors.InputError naming the first flag with an impossible value or combination."""
     def positive(name: str, value, kind=int) -> None:
+      if value is None:
+        return
       ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             and (kind is float or float(value).is_integer()))
-      if value is not None and not ok:
+      if not ok:
         noun = 'a positive integer' if kind is int else 'a positive number'
         raise errors.InputError(f'--plan_{name} must be {noun}, got {value!r}')
+      low, high = PLAN_RANGES[name]
+      if not (math.isfinite(value) and low <= value <= high):
+        raise errors.InputError(f'--plan_{name} must be in [{low:g}, {high:g}] (beyond that it '
+                                f'describes no machine), got {value!r}')
 
     positive('devices', self.devices)
     positive('processes', self.processes)
@@ -440,20 +456,25 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, target: Target | No
   """Prints the plan of a run in `workdir` and returns it; trains nothing, writes nothing.
 
   Refuses what the run would refuse before training: a dataset without validation
-  images, a resume whose config changes what the run computes.
+  images, a resume whose config changes what the run computes, a workdir that is not
+  a folder, a lock path no run could take.
   """
   target = target or Target()
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    # The run would refuse it when it makes the workdir (workdir_files.prepare_workdir).
+    raise errors.UserError(f'workdir {workdir!r} cannot be written: it exists and is not a '
+                           'folder')
   plan = build_plan(config, target)
   # The config as the planned run resolves it: its platform decides model.dtype 'auto'.
   resolved = resolution.load(config, platform=target.platform, cpu_count=target.host_cores,
                              devices=target.devices, processes=target.processes)
   accepted = workdir_files.check_resume(workdir, resolved)
   resume = bool(checkpointing.finished_steps(workdir))
+  holder = workdir_files.lock_status(workdir)  # refuses a lock path a run could not take
   print(format_plan(plan))
   state = f'resumes from step {checkpointing.finished_steps(workdir)[-1]}' if resume else 'new run'
   if accepted:
     state += '; changed fields it accepts: ' + ', '.join(c.field for c in accepted)
-  holder = workdir_files.lock_status(workdir)
   if holder:
     state += f'; in use by a run: {holder}'
   print(f'workdir: {workdir} ({state})')
