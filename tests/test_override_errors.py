@@ -52,11 +52,11 @@ class OverrideErrorsTest(parameterized.TestCase):
        'error: --config.optim.momentum.x.y: config.optim.momentum is a single value (a float), '
        'not a group of fields; set it as --config.optim.momentum=VALUE'),
       ('unknown_group', ('--config.nosuch.seed=1',),
-       "error: --config.nosuch.seed: the config has no field 'nosuch' (see the config file for "
-       'the fields)'),
+       'error: --config.nosuch.seed: config.nosuch.seed is not a config field; the fields are '
+       'those of configs/imagenet.py'),
       ('unknown_field', ('--config.optim.lr=1',),
-       "error: --config.optim.lr: the config has no field 'lr' (see the config file for the "
-       'fields)'),
+       'error: --config.optim.lr: config.optim.lr is not a config field; the fields are those '
+       'of configs/imagenet.py'),
       ('index_path', ('--config.batch_size.0=1',),
        'error: --config.batch_size.0: not a config field (a field is names joined by dots, as in '
        '--config.optim.momentum=0.9)'),

@@ -268,6 +268,11 @@ def scaled_widths(width: float, conv_widths: Sequence[int] | None = None
   return convs, max(1, int(round(FC_FEATURES * width)))
 
 
+# Widest layer a config may ask for: past it the weights alone outgrow any device's memory,
+# and the widths' arithmetic leaves the integers XLA's shapes hold.
+MAX_LAYER_WIDTH = 2 ** 16
+
+
 def _positive_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -316,6 +321,11 @@ def check_fields(net: 'AlexNet') -> None:
                                  and all(_positive_int(c) for c in widths)):
     raise errors.InputError('config.model.conv_widths must be None or five positive integers '
                             f'(conv1-conv5), got {widths!r}')
+  if not math.isfinite(net.width) or max(
+      (*(widths or CONV_FEATURES), FC_FEATURES)) * net.width > MAX_LAYER_WIDTH:
+    raise errors.InputError(
+        f'config.model.width {net.width} with conv_widths {widths} makes a layer wider than '
+        f'{MAX_LAYER_WIDTH:,} channels (width 16 already holds about 15 G parameters)')
   for name, c in zip(CONV_LAYOUT, scaled_widths(net.width, widths)[0]):
     if c % net.towers:
       raise errors.InputError(

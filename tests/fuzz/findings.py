@@ -31,8 +31,8 @@ FINDINGS = (
     _config('an override through a leaf', '--config.optim.momentum.x=1', status=2,
             line=f'error: --config.optim.momentum.x: {_LEAF}'),
     _config('an override of an unknown group', '--config.nosuch.seed=1', status=2,
-            line="error: --config.nosuch.seed: the config has no field 'nosuch' (see the config "
-                 'file for the fields)'),
+            line='error: --config.nosuch.seed: config.nosuch.seed is not a config field; the '
+                 'fields are those of configs/imagenet.py'),
     _config('an override path with an index', '--config.batch_size.0=1', status=2,
             line='error: --config.batch_size.0: not a config field (a field is names joined by '
                  'dots, as in --config.optim.momentum=0.9)'),
