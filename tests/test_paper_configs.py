@@ -78,7 +78,7 @@ def param_count(config) -> int:
 class PaperConfigTest(parameterized.TestCase):
 
   def test_the_list_is_the_folder(self):
-    folder = os.path.join(REPO, 'configs', 'paper')
+    folder = os.path.join(REPO, 'alexnet_jax', 'configs', 'paper')
     modules = {f[:-3] for f in os.listdir(folder) if f.endswith('.py')} - {'__init__', 'digits'}
     self.assertEqual(modules, set(ABLATIONS))
     self.assertEqual(set(EXPECTED), set(ABLATIONS))
@@ -87,7 +87,7 @@ class PaperConfigTest(parameterized.TestCase):
 
   @parameterized.named_parameters((name, name) for name in ABLATIONS)
   def test_one_change_and_its_network(self, name):
-    module = importlib.import_module(f'configs.paper.{name}')
+    module = importlib.import_module(f'alexnet_jax.configs.paper.{name}')
     config = module.get_config()
     fields, count = EXPECTED[name]
     self.assertEqual(changes(imagenet.get_config(), config), fields)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import prepared_format
+from alexnet_jax.data import sources
 from alexnet_jax.data.dataset_info import DatasetInfo
 
 LABELS = 'labels/'  # parts named labels/<split>
@@ -65,14 +66,18 @@ def prepared_labels(folder: str, description: Mapping[str, Any], split: str) -> 
 
   labels = []
   for name, count in description['shards'][split]:
-    reader = array_record_module.ArrayRecordReader(os.path.join(folder, name))
+    path = os.path.join(folder, name)
     try:
-      for start in range(0, int(count), _CHUNK):
-        records = reader.read(range(start, min(start + _CHUNK, int(count))))
-        labels.append(np.array([prepared_format.decode_record(r[:4])[1] for r in records],
-                               np.int32))
-    finally:
-      reader.close()
+      reader = array_record_module.ArrayRecordReader(path)
+      try:
+        for start in range(0, int(count), _CHUNK):
+          records = reader.read(range(start, min(start + _CHUNK, int(count))))
+          labels.append(np.array([prepared_format.decode_record(r[:4])[1] for r in records],
+                                 np.int32))
+      finally:
+        reader.close()
+    except (RuntimeError, OSError, ValueError) as e:  # the reader's word for a damaged file
+      raise sources.damaged_shard(path, e, sources.prepare_again(folder, description)) from e
   return np.concatenate(labels) if labels else np.zeros((0,), np.int32)
 
 

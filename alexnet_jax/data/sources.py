@@ -140,11 +140,11 @@ class PreparedSource(Source):
     records = NamedShards(grain.sources.ArrayRecordDataSource(paths),
                           tuple(os.path.join(folder, name) for name, _ in shards),
                           tuple(np.cumsum([count for _, count in shards]).tolist()),
-                          _prepare_again(folder, description))
+                          prepare_again(folder, description))
     return RecordSource(records, prepared_format.decode_record, resize=False)
 
 
-def _prepare_again(folder: str, description: dict[str, Any]) -> str:
+def prepare_again(folder: str, description: dict[str, Any]) -> str:
   """The commands that make the prepared dataset in `folder` again, as it was made."""
   options = f' --image_size={description["image_size"]}'
   if description.get('jpeg_quality', 95) != 95:
@@ -176,9 +176,14 @@ class NamedShards:
     except RuntimeError as e:
       shard = self.paths[min(int(np.searchsorted(self.ends, index, side='right')),
                              len(self.paths) - 1)]
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise errors.InputError(f'{shard} is damaged ({reason[:200]}); prepare the dataset '
-                              f'again: {self.fix}') from e
+      raise damaged_shard(shard, e, self.fix) from e
+
+
+def damaged_shard(shard: str, error: Exception, fix: str) -> errors.InputError:
+  """The one line for a shard whose records do not read back (`fix`: prepare_again's)."""
+  reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return errors.InputError(f'{shard} is damaged ({reason[:200]}); prepare the dataset again: '
+                           f'{fix}')
 
 
 # ----------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from alexnet_jax.core import errors
@@ -31,8 +32,9 @@ class Ensemble:
   labels: np.ndarray  # (count,) int32, in the split's order
 
 
-def check_ensemble(jobs: Sequence[checkpoint_eval.EvalJob]) -> None:
-  """The members must have learned the same classes and read the same data."""
+def check_ensemble(jobs: Sequence[Any]) -> None:
+  """The members (EvalJobs, or anything with workdir, config and info) must have learned the
+  same classes and read the same data."""
   first = jobs[0]
   where = lambda j: (j.config.data.source, os.path.realpath(j.config.data.dir))
   for job in jobs[1:]:
@@ -69,14 +71,27 @@ def _load_jobs(workdirs: Sequence[str | os.PathLike[str]], step: str | int,
     raise errors.InputError('give at least one --workdir')
   _refuse_duplicates(workdirs)
   step = finished_run.parse_step(step)
+  check_ensemble([_member(w, data_dir) for w in workdirs])  # before any dataset is read
   loaded = [checkpoint_eval.load_job(w, step, crops, split, data_dir) for w in workdirs]
   crop_counts = sorted({c for _, c in loaded})
   if len(crop_counts) > 1:
     raise errors.InputError(f'the runs ended with different tests ({crop_counts} crops); choose '
                             'one with --crops')
-  jobs = [job for job, _ in loaded]
-  check_ensemble(jobs)
-  return jobs, crop_counts[0]
+  return [job for job, _ in loaded], crop_counts[0]
+
+
+class _Member(NamedTuple):
+  """What check_ensemble compares: a run's stored config and dataset info."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  info: Any
+
+
+def _member(workdir: str | os.PathLike[str], data_dir: Optional[str]) -> _Member:
+  config = finished_run.load_config(workdir)
+  if data_dir:
+    config.data.dir = data_dir
+  return _Member(os.fspath(workdir), config, finished_run.dataset_info(workdir, config))
 
 
 def _of_average(jobs: Sequence[checkpoint_eval.EvalJob], average: np.ndarray,
