@@ -25,6 +25,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax.core import errors
+from alexnet_jax.storage import checkpoint_files
 from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import checkpointing
 
@@ -228,7 +229,7 @@ class FailedWriteReportTest(TestCase):
         ckpt.save(1, make_state(1), meta={}, val_error=0.1)
         ckpt.save(2, make_state(2), meta={}, val_error=0.5)
         ckpt.wait()
-        on_disk = checkpointing._step_folders(ckpt.directory)  # pylint: disable=protected-access
+        on_disk = checkpoint_files.step_folders(ckpt.directory)
         # The commit of step 3 fails in the background, as on a full disk.
         with mock.patch.object(atomicity.AtomicRenameTemporaryPath, 'finalize', _full_disk):
           with self.assertRaises(checkpointing.CheckpointWriteError) as caught:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from alexnet_jax.storage import workdir_files
+from alexnet_jax.storage import run_record
 from alexnet_jax.training import trainer
 from tests import trained_run
 
@@ -48,19 +48,19 @@ class RunRecordTest(absltest.TestCase):
     config = trained_run.tiny_config(os.path.join(root, 'data'))
     cls.started = time.time()
     trainer.train_and_evaluate(config, cls.workdir)
-    with open(os.path.join(cls.workdir, workdir_files.RUN_RECORD)) as f:
+    with open(os.path.join(cls.workdir, run_record.RUN_RECORD)) as f:
       cls.first_text = f.read()
     # Killed after logging the last step, before its checkpoint completed.
     shutil.rmtree(os.path.join(cls.workdir, 'checkpoints', str(trained_run.STEPS)))
     trainer.train_and_evaluate(config, cls.workdir)
     cls.ended = time.time()
-    cls.records = workdir_files.read_run_records(cls.workdir)
+    cls.records = run_record.read_run_records(cls.workdir)
     with open(os.path.join(cls.workdir, 'metrics.jsonl')) as f:
       cls.metrics_text = f.read()
 
   def test_one_line_per_start_and_the_first_kept(self):
     self.assertLen(self.records, 2)
-    with open(os.path.join(self.workdir, workdir_files.RUN_RECORD)) as f:
+    with open(os.path.join(self.workdir, run_record.RUN_RECORD)) as f:
       self.assertTrue(f.read().startswith(self.first_text))
     self.assertEqual([r['step'] for r in self.records], [0, trained_run.CHECKPOINT_EVERY])
     self.assertLess(self.records[0]['time'], self.records[1]['time'])
@@ -123,10 +123,10 @@ class SourceRevisionTest(absltest.TestCase):
     commit = git(repo, 'rev-parse', 'HEAD')
     with open(os.path.join(repo, 'untracked_run_output.txt'), 'w') as f:
       f.write('runs and data are not changes of the code\n')
-    self.assertEqual(workdir_files.source_revision(package), {'commit': commit, 'dirty': False})
+    self.assertEqual(run_record.source_revision(package), {'commit': commit, 'dirty': False})
     with open(os.path.join(package, '__init__.py'), 'a') as f:
       f.write('# edited\n')
-    self.assertEqual(workdir_files.source_revision(package), {'commit': commit, 'dirty': True})
+    self.assertEqual(run_record.source_revision(package), {'commit': commit, 'dirty': True})
 
   def test_no_checkout_or_no_git_is_none(self):
     repo, package = self.package_in_repo()
@@ -137,11 +137,11 @@ class SourceRevisionTest(absltest.TestCase):
     git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'two')
     with open(os.path.join(package, '__init__.py'), 'w') as f:
       f.write('"""inside another project\'s repository, not tracked by it"""\n')
-    self.assertIsNone(workdir_files.source_revision(package))
-    self.assertIsNone(workdir_files.source_revision(self.create_tempdir().full_path))
+    self.assertIsNone(run_record.source_revision(package))
+    self.assertIsNone(run_record.source_revision(self.create_tempdir().full_path))
     _, tracked = self.package_in_repo()
     with mock.patch.dict(os.environ, {'PATH': self.create_tempdir().full_path}):
-      self.assertIsNone(workdir_files.source_revision(tracked))
+      self.assertIsNone(run_record.source_revision(tracked))
 
 
 if __name__ == '__main__':

@@ -56,13 +56,15 @@ from orbax.checkpoint import checkpoint_managers
 from alexnet_jax.distributed import watch
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.storage import checkpoint_files
 from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import grain_state
 
-CHECKPOINT_DIR = 'checkpoints'
-DAMAGED_DIR = 'damaged'  # Inside CHECKPOINT_DIR; orbax ignores names that are not step numbers.
+CHECKPOINT_DIR = checkpoint_files.CHECKPOINT_DIR
+DAMAGED_DIR = checkpoint_files.DAMAGED_DIR
+finished_steps = checkpoint_files.finished_steps
 # Name under which orbax stores the per-checkpoint metrics that BestN ranks.
-VAL_ERROR = 'val_error'
+VAL_ERROR = checkpoint_files.VAL_ERROR
 # meta keys: the global batches the train iterator had read, and the processes that saved.
 DATA_POSITION = 'data_position'
 PROCESS_COUNT = 'process_count'
@@ -84,25 +86,6 @@ def _rank_val_error(metrics: Mapping[str, Any]) -> float:
   return float('inf') if value is None else float(value)
 
 
-def finished_steps(workdir: str | os.PathLike[str]) -> list[int]:
-  """Steps of the finished checkpoints in WORKDIR/checkpoints, read from the folder names alone.
-
-  A checkpoint folder gets its step number as its name only when it is complete
-  (orbax renames the temporary folder), so this needs no CheckpointManager: a
-  resume can be checked before anything is opened or cleaned up.
-  """
-  return _step_folders(os.path.join(os.fspath(workdir), CHECKPOINT_DIR))
-
-
-def _step_folders(folder: str) -> list[int]:
-  """Steps of the finished checkpoints in the checkpoint folder `folder`, ascending."""
-  try:
-    names = os.listdir(folder)
-  except (FileNotFoundError, NotADirectoryError):
-    return []
-  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
-
-
 def _is_primary() -> bool:
   return jax.process_index() == 0
 
@@ -117,48 +100,6 @@ def _abstract_leaf(x: Any) -> Any:
   if isinstance(x, jax.Array):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   return x
-
-
-# Files of a finished checkpoint that orbax reads as JSON objects when it opens the folder.
-_OPEN_FILES = ('_CHECKPOINT_METADATA', os.path.join('metrics', 'metrics'))
-
-
-def _json_object_problem(path: str) -> Optional[str]:
-  """Why `path` is not a JSON object orbax can read ('' if absent), or None when it is."""
-  if not os.path.lexists(path):
-    return None
-  if not os.path.isfile(path):
-    return 'is not a regular file'
-  try:
-    with open(path, 'rb') as f:
-      value = json.loads(f.read().decode('utf-8'))
-  except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-    return f'is not JSON ({errors.first_line(e, 120)})'
-  if not isinstance(value, dict):
-    return f'holds a JSON {type(value).__name__}, not an object'
-  metric = value.get(VAL_ERROR)
-  if path.endswith('metrics') and not (metric is None or isinstance(metric, (int, float))):
-    return f'holds {VAL_ERROR}={metric!r}, not a number'
-  return None
-
-
-def unreadable_open_files(directory: str) -> list[tuple[int, str, str]]:
-  """(step, file, what is wrong) for each file of _OPEN_FILES in DIRECTORY's step folders
-  that orbax could not read."""
-  try:
-    names = os.listdir(directory)
-  except OSError:
-    return []
-  found = []
-  for name in sorted(names, key=lambda n: (len(n), n)):
-    step_dir = os.path.join(directory, name)
-    if not name.isdigit() or not os.path.isdir(step_dir):
-      continue
-    for relative in _OPEN_FILES:
-      problem = _json_object_problem(os.path.join(step_dir, relative))
-      if problem:
-        found.append((int(name), os.path.join(step_dir, relative), problem))
-  return found
 
 
 class Checkpointer:
@@ -232,7 +173,7 @@ class Checkpointer:
     would keep every checkpoint from being read. A reader (read_only) moves nothing:
     it refuses in one line naming the file.
     """
-    bad = unreadable_open_files(self._directory)
+    bad = checkpoint_files.unreadable_open_files(self._directory)
     if bad and self._read_only:
       step, path, reason = bad[0]
       raise CheckpointError(
@@ -394,7 +335,7 @@ class Checkpointer:
       reason = errors.first_line(error, 200)
     # From the folder, not orbax's list: a failed save leaves out of that list the
     # checkpoints its retention policy was about to delete, still on disk and restorable.
-    kept = [s for s in _step_folders(self._directory) if s != step]
+    kept = [s for s in checkpoint_files.step_folders(self._directory) if s != step]
     if kept:
       outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
                  f'make room and rerun to resume from step {kept[-1]}')

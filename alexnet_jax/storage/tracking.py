@@ -25,7 +25,7 @@ from absl import logging
 import ml_collections
 
 from alexnet_jax.core import fileio
-from alexnet_jax.storage import workdir_files
+from alexnet_jax.storage import run_record
 
 STATE_FILE = 'wandb_run.json'
 KINDS = ('train', 'eval')  # the order of a step's records in metrics.jsonl
@@ -80,7 +80,7 @@ class WandbTracker:
 
 
 def open_tracker(workdir: str, config: ml_collections.ConfigDict,
-                 run_record: Optional[Mapping[str, Any]]) -> Optional[WandbTracker]:
+                 record: Optional[Mapping[str, Any]]) -> Optional[WandbTracker]:
   """The W&B run of WORKDIR, resumed or new; None when config.log.wandb.project is ''.
 
   Call on host 0 only. A W&B run that cannot start (no network, no login) is a
@@ -101,9 +101,9 @@ def open_tracker(workdir: str, config: ml_collections.ConfigDict,
         name=chosen['name'] or os.path.basename(os.path.abspath(workdir)),
         mode=chosen['mode'] or None, id=run_id, resume='allow', dir=workdir,
         settings=wandb.Settings(console='off', quiet=True))  # the console stays this program's
-    run.config.update({'config': config.to_dict(), 'run_record': dict(run_record or {})},
+    run.config.update({'config': config.to_dict(), 'run_record': dict(record or {})},
                       allow_val_change=True)  # a resume may change accepted fields
-    run.save(os.path.join(workdir, workdir_files.RUN_RECORD), base_path=workdir, policy='now')
+    run.save(os.path.join(workdir, run_record.RUN_RECORD), base_path=workdir, policy='now')
   except Exception as e:  # pylint: disable=broad-exception-caught
     logging.warning('Weights & Biases did not start (%s); training goes on without it.', e)
     return None

@@ -52,6 +52,7 @@ from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
 from alexnet_jax.learning import step_fns
 from alexnet_jax.storage import tracking
+from alexnet_jax.storage import run_record
 from alexnet_jax.storage import workdir_files
 
 
@@ -198,7 +199,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     # Written once the run is sure to start: a refused resume leaves the workdir as it was.
     workdir_files.record_config(workdir, config, accepted, step=start_step)
     workdir_files.save_dataset_info(workdir, info, print_)  # predict needs no data
-    record = workdir_files.record_run(workdir, start_step)  # code, packages, devices of this start
+    record = run_record.record_run(workdir, start_step)  # code, packages, devices of this start
     tracker = tracking.open_tracker(workdir, config, record) if is_host0 else None
     writer = stack.enter_context(  # closes the tracker too
         metric_log.MetricWriter(workdir, enabled=is_host0, tensorboard=config.log.tensorboard,
