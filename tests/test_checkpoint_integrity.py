@@ -275,5 +275,24 @@ class ReaderBesideALiveRunTest(TestCase):
                               r'.*; it now has steps \[1\]$')
 
 
+class HostAndDevicePathTest(absltest.TestCase):
+  """One process sums on the host, several on the devices: a checkpoint saved by either
+  must verify in the other, so both give the same checksum for every dtype a state holds."""
+
+  def test_the_two_paths_agree(self):
+    rng = np.random.default_rng(0)
+    arrays = [jnp.asarray(rng.standard_normal((7, 5, 3)).astype(np.float32)),
+              jnp.asarray(rng.integers(-5, 5, (11,), dtype=np.int32)),
+              jnp.asarray(rng.standard_normal((4, 6)).astype(jnp.bfloat16)),
+              jnp.asarray(np.array(3, np.int32)), jnp.asarray(rng.random((3, 3)) > 0.5),
+              jax.random.key(3), jax.random.PRNGKey(5)]
+    for array in arrays:
+      # pylint: disable=protected-access
+      with jax.set_mesh(None):
+        device = np.asarray(jax.device_get(checkpoint_integrity._jitted_leaf_sums(array)))
+      host = checkpoint_integrity._host_leaf_sums(array)
+      np.testing.assert_array_equal(host, device, err_msg=str(array.dtype))
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -88,11 +88,50 @@ def checksums(tree: Any) -> dict[str, str]:
   paths = [jax.tree_util.keystr(p) for p, _ in paths_leaves]
   leaves = [leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
             for _, leaf in paths_leaves]
-  # Outside the caller's mesh: each array is reduced where it lies, a scalar on its one
-  # device included, which a context mesh of other devices would refuse.
-  with jax.set_mesh(None):
-    sums = jax.device_get([_jitted_leaf_sums(x) for x in leaves])
+  if all(x.is_fully_addressable for x in leaves):
+    # One process holds every value: summed on the host, with no XLA computation to
+    # compile or run beside the caller's (the same sums as the device path below).
+    sums = [_host_leaf_sums(x) for x in leaves]
+  else:
+    # Outside the caller's mesh: each array is reduced where it lies, a scalar on its one
+    # device included, which a context mesh of other devices would refuse.
+    with jax.set_mesh(None):
+      sums = jax.device_get([_jitted_leaf_sums(x) for x in leaves])
   return {p: f'{int(s[0]):08x}{int(s[1]):08x}' for p, s in zip(paths, sums)}
+
+
+def _host_mix(x: np.ndarray) -> np.ndarray:
+  """_mix in numpy: uint32 arithmetic wraps as XLA's does."""
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x85EBCA6B)
+  x = x ^ (x >> np.uint32(13))
+  x = x * np.uint32(0xC2B2AE35)
+  return x ^ (x >> np.uint32(16))
+
+
+def _host_words(x: jax.Array) -> np.ndarray:
+  """_words in numpy, of the array's value gathered to the host."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  value = np.ascontiguousarray(jax.device_get(x))
+  if value.dtype == np.bool_:
+    return value.astype(np.uint32)
+  bits = value.dtype.itemsize * 8
+  if bits == 64:  # two words per value, the low one first (little-endian, as XLA's bitcast)
+    return value.view(np.uint32).reshape(value.shape + (2,))
+  if bits < 32:
+    return value.view(np.dtype(f'uint{bits}')).astype(np.uint32)
+  return value.view(np.uint32)
+
+
+def _host_leaf_sums(x: jax.Array) -> np.ndarray:
+  """_leaf_sums in numpy: the flat position of each word is its C-order index."""
+  words = _host_words(x)
+  index = (np.arange(words.size, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+  index = index.reshape(words.shape)
+  with np.errstate(over='ignore'):
+    return np.array([np.sum(_host_mix(words ^ _host_mix(index ^ seed)), dtype=np.uint32)
+                     for seed in _SEEDS], np.uint32)
 
 
 def mismatches(expected: Mapping[str, str], tree: Any) -> list[str]:
