@@ -8,15 +8,16 @@ a 64-bit checksum of its values, and a restore recomputes it.
 
 The checksum is a function of the global array's bits alone, whatever its
 sharding: two sums modulo 2**32, over the array's 32-bit words, of a hash of
-each word and its position (one seed per sum). It is computed on the devices
-that hold the array, by one jitted reduction (no copy to the host); with several processes
-each one sums the shards it holds and the reduction combines them, so every
-process gets the same value and the same verdict. Integer sums are exact and
+each word and its position (one seed per sum). A state one process holds whole
+is summed on the host in numpy; with several processes it is computed on the
+devices that hold each array, by one jitted reduction: each process sums the
+shards it holds and the reduction combines them, so every process gets the same
+value and the same verdict. Both paths give the same sums. Integer sums are exact and
 associative, so the value does not depend on the order of the reduction, the
 number of devices or the layout a checkpoint is restored into. Each word enters
 as a bijective hash of the word and its position, so any change of one word
-changes both sums; random damage to several words goes unnoticed with
-probability about 2**-64.
+changes both sums (damage to several words is caught unless its terms cancel
+in both sums at once).
 """
 
 from __future__ import annotations
