@@ -26,7 +26,7 @@ from alexnet_jax.config import resolution
 from alexnet_jax.config import resume_changes
 from alexnet_jax.core import cli
 
-BASE_MODULE = 'configs.imagenet'  # every field's comment, for files that have none (WORKDIR/config.py)
+BASE_MODULE = 'alexnet_jax.configs.imagenet'  # every field's comment, for files that have none (WORKDIR/config.py)
 WIDTH = 100
 
 
@@ -124,9 +124,12 @@ def field_comments(path: str, _depth: int = 0) -> dict[str, str]:
     tree = ast.parse(source)
   except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
     return {}
-  if not any(isinstance(n, ast.FunctionDef) and n.name == 'get_config' for n in tree.body):
-    return {}
   merged: dict[str, str] = {}
+  if not any(isinstance(n, ast.FunctionDef) and n.name == 'get_config' for n in tree.body):
+    # A checkout's configs/NAME.py only hands on the packaged config it imports.
+    for base in _imported_config_files(tree) if _depth < 4 else ():
+      merged.update(field_comments(base, _depth + 1))
+    return merged
   if _depth < 4:
     for base in _imported_config_files(tree):
       merged.update(field_comments(base, _depth + 1))
