@@ -13,6 +13,8 @@ from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """Every field of a run with its one-line comment: one function, since it is the schema
+  (known_fields, --print_config) and reads best as a single list."""
   config = ml_collections.ConfigDict()
 
   config.seed = 0  # Seeds parameter init, dropout and the data order.

@@ -224,7 +224,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   (--config.batch_size.0) as a ValueError, a --config=FILE:ARG whose get_config()
   takes no argument as a flag error holding a traceback, a file that is not Python as
   a SyntaxError: each becomes one `error:` line and status 2. Other flag errors keep
-  absl's FATAL line (status 1).
+  absl's FATAL line (status 1). One function: the except clauses are one table of
+  the parser's failure kinds, each a few lines.
   """
   config_file = _config_flag_value(argv).split(':', 1)[0]
   if config_file and os.path.exists(config_file) and not os.path.isfile(config_file):
