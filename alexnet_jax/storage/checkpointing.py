@@ -95,6 +95,19 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _raise_if_peer_lost(error: BaseException) -> None:
+  """Raises watch.PeerLost when a failed read came from a lost process of the run.
+
+  With several processes a restore is collective (orbax's barriers, the checksums'
+  reduction): it fails when another process dies, and the folder it was reading
+  is then as complete as before. Taken for damage, it would be moved aside by the
+  survivor, and a resume would lose it.
+  """
+  lost = watch.lost_peer()
+  if lost is not None:
+    raise watch.PeerLost(lost) from error
+
+
 def _abstract_leaf(x: Any) -> Any:
   """A restore target for one leaf of a saved state: its shape, dtype and placement."""
   if isinstance(x, jax.Array):
@@ -312,6 +325,7 @@ class Checkpointer:
     try:
       self._restore_step(step, target, None)
     except Exception as e:  # pylint: disable=broad-exception-caught
+      _raise_if_peer_lost(e)
       moved = self._quarantine([step])
       raise CheckpointError(
           f'checkpoint of step {step} was written to {self.step_path(step)} but does not read '
@@ -399,6 +413,7 @@ class Checkpointer:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-exception-caught
+        _raise_if_peer_lost(e)
         other = (grain_state.other_process_counts(self.step_path(candidate))
                  if data_iterator is not None else [])
         if other:  # healthy, but grain's state files are per process: never moved aside
