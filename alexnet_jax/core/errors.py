@@ -61,6 +61,22 @@ EXIT_PEER_LOST = 3
 _STORAGE_WORDS = ('orbax', 'tensorstore', 'ocdbt', 'zarr')
 
 
+def caused_by_ctrl_c(error: BaseException) -> bool:
+  """Whether `error` is a KeyboardInterrupt or was raised because of one.
+
+  Some libraries wrap whatever stops their work in an error of their own: orbax
+  turns a KeyboardInterrupt that lands while it reads an array shard into a plain
+  Exception chained to it. Such an error says nothing of the data being read.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
   """'ErrorType: first line of its message', shortened to `limit` characters."""
   text = str(error).strip().splitlines()

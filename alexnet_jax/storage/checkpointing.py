@@ -95,14 +95,17 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _raise_if_peer_lost(error: BaseException) -> None:
-  """Raises watch.PeerLost when a failed read came from a lost process of the run.
+def _raise_if_not_damage(error: BaseException) -> None:
+  """Raises what a failed read was when it says nothing of the checkpoint's files.
 
-  With several processes a restore is collective (orbax's barriers, the checksums'
-  reduction): it fails when another process dies, and the folder it was reading
-  is then as complete as before. Taken for damage, it would be moved aside by the
-  survivor, and a resume would lose it.
+  A Ctrl-C that lands inside orbax's read of an array comes back as orbax's own
+  Exception: it is raised as the KeyboardInterrupt it was. With several processes
+  a restore is collective (orbax's barriers, the checksums' reduction), so it also
+  fails when another process dies: watch.PeerLost. Either way the folder is as
+  complete as before; taken for damage, it would be moved aside and lost to the resume.
   """
+  if errors.caused_by_ctrl_c(error):
+    raise KeyboardInterrupt() from error
   lost = watch.lost_peer()
   if lost is not None:
     raise watch.PeerLost(lost) from error
@@ -325,7 +328,7 @@ class Checkpointer:
     try:
       self._restore_step(step, target, None)
     except Exception as e:  # pylint: disable=broad-exception-caught
-      _raise_if_peer_lost(e)
+      _raise_if_not_damage(e)
       moved = self._quarantine([step])
       raise CheckpointError(
           f'checkpoint of step {step} was written to {self.step_path(step)} but does not read '
@@ -413,7 +416,7 @@ class Checkpointer:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-exception-caught
-        _raise_if_peer_lost(e)
+        _raise_if_not_damage(e)
         other = (grain_state.other_process_counts(self.step_path(candidate))
                  if data_iterator is not None else [])
         if other:  # healthy, but grain's state files are per process: never moved aside
