@@ -101,8 +101,9 @@ def _raise_if_not_damage(error: BaseException) -> None:
   A Ctrl-C that lands inside orbax's read of an array comes back as orbax's own
   Exception: it is raised as the KeyboardInterrupt it was. With several processes
   a restore is collective (orbax's barriers, the checksums' reduction), so it also
-  fails when another process dies: watch.PeerLost. Either way the folder is as
-  complete as before; taken for damage, it would be moved aside and lost to the resume.
+  fails when another process dies: watch.PeerLost (a failure the watch has no news of
+  within its wait is the checkpoint's). Either way the folder is as complete as
+  before; taken for damage, it would be moved aside and lost to the resume.
   """
   if errors.caused_by_ctrl_c(error):
     raise KeyboardInterrupt() from error
