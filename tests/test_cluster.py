@@ -52,7 +52,7 @@ TIMEOUT = 3  # --distributed_timeout of the start-up cases, in seconds
 # The wait of runs whose processes must all meet: a loaded machine may start one of them
 # seconds after the other, which must not read as a missing peer.
 MEET = '--distributed_timeout=120'
-STEPS = 16
+STEPS = 32  # enough steps after each kill that the run is still training when it comes
 CHECKPOINT_EVERY = 4
 ABORTS = ('Traceback', 'Check failure', 'Fatal Python error', 'terminate called', 'Aborted')
 # What JAX's client prints before it aborts its process when its coordinator is gone.
@@ -149,10 +149,13 @@ class ClusterTest(absltest.TestCase):
       time.sleep(0.1)
 
   def wait_for_checkpoint(self, workdir: str, step: int, procs: list[subprocess.Popen]) -> None:
+    """Waits for a finished checkpoint of `step` or later; every one of `procs` still runs then."""
     while not any(s >= step for s in checkpointing.finished_steps(workdir)):
       for proc in procs:
         self.assert_running(proc)
       time.sleep(0.05)
+    for proc in procs:
+      self.assert_running(proc)
 
   def assert_coordinator_lost(self, proc: subprocess.Popen) -> None:
     """`proc` survived process 0, JAX's coordinator: the watch and JAX's client race to end
@@ -271,7 +274,7 @@ class ClusterTest(absltest.TestCase):
     for victim in (1, 0):  # a peer, then the coordinator
       port = free_port()
       procs = [self.process(workdir, port, i, MEET) for i in range(2)]
-      self.wait_for_checkpoint(workdir, newest + CHECKPOINT_EVERY, procs)
+      self.wait_for_checkpoint(workdir, newest + CHECKPOINT_EVERY, procs)  # both running
       os.kill(procs[victim].pid, signal.SIGKILL)
       killed = time.monotonic()
       survivor = procs[1 - victim]
@@ -297,8 +300,10 @@ class ClusterTest(absltest.TestCase):
 
   def test_ctrl_c_in_one_process_stops_the_other_naming_it(self):
     workdir, port = os.path.join(self.root, 'ctrl_c'), free_port()
-    procs = [self.process(workdir, port, i, MEET) for i in range(2)]
-    self.wait_for_checkpoint(workdir, CHECKPOINT_EVERY, procs)
+    # Far more steps than the test waits for: the Ctrl-C lands while both processes train.
+    procs = [self.process(workdir, port, i, MEET, '--config.num_train_steps=1000')
+             for i in range(2)]
+    self.wait_for_checkpoint(workdir, CHECKPOINT_EVERY, procs)  # both running
     os.kill(procs[1].pid, signal.SIGINT)
     self.assert_one_error(
         procs[0], errors.EXIT_PEER_LOST,
