@@ -124,7 +124,7 @@ class DryRunLinesTest(absltest.TestCase):
     plan = dry_run.build_plan(config, dry_run.Target(devices=1, platform='gpu', host_cores=14,
                                                      train_images=1_281_167))
     text = dry_run.format_plan(plan)
-    self.assertIn("input: jpeg storage (no dataset to read yet: prepare's default); the step "
+    self.assertIn("input: jpeg storage (no dataset.json to read here: prepare's default); the step "
                   'wants ~30,747 images/s per process (the measured step rate at 1024 per '
                   'device)', text)
     self.assertEqual(_percent(r'jpeg on 14 worker processes feeds ~([\d,]+) images/s', text),

@@ -15,7 +15,9 @@ base array whose finalizer clears the slot's flag. Whatever still holds the batc
 the CPU backend) keeps the slot from being overwritten. A worker that finds no free
 slot (a consumer that keeps many batches) sends the batch itself, which grain
 carries as before, so nothing waits on the ring. The order and content of batches
-are those of grain's own path.
+are those of grain's own path. A batch grain drops unread (set_state discards what
+the workers made ahead) keeps its slot until its worker ends: the ring is one slot
+shorter meanwhile.
 
 The flags are one byte a slot at the start of the ring: the worker sets a slot's
 byte before sending it, the main process clears it after the last reader let go;

@@ -7,6 +7,9 @@ record's rng depend on its global position, so the global batch sequence is a pu
 function of (seed, data, step) for any process count. Eval: the split once, padded
 to whole global batches, through `transforms.EvalTransform`.
 
+With data.worker_count > 0 the batches are made in worker processes and reach this one
+through each worker's ring of reused shared memory (`batch_handoff`).
+
 Train batch (b = global_batch_size // process_count, c = crop_size):
   image uint8 (b, c, c, 3); crop int32 (b, 2) (top, left) in the stored image;
   flip bool (b,); lighting float32 (b, 3) in 0-255 units; label int32 (b,).

@@ -126,5 +126,5 @@ def plan_feed(data_config: ml_collections.ConfigDict, feeding: resolution.Feedin
   if data_config.source != 'prepared':
     storage_from = f'{data_config.source}: full-size JPEGs, decoded and resized'
   elif storage is None:
-    storage, storage_from = 'jpeg', "no dataset to read yet: prepare's default"
+    storage, storage_from = 'jpeg', "no dataset.json to read here: prepare's default"
   return FeedPlan(storage, storage_from, int(cores), cores_from, float(need), need_from)
