@@ -1,6 +1,6 @@
 r"""CPU time per image of the JPEG train path with worker processes, by hand-off, side by side.
 
-  python -m benchmarks.jpeg_handoff            # from the repo root; about a minute on 2 cores
+  python -m benchmarks.jpeg_handoff            # from the repo root; a few minutes on 2 cores
   python -m benchmarks.jpeg_handoff --workers=4 --batch_size=256 --batches=40 --json=h.json
 
 The training input with `data.worker_count > 0` (input_pipeline.prefetch_in_workers) on
