@@ -58,9 +58,12 @@ def supply(storage: str, loaders: int) -> float:
 
 
 def loaders_needed(storage: str, need: float, cores: int) -> int:
-  """The threads (raw) or worker processes (jpeg) that keep up with `need`, at most `cores`."""
-  per_core = RAW_IMAGES_PER_CORE_SECOND if storage == 'raw' else JPEG_IMAGES_PER_CORE_SECOND
-  return max(1, min(cores, math.ceil(need / per_core)))
+  """The threads (raw) or worker processes (jpeg) that keep up with `need`, at most `cores`
+  (and for jpeg, no more than the main process can receive from)."""
+  if storage == 'raw':
+    return max(1, min(cores, math.ceil(need / RAW_IMAGES_PER_CORE_SECOND)))
+  need = min(need, 1e6 / JPEG_MAIN_US_PER_IMAGE)
+  return max(1, min(cores, math.ceil(need / JPEG_IMAGES_PER_CORE_SECOND)))
 
 
 def wait_share(supply_rate: float, need: float) -> float:
