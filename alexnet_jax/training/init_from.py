@@ -26,6 +26,7 @@ from typing import Any
 from absl import logging
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from alexnet_jax.config import resolution
@@ -93,9 +94,8 @@ def _param_shapes(config: ml_collections.ConfigDict) -> dict[str, dict[str, tupl
   """Layer -> parameter -> shape of the network `config` builds (traced, nothing allocated)."""
   model = alexnet.from_config(config.model)
   crop = config.data.crop_size
-  shapes = jax.eval_shape(lambda k: model.init(k, jax.ShapeDtypeStruct((1, crop, crop, 3),
-                                                                       'float32')),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32))
   return {layer: {name: tuple(x.shape) for name, x in params.items()}
           for layer, params in nn.unbox(shapes['params']).items()}
 
@@ -120,7 +120,9 @@ def plan_layers(source: Source, config: ml_collections.ConfigDict) -> LayerPlan:
     if layer == OUTPUT_LAYER and theirs[layer]['kernel'][0] == shapes['kernel'][0]:
       fresh.append(layer)  # the class count alone differs
       continue
-    name = next(n for n in shapes if theirs[layer].get(n) != shapes[n])
+    # The kernel first: its shape shows the widths and the towers.
+    name = next(n for n in sorted(shapes, key=lambda n: n != 'kernel')
+                if theirs[layer].get(n) != shapes[n])
     raise errors.InputError(
         f'config.init_from: layer {layer} ({name}) is {_shape(theirs[layer].get(name))} in '
         f'{source.workdir} but {_shape(shapes[name])} in this run\'s network: only fc8 may '
@@ -130,7 +132,7 @@ def plan_layers(source: Source, config: ml_collections.ConfigDict) -> LayerPlan:
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
-  return 'absent' if shape is None else f'({", ".join(map(str, shape))})'
+  return 'absent' if shape is None else str(shape)
 
 
 def _source_target(source: Source, exp: experiment.Experiment, plan: LayerPlan) -> Any:
