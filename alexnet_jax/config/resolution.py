@@ -222,7 +222,7 @@ def parse_init_from(text: str) -> tuple[str, str | int]:
   if step.isascii() and step.isdigit():  # 0-9 only: no sign, no spaces
     return workdir, int(step)
   raise errors.InputError(
-      f'config.init_from={text!r}: STEP must be a checkpoint step (0, 1, ...), '
+      f'config.init_from={text}: STEP must be a checkpoint step (0, 1, ...), '
       f"{' or '.join(repr(s) for s in INIT_FROM_STEPS)}, got {step!r}")
 
 
