@@ -173,10 +173,12 @@ class FineTuneRunTest(absltest.TestCase):
         evals=(('val', 'center_crop', 'val', 'every'),), **{'optim.learning_rate': 1e-30})
     with self.assertLogs('absl', level='INFO') as logs:
       trainer.train_and_evaluate(config, workdir)
-    self.assertIn(f'Starting from the parameters of {source}, checkpoint step 2: loaded conv1, '
-                  'conv2, conv3, conv4, conv5, fc6, fc7; fresh (he init): fc8 (3 classes there, '
-                  '10 here). The optimizer state, the step and the data order start fresh.',
-                  [r.getMessage() for r in logs.records])
+    starts = [r.getMessage() for r in logs.records
+              if r.getMessage().startswith('Starting from the parameters')]
+    self.assertEqual(starts, [
+        f'Starting from the parameters of {source}, checkpoint step 2: loaded conv1, conv2, '
+        'conv3, conv4, conv5, fc6, fc7; fresh (he init): fc8 (3 classes there, 10 here). The '
+        'optimizer state, the step and the data order start fresh.'])
     got, want = on_disk(workdir, 1), on_disk(source, 2)
     for layer in LAYERS[:-1]:
       for name in ('kernel', 'bias'):
@@ -188,10 +190,10 @@ class FineTuneRunTest(absltest.TestCase):
     with self.assertLogs('absl', level='INFO') as logs:
       trainer.train_and_evaluate(config, workdir)
     messages = [r.getMessage() for r in logs.records]
-    self.assertIn(f'config.init_from={source} is not used: {workdir} has checkpoints (newest: '
-                  'step 1), so the run resumes from its own.', messages)
-    self.assertIn('Resumed from step 1.', messages)
-    self.assertFalse(any(m.startswith('Starting from the parameters') for m in messages))
+    self.assertEqual([m for m in messages if 'init_from' in m or m.startswith(('Resumed',
+                                                                               'Starting'))], [
+        f'config.init_from={source} is not used: {workdir} has checkpoints (newest: step 1), so '
+        'the run resumes from its own.', 'Resumed from step 1.'])
 
     # Another source on resume is another run: refused as a change of the seed is.
     config.init_from = os.path.join(root, 'elsewhere')
