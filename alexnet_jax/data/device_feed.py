@@ -14,6 +14,12 @@ all processes. `position` is that of the last batch handed out, never of the one
 the thread read ahead: it is what a checkpoint saved after this step must store,
 so that a resume neither skips nor repeats the prefetched batches.
 
+A reader whose batches live in reused host buffers (`reuses_buffers`, the raw-pixel
+gather's ring) gets each buffer back at its next `next`. The feed therefore waits
+until the transfer of a batch is done (`jax.block_until_ready`) before it reads the
+next one: an asynchronous copy to an accelerator may still be reading the buffer
+when `put` returns.
+
 An error in the thread (a damaged shard, a failed transfer) is raised in the
 caller's thread by the `next` that would have returned that batch, with the
 thread's traceback; a grain worker process that died (killed) is raised as one
@@ -29,6 +35,7 @@ import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from absl import logging
+import jax
 
 from alexnet_jax.core import errors
 
@@ -65,6 +72,13 @@ def _as_user_error(error: BaseException) -> BaseException:
       'the newest one')
 
 
+def _put_and_wait(put: Callable[[Local], Fed]) -> Callable[[Local], Fed]:
+  """`put` that returns once the transfer no longer reads the host batch."""
+  def wait(local: Local) -> Fed:
+    return jax.block_until_ready(put(local))
+  return wait
+
+
 class _End:
   """The reader ran out: the thread's last item."""
 
@@ -94,7 +108,8 @@ class DeviceFeed(Generic[Local, Fed]):
                start: int = 0, depth: int = 2, name: str = 'device-feed'):
     if depth < 0:
       raise ValueError(f'depth must be >= 0, got {depth}')
-    self._batches, self._put, self._depth, self._name = batches, put, int(depth), name
+    self._batches, self._depth, self._name = batches, int(depth), name
+    self._put = _put_and_wait(put) if getattr(batches, 'reuses_buffers', False) else put
     self._position = int(start)  # of the last batch handed out
     self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self._depth, 1))
     self._stop = threading.Event()
