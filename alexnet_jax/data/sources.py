@@ -144,14 +144,7 @@ class PreparedSource(Source):
     return RecordSource(records, prepared_format.decode_record, resize=False)
 
 
-def prepare_again(folder: str, description: dict[str, Any]) -> str:
-  """The commands that make the prepared dataset in `folder` again, as it was made."""
-  options = f' --image_size={description["image_size"]}'
-  if description.get('jpeg_quality', 95) != 95:
-    options += f' --jpeg_quality={description["jpeg_quality"]}'
-  return (f'delete {folder} and run python -m alexnet_jax.prepare '
-          f'--source={description.get("source", "SRC")} --output={folder}{options} (the same '
-          'source gives the same dataset, so the run resumes unchanged)')
+prepare_again = prepared_format.prepare_again  # the commands that make a dataset again
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
