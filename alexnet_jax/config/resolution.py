@@ -22,6 +22,7 @@ import numpy as np
 from alexnet_jax.config import eval_schema
 from alexnet_jax.config import known_fields
 from alexnet_jax.core import errors
+from alexnet_jax.data import raw_format
 from alexnet_jax.model import alexnet
 from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
@@ -136,6 +137,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   On an H200 host 16 threads fed 2,600 images/s where 16 processes fed 16,000
   (docs/design.md, "Input pipeline on a GPU host"); a CPU's step needs ~30. data.num_threads
   -1: one decoder thread per core without worker processes, one per worker with them.
+  A raw-pixel dataset already in data.dir takes worker_count 0 for -1: its batch-level
+  gather runs threads in the training process (`data.gather`).
   platform ('cpu', 'gpu', 'tpu'), cpu_count, devices and processes default to this
   machine's; the dry run passes those of the cluster it plans for, so both use this one rule.
   A field that no config has (a typo) is refused first (known_fields).
@@ -150,7 +153,9 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
     config.model.dtype = 'float32' if platform == 'cpu' else 'bfloat16'
-  if config.data.worker_count == -1:
+  if config.data.worker_count == -1 and _raw_pixels(config.data):
+    config.data.worker_count = 0  # the gather's threads copy crops: no decoding to spread
+  elif config.data.worker_count == -1:
     feed = feeding_for(config, platform, cores,
                        jax.device_count() if devices is None else devices,
                        jax.process_count() if processes is None else processes)
@@ -164,6 +169,11 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   if config.data.num_threads == -1:
     config.data.num_threads = 1 if config.data.worker_count > 0 else cores
   return config
+
+
+def _raw_pixels(data: ml_collections.ConfigDict) -> bool:
+  """Whether data.dir already holds a raw-pixel prepared dataset (trained on by threads)."""
+  return data.source == 'prepared' and bool(data.dir) and raw_format.is_raw(str(data.dir))
 
 
 def _mesh_size(value: Any) -> Any:
