@@ -19,6 +19,7 @@ from alexnet_jax.data import batch_sampler
 from alexnet_jax.data import device_feed
 from alexnet_jax.data import gather
 from alexnet_jax.data import preprocess
+from alexnet_jax.sharding import placement
 from alexnet_jax.storage import grain_state
 from tests.helpers import files
 
@@ -191,6 +192,21 @@ class RingTest(absltest.TestCase):
     self.assertEqual([position for position, _ in held], list(range(1, 7)))
     for k, (_, batch) in enumerate(held):
       _assert_batches_equal(self, jax.device_get(batch), _expected(k), f'batch {k}')
+
+  def test_batches_sharded_over_devices_as_training_places_them_stay_intact(self):
+    # XLA:CPU may share an aligned host buffer instead of copying it: the feed must copy.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:BATCH]).reshape(BATCH, 1),
+                             ('data', 'model'))
+    with _iterator(ring=2, threads=2) as it:
+      put = lambda local: placement.make_global_batch(local, mesh)
+      with device_feed.DeviceFeed(it, put, depth=1) as feed:
+        held = [next(feed)[1] for _ in range(5)]
+    for k, batch in enumerate(held):
+      _assert_batches_equal(self, jax.device_get(batch), _expected(k), f'batch {k}')
+
+  def test_ring_buffers_are_page_aligned(self):
+    with _iterator(ring=3) as it:
+      self.assertEqual([next(it)['image'].ctypes.data % 4096 for _ in range(3)], [0, 0, 0])
 
   def test_ring_buffers_are_reused_not_allocated(self):
     with _iterator(ring=3) as it:

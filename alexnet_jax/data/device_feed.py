@@ -18,7 +18,8 @@ A reader whose batches live in reused host buffers (`reuses_buffers`, the raw-pi
 gather's ring) gets each buffer back at its next `next`. The feed therefore waits
 until the transfer of a batch is done (`jax.block_until_ready`) before it reads the
 next one: an asynchronous copy to an accelerator may still be reading the buffer
-when `put` returns.
+when `put` returns. On CPU devices, which may share the host buffer instead of
+copying it, the feed copies the batch before `put`.
 
 An error in the thread (a damaged shard, a failed transfer) is raised in the
 caller's thread by the `next` that would have returned that batch, with the
@@ -36,6 +37,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from absl import logging
 import jax
+import numpy as np
 
 from alexnet_jax.core import errors
 
@@ -72,11 +74,29 @@ def _as_user_error(error: BaseException) -> BaseException:
       'the newest one')
 
 
-def _put_and_wait(put: Callable[[Local], Fed]) -> Callable[[Local], Fed]:
-  """`put` that returns once the transfer no longer reads the host batch."""
-  def wait(local: Local) -> Fed:
-    return jax.block_until_ready(put(local))
-  return wait
+class _PutAndWait(Generic[Local, Fed]):
+  """`put` for batches in reused host buffers: returns once the device arrays no longer
+  read them.
+
+  On an accelerator that is when the copy is done (`jax.block_until_ready`). XLA:CPU
+  instead may make a device array share an aligned numpy buffer (zero-copy) for as long
+  as the array lives, so on CPU devices the batch is copied on the host first.
+  """
+
+  def __init__(self, put: Callable[[Local], Fed]):
+    self._put = put
+    self._copy: bool | None = None  # known after the first transfer: whether devices are CPUs
+
+  def __call__(self, local: Local) -> Fed:
+    if self._copy:
+      local = jax.tree.map(np.array, local)  # np.array copies
+    fed = jax.block_until_ready(self._put(local))
+    if self._copy is None:
+      self._copy = any(device.platform == 'cpu' for leaf in jax.tree.leaves(fed)
+                       if isinstance(leaf, jax.Array) for device in leaf.devices())
+      if self._copy:
+        return self(local)
+    return fed
 
 
 class _End:
@@ -109,7 +129,7 @@ class DeviceFeed(Generic[Local, Fed]):
     if depth < 0:
       raise ValueError(f'depth must be >= 0, got {depth}')
     self._batches, self._depth, self._name = batches, int(depth), name
-    self._put = _put_and_wait(put) if getattr(batches, 'reuses_buffers', False) else put
+    self._put = _PutAndWait(put) if getattr(batches, 'reuses_buffers', False) else put
     self._position = int(start)  # of the last batch handed out
     self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self._depth, 1))
     self._stop = threading.Event()

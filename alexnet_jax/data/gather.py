@@ -38,11 +38,23 @@ def copy_crops(images: np.ndarray, plan: batch_sampler.BatchPlan, size: int,
     out[i] = images[row, top:top + size, left:left + size]
 
 
+def page_aligned(shape: tuple[int, ...]) -> np.ndarray:
+  """An uninitialised uint8 array that starts on a 4096-byte boundary.
+
+  Aligned buffers copy at full speed and can be handed to devices without a staging
+  copy (XLA:CPU then shares them: `device_feed` copies batches of reused buffers there).
+  """
+  size = int(np.prod(shape))
+  raw = np.empty(size + 4096, np.uint8)
+  offset = -raw.ctypes.data % 4096
+  return raw[offset:offset + size].reshape(shape)
+
+
 class _Slot:
   """One ring entry: the image buffer and the batch being filled into it."""
 
   def __init__(self, shape: tuple[int, ...]):
-    self.image = np.empty(shape, np.uint8)
+    self.image = page_aligned(shape)
     self.batch: Batch | None = None
     self.pending: list[concurrent.futures.Future] = []
 
