@@ -32,7 +32,7 @@ from alexnet_jax.sharding import meshes
 DEFAULT_DEVICE_PREFETCH = 2
 
 # Feeding the step (docs/design.md, "Input pipeline on a GPU host"): what one core of the
-# train pipeline does, measured with benchmarks/input_pipeline.py on prepared 256x256
+# train pipeline does, measured with benchmarks/loader_baseline.py on prepared 256x256
 # shards (benchmarks/README.md, section 3), and the step it must keep up with.
 RECORD_SECONDS = 359e-6  # one record on one thread: read, decode, crop, flip, lighting, batch
 GIL_SECONDS = 68e-6  # of which the GIL is held: the same pipeline with the decoder stubbed
