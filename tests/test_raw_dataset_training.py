@@ -67,6 +67,20 @@ class RawIteratorTest(absltest.TestCase):
         np.testing.assert_array_equal(batch['image'], want)
         np.testing.assert_array_equal(batch['label'], split.labels[index])
 
+  def test_raw_feeding_projects_threads_by_cores(self):
+    rate = resolution.GATHER_IMAGES_PER_CPU_SECOND
+    # Eight H200s at batch 1024 read by one process take 8 x 30,747 images/s: 2 cores fall
+    # short, 16 do not.
+    short = resolution.feeding('gpu', 2, 1024, 8 * 1024, raw=True)
+    self.assertFalse(short.use_processes)
+    self.assertEqual(short.threads, 2 * rate)
+    self.assertIn(f'short of the step: it will wait for input; {-(-8 * 30_747 // int(rate))} '
+                  'cores would feed it', short.describe())
+    enough = resolution.feeding('gpu', 16, 1024, 8 * 1024, raw=True)
+    self.assertNotIn('short', enough.describe())
+    self.assertIn('raw storage', enough.describe())
+    self.assertTrue(resolution.feeding('gpu', 16, 1024, 1024).use_processes)  # JPEG: processes
+
   def test_jpeg_dataset_keeps_grain(self):
     config = resolution.resolve_auto(training.tiny_config(training.digits_dir()))
     self.assertFalse(input_pipeline.uses_gather(config.data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -37,6 +38,10 @@ DEFAULT_DEVICE_PREFETCH = 2
 RECORD_SECONDS = 359e-6  # one record on one thread: read, decode, crop, flip, lighting, batch
 GIL_SECONDS = 68e-6  # of which the GIL is held: the same pipeline with the decoder stubbed
 PROCESS_EFFICIENCY = 0.57  # N worker processes against N x one thread (H200 host, 16 cores)
+# A raw-pixel dataset's gather (benchmarks/README.md, section 6): 224 crops of 256 images one
+# core copies per CPU-second from the memory map, rounded down from the 57,500-64,700 measured
+# (the threads release the GIL while they copy, so cores add up).
+GATHER_IMAGES_PER_CPU_SECOND = 50_000.0
 # Train-step images/s per device of the paper net by per-device batch (docs/design.md,
 # "Step rates"): CPU the quiet float32 row; GPU one H200 in bfloat16. TPU: not measured,
 # the H200's figures stand in. Between batches: linear; outside: the nearest.
@@ -77,12 +82,23 @@ class Feeding:
   threads: float  # images/s `cores` threads project
   processes: float  # images/s `cores` worker processes project
   need: float  # images/s the step takes from one process
+  raw: bool = False  # a raw-pixel dataset: the gather's threads, never worker processes
 
   @property
   def use_processes(self) -> bool:
-    return self.threads < self.need
+    return not self.raw and self.threads < self.need
 
   def describe(self) -> str:
+    if self.raw:
+      short = (f' (short of the step: it will wait for input; '
+               f'{math.ceil(self.need / GATHER_IMAGES_PER_CPU_SECOND)} cores would feed it)'
+               if self.threads < self.need else '')
+      return (f'input per host (raw storage: threads copy crops, nothing to decode): '
+              f'{self.cores} threads project {self.threads:,.0f} images/s '
+              f'({GATHER_IMAGES_PER_CPU_SECOND:,.0f} per core); the step needs '
+              f'{self.need:,.0f} (batch {self.batch_per_device} per device, '
+              f'{self.batch_per_process} per process): data.worker_count -1 chooses threads'
+              f'{short}')
     choice = (f'data.worker_count -1 chooses {self.cores} worker processes' if self.use_processes
               else 'data.worker_count -1 chooses threads (no worker processes)')
     short = ' (short of the step: it will wait for input)' if (
@@ -94,16 +110,18 @@ class Feeding:
 
 
 def feeding(platform: str, cores: int, batch_per_device: int,
-            batch_per_process: int) -> Feeding:
+            batch_per_process: int, raw: bool = False) -> Feeding:
   """Threads or worker processes for one process's input (see resolve_auto).
 
   The step runs step_images_per_sec / batch_per_device steps a second, and each
-  step takes batch_per_process images from this process.
+  step takes batch_per_process images from this process. `raw`: a raw-pixel dataset,
+  whose gather threads scale with the cores (GATHER_IMAGES_PER_CPU_SECOND each).
   """
   need = step_images_per_sec(platform, batch_per_device) * batch_per_process / batch_per_device
+  threads = cores * GATHER_IMAGES_PER_CPU_SECOND if raw else thread_images_per_sec(cores)
   return Feeding(cores=cores, batch_per_device=batch_per_device,
-                 batch_per_process=batch_per_process, threads=thread_images_per_sec(cores),
-                 processes=process_images_per_sec(cores), need=need)
+                 batch_per_process=batch_per_process, threads=threads,
+                 processes=0.0 if raw else process_images_per_sec(cores), need=need, raw=raw)
 
 
 def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, devices: int,
@@ -121,7 +139,8 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   data = max(1, data)
   batch_per_device = max(1, int(config.batch_size) // data)
   slices = max(1, min(processes, data))
-  return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices))
+  return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices),
+                 raw=_raw_pixels(config.data))
 
 
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
@@ -137,8 +156,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   On an H200 host 16 threads fed 2,600 images/s where 16 processes fed 16,000
   (docs/design.md, "Input pipeline on a GPU host"); a CPU's step needs ~30. data.num_threads
   -1: one decoder thread per core without worker processes, one per worker with them.
-  A raw-pixel dataset already in data.dir takes worker_count 0 for -1: its batch-level
-  gather runs threads in the training process (`data.gather`).
+  A raw-pixel dataset already in data.dir always takes threads (worker_count 0): its
+  batch-level gather's threads release the GIL while they copy (`data.gather`).
   platform ('cpu', 'gpu', 'tpu'), cpu_count, devices and processes default to this
   machine's; the dry run passes those of the cluster it plans for, so both use this one rule.
   A field that no config has (a typo) is refused first (known_fields).
@@ -153,9 +172,7 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
     config.model.dtype = 'float32' if platform == 'cpu' else 'bfloat16'
-  if config.data.worker_count == -1 and _raw_pixels(config.data):
-    config.data.worker_count = 0  # the gather's threads copy crops: no decoding to spread
-  elif config.data.worker_count == -1:
+  if config.data.worker_count == -1:
     feed = feeding_for(config, platform, cores,
                        jax.device_count() if devices is None else devices,
                        jax.process_count() if processes is None else processes)
