@@ -340,17 +340,16 @@ CASES = (
          'images (cut short); delete {CASE}/raw and run python -m alexnet_jax.prepare '
          '--source=digits --output={CASE}/raw --image_size=72 --format=raw (the same source gives '
          'the same dataset, so the run resumes unchanged)',
-         inputs=(('raw', 'raw_cut_short'),), leaves_nothing=True),
+         inputs=(('raw', 'raw_cut_short'),)),
     Case('raw_other_version', 'data', 'a raw dataset of another layout version', 'launch',
          _launch('--config.data.dir={CASE}/raw'), 2,
          'error: {CASE}/raw holds no complete prepared dataset (dataset.json describes raw '
          "storage version '2'; this program reads version 1); run: python -m alexnet_jax.prepare "
          '--source=digits --output={CASE}/raw --format=raw (or set config.data.prepare_from)',
-         inputs=(('raw', 'raw_version_2'),), leaves_nothing=True),
+         inputs=(('raw', 'raw_version_2'),)),
     Case('raw_image_size_mismatch', 'data', 'a raw dataset of another image size than the '
          'config', 'launch', _launch('--config.data.dir={RAW}', '--config.data.image_size=80'), 2,
-         'error: {RAW} was prepared at image_size 72 but config.data.image_size is 80',
-         leaves_nothing=True),
+         'error: {RAW} was prepared at image_size 72 but config.data.image_size is 80'),
     Case('raw_checksum_mismatch', 'data', 'prepare --verify on a raw dataset with one byte '
          'changed', 'prepare',
          ('--source=digits', '--output={CASE}/raw', '--image_size=72', '--format=raw',

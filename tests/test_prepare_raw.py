@@ -20,8 +20,10 @@ from PIL import Image
 
 from alexnet_jax import prepare
 from alexnet_jax.core import errors
+from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import raw_format
 from alexnet_jax.prepare import raw_storage
+from configs import imagenet
 from tests.helpers import files
 
 SIZE = 24
@@ -132,6 +134,59 @@ class SameSourceTest(absltest.TestCase):
     report = prepare.prepare(os.path.join(self.root, 'src'), self.raw, image_size=SIZE,
                              progress=False, storage='raw')
     self.assertTrue(report['noop'])
+
+
+class PipelineTest(absltest.TestCase):
+  """The per-record pipeline on a raw dataset: the batches of its JPEG twin, within JPEG error."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = files.make_tempdir()
+    _image_folder(os.path.join(cls.root, 'src'))
+    for storage in ('raw', 'jpeg'):
+      prepare.prepare(os.path.join(cls.root, 'src'), os.path.join(cls.root, storage),
+                      image_size=SIZE, progress=False, storage=storage)
+
+  def _data_config(self, storage: str, workers: int):
+    data = imagenet.get_config().data
+    data.dir = os.path.join(self.root, storage)
+    data.image_size, data.crop_size = SIZE, 16
+    data.num_threads, data.worker_count = 1, workers
+    return data
+
+  def _alpha(self, shifts: np.ndarray, storage: str) -> np.ndarray:
+    with np.load(os.path.join(self.root, storage, 'stats.npz')) as stats:
+      eigvals, eigvecs = stats['eigvals'].astype(np.float64), stats['eigvecs'].astype(np.float64)
+    return np.linalg.solve(eigvecs, np.asarray(shifts, np.float64).T / 255.0).T / eigvals
+
+  def test_train_batches_match_the_jpeg_dataset(self):
+    # The raw run reads through a grain worker process: its records are pickled to it.
+    raw = input_pipeline.create_train_iterator(self._data_config('raw', 1),
+                                               global_batch_size=4, seed=3)
+    jpeg = input_pipeline.create_train_iterator(self._data_config('jpeg', 0),
+                                                global_batch_size=4, seed=3)
+    for _ in range(4):  # past the end of the 6-image epoch
+      a, b = next(raw), next(jpeg)
+      for key in ('label', 'crop', 'flip'):
+        np.testing.assert_array_equal(a[key], b[key], key)
+      # The same draws of alpha, each scaled by its dataset's own PCA (which differ by the
+      # JPEG error): shift = 255 * eigvecs @ (alpha * eigvals), solved for alpha.
+      np.testing.assert_allclose(self._alpha(a['lighting'], 'raw'),
+                                 self._alpha(b['lighting'], 'jpeg'), rtol=1e-3, atol=1e-5)
+      difference = np.abs(a['image'].astype(int) - b['image'].astype(int))
+      self.assertLess(difference.mean(), 3.0)
+
+  def test_eval_batches_match_the_jpeg_dataset(self):
+    batches = [list(input_pipeline.create_eval_iterator(self._data_config(storage, 0),
+                                                        global_batch_size=4, crops=10))
+               for storage in ('raw', 'jpeg')]
+    self.assertLen(batches[0], 1)
+    a, b = batches[0][0], batches[1][0]
+    np.testing.assert_array_equal(a['label'], b['label'])
+    np.testing.assert_array_equal(a['mask'], [True, True, False, False])
+    self.assertEqual(a['image'].shape, (4, 10, 16, 16, 3))
+    self.assertLess(np.abs(a['image'].astype(int) - b['image'].astype(int)).mean(), 3.0)
 
 
 class SizeAndResumeTest(absltest.TestCase):
