@@ -207,6 +207,23 @@ class SizeAndResumeTest(absltest.TestCase):
     self.assertIn('1,797 images of 14x14x3 bytes, 1.06 MB', stderr.getvalue())
     self.assertFalse(os.path.exists(output))  # nothing written
 
+  def test_a_join_the_disk_corrupts_is_refused_by_the_read_back(self):
+    output = os.path.join(files.make_tempdir(self), 'out')
+    real = raw_storage._append
+
+    def append_then_corrupt(out, *args):
+      real(out, *args)
+      out.flush()
+      with open(out.name, 'r+b') as f:  # what a bad disk does after the write
+        f.seek(10)
+        f.write(bytes(255 - b for b in f.read(2)))
+
+    with mock.patch.object(raw_storage, '_append', append_then_corrupt), \
+        self.assertRaisesRegex(errors.UserError, r'train.u8.tmp: images 0..1432 differ from '
+                               'what was written'):
+      prepare.prepare('digits', output, image_size=8, progress=False, storage='raw')
+    self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
+
   def test_an_interrupted_join_resumes_to_the_same_files(self):
     folder = files.make_tempdir(self)
     clean, resumed = os.path.join(folder, 'clean'), os.path.join(folder, 'resumed')
