@@ -24,6 +24,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import raw_format
 from alexnet_jax.prepare import raw_storage
 from configs import imagenet
+from tests import fakes
 from tests.helpers import files
 
 SIZE = 24
@@ -134,6 +135,34 @@ class SameSourceTest(absltest.TestCase):
     report = prepare.prepare(os.path.join(self.root, 'src'), self.raw, image_size=SIZE,
                              progress=False, storage='raw')
     self.assertTrue(report['noop'])
+
+
+class EverySourceTest(absltest.TestCase):
+  """The official tars and the digits, in both storages."""
+
+  def _assert_twins(self, source: str, folder: str, **options):
+    for storage in ('raw', 'jpeg'):
+      prepare.prepare(source, os.path.join(folder, storage), progress=False, storage=storage,
+                      **options)
+    with open(os.path.join(folder, 'raw', 'dataset.json')) as a, \
+        open(os.path.join(folder, 'jpeg', 'dataset.json')) as b:
+      raw, jpeg = json.load(a), json.load(b)
+    for key in ('class_names', 'splits', 'train_class_counts', 'image_size'):
+      self.assertEqual(raw[key], jpeg[key], key)
+    for split in ('train', 'val'):
+      opened = raw_format.open_raw_split(os.path.join(folder, 'raw'), split, verify=True)
+      images, labels = _jpeg_split(os.path.join(folder, 'jpeg'), split)
+      np.testing.assert_array_equal(opened.labels, labels)
+      self.assertLess(np.abs(opened.images.astype(int) - images.astype(int)).mean(), 3.0)
+
+  def test_official_tars(self):
+    folder = files.make_tempdir(self)
+    wnids = sorted(set(prepare.imagenet_validation_wnids()[:3]))
+    fakes.write_tars(os.path.join(folder, 'tars'), wnids, val_numbers=(1, 2, 3))
+    self._assert_twins(os.path.join(folder, 'tars'), folder, image_size=16)
+
+  def test_digits(self):
+    self._assert_twins('digits', files.make_tempdir(self), image_size=8)
 
 
 class PipelineTest(absltest.TestCase):

@@ -74,9 +74,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
         f'{labels.official_shortfall(work.official)}; --strict prepares only the complete set '
         '(run without --strict to prepare this part of it)')
   if storage == 'raw':
-    done = os.path.join(output, output_dir.PARTIAL_DIR)
-    raw_storage.check_room(output, work, image_size,
-                           [p for p in work.parts if not output_dir.part_done(done, p)], progress)
+    raw_storage.check_room(output, work, image_size, progress)
   created = not os.path.isdir(output)
   try:
     os.makedirs(output, exist_ok=True)
