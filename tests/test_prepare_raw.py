@@ -20,8 +20,11 @@ from PIL import Image
 
 from alexnet_jax import prepare
 from alexnet_jax.core import errors
+from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import raw_format
 from alexnet_jax.prepare import raw_storage
+from configs import imagenet
+from tests import fakes
 from tests.helpers import files
 
 SIZE = 24
@@ -134,6 +137,87 @@ class SameSourceTest(absltest.TestCase):
     self.assertTrue(report['noop'])
 
 
+class EverySourceTest(absltest.TestCase):
+  """The official tars and the digits, in both storages."""
+
+  def _assert_twins(self, source: str, folder: str, **options):
+    for storage in ('raw', 'jpeg'):
+      prepare.prepare(source, os.path.join(folder, storage), progress=False, storage=storage,
+                      **options)
+    with open(os.path.join(folder, 'raw', 'dataset.json')) as a, \
+        open(os.path.join(folder, 'jpeg', 'dataset.json')) as b:
+      raw, jpeg = json.load(a), json.load(b)
+    for key in ('class_names', 'splits', 'train_class_counts', 'image_size'):
+      self.assertEqual(raw[key], jpeg[key], key)
+    for split in ('train', 'val'):
+      opened = raw_format.open_raw_split(os.path.join(folder, 'raw'), split, verify=True)
+      images, labels = _jpeg_split(os.path.join(folder, 'jpeg'), split)
+      np.testing.assert_array_equal(opened.labels, labels)
+      self.assertLess(np.abs(opened.images.astype(int) - images.astype(int)).mean(), 3.0)
+
+  def test_official_tars(self):
+    folder = files.make_tempdir(self)
+    wnids = sorted(set(prepare.imagenet_validation_wnids()[:3]))
+    fakes.write_tars(os.path.join(folder, 'tars'), wnids, val_numbers=(1, 2, 3))
+    self._assert_twins(os.path.join(folder, 'tars'), folder, image_size=16)
+
+  def test_digits(self):
+    self._assert_twins('digits', files.make_tempdir(self), image_size=8)
+
+
+class PipelineTest(absltest.TestCase):
+  """The per-record pipeline on a raw dataset: the batches of its JPEG twin, within JPEG error."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = files.make_tempdir()
+    _image_folder(os.path.join(cls.root, 'src'))
+    for storage in ('raw', 'jpeg'):
+      prepare.prepare(os.path.join(cls.root, 'src'), os.path.join(cls.root, storage),
+                      image_size=SIZE, progress=False, storage=storage)
+
+  def _data_config(self, storage: str, workers: int):
+    data = imagenet.get_config().data
+    data.dir = os.path.join(self.root, storage)
+    data.image_size, data.crop_size = SIZE, 16
+    data.num_threads, data.worker_count = 1, workers
+    return data
+
+  def _alpha(self, shifts: np.ndarray, storage: str) -> np.ndarray:
+    with np.load(os.path.join(self.root, storage, 'stats.npz')) as stats:
+      eigvals, eigvecs = stats['eigvals'].astype(np.float64), stats['eigvecs'].astype(np.float64)
+    return np.linalg.solve(eigvecs, np.asarray(shifts, np.float64).T / 255.0).T / eigvals
+
+  def test_train_batches_match_the_jpeg_dataset(self):
+    # The raw run reads through a grain worker process: its records are pickled to it.
+    raw = input_pipeline.create_train_iterator(self._data_config('raw', 1),
+                                               global_batch_size=4, seed=3)
+    jpeg = input_pipeline.create_train_iterator(self._data_config('jpeg', 0),
+                                                global_batch_size=4, seed=3)
+    for _ in range(4):  # past the end of the 6-image epoch
+      a, b = next(raw), next(jpeg)
+      for key in ('label', 'crop', 'flip'):
+        np.testing.assert_array_equal(a[key], b[key], key)
+      # The same draws of alpha, each scaled by its dataset's own PCA (which differ by the
+      # JPEG error): shift = 255 * eigvecs @ (alpha * eigvals), solved for alpha.
+      np.testing.assert_allclose(self._alpha(a['lighting'], 'raw'),
+                                 self._alpha(b['lighting'], 'jpeg'), rtol=1e-3, atol=1e-5)
+      difference = np.abs(a['image'].astype(int) - b['image'].astype(int))
+      self.assertLess(difference.mean(), 3.0)
+
+  def test_eval_batches_match_the_jpeg_dataset(self):
+    batches = [list(input_pipeline.create_eval_iterator(self._data_config(storage, 0),
+                                                        global_batch_size=4, crops=10))
+               for storage in ('raw', 'jpeg')]
+    self.assertLen(batches[0], 1)
+    a, b = batches[0][0], batches[1][0]
+    np.testing.assert_array_equal(a['label'], b['label'])
+    np.testing.assert_array_equal(a['mask'], [True, True, False, False])
+    self.assertEqual(a['image'].shape, (4, 10, 16, 16, 3))
+    self.assertLess(np.abs(a['image'].astype(int) - b['image'].astype(int)).mean(), 3.0)
+
+
 class SizeAndResumeTest(absltest.TestCase):
 
   def test_states_the_size_and_refuses_a_disk_without_room(self):
@@ -151,6 +235,23 @@ class SizeAndResumeTest(absltest.TestCase):
     self.assertNotIn('\n', str(caught.exception))
     self.assertIn('1,797 images of 14x14x3 bytes, 1.06 MB', stderr.getvalue())
     self.assertFalse(os.path.exists(output))  # nothing written
+
+  def test_a_join_the_disk_corrupts_is_refused_by_the_read_back(self):
+    output = os.path.join(files.make_tempdir(self), 'out')
+    real = raw_storage._append
+
+    def append_then_corrupt(out, *args):
+      real(out, *args)
+      out.flush()
+      with open(out.name, 'r+b') as f:  # what a bad disk does after the write
+        f.seek(10)
+        f.write(bytes(255 - b for b in f.read(2)))
+
+    with mock.patch.object(raw_storage, '_append', append_then_corrupt), \
+        self.assertRaisesRegex(errors.UserError, r'train.u8.tmp: images 0..1432 differ from '
+                               'what was written'):
+      prepare.prepare('digits', output, image_size=8, progress=False, storage='raw')
+    self.assertFalse(os.path.exists(os.path.join(output, 'dataset.json')))
 
   def test_an_interrupted_join_resumes_to_the_same_files(self):
     folder = files.make_tempdir(self)

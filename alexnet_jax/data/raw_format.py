@@ -54,12 +54,6 @@ def image_bytes(count: int, image_size: int) -> int:
   return int(count) * int(image_size) ** 2 * 3
 
 
-def chunk_checksums(images: np.ndarray, chunk_images: int = CHUNK_IMAGES) -> list[int]:
-  """CRC-32 of each run of `chunk_images` images of a (N, S, S, 3) uint8 array (or memmap)."""
-  return [zlib.crc32(np.ascontiguousarray(images[start:start + chunk_images]).data)
-          for start in range(0, len(images), chunk_images)]
-
-
 def labels_checksum(labels: np.ndarray) -> int:
   return zlib.crc32(np.ascontiguousarray(labels, '<i4').tobytes())
 
@@ -87,9 +81,10 @@ def _entry(description: Mapping[str, Any], dataset_dir: str, split: str) -> dict
   fix = prepared_format.prepare_again(dataset_dir, description)
   try:
     entry = dict(description['raw'][split])
-    count, size = int(entry['count']), int(entry['image_size'])
+    for key in ('count', 'image_size', 'chunk_images', 'labels_crc32'):
+      entry[key] = int(entry[key])
     entry['crc32'] = [int(c) for c in entry['crc32']]
-    int(entry['labels_crc32']), int(entry['chunk_images'])
+    count, size = entry['count'], entry['image_size']
   except (KeyError, TypeError, ValueError) as e:
     raise errors.InputError(f'{os.path.join(dataset_dir, prepared_format.DATASET_FILE)} has no '
                             f'usable raw entry for the {split} split ({e!r}); {fix}') from e
@@ -97,7 +92,7 @@ def _entry(description: Mapping[str, Any], dataset_dir: str, split: str) -> dict
     raise errors.InputError(f'{os.path.join(dataset_dir, entry["images"])} holds {size}x{size} '
                             f'images, not the image_size {description["image_size"]} of the '
                             f'dataset; {fix}')
-  if count < 0 or len(entry['crc32']) != -(-count // max(1, int(entry['chunk_images']))):
+  if count < 0 or len(entry['crc32']) != -(-count // max(1, entry['chunk_images'])):
     raise errors.InputError(f'{os.path.join(dataset_dir, prepared_format.DATASET_FILE)} lists '
                             f'{len(entry["crc32"])} checksums for {count} {split} images; {fix}')
   return entry

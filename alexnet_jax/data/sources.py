@@ -108,8 +108,7 @@ class PreparedSource(Source):
     if missing:
       raise errors.MissingInputError(
           f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-          f'({missing}); run: python -m alexnet_jax.prepare '
-          f'--source=SRC --output={folder or "DIR"}{_format_option(folder)} (or set '
+          f'({missing}); run: python -m alexnet_jax.prepare {_prepare_options(folder)} (or set '
           'config.data.prepare_from)')
     description = prepared_format.read_dataset_json(folder)
     if description['image_size'] != self.config.image_size:
@@ -151,15 +150,18 @@ class PreparedSource(Source):
     return RecordSource(records, prepared_format.decode_record, resize=False)
 
 
-def _format_option(folder: str) -> str:
-  """' --format=raw' where `folder` holds a raw dataset of another version, else ''."""
-  path = os.path.join(folder, prepared_format.DATASET_FILE) if folder else ''
+def _prepare_options(folder: str) -> str:
+  """The prepare options that make `folder` again, as far as its unusable dataset.json says:
+  '--source=SRC --output=DIR', with its source and ' --format=raw' when they are known."""
+  source, raw = 'SRC', False
   try:
-    with open(path) as f:
-      found = str(json.load(f).get('format', ''))
+    with open(os.path.join(folder, prepared_format.DATASET_FILE)) as f:
+      description = json.load(f)
+    raw = str(description.get('format', '')).startswith(prepared_format.RAW_FORMAT_PREFIX)
+    source = str(description.get('source') or source) if raw else source
   except (OSError, ValueError, AttributeError):
-    return ''
-  return ' --format=raw' if found.startswith(prepared_format.RAW_FORMAT_PREFIX) else ''
+    pass
+  return f'--source={source} --output={folder or "DIR"}{" --format=raw" if raw else ""}'
 
 
 def _raw_records(folder: str, description: dict[str, Any], split: str) -> RecordSource:

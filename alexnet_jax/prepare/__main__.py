@@ -1,7 +1,7 @@
 r"""One-time conversion of a dataset into the paper's preprocessed form.
 
   python -m alexnet_jax.prepare --source=SRC --output=DIR [--strict] \
-      [--image_size=256] [--workers=N] [--jpeg_quality=95] [--format=jpeg|raw]
+      [--image_size=256] [--workers=N] [--jpeg_quality=95] [--format=jpeg|raw] [--verify]
 
 SRC is one of:
   * a folder with the official ILSVRC-2012 tars, as tensorflow-datasets' imagenet2012
@@ -56,7 +56,8 @@ DIR afterwards (--format=jpeg):
 
 Interruptions: work happens in parts (one per synset tar, or ~512 files) recorded in
 DIR/_partial/; a re-run resumes from the parts already done and a folder without
-dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op. A
+dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op
+(with --verify it reads all of DIR back against its checksums, writing nothing). A
 part's shard is read back (record count and CRC-32 of each record) before the part
 counts as done, and the final shards are checked before dataset.json is written. Any
 failure (a full disk, Ctrl-C, an undecodable image with --strict) removes the files of
@@ -98,6 +99,9 @@ def _define_flags() -> None:
                     '(ArrayRecord shards of JPEGs) or "raw" (the decoded uint8 pixels in one '
                     'memory-mappable file per split: no decoding when read, several times the '
                     'size; the size is stated, and checked against the free space, first).')
+  flags.DEFINE_bool('verify', False, 'On a complete --output: read every image back and check '
+                    'it (raw: the CRC-32 of each chunk in dataset.json; jpeg: every record of '
+                    'every shard), instead of only reporting that it is complete. Writes nothing.')
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ from alexnet_jax.prepare import tfds_stats
 
 def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
             workers: int = 1, jpeg_quality: int = 95, progress: bool = True,
-            storage: str = 'jpeg') -> dict[str, Any]:
+            storage: str = 'jpeg', verify: bool = False) -> dict[str, Any]:
   """Prepares `source` into `output` (`python -m alexnet_jax.prepare --help`); returns the report.
 
   A complete `output` is left as it is (report['noop'] is True). An incomplete one from
@@ -45,6 +45,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     jpeg_quality: quality of the re-encoded JPEGs.
     progress: print a progress line with ETA (and, for raw storage, the size to write).
     storage: 'jpeg' (ArrayRecord shards of JPEGs) or 'raw' (memory-mappable pixels).
+    verify: when `output` is complete, read all of it back against its checksums
+      (report['verified']: the images read) instead of only answering that it is.
   Raises errors.UserError (one line) for an unusable source or output.
   """
   if image_size < 8:
@@ -58,7 +60,10 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   output = output_dir.checked_output(source, output, jpeg_quality, storage)
   description = prepared_format.read_dataset_json(output)
   if description is not None and prepared_format.is_complete(output):
-    return output_dir.noop_report(output, description, image_size, source, storage)
+    report = output_dir.noop_report(output, description, image_size, source, storage)
+    if verify:
+      report['verified'] = finish.verify_dataset(output, description)
+    return report
   if os.path.isdir(output):
     output_dir.check_usable(output)  # before the lock file below lands in someone else's folder
   start = time.monotonic()
@@ -69,9 +74,7 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
         f'{labels.official_shortfall(work.official)}; --strict prepares only the complete set '
         '(run without --strict to prepare this part of it)')
   if storage == 'raw':
-    done = os.path.join(output, output_dir.PARTIAL_DIR)
-    raw_storage.check_room(output, work, image_size,
-                           [p for p in work.parts if not output_dir.part_done(done, p)], progress)
+    raw_storage.check_room(output, work, image_size, progress)
   created = not os.path.isdir(output)
   try:
     os.makedirs(output, exist_ok=True)

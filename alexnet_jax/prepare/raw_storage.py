@@ -25,6 +25,7 @@ from alexnet_jax.core import errors
 from alexnet_jax.core import fileio
 from alexnet_jax.data import prepared_format
 from alexnet_jax.data import raw_format
+from alexnet_jax.prepare import output_dir
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import shards
 
@@ -47,10 +48,11 @@ def _existing_folder(path: str) -> str:
   return path
 
 
-def check_room(output: str, work: parts.Work, image_size: int, todo: Sequence[parts.Part],
-               progress: bool) -> None:
+def check_room(output: str, work: parts.Work, image_size: int, progress: bool) -> None:
   """States the raw dataset's size, and refuses when the disk of `output` has no room for
-  what is left to write (the parts to do, plus one part for the join)."""
+  what is left to write (the parts not done yet, plus one part for the join)."""
+  done = os.path.join(output, output_dir.PARTIAL_DIR)
+  todo = [p for p in work.parts if not output_dir.part_done(done, p)]
   images = sum(part_images(p) for p in work.parts)
   total = raw_format.image_bytes(images, image_size)
   needed = raw_format.image_bytes(sum(part_images(p) for p in todo)

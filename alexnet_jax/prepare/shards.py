@@ -2,7 +2,9 @@
 
 Runs in the worker processes. A part's shard is written under a temporary name,
 read back (record count and CRC-32 of each record) and renamed; its .json, written
-last, marks the part done for a resumed run.
+last, marks the part done for a resumed run. For the raw storage the part is a file
+of its pixels instead, read back against the CRC-32 of all of it (raw_storage joins
+the parts).
 """
 
 from __future__ import annotations
