@@ -20,6 +20,7 @@ from alexnet_jax.data import gather
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import raw_format
 from alexnet_jax.storage import checkpointing
+from alexnet_jax.training import dry_run
 from tests.helpers import faults
 from tests.helpers import training
 
@@ -80,6 +81,12 @@ class RawIteratorTest(absltest.TestCase):
     self.assertNotIn('short', enough.describe())
     self.assertIn('raw storage', enough.describe())
     self.assertTrue(resolution.feeding('gpu', 16, 1024, 1024).use_processes)  # JPEG: processes
+
+  def test_dry_run_says_threads_feed_a_raw_dataset(self):
+    plan = dry_run.build_plan(_config(**{'data.worker_count': -1}))
+    self.assertEqual(plan.worker_count, 0)
+    self.assertIn('data.worker_count -1: none, a raw dataset is read by threads', plan.threads_note)
+    self.assertIn('input per host (raw storage: threads copy crops', dry_run.format_plan(plan))
 
   def test_jpeg_dataset_keeps_grain(self):
     config = resolution.resolve_auto(training.tiny_config(training.digits_dir()))

@@ -140,7 +140,7 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   batch_per_device = max(1, int(config.batch_size) // data)
   slices = max(1, min(processes, data))
   return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices),
-                 raw=_raw_pixels(config.data))
+                 raw=raw_pixels(config.data))
 
 
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
@@ -188,7 +188,7 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   return config
 
 
-def _raw_pixels(data: ml_collections.ConfigDict) -> bool:
+def raw_pixels(data: ml_collections.ConfigDict) -> bool:
   """Whether data.dir already holds a raw-pixel prepared dataset (trained on by threads)."""
   return data.source == 'prepared' and bool(data.dir) and raw_format.is_raw(str(data.dir))
 
