@@ -31,7 +31,6 @@ from alexnet_jax.learning import experiment
 from alexnet_jax.training import feed_plan
 from alexnet_jax.training import footprint
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.data import prepared_format
 from alexnet_jax.core import progress
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
@@ -221,20 +220,7 @@ def _read_dataset(config: ml_collections.ConfigDict, target: Target
       return None, target.train_images, f'{note}; train split size from --plan_train_images'
     return None, None, note
   experiment.check_val_split(config, info)  # the run would refuse it: so does its plan
-  return info, info.split_sizes['train'], (f'{config.data.source} dataset at {config.data.dir}'
-                                           f'{_storage_note(config.data)}')
-
-
-def _storage_note(data_config: ml_collections.ConfigDict) -> str:
-  """How a prepared dataset stores its images, which decides what the host spends per image."""
-  if data_config.source != 'prepared':
-    return ' (full-size JPEGs, decoded and resized per image)'
-  description = prepared_format.read_dataset_json(data_config.dir)
-  if description is None:
-    return ''
-  if prepared_format.storage(description) == 'raw':
-    return ' (raw storage: memory-mapped uint8 pixels, no decoding)'
-  return ' (jpeg storage: each image decoded on the host)'
+  return info, info.split_sizes['train'], f'{config.data.source} dataset at {config.data.dir}'
 
 
 def _choice_notes(raw: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
