@@ -90,14 +90,15 @@ def what_is_missing(output: str) -> str:
   description, reason = _description(output)
   if description is None:
     return reason
+  kind = 'shard' if storage(description) == 'jpeg' else 'data file'
   try:
     names = [STATS_FILE] + data_files(description)
   except (KeyError, AttributeError, TypeError, ValueError):
-    return f'{DATASET_FILE} lists no data files in the layout {description["format"]} gives them'
+    return f'{DATASET_FILE} lists no {kind}s in the layout {description["format"]} gives them'
   for name in names:
     path = os.path.join(output, name)
     if not _regular(path):
-      what = 'the statistics file' if name == STATS_FILE else 'the data file'
+      what = 'the statistics file' if name == STATS_FILE else f'the {kind}'
       state = 'is not a regular file' if os.path.lexists(path) else 'is missing'
       return f'{what} {name} that {DATASET_FILE} lists {state}'
   return ''
