@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
 from typing import Any
 
@@ -38,10 +37,6 @@ DEFAULT_DEVICE_PREFETCH = 2
 RECORD_SECONDS = 359e-6  # one record on one thread: read, decode, crop, flip, lighting, batch
 GIL_SECONDS = 68e-6  # of which the GIL is held: the same pipeline with the decoder stubbed
 PROCESS_EFFICIENCY = 0.57  # N worker processes against N x one thread (H200 host, 16 cores)
-# A raw-pixel dataset's gather (benchmarks/README.md, section 6): 224 crops of 256 images one
-# core copies per CPU-second from the memory map, rounded down from the 57,500-64,700 measured
-# (the threads release the GIL while they copy, so cores add up).
-GATHER_IMAGES_PER_CPU_SECOND = 50_000.0
 # Train-step images/s per device of the paper net by per-device batch (docs/design.md,
 # "Step rates"): CPU the quiet float32 row; GPU one H200 in bfloat16. TPU: not measured,
 # the H200's figures stand in. Between batches: linear; outside: the nearest.
@@ -89,16 +84,11 @@ class Feeding:
     return not self.raw and self.threads < self.need
 
   def describe(self) -> str:
-    if self.raw:
-      short = (f' (short of the step: it will wait for input; '
-               f'{math.ceil(self.need / GATHER_IMAGES_PER_CPU_SECOND)} cores would feed it)'
-               if self.threads < self.need else '')
-      return (f'input per host (raw storage: threads copy crops, nothing to decode): '
-              f'{self.cores} threads project {self.threads:,.0f} images/s '
-              f'({GATHER_IMAGES_PER_CPU_SECOND:,.0f} per core); the step needs '
-              f'{self.need:,.0f} (batch {self.batch_per_device} per device, '
-              f'{self.batch_per_process} per process): data.worker_count -1 chooses threads'
-              f'{short}')
+    if self.raw:  # the gather's threads copy crops, releasing the GIL: they add up
+      return (f'input per host: raw storage, read by {self.cores} gather threads, never worker '
+              f'processes; the step needs {self.need:,.0f} images/s (batch '
+              f'{self.batch_per_device} per device, {self.batch_per_process} per process): '
+              'data.worker_count -1 chooses threads')
     choice = (f'data.worker_count -1 chooses {self.cores} worker processes' if self.use_processes
               else 'data.worker_count -1 chooses threads (no worker processes)')
     short = ' (short of the step: it will wait for input)' if (
@@ -115,13 +105,13 @@ def feeding(platform: str, cores: int, batch_per_device: int,
 
   The step runs step_images_per_sec / batch_per_device steps a second, and each
   step takes batch_per_process images from this process. `raw`: a raw-pixel dataset,
-  whose gather threads scale with the cores (GATHER_IMAGES_PER_CPU_SECOND each).
+  read by the gather's threads whatever the need (the dry run's input lines say how
+  many keep up: `training/feed_plan.py`).
   """
   need = step_images_per_sec(platform, batch_per_device) * batch_per_process / batch_per_device
-  threads = cores * GATHER_IMAGES_PER_CPU_SECOND if raw else thread_images_per_sec(cores)
   return Feeding(cores=cores, batch_per_device=batch_per_device,
-                 batch_per_process=batch_per_process, threads=threads,
-                 processes=0.0 if raw else process_images_per_sec(cores), need=need, raw=raw)
+                 batch_per_process=batch_per_process, threads=thread_images_per_sec(cores),
+                 processes=process_images_per_sec(cores), need=need, raw=raw)
 
 
 def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, devices: int,
