@@ -37,7 +37,9 @@ CLASSES = {
     'workdir_file': 'each workdir file (metrics.jsonl, config.json, config history, run.lock, '
                     'the eval cache, each checkpoint\'s metadata and metrics files) replaced by '
                     'JSON of the wrong shape, non-UTF-8 bytes, a folder, or cut short',
-    'env': 'the environment variables the program and JAX read, set to wrong values',
+    'env': 'the environment variables the program and JAX read (ALEXNET_JAX_*, JAX_*, XLA_FLAGS, '
+           'TF_CPP_*, the SLURM, Open MPI and TPU launchers\' variables, TMPDIR, HOME, ...) set '
+           'to wrong values, then each command',
 }
 
 
@@ -74,20 +76,41 @@ DAMAGES = ('json_list', 'json_number', 'json_string', 'json_null', 'json_empty_o
            'json_other_object', 'non_utf8', 'folder', 'truncated', 'empty', 'nope')
 ENV = {
     'JAX_PLATFORMS': ('gpu', 'tpu', 'nonsense', 'cpu,gpu', ','),
-    'XLA_FLAGS': ('--no_such_flag', '--xla_force_host_platform_device_count=0', '\u00ff'),
+    'XLA_FLAGS': ('--no_such_flag', '--xla_force_host_platform_device_count=0', '\u00ff',
+                  '--xla_force_host_platform_device_count=x'),
     'ALEXNET_JAX_TRACEBACK': ('1', 'yes', ''),
+    'ALEXNET_JAX_LOG_PREFIX': ('1', 'x', '\u00ff'),
     'JAX_ENABLE_X64': ('1', 'maybe'),
     'JAX_DEFAULT_MATMUL_PRECISION': ('bogus',),
     'JAX_NUM_CPU_DEVICES': ('-1', 'x', '100000'),
+    'JAX_DEBUG_NANS': ('1', 'x'),
+    'JAX_DISABLE_JIT': ('1', 'x'),
+    'JAX_TRACEBACK_FILTERING': ('x',),
+    'JAX_LOGGING_LEVEL': ('x', 'DEBUG'),
+    'JAX_COMPILATION_CACHE_DIR': ('{CASE}/cache_file', '{CASE}/nowhere/cache', '/proc/x'),
     'JAX_COORDINATOR_ADDRESS': ('no-port', 'nohost.invalid:1', ':'),
     'JAX_COORDINATOR_PORT': ('x', '0', '70000'),
+    'JAX_LOCAL_DEVICE_IDS': ('x', '0,0'),
     'SLURM_NTASKS': ('0', 'x', '-3', '99999999999999999999'),
-    'OMPI_COMM_WORLD_SIZE': ('x', '2'),
+    'SLURM_PROCID': ('x', '-1'),
+    'OMPI_COMM_WORLD_SIZE': ('x', '0'),
+    'OMPI_COMM_WORLD_RANK': ('x', '5'),
+    'OMPI_MCA_orte_hnp_uri': ('x', '1.0;tcp://'),
     'TPU_WORKER_HOSTNAMES': (',', 'a,b'),
+    'TPU_PROCESS_ADDRESSES': (',', 'x'),
+    'TF_CPP_MIN_LOG_LEVEL': ('x', '-1', '9'),
+    'TF_CPP_MAX_VLOG_LEVEL': ('x', '-1'),
     'OMP_NUM_THREADS': ('0', 'x'),
+    'PYTHONWARNINGS': ('bogus', 'ignore::NoSuchWarning'),
+    'TMPDIR': ('{CASE}/nowhere', '{CASE}/cache_file', '{CASE}/readonly', ''),
+    'HOME': ('{CASE}/nowhere', '{CASE}/readonly', ''),
+    'XDG_CACHE_HOME': ('{CASE}/cache_file',),
 }
+# The rest of a launcher's environment, so that a drawn variable is the one wrong value.
 SLURM_REST = {'SLURM_JOB_ID': '1', 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_PROCID': '0',
-              'SLURM_LOCALID': '0'}
+              'SLURM_LOCALID': '0', 'SLURM_NTASKS': '1'}
+OMPI_REST = {'OMPI_MCA_orte_hnp_uri': '1.0;tcp://127.0.0.1:1', 'OMPI_COMM_WORLD_SIZE': '1',
+             'OMPI_COMM_WORLD_RANK': '0'}
 
 
 # ----------------------------------------------------------------------------- what to draw
@@ -240,15 +263,33 @@ def workdir_files(draw: Callable, slow: bool = True) -> Draw:
 
 
 @st.composite
-def environment(draw: Callable) -> Draw:
+def environment(draw: Callable, slow: bool = True) -> Draw:
   name = draw(st.sampled_from(sorted(ENV)))
   value = draw(st.sampled_from(ENV[name]))
-  env = {name: value}
-  if name == 'SLURM_NTASKS':
+  env = {}
+  if name.startswith('SLURM_'):
     env.update(SLURM_REST)
-  tool = draw(st.sampled_from(('launch', 'summary')))
-  args = _dry_run() if tool == 'launch' else (f'--config={CONFIG_FILE}',)
-  return Draw('env', f'{name}={value!r}', tool, args, env=tuple(sorted(env.items())))
+  if name.startswith('OMPI_'):
+    env.update(OMPI_REST)
+  env[name] = value
+  tools = ['launch', 'summary']
+  if slow:
+    tools += ['evaluate', 'predict', 'plot', 'prepare', 'resume']
+  tool = draw(st.sampled_from(tools))
+  args, needs, outputs = {
+      'launch': (_dry_run(), (), ()),
+      'summary': ((f'--config={CONFIG_FILE}',), (), ()),
+      'evaluate': (('--workdir={RUN}', '--crops=1'), ('run',), ('{RUN}/eval',)),
+      'predict': (('--workdir={RUN}', '{IMAGE}'), ('run',), ()),
+      'plot': (('--workdir={RUN}',), ('run',), ('{RUN}/plots',)),
+      'prepare': (('--source={SMALL_SOURCE}', '--output={CASE}/out', '--image_size=16'), (),
+                  ('{CASE}/out',)),
+      'resume': (('--config={RUN}/config.py', '--workdir={RUN}', '--config.num_train_steps=6'),
+                 ('run',), ('{RUN}',)),
+  }[tool]
+  return Draw('env', f'{name}={value!r}, then {tool}', 'launch' if tool == 'resume' else tool,
+              args, needs=needs + ('env_targets',), env=tuple(sorted(env.items())),
+              outputs=outputs)
 
 
 # ----------------------------------------------------------------------------- making the case
@@ -347,6 +388,10 @@ class Fixtures:
       elif need == 'data_copy':
         shutil.copytree(self.data, os.path.join(case_dir, values['NAME']),
                         copy_function=os.link)
+      elif need == 'env_targets':  # what the environment cases point at
+        with open(os.path.join(case_dir, 'cache_file'), 'w') as f:
+          f.write('a plain file\n')
+        os.makedirs(os.path.join(case_dir, 'readonly'), mode=0o555)
       elif need == 'run_named':
         shutil.copytree(self.run, os.path.join(case_dir, values['NAME']), symlinks=True)
     target, damage = d.damage
@@ -362,5 +407,6 @@ class Fixtures:
     outputs = [fill(o) for o in d.outputs]
     outputs += [os.path.realpath(o) for o in outputs]  # written through a link to a folder
     return runner.Case(kind=d.kind, what=d.what, tool=d.tool, args=[fill(a) for a in d.args],
-                       cwd=case_dir, outputs=outputs, env=dict(d.env),
+                       cwd=case_dir, outputs=outputs,
+                       env={k: fill(v) for k, v in d.env},
                        timeout=timeout, elsewhere=d.elsewhere)

@@ -55,7 +55,7 @@ def _strategies(slow: bool) -> dict[str, st.SearchStrategy[inputs.Draw]]:
   return {'config': st.one_of(inputs.config_overrides(), inputs.config_files()),
           'plan': inputs.plan_numbers(), 'path': inputs.path_flags(slow),
           'name': inputs.odd_names(slow), 'workdir_file': inputs.workdir_files(slow),
-          'env': inputs.environment()}
+          'env': inputs.environment(slow)}
 
 
 class FuzzTest(absltest.TestCase):
