@@ -106,6 +106,8 @@ ENV = {
     'HOME': ('{CASE}/nowhere', '{CASE}/readonly', ''),
     'XDG_CACHE_HOME': ('{CASE}/cache_file',),
 }
+# Variables that name a folder where programs keep caches and temporary files.
+WRITABLE_PLACES = ('TMPDIR', 'HOME', 'XDG_CACHE_HOME', 'JAX_COMPILATION_CACHE_DIR')
 # The rest of a launcher's environment, so that a drawn variable is the one wrong value.
 SLURM_REST = {'SLURM_JOB_ID': '1', 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_PROCID': '0',
               'SLURM_LOCALID': '0', 'SLURM_NTASKS': '1'}
@@ -287,6 +289,8 @@ def environment(draw: Callable, slow: bool = True) -> Draw:
       'resume': (('--config={RUN}/config.py', '--workdir={RUN}', '--config.num_train_steps=6'),
                  ('run',), ('{RUN}',)),
   }[tool]
+  if name in WRITABLE_PLACES and value.startswith('{CASE}'):
+    outputs += (value,)  # a cache or temporary file there is the variable's purpose
   return Draw('env', f'{name}={value!r}, then {tool}', 'launch' if tool == 'resume' else tool,
               args, needs=needs + ('env_targets',), env=tuple(sorted(env.items())),
               outputs=outputs)
