@@ -35,8 +35,9 @@ CLASSES = {
     'name': 'workdirs and datasets named with brackets, glob and shell characters, spaces, '
             'unicode, a leading dash, very long names',
     'workdir_file': 'each workdir file (metrics.jsonl, config.json, config history, run.lock, '
-                    'the eval cache, each checkpoint\'s metadata and metrics files) replaced by '
-                    'JSON of the wrong shape, non-UTF-8 bytes, a folder, or cut short',
+                    'the eval cache, every file of a checkpoint, its checksums included) '
+                    'replaced by JSON of the wrong shape, non-UTF-8 bytes, a folder, a FIFO, a '
+                    'link loop, or cut short',
     'env': 'the environment variables the program and JAX read (ALEXNET_JAX_*, JAX_*, XLA_FLAGS, '
            'TF_CPP_*, the SLURM, Open MPI and TPU launchers\' variables, TMPDIR, HOME, ...) set '
            'to wrong values, then each command',
@@ -68,12 +69,20 @@ ODD_NAMES = ('[run]', 'run*?', '$(touch pwned)', 'a b  c', 'donn\u00e9es \u2713 
 FS_KINDS = ('file', 'missing', 'folder', 'fifo', 'socket', 'devnull', 'link_to_file',
             'link_to_folder', 'dangling_link', 'link_loop', 'unreadable', 'in_readonly_folder',
             'in_missing_folder', 'empty_name')
+# Every file a checkpoint holds (docs/checkpoints.md); `*`: the first file of that folder,
+# whose name is a hash.
+CHECKPOINT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt', 'meta/metadata',
+                    'meta/commit_success.txt', 'metrics/metrics', 'metrics/commit_success.txt',
+                    'checksums/metadata', 'checksums/commit_success.txt', 'state/_METADATA',
+                    'state/_sharding', 'state/manifest.ocdbt', 'state/commit_success.txt',
+                    'state/array_metadatas/process_0', 'state/d/*',
+                    'state/ocdbt.process_0/manifest.ocdbt', 'state/ocdbt.process_0/d/*')
 RUN_FILES = ('metrics.jsonl', 'config.json', 'config_history.jsonl', 'run.lock',
-             'dataset_info.json', 'eval/{step}-1crop.json', 'checkpoints/{step}/_CHECKPOINT_METADATA',
-             'checkpoints/{step}/metrics/metrics', 'checkpoints/{step}/meta/metadata',
-             'checkpoints/{step}/commit_success.txt')
+             'dataset_info.json', 'eval/{step}-1crop.json',
+             *(f'checkpoints/{{step}}/{name}' for name in CHECKPOINT_FILES))
 DAMAGES = ('json_list', 'json_number', 'json_string', 'json_null', 'json_empty_object',
-           'json_other_object', 'non_utf8', 'folder', 'truncated', 'empty', 'nope')
+           'json_other_object', 'non_utf8', 'folder', 'truncated', 'empty', 'nope', 'fifo',
+           'link_loop')
 ENV = {
     'JAX_PLATFORMS': ('gpu', 'tpu', 'nonsense', 'cpu,gpu', ','),
     'XLA_FLAGS': ('--no_such_flag', '--xla_force_host_platform_device_count=0', '\u00ff',
@@ -308,7 +317,11 @@ def _json_damage(damage: str, original: bytes) -> bytes:
 
 
 def damage_file(path: str, damage: str) -> None:
-  """Replaces the file at `path` (made if missing) by `damage` (DAMAGES)."""
+  """Replaces the file at `path` (made if missing) by `damage` (DAMAGES); `*` as its name:
+  the first file of that folder."""
+  if os.path.basename(path) == '*':
+    folder = os.path.dirname(path)
+    path = os.path.join(folder, sorted(os.listdir(folder))[0])
   original = b''
   if os.path.isfile(path):
     with open(path, 'rb') as f:
@@ -321,6 +334,9 @@ def damage_file(path: str, damage: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if damage == 'folder':
     os.makedirs(os.path.join(path, 'inside'))
+    return
+  if damage in ('fifo', 'link_loop'):
+    make_fs_object(path, damage)
     return
   with open(path, 'wb') as f:
     f.write(_json_damage(damage, original or b'{"a": 1}\n'))
