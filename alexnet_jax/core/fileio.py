@@ -105,7 +105,7 @@ def check_output_folder(path: str, what: str = 'output') -> str:
   via = '' if target == os.path.abspath(path) else f' (the target of the symlink {path})'
   probe = target
   while not os.path.lexists(probe):
-    probe = os.path.dirname(probe) or probe
+    probe = os.path.dirname(probe)
   try:
     mode = os.stat(probe).st_mode
   except OSError as e:  # a dangling link above it, a folder it may not enter
