@@ -41,7 +41,7 @@ class Profile:
 
 PROFILES = {
     'fast': Profile({'config': 30, 'plan': 8, 'path': 20, 'name': 8, 'workdir_file': 12,
-                     'env': 2}, slow=False, timeout=60),
+                     'env': 1}, slow=False, timeout=60),
     'long': Profile({'config': 150, 'plan': 40, 'path': 150, 'name': 40, 'workdir_file': 120,
                      'env': 60}, slow=True, timeout=120),
 }
