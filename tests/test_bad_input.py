@@ -147,10 +147,12 @@ CASES = (
          'val/<class>/<image>)', inputs=(('src/photo.JPEG', 'jpeg'),)),
     Case('output_is_a_file', 'paths', 'prepare --output is a file', 'prepare',
          ('--source=digits', '--output={FILE}'), 2,
-         'error: output {FILE} exists and is not a folder'),
-    Case('output_under_a_file', 'paths', 'prepare --output cannot be created', 'prepare',
-         ('--source=digits', '--output={FILE}/out'), 2,
-         'error: cannot create the output folder {FILE}/out: Not a directory'),
+         'error: --output {FILE} is a regular file, not a folder; give the path of a folder to '
+         'write'),
+    Case('output_under_a_file', 'paths', 'prepare --output cannot be created (refused before '
+         'the source is read)', 'prepare', ('--source=digits', '--output={FILE}/out'), 2,
+         'error: --output {FILE}, a parent of {FILE}/out, is a regular file, not a folder; give '
+         'the path of a folder to write'),
     Case('output_holds_other_files', 'paths', 'prepare --output is a non-empty folder', 'prepare',
          ('--source=digits', '--output={RUN}'), 2,
          'error: output folder {RUN} is not empty and holds no prepared dataset (found '
