@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import socket
+import stat
 from typing import Any, Callable
 
 from hypothesis import strategies as st
@@ -347,7 +348,13 @@ def make_fs_object(path: str, kind: str) -> str:
   give the flag."""
   folder = os.path.dirname(path)
   if kind == 'devnull':
-    return os.devnull
+    # A node with the null device's numbers in the case folder: a command that replaced its
+    # output path would otherwise replace the machine's /dev/null when the harness runs as root.
+    try:
+      os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+      return os.devnull  # not root: nothing can replace /dev/null
+    return path
   if kind == 'empty_name':
     return ''
   if kind == 'file':
