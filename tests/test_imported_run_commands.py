@@ -88,7 +88,7 @@ class ImportedRunCommandsTest(absltest.TestCase):
                        f'--input={os.path.join(REPO, "README.md")}',
                        f'--workdir={os.path.join(self.tmp, "other")}')
     self.assertEqual(done.returncode, 2)
-    self.assertRegex(done.stderr.strip(), r'^error: .*README.md is not a PyTorch file')
+    self.assertRegex(done.stderr.strip(), r'^error: .*README.md is not a PyTorch file of tensors')
     self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'other', 'checkpoints')))
 
