@@ -13,6 +13,7 @@ from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
 from alexnet_jax.weights import layout
 from alexnet_jax.weights import optional
+from alexnet_jax.weights import run_writer
 
 WIDTHS, HIDDEN, CLASSES = (8, 16, 24, 24, 16), 32, 5
 
@@ -79,6 +80,20 @@ class MappingTest(parameterized.TestCase):
     self.assertEqual(rgb[10, 20, 0], bgr[2, 10, 20])
     self.assertEqual(rgb[10, 20, 2], bgr[0, 10, 20])
     self.assertEqual(layout.config_for(with_file).data.mean, 'pixel')
+
+
+class ImportedClassesTest(absltest.TestCase):
+
+  def test_1000_outputs_are_imagenet_wnids_in_sorted_order(self):
+    info = run_writer.imported_info(1000, np.zeros((256, 256, 3), np.float32), 'test')
+    # tench and goldfish: class 0 and 1 of torchvision's and Caffe's ImageNet models.
+    self.assertEqual(info.class_names[:2], ('n01440764', 'n01443537'))
+    self.assertEqual(list(info.class_names), sorted(info.class_names))
+    self.assertLen(set(info.class_names), 1000)
+
+  def test_other_class_counts_are_named_by_index(self):
+    info = run_writer.imported_info(3, np.zeros((256, 256, 3), np.float32), 'test')
+    self.assertEqual(info.class_names, ('class_0', 'class_1', 'class_2'))
 
 
 class RefusalTest(absltest.TestCase):
