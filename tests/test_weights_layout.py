@@ -5,6 +5,8 @@ the inverse it is paired with: fc6's row of input (h, w, c) must be torch's colu
 c*S*S + h*S + w, Caffe's conv1 input channel c must be its BGR channel 2 - c.
 """
 
+import os
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -14,6 +16,7 @@ from alexnet_jax.model import alexnet
 from alexnet_jax.weights import layout
 from alexnet_jax.weights import optional
 from alexnet_jax.weights import run_writer
+from tests.helpers import files
 
 WIDTHS, HIDDEN, CLASSES = (8, 16, 24, 24, 16), 32, 5
 
@@ -116,6 +119,15 @@ class RefusalTest(absltest.TestCase):
     net.groups['conv3'] = 2
     with self.assertRaisesRegex(errors.InputError, 'groups only conv2, conv4 and conv5'):
       layout.check_net(net)
+
+  def test_write_run_refuses_a_shape_the_config_lacks_before_writing(self):
+    weights = layout.as_run(random_net(layout.TORCHVISION, 1))
+    weights.params['fc7']['kernel'] = weights.params['fc7']['kernel'][:, :-1]
+    workdir = os.path.join(files.make_tempdir(self), 'run')
+    with self.assertRaisesRegex(errors.InputError, r"\['fc7'\]\['kernel'\] has shape \(32, 31\)"):
+      run_writer.write_run(workdir, weights.config, weights.params,
+                           mean_image=weights.mean_image, source_note='test')
+    self.assertFalse(os.path.exists(workdir))
 
   def test_missing_optional_package_is_one_line_with_its_pin(self):
     optional.PINS['no_such_package_here'] = 'no-such-package==1.0'

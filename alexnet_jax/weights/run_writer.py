@@ -79,9 +79,14 @@ def _state_with(exp: experiment.Experiment, params: Any) -> Any:
   if jax.tree.structure(params) != expected:
     raise errors.InputError(f'the weights\' layers {sorted(params)} do not match the network '
                             f'of the config ({sorted(state.params)})')
-  placed = jax.tree.map(lambda ref, new: jax.device_put(np.asarray(new, ref.dtype), ref.sharding),
-                        state.params, params)
-  return state.replace(params=placed)
+  def place(path: Any, ref: jax.Array, new: Any) -> jax.Array:
+    new = np.asarray(new, ref.dtype)
+    if new.shape != ref.shape:
+      raise errors.InputError(f'{jax.tree_util.keystr(path)} has shape {new.shape}; the network '
+                              f'of the config needs {ref.shape}')
+    return jax.device_put(new, ref.sharding)
+
+  return state.replace(params=jax.tree_util.tree_map_with_path(place, state.params, params))
 
 
 def write_run(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict, params: Any,
@@ -96,12 +101,12 @@ def write_run(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict
   workdir = os.fspath(workdir)
   config = resolution.load(config)
   check_new_workdir(workdir)
-  workdir_files.prepare_workdir(workdir)
   info = imported_info(config.model.num_classes, mean_image, source_note)
+  mesh = experiment.create_mesh(config, jax.devices()[:1], {'data': 1, 'model': 1})
+  state = _state_with(experiment.setup(config, info, mesh=mesh), params)  # before any write
+  workdir_files.prepare_workdir(workdir)
   with workdir_files.hold_lock(workdir):
-    mesh = experiment.create_mesh(config, jax.devices()[:1], {'data': 1, 'model': 1})
-    exp = experiment.setup(config, info, mesh=mesh)
-    state = _state_with(exp, params)
+    check_new_workdir(workdir)  # again under the lock: another import may have come first
     meta = {'step': 0, 'epoch': 0.0, checkpointing.DATA_POSITION: 0,
             checkpointing.PROCESS_COUNT: jax.process_count(),
             'plateau': (optim.make_plateau(config.optim).state_dict()
