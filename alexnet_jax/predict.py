@@ -1,14 +1,17 @@
 """Classifies image files with a trained run: the paper's 10-crop test, or the center crop.
 
   python -m alexnet_jax.predict --workdir=runs/digits [--step=newest|best|N] [--crops=10|1] \
-      IMAGE [IMAGE ...]
+      [--json] IMAGE [IMAGE ...]
 
 For each image it prints the five most probable classes (class name, e.g. the
 wnid, and its human-readable description). A file that is not an image (or not a
 regular file: a FIFO or a device is refused without reading it) does not stop the
 others: every readable image is classified, then each bad one is reported on one
 `error:` line, and a last line counts them (one image given: its line alone); the
-exit status is 2 when any image was bad, 0 otherwise. --step takes what evaluate
+exit status is 2 when any image was bad, 0 otherwise. With --json, stdout holds
+one JSON object per image, in the order given, and nothing else (see
+`json_record`): a bad image's object has an "error" field, and stderr reports
+the bad ones as without --json. --step takes what evaluate
 takes: 'newest', 'best' or a number. Without --crops the run's own final
 test is used (config.final_eval_crops: the 10-crop test for ImageNet, the center
 crop for digits, where half of the 10 views would be mirrored digits). The run's
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import stat
 import sys
@@ -211,6 +215,27 @@ def format_prediction(image: Image, top: Sequence[ClassScore], crops: int) -> st
   return '\n'.join(lines)
 
 
+def json_record(image: str, top: Sequence[ClassScore], step: int, crops: int) -> dict[str, Any]:
+  """The --json object of a classified image.
+
+  {"image": PATH, "step": checkpoint step, "crops": 1 or 10,
+   "top5": [[class index, probability], ...] (most probable first),
+   "names": [class name, ...] (wnid or folder name, in the order of top5),
+   "descriptions": [...] (only where the dataset has human-readable names)}
+  """
+  record: dict[str, Any] = {'image': image, 'step': step, 'crops': crops,
+                            'top5': [[s.label, s.prob] for s in top],
+                            'names': [s.name for s in top]}
+  if any(s.description != s.name for s in top):
+    record['descriptions'] = [s.description for s in top]
+  return record
+
+
+def json_error(image: str, reason: str) -> dict[str, Any]:
+  """The --json object of an image that could not be read: {"image": PATH, "error": REASON}."""
+  return {'image': image, 'error': reason}
+
+
 FLAGS = flags.FLAGS
 
 
@@ -222,19 +247,47 @@ def _define_flags() -> None:
                       '(lowest validation error among the kept ones) or a step number.')
   flags.DEFINE_enum('crops', None, ['10', '1'], '10: the paper\'s 10-crop test; 1: center crop. '
                     'Default: the test the run ended with (config.final_eval_crops).')
+  flags.DEFINE_bool('json', False, 'Print one JSON object per image and line, in the order '
+                    'given: {"image": PATH, "step": N, "crops": C, "top5": [[class index, '
+                    'probability], ...], "names": [class name, ...]} plus "descriptions" where '
+                    'the dataset has human-readable names; a bad image gives {"image": PATH, '
+                    '"error": REASON} (and its error: line on stderr, as without --json).')
   flags.mark_flag_as_required('workdir')
 
 
 def read_images(paths: Sequence[str], image_size: int
-                ) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-  """(path, stored image) of each readable file, and the one-line reason of each other one."""
+                ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
+  """(path, stored image) of each readable file, and (path, one-line reason) of each other one."""
   good, bad = [], []
   for path in paths:
     try:
       good.append((path, read_image(path, image_size)))
     except errors.InputError as e:
-      bad.append(str(e))
+      bad.append((path, str(e)))
   return good, bad
+
+
+def _print_results(workdir: str, config: Any, images: Sequence[str],
+                   good: Sequence[tuple[str, np.ndarray]], bad: Sequence[tuple[str, str]],
+                   crops: int, step: int | str, as_json: bool) -> None:
+  """Classifies the good images and prints them: text, or (as_json) one line per image."""
+  tops, answered = {}, None
+  if good:
+    run = _load_run(workdir, config, step)
+    answered = run.step
+    if not as_json:
+      print(f'{workdir}, checkpoint step {run.step}:')
+    probs = classify(run, [image for _, image in good], crops)
+    tops = {path: top_k(p, run.info) for (path, _), p in zip(good, probs)}
+    if not as_json:
+      for path, _ in good:
+        print(format_prediction(path, tops[path], crops), flush=True)
+  if as_json:
+    reasons = dict(bad)
+    for path in images:  # in the order given; a path given twice gets two lines
+      record = (json_error(path, reasons[path]) if path in reasons else
+                json_record(path, tops[path], answered, crops))
+      print(json.dumps(record), flush=True)
 
 
 @cli.report_user_errors
@@ -248,15 +301,10 @@ def main(argv: Sequence[str]) -> None:
   crops = _checked_crops(config, crops)
   step = finished_run.parse_step(FLAGS.step)
   good, bad = read_images(images, config.data.image_size)
-  if good:
-    run = _load_run(FLAGS.workdir, config, step)
-    print(f'{FLAGS.workdir}, checkpoint step {run.step}:')
-    probs = classify(run, [image for _, image in good], crops)
-    for (path, _), p in zip(good, probs):
-      print(format_prediction(path, top_k(p, run.info), crops), flush=True)
+  _print_results(FLAGS.workdir, config, images, good, bad, crops, step, FLAGS.json)
   if len(images) == 1 and bad:
-    raise errors.InputError(bad[0])
-  for reason in bad:
+    raise errors.InputError(bad[0][1])
+  for _, reason in bad:
     print(f'error: {reason}', file=sys.stderr, flush=True)
   if bad:
     # Status 2 as for any user error; the good images above are classified all the same.

@@ -291,6 +291,38 @@ CASES = (
          'Resume it with its own config (--config={RUN}/config.py, plus only overrides of fields '
          'a resume may change; docs/reliability.md lists them), or start a new run in another '
          '--workdir'),
+    Case('init_from_missing', 'configs', 'config.init_from names no folder', 'launch',
+         _launch('--config.init_from={CASE}/nowhere'), 2,
+         'error: config.init_from={CASE}/nowhere: workdir {CASE}/nowhere does not exist'),
+    Case('init_from_not_a_run', 'configs', 'config.init_from names a folder that is no run',
+         'launch', _launch('--config.init_from={DATA}'), 2,
+         'error: config.init_from={DATA}: {DATA} holds no config.json: not the workdir of a '
+         'training run'),
+    Case('init_from_step_missing', 'configs', 'config.init_from names a step the run lacks',
+         'launch', _launch('--config.init_from={RUN}:3'), 2,
+         'error: config.init_from={RUN}:3: no checkpoint of step 3 in {RUN}/checkpoints; it has '
+         'steps [2]'),
+    Case('init_from_step_not_a_step', 'configs', 'config.init_from with a STEP that is none',
+         'launch', _launch('--config.init_from={RUN}:last'), 2,
+         "error: config.init_from={RUN}:last: STEP must be a checkpoint step (0, 1, ...), "
+         "'newest' or 'best', got 'last'", leaves_nothing=True),
+    Case('init_from_own_workdir', 'configs', 'config.init_from names the new run\'s workdir',
+         'launch', _launch('--config.init_from={CASE}/new'), 2,
+         "error: config.init_from={CASE}/new names this run's own workdir {CASE}/new: give the "
+         'workdir of another run'),
+    Case('init_from_other_network', 'configs', 'config.init_from names a run of another '
+         'network (one tower here, two there)', 'launch',
+         _launch('--config.init_from={RUN}', '--config.model.towers=1'), 2,
+         "error: config.init_from: layer conv2 (kernel) is (5, 5, 6, 32) in {RUN} but "
+         "(5, 5, 12, 32) in this run's network: only fc8 may differ (its class count); the other "
+         'model fields (towers, width, conv_widths, conv1_padding, pool_size, pool_stride, '
+         "crop_size) must match the source run's"),
+    Case('resume_changes_init_from', 'configs', 'resuming RUN with another config.init_from',
+         'launch', _launch('--config.init_from={RUN3}', workdir='{RUN}'), 2,
+         'error: the run in {RUN} was started with another config, and a resume may not change '
+         'what it computes or its data order: init_from: "" -> "{RUN3}". Resume it with its own '
+         'config (--config={RUN}/config.py, plus only overrides of fields a resume may change; '
+         'docs/reliability.md lists them), or start a new run in another --workdir'),
     Case('resume_on_another_dataset', 'configs', 'resuming RUN on another dataset', 'launch',
          _launch('--config.data.dir={DATA3}', workdir='{RUN}'), 2,
          'error: the run in {RUN} trained on another dataset than the one in its config now '

@@ -198,6 +198,34 @@ def check_checkpoint_config(checkpoint_config: Any) -> None:
       raise errors.InputError(f'config.checkpoint.{field} must be a positive integer, got {value!r}')
 
 
+# config.init_from's STEP words, as evaluate's and predict's --step take them.
+INIT_FROM_STEPS = ('newest', 'best')
+
+
+def parse_init_from(text: str) -> tuple[str, str | int]:
+  """config.init_from 'WORKDIR[:STEP]' as (WORKDIR, STEP): STEP a number, 'newest' or 'best'.
+
+  The text after the last ':' is STEP unless it holds a path separator, so a workdir
+  whose name has a ':' is written with a trailing '/'. STEP defaults to 'newest'.
+  Raises errors.InputError for an empty WORKDIR or a STEP that is none of these.
+  """
+  if not isinstance(text, str) or not text:
+    raise errors.InputError(f'config.init_from must be WORKDIR[:STEP], got {text!r}')
+  workdir, sep, step = text.rpartition(':')
+  if not sep or '/' in step or os.sep in step:
+    workdir, step = text, INIT_FROM_STEPS[0]
+  if not workdir:
+    raise errors.InputError(f'config.init_from must be WORKDIR[:STEP], got {text!r}: the '
+                            'workdir is empty')
+  if step in INIT_FROM_STEPS:
+    return workdir, step
+  if step.isascii() and step.isdigit():  # 0-9 only: no sign, no spaces
+    return workdir, int(step)
+  raise errors.InputError(
+      f'config.init_from={text}: STEP must be a checkpoint step (0, 1, ...), '
+      f"{' or '.join(repr(s) for s in INIT_FROM_STEPS)}, got {step!r}")
+
+
 WANDB_MODES = ('', 'online', 'offline', 'disabled')
 
 
@@ -247,6 +275,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'a positive integer')
   need(config.final_eval_crops in (1, 10), 'final_eval_crops', '1 or 10')
   eval_schema.validate_evals(config)
+  init_from = config.get('init_from', '')
+  need(isinstance(init_from, str), 'init_from', "text: 'WORKDIR[:STEP]' or ''")
+  if init_from:
+    parse_init_from(init_from)
   d = config.data
   need(_is_int(d.crop_size) and d.crop_size > 0, 'data.crop_size', 'a positive integer')
   need(_is_int(d.image_size) and d.image_size >= d.crop_size, 'data.image_size',

@@ -49,6 +49,8 @@ _SCHEDULE = 'the schedule state in the checkpoint was built under it'
 DECISIONS: dict[str, Decision] = {
     # ----------------------------------------------------------------- what the run is
     'seed': _refuse('seeds the init, dropout and the data order: a new seed is another run'),
+    'init_from': _refuse('the run\'s weights started from that checkpoint: another start is '
+                         'another run'),
     'batch_size': _refuse(f'{_ORDER}; the iterator position counts batches'),
     'num_epochs': _accept('only where the run ends; a finished run can be extended'),
     'num_train_steps': _accept('only where the run ends'),

@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.final_eval_crops = 10  # View count of the last evaluation: 10 = the paper's test.
   # Evaluations: (metrics prefix, kind, split, 'every' | 'final'); see evaluation/evaluators.py.
   config.evals = (('val', 'center_crop', 'val', 'every'), ('val10', 'ten_crop', 'val', 'final'))
+  # Fine-tuning: 'WORKDIR[:STEP]' starts a new run from the parameters of another run's
+  # checkpoint (STEP: a number, 'newest' (default) or 'best'); fc8 starts fresh where the
+  # class counts differ. '': none. Ignored when the workdir resumes from its own checkpoints.
+  config.init_from = ''
 
   # Device mesh: the paper's two-GPU split is `model=2`; `-1` takes the remaining devices.
   config.mesh = ml_collections.ConfigDict()

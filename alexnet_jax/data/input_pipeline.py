@@ -7,6 +7,9 @@ record's rng depend on its global position, so the global batch sequence is a pu
 function of (seed, data, step) for any process count. Eval: the split once, padded
 to whole global batches, through `transforms.EvalTransform`.
 
+With data.worker_count > 0 the batches are made in worker processes and reach this one
+through each worker's ring of reused shared memory (`batch_handoff`).
+
 Train batch (b = global_batch_size // process_count, c = crop_size):
   image uint8 (b, c, c, 3); crop int32 (b, 2) (top, left) in the stored image;
   flip bool (b,); lighting float32 (b, 3) in 0-255 units; label int32 (b,).
@@ -27,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax.data import batch_handoff
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.data import worker_guard
@@ -127,6 +131,31 @@ def make_eval_dataset(source: sources.RecordSource, *, image_size: int, crop_siz
           .batch(local_batch))
 
 
+def handoff_slots(buffer: int) -> int:
+  """Ring slots of one worker: its own buffer, the batches in grain's queue and
+  threads between it and the main process (about two buffers), and those the main
+  process holds (device prefetch, a transfer, the step), spread over the workers."""
+  return 2 * buffer + 4
+
+
+def prefetch_in_workers(iter_dataset: grain.IterDataset, *, workers: int, buffer: int,
+                        reuse_memory: bool = True) -> grain.IterDataset:
+  """`iter_dataset` made in `workers` processes, its batches handed over through each
+  worker's ring of reused shared memory (batch_handoff), or with reuse_memory=False,
+  in grain's fresh segment per batch."""
+  if not flags.FLAGS.is_parsed():
+    # grain reads its absl flags when starting workers; outside `app.run` (tests,
+    # notebooks) accept their defaults instead of failing.
+    flags.FLAGS.mark_as_parsed()
+  worker_guard.quiet_resource_tracker()  # a killed worker: the error line stays the last
+  if reuse_memory:
+    iter_dataset = iter_dataset.map(batch_handoff.SlotWriter(handoff_slots(buffer)))
+  iter_dataset = iter_dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer),
+      worker_init_fn=functools.partial(worker_guard.die_with_parent, parent=os.getpid()))
+  return iter_dataset.map(batch_handoff.SlotReader()) if reuse_memory else iter_dataset
+
+
 def _iterator(dataset: grain.MapDataset,
               data_config: ml_collections.ConfigDict) -> grain.DatasetIterator:
   threads = int(data_config.num_threads)
@@ -135,15 +164,8 @@ def _iterator(dataset: grain.MapDataset,
                            prefetch_buffer_size=max(int(data_config.prefetch), threads))
   iter_dataset = dataset.to_iter_dataset(read)
   if data_config.worker_count > 0:
-    if not flags.FLAGS.is_parsed():
-      # grain reads its absl flags when starting workers; outside `app.run` (tests,
-      # notebooks) accept their defaults instead of failing.
-      flags.FLAGS.mark_as_parsed()
-    worker_guard.quiet_resource_tracker()  # a killed worker: the error line stays the last
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(data_config.worker_count),
-        per_worker_buffer_size=max(int(data_config.prefetch), 1)),
-        worker_init_fn=functools.partial(worker_guard.die_with_parent, parent=os.getpid()))
+    iter_dataset = prefetch_in_workers(iter_dataset, workers=int(data_config.worker_count),
+                                       buffer=max(int(data_config.prefetch), 1))
   return iter(iter_dataset)
 
 

@@ -28,6 +28,7 @@ from alexnet_jax.storage import checkpointing
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.learning import experiment
+from alexnet_jax.training import feed_plan
 from alexnet_jax.training import footprint
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.core import progress
@@ -133,6 +134,7 @@ class Plan:
   worker_count: int  # grain worker processes per host (0: the threads alone)
   threads_note: str
   feeding: resolution.Feeding  # projected input images/s per host against the step's need
+  feed: feed_plan.FeedPlan  # the storage read and the loaders that keep up with the step
   global_batch: int
   batch_per_process: int  # images each process reads per step
   batch_per_device: int  # images each model replica's device sees per step
@@ -335,7 +337,11 @@ def build_plan(config: ml_collections.ConfigDict, target: Target | None = None) 
       mesh_note=meshes.mesh_shape(config.mesh, mesh.size, config.model).note,
       dtype=str(config.model.dtype), dtype_note=dtype_note, num_threads=config.data.num_threads,
       worker_count=config.data.worker_count,
-      threads_note=threads_note, feeding=top.feeding, global_batch=config.batch_size,
+      threads_note=threads_note, feeding=top.feeding,
+      feed=feed_plan.plan_feed(config.data, top.feeding, global_batch=config.batch_size,
+                               images_per_sec=images_per_sec, speed_note=speed_note,
+                               cores=target.host_cores),
+      global_batch=config.batch_size,
       batch_per_process=config.batch_size // top.batch_slices,
       batch_per_device=batch_per_device, data_note=data_note, train_examples=train_n,
       val_examples=None if info is None else info.split_sizes.get('val'),
@@ -420,6 +426,7 @@ def format_plan(plan: Plan) -> str:
       f'  decoder threads per host: {plan.num_threads}, worker processes: {plan.worker_count} '
       f'({plan.threads_note})',
       f'  {plan.feeding.describe()}',
+      *(f'  {line}' for line in plan.feed.describe()),
       f'batch: global {plan.global_batch}, per process {plan.batch_per_process}, '
       f'per device {plan.batch_per_device}',
       f'data: {plan.data_note}',

@@ -47,6 +47,7 @@ from alexnet_jax.data import input_pipeline
 from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import metric_log
 from alexnet_jax.learning import optim
+from alexnet_jax.training import init_from
 from alexnet_jax.training import stop_signals
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
@@ -125,12 +126,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = experiment.create_mesh(config)  # a mesh the devices cannot form fails before the data
     config = _fixed_data_dir(config, workdir)
     accepted = workdir_files.check_resume(workdir, config)  # before anything is compiled or written
+    start = _init_from_plan(config, workdir)  # a fine-tuning source, checked before the data
     info = load_dataset(config)
     agreement.agree('dataset', _dataset_fields(info))
     experiment.check_val_split(config, info)
     print_ = fingerprint.of_dataset(config.data, info)  # every split's labels, no image decoded
     workdir_files.check_dataset(workdir, info, print_)
-    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted, print_)
+    state, last_eval, interrupted = _train(config, workdir, mesh, info, accepted, print_, start)
     # Leaving _train waited for the last save: the checkpoints named below are complete.
     if interrupted is not None:
       raise errors.Interrupted(interrupted)
@@ -168,9 +170,18 @@ def _dataset_fields(info: input_pipeline.DatasetInfo) -> dict[str, Any]:
           'eigvecs': array(info.eigvecs)}
 
 
+InitFrom = Optional[tuple[init_from.Source, init_from.LayerPlan]]
+
+
+def _init_from_plan(config: ml_collections.ConfigDict, workdir: str) -> InitFrom:
+  """config.init_from's checkpoint and which layers it gives; None: not set, or a resume."""
+  source = init_from.find_source(config, workdir)
+  return None if source is None else (source, init_from.plan_layers(source, config))
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
            info: input_pipeline.DatasetInfo, accepted: list[resume_changes.Change],
-           print_: fingerprint.Fingerprint
+           print_: fingerprint.Fingerprint, start: InitFrom
            ) -> tuple[step_fns.TrainState, dict[str, Any], Optional[str]]:
   """Set-up, restore and the loop: (state, last eval, what to say if Ctrl-C stopped it).
 
@@ -191,7 +202,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = exp.init_state(init_rng)
     ckpt = stack.enter_context(checkpointing.Checkpointer.from_config(workdir, config.checkpoint))
-    state, plateau, position, pending = _restore_or_start(ckpt, exp, state)
+    state, plateau, position, pending = _restore_or_start(ckpt, exp, state, start)
     start_step = int(state.step)
     _check_steps_left(workdir, start_step, num_steps)  # before anything is written
     _warn_if_nothing_profiled(config.log.get('profile_steps', ()), start_step, num_steps)
@@ -266,17 +277,22 @@ def _interrupted_message(run: _TrainingSession, stopped: int, start_step: int) -
 
 
 def _restore_or_start(ckpt: checkpointing.Checkpointer, exp: experiment.Experiment,
-                      state: step_fns.TrainState
+                      state: step_fns.TrainState, start: InitFrom
                       ) -> tuple[step_fns.TrainState, optim.PlateauSchedule | None, int,
                                  list[dict[str, Any]]]:
   """The newest readable checkpoint, else a fresh start: (state, plateau, data position,
-  the metrics of its steps not yet logged).
+  the metrics of its steps not yet logged). A fresh start takes config.init_from's
+  parameters where it names a run (also when every checkpoint of this one was unusable
+  and moved aside, so that `start` found none to resume).
 
   The data position is the global batches already read, the same number for any
   process count (docs/checkpoints.md).
   """
   restored = ckpt.restore(exp.abstract_state)
   if restored is None:
+    start = start or _init_from_plan(exp.config, os.path.dirname(ckpt.directory))
+    if start is not None:
+      state = init_from.start_from(*start, exp, state)
     return state, optim.make_plateau(exp.config.optim), 0, []
   state, meta = restored
   step = int(state.step)
