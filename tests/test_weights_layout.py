@@ -16,6 +16,7 @@ from alexnet_jax.model import alexnet
 from alexnet_jax.weights import layout
 from alexnet_jax.weights import optional
 from alexnet_jax.weights import run_writer
+from alexnet_jax.weights import safetensors_io
 from tests.helpers import files
 
 WIDTHS, HIDDEN, CLASSES = (8, 16, 24, 24, 16), 32, 5
@@ -128,6 +129,14 @@ class RefusalTest(absltest.TestCase):
       run_writer.write_run(workdir, weights.config, weights.params,
                            mean_image=weights.mean_image, source_note='test')
     self.assertFalse(os.path.exists(workdir))
+
+  def test_a_safetensors_file_of_another_program_is_refused(self):
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    path = os.path.join(files.make_tempdir(self), 'other.safetensors')
+    safetensors_numpy.save_file({'conv1.weight': np.zeros((2, 3), np.float32)}, path)
+    with self.assertRaisesRegex(errors.InputError, 'not a safetensors file exported by '
+                                'alexnet_jax'):
+      safetensors_io.read(path)
 
   def test_missing_optional_package_is_one_line_with_its_pin(self):
     optional.PINS['no_such_package_here'] = 'no-such-package==1.0'

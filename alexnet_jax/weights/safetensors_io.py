@@ -3,9 +3,10 @@
 The file holds this project's own layout, so any run exports (two towers, LRN, any
 widths): one tensor per parameter named 'conv1/kernel', 'fc6/bias', ... (HWIO and
 (in, out) kernels, fc6's rows in (H, W, C) order, conv1 reading RGB), the run's mean
-image as 'mean_image' (S, S, 3, RGB, 0-255), and in the metadata the run's config as
-JSON under 'config' and FORMAT under 'format'. Importing it gives back the same
-config, weights and mean bit for bit.
+image as 'mean_image' (S, S, 3, RGB, 0-255), and in the metadata one entry, METADATA_KEY:
+JSON of {'format': FORMAT, 'config': the run's config}. One entry, because safetensors
+writes its metadata entries in no fixed order: so exporting the same run twice gives the
+same bytes. Importing it gives back the same config, weights and mean bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from alexnet_jax.weights import layout
 from alexnet_jax.weights import optional
 
 FORMAT = 'alexnet_jax.weights/1'
+METADATA_KEY = 'alexnet_jax'
 MEAN = 'mean_image'
 
 
@@ -33,7 +35,8 @@ def write(path: str | os.PathLike[str], config: ml_collections.ConfigDict, param
   tensors = {f'{layer}/{part}': np.ascontiguousarray(np.asarray(value, np.float32))
              for layer, parts in params.items() for part, value in parts.items()}
   tensors[MEAN] = np.ascontiguousarray(np.asarray(mean_image, np.float32))
-  metadata = {'format': FORMAT, 'config': json.dumps(config.to_dict(), sort_keys=True)}
+  metadata = {METADATA_KEY: json.dumps({'format': FORMAT, 'config': config.to_dict()},
+                                       sort_keys=True)}
   numpy_io.save_file(tensors, os.fspath(path), metadata=metadata)
 
 
@@ -54,13 +57,16 @@ def read(path: str | os.PathLike[str]) -> layout.RunWeights:
   """The config, params and mean image a file of `write` holds."""
   path = os.fspath(path)
   tensors, metadata = _open(path)
-  if metadata.get('format') != FORMAT:
-    raise errors.InputError(f'{path} is not a safetensors file exported by alexnet_jax '
-                            f'(metadata format {metadata.get("format")!r}, expected {FORMAT!r})')
   try:
-    stored = json.loads(metadata['config'])
-  except (KeyError, ValueError) as e:
-    raise errors.InputError(f'{path} holds no readable run config in its metadata') from e
+    header = json.loads(metadata.get(METADATA_KEY, '{}'))
+  except ValueError:
+    header = {}
+  if not isinstance(header, dict) or header.get('format') != FORMAT:
+    raise errors.InputError(f'{path} is not a safetensors file exported by alexnet_jax (its '
+                            f'metadata has no {METADATA_KEY!r} entry of format {FORMAT!r})')
+  stored = header.get('config')
+  if not isinstance(stored, dict):
+    raise errors.InputError(f'{path} holds no run config in its metadata')
   known_fields.check(stored, where=path, fix='export it again from its run')
   if MEAN not in tensors:
     raise errors.InputError(f'{path} holds no {MEAN!r} tensor')
