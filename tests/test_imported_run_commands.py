@@ -48,7 +48,8 @@ class ImportedRunCommandsTest(absltest.TestCase):
     super().setUpClass()
     cls.tmp = files.make_tempdir()
     torch.manual_seed(2)
-    cls.net = torch_alexnet.TorchvisionAlexNet(CLASSES, (8, 16, 24, 16, 16), 32).eval()
+    cls.net = torch_alexnet.he_init(
+        torch_alexnet.TorchvisionAlexNet(CLASSES, (8, 16, 24, 16, 16), 32)).eval()
     cls.pth = os.path.join(cls.tmp, 'alexnet.pth')
     torch.save(cls.net.state_dict(), cls.pth)
     cls.workdir = os.path.join(cls.tmp, 'run')
