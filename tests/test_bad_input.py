@@ -57,6 +57,7 @@ FIXTURES = {
     'NOVAL': 'a prepared 3-class dataset without validation images (an ImageFolder without val/)',
     'DAMAGED': 'a copy of {DATA} whose first train shard had most of its bytes overwritten',
     'DATA': 'the prepared digits dataset (10 classes, image_size 72)',
+    'RAW': 'the same digits prepared with --format=raw (memory-mapped pixels)',
     'CASE': 'a folder of this case alone (its bad images, tars, or outputs)',
     'FILE': 'a plain file',
     'WNID0': 'the synset of official validation image 1 (tfds validation_labels.txt)',
@@ -365,6 +366,31 @@ CASES = (
          'dataset again: delete {DAMAGED} and run python -m alexnet_jax.prepare --source=digits '
          '--output={DAMAGED} --image_size=72 (the same source gives the same dataset, so the run '
          'resumes unchanged)'),
+    Case('raw_cut_short', 'data', 'a raw dataset whose train.u8 lost its last byte', 'launch',
+         _launch('--config.data.dir={CASE}/raw'), 2,
+         'error: {CASE}/raw/train.u8 is 22,286,015 bytes, not the 22,286,016 of 1433 72x72 '
+         'images (cut short); delete {CASE}/raw and run python -m alexnet_jax.prepare '
+         '--source=digits --output={CASE}/raw --image_size=72 --format=raw (the same source gives '
+         'the same dataset, so the run resumes unchanged)',
+         inputs=(('raw', 'raw_cut_short'),)),
+    Case('raw_other_version', 'data', 'a raw dataset of another layout version', 'launch',
+         _launch('--config.data.dir={CASE}/raw'), 2,
+         'error: {CASE}/raw holds no complete prepared dataset (dataset.json describes raw '
+         "storage version '2'; this program reads version 1); run: python -m alexnet_jax.prepare "
+         '--source=digits --output={CASE}/raw --format=raw (or set config.data.prepare_from)',
+         inputs=(('raw', 'raw_version_2'),)),
+    Case('raw_image_size_mismatch', 'data', 'a raw dataset of another image size than the '
+         'config', 'launch', _launch('--config.data.dir={RAW}', '--config.data.image_size=80'), 2,
+         'error: {RAW} was prepared at image_size 72 but config.data.image_size is 80'),
+    Case('raw_checksum_mismatch', 'data', 'prepare --verify on a raw dataset with one byte '
+         'changed', 'prepare',
+         ('--source=digits', '--output={CASE}/raw', '--image_size=72', '--format=raw',
+          '--verify'), 2,
+         'error: {CASE}/raw/train.u8: images 0..1432 differ from what was written (checksum '
+         'mismatch: the storage corrupted them); delete {CASE}/raw and run python -m '
+         'alexnet_jax.prepare --source=digits --output={CASE}/raw --image_size=72 --format=raw '
+         '(the same source gives the same dataset, so the run resumes unchanged)',
+         inputs=(('raw', 'raw_flipped_byte'),)),
     *(Case(f'prepare_{kind}', 'data', f'prepare on an ImageFolder {what}', 'prepare',
            ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
            'prepared {CASE}/out: train 4, val 0 images (no validation images: launch.py refuses '
@@ -787,6 +813,9 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   if kind == 'folder':
     os.makedirs(path)
     return
+  if kind.startswith('raw_'):
+    _damaged_raw(fixtures['RAW'], path, kind)
+    return
   if kind == 'dangling':
     os.symlink(os.path.join(os.path.dirname(path), 'gone.JPEG'), path)
     return
@@ -847,6 +876,28 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     f.write(data)
 
 
+def _damaged_raw(raw: str, path: str, kind: str) -> None:
+  """A copy of the raw dataset `raw` at `path`, damaged as `kind` says."""
+  shutil.copytree(raw, path)
+  images = os.path.join(path, 'train.u8')
+  if kind == 'raw_cut_short':
+    os.truncate(images, os.path.getsize(images) - 1)
+  elif kind == 'raw_flipped_byte':
+    with open(images, 'r+b') as f:
+      f.seek(5000)
+      byte = f.read(1)[0]
+      f.seek(5000)
+      f.write(bytes([byte ^ 0x10]))
+  elif kind == 'raw_version_2':
+    with open(os.path.join(path, 'dataset.json')) as f:
+      description = json.load(f)
+    description['format'] = 'alexnet_jax.prepared-raw/2'
+    with open(os.path.join(path, 'dataset.json'), 'w') as f:
+      json.dump(description, f)
+  else:
+    raise ValueError(f'unknown input kind {kind!r}')
+
+
 def _make_fixtures(root: str) -> dict[str, str]:
   """The shared inputs of the matrix, under `root` (DATA is the test run's digits set)."""
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
@@ -855,7 +906,8 @@ def _make_fixtures(root: str) -> dict[str, str]:
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
               'RUN3': os.path.join(root, 'run3'),
               'DATA3': os.path.join(root, 'data3'), 'NOVAL': os.path.join(root, 'noval'),
-              'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py')}
+              'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py'),
+              'RAW': os.path.join(root, 'raw_data')}
   with open(fixtures['FILE'], 'w') as f:
     f.write('a file, not a folder\n')
   config = training.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
@@ -872,6 +924,7 @@ def _make_fixtures(root: str) -> dict[str, str]:
     name = os.path.join('val', 'abc'[i % 3], f'{i}.JPEG')
     _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
+  prepare.prepare('digits', fixtures['RAW'], image_size=72, progress=False, storage='raw')
   shutil.copytree(fixtures['DATA'], fixtures['DAMAGED'])
   damage_shard(os.path.join(fixtures['DAMAGED'], 'train.array_record-00000-of-00003'))
   faults.write_run_with_checkpoint(

@@ -19,12 +19,16 @@ from alexnet_jax.data import decoding
 View = tuple[int, int, bool]  # (top, left, flip) of one eval crop
 
 
-def stored_image(data: bytes, image_size: int, resize: bool) -> np.ndarray:
+def stored_image(data: bytes | np.ndarray, image_size: int, resize: bool) -> np.ndarray:
   """The (S, S, 3) uint8 image a record stores; full-size images (resize) are resized
-  and center-cropped to image_size exactly as prepare does."""
-  if resize:
+  and center-cropped to image_size exactly as prepare does. Pixels (the raw storage's
+  records) are taken as they are: there is nothing to decode."""
+  if isinstance(data, np.ndarray):
+    image = decoding.resize_center_crop(data, image_size) if resize else data
+  elif resize:
     return decoding.decode_and_resize(data, image_size)
-  image = decoding.decode(data)
+  else:
+    image = decoding.decode(data)
   if image.shape != (image_size, image_size, 3):
     raise errors.InputError(f'stored image is {image.shape}, expected '
                             f'({image_size}, {image_size}, 3)')
@@ -43,7 +47,7 @@ def eval_views(image_size: int, crop_size: int, crops: int) -> tuple[View, ...]:
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainTransform:
   """Record -> one augmented training example (uint8 crop and its parameters)."""
-  parse: Callable[[Any], tuple[bytes, int]]
+  parse: Callable[[Any], tuple[bytes | np.ndarray, int]]
   resize: bool
   image_size: int
   crop_size: int
@@ -75,7 +79,7 @@ class TrainTransform:
 class EvalTransform:
   """Padded index -> the eval views of that record (or of a blank image past the end)."""
   records: Any
-  parse: Callable[[Any], tuple[bytes, int]]
+  parse: Callable[[Any], tuple[bytes | np.ndarray, int]]
   resize: bool
   num_records: int
   image_size: int
