@@ -6,6 +6,9 @@ c*S*S + h*S + w, Caffe's conv1 input channel c must be its BGR channel 2 - c.
 """
 
 import os
+import re
+import sys
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -17,6 +20,7 @@ from alexnet_jax.weights import layout
 from alexnet_jax.weights import optional
 from alexnet_jax.weights import run_writer
 from alexnet_jax.weights import safetensors_io
+from alexnet_jax.weights import torchvision_io
 from tests.helpers import files
 
 WIDTHS, HIDDEN, CLASSES = (8, 16, 24, 24, 16), 32, 5
@@ -137,6 +141,16 @@ class RefusalTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.InputError, 'not a safetensors file exported by '
                                 'alexnet_jax'):
       safetensors_io.read(path)
+
+  def test_without_torch_or_safetensors_each_reader_says_what_to_install(self):
+    for module, read, pin in [('torch', torchvision_io.read, 'torch==2.13.0'),
+                              ('safetensors', safetensors_io.read, 'safetensors==0.8.0')]:
+      hidden = {name: None for name in sys.modules if name.split('.')[0] == module}
+      with mock.patch.dict(sys.modules, hidden or {module: None}):
+        with self.assertRaisesRegex(errors.MissingInputError,
+                                    f'needs the {module} package, which is not installed: '
+                                    f'pip install {re.escape(pin)}$'):
+          read('weights.file')
 
   def test_missing_optional_package_is_one_line_with_its_pin(self):
     optional.PINS['no_such_package_here'] = 'no-such-package==1.0'
