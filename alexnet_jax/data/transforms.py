@@ -1,8 +1,9 @@
 """Per-record transforms: one stored record to one training example or its eval views.
 
 Module level and frozen dataclasses, so grain can pickle them into worker processes.
-An example holds the uint8 crop plus its parameters (crop offsets, flip, lighting
-shift); `preprocess.normalize` turns them into model input inside the jitted step.
+An example holds the uint8 crop, unmirrored, plus its parameters (crop offsets, flip,
+lighting shift); `preprocess.normalize` mirrors it and turns it into model input inside
+the jitted step.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class TrainTransform:
       top, left = augment.center_crop_offsets(self.image_size, self.crop_size)
     flip = self.flip and augment.random_flip(rng)
     return {
-        'image': augment.crop_and_flip(image, top, left, self.crop_size, flip),
+        'image': augment.crop_copy(image, top, left, self.crop_size),
         'crop': np.array([top, left], np.int32),
         'flip': np.bool_(flip),
         'lighting': augment.lighting_shift(rng, self.eigvals, self.eigvecs,
@@ -94,8 +95,8 @@ class EvalTransform:
     else:
       image, label = np.zeros((self.image_size, self.image_size, 3), np.uint8), 0
     return {
-        'image': np.stack([augment.crop_and_flip(image, t, l, self.crop_size, f)
-                           for t, l, f in self.views]),
+        'image': np.stack([augment.crop_copy(image, t, l, self.crop_size)
+                           for t, l, _ in self.views]),
         'crop': np.array([(t, l) for t, l, _ in self.views], np.int32),
         'flip': np.array([f for _, _, f in self.views], bool),
         'lighting': np.zeros((len(self.views), 3), np.float32),
