@@ -6,10 +6,12 @@
 
 safetensors: any run, in this project's own layout with its config and mean image
 (weights/safetensors_io.py); `import_weights --source=safetensors` reads it back
-bit for bit. torchvision: a state_dict that torchvision's `alexnet()` loads, for runs
-of its architecture (one tower of 64-192-384-256-256 convs, no LRN, conv1 padding 2,
-3x3 pooling with stride 2, 4096-wide fc layers); another run is refused in one
-line. The weights expect the run's own input, which the command prints.
+bit for bit. torchvision: a state_dict in torchvision's AlexNet layout (its keys and
+shapes), for runs of that architecture: one tower, no LRN, conv1 padding 2, 3x3
+pooling with stride 2, a 6x6 map into fc6 (export_formats.torchvision_mismatch);
+another run is refused in one line. At torchvision's widths (64-192-384-256-256,
+4096) `torchvision.models.alexnet()` loads it as it is. The weights expect the run's
+own input, which the command prints.
 
 WRITERS maps each --to to a function `(run, output path) -> None`, looked up by name
 so that a format's optional package is needed only for that format.

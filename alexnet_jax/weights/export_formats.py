@@ -22,18 +22,24 @@ from alexnet_jax.weights import torchvision_io
 
 
 def torchvision_mismatch(config: ml_collections.ConfigDict) -> str | None:
-  """Why torchvision's `alexnet` cannot hold the run's network, or None when it can."""
+  """Why torchvision's AlexNet layout cannot hold the run's network, or None when it can.
+
+  The layout is one tower without LRN, conv1 padded by 2, 3x3 pooling with stride 2 and
+  a 6x6 map into fc6 (torchvision's adaptive average pool to 6x6 is then the identity).
+  Widths may differ from torchvision's alexnet (64-192-384-256-256, 4096): the state_dict
+  then loads into that class built with the run's widths.
+  """
   m = config.model
-  widths, hidden = alexnet.scaled_widths(m.width, m.get('conv_widths'))
+  pool5 = alexnet.spatial_sizes(config.data.crop_size, m.conv1_padding, m.pool_size,
+                                m.pool_stride)['pool5']
   checks = [
       (m.towers == 1, f'{m.towers} towers (torchvision has one)'),
       (not m.use_lrn, 'LRN (torchvision has none)'),
-      (widths == layout.TORCHVISION_WIDTHS,
-       f'conv widths {widths} (torchvision: {layout.TORCHVISION_WIDTHS})'),
-      (hidden == 4096, f'fc widths {hidden} (torchvision: 4096)'),
       (m.conv1_padding == 2, f'conv1 padding {m.conv1_padding} (torchvision: 2)'),
       ((m.pool_size, m.pool_stride) == (3, 2),
        f'{m.pool_size}x{m.pool_size} pooling with stride {m.pool_stride} (torchvision: 3, 2)'),
+      (pool5 == 6, f'a {pool5}x{pool5} map into fc6 at {config.data.crop_size} crops '
+                   '(torchvision: 6x6)'),
   ]
   reasons = [why for ok, why in checks if not ok]
   return '; '.join(reasons) if reasons else None
