@@ -41,26 +41,26 @@ _PASSIVE_TYPES = frozenset({
 })
 # bvlc_alexnet's computing layers, in order: (type, name, settings). Conv settings are
 # (outputs, kernel, stride, pad, groups); LRN (size, alpha, beta, k) with Caffe's alpha,
-# which is divided by the size; pooling (kernel, stride); inner product (outputs, None
-# for any class count). Parameter layers must carry these names, fc8 any name
-# starting with 'fc8' (fine-tuned copies rename it).
+# which is divided by the size; pooling (kernel, stride); inner product (outputs). None
+# takes any value: the widths, so that a narrower net of the same layout reads too (its
+# weights' shapes must still chain). Parameter layers must carry these names, fc8 any
+# name starting with 'fc8' (fine-tuned copies rename it).
 _ALEXNET = (
-    ('Convolution', 'conv1', (96, 11, 4, 0, 1)), ('ReLU', 'relu1', ()),
+    ('Convolution', 'conv1', (None, 11, 4, 0, 1)), ('ReLU', 'relu1', ()),
     ('LRN', 'norm1', (5, 1e-4, 0.75, 1.0)), ('Pooling', 'pool1', (3, 2)),
-    ('Convolution', 'conv2', (256, 5, 1, 2, 2)), ('ReLU', 'relu2', ()),
+    ('Convolution', 'conv2', (None, 5, 1, 2, 2)), ('ReLU', 'relu2', ()),
     ('LRN', 'norm2', (5, 1e-4, 0.75, 1.0)), ('Pooling', 'pool2', (3, 2)),
-    ('Convolution', 'conv3', (384, 3, 1, 1, 1)), ('ReLU', 'relu3', ()),
-    ('Convolution', 'conv4', (384, 3, 1, 1, 2)), ('ReLU', 'relu4', ()),
-    ('Convolution', 'conv5', (256, 3, 1, 1, 2)), ('ReLU', 'relu5', ()),
+    ('Convolution', 'conv3', (None, 3, 1, 1, 1)), ('ReLU', 'relu3', ()),
+    ('Convolution', 'conv4', (None, 3, 1, 1, 2)), ('ReLU', 'relu4', ()),
+    ('Convolution', 'conv5', (None, 3, 1, 1, 2)), ('ReLU', 'relu5', ()),
     ('Pooling', 'pool5', (3, 2)),
-    ('InnerProduct', 'fc6', (4096,)), ('ReLU', 'relu6', ()),
-    ('InnerProduct', 'fc7', (4096,)), ('ReLU', 'relu7', ()),
+    ('InnerProduct', 'fc6', (None,)), ('ReLU', 'relu6', ()),
+    ('InnerProduct', 'fc7', (None,)), ('ReLU', 'relu7', ()),
     ('InnerProduct', 'fc8', (None,)),
 )
 _PARAM_TYPES = ('Convolution', 'InnerProduct')
-# Input channels of each parameter layer (per group for convs), for the blob shape check.
-_INPUTS = {'conv1': 3, 'conv2': 48, 'conv3': 256, 'conv4': 192, 'conv5': 192,
-           'fc6': 256 * 6 * 6, 'fc7': 4096, 'fc8': 4096}
+# pool5's map is 6x6 for a 227 input, Caffe's crop: fc6 reads 36 values per conv5 channel.
+_POOL5_CELLS = 6 * 6
 _SETTINGS_FIELD = {'Convolution': 'convolution_param', 'LRN': 'lrn_param',
                    'Pooling': 'pooling_param', 'InnerProduct': 'inner_product_param'}
 
@@ -260,18 +260,28 @@ def _weights(layer: _Layer, shape: tuple[int, ...], transpose: bool,
     weight = weight.T if transpose else weight
   if tuple(weight.shape) != shape or bias.shape != shape[:1]:
     raise errors.InputError(f'{where}: layer {layer.name!r} has weights {tuple(weight.shape)} '
-                            f'and biases {tuple(bias.shape)}; bvlc_alexnet\'s are {shape} and '
-                            f'{shape[:1]}')
+                            f'and biases {tuple(bias.shape)}; its settings and the layers '
+                            f'before it make them {shape} and {shape[:1]}')
   return np.ascontiguousarray(weight), bias
 
 
-def _expected_shape(layer: _Layer) -> tuple[int, ...]:
-  """bvlc_alexnet's weight shape for a checked parameter layer (fc8: its own class count)."""
-  name = 'fc8' if layer.name.startswith('fc8') else layer.name
-  settings = _settings(layer)
-  if layer.type == 'Convolution':
-    return (settings[0], _INPUTS[name], settings[1], settings[1])
-  return (settings[0], _INPUTS[name])
+def _expected_shapes(computing: list[_Layer], where: str) -> dict[str, tuple[int, ...]]:
+  """The weight shape of each parameter layer, chained from the layers' settings."""
+  shapes, inputs = {}, 3
+  for layer in (l for l in computing if l.type in _PARAM_TYPES):
+    settings = _settings(layer)
+    outputs = settings[0]
+    if layer.type == 'Convolution':
+      groups = settings[4]
+      if inputs % groups or outputs % groups:
+        raise errors.InputError(f'{where}: {layer.name!r} splits {inputs} inputs and '
+                                f'{outputs} outputs into {groups} groups')
+      shapes[layer.name] = (outputs, inputs // groups, settings[1], settings[1])
+    else:
+      cells = _POOL5_CELLS if layer.name == 'fc6' else 1  # fc6 reads conv5's pooled map
+      shapes[layer.name] = (outputs, inputs * cells)
+    inputs = outputs
+  return shapes
 
 
 def read_mean_file(path: str) -> np.ndarray:
@@ -326,6 +336,7 @@ def read(path: str, prototxt: str | None = None, mean_file: str | None = None,
   model, defined = _structure(path, prototxt)
   computing = _check_alexnet(defined, prototxt or path, prototxt is not None)
   by_name = {layer.name: layer for layer in model}
+  shapes = _expected_shapes(computing, prototxt or path)
   layers, groups = {}, {}
   for layer in (l for l in computing if l.type in _PARAM_TYPES):
     if layer.name not in by_name:
@@ -333,7 +344,7 @@ def read(path: str, prototxt: str | None = None, mean_file: str | None = None,
                               f'{prototxt}')
     key = 'fc8' if layer.name.startswith('fc8') else layer.name
     transpose = layer.type == 'InnerProduct' and layer.message.inner_product_param.transpose
-    layers[key] = _weights(by_name[layer.name], _expected_shape(layer), transpose, path)
+    layers[key] = _weights(by_name[layer.name], shapes[layer.name], transpose, path)
     if layer.type == 'Convolution':
       groups[key] = _settings(layer)[4]
   mean = read_mean_file(mean_file) if mean_file else None

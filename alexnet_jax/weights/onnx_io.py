@@ -51,16 +51,18 @@ LRN_SIZE = 5  # the window of this network's LRN (model/layers.py)
 CAFFE_LAYOUT, TORCHVISION_LAYOUT = "bvlc_alexnet's layout", "torchvision's alexnet"
 
 
-def expected_layers(convs: tuple[int, ...], towers: int, conv1_pad: int,
+def expected_layers(convs: tuple[int, ...] | None, towers: int, conv1_pad: int,
                     lrn: tuple[float, float] | None, pool: tuple[int, int],
-                    end_pad: int | None, hidden: int, classes: int | None) -> list[onnx_graph.Op]:
+                    end_pad: int | None, hidden: int | None,
+                    classes: int | None) -> list[onnx_graph.Op]:
   """An AlexNet's layers as onnx_graph Ops: conv widths, towers, conv1's padding, LRN
   (ONNX alpha, bias) or None, pooling (kernel, stride) and its allowed end padding (None:
-  up to stride - 1), fc width and class count (None: any)."""
+  up to stride - 1), fc width and class count. None widths take any value (the
+  weights' shapes are checked against the network they configure, layout.to_flax)."""
   o = onnx_graph.op
   ops = []
   for i, (name, (kernel, stride, pad, grouped)) in enumerate(alexnet.CONV_LAYOUT.items()):
-    ops += [o('Conv', out=convs[i], kernel=kernel, stride=stride,
+    ops += [o('Conv', out=convs[i] if convs else None, kernel=kernel, stride=stride,
               pad=conv1_pad if pad is None else pad, group=towers if grouped else 1),
             o('Relu')]
     if name in ('conv1', 'conv2') and lrn is not None:
@@ -75,10 +77,9 @@ def expected_layers(convs: tuple[int, ...], towers: int, conv1_pad: int,
 
 def _family_layers(family: str) -> list[onnx_graph.Op]:
   if family == layout.CAFFE:
-    return expected_layers((96, 256, 384, 384, 256), 2, 0,
-                           (layout.CAFFE_LRN_ALPHA * LRN_SIZE, layout.CAFFE_LRN_K), (3, 2),
-                           None, 4096, None)
-  return expected_layers(layout.TORCHVISION_WIDTHS, 1, 2, None, (3, 2), None, 4096, None)
+    return expected_layers(None, 2, 0, (layout.CAFFE_LRN_ALPHA * LRN_SIZE, layout.CAFFE_LRN_K),
+                           (3, 2), None, None, None)
+  return expected_layers(None, 1, 2, None, (3, 2), None, None, None)
 
 
 def config_layers(config: ml_collections.ConfigDict) -> list[onnx_graph.Op]:

@@ -3,8 +3,9 @@
 The bytes come from a protobuf wire-format encoder written here from the protobuf
 encoding rules and Caffe's field numbers, independent of the importer's runtime schema,
 so a wrong field number or type there fails the tests instead of cancelling out.
-Weights are random; a net is described layer by layer so tests can change one thing
-(a CaffeNet order, another LRN, a missing group) and check the importer's refusal.
+A net is described layer by layer (`alexnet_spec`), so tests can change one thing (a
+CaffeNet order, another LRN, a missing group) and check the importer's refusal; the
+weights come from the test (tests/helpers/torch_alexnet.py's CaffeAlexNet).
 """
 
 from __future__ import annotations
@@ -21,38 +22,36 @@ V1_TYPES = {'Convolution': 4, 'Data': 5, 'Dropout': 6, 'InnerProduct': 14, 'LRN'
 # Field numbers of each layer-settings message inside a layer: (new format, V1 format).
 SETTINGS_FIELDS = {'Convolution': (106, 10), 'InnerProduct': (117, 17), 'LRN': (118, 18),
                    'Pooling': (121, 19)}
-# bvlc_alexnet's layers: (name, type, settings). Conv settings: num_output, kernel_size,
-# stride, pad, group; LRN: local_size, alpha, beta, k; pooling: kernel_size, stride.
-ALEXNET_LAYERS = (
-    ('conv1', 'Convolution', dict(num_output=96, kernel_size=11, stride=4)),
-    ('relu1', 'ReLU', {}),
-    ('norm1', 'LRN', dict(local_size=5, alpha=1e-4, beta=0.75)),
-    ('pool1', 'Pooling', dict(kernel_size=3, stride=2)),
-    ('conv2', 'Convolution', dict(num_output=256, kernel_size=5, pad=2, group=2)),
-    ('relu2', 'ReLU', {}),
-    ('norm2', 'LRN', dict(local_size=5, alpha=1e-4, beta=0.75)),
-    ('pool2', 'Pooling', dict(kernel_size=3, stride=2)),
-    ('conv3', 'Convolution', dict(num_output=384, kernel_size=3, pad=1)),
-    ('relu3', 'ReLU', {}),
-    ('conv4', 'Convolution', dict(num_output=384, kernel_size=3, pad=1, group=2)),
-    ('relu4', 'ReLU', {}),
-    ('conv5', 'Convolution', dict(num_output=256, kernel_size=3, pad=1, group=2)),
-    ('relu5', 'ReLU', {}),
-    ('pool5', 'Pooling', dict(kernel_size=3, stride=2)),
-    ('fc6', 'InnerProduct', dict(num_output=4096)),
-    ('relu6', 'ReLU', {}),
-    ('drop6', 'Dropout', {}),
-    ('fc7', 'InnerProduct', dict(num_output=4096)),
-    ('relu7', 'ReLU', {}),
-    ('drop7', 'Dropout', {}),
-    ('fc8', 'InnerProduct', dict(num_output=1000)),
-)
-# Weight shapes in Caffe's layout, (O, I/groups, kh, kw) and (out, in), for 1000 classes.
-ALEXNET_SHAPES = {
-    'conv1': (96, 3, 11, 11), 'conv2': (256, 48, 5, 5), 'conv3': (384, 256, 3, 3),
-    'conv4': (384, 192, 3, 3), 'conv5': (256, 192, 3, 3), 'fc6': (4096, 9216),
-    'fc7': (4096, 4096), 'fc8': (1000, 4096),
-}
+BVLC_WIDTHS, BVLC_HIDDEN = (96, 256, 384, 384, 256), 4096
+
+
+def alexnet_spec(widths: Sequence[int] = BVLC_WIDTHS, hidden: int = BVLC_HIDDEN,
+                 classes: int = 1000) -> list[tuple[str, str, dict]]:
+  """bvlc_alexnet's layers as its deploy.prototxt has them: (name, type, settings), at any
+  widths. Conv settings: num_output, kernel_size, stride, pad, group; LRN: local_size,
+  alpha, beta; pooling: pool, kernel_size, stride."""
+  c1, c2, c3, c4, c5 = widths
+  lrn = dict(local_size=5, alpha=1e-4, beta=0.75)
+  pool = dict(pool=0, kernel_size=3, stride=2)
+  return [
+      ('conv1', 'Convolution', dict(num_output=c1, kernel_size=11, stride=4)),
+      ('relu1', 'ReLU', {}), ('norm1', 'LRN', dict(lrn)), ('pool1', 'Pooling', dict(pool)),
+      ('conv2', 'Convolution', dict(num_output=c2, pad=2, kernel_size=5, group=2)),
+      ('relu2', 'ReLU', {}), ('norm2', 'LRN', dict(lrn)), ('pool2', 'Pooling', dict(pool)),
+      ('conv3', 'Convolution', dict(num_output=c3, pad=1, kernel_size=3)),
+      ('relu3', 'ReLU', {}),
+      ('conv4', 'Convolution', dict(num_output=c4, pad=1, kernel_size=3, group=2)),
+      ('relu4', 'ReLU', {}),
+      ('conv5', 'Convolution', dict(num_output=c5, pad=1, kernel_size=3, group=2)),
+      ('relu5', 'ReLU', {}), ('pool5', 'Pooling', dict(pool)),
+      ('fc6', 'InnerProduct', dict(num_output=hidden)), ('relu6', 'ReLU', {}),
+      ('drop6', 'Dropout', {}),
+      ('fc7', 'InnerProduct', dict(num_output=hidden)), ('relu7', 'ReLU', {}),
+      ('drop7', 'Dropout', {}),
+      ('fc8', 'InnerProduct', dict(num_output=classes)),
+  ]
+
+
 # Keys of every settings message field: name -> (field number, wire kind).
 _SETTING_FIELDS = {
     'Convolution': {'num_output': (1, 'uint'), 'pad': (3, 'uint'), 'kernel_size': (4, 'uint'),
@@ -153,26 +152,10 @@ def data_layer(v1: bool) -> bytes:
           field_bytes(100, transform))
 
 
-def random_weights(seed: int, classes: int = 1000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Random (weight, bias) per layer in Caffe's layout, scaled so activations stay O(1-100)
-  for 0-255 inputs (a std of 1/sqrt(fan-in), smaller for conv1)."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, shape in ALEXNET_SHAPES.items():
-    shape = (classes,) + shape[1:] if name == 'fc8' else shape
-    fan_in = int(np.prod(shape[1:]))
-    scale = (0.02 if name == 'conv1' else 1.0) / np.sqrt(fan_in)
-    weight = rng.standard_normal(shape, np.float32) * np.float32(scale)
-    bias = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)
-    out[name] = (weight, bias)
-  return out
-
-
-def alexnet_layers(weights: dict | None,
-                   layers: Sequence[tuple[str, str, dict]] = ALEXNET_LAYERS) -> list[Layer]:
-  """The net as `Layer`s, chained bottom to top, with `weights` on the parameter layers."""
+def alexnet_layers(weights: dict | None, spec: Sequence[tuple[str, str, dict]]) -> list[Layer]:
+  """The net `spec` as `Layer`s, chained bottom to top, `weights` on its parameter layers."""
   out, bottom = [], 'data'
-  for name, layer_type, settings in layers:
+  for name, layer_type, settings in spec:
     blobs = weights[name] if weights and name in weights else ()
     top = bottom if layer_type in ('ReLU', 'Dropout') else name  # in place, as Caffe does
     out.append(Layer(name, layer_type, dict(settings), blobs, bottom, top))
