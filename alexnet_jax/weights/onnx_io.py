@@ -42,6 +42,9 @@ from alexnet_jax.weights import optional
 
 FORMAT = 'alexnet_jax.onnx/1'
 OPSET = 13
+# The IR version of opset 13 (onnx.helper.VERSION_TABLE). make_model would stamp the onnx
+# package's newest, which an onnxruntime older than that package refuses to load.
+IR_VERSION = 7
 # metadata_props keys of a file write_run made.
 META_FORMAT, META_CONFIG, META_MEAN, META_MEAN_SHAPE = (
     'alexnet_jax.format', 'alexnet_jax.config', 'alexnet_jax.mean_image',
@@ -238,7 +241,7 @@ def model_of_run(config: ml_collections.ConfigDict, params: Any, mean_image: np.
   mean = np.ascontiguousarray(np.asarray(mean_image, '<f4'))
   model = helper.make_model(graph, producer_name='alexnet_jax',
                             opset_imports=[helper.make_opsetid('', OPSET)],
-                            doc_string=_input_text(config, mean))
+                            ir_version=IR_VERSION, doc_string=_input_text(config, mean))
   helper.set_model_props(model, {
       META_FORMAT: FORMAT, META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
       META_MEAN: base64.b64encode(mean.tobytes()).decode('ascii'),
