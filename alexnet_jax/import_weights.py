@@ -59,6 +59,7 @@ def import_weights(source: str, input_path: str, workdir: str, *,
   """
   if not os.path.exists(input_path):
     raise errors.MissingInputError(f'--input {input_path} does not exist')
+  run_writer.check_new_workdir(workdir)  # before the weights are read
   read = reader(source)
   net = read(input_path, **{k: v for k, v in options.items() if v is not None})
   weights = layout.as_run(net, num_classes)

@@ -62,7 +62,7 @@ def write_torchvision(run: finished_run.FinishedRun, path: str) -> None:
   """torchvision's alexnet state_dict of the run; refuses another architecture."""
   why = torchvision_mismatch(run.config)
   if why is not None:
-    raise errors.InputError(f'torchvision\'s alexnet cannot hold this run\'s network: {why}; '
+    raise errors.InputError(f'torchvision\'s AlexNet layout cannot hold this run\'s network: {why}; '
                             'export it --to=safetensors (any run) instead')
   net = layout.from_flax(run.params, run.config)
   _atomic(path, lambda tmp: torchvision_io.write(net, tmp))

@@ -63,7 +63,11 @@ def imported_info(num_classes: int, mean_image: np.ndarray, source_note: str
       stats_source=f'imported: {source_note}')
 
 
-def _check_empty(workdir: str) -> None:
+def check_new_workdir(workdir: str | os.PathLike[str]) -> None:
+  """Raises errors.InputError for a workdir that holds a run, or whose name orbax cannot keep
+  checkpoints under: called before the weights are read, and again before they are written."""
+  workdir = os.fspath(workdir)
+  checkpoint_integrity.check_directory_name(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
   if workdir_files.load_config_dict(workdir) is not None or checkpointing.finished_steps(workdir):
     raise errors.InputError(f'{workdir} already holds a run; import into a new --workdir')
 
@@ -91,8 +95,7 @@ def write_run(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict
   """
   workdir = os.fspath(workdir)
   config = resolution.load(config)
-  checkpoint_integrity.check_directory_name(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
-  _check_empty(workdir)
+  check_new_workdir(workdir)
   workdir_files.prepare_workdir(workdir)
   info = imported_info(config.model.num_classes, mean_image, source_note)
   with workdir_files.hold_lock(workdir):

@@ -28,9 +28,10 @@ def _load(path: str) -> dict:
   except FileNotFoundError:
     raise errors.MissingInputError(f'{path} does not exist') from None
   except Exception as e:  # pylint: disable=broad-exception-caught
-    # torch fails in many ways on a file that is not a state_dict; each means the same.
-    raise errors.InputError(f'{path} is not a PyTorch file torch.load reads: '
-                            f'{errors.first_line(e, 200)}') from e
+    # torch fails in many ways on a file that is not a state_dict, each in its own words
+    # (ALEXNET_JAX_TRACEBACK=1 shows them); to the user each means the same.
+    raise errors.InputError(f'{path} is not a PyTorch file of tensors (a state_dict saved '
+                            'with torch.save) that torch.load reads') from e
   if isinstance(state, dict) and 'state_dict' in state:  # a training checkpoint around it
     state = state['state_dict']
   if not isinstance(state, dict):
