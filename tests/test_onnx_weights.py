@@ -7,6 +7,8 @@ file of an independently written torchvision-layout net (tests/helpers/torch_ale
 
 import json
 import os
+import sys
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -115,6 +117,13 @@ class ThirdPartyFilesTest(absltest.TestCase):
       onnx_io.read(garbage)
     with self.assertRaisesRegex(errors.InputError, 'a Caffe --mean_file does not apply'):
       onnx_io.read(self.tv, mean_file=garbage)
+
+  def test_without_the_onnx_package_one_line_names_it(self):
+    with mock.patch.dict(sys.modules, {'onnx': None}):
+      with self.assertRaisesRegex(errors.MissingInputError, r'^reading an ONNX file needs the '
+                                  r'onnx package, which is not installed: pip install '
+                                  r'onnx==1\.23\.2$'):
+        onnx_io.read(self.zoo)
 
 
 class AnyRunExportTest(absltest.TestCase):
