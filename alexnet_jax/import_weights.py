@@ -12,12 +12,15 @@ where each file comes from and what accuracy it should give.
 
 READERS maps each --source to a module whose `read(path, **options)` returns a
 layout.ForeignNet (or a layout.RunWeights); it is imported only when chosen, so a
-source's optional package (torch, protobuf, onnx) is needed only for that source.
+source's optional package (torch, protobuf, onnx) is needed only for that source. An
+option (--mean_file, --prototxt) that the chosen reader's signature does not take is
+refused rather than ignored.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any, Callable, Sequence
 
@@ -61,12 +64,24 @@ def import_weights(source: str, input_path: str, workdir: str, *,
     raise errors.MissingInputError(f'--input {input_path} does not exist')
   run_writer.check_new_workdir(workdir)  # before the weights are read
   read = reader(source)
-  net = read(input_path, **{k: v for k, v in options.items() if v is not None})
+  given = {k: v for k, v in options.items() if v is not None}
+  _check_options(read, source, given)
+  net = read(input_path, **given)
   weights = layout.as_run(net, num_classes)
   note = f'{source}: {os.path.abspath(input_path)}'
   config = run_writer.write_run(workdir, weights.config, weights.params,
                                 mean_image=weights.mean_image, source_note=note)
   return layout.RunWeights(config, weights.params, weights.mean_image)
+
+
+def _check_options(read: Callable[..., Any], source: str, given: dict[str, Any]) -> None:
+  """Refuses an option the reader of `source` does not take (it would be silently ignored)."""
+  parameters = inspect.signature(read).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return
+  for name in given:
+    if name not in parameters:
+      raise errors.InputError(f'--{name} does not apply to --source={source}')
 
 
 FLAGS = flags.FLAGS

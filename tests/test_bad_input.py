@@ -485,6 +485,11 @@ CASES = (
     Case('import_into_a_run', 'weights', 'import_weights into the workdir of a run',
          'import_weights', ('--source=torchvision', '--input={FILE}', '--workdir={RUN}'), 2,
          'error: {RUN} already holds a run; import into a new --workdir'),
+    Case('import_option_of_another_source', 'weights', 'import_weights --mean_file with '
+         '--source=torchvision (a Caffe option)', 'import_weights',
+         ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new',
+          '--mean_file={FILE}'), 2,
+         'error: --mean_file does not apply to --source=torchvision', leaves_nothing=True),
     Case('export_torchvision_of_other_network', 'weights',
          'export_weights --to=torchvision of a two-tower run with LRN', 'export_weights',
          ('--workdir={RUN}', '--to=torchvision', '--output={CASE}/out.pth'), 2,

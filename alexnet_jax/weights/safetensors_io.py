@@ -50,9 +50,8 @@ def _open(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     raise errors.InputError(f'{path} is not a safetensors file: {errors.first_line(e, 200)}') from e
 
 
-def read(path: str | os.PathLike[str], **unused) -> layout.RunWeights:
+def read(path: str | os.PathLike[str]) -> layout.RunWeights:
   """The config, params and mean image a file of `write` holds."""
-  del unused
   path = os.fspath(path)
   tensors, metadata = _open(path)
   if metadata.get('format') != FORMAT:

@@ -40,9 +40,8 @@ def _load(path: str) -> dict:
   return {k.removeprefix('module.'): v for k, v in state.items()}
 
 
-def read(path: str | os.PathLike[str], **unused) -> layout.ForeignNet:
+def read(path: str | os.PathLike[str]) -> layout.ForeignNet:
   """The ForeignNet of a torchvision alexnet state_dict saved with torch.save."""
-  del unused
   path = os.fspath(path)
   state = _load(path)
   missing = [f'{key}.{part}' for key in KEYS.values() for part in ('weight', 'bias')
