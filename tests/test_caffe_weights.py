@@ -169,7 +169,8 @@ class NotBvlcAlexnetTest(absltest.TestCase):
 
   def test_damaged_and_foreign_files(self):
     garbage = write(self.tmp, 'garbage.caffemodel', b'\xff' * 64)
-    with self.assertRaisesRegex(errors.InputError, 'is not a Caffe NetParameter'):
+    with self.assertRaisesRegex(errors.InputError, 'is not a Caffe NetParameter: its bytes do '
+                                'not parse as binary protobuf'):
       caffe.read(garbage)
     empty = write(self.tmp, 'empty.caffemodel', b'')
     with self.assertRaisesRegex(errors.InputError, 'holds no layers'):

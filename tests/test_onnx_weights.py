@@ -113,7 +113,7 @@ class ThirdPartyFilesTest(absltest.TestCase):
     garbage = os.path.join(self.tmp, 'garbage.onnx')
     with open(garbage, 'wb') as f:
       f.write(b'\xff' * 64)
-    with self.assertRaisesRegex(errors.InputError, 'is not a readable ONNX model'):
+    with self.assertRaisesRegex(errors.InputError, 'is not an ONNX model: its bytes do not parse as binary protobuf'):
       onnx_io.read(garbage)
     with self.assertRaisesRegex(errors.InputError, 'a Caffe --mean_file does not apply'):
       onnx_io.read(self.tv, mean_file=garbage)

@@ -95,9 +95,9 @@ def _parse_binary(path: str, message_name: str, what: str) -> Any:
   pb_message = optional.require('google.protobuf.message', 'reading Caffe files')
   try:
     return _message_class(message_name).FromString(_read_bytes(path, what))
-  except pb_message.DecodeError as e:
-    raise errors.InputError(f'{what} {path} is not a Caffe {message_name} (binary protobuf): '
-                            f'{e}') from None
+  except pb_message.DecodeError:
+    raise errors.InputError(f'{what} {path} is not a Caffe {message_name}: its bytes do not '
+                            'parse as binary protobuf') from None
 
 
 def _parse_text(path: str) -> Any:
@@ -319,8 +319,8 @@ def _structure(path: str, prototxt: str | None) -> tuple[list[_Layer], list[_Lay
   return model, defined
 
 
-def read(path: str, prototxt: str | None = None, mean_file: str | None = None,
-         **unused: Any) -> layout.ForeignNet:
+def read(path: str, prototxt: str | None = None,
+         mean_file: str | None = None) -> layout.ForeignNet:
   """bvlc_alexnet's weights from a `.caffemodel` (V1 or new format), Caffe's OIHW layout.
 
   Args:
@@ -330,9 +330,7 @@ def read(path: str, prototxt: str | None = None, mean_file: str | None = None,
       lacks the settings.
     mean_file: a Caffe mean file (`imagenet_mean.binaryproto`): the mean image the run
       then subtracts instead of the per-channel mean.
-    **unused: options of the other sources, ignored.
   """
-  del unused
   model, defined = _structure(path, prototxt)
   computing = _check_alexnet(defined, prototxt or path, prototxt is not None)
   by_name = {layer.name: layer for layer in model}

@@ -108,23 +108,24 @@ def _groups_of(ops: list[onnx_graph.Op]) -> dict[str, int]:
 def _load(path: str, onnx: Any) -> Any:
   if not os.path.isfile(path):
     raise errors.MissingInputError(f'ONNX file {path} does not exist or is not a file')
+  from google.protobuf import message  # pylint: disable=g-import-not-at-top
   try:
     return onnx.load(path)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    # protobuf's DecodeError, or an OSError for external data that is not beside it.
-    raise errors.InputError(f'{path} is not a readable ONNX model: '
+  except message.DecodeError:
+    raise errors.InputError(f'{path} is not an ONNX model: its bytes do not parse as '
+                            'binary protobuf') from None
+  except OSError as e:  # external data named by the model but not beside it
+    raise errors.InputError(f'{path}: its external data cannot be read: '
                             f'{errors.first_line(e, 200)}') from None
 
 
-def read(path: str, mean_file: str | None = None,
-         **unused: Any) -> layout.ForeignNet | layout.RunWeights:
+def read(path: str, mean_file: str | None = None) -> layout.ForeignNet | layout.RunWeights:
   """An ONNX AlexNet's weights: a run's own export as its RunWeights, any other file of
   Caffe's or torchvision's layout as a ForeignNet of that family.
 
   mean_file: for Caffe's layout, a Caffe mean file (binaryproto or .npy, BGR) whose
   image the run subtracts instead of the per-channel mean.
   """
-  del unused
   onnx = optional.require('onnx', 'reading an ONNX file')
   model = _load(path, onnx)
   ops = onnx_graph.layers_of(model, path, onnx)
