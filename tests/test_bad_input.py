@@ -550,6 +550,20 @@ CASES = (
          ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new',
           '--mean_file={FILE}'), 2,
          'error: --mean_file does not apply to --source=torchvision', leaves_nothing=True),
+    Case('import_caffe_not_a_caffemodel', 'weights', 'import_weights --source=caffe of a file '
+         'that is not a caffemodel', 'import_weights',
+         ('--source=caffe', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: caffemodel {FILE} is not a Caffe NetParameter: its bytes do not parse as '
+         'binary protobuf', leaves_nothing=True),
+    Case('import_onnx_not_an_onnx_model', 'weights', 'import_weights --source=onnx of a file '
+         'that is not an ONNX model', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: {FILE} is not an ONNX model: its bytes do not parse as binary protobuf',
+         leaves_nothing=True),
+    Case('import_prototxt_for_onnx', 'weights', 'import_weights --prototxt with --source=onnx '
+         '(a Caffe option)', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new', '--prototxt={FILE}'), 2,
+         'error: --prototxt does not apply to --source=onnx', leaves_nothing=True),
     Case('export_torchvision_of_other_network', 'weights',
          'export_weights --to=torchvision of a two-tower run with LRN', 'export_weights',
          ('--workdir={RUN}', '--to=torchvision', '--output={CASE}/out.pth'), 2,
