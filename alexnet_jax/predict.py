@@ -117,7 +117,7 @@ def views_of(image: np.ndarray, crop_size: int, crops: int) -> dict[str, np.ndar
   else:
     raise errors.InputError(f'crops must be 1 (center) or 10 (the paper\'s test), got {crops}')
   return {
-      'image': np.stack([augment.crop_and_flip(image, t, l, crop_size, f) for t, l, f in views]),
+      'image': np.stack([augment.crop_copy(image, t, l, crop_size) for t, l, _ in views]),
       'crop': np.array([(t, l) for t, l, _ in views], np.int32),
       'flip': np.array([f for _, _, f in views], bool),
   }

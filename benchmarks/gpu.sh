@@ -29,7 +29,7 @@
 #                  alexnet_jax.prepare` into 256x256 JPEG shards, on all cores
 #   input          the grain train pipeline on those shards: 1 thread, all cores as threads,
 #                  1 and all cores as processes, the decoder stubbed and the GIL counter
-#                  (benchmarks/input_pipeline.py; the Amdahl projection for this host) -> input.json
+#                  (benchmarks/loader_baseline.py; the Amdahl projection for this host) -> input.json
 #   e2e            `launch.py --config=configs/imagenet.py` on the shards, batch 512, 120 steps
 #                  (100 per epoch: a checkpoint at 100), data.worker_count -1: images/s, loss,
 #                  checkpoints, the final evaluation; then the eval step's images/s -> e2e.json
@@ -174,7 +174,7 @@ pipeline_rows() {
     have_data=1
   fi
   if (( have_data )); then
-    part input 90 env JAX_PLATFORMS=cpu "$py" -m benchmarks.input_pipeline \
+    part input 90 env JAX_PLATFORMS=cpu "$py" -m benchmarks.loader_baseline \
       --prepared="$prepared" --modes=grain_1,grain_n,grain_1p,grain_p,stub_1,gil_1 \
       --cores="$cores" "${input[@]}" --json="$out/input.json"
     part e2e 120 "$py" -m benchmarks.launch_run --data="$prepared" --workdir="$work/run_paper" \

@@ -125,8 +125,8 @@ PLANTS = (
           '      optax.scale_by_learning_rate(learning_rate),\n'
           '      optax.trace(decay=momentum, nesterov=False),',
           '      optax.sgd(learning_rate, momentum=momentum),', ('tests/test_optim.py',)),
-    Plant('vertical_flip', 'alexnet_jax/data/augment.py',
-          'return cv2.flip(view, 1)', 'return cv2.flip(view, 0)', ('tests/test_augment.py',)),
+    Plant('vertical_flip', 'alexnet_jax/data/preprocess.py',
+          'x[..., ::-1, :], x)', 'x[..., ::-1, :, :], x)', ('tests/test_augment.py',)),
     Plant('lighting_sign', 'alexnet_jax/data/augment.py',
           'return (255.0 * (np.asarray(eigvecs', 'return (-255.0 * (np.asarray(eigvecs',
           ('tests/test_augment.py',)),

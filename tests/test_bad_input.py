@@ -57,6 +57,7 @@ FIXTURES = {
     'NOVAL': 'a prepared 3-class dataset without validation images (an ImageFolder without val/)',
     'DAMAGED': 'a copy of {DATA} whose first train shard had most of its bytes overwritten',
     'DATA': 'the prepared digits dataset (10 classes, image_size 72)',
+    'RAW': 'the same digits prepared with --format=raw (memory-mapped pixels)',
     'CASE': 'a folder of this case alone (its bad images, tars, or outputs)',
     'FILE': 'a plain file',
     'WNID0': 'the synset of official validation image 1 (tfds validation_labels.txt)',
@@ -71,7 +72,7 @@ class Case:
   name: str
   group: str
   what: str  # the bad input, in words
-  tool: str  # launch | prepare | predict | evaluate | plot | summary
+  tool: str  # launch | prepare | predict | evaluate | plot | summary | import_weights | export_weights
   args: tuple[str, ...]  # with {PLACEHOLDERS}
   status: int
   message: str  # the one line it prints, paths as placeholders
@@ -146,10 +147,12 @@ CASES = (
          'val/<class>/<image>)', inputs=(('src/photo.JPEG', 'jpeg'),)),
     Case('output_is_a_file', 'paths', 'prepare --output is a file', 'prepare',
          ('--source=digits', '--output={FILE}'), 2,
-         'error: output {FILE} exists and is not a folder'),
-    Case('output_under_a_file', 'paths', 'prepare --output cannot be created', 'prepare',
-         ('--source=digits', '--output={FILE}/out'), 2,
-         'error: cannot create the output folder {FILE}/out: Not a directory'),
+         'error: --output {FILE} is a regular file, not a folder; give the path of a folder to '
+         'write'),
+    Case('output_under_a_file', 'paths', 'prepare --output cannot be created (refused before '
+         'the source is read)', 'prepare', ('--source=digits', '--output={FILE}/out'), 2,
+         'error: --output {FILE}, a parent of {FILE}/out, is a regular file, not a folder; give '
+         'the path of a folder to write'),
     Case('output_holds_other_files', 'paths', 'prepare --output is a non-empty folder', 'prepare',
          ('--source=digits', '--output={RUN}'), 2,
          'error: output folder {RUN} is not empty and holds no prepared dataset (found '
@@ -365,6 +368,31 @@ CASES = (
          'dataset again: delete {DAMAGED} and run python -m alexnet_jax.prepare --source=digits '
          '--output={DAMAGED} --image_size=72 (the same source gives the same dataset, so the run '
          'resumes unchanged)'),
+    Case('raw_cut_short', 'data', 'a raw dataset whose train.u8 lost its last byte', 'launch',
+         _launch('--config.data.dir={CASE}/raw'), 2,
+         'error: {CASE}/raw/train.u8 is 22,286,015 bytes, not the 22,286,016 of 1433 72x72 '
+         'images (cut short); delete {CASE}/raw and run python -m alexnet_jax.prepare '
+         '--source=digits --output={CASE}/raw --image_size=72 --format=raw (the same source gives '
+         'the same dataset, so the run resumes unchanged)',
+         inputs=(('raw', 'raw_cut_short'),)),
+    Case('raw_other_version', 'data', 'a raw dataset of another layout version', 'launch',
+         _launch('--config.data.dir={CASE}/raw'), 2,
+         'error: {CASE}/raw holds no complete prepared dataset (dataset.json describes raw '
+         "storage version '2'; this program reads version 1); run: python -m alexnet_jax.prepare "
+         '--source=digits --output={CASE}/raw --format=raw (or set config.data.prepare_from)',
+         inputs=(('raw', 'raw_version_2'),)),
+    Case('raw_image_size_mismatch', 'data', 'a raw dataset of another image size than the '
+         'config', 'launch', _launch('--config.data.dir={RAW}', '--config.data.image_size=80'), 2,
+         'error: {RAW} was prepared at image_size 72 but config.data.image_size is 80'),
+    Case('raw_checksum_mismatch', 'data', 'prepare --verify on a raw dataset with one byte '
+         'changed', 'prepare',
+         ('--source=digits', '--output={CASE}/raw', '--image_size=72', '--format=raw',
+          '--verify'), 2,
+         'error: {CASE}/raw/train.u8: images 0..1432 differ from what was written (checksum '
+         'mismatch: the storage corrupted them); delete {CASE}/raw and run python -m '
+         'alexnet_jax.prepare --source=digits --output={CASE}/raw --image_size=72 --format=raw '
+         '(the same source gives the same dataset, so the run resumes unchanged)',
+         inputs=(('raw', 'raw_flipped_byte'),)),
     *(Case(f'prepare_{kind}', 'data', f'prepare on an ImageFolder {what}', 'prepare',
            ('--source={CASE}/src', '--output={CASE}/out', '--image_size=32'), SKIPPED,
            'prepared {CASE}/out: train 4, val 0 images (no validation images: launch.py refuses '
@@ -504,6 +532,49 @@ CASES = (
          'without --strict to prepare this part of it)',
          inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_two_synsets'),
                  ('src/ILSVRC2012_img_val.tar', 'val_tar')), leaves_nothing=True),
+    # --------------------------------------------------------------------- weights
+    Case('import_missing_input', 'weights', 'import_weights --input does not exist',
+         'import_weights', ('--source=torchvision', '--input={CASE}/nowhere.pth',
+                            '--workdir={CASE}/new'), 2,
+         'error: --input {CASE}/nowhere.pth does not exist', leaves_nothing=True),
+    Case('import_not_a_pth', 'weights', 'import_weights --source=torchvision of a file that is '
+         'not a state_dict', 'import_weights',
+         ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: {FILE} is not a PyTorch file of tensors (a state_dict saved with torch.save) '
+         'that torch.load reads', leaves_nothing=True),
+    Case('import_into_a_run', 'weights', 'import_weights into the workdir of a run',
+         'import_weights', ('--source=torchvision', '--input={FILE}', '--workdir={RUN}'), 2,
+         'error: {RUN} already holds a run; import into a new --workdir'),
+    Case('import_option_of_another_source', 'weights', 'import_weights --mean_file with '
+         '--source=torchvision (a Caffe option)', 'import_weights',
+         ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new',
+          '--mean_file={FILE}'), 2,
+         'error: --mean_file does not apply to --source=torchvision', leaves_nothing=True),
+    Case('import_caffe_not_a_caffemodel', 'weights', 'import_weights --source=caffe of a file '
+         'that is not a caffemodel', 'import_weights',
+         ('--source=caffe', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: caffemodel {FILE} is not a Caffe NetParameter: its bytes do not parse as '
+         'binary protobuf', leaves_nothing=True),
+    Case('import_onnx_not_an_onnx_model', 'weights', 'import_weights --source=onnx of a file '
+         'that is not an ONNX model', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: {FILE} is not an ONNX model: its bytes do not parse as binary protobuf',
+         leaves_nothing=True),
+    Case('import_prototxt_for_onnx', 'weights', 'import_weights --prototxt with --source=onnx '
+         '(a Caffe option)', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new', '--prototxt={FILE}'), 2,
+         'error: --prototxt does not apply to --source=onnx', leaves_nothing=True),
+    Case('export_torchvision_of_other_network', 'weights',
+         'export_weights --to=torchvision of a two-tower run with LRN', 'export_weights',
+         ('--workdir={RUN}', '--to=torchvision', '--output={CASE}/out.pth'), 2,
+         'error: torchvision\'s AlexNet layout cannot hold this run\'s network: 2 towers '
+         '(torchvision has one); LRN (torchvision has none); a 1x1 map into fc6 at 64 crops '
+         '(torchvision: 6x6); export it --to=safetensors (any run) instead'),
+    Case('export_output_missing_parent', 'weights', 'export_weights --output in a folder that '
+         'does not exist (refused before the weights are read)', 'export_weights',
+         ('--workdir={RUN}', '--to=safetensors', '--output={CASE}/nowhere/run.safetensors'), 2,
+         'error: --output {CASE}/nowhere/run.safetensors: its folder {CASE}/nowhere does not '
+         'exist'),
     # --------------------------------------------------------------------- checkpoints
     Case('corrupt_checkpoint', 'checkpoints', 'the only checkpoint is damaged (resume)',
          'launch', _launch(workdir='{BROKEN_RUN}'), 2,
@@ -758,6 +829,9 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
   if kind == 'folder':
     os.makedirs(path)
     return
+  if kind.startswith('raw_'):
+    _damaged_raw(fixtures['RAW'], path, kind)
+    return
   if kind == 'dangling':
     os.symlink(os.path.join(os.path.dirname(path), 'gone.JPEG'), path)
     return
@@ -818,6 +892,28 @@ def _make_input(path: str, kind: str, fixtures: dict[str, str], name: str) -> No
     f.write(data)
 
 
+def _damaged_raw(raw: str, path: str, kind: str) -> None:
+  """A copy of the raw dataset `raw` at `path`, damaged as `kind` says."""
+  shutil.copytree(raw, path)
+  images = os.path.join(path, 'train.u8')
+  if kind == 'raw_cut_short':
+    os.truncate(images, os.path.getsize(images) - 1)
+  elif kind == 'raw_flipped_byte':
+    with open(images, 'r+b') as f:
+      f.seek(5000)
+      byte = f.read(1)[0]
+      f.seek(5000)
+      f.write(bytes([byte ^ 0x10]))
+  elif kind == 'raw_version_2':
+    with open(os.path.join(path, 'dataset.json')) as f:
+      description = json.load(f)
+    description['format'] = 'alexnet_jax.prepared-raw/2'
+    with open(os.path.join(path, 'dataset.json'), 'w') as f:
+      json.dump(description, f)
+  else:
+    raise ValueError(f'unknown input kind {kind!r}')
+
+
 def _make_fixtures(root: str) -> dict[str, str]:
   """The shared inputs of the matrix, under `root` (DATA is the test run's digits set)."""
   from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
@@ -826,7 +922,8 @@ def _make_fixtures(root: str) -> dict[str, str]:
               'RUN': os.path.join(root, 'run'), 'BROKEN_RUN': os.path.join(root, 'broken_run'),
               'RUN3': os.path.join(root, 'run3'),
               'DATA3': os.path.join(root, 'data3'), 'NOVAL': os.path.join(root, 'noval'),
-              'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py')}
+              'DAMAGED': os.path.join(root, 'damaged_data'), 'CFG': os.path.join(root, 'tiny.py'),
+              'RAW': os.path.join(root, 'raw_data')}
   with open(fixtures['FILE'], 'w') as f:
     f.write('a file, not a folder\n')
   config = training.tiny_config(fixtures['DATA'], num_train_steps=4, final_eval_crops=1)
@@ -843,6 +940,7 @@ def _make_fixtures(root: str) -> dict[str, str]:
     name = os.path.join('val', 'abc'[i % 3], f'{i}.JPEG')
     _make_input(os.path.join(source, name), 'jpeg', fixtures, name)
   prepare.prepare(source, fixtures['DATA3'], image_size=72, progress=False)
+  prepare.prepare('digits', fixtures['RAW'], image_size=72, progress=False, storage='raw')
   shutil.copytree(fixtures['DATA'], fixtures['DAMAGED'])
   damage_shard(os.path.join(fixtures['DAMAGED'], 'train.array_record-00000-of-00003'))
   faults.write_run_with_checkpoint(
@@ -1023,10 +1121,13 @@ def render_doc() -> str:
             'labels': 'Labels files', 'tars': 'Official ImageNet tars',
             'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
+            'weights': 'Importing and exporting weights',
             'flags': 'Flags', 'cluster': 'Multi-process runs', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
            'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate',
-           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary'}
+           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary',
+           'import_weights': 'python -m alexnet_jax.import_weights',
+           'export_weights': 'python -m alexnet_jax.export_weights'}
   cell = lambda s: s.replace('|', '\\|')
   lines = [
       '# Bad input: what each command says',

@@ -1,7 +1,7 @@
 """The sources and grain pipelines on a tiny prepared dataset and a tiny fake tfds imagenet2012.
 
 Every batch element is traced back to the one stored image it was cut from (exact
-pixel match at the reported crop offset and flip), so the tests check what the
+pixel match at the reported crop offset; crops ship unmirrored), so the tests check what the
 model will see, not how the pipeline is built.
 """
 
@@ -57,13 +57,10 @@ def _stored(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(images), np.array(labels)
 
 
-def _identify(stored: np.ndarray, image: np.ndarray, top: int, left: int,
-              flip: bool) -> int:
-  """Index of the one stored image whose crop at (top, left), flipped, is `image`."""
+def _identify(stored: np.ndarray, image: np.ndarray, top: int, left: int) -> int:
+  """Index of the one stored image whose crop at (top, left) is `image` (shipped unmirrored)."""
   c = image.shape[0]
   windows = stored[:, top:top + c, left:left + c]
-  if flip:
-    windows = windows[:, :, ::-1]
   matches = np.flatnonzero((windows == image).all(axis=(1, 2, 3)))
   assert len(matches) == 1, f'{len(matches)} stored images match'
   return int(matches[0])
@@ -101,7 +98,7 @@ def _take(iterator, n):
 
 def _ids(batches):
   """Stored-image index of every element of train batches, in order."""
-  return [_identify(TRAIN, b['image'][k], *b['crop'][k], b['flip'][k])
+  return [_identify(TRAIN, b['image'][k], *b['crop'][k])
           for b in batches for k in range(len(b['label']))]
 
 
@@ -233,7 +230,7 @@ class TrainIteratorTest(parameterized.TestCase):
     center = (SIZE - CROP) // 2
     for b in batches:
       np.testing.assert_array_equal(b['crop'], np.full((8, 2), center))
-    ids = _ids(batches)  # Raises unless each element is that exact (flipped) crop.
+    ids = _ids(batches)  # Raises unless each element is that exact crop.
     labels = np.concatenate([b['label'] for b in batches])
     np.testing.assert_array_equal(labels, TRAIN_LABELS[ids])
     flips = np.concatenate([b['flip'] for b in batches])
@@ -359,7 +356,7 @@ class EvalIteratorTest(parameterized.TestCase):
         self.assertFalse(b['flip'].any())
         np.testing.assert_array_equal(b['lighting'], 0)
         for k in np.flatnonzero(b['mask']):
-          index = _identify(VAL, b['image'][k, 0], 4, 4, False)
+          index = _identify(VAL, b['image'][k, 0], 4, 4)
           self.assertEqual(b['label'][k], VAL_LABELS[index])
           seen.append(index)
     self.assertEqual(sorted(seen), list(range(NUM_VAL)))
@@ -373,9 +370,9 @@ class EvalIteratorTest(parameterized.TestCase):
     np.testing.assert_array_equal(b['crop'][0], [(t, l) for t, l, _ in views])
     np.testing.assert_array_equal(b['flip'][0], [f for _, _, f in views])
     for k in range(4):
-      for v, (top, left, flip) in enumerate(views):
-        window = VAL[k, top:top + CROP, left:left + CROP]
-        np.testing.assert_array_equal(b['image'][k, v], window[:, ::-1] if flip else window)
+      for v, (top, left, _) in enumerate(views):
+        # Shipped unmirrored: preprocess.normalize mirrors the flipped views.
+        np.testing.assert_array_equal(b['image'][k, v], VAL[k, top:top + CROP, left:left + CROP])
 
   def test_normalized_views_equal_numpy(self):
     info = sources.load_info(_data_config(FOLDER))
@@ -456,7 +453,7 @@ class TfdsSourceTest(absltest.TestCase):
         self._config(), global_batch_size=3, seed=0, process_index=0, process_count=1)
     for b in _take(iterator, 4):
       for k in range(3):
-        index = _identify(self.train, b['image'][k], *b['crop'][k], b['flip'][k])
+        index = _identify(self.train, b['image'][k], *b['crop'][k])
         self.assertEqual(b['label'][k], self.labels['train'][index])
 
   def test_eval_reads_the_validation_split(self):

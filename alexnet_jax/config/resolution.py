@@ -22,6 +22,7 @@ import numpy as np
 from alexnet_jax.config import eval_schema
 from alexnet_jax.config import known_fields
 from alexnet_jax.core import errors
+from alexnet_jax.data import raw_format
 from alexnet_jax.model import alexnet
 from alexnet_jax.learning import optim
 from alexnet_jax.sharding import meshes
@@ -31,7 +32,7 @@ from alexnet_jax.sharding import meshes
 DEFAULT_DEVICE_PREFETCH = 2
 
 # Feeding the step (docs/design.md, "Input pipeline on a GPU host"): what one core of the
-# train pipeline does, measured with benchmarks/input_pipeline.py on prepared 256x256
+# train pipeline does, measured with benchmarks/loader_baseline.py on prepared 256x256
 # shards (benchmarks/README.md, section 3), and the step it must keep up with.
 RECORD_SECONDS = 359e-6  # one record on one thread: read, decode, crop, flip, lighting, batch
 GIL_SECONDS = 68e-6  # of which the GIL is held: the same pipeline with the decoder stubbed
@@ -76,12 +77,18 @@ class Feeding:
   threads: float  # images/s `cores` threads project
   processes: float  # images/s `cores` worker processes project
   need: float  # images/s the step takes from one process
+  raw: bool = False  # a raw-pixel dataset: the gather's threads, never worker processes
 
   @property
   def use_processes(self) -> bool:
-    return self.threads < self.need
+    return not self.raw and self.threads < self.need
 
   def describe(self) -> str:
+    if self.raw:  # the gather's threads copy crops, releasing the GIL: they add up
+      return (f'input per host: raw storage, read by {self.cores} gather threads, never worker '
+              f'processes; the step needs {self.need:,.0f} images/s (batch '
+              f'{self.batch_per_device} per device, {self.batch_per_process} per process): '
+              'data.worker_count -1 chooses threads')
     choice = (f'data.worker_count -1 chooses {self.cores} worker processes' if self.use_processes
               else 'data.worker_count -1 chooses threads (no worker processes)')
     short = ' (short of the step: it will wait for input)' if (
@@ -93,16 +100,18 @@ class Feeding:
 
 
 def feeding(platform: str, cores: int, batch_per_device: int,
-            batch_per_process: int) -> Feeding:
+            batch_per_process: int, raw: bool = False) -> Feeding:
   """Threads or worker processes for one process's input (see resolve_auto).
 
   The step runs step_images_per_sec / batch_per_device steps a second, and each
-  step takes batch_per_process images from this process.
+  step takes batch_per_process images from this process. `raw`: a raw-pixel dataset,
+  read by the gather's threads whatever the need (the dry run's input lines say how
+  many keep up: `training/feed_plan.py`).
   """
   need = step_images_per_sec(platform, batch_per_device) * batch_per_process / batch_per_device
   return Feeding(cores=cores, batch_per_device=batch_per_device,
                  batch_per_process=batch_per_process, threads=thread_images_per_sec(cores),
-                 processes=process_images_per_sec(cores), need=need)
+                 processes=process_images_per_sec(cores), need=need, raw=raw)
 
 
 def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, devices: int,
@@ -120,7 +129,8 @@ def feeding_for(config: ml_collections.ConfigDict, platform: str, cores: int, de
   data = max(1, data)
   batch_per_device = max(1, int(config.batch_size) // data)
   slices = max(1, min(processes, data))
-  return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices))
+  return feeding(platform, cores, batch_per_device, max(1, int(config.batch_size) // slices),
+                 raw=raw_pixels(config.data))
 
 
 def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = None,
@@ -136,6 +146,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   On an H200 host 16 threads fed 2,600 images/s where 16 processes fed 16,000
   (docs/design.md, "Input pipeline on a GPU host"); a CPU's step needs ~30. data.num_threads
   -1: one decoder thread per core without worker processes, one per worker with them.
+  A raw-pixel dataset already in data.dir always takes threads (worker_count 0): its
+  batch-level gather's threads release the GIL while they copy (`data.gather`).
   platform ('cpu', 'gpu', 'tpu'), cpu_count, devices and processes default to this
   machine's; the dry run passes those of the cluster it plans for, so both use this one rule.
   A field that no config has (a typo) is refused first (known_fields).
@@ -164,6 +176,11 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   if config.data.num_threads == -1:
     config.data.num_threads = 1 if config.data.worker_count > 0 else cores
   return config
+
+
+def raw_pixels(data: ml_collections.ConfigDict) -> bool:
+  """Whether data.dir already holds a raw-pixel prepared dataset (trained on by threads)."""
+  return data.source == 'prepared' and bool(data.dir) and raw_format.is_raw(str(data.dir))
 
 
 def _mesh_size(value: Any) -> Any:

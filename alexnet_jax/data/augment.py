@@ -1,13 +1,13 @@
 """Image ops of the paper's augmentation, as small pure functions.
 
-Host side (numpy, uint8): crop offsets, crops, flips and the per-image PCA lighting
-shift (decoding and the stored-image geometry are in `decoding`). Every random op takes
+Host side (numpy, uint8): crop offsets, crops, the flip coin and the per-image PCA
+lighting shift (decoding and the stored-image geometry are in `decoding`). Every random op takes
 an explicit `np.random.Generator` (grain hands one to each record), so a record's
 augmentation depends only on the pipeline seed and the record's position in the
 stream.
 
-The device side (mean subtraction, lighting added, inside the jitted step) is
-`preprocess.normalize`; the host ships it uint8 crops plus these parameters.
+The device side (mean subtraction, the flip, lighting added, inside the jitted step) is
+`preprocess.normalize`; the host ships it unmirrored uint8 crops plus these parameters.
 
 Pixel scale of the model input, as in the paper and Caffe: 0-255 units minus the mean.
 The PCA lighting shift is defined, as in the paper, on pixels in [0, 1]:
@@ -19,12 +19,11 @@ pixels.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
 # ----------------------------------------------------------------------------------
-# Crops and flips (host, uint8).
+# Crops and the flip coin (host, uint8).
 
 
 def random_crop_offsets(
@@ -65,14 +64,10 @@ def random_flip(rng: np.random.Generator) -> bool:
   return bool(rng.random() < 0.5)
 
 
-def crop_and_flip(image: np.ndarray, top: int, left: int, size: int,
-                  flip: bool) -> np.ndarray:
-  """A contiguous copy of the crop, mirrored when `flip`."""
-  view = crop(image, top, left, size)
-  if flip:
-    # OpenCV's SIMD flip copies ~20x faster than numpy's negative-stride copy.
-    return cv2.flip(view, 1)
-  return np.ascontiguousarray(view)
+def crop_copy(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+  """A contiguous copy of the crop, never mirrored: `preprocess.normalize` mirrors it on
+  the device where `flip` says so (docs/design.md, "Augmentation")."""
+  return np.ascontiguousarray(crop(image, top, left, size))
 
 
 # ----------------------------------------------------------------------------------

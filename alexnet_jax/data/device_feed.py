@@ -14,6 +14,13 @@ all processes. `position` is that of the last batch handed out, never of the one
 the thread read ahead: it is what a checkpoint saved after this step must store,
 so that a resume neither skips nor repeats the prefetched batches.
 
+A reader whose batches live in reused host buffers (`reuses_buffers`, the raw-pixel
+gather's ring) gets each buffer back at its next `next`. The feed therefore waits
+until the transfer of a batch is done (`jax.block_until_ready`) before it reads the
+next one: an asynchronous copy to an accelerator may still be reading the buffer
+when `put` returns. On CPU devices, which may share the host buffer instead of
+copying it, the feed copies the batch before `put`.
+
 An error in the thread (a damaged shard, a failed transfer) is raised in the
 caller's thread by the `next` that would have returned that batch, with the
 thread's traceback; a grain worker process that died (killed) is raised as one
@@ -29,6 +36,8 @@ import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from absl import logging
+import jax
+import numpy as np
 
 from alexnet_jax.core import errors
 
@@ -65,6 +74,31 @@ def _as_user_error(error: BaseException) -> BaseException:
       'the newest one')
 
 
+class _PutAndWait(Generic[Local, Fed]):
+  """`put` for batches in reused host buffers: returns once the device arrays no longer
+  read them.
+
+  On an accelerator that is when the copy is done (`jax.block_until_ready`). XLA:CPU
+  instead may make a device array share an aligned numpy buffer (zero-copy) for as long
+  as the array lives, so on CPU devices the batch is copied on the host first.
+  """
+
+  def __init__(self, put: Callable[[Local], Fed]):
+    self._put = put
+    self._copy: bool | None = None  # known after the first transfer: whether devices are CPUs
+
+  def __call__(self, local: Local) -> Fed:
+    if self._copy:
+      local = jax.tree.map(np.array, local)  # np.array copies
+    fed = jax.block_until_ready(self._put(local))
+    if self._copy is None:
+      self._copy = any(device.platform == 'cpu' for leaf in jax.tree.leaves(fed)
+                       if isinstance(leaf, jax.Array) for device in leaf.devices())
+      if self._copy:
+        return self(local)
+    return fed
+
+
 class _End:
   """The reader ran out: the thread's last item."""
 
@@ -94,7 +128,8 @@ class DeviceFeed(Generic[Local, Fed]):
                start: int = 0, depth: int = 2, name: str = 'device-feed'):
     if depth < 0:
       raise ValueError(f'depth must be >= 0, got {depth}')
-    self._batches, self._put, self._depth, self._name = batches, put, int(depth), name
+    self._batches, self._depth, self._name = batches, int(depth), name
+    self._put = _PutAndWait(put) if getattr(batches, 'reuses_buffers', False) else put
     self._position = int(start)  # of the last batch handed out
     self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self._depth, 1))
     self._stop = threading.Event()

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import prepared_format
+from alexnet_jax.data import raw_format
 from alexnet_jax.data import sources
 from alexnet_jax.data.dataset_info import DatasetInfo
 
@@ -61,7 +62,10 @@ def _array_digest(values: np.ndarray) -> str:
 
 
 def prepared_labels(folder: str, description: Mapping[str, Any], split: str) -> np.ndarray:
-  """The labels of a prepared split in record order, from the records' headers only."""
+  """The labels of a prepared split in record order, from the records' headers only
+  (the raw storage: its labels file)."""
+  if prepared_format.storage(description) == 'raw':
+    return raw_format.open_raw_split(folder, split).labels
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   labels = []
@@ -99,9 +103,11 @@ def of_dataset(data_config: ml_collections.ConfigDict, info: DatasetInfo,
   if data_config.source == 'prepared':
     description = prepared_format.read_dataset_json(data_config.dir)
     if description is not None:
-      wanted = sorted(description['shards']) if splits is None else splits
+      present = description['raw' if prepared_format.storage(description) == 'raw'
+                            else 'shards']
+      wanted = sorted(present) if splits is None else splits
       for split in wanted:
-        if split in description['shards']:
+        if split in present:
           labels[split] = prepared_labels(data_config.dir, description, split)
           parts[LABELS + split] = _digest(labels[split].astype('<i4').tobytes())
   return Fingerprint(parts, labels)

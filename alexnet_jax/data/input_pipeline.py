@@ -1,7 +1,10 @@
-"""grain pipelines of one process: records -> transformed examples -> its rows of each batch.
+"""The input pipelines of one process: stored images -> its rows of each batch.
 
-Train: global shuffle (a fresh permutation every epoch, from the seed) -> repeat ->
-`transforms.TrainTransform` with grain's per-record rng -> this process's rows
+Train on a raw-pixel dataset: `gather`, the batch-level path (plans drawn per global
+batch by `batch_sampler`, crops copied by threads into a ring of reused buffers).
+Train on JPEG (and tfds) records, grain: global shuffle (a fresh permutation every
+epoch, from the seed) -> repeat -> `transforms.TrainTransform` with grain's per-record
+rng -> this process's rows
 (`ProcessBlocks`) -> batch. Augmenting before the per-process slice makes each
 record's rng depend on its global position, so the global batch sequence is a pure
 function of (seed, data, step) for any process count. Eval: the split once, padded
@@ -10,10 +13,14 @@ to whole global batches, through `transforms.EvalTransform`.
 With data.worker_count > 0 the batches are made in worker processes and reach this one
 through each worker's ring of reused shared memory (`batch_handoff`).
 
+Both train paths give the same layout and the same guarantees, not the same draws: the
+grain path draws per record, the gather per batch (docs/design.md, "Augmentation").
+
 Train batch (b = global_batch_size // process_count, c = crop_size):
-  image uint8 (b, c, c, 3); crop int32 (b, 2) (top, left) in the stored image;
-  flip bool (b,); lighting float32 (b, 3) in 0-255 units; label int32 (b,).
-Eval batch (V = 1 center crop, or the paper's 10 views): image uint8 (b, V, c, c, 3);
+  image uint8 (b, c, c, 3), the crop unmirrored; crop int32 (b, 2) (top, left) in the
+  stored image; flip bool (b,), whether `preprocess.normalize` mirrors it on the device;
+  lighting float32 (b, 3) in 0-255 units; label int32 (b,).
+Eval batch (V = 1 center crop, or the paper's 10 views): image uint8 (b, V, c, c, 3), unmirrored;
   crop int32 (b, V, 2); flip bool (b, V); lighting float32 zeros (b, V, 3);
   label int32 (b,); mask bool (b,) (False on padding that completes the last batch).
 """
@@ -31,6 +38,9 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import batch_handoff
+from alexnet_jax.data import batch_sampler
+from alexnet_jax.data import gather
+from alexnet_jax.data import raw_format
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.data import worker_guard
@@ -169,24 +179,55 @@ def _iterator(dataset: grain.MapDataset,
   return iter(iter_dataset)
 
 
+def uses_gather(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether training on the configured dataset takes the batch-level gather: raw pixels."""
+  return (data_config.source == 'prepared' and bool(data_config.dir)
+          and raw_format.is_raw(data_config.dir))
+
+
+def make_gather_iterator(split: raw_format.RawSplit, info: DatasetInfo,
+                         data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                         seed: int, process_index: int, process_count: int,
+                         start: int) -> gather.GatherIterator:
+  """The batch-level train iterator over a raw split (threads: data.num_threads)."""
+  _local_batch(global_batch_size, process_count)
+  sampler = batch_sampler.TrainSampler(
+      num_records=len(split.labels), global_batch_size=global_batch_size,
+      image_size=info.image_size, crop_size=data_config.crop_size, flip=data_config.flip,
+      lighting_std=data_config.lighting_std, eigvals=info.eigvals, eigvecs=info.eigvecs,
+      seed=seed, random_crop=data_config.get('random_crop', True))
+  # One slot held by the consumer, `prefetch` filled ahead.
+  return gather.GatherIterator(
+      split.images, split.labels, sampler, process_index=process_index,
+      process_count=process_count, num_threads=int(data_config.num_threads),
+      ring_size=max(int(data_config.prefetch), 1) + 1, start=start)
+
+
 def create_train_iterator(data_config: ml_collections.ConfigDict, *,
                           global_batch_size: int, seed: int,
                           process_index: int | None = None,
                           process_count: int | None = None,
-                          start: int = 0) -> grain.DatasetIterator:
+                          start: int = 0) -> grain.DatasetIterator | gather.GatherIterator:
   """Endless, checkpointable (get_state/set_state) iterator of train batches.
 
   Every epoch is a fresh global permutation; batch k of process p is the same in
   every run and for any num_threads / worker_count. Local batch k holds process p's
   rows of global batch k for every process count (ProcessBlocks), so `start` (the
   global batches already read, as a checkpoint stores it) resumes the same global
-  sequence with any number of processes: the first batch is batch `start`.
+  sequence with any number of processes: the first batch is batch `start`. A raw
+  dataset gives a `gather.GatherIterator`, whose batches stay valid until the next
+  `next` (its ring; `device_feed.DeviceFeed` honours it).
   """
   if not isinstance(start, int) or isinstance(start, bool) or start < 0:
     raise ValueError(f'start must be an integer >= 0, got {start!r}')
   source = sources.create_source(data_config)
   info = source.info()
   index, count = _processes(process_index, process_count)
+  if uses_gather(data_config):
+    return make_gather_iterator(
+        raw_format.open_raw_split(data_config.dir, 'train'), info, data_config,
+        global_batch_size=global_batch_size, seed=seed, process_index=index,
+        process_count=count, start=start)
   dataset = make_train_dataset(
       source.split('train'), image_size=info.image_size,
       crop_size=data_config.crop_size, flip=data_config.flip,

@@ -1,7 +1,7 @@
 """On the device, inside the jitted step: uint8 crops to float model input.
 
-The host ships uint8 crops plus three small per-image parameters (crop offsets,
-flip, lighting shift; see `augment`) because the float work is far cheaper on the
+The host ships uint8 crops, unmirrored, plus three small per-image parameters (crop
+offsets, flip, lighting shift; see `augment`) because the float work is far cheaper on the
 accelerator than in numpy, and uint8 batches are a quarter of the bytes. Pixel
 scale of the model input, as in the paper and Caffe: 0-255 units minus the mean
 (docs/design.md, "Preprocessing").
@@ -23,17 +23,19 @@ def channel_mean_image(mean_image: np.ndarray) -> np.ndarray:
 
 def normalize(image: jax.Array, crop: jax.Array, flip: jax.Array, lighting: jax.Array,
               mean_image: jax.Array) -> jax.Array:
-  """Model input from uint8 crops: image - (same crop/flip of the mean) + lighting.
+  """Model input from uint8 crops: mirror(image - the same crop of the mean) + lighting.
 
-  Runs inside the jitted step. Any leading batch dims (b,) or (b, views) work.
+  Runs inside the jitted step. Any leading batch dims (b,) or (b, views) work. The
+  host ships crops unmirrored and the flip happens here, where it fuses into the
+  subtraction at no cost, instead of a strided copy per image on the host.
 
   Args:
-    image: uint8 (..., c, c, 3), crops already cut and flipped on the host.
+    image: uint8 (..., c, c, 3), crops cut on the host, never mirrored there.
     crop: int (..., 2), (top, left) of each crop in the stored image.
-    flip: bool (...), whether each crop was mirrored.
+    flip: bool (...), whether to mirror each crop left-right.
     lighting: float (..., 3), the PCA lighting shift in 0-255 units (zeros in eval).
     mean_image: float (S, S, 3) per-pixel mean of the training set, 0-255 units, or
-      (3,) per-channel mean (then crop and flip do not matter).
+      (3,) per-channel mean (then the crop offsets do not matter).
 
   Returns:
     float32 (..., c, c, 3) in 0-255 units minus the mean.
@@ -45,11 +47,13 @@ def normalize(image: jax.Array, crop: jax.Array, flip: jax.Array, lighting: jax.
   if mean_image.ndim == 1:
     x = x - mean_image
   else:
-    def mean_crop(offset, mirrored):
-      window = jax.lax.dynamic_slice(mean_image, (offset[0], offset[1], 0), (c, c, 3))
-      return jnp.where(mirrored, window[:, ::-1], window)
+    def mean_crop(offset):
+      # The start indices must share a dtype: a literal 0 is int64 under JAX_ENABLE_X64=1.
+      start = (offset[0], offset[1], jnp.zeros_like(offset[0]))
+      return jax.lax.dynamic_slice(mean_image, start, (c, c, 3))
 
-    means = jax.vmap(mean_crop)(jnp.reshape(crop, (-1, 2)), jnp.reshape(flip, (-1,)))
+    means = jax.vmap(mean_crop)(jnp.reshape(crop, (-1, 2)))
     x = x - jnp.reshape(means, lead + (c, c, 3))
+  # Mirroring the difference mirrors the crop and its mean window alike.
+  x = jnp.where(jnp.asarray(flip, bool)[..., None, None, None], x[..., ::-1, :], x)
   return x + jnp.asarray(lighting, jnp.float32)[..., None, None, :]
-

@@ -1,6 +1,7 @@
 """Where records come from: one class per dataset source, picked by config.data.source.
 
-'prepared': the ArrayRecord shards `python -m alexnet_jax.prepare` writes in data.dir.
+'prepared': what `python -m alexnet_jax.prepare` writes in data.dir, ArrayRecord
+shards of JPEGs or (--format=raw) memory-mapped pixels; dataset.json says which.
 'tfds': tensorflow-datasets' imagenet2012 in ArrayRecord format under data.dir (its
 data_dir), read in place; full-size JPEGs are resized on the fly as prepare resizes.
 `create_source` is the one place the choice is made; each source imports its reader
@@ -12,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import json
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from alexnet_jax.core import errors
 from alexnet_jax.data import prepared_format
+from alexnet_jax.data import raw_format
 from alexnet_jax.data.dataset_info import DatasetInfo
 
 # Widely used ImageNet statistics of pixels in [0, 1] (docs/design.md, "Augmentation").
@@ -35,10 +38,11 @@ TFDS_SPLITS = {'train': 'train', 'val': 'validation'}  # ours -> tfds' split nam
 
 @dataclasses.dataclass(frozen=True)
 class RecordSource:
-  """Random-access records, how to read (image bytes, label) from one, and whether
-  the images still need the resize to image_size (True for full-size JPEGs)."""
+  """Random-access records, how to read (image, label) from one, and whether the
+  images still need the resize to image_size (True for full-size JPEGs). The image
+  is encoded bytes, or uint8 (S, S, 3) pixels from the raw storage (not decoded)."""
   records: Any
-  parse: Callable[[Any], tuple[bytes, int]]
+  parse: Callable[[Any], tuple[bytes | np.ndarray, int]]
   resize: bool
 
 
@@ -104,8 +108,8 @@ class PreparedSource(Source):
     if missing:
       raise errors.MissingInputError(
           f'{folder or "(config.data.dir is empty)"} holds no complete prepared dataset '
-          f'({missing}); run: python -m alexnet_jax.prepare '
-          f'--source=SRC --output={folder or "DIR"} (or set config.data.prepare_from)')
+          f'({missing}); run: python -m alexnet_jax.prepare {_prepare_options(folder)} (or set '
+          'config.data.prepare_from)')
     description = prepared_format.read_dataset_json(folder)
     if description['image_size'] != self.config.image_size:
       raise errors.InputError(
@@ -132,6 +136,8 @@ class PreparedSource(Source):
     import grain  # Only reading records needs it, not the description.
 
     folder, description = self.config.dir, self.description
+    if prepared_format.storage(description) == 'raw':
+      return _raw_records(folder, description, split)
     shards = description['shards'][split]
     if not shards:
       raise errors.InputError(f'the {split} split of {folder} is empty')
@@ -144,14 +150,30 @@ class PreparedSource(Source):
     return RecordSource(records, prepared_format.decode_record, resize=False)
 
 
-def prepare_again(folder: str, description: dict[str, Any]) -> str:
-  """The commands that make the prepared dataset in `folder` again, as it was made."""
-  options = f' --image_size={description["image_size"]}'
-  if description.get('jpeg_quality', 95) != 95:
-    options += f' --jpeg_quality={description["jpeg_quality"]}'
-  return (f'delete {folder} and run python -m alexnet_jax.prepare '
-          f'--source={description.get("source", "SRC")} --output={folder}{options} (the same '
-          'source gives the same dataset, so the run resumes unchanged)')
+def _prepare_options(folder: str) -> str:
+  """The prepare options that make `folder` again, as far as its unusable dataset.json says:
+  '--source=SRC --output=DIR', with its source and ' --format=raw' when they are known."""
+  source, raw = 'SRC', False
+  try:
+    with open(os.path.join(folder, prepared_format.DATASET_FILE)) as f:
+      description = json.load(f)
+    raw = str(description.get('format', '')).startswith(prepared_format.RAW_FORMAT_PREFIX)
+    source = str(description.get('source') or source) if raw else source
+  except (OSError, ValueError, AttributeError):
+    pass
+  return f'--source={source} --output={folder or "DIR"}{" --format=raw" if raw else ""}'
+
+
+def _raw_records(folder: str, description: dict[str, Any], split: str) -> RecordSource:
+  """The records of a raw split: its memory-mapped images, each with its label, not decoded."""
+  if not description['raw'][split]['count']:
+    raise errors.InputError(f'the {split} split of {folder} is empty')
+  opened = raw_format.open_raw_split(folder, split)  # the cheap checks, before any worker starts
+  records = raw_format.RawRecords(folder, split, len(opened.labels))
+  return RecordSource(records, raw_format.parse_record, resize=False)
+
+
+prepare_again = prepared_format.prepare_again  # the commands that make a dataset again
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

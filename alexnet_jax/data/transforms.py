@@ -1,8 +1,9 @@
 """Per-record transforms: one stored record to one training example or its eval views.
 
 Module level and frozen dataclasses, so grain can pickle them into worker processes.
-An example holds the uint8 crop plus its parameters (crop offsets, flip, lighting
-shift); `preprocess.normalize` turns them into model input inside the jitted step.
+An example holds the uint8 crop, unmirrored, plus its parameters (crop offsets, flip,
+lighting shift); `preprocess.normalize` mirrors it and turns it into model input inside
+the jitted step.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from alexnet_jax.data import decoding
 View = tuple[int, int, bool]  # (top, left, flip) of one eval crop
 
 
-def stored_image(data: bytes, image_size: int, resize: bool) -> np.ndarray:
+def stored_image(data: bytes | np.ndarray, image_size: int, resize: bool) -> np.ndarray:
   """The (S, S, 3) uint8 image a record stores; full-size images (resize) are resized
-  and center-cropped to image_size exactly as prepare does."""
-  if resize:
+  and center-cropped to image_size exactly as prepare does. Pixels (the raw storage's
+  records) are taken as they are: there is nothing to decode."""
+  if isinstance(data, np.ndarray):
+    image = decoding.resize_center_crop(data, image_size) if resize else data
+  elif resize:
     return decoding.decode_and_resize(data, image_size)
-  image = decoding.decode(data)
+  else:
+    image = decoding.decode(data)
   if image.shape != (image_size, image_size, 3):
     raise errors.InputError(f'stored image is {image.shape}, expected '
                             f'({image_size}, {image_size}, 3)')
@@ -43,7 +48,7 @@ def eval_views(image_size: int, crop_size: int, crops: int) -> tuple[View, ...]:
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainTransform:
   """Record -> one augmented training example (uint8 crop and its parameters)."""
-  parse: Callable[[Any], tuple[bytes, int]]
+  parse: Callable[[Any], tuple[bytes | np.ndarray, int]]
   resize: bool
   image_size: int
   crop_size: int
@@ -62,7 +67,7 @@ class TrainTransform:
       top, left = augment.center_crop_offsets(self.image_size, self.crop_size)
     flip = self.flip and augment.random_flip(rng)
     return {
-        'image': augment.crop_and_flip(image, top, left, self.crop_size, flip),
+        'image': augment.crop_copy(image, top, left, self.crop_size),
         'crop': np.array([top, left], np.int32),
         'flip': np.bool_(flip),
         'lighting': augment.lighting_shift(rng, self.eigvals, self.eigvecs,
@@ -75,7 +80,7 @@ class TrainTransform:
 class EvalTransform:
   """Padded index -> the eval views of that record (or of a blank image past the end)."""
   records: Any
-  parse: Callable[[Any], tuple[bytes, int]]
+  parse: Callable[[Any], tuple[bytes | np.ndarray, int]]
   resize: bool
   num_records: int
   image_size: int
@@ -90,8 +95,8 @@ class EvalTransform:
     else:
       image, label = np.zeros((self.image_size, self.image_size, 3), np.uint8), 0
     return {
-        'image': np.stack([augment.crop_and_flip(image, t, l, self.crop_size, f)
-                           for t, l, f in self.views]),
+        'image': np.stack([augment.crop_copy(image, t, l, self.crop_size)
+                           for t, l, _ in self.views]),
         'crop': np.array([(t, l) for t, l, _ in self.views], np.int32),
         'flip': np.array([f for _, _, f in self.views], bool),
         'lighting': np.zeros((len(self.views), 3), np.float32),

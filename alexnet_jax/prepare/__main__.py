@@ -1,7 +1,7 @@
 r"""One-time conversion of a dataset into the paper's preprocessed form.
 
   python -m alexnet_jax.prepare --source=SRC --output=DIR [--strict] \
-      [--image_size=256] [--workers=N] [--jpeg_quality=95]
+      [--image_size=256] [--workers=N] [--jpeg_quality=95] [--format=jpeg|raw] [--verify]
 
 SRC is one of:
   * a folder with the official ILSVRC-2012 tars, as tensorflow-datasets' imagenet2012
@@ -36,7 +36,14 @@ decoded are skipped and listed in the report (or stop the run with --strict). Th
 summary line counts the turned photos and the files ignored (links to nothing
 included), and says when the val split is empty (training refuses such a dataset).
 
-DIR afterwards:
+With --format=raw the same pixels are stored before encoding instead, and read
+without decoding (docs/design.md, "Raw storage"): per split `<split>.u8` (uint8
+(N, S, S, 3), no header, memory-mappable) and `<split>.labels.npy` (int32), with a
+CRC-32 per 4096 images in dataset.json, checked on read-back after writing. The
+size (N*S*S*3 bytes: about 252 GB for ImageNet at 256) is printed first, and a
+disk without room for it is refused before anything is written.
+
+DIR afterwards (--format=jpeg):
   train.array_record-00000-of-000NN ...  records: int32 little-endian label + JPEG
   val.array_record-00000-of-000MM ...
   stats.npz      training-set statistics of the stored (decoded) pixels:
@@ -49,7 +56,8 @@ DIR afterwards:
 
 Interruptions: work happens in parts (one per synset tar, or ~512 files) recorded in
 DIR/_partial/; a re-run resumes from the parts already done and a folder without
-dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op. A
+dataset.json is never taken for a dataset. A re-run on a complete DIR is a no-op
+(with --verify it reads all of DIR back against its checksums, writing nothing). A
 part's shard is read back (record count and CRC-32 of each record) before the part
 counts as done, and the final shards are checked before dataset.json is written. Any
 failure (a full disk, Ctrl-C, an undecodable image with --strict) removes the files of
@@ -87,6 +95,13 @@ def _define_flags() -> None:
                        f'CPU core and one per {pool.WORKER_BYTES // 2**20} MiB of available '
                        'memory (more are capped, with a log line).')
   flags.DEFINE_integer('jpeg_quality', 95, 'Quality of the stored JPEGs.')
+  flags.DEFINE_enum('format', 'jpeg', ['jpeg', 'raw'], 'How the images are stored: "jpeg" '
+                    '(ArrayRecord shards of JPEGs) or "raw" (the decoded uint8 pixels in one '
+                    'memory-mappable file per split: no decoding when read, several times the '
+                    'size; the size is stated, and checked against the free space, first).')
+  flags.DEFINE_bool('verify', False, 'On a complete --output: read every image back and check '
+                    'it (raw: the CRC-32 of each chunk in dataset.json; jpeg: every record of '
+                    'every shard), instead of only reporting that it is complete. Writes nothing.')
 
 
 if __name__ == '__main__':

@@ -41,7 +41,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   report = driver.prepare(f.source, f.output, image_size=f.image_size, strict=f.strict,
-                          workers=f.workers, jpeg_quality=f.jpeg_quality)
+                          workers=f.workers, jpeg_quality=f.jpeg_quality,
+                          storage=f.format, verify=f.verify)
+  if 'verified' in report:
+    print(f'{report["output"]} is complete: all {report["verified"]:,} images read back and '
+          'their checksums match.')
+    return
   if report['noop']:
     print(f'{report["output"]} is already complete; nothing to do.')
     return

@@ -7,6 +7,7 @@ final layout. A damaged source found while converting leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -21,14 +22,15 @@ from alexnet_jax.prepare import output_dir
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import pool
 from alexnet_jax.prepare import progress_line
+from alexnet_jax.prepare import raw_storage
 from alexnet_jax.prepare import shards
 from alexnet_jax.prepare import sources
 from alexnet_jax.prepare import tfds_stats
 
 
 def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
-            workers: int = 1, jpeg_quality: int = 95,
-            progress: bool = True) -> dict[str, Any]:
+            workers: int = 1, jpeg_quality: int = 95, progress: bool = True,
+            storage: str = 'jpeg', verify: bool = False) -> dict[str, Any]:
   """Prepares `source` into `output` (`python -m alexnet_jax.prepare --help`); returns the report.
 
   A complete `output` is left as it is (report['noop'] is True). An incomplete one from
@@ -41,7 +43,10 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
     strict: raise on the first undecodable image instead of skipping it.
     workers: processes converting parts in parallel (1: in this process).
     jpeg_quality: quality of the re-encoded JPEGs.
-    progress: print a progress line with ETA.
+    progress: print a progress line with ETA (and, for raw storage, the size to write).
+    storage: 'jpeg' (ArrayRecord shards of JPEGs) or 'raw' (memory-mappable pixels).
+    verify: when `output` is complete, read all of it back against its checksums
+      (report['verified']: the images read) instead of only answering that it is.
   Raises errors.UserError (one line) for an unusable source or output.
   """
   if image_size < 8:
@@ -49,13 +54,16 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   workers = pool.checked_workers(workers)
   if not output:
     raise errors.InputError('no output folder given: pass --output=DIR')
+  output = output_dir.checked_output(source, output, jpeg_quality, storage)
   if source == 'tfds':
     return tfds_stats.prepare_tfds_stats(output, image_size=image_size, workers=workers,
                                          progress=progress)
-  output = output_dir.checked_output(source, output, jpeg_quality)
   description = prepared_format.read_dataset_json(output)
   if description is not None and prepared_format.is_complete(output):
-    return output_dir.noop_report(output, description, image_size, source)
+    report = output_dir.noop_report(output, description, image_size, source, storage)
+    if verify:
+      report['verified'] = finish.verify_dataset(output, description)
+    return report
   if os.path.isdir(output):
     output_dir.check_usable(output)  # before the lock file below lands in someone else's folder
   start = time.monotonic()
@@ -65,43 +73,59 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
         f'{work.source} is not the complete official ILSVRC-2012 set: it holds '
         f'{labels.official_shortfall(work.official)}; --strict prepares only the complete set '
         '(run without --strict to prepare this part of it)')
+  if storage == 'raw':
+    raw_storage.check_room(output, work, image_size, progress)
   created = not os.path.isdir(output)
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:  # A file where a parent folder should be, no permission, ...
     raise errors.InputError(f'cannot create the output folder {output}: {e.strerror or e}') from e
   try:
-    return _prepare_locked(work, output, image_size, strict, workers, jpeg_quality, progress,
-                           source, start)
+    return _prepare_locked(work, output, _Settings(image_size, strict, workers, jpeg_quality,
+                                                   progress, storage), source, start)
   except errors.DamagedSourceError:
     # The source turned out damaged while being converted: what was made from it is not kept.
     output_dir.remove_unfinished(output, created)
     raise
 
 
-def _prepare_locked(work: parts.Work, output: str, image_size: int, strict: bool, workers: int,
-                    jpeg_quality: int, progress: bool, source: str,
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """How `prepare` was asked to convert."""
+  image_size: int
+  strict: bool
+  workers: int
+  jpeg_quality: int
+  progress: bool
+  storage: str
+
+
+def _prepare_locked(work: parts.Work, output: str, settings: _Settings, source: str,
                     start: float) -> dict[str, Any]:
   """The conversion itself, under the output folder's lock."""
+  s = settings
   with output_dir.locked(output):
     description = prepared_format.read_dataset_json(output)
     if description is not None and prepared_format.is_complete(output):
       # Another process finished it while this one waited for the lock.
-      return output_dir.noop_report(output, description, image_size, source)
+      return output_dir.noop_report(output, description, s.image_size, source, s.storage)
     output_dir.check_usable(output)
     work_dir = os.path.join(output, output_dir.PARTIAL_DIR)
+    # The storage is named for raw only, so a JPEG preparation from before it resumes.
     output_dir.open_work_dir(work_dir, {'source': work.source, 'kind': work.kind,
                                         'source_files': work.source_files,
-                                        'image_size': image_size, 'jpeg_quality': jpeg_quality,
-                                        'parts': [p.name for p in work.parts]})
+                                        'image_size': s.image_size,
+                                        'jpeg_quality': s.jpeg_quality,
+                                        'parts': [p.name for p in work.parts],
+                                        **({'storage': 'raw'} if s.storage == 'raw' else {})})
     todo = [p for p in work.parts if not output_dir.part_done(work_dir, p)]
     if len(todo) < len(work.parts):
       logging.info('resuming: %d of %d parts already done', len(work.parts) - len(todo),
                    len(work.parts))
     try:
-      _run_parts(todo, work_dir, image_size, jpeg_quality, strict, workers, progress)
-      return finish.finish_dataset(work, output, work_dir, image_size, jpeg_quality, workers,
-                                   time.monotonic() - start)
+      _run_parts(todo, work_dir, s)
+      return finish.finish_dataset(work, output, work_dir, s.image_size, s.jpeg_quality,
+                                   s.workers, time.monotonic() - start, s.storage)
     except KeyboardInterrupt:
       finished = sum(output_dir.part_done(work_dir, p) for p in work.parts)
       raise errors.Interrupted(
@@ -109,25 +133,27 @@ def _prepare_locked(work: parts.Work, output: str, image_size: int, strict: bool
           '(unfinished files removed): rerun the same command to continue') from None
 
 
-def _run_parts(todo: list[parts.Part], work_dir: str, image_size: int, jpeg_quality: int,
-               strict: bool, workers: int, progress: bool) -> None:
-  bar = progress_line.ProgressLine(sum(p.weight for p in todo), len(todo), enabled=progress)
-  tasks = [(p.weight, shards.run_part, p, work_dir, image_size, jpeg_quality, strict)
-           for p in todo]
-  for _ in pool.execute(tasks, workers, bar):
+def _run_parts(todo: list[parts.Part], work_dir: str, s: _Settings) -> None:
+  bar = progress_line.ProgressLine(sum(p.weight for p in todo), len(todo), enabled=s.progress)
+  tasks = [(p.weight, shards.run_part, p, work_dir, s.image_size, s.jpeg_quality, s.strict,
+            s.storage) for p in todo]
+  for _ in pool.execute(tasks, s.workers, bar):
     pass
 
 
 def ensure_prepared(source: str, output: str, *, image_size: int = 256,
                     strict: bool = False, workers: int = 1,
-                    jpeg_quality: int = 95) -> dict[str, Any]:
+                    jpeg_quality: int = 95, storage: str | None = None) -> dict[str, Any]:
   """`prepare` for callers such as training.trainer: returns at once when `output` is complete.
+
+  storage None takes a complete `output` in either storage and prepares a new one as JPEG.
 
   Call it from one process per output folder or let the others wait: a file lock
   serialises concurrent calls, and the waiting ones then find the dataset complete.
   """
   description = prepared_format.read_dataset_json(output) if output else None
   if description is not None and prepared_format.is_complete(output):
-    return output_dir.noop_report(os.path.abspath(output), description, image_size, source)
+    return output_dir.noop_report(os.path.abspath(output), description, image_size, source,
+                                  storage)
   return prepare(source, output, image_size=image_size, strict=strict,
-                 workers=workers, jpeg_quality=jpeg_quality)
+                 workers=workers, jpeg_quality=jpeg_quality, storage=storage or 'jpeg')

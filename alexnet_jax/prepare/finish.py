@@ -17,8 +17,10 @@ import numpy as np
 
 from alexnet_jax.core import errors
 from alexnet_jax.data import prepared_format
+from alexnet_jax.data import raw_format
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import pixel_stats
+from alexnet_jax.prepare import raw_storage
 from alexnet_jax.prepare import shards
 
 MAX_LISTED_SKIPS = 1000
@@ -41,11 +43,20 @@ def _train_counts(work: parts.Work, results: _Results) -> np.ndarray:
   return train_counts
 
 
+def _skips(results: _Results) -> tuple[dict[str, int], list[Any]]:
+  """(skipped files per split, the skipped files with their reasons)."""
+  skipped, skipped_files = {}, []
+  for split in prepared_format.SPLITS:
+    split_skips = [s for p, r in results if p.split == split for s in r['skipped']]
+    skipped[split] = len(split_skips)
+    skipped_files.extend(split_skips)
+  return skipped, skipped_files
+
+
 def _move_shards(results: _Results, work_dir: str, output: str
-                 ) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, int], list[Any]]:
-  """Renames the parts' shards into place: (shards, sizes, skipped counts, skipped files)."""
-  placed, sizes, skipped = {}, {}, {}
-  skipped_files = []
+                 ) -> tuple[dict[str, list[Any]], dict[str, int]]:
+  """Renames the parts' shards into place: (shards, sizes)."""
+  placed, sizes = {}, {}
   for split in prepared_format.SPLITS:
     filled = [(p, r) for p, r in results if p.split == split and r['converted']]
     placed[split] = []
@@ -57,10 +68,7 @@ def _move_shards(results: _Results, work_dir: str, output: str
         os.replace(src, dst)
       placed[split].append([name, result['converted']])
     sizes[split] = sum(n for _, n in placed[split])
-    split_skips = [s for p, r in results if p.split == split for s in r['skipped']]
-    skipped[split] = len(split_skips)
-    skipped_files.extend(split_skips)
-  return placed, sizes, skipped, skipped_files
+  return placed, sizes
 
 
 def _check_shards(output: str, placed: dict[str, list[Any]], results: _Results) -> None:
@@ -88,8 +96,20 @@ def _check_shards(output: str, placed: dict[str, list[Any]], results: _Results) 
                                f'delete {output} and prepare again')
 
 
+def _place_data(results: _Results, work_dir: str, output: str, image_size: int,
+                storage: str) -> tuple[dict[str, Any], dict[str, int]]:
+  """The parts' data in its final files, checked: (dataset.json's entries, split sizes)."""
+  if storage == 'raw':
+    entries = raw_storage.join_splits(results, work_dir, output, image_size)
+    return {'raw': entries}, {split: e['count'] for split, e in entries.items()}
+  placed, sizes = _move_shards(results, work_dir, output)
+  _check_shards(output, placed, results)
+  return {'shards': placed}, sizes
+
+
 def finish_dataset(work: parts.Work, output: str, work_dir: str, image_size: int,
-                   jpeg_quality: int, workers: int, seconds: float) -> dict[str, Any]:
+                   jpeg_quality: int, workers: int, seconds: float,
+                   storage: str = 'jpeg') -> dict[str, Any]:
   """Merges the parts into the final layout; dataset.json is written last."""
   results = []
   for part in work.parts:
@@ -102,8 +122,8 @@ def finish_dataset(work: parts.Work, output: str, work_dir: str, image_size: int
     prepared_format.write_stats(stats_path, statistics)
   except OSError as e:
     raise shards.write_error(stats_path, e) from e
-  placed, sizes, skipped, skipped_files = _move_shards(results, work_dir, output)
-  _check_shards(output, placed, results)
+  placed, sizes = _place_data(results, work_dir, output, image_size, storage)
+  skipped, skipped_files = _skips(results)
   if skipped_files:
     logging.warning('skipped %d undecodable files, e.g. %s: %s', len(skipped_files),
                     *skipped_files[0])
@@ -125,21 +145,23 @@ def finish_dataset(work: parts.Work, output: str, work_dir: str, image_size: int
 
 
 def _description(work: parts.Work, image_size: int, jpeg_quality: int, sizes: dict[str, int],
-                 placed: dict[str, list[Any]], train_counts: np.ndarray,
+                 placed: dict[str, Any], train_counts: np.ndarray,
                  statistics: dict[str, np.ndarray], report: dict[str, Any]) -> dict[str, Any]:
-  """The contents of dataset.json: the classes, splits, shards, statistics and report."""
+  """The contents of dataset.json: the classes, splits, data files, statistics and report."""
+  raw = 'raw' in placed
   description = {
-      'format': prepared_format.FORMAT,
-      'record': prepared_format.RECORD_LAYOUT,
+      'format': prepared_format.RAW_FORMAT if raw else prepared_format.FORMAT,
+      'storage': 'raw' if raw else 'jpeg',
+      'record': raw_format.LAYOUT if raw else prepared_format.RECORD_LAYOUT,
       'source': work.source,
       'kind': work.kind,
       'image_size': image_size,
-      'jpeg_quality': jpeg_quality,
+      **({} if raw else {'jpeg_quality': jpeg_quality}),
       'num_classes': len(work.class_names),
       'class_names': work.class_names,
       'class_descriptions': work.class_descriptions,
       'splits': sizes,
-      'shards': placed,
+      **placed,
       'stats_file': prepared_format.STATS_FILE,
       'train_class_counts': train_counts.tolist(),
       'eigvals': statistics['eigvals'].tolist(),
@@ -152,3 +174,31 @@ def _description(work: parts.Work, image_size: int, jpeg_quality: int, sizes: di
     description['official_complete'] = work.official['official_complete']
     description['source_files'] = work.source_files
   return description
+
+
+def verify_dataset(output: str, description: dict[str, Any]) -> int:
+  """Reads every image of the complete dataset in `output` back; returns how many.
+
+  Raw storage: every chunk against its CRC-32 in dataset.json. JPEG storage: every
+  record of every shard (the shards' own chunk checksums are checked by the reader).
+  """
+  fix = prepared_format.prepare_again(output, description)
+  if prepared_format.storage(description) == 'raw':
+    return sum(len(raw_format.open_raw_split(output, split, verify=True).labels)
+               for split in description['raw'])
+  total = 0
+  for split in description['shards'].values():
+    for name, count in split:
+      path = os.path.join(output, name)
+      try:
+        reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+        try:
+          for start in range(0, count, 256):
+            total += len(reader.read(list(range(start, min(start + 256, count)))))
+        finally:
+          reader.close()
+      except (RuntimeError, OSError, ValueError) as e:
+        reason = errors.first_line(e, 200)
+        raise errors.InputError(f'{path} is damaged ({reason}); prepare the dataset again: '
+                                f'{fix}') from e
+  return total

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from absl import logging
 
 from alexnet_jax.core import errors
+from alexnet_jax.core import fileio
 from alexnet_jax.data import prepared_format
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import shards
@@ -26,15 +27,21 @@ from alexnet_jax.prepare import tars
 PARTIAL_DIR = '_partial'
 LOCK_FILE = '.prepare.lock'
 _SHARD_RE = re.compile(r'(train|val)\.array_record-\d{5}-of-\d{5}')
+# The raw storage's files, and a join's file before its rename.
+_RAW_RE = re.compile(r'(train|val)\.(u8|u8\.tmp|labels\.npy)|\.(train|val)\.labels\.npy\..+')
 
 
-def checked_output(source: str, output: str, jpeg_quality: int) -> str:
-  """The output folder as an absolute path, once it and the JPEG quality are usable."""
+STORAGES = ('jpeg', 'raw')
+
+
+def checked_output(source: str, output: str, jpeg_quality: int, storage: str = 'jpeg') -> str:
+  """The output folder as an absolute path (a symlink's target), once it, the JPEG quality
+  and the storage are usable: fileio's rule for every output path, checked before any work."""
+  if storage not in STORAGES:
+    raise errors.InputError(f'--format must be {" or ".join(STORAGES)}, got {storage!r}')
   if not 1 <= jpeg_quality <= 100:
     raise errors.InputError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.InputError(f'output {output} exists and is not a folder')
+  output = fileio.check_output_folder(output, '--output')
   _check_outside(source, output)
   return output
 
@@ -53,7 +60,7 @@ def _check_outside(source: str, output: str) -> None:
 
 def _is_ours(name: str) -> bool:
   """Whether a file in an output folder may come from an unfinished preparation."""
-  if name in (PARTIAL_DIR, LOCK_FILE) or _SHARD_RE.fullmatch(name):
+  if name in (PARTIAL_DIR, LOCK_FILE) or _SHARD_RE.fullmatch(name) or _RAW_RE.fullmatch(name):
     return True
   # A killed write leaves its temporary file: '.<name>.<random>' from
   # fileio.atomic_write, '<name>.tmp' from earlier versions.
@@ -83,8 +90,14 @@ def locked(output: str) -> Iterator[None]:
 
 
 def noop_report(output: str, description: dict[str, Any], image_size: int,
-                source: str) -> dict[str, Any]:
-  """The report of a rerun on a complete `output`, once it matches the request."""
+                source: str, storage: str | None = 'jpeg') -> dict[str, Any]:
+  """The report of a rerun on a complete `output`, once it matches the request (storage
+  None: either storage)."""
+  stored = prepared_format.storage(description)
+  if storage is not None and stored != storage:
+    raise errors.InputError(
+        f'{output} already holds a dataset prepared with --format={stored}, not '
+        f'--format={storage}; prepare into another folder')
   if description['image_size'] != image_size:
     raise errors.InputError(
         f'{output} already holds a dataset prepared at image_size '

@@ -234,7 +234,9 @@ def _choice_notes(raw: ml_collections.ConfigDict, config: ml_collections.ConfigD
                     else f'data.num_threads -1: one per core; {cores_from}')
   else:
     threads_note = 'config.data.num_threads'
-  if raw.data.worker_count == -1:
+  if raw.data.worker_count == -1 and resolution.raw_pixels(config.data):
+    threads_note += '; data.worker_count -1: none, a raw dataset is read by threads'
+  elif raw.data.worker_count == -1:
     threads_note += ("; data.worker_count -1: one per core, threads cannot keep up" if workers
                      else '; data.worker_count -1: none, threads keep up')
     if workers and raw.data.num_threads == -1:

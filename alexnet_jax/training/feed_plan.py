@@ -17,12 +17,13 @@ import os
 import ml_collections
 
 from alexnet_jax.config import resolution
+from alexnet_jax.data import prepared_format
 
 # Measured CPU cost per image (docs/design.md, "Feeding the step").
 JPEG_IMAGES_PER_CORE_SECOND = 2_000  # a worker process end to end: decode, grain, hand-off
 RAW_IMAGES_PER_CORE_SECOND = 15_000  # a gather thread's crop copies: the low end of 15-30k
 JPEG_MAIN_US_PER_IMAGE = 25  # the main process receiving worker batches: its own cap
-RAW_FORMAT_PREFIX = 'alexnet_jax.prepared-raw/'  # dataset.json's format of raw storage
+RAW_FORMAT_PREFIX = prepared_format.RAW_FORMAT_PREFIX  # dataset.json's format of raw storage
 STORAGES = ('jpeg', 'raw')
 
 

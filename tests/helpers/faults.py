@@ -8,8 +8,10 @@ the first one compiles.
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -57,6 +59,30 @@ def records(workdir: str) -> tuple[list[tuple], list[dict]]:
             for r in lines if r['kind'] == 'train']
   return trains, [{k: v for k, v in r.items() if k != 'time'} for r in lines
                   if r['kind'] == 'eval']
+
+
+def wait_for_train_step(proc: subprocess.Popen, workdir: str, step: int, log: str,
+                        timeout: float = 240) -> int:
+  """Polls metrics.jsonl until this run's newest train line is >= step; returns that step.
+
+  Lines count once this run's loop has started (its "Training N steps" log line in `log`):
+  before that the newest lines may be a previous run's. Raises AssertionError when the
+  run ends first or the time runs out.
+  """
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    with open(log) as f:
+      started = re.search(r'Training \d+ steps', f.read()) is not None
+    lines = training.read_metrics(workdir, while_running=True) if started else []
+    steps = [r['step'] for r in lines if r['kind'] == 'train']
+    if steps and steps[-1] >= step:
+      return steps[-1]
+    if proc.poll() is not None:
+      with open(log) as f:
+        raise AssertionError(f'the run ended (status {proc.returncode}) before step {step}: '
+                             f'{f.read()[-3000:]}')
+    time.sleep(0.02)
+  raise AssertionError(f'step {step} not reached within {timeout:.0f} s')
 
 
 def params_of(config, workdir: str) -> list[np.ndarray]:
