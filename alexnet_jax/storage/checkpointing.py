@@ -39,7 +39,6 @@ says why preemption is handled by the trainer rather than by an orbax policy.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -53,9 +52,9 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from alexnet_jax.distributed import watch
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
+from alexnet_jax.storage import checkpoint_failures
 from alexnet_jax.storage import checkpoint_files
 from alexnet_jax.storage import checkpoint_integrity
 from alexnet_jax.storage import grain_state
@@ -70,14 +69,8 @@ DATA_POSITION = 'data_position'
 PROCESS_COUNT = 'process_count'
 # The item holding {array path: checksum} of `state` (checkpoint_integrity), checked by restore.
 CHECKSUMS_ITEM = 'checksums'
-
-
-class CheckpointError(errors.UserError, RuntimeError):
-  """Checkpoints exist but none of them can be restored."""
-
-
-class CheckpointWriteError(CheckpointError, OSError):
-  """A checkpoint could not be written (a full disk, a lost mount); earlier ones are intact."""
+CheckpointError = checkpoint_failures.CheckpointError
+CheckpointWriteError = checkpoint_failures.CheckpointWriteError
 
 
 def _rank_val_error(metrics: Mapping[str, Any]) -> float:
@@ -93,23 +86,6 @@ def _is_primary() -> bool:
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def _raise_if_not_damage(error: BaseException) -> None:
-  """Raises what a failed read was when it says nothing of the checkpoint's files.
-
-  A Ctrl-C that lands inside orbax's read of an array comes back as orbax's own
-  Exception: it is raised as the KeyboardInterrupt it was. With several processes
-  a restore is collective (orbax's barriers, the checksums' reduction), so it also
-  fails when another process dies: watch.PeerLost (a failure the watch has no news of
-  within its wait is the checkpoint's). Either way the folder is as complete as
-  before; taken for damage, it would be moved aside and lost to the resume.
-  """
-  if errors.caused_by_ctrl_c(error):
-    raise KeyboardInterrupt() from error
-  lost = watch.lost_peer()
-  if lost is not None:
-    raise watch.PeerLost(lost) from error
 
 
 def _abstract_leaf(x: Any) -> Any:
@@ -309,7 +285,7 @@ class Checkpointer:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                                  force=True)  # the cadence was decided above
     except (OSError, ValueError) as e:
-      raise self._write_error(step, e) from e
+      raise checkpoint_failures.write_error(self._directory, step, e) from e
     if saved:
       self._writing = step
       logging.info('Saving checkpoint at step %d to %s (checksums took %.3f s)', step,
@@ -329,38 +305,12 @@ class Checkpointer:
     try:
       self._restore_step(step, target, None)
     except Exception as e:  # pylint: disable=broad-exception-caught
-      _raise_if_not_damage(e)
+      checkpoint_failures.raise_if_not_damage(e)
       moved = self._quarantine([step])
       raise CheckpointError(
           f'checkpoint of step {step} was written to {self.step_path(step)} but does not read '
           f'back as saved ({errors.first_line(e, 200)}); moved to {moved[0]}. Checkpoints '
           f'cannot be kept in {self._directory}: use another --workdir') from e
-
-  def _write_error(self, step: Optional[int], error: BaseException
-                   ) -> CheckpointWriteError | watch.PeerLost:
-    """A one-line report of a failed write (a full disk, a lost mount) of checkpoint `step`.
-
-    In a multi-process run a write also fails when another process dies; then the
-    disk is not the cause, and the watch of the processes reports the lost one.
-    """
-    lost = watch.lost_peer()
-    if lost is not None:
-      return watch.PeerLost(lost)
-    text = str(error)
-    if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in text:
-      reason = f'no space left on the device of {self._directory}'
-    else:
-      reason = errors.first_line(error, 200)
-    # From the folder, not orbax's list: a failed save leaves out of that list the
-    # checkpoints its retention policy was about to delete, still on disk and restorable.
-    kept = [s for s in checkpoint_files.step_folders(self._directory) if s != step]
-    if kept:
-      outcome = (f'the checkpoints written before it ({", ".join(map(str, kept))}) are intact: '
-                 f'make room and rerun to resume from step {kept[-1]}')
-    else:
-      outcome = 'no earlier checkpoint exists'
-    what = 'a checkpoint' if step is None else f'checkpoint of step {step}'
-    return CheckpointWriteError(f'{what} could not be written ({reason}); {outcome}')
 
   def _restore_step(self, step: int, abstract_state: Any,
                     data_iterator: Optional[grain.DatasetIterator]) -> tuple[Any, dict[str, Any]]:
@@ -417,7 +367,7 @@ class Checkpointer:
       try:
         state, meta = self._restore_step(candidate, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-exception-caught
-        _raise_if_not_damage(e)
+        checkpoint_failures.raise_if_not_damage(e)
         other = (grain_state.other_process_counts(self.step_path(candidate))
                  if data_iterator is not None else [])
         if other:  # healthy, but grain's state files are per process: never moved aside
@@ -508,7 +458,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except (OSError, ValueError) as e:
-      raise self._write_error(step, e) from e
+      raise checkpoint_failures.write_error(self._directory, step, e) from e
 
   def close(self) -> None:
     """Waits for the last save and releases orbax's threads."""
