@@ -100,5 +100,45 @@ class QuickstartStorageTest(absltest.TestCase):
                     errors_by_storage)
 
 
+
+class StorageFieldTest(absltest.TestCase):
+
+  def test_an_unknown_storage_is_one_line_naming_the_field(self):
+    config = _quickstart('png')
+    with self.assertRaisesRegex(errors.InputError,
+                                r"^config\.data\.storage must be 'jpeg' or 'raw', got 'png'$"):
+      resolution.load(config, platform='cpu', cpu_count=2, devices=1)
+
+  def test_a_run_stored_before_the_field_resumes_with_jpeg(self):
+    stored = imagenet.get_config().to_dict()
+    del stored['data']['storage']  # a run's config.json from before the field
+    config = resolution.resolve_auto(ml_collections.ConfigDict(stored), platform='cpu',
+                                     cpu_count=2)
+    self.assertEqual(config.data.storage, 'jpeg')  # what automatic preparation wrote then
+    refused, _ = resume_changes.compare(stored, digits.get_config().to_dict() | {
+        'data': dict(stored['data'], storage='raw')})
+    self.assertNotIn('data.storage', [c.field for c in refused])
+
+  def test_a_complete_dataset_of_the_other_storage_is_read_as_it_is(self):
+    folder = os.path.join(ROOT, 'small_raw')
+    made = prepare.ensure_prepared('digits', folder, image_size=16, storage='raw')
+    self.assertFalse(made.get('noop', False))
+    self.assertStartsWith(_format(folder), 'alexnet_jax.prepared-raw/')
+    with self.assertLogs(level='WARNING') as logs:
+      again = prepare.ensure_prepared('digits', folder, image_size=16, storage='jpeg')
+    self.assertTrue(again['noop'])
+    self.assertStartsWith(_format(folder), 'alexnet_jax.prepared-raw/')  # not prepared again
+    self.assertLen(logs.output, 1)
+    self.assertIn('holds a dataset in raw storage, not jpeg; using it as it is', logs.output[0])
+
+  def test_dry_run_names_the_storage_prepare_from_will_write(self):
+    config = _quickstart('raw')
+    config.data.dir = os.path.join(ROOT, 'not_yet')
+    config.mesh.data = -1
+    text = dry_run.format_plan(dry_run.build_plan(config))
+    self.assertIn("will be prepared from 'digits' in raw storage", text)
+    self.assertIn('input: raw storage (config.data.storage, which prepare_from writes)', text)
+
+
 if __name__ == '__main__':
   absltest.main()
