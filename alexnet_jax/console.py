@@ -1,8 +1,9 @@
 """The console commands an installed package has: each runs one command module as `python -m`.
 
 `pip install .` (see pyproject.toml, `[project.scripts]`) makes `alexnet-train`,
-`alexnet-prepare`, `alexnet-evaluate`, `alexnet-predict`, `alexnet-plot` and
-`alexnet-summary`. Each runs its module exactly as `python -m alexnet_jax.MODULE` does
+`alexnet-prepare`, `alexnet-evaluate`, `alexnet-predict`, `alexnet-plot`,
+`alexnet-summary`, `alexnet-import-weights` and `alexnet-export-weights`. Each runs its
+module exactly as `python -m alexnet_jax.MODULE` does
 (the module's `__main__` block defines its flags), so the two spellings cannot drift apart.
 """
 
@@ -43,3 +44,13 @@ def plot() -> None:
 def summary() -> None:
   """alexnet-summary: the network a config builds, without creating it."""
   _run('alexnet_jax.summary')
+
+
+def import_weights() -> None:
+  """alexnet-import-weights: Caffe, ONNX, torchvision or safetensors weights as a run."""
+  _run('alexnet_jax.import_weights')
+
+
+def export_weights() -> None:
+  """alexnet-export-weights: a run's weights for torchvision, safetensors or ONNX."""
+  _run('alexnet_jax.export_weights')

@@ -29,6 +29,7 @@ from alexnet_jax.core import cli
 from alexnet_jax.config import printing
 from alexnet_jax.config import resolution
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.sharding import meshes
 
 PartitionSpec = jax.sharding.PartitionSpec
@@ -100,13 +101,13 @@ def summarize(config: ml_collections.ConfigDict) -> list[LayerSummary]:
   logical = nn.get_partition_spec(boxed)
   params = nn.unbox(boxed)
   rows = []
-  for stats in alexnet.layer_table(model, input_size):
+  for stats in cost.layer_table(model, input_size):
     weights = {}
     for pname, value in sorted(params.get(stats.name, {}).items()):
       names = tuple(logical[stats.name][pname])
       weights[pname] = WeightSharding(tuple(value.shape), names,
                                       nn.logical_to_mesh_axes(names, rules))
-    count = alexnet.count_params(params.get(stats.name, {}))
+    count = cost.count_params(params.get(stats.name, {}))
     rows.append(LayerSummary(stats.name, stats.output_shape, count, stats.macs,
                              layer_groups(model, stats.name), weights))
   return rows

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.model import layers
 from alexnet_jax.data import preprocess
 
@@ -44,8 +45,8 @@ class ParameterCountTest(parameterized.TestCase):
                 + 4_097_000)
     self.assertEqual(expected, 60_965_224)
     params = abstract_params(alexnet.AlexNet())
-    self.assertEqual(alexnet.count_params(params), 60_965_224)
-    self.assertEqual(sum(r.params for r in alexnet.layer_table(alexnet.AlexNet())), 60_965_224)
+    self.assertEqual(cost.count_params(params), 60_965_224)
+    self.assertEqual(sum(r.params for r in cost.layer_table(alexnet.AlexNet())), 60_965_224)
 
   def test_one_tower_count(self):
     # Ungrouped conv2/4/5 see twice the input channels:
@@ -53,7 +54,7 @@ class ParameterCountTest(parameterized.TestCase):
     expected = 60_965_224 + 307_200 + 663_552 + 442_368
     self.assertEqual(expected, 62_378_344)
     params = abstract_params(alexnet.AlexNet(towers=1))
-    self.assertEqual(alexnet.count_params(params), 62_378_344)
+    self.assertEqual(cost.count_params(params), 62_378_344)
 
   def test_parameter_tree(self):
     params = abstract_params(alexnet.AlexNet())
@@ -83,7 +84,7 @@ class ShapeTest(parameterized.TestCase):
   @parameterized.parameters((224, 2), (227, 0))
   def test_layer_shapes(self, size, pad):
     net = alexnet.AlexNet(conv1_padding=pad)
-    table = {r.name: r.output_shape for r in alexnet.layer_table(net, size)}
+    table = {r.name: r.output_shape for r in cost.layer_table(net, size)}
     self.assertEqual(table['conv1'], (55, 55, 96))
     self.assertEqual(table['pool1'], (27, 27, 96))
     self.assertEqual(table['conv2'], (27, 27, 256))
@@ -236,10 +237,10 @@ class AblationSwitchTest(parameterized.TestCase):
     # Section 3.4: s = z = 2 "produces output of equivalent dimensions":
     # (55 - 2) // 2 + 1 = 27, (27 - 2) // 2 + 1 = 13, (13 - 2) // 2 + 1 = 6, as with z = 3.
     net = alexnet.AlexNet(pool_size=2, pool_stride=2)
-    table = {r.name: r.output_shape for r in alexnet.layer_table(net)}
+    table = {r.name: r.output_shape for r in cost.layer_table(net)}
     self.assertEqual([table[p] for p in ('pool1', 'pool2', 'pool5')],
                      [(27, 27, 96), (13, 13, 256), (6, 6, 256)])
-    self.assertEqual(alexnet.count_params(abstract_params(net)), 60_965_224)
+    self.assertEqual(cost.count_params(abstract_params(net)), 60_965_224)
 
   def test_pooling_reaches_the_network(self):
     # A stride-3 pool maps conv1's 55 to (55 - 3) // 3 + 1 = 18, then 6, then 2: fc6
@@ -266,8 +267,8 @@ class AblationSwitchTest(parameterized.TestCase):
     self.assertEqual(expected, 59_798_312)
     net = alexnet.AlexNet(towers=1, conv_widths=(48, 128, 192, 192, 256))
     params = abstract_params(net)
-    self.assertEqual(alexnet.count_params(params), expected)
-    self.assertEqual(sum(r.params for r in alexnet.layer_table(net)), expected)
+    self.assertEqual(cost.count_params(params), expected)
+    self.assertEqual(sum(r.params for r in cost.layer_table(net)), expected)
     self.assertEqual(params['conv4']['kernel'].shape, (3, 3, 192, 192))
     # The width multiplier scales them: a quarter gives 12, 32, 48, 48, 64.
     quarter = abstract_params(alexnet.AlexNet(towers=1, width=0.25, num_classes=10,
@@ -586,7 +587,7 @@ class Bfloat16NumericsTest(absltest.TestCase):
 class FlopTest(absltest.TestCase):
 
   def test_paper_macs(self):
-    table = alexnet.layer_table(alexnet.AlexNet())
+    table = cost.layer_table(alexnet.AlexNet())
     macs = sum(r.macs for r in table)
     # conv1 55^2*11^2*3*96 + conv2 27^2*5^2*48*256 + conv3 13^2*9*256*384
     # + conv4 13^2*9*192*384 + conv5 13^2*9*192*256 + fc 9216*4096 + 4096^2 + 4096*1000
@@ -608,7 +609,7 @@ class FlopTest(absltest.TestCase):
     taps = (valid_taps(224, 11, 4, 2) * 3 * 96 + valid_taps(27, 5, 1, 2) * 48 * 256
             + valid_taps(13, 3, 1, 1) * (256 * 384 + 192 * 384 + 192 * 256)
             + 9216 * 4096 + 4096**2 + 4096 * 1000)
-    xla_macs = alexnet.count_flops(net) / 2
+    xla_macs = cost.count_flops(net) / 2
     self.assertGreater(xla_macs, taps)
     self.assertLess(xla_macs, taps * 1.02)  # the elementwise rest is under 2%
 

@@ -72,7 +72,7 @@ class Case:
   name: str
   group: str
   what: str  # the bad input, in words
-  tool: str  # launch | prepare | predict | evaluate | plot | summary
+  tool: str  # launch | prepare | predict | evaluate | plot | summary | import_weights | export_weights
   args: tuple[str, ...]  # with {PLACEHOLDERS}
   status: int
   message: str  # the one line it prints, paths as placeholders
@@ -147,10 +147,12 @@ CASES = (
          'val/<class>/<image>)', inputs=(('src/photo.JPEG', 'jpeg'),)),
     Case('output_is_a_file', 'paths', 'prepare --output is a file', 'prepare',
          ('--source=digits', '--output={FILE}'), 2,
-         'error: output {FILE} exists and is not a folder'),
-    Case('output_under_a_file', 'paths', 'prepare --output cannot be created', 'prepare',
-         ('--source=digits', '--output={FILE}/out'), 2,
-         'error: cannot create the output folder {FILE}/out: Not a directory'),
+         'error: --output {FILE} is a regular file, not a folder; give the path of a folder to '
+         'write'),
+    Case('output_under_a_file', 'paths', 'prepare --output cannot be created (refused before '
+         'the source is read)', 'prepare', ('--source=digits', '--output={FILE}/out'), 2,
+         'error: --output {FILE}, a parent of {FILE}/out, is a regular file, not a folder; give '
+         'the path of a folder to write'),
     Case('output_holds_other_files', 'paths', 'prepare --output is a non-empty folder', 'prepare',
          ('--source=digits', '--output={RUN}'), 2,
          'error: output folder {RUN} is not empty and holds no prepared dataset (found '
@@ -530,6 +532,49 @@ CASES = (
          'without --strict to prepare this part of it)',
          inputs=(('src/ILSVRC2012_img_train.tar', 'train_tar_two_synsets'),
                  ('src/ILSVRC2012_img_val.tar', 'val_tar')), leaves_nothing=True),
+    # --------------------------------------------------------------------- weights
+    Case('import_missing_input', 'weights', 'import_weights --input does not exist',
+         'import_weights', ('--source=torchvision', '--input={CASE}/nowhere.pth',
+                            '--workdir={CASE}/new'), 2,
+         'error: --input {CASE}/nowhere.pth does not exist', leaves_nothing=True),
+    Case('import_not_a_pth', 'weights', 'import_weights --source=torchvision of a file that is '
+         'not a state_dict', 'import_weights',
+         ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: {FILE} is not a PyTorch file of tensors (a state_dict saved with torch.save) '
+         'that torch.load reads', leaves_nothing=True),
+    Case('import_into_a_run', 'weights', 'import_weights into the workdir of a run',
+         'import_weights', ('--source=torchvision', '--input={FILE}', '--workdir={RUN}'), 2,
+         'error: {RUN} already holds a run; import into a new --workdir'),
+    Case('import_option_of_another_source', 'weights', 'import_weights --mean_file with '
+         '--source=torchvision (a Caffe option)', 'import_weights',
+         ('--source=torchvision', '--input={FILE}', '--workdir={CASE}/new',
+          '--mean_file={FILE}'), 2,
+         'error: --mean_file does not apply to --source=torchvision', leaves_nothing=True),
+    Case('import_caffe_not_a_caffemodel', 'weights', 'import_weights --source=caffe of a file '
+         'that is not a caffemodel', 'import_weights',
+         ('--source=caffe', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: caffemodel {FILE} is not a Caffe NetParameter: its bytes do not parse as '
+         'binary protobuf', leaves_nothing=True),
+    Case('import_onnx_not_an_onnx_model', 'weights', 'import_weights --source=onnx of a file '
+         'that is not an ONNX model', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new'), 2,
+         'error: {FILE} is not an ONNX model: its bytes do not parse as binary protobuf',
+         leaves_nothing=True),
+    Case('import_prototxt_for_onnx', 'weights', 'import_weights --prototxt with --source=onnx '
+         '(a Caffe option)', 'import_weights',
+         ('--source=onnx', '--input={FILE}', '--workdir={CASE}/new', '--prototxt={FILE}'), 2,
+         'error: --prototxt does not apply to --source=onnx', leaves_nothing=True),
+    Case('export_torchvision_of_other_network', 'weights',
+         'export_weights --to=torchvision of a two-tower run with LRN', 'export_weights',
+         ('--workdir={RUN}', '--to=torchvision', '--output={CASE}/out.pth'), 2,
+         'error: torchvision\'s AlexNet layout cannot hold this run\'s network: 2 towers '
+         '(torchvision has one); LRN (torchvision has none); a 1x1 map into fc6 at 64 crops '
+         '(torchvision: 6x6); export it --to=safetensors (any run) instead'),
+    Case('export_output_missing_parent', 'weights', 'export_weights --output in a folder that '
+         'does not exist (refused before the weights are read)', 'export_weights',
+         ('--workdir={RUN}', '--to=safetensors', '--output={CASE}/nowhere/run.safetensors'), 2,
+         'error: --output {CASE}/nowhere/run.safetensors: its folder {CASE}/nowhere does not '
+         'exist'),
     # --------------------------------------------------------------------- checkpoints
     Case('corrupt_checkpoint', 'checkpoints', 'the only checkpoint is damaged (resume)',
          'launch', _launch(workdir='{BROKEN_RUN}'), 2,
@@ -1076,10 +1121,13 @@ def render_doc() -> str:
             'labels': 'Labels files', 'tars': 'Official ImageNet tars',
             'checkpoints': 'Checkpoints',
             'ensembles': 'Ensembles (evaluate with several --workdir)',
+            'weights': 'Importing and exporting weights',
             'flags': 'Flags', 'cluster': 'Multi-process runs', 'mesh': 'Mesh shapes', 'plan': 'Dry-run plans (--plan_*)'}
   names = {'launch': 'python launch.py', 'prepare': 'python -m alexnet_jax.prepare',
            'predict': 'python -m alexnet_jax.predict', 'evaluate': 'python -m alexnet_jax.evaluate',
-           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary'}
+           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary',
+           'import_weights': 'python -m alexnet_jax.import_weights',
+           'export_weights': 'python -m alexnet_jax.export_weights'}
   cell = lambda s: s.replace('|', '\\|')
   lines = [
       '# Bad input: what each command says',

@@ -31,7 +31,9 @@ EXTRA_FILES = {'cuda13': 'requirements-cuda.txt', 'tpu': 'requirements-tpu.txt',
 EXTRAS = ('cuda13', 'tpu', 'test', 'tensorboard', 'wandb')
 COMMANDS = {'alexnet-train': 'alexnet_jax.launch', 'alexnet-prepare': 'alexnet_jax.prepare',
             'alexnet-evaluate': 'alexnet_jax.evaluate', 'alexnet-predict': 'alexnet_jax.predict',
-            'alexnet-plot': 'alexnet_jax.plot', 'alexnet-summary': 'alexnet_jax.summary'}
+            'alexnet-plot': 'alexnet_jax.plot', 'alexnet-summary': 'alexnet_jax.summary',
+            'alexnet-import-weights': 'alexnet_jax.import_weights',
+            'alexnet-export-weights': 'alexnet_jax.export_weights'}
 TIMEOUT_S = 300
 
 

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax.config import resolution
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.sharding import meshes
 from configs import digits
 from configs import imagenet
@@ -314,7 +315,7 @@ class PaperNetworkTest(absltest.TestCase):
     model = alexnet.from_config(paper_config().model)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(2), jnp.zeros((1, 224, 224, 3))))
     params = params['params']
-    self.assertEqual(alexnet.count_params(params), 60_965_224)
+    self.assertEqual(cost.count_params(params), 60_965_224)
     for name, layer in params.items():
       kernel = np.asarray(layer['kernel'], np.float64)
       # std of a sample of m normals: relative error ~ 1/sqrt(2m), under 0.4% here.

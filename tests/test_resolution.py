@@ -10,6 +10,7 @@ from absl.testing import parameterized
 from alexnet_jax.config import resolution
 from alexnet_jax.core import errors
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.storage import checkpointing
 from configs import digits
 from configs import imagenet
@@ -174,7 +175,7 @@ class OnePlaceTest(parameterized.TestCase):
     the width and size arithmetic), or a Checkpointer."""
     group, name = field.split('.')
     if group == 'model':
-      alexnet.layer_table(alexnet.AlexNet(**{name: value}), 224)
+      cost.layer_table(alexnet.AlexNet(**{name: value}), 224)
     else:
       checkpointing.Checkpointer(tempfile.mkdtemp(), **{name: value}, async_save=False).close()
 

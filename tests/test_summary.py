@@ -7,7 +7,7 @@ import sys
 from absl.testing import absltest
 import jax
 
-from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.evaluation import finished_run
 from alexnet_jax import summary
 from configs import imagenet
@@ -53,9 +53,9 @@ class SummaryTest(absltest.TestCase):
     # net at 1/8 width); its stored config must summarise to exactly their sizes.
     run = finished_run.load_run(trained_run.workdir())
     rows = summary.summarize(run.config)
-    self.assertEqual(sum(r.params for r in rows), alexnet.count_params(run.params))
+    self.assertEqual(sum(r.params for r in rows), cost.count_params(run.params))
     for r in rows:
-      self.assertEqual(r.params, alexnet.count_params(run.params.get(r.name, {})), r.name)
+      self.assertEqual(r.params, cost.count_params(run.params.get(r.name, {})), r.name)
 
   def test_one_tower_variant(self):
     config = paper_config()

@@ -77,6 +77,9 @@ DECISIONS: dict[str, Decision] = {
                            'so pass the stored value to resume on another backend)'),
     'model.init_scheme': _refuse('the weights were initialised under it'),
     'model.input_scale': _refuse('changes the input every weight was trained on'),
+    'model.lrn_k': _refuse(f'changes the function computed; {_MODEL}'),
+    'model.lrn_alpha': _refuse(f'changes the function computed; {_MODEL}'),
+    'model.input_std': _refuse('changes the input every weight was trained on'),
     'model.group_impl': _refuse('changes how grouped convolutions are computed (equal outputs '
                                 'up to float order, but kept fixed within a run)'),
     # ----------------------------------------------------------------- the data

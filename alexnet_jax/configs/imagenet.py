@@ -66,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
   # conv1-conv5 widths at width 1.0, a tuple (--config.model.conv_widths='(48,128,192,192,128)');
   # None: the paper. A typed placeholder, so that the command line can set it.
   config.model.conv_widths = config_dict.placeholder(tuple)
+  config.model.lrn_k = 2.0  # LRN constant k: the paper's 2; imported Caffe weights use 1.
+  # LRN alpha in the paper's form, not divided by the window of 5 as Caffe's and PyTorch's
+  # alpha is: the paper's 1e-4; imported Caffe weights (alpha 1e-4 there) use 2e-5.
+  config.model.lrn_alpha = 1e-4
+  # Per-channel (R, G, B) divisor of the input after input_scale, 0-255 units, a tuple; None:
+  # none (the paper). Imported torchvision weights: 255 x (0.229, 0.224, 0.225).
+  config.model.input_std = config_dict.placeholder(tuple)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.

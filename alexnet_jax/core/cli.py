@@ -317,13 +317,35 @@ def config_from_flag(name: str = 'config') -> ml_collections.ConfigDict:
   return config
 
 
+# The most CPU devices a command lets JAX make. JAX builds every one when its backend starts
+# (10,000 took 52 s and 1.2 GB on a 2-core host), so a mistyped count would hold a command
+# for minutes before it prints anything; no host has this many cores.
+MAX_CPU_DEVICES = 4096
+_FORCED_DEVICES = re.compile(r'--xla_force_host_platform_device_count=(\S*)')
+
+
+def check_cpu_devices() -> None:
+  """Refuses, before JAX's backend starts, more CPU devices than MAX_CPU_DEVICES."""
+  import jax  # pylint: disable=g-import-not-at-top
+  asked = [('JAX_NUM_CPU_DEVICES', str(jax.config.jax_num_cpu_devices))]
+  asked += [('XLA_FLAGS --xla_force_host_platform_device_count', m.group(1))
+            for m in _FORCED_DEVICES.finditer(os.environ.get('XLA_FLAGS', ''))]
+  for name, value in asked:
+    if value.isdigit() and int(value) > MAX_CPU_DEVICES:
+      raise errors.InputError(
+          f'{name}={value} asks JAX for {int(value)} CPU devices; at most {MAX_CPU_DEVICES} are '
+          'accepted (JAX makes every one as it starts: 10,000 take about a minute and a GB)')
+
+
 def start_backend() -> None:
   """Starts JAX's backend now, so that a platform it cannot start is one line, not a traceback.
 
   JAX_PLATFORMS=gpu on a machine without a GPU (or without jax built for it)
   fails inside JAX with a long traceback that names backends the user never asked for.
+  Too many CPU devices asked for are refused first (check_cpu_devices).
   """
   import jax  # pylint: disable=g-import-not-at-top
+  check_cpu_devices()
   try:
     jax.devices()
   except RuntimeError as e:

@@ -4,8 +4,10 @@ A path is written only where it is absent or a regular file. A symlink is writte
 through: its target gets the new content and the link stays (the user named the
 link, so the file it points at is the output). A folder, a device node, a FIFO or
 a socket at the path (or at a link's target) is refused, so that no write replaces
-`/dev/null` or a folder with a regular file. `check_output_path` (a file)
-and `ensure_writable_dir` (a folder) refuse a bad output path before any work is
+`/dev/null` or a folder with a regular file. An output folder follows the same rule: a
+folder or absent, a symlink written through to its target, anything else refused.
+`check_output_path` (a file), `check_output_folder` (a folder, nothing created) and
+`ensure_writable_dir` (a folder, created) refuse a bad output path before any work is
 done; `atomic_write` refuses it again at the time of writing.
 """
 
@@ -22,7 +24,7 @@ from alexnet_jax.core import errors
 
 def _kind(mode: int) -> str:
   """What a file-system object of st_mode `mode` is, in words."""
-  for test, word in ((stat.S_ISDIR, 'a folder'), (stat.S_ISCHR, 'a character device'),
+  for test, word in ((stat.S_ISREG, 'a regular file'), (stat.S_ISDIR, 'a folder'), (stat.S_ISCHR, 'a character device'),
                      (stat.S_ISBLK, 'a block device'), (stat.S_ISFIFO, 'a FIFO'),
                      (stat.S_ISSOCK, 'a socket')):
     if test(mode):
@@ -87,6 +89,32 @@ def check_output_path(path: str, what: str = 'output') -> str:
     reason = 'is not a folder' if os.path.lexists(folder) else 'does not exist'
     raise errors.InputError(f'{what} {path}: its folder {folder} {reason}')
   _probe_folder(folder, what, path)
+  return target
+
+
+def check_output_folder(path: str, what: str = 'output') -> str:
+  """Refuses, before any work, an output folder that cannot be made or written; returns it.
+
+  The folder (or, for a symlink, its final target) must be a folder or absent, with
+  its nearest existing parent a folder this process can write in. Nothing is created.
+  """
+  path = os.fspath(path)
+  if not path:
+    raise errors.InputError(f'{what} is empty; give a folder path')
+  target = os.path.abspath(_target(path, what))
+  via = '' if target == os.path.abspath(path) else f' (the target of the symlink {path})'
+  probe = target
+  while not os.path.lexists(probe):
+    probe = os.path.dirname(probe)
+  try:
+    mode = os.stat(probe).st_mode
+  except OSError as e:  # a dangling link above it, a folder it may not enter
+    raise errors.InputError(f'{what} {path} cannot be written: {e.strerror or e}') from e
+  if not stat.S_ISDIR(mode):
+    where = f'{target}{via} is' if probe == target else f'{probe}, a parent of {target}, is'
+    raise errors.InputError(f'{what} {where} {_kind(mode)}, not a folder; give the path of a '
+                            'folder to write')
+  _probe_folder(probe, what, path)
   return target
 
 

@@ -48,7 +48,9 @@ def normalize(image: jax.Array, crop: jax.Array, flip: jax.Array, lighting: jax.
     x = x - mean_image
   else:
     def mean_crop(offset):
-      return jax.lax.dynamic_slice(mean_image, (offset[0], offset[1], 0), (c, c, 3))
+      # The start indices must share a dtype: a literal 0 is int64 under JAX_ENABLE_X64=1.
+      start = (offset[0], offset[1], jnp.zeros_like(offset[0]))
+      return jax.lax.dynamic_slice(mean_image, start, (c, c, 3))
 
     means = jax.vmap(mean_crop)(jnp.reshape(crop, (-1, 2)))
     x = x - jnp.reshape(means, lead + (c, c, 3))

@@ -23,6 +23,9 @@ DEFAULT_TIMEOUT_S = 120
 # Ports derived for a SLURM step: below Linux's ephemeral range (32768-60999), from which the
 # kernel picks the local ports of outgoing connections, so none of those can hold it.
 PORT_RANGE = (10000, 32768)
+# The most processes a run may have: far above any cluster JAX runs on, and below the C
+# integers the sockets and JAX take, so a mistyped count fails in one line, not deep inside.
+MAX_PROCESSES = 65536
 # Variables whose presence makes a task of a SLURM step (srun), as JAX's own detection reads it.
 SLURM_VARIABLES = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                    'SLURM_LOCALID')
@@ -81,8 +84,9 @@ def from_flags(coordinator_address: Optional[str], num_processes: Optional[int],
   """The membership the three flags give (None for one process); InputError naming a bad flag."""
   if num_processes is None:
     raise errors.InputError('--num_processes is required with --coordinator_address/--process_id')
-  if num_processes < 1:
-    raise errors.InputError(f'--num_processes must be >= 1, got {num_processes}')
+  if not 1 <= num_processes <= MAX_PROCESSES:
+    raise errors.InputError(f'--num_processes must be in [1, {MAX_PROCESSES}], got '
+                            f'{num_processes}')
   if num_processes == 1:
     return None
   if process_id is None or not 0 <= process_id < num_processes:
@@ -113,19 +117,23 @@ def _check_resolves(host: str, what: str) -> None:
 # ----------------------------------------------------------------------------- launchers
 
 
-def env_int(env: Mapping[str, str], name: str, lowest: int) -> int:
-  """The integer a cluster launcher put in environment variable `name`; one line naming the
-  variable when it holds something else."""
+def env_int(env: Mapping[str, str], name: str, lowest: int, highest: int = 2**31 - 1) -> int:
+  """The integer in [lowest, highest] a cluster launcher put in environment variable `name`;
+  one line naming the variable when it holds something else."""
   value = env.get(name, '')
   try:
     number = int(value)
   except ValueError:
     number = None
   if number is None or number < lowest:
-    raise errors.InputError(f'the environment variable {name}={value!r} must be an integer >= '
-                            f'{lowest} (the cluster launcher sets it; unset it, or fix the job '
-                            'script that sets it)')
-  return number
+    bound = f'an integer >= {lowest}'
+  elif number > highest:
+    bound = f'at most {highest}'
+  else:
+    return number
+  raise errors.InputError(f'the environment variable {name}={value!r} must be {bound} (the '
+                          'cluster launcher sets it; unset it, or fix the job script that sets '
+                          'it)')
 
 
 def slurm_present(env: Mapping[str, str]) -> bool:
@@ -155,9 +163,9 @@ def cluster_process_count(environ: Optional[Mapping[str, str]] = None) -> int:
     # JAX reads the process id and local id as integers too, with a traceback for text.
     env_int(env, 'SLURM_PROCID', 0)
     env_int(env, 'SLURM_LOCALID', 0)
-    return env_int(env, 'SLURM_NTASKS', 1)
+    return env_int(env, 'SLURM_NTASKS', 1, MAX_PROCESSES)
   if ompi_present(env):
-    return env_int(env, 'OMPI_COMM_WORLD_SIZE', 1)
+    return env_int(env, 'OMPI_COMM_WORLD_SIZE', 1, MAX_PROCESSES)
   return tpu_workers(env) or 1
 
 
@@ -183,7 +191,7 @@ def first_slurm_node(node_list: str) -> str:
 
 def from_slurm(env: Mapping[str, str], port: Optional[int]) -> Membership:
   """The membership of an srun task, from its SLURM variables; InputError naming a bad one."""
-  count = env_int(env, 'SLURM_NTASKS', 1)
+  count = env_int(env, 'SLURM_NTASKS', 1, MAX_PROCESSES)
   rank = env_int(env, 'SLURM_PROCID', 0)
   local = env_int(env, 'SLURM_LOCALID', 0)
   if rank >= count:
@@ -211,7 +219,7 @@ def ompi_port(hnp_uri: str) -> int:
 
 def from_ompi(env: Mapping[str, str], port: Optional[int]) -> Membership:
   """The membership of a process mpirun started: the launcher's host is process 0's."""
-  count = env_int(env, 'OMPI_COMM_WORLD_SIZE', 1)
+  count = env_int(env, 'OMPI_COMM_WORLD_SIZE', 1, MAX_PROCESSES)
   rank = env_int(env, 'OMPI_COMM_WORLD_RANK', 0)
   if rank >= count:
     raise errors.InputError(f'the Open MPI variables disagree: OMPI_COMM_WORLD_RANK={rank} but '

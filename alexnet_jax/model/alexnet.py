@@ -38,13 +38,13 @@ TPUs bfloat16 passes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from alexnet_jax.core import errors
 # Called by name in AlexNet.__call__, so benchmarks/train_step.py can swap in other forms.
@@ -326,11 +326,29 @@ def check_fields(net: 'AlexNet') -> None:
     raise errors.InputError(
         f'config.model.width {net.width} with conv_widths {widths} makes a layer wider than '
         f'{MAX_LAYER_WIDTH:,} channels (width 16 already holds about 15 G parameters)')
+  _check_lrn_and_std(net)
   for name, c in zip(CONV_LAYOUT, scaled_widths(net.width, widths)[0]):
     if c % net.towers:
       raise errors.InputError(
           f'{name} width {c} (width multiplier {net.width}) is not divisible by '
           f'towers={net.towers}; choose a width giving even conv widths')
+
+
+def _positive_number(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value > 0)
+
+
+def _check_lrn_and_std(net: 'AlexNet') -> None:
+  if not _positive_number(net.lrn_k):
+    raise errors.InputError(f'config.model.lrn_k must be a number > 0, got {net.lrn_k!r}')
+  if not (_positive_number(net.lrn_alpha) or net.lrn_alpha == 0):
+    raise errors.InputError(f'config.model.lrn_alpha must be a number >= 0, got {net.lrn_alpha!r}')
+  std = net.input_std
+  if std is not None and not (isinstance(std, (tuple, list)) and len(std) == 3
+                              and all(_positive_number(s) for s in std)):
+    raise errors.InputError('config.model.input_std must be None or three numbers > 0 '
+                            f'(R, G, B, 0-255 units), got {std!r}')
 
 
 class AlexNet(nn.Module):
@@ -354,6 +372,13 @@ class AlexNet(nn.Module):
   # The five conv widths at width 1.0 (a tuple); None: the paper's CONV_FEATURES. The
   # one-tower comparison net of section 3.2 halves conv1-conv4: (48, 128, 192, 192, 256).
   conv_widths: tuple[int, ...] | None = None
+  # LRN constant k and alpha in the paper's form (alpha not divided by the window of 5):
+  # the paper's k=2, alpha=1e-4; Caffe's bvlc_alexnet k=1 and alpha 1e-4/5 = 2e-5 here.
+  lrn_k: float = 2.0
+  lrn_alpha: float = 1e-4
+  # Per-channel (R, G, B) divisor of the input after input_scale, in 0-255 units; None:
+  # none. torchvision's std (0.229, 0.224, 0.225) of 0-1 pixels is 255 times that here.
+  input_std: tuple[float, ...] | None = None
 
   def check(self, input_shape: Sequence[int] | None = None) -> None:
     """Raises ValueError for a bad field (check_fields) or input shape, before any compile."""
@@ -383,6 +408,8 @@ class AlexNet(nn.Module):
     convs, hidden = scaled_widths(self.width, self.conv_widths)
     if self.input_scale != 1.0:
       x = x * self.input_scale
+    if self.input_std is not None:
+      x = x / jnp.asarray(self.input_std, jnp.float32)
 
     def conv(name: str, features: int, inp: Array) -> Array:
       ksize, stride, pad, grouped = CONV_LAYOUT[name]
@@ -406,12 +433,13 @@ class AlexNet(nn.Module):
       return value
 
     x = nn.relu(conv('conv1', convs[0], x))
+    lrn = functools.partial(local_response_norm, k=self.lrn_k, alpha=self.lrn_alpha)
     if self.use_lrn:
-      x = sown('lrn1', local_response_norm(x))
+      x = sown('lrn1', lrn(x))
     x = sown('pool1', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv2', convs[1], x))
     if self.use_lrn:
-      x = sown('lrn2', local_response_norm(x))
+      x = sown('lrn2', lrn(x))
     x = sown('pool2', max_pool(x, self.pool_size, self.pool_stride))
     x = nn.relu(conv('conv3', convs[2], x))
     x = nn.relu(conv('conv4', convs[3], x))
@@ -441,62 +469,12 @@ def from_config(model_config: Any) -> AlexNet:
   """An AlexNet from `config.model` (ml_collections ConfigDict or a mapping)."""
   fields = {f.name for f in dataclasses.fields(AlexNet) if f.name not in ('parent', 'name')}
   values = dict(model_config)
-  if isinstance(values.get('conv_widths'), list):  # a config read back from JSON
-    values['conv_widths'] = tuple(values['conv_widths'])
+  for name in ('conv_widths', 'input_std'):
+    if isinstance(values.get(name), list):  # a config read back from JSON
+      values[name] = tuple(values[name])
   unknown = sorted(set(values) - fields)
   if unknown:
     raise errors.InputError(f'unknown config.model fields {unknown}; known: {sorted(fields)}')
   model = AlexNet(**values)
   model.check()
   return model
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerStats:
-  name: str
-  output_shape: tuple[int, ...]  # per image (H, W, C) or (C,)
-  params: int
-  macs: int  # multiply-adds per image, forward
-
-
-def layer_table(model: AlexNet, input_size: int = 224) -> list[LayerStats]:
-  """Per-layer output shape, parameter count and forward multiply-adds, from the
-  layer arithmetic alone (no tracing). `count_flops` cross-checks it with XLA."""
-  model.check((1, input_size, input_size, 3))
-  convs, hidden = scaled_widths(model.width, model.conv_widths)
-  sizes = model.spatial_sizes(input_size)
-  rows = []
-  c_in = 3
-  for (name, (k, _, _, grouped)), c_out in zip(CONV_LAYOUT.items(), convs):
-    g = model.towers if grouped else 1
-    s = sizes[name]
-    params = k * k * (c_in // g) * c_out + c_out
-    macs = s * s * k * k * (c_in // g) * c_out
-    rows.append(LayerStats(name, (s, s, c_out), params, macs))
-    if name in ('conv1', 'conv2', 'conv5'):
-      pool = {'conv1': 'pool1', 'conv2': 'pool2', 'conv5': 'pool5'}[name]
-      rows.append(LayerStats(pool, (sizes[pool], sizes[pool], c_out), 0, 0))
-    c_in = c_out
-  f_in = sizes['pool5'] ** 2 * convs[-1]
-  for name, f_out in (('fc6', hidden), ('fc7', hidden), ('fc8', model.num_classes)):
-    rows.append(LayerStats(name, (f_out,), f_in * f_out + f_out, f_in * f_out))
-    f_in = f_out
-  return rows
-
-
-def count_params(params: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def count_flops(model: AlexNet, input_size: int = 224, batch: int = 1) -> float:
-  """Forward FLOPs per image as XLA counts them for the compiled eval forward pass.
-
-  XLA counts 2 FLOPs per multiply-add plus the elementwise work (ReLU, LRN, bias).
-  """
-  x = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.float32)
-  params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))['params']
-  fn = lambda p, im: model.apply({'params': p}, im, train=False)
-  cost = jax.jit(fn).lower(params, x).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
-    cost = cost[0]
-  return float(cost['flops']) / batch

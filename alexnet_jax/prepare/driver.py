@@ -54,10 +54,10 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   workers = pool.checked_workers(workers)
   if not output:
     raise errors.InputError('no output folder given: pass --output=DIR')
+  output = output_dir.checked_output(source, output, jpeg_quality, storage)
   if source == 'tfds':
     return tfds_stats.prepare_tfds_stats(output, image_size=image_size, workers=workers,
                                          progress=progress)
-  output = output_dir.checked_output(source, output, jpeg_quality, storage)
   description = prepared_format.read_dataset_json(output)
   if description is not None and prepared_format.is_complete(output):
     report = output_dir.noop_report(output, description, image_size, source, storage)

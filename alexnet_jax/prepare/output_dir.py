@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from absl import logging
 
 from alexnet_jax.core import errors
+from alexnet_jax.core import fileio
 from alexnet_jax.data import prepared_format
 from alexnet_jax.prepare import parts
 from alexnet_jax.prepare import shards
@@ -34,14 +35,13 @@ STORAGES = ('jpeg', 'raw')
 
 
 def checked_output(source: str, output: str, jpeg_quality: int, storage: str = 'jpeg') -> str:
-  """The output folder as an absolute path, once it, the JPEG quality and the storage are usable."""
+  """The output folder as an absolute path (a symlink's target), once it, the JPEG quality
+  and the storage are usable: fileio's rule for every output path, checked before any work."""
   if storage not in STORAGES:
     raise errors.InputError(f'--format must be {" or ".join(STORAGES)}, got {storage!r}')
   if not 1 <= jpeg_quality <= 100:
     raise errors.InputError(f'jpeg_quality must be in 1..100, got {jpeg_quality}')
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.InputError(f'output {output} exists and is not a folder')
+  output = fileio.check_output_folder(output, '--output')
   _check_outside(source, output)
   return output
 

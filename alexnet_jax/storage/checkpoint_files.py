@@ -4,13 +4,17 @@ would choke on.
 A resume is checked, and a damaged file set aside, before orbax opens the folder:
 orbax renames a checkpoint to its step number only once it is complete, and it reads
 `_CHECKPOINT_METADATA` and the metrics file as JSON objects when it lists the folder.
+Orbax writes only regular files and folders; anything else in a checkpoint (a FIFO, a
+socket, a device, a link that leads nowhere or in a loop) is damage, found here before
+a read could block on it or end the process in tensorstore.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+import stat
+from typing import Iterator, Optional
 
 from alexnet_jax.core import errors
 
@@ -61,9 +65,27 @@ def _json_object_problem(path: str) -> Optional[str]:
   return None
 
 
+def _odd_entries(step_dir: str) -> Iterator[tuple[str, str]]:
+  """(path, what it is) of each entry under `step_dir` that is neither a regular file nor a
+  folder, links followed (one to a regular file is read as that file)."""
+  for dirpath, dirnames, filenames in os.walk(step_dir):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      try:
+        mode = os.stat(path).st_mode
+      except OSError as e:  # a dangling link, a link loop, a folder it may not enter
+        yield path, f'cannot be read ({errors.first_line(e, 120)})'
+        continue
+      if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ('a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode)
+                else 'a device')
+        yield path, f'is {kind}, not a regular file'
+
+
 def unreadable_open_files(directory: str) -> list[tuple[int, str, str]]:
-  """(step, file, what is wrong) for each file of _OPEN_FILES in DIRECTORY's step folders
-  that orbax could not read."""
+  """(step, file, what is wrong) for each file of DIRECTORY's step folders that orbax could
+  not read: one of _OPEN_FILES that is not the JSON object it wrote, or any entry that is
+  not a regular file or folder."""
   try:
     names = os.listdir(directory)
   except OSError:
@@ -73,10 +95,11 @@ def unreadable_open_files(directory: str) -> list[tuple[int, str, str]]:
     step_dir = os.path.join(directory, name)
     if not name.isdigit() or not os.path.isdir(step_dir):
       continue
+    odd = list(_odd_entries(step_dir))
+    found += [(int(name), path, problem) for path, problem in odd]
     for relative in _OPEN_FILES:
-      problem = _json_object_problem(os.path.join(step_dir, relative))
+      path = os.path.join(step_dir, relative)
+      problem = None if any(p == path for p, _ in odd) else _json_object_problem(path)
       if problem:
-        found.append((int(name), os.path.join(step_dir, relative), problem))
+        found.append((int(name), path, problem))
   return found
-
-

@@ -14,6 +14,7 @@ import math
 import jax.numpy as jnp
 
 from alexnet_jax.model import alexnet
+from alexnet_jax.model import cost
 from alexnet_jax.sharding import meshes
 from alexnet_jax.sharding import placement
 from alexnet_jax.learning import experiment
@@ -66,7 +67,7 @@ def activation_bytes(model: alexnet.AlexNet, crop: int, batch_per_device: int,
   """
   itemsize = jnp.dtype(model.dtype).itemsize
   per_image = crop * crop * 3  # the normalised input
-  for row in alexnet.layer_table(model, crop):
+  for row in cost.layer_table(model, crop):
     n = math.prod(row.output_shape)
     copies = 2 if row.name in ('conv1', 'conv2') and model.use_lrn else 1  # pre- and post-LRN
     copies += 1 if row.name in ('fc6', 'fc7') else 0  # dropout output
@@ -77,7 +78,7 @@ def activation_bytes(model: alexnet.AlexNet, crop: int, batch_per_device: int,
 
 def training_flops_per_image(model: alexnet.AlexNet, crop: int) -> int:
   """FLOPs of one training image: 3 x 2 x the forward multiply-adds of model.layer_table."""
-  return FLOPS_PER_TRAINING_MAC * sum(row.macs for row in alexnet.layer_table(model, crop))
+  return FLOPS_PER_TRAINING_MAC * sum(row.macs for row in cost.layer_table(model, crop))
 
 
 def device_memory(exp: experiment.Experiment, batch_per_device: int

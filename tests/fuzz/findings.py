@@ -79,6 +79,20 @@ FINDINGS = (
                         _DRY('--plan_images_per_sec=1e-300')), 2,
             'error: --plan_images_per_sec must be in [0.001, 1e+12] (beyond that it describes '
             'no machine), got 1e-300'),
+    Finding(inputs.Draw('env', 'JAX_ENABLE_X64=maybe', 'summary', ('--config={CONFIG}',),
+                        env=(('JAX_ENABLE_X64', 'maybe'),)), 2,
+            "error: the environment variable JAX_ENABLE_X64='maybe' is not a value JAX accepts "
+            "(ValueError: invalid truth value 'maybe' for environment 'JAX_ENABLE_X64'); unset "
+            'it or set it to one JAX documents'),
+    Finding(inputs.Draw('env', 'JAX_NUM_CPU_DEVICES=100000', 'summary', ('--config={CONFIG}',),
+                        env=(('JAX_NUM_CPU_DEVICES', '100000'),)), 2,
+            'error: JAX_NUM_CPU_DEVICES=100000 asks JAX for 100000 CPU devices; at most 4096 are '
+            'accepted (JAX makes every one as it starts: 10,000 take about a minute and a GB)'),
+    Finding(inputs.Draw('env', 'SLURM_NTASKS=99999999999999999999', 'launch', _DRY(),
+                        env=tuple(sorted({**inputs.SLURM_REST,
+                                          'SLURM_NTASKS': '99999999999999999999'}.items()))), 2,
+            "error: the environment variable SLURM_NTASKS='99999999999999999999' must be at most "
+            '65536 (the cluster launcher sets it; unset it, or fix the job script that sets it)'),
     Finding(inputs.Draw('workdir_file', 'run.lock of non-UTF-8 bytes', 'launch', _RUN_DRY,
                         needs=('run',), damage=('run.lock', 'non_utf8')), 0,
             'workdir: {RUN} (resumes from step 4; in use by a run: a damaged lock file that no '
@@ -117,7 +131,7 @@ def doc_lines() -> list[str]:
   from tests.fuzz import suite  # pylint: disable=g-import-not-at-top
   cell = lambda s: s.replace('|', '\\|')
   names = {'launch': 'python launch.py', 'evaluate': 'python -m alexnet_jax.evaluate',
-           'plot': 'python -m alexnet_jax.plot'}
+           'plot': 'python -m alexnet_jax.plot', 'summary': 'python -m alexnet_jax.summary'}
   lines = ['## Fuzzed classes', '',
            '`tests/fuzz` draws hostile inputs of each class below with hypothesis and runs them',
            'through the real commands (launch and its dry run, prepare, evaluate, predict, plot,',
@@ -138,6 +152,8 @@ def doc_lines() -> list[str]:
   for f in FINDINGS:
     args = ' '.join(a.replace(inputs.CONFIG_FILE, '{CONFIG}').replace('{P}', '{CASE}/target')
                     for a in f.draw.args)
-    lines.append(f'| {f.draw.kind} | {cell(f.draw.what)} | `{cell(names[f.draw.tool] + " " + args)}` '
+    env = ''.join(f'{k}={v} ' for k, v in f.draw.env)
+    lines.append(f'| {f.draw.kind} | {cell(f.draw.what)} | '
+                 f'`{cell(env + names[f.draw.tool] + " " + args)}` '
                  f'| {f.status} | `{cell(f.line)}` |')
   return lines + ['']

@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import socket
+import stat
 from typing import Any, Callable
 
 from hypothesis import strategies as st
@@ -35,9 +36,12 @@ CLASSES = {
     'name': 'workdirs and datasets named with brackets, glob and shell characters, spaces, '
             'unicode, a leading dash, very long names',
     'workdir_file': 'each workdir file (metrics.jsonl, config.json, config history, run.lock, '
-                    'the eval cache, each checkpoint\'s metadata and metrics files) replaced by '
-                    'JSON of the wrong shape, non-UTF-8 bytes, a folder, or cut short',
-    'env': 'the environment variables the program and JAX read, set to wrong values',
+                    'the eval cache, every file of a checkpoint, its checksums included) '
+                    'replaced by JSON of the wrong shape, non-UTF-8 bytes, a folder, a FIFO, a '
+                    'link loop, or cut short',
+    'env': 'the environment variables the program and JAX read (ALEXNET_JAX_*, JAX_*, XLA_FLAGS, '
+           'TF_CPP_*, the SLURM, Open MPI and TPU launchers\' variables, TMPDIR, HOME, ...) set '
+           'to wrong values, then each command',
 }
 
 
@@ -66,28 +70,59 @@ ODD_NAMES = ('[run]', 'run*?', '$(touch pwned)', 'a b  c', 'donn\u00e9es \u2713 
 FS_KINDS = ('file', 'missing', 'folder', 'fifo', 'socket', 'devnull', 'link_to_file',
             'link_to_folder', 'dangling_link', 'link_loop', 'unreadable', 'in_readonly_folder',
             'in_missing_folder', 'empty_name')
+# Every file a checkpoint holds (docs/checkpoints.md); `*`: the first file of that folder,
+# whose name is a hash.
+CHECKPOINT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt', 'meta/metadata',
+                    'meta/commit_success.txt', 'metrics/metrics', 'metrics/commit_success.txt',
+                    'checksums/metadata', 'checksums/commit_success.txt', 'state/_METADATA',
+                    'state/_sharding', 'state/manifest.ocdbt', 'state/commit_success.txt',
+                    'state/array_metadatas/process_0', 'state/d/*',
+                    'state/ocdbt.process_0/manifest.ocdbt', 'state/ocdbt.process_0/d/*')
 RUN_FILES = ('metrics.jsonl', 'config.json', 'config_history.jsonl', 'run.lock',
-             'dataset_info.json', 'eval/{step}-1crop.json', 'checkpoints/{step}/_CHECKPOINT_METADATA',
-             'checkpoints/{step}/metrics/metrics', 'checkpoints/{step}/meta/metadata',
-             'checkpoints/{step}/commit_success.txt')
+             'dataset_info.json', 'eval/{step}-1crop.json',
+             *(f'checkpoints/{{step}}/{name}' for name in CHECKPOINT_FILES))
 DAMAGES = ('json_list', 'json_number', 'json_string', 'json_null', 'json_empty_object',
-           'json_other_object', 'non_utf8', 'folder', 'truncated', 'empty', 'nope')
+           'json_other_object', 'non_utf8', 'folder', 'truncated', 'empty', 'nope', 'fifo',
+           'link_loop')
 ENV = {
     'JAX_PLATFORMS': ('gpu', 'tpu', 'nonsense', 'cpu,gpu', ','),
-    'XLA_FLAGS': ('--no_such_flag', '--xla_force_host_platform_device_count=0', '\u00ff'),
+    'XLA_FLAGS': ('--no_such_flag', '--xla_force_host_platform_device_count=0', '\u00ff',
+                  '--xla_force_host_platform_device_count=x'),
     'ALEXNET_JAX_TRACEBACK': ('1', 'yes', ''),
+    'ALEXNET_JAX_LOG_PREFIX': ('1', 'x', '\u00ff'),
     'JAX_ENABLE_X64': ('1', 'maybe'),
     'JAX_DEFAULT_MATMUL_PRECISION': ('bogus',),
     'JAX_NUM_CPU_DEVICES': ('-1', 'x', '100000'),
+    'JAX_DEBUG_NANS': ('1', 'x'),
+    'JAX_DISABLE_JIT': ('1', 'x'),
+    'JAX_TRACEBACK_FILTERING': ('x',),
+    'JAX_LOGGING_LEVEL': ('x', 'DEBUG'),
+    'JAX_COMPILATION_CACHE_DIR': ('{CASE}/cache_file', '{CASE}/nowhere/cache', '/proc/x'),
     'JAX_COORDINATOR_ADDRESS': ('no-port', 'nohost.invalid:1', ':'),
     'JAX_COORDINATOR_PORT': ('x', '0', '70000'),
+    'JAX_LOCAL_DEVICE_IDS': ('x', '0,0'),
     'SLURM_NTASKS': ('0', 'x', '-3', '99999999999999999999'),
-    'OMPI_COMM_WORLD_SIZE': ('x', '2'),
+    'SLURM_PROCID': ('x', '-1'),
+    'OMPI_COMM_WORLD_SIZE': ('x', '0'),
+    'OMPI_COMM_WORLD_RANK': ('x', '5'),
+    'OMPI_MCA_orte_hnp_uri': ('x', '1.0;tcp://'),
     'TPU_WORKER_HOSTNAMES': (',', 'a,b'),
+    'TPU_PROCESS_ADDRESSES': (',', 'x'),
+    'TF_CPP_MIN_LOG_LEVEL': ('x', '-1', '9'),
+    'TF_CPP_MAX_VLOG_LEVEL': ('x', '-1'),
     'OMP_NUM_THREADS': ('0', 'x'),
+    'PYTHONWARNINGS': ('bogus', 'ignore::NoSuchWarning'),
+    'TMPDIR': ('{CASE}/nowhere', '{CASE}/cache_file', '{CASE}/readonly', ''),
+    'HOME': ('{CASE}/nowhere', '{CASE}/readonly', ''),
+    'XDG_CACHE_HOME': ('{CASE}/cache_file',),
 }
+# Variables that name a folder where programs keep caches and temporary files.
+WRITABLE_PLACES = ('TMPDIR', 'HOME', 'XDG_CACHE_HOME', 'JAX_COMPILATION_CACHE_DIR')
+# The rest of a launcher's environment, so that a drawn variable is the one wrong value.
 SLURM_REST = {'SLURM_JOB_ID': '1', 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_PROCID': '0',
-              'SLURM_LOCALID': '0'}
+              'SLURM_LOCALID': '0', 'SLURM_NTASKS': '1'}
+OMPI_REST = {'OMPI_MCA_orte_hnp_uri': '1.0;tcp://127.0.0.1:1', 'OMPI_COMM_WORLD_SIZE': '1',
+             'OMPI_COMM_WORLD_RANK': '0'}
 
 
 # ----------------------------------------------------------------------------- what to draw
@@ -240,15 +275,35 @@ def workdir_files(draw: Callable, slow: bool = True) -> Draw:
 
 
 @st.composite
-def environment(draw: Callable) -> Draw:
+def environment(draw: Callable, slow: bool = True) -> Draw:
   name = draw(st.sampled_from(sorted(ENV)))
   value = draw(st.sampled_from(ENV[name]))
-  env = {name: value}
-  if name == 'SLURM_NTASKS':
+  env = {}
+  if name.startswith('SLURM_'):
     env.update(SLURM_REST)
-  tool = draw(st.sampled_from(('launch', 'summary')))
-  args = _dry_run() if tool == 'launch' else (f'--config={CONFIG_FILE}',)
-  return Draw('env', f'{name}={value!r}', tool, args, env=tuple(sorted(env.items())))
+  if name.startswith('OMPI_'):
+    env.update(OMPI_REST)
+  env[name] = value
+  tools = ['launch', 'summary']
+  if slow:
+    tools += ['evaluate', 'predict', 'plot', 'prepare', 'resume']
+  tool = draw(st.sampled_from(tools))
+  args, needs, outputs = {
+      'launch': (_dry_run(), (), ()),
+      'summary': ((f'--config={CONFIG_FILE}',), (), ()),
+      'evaluate': (('--workdir={RUN}', '--crops=1'), ('run',), ('{RUN}/eval',)),
+      'predict': (('--workdir={RUN}', '{IMAGE}'), ('run',), ()),
+      'plot': (('--workdir={RUN}',), ('run',), ('{RUN}/plots',)),
+      'prepare': (('--source={SMALL_SOURCE}', '--output={CASE}/out', '--image_size=16'), (),
+                  ('{CASE}/out',)),
+      'resume': (('--config={RUN}/config.py', '--workdir={RUN}', '--config.num_train_steps=6'),
+                 ('run',), ('{RUN}',)),
+  }[tool]
+  if name in WRITABLE_PLACES and value.startswith('{CASE}'):
+    outputs += (value,)  # a cache or temporary file there is the variable's purpose
+  return Draw('env', f'{name}={value!r}, then {tool}', 'launch' if tool == 'resume' else tool,
+              args, needs=needs + ('env_targets',), env=tuple(sorted(env.items())),
+              outputs=outputs)
 
 
 # ----------------------------------------------------------------------------- making the case
@@ -263,7 +318,11 @@ def _json_damage(damage: str, original: bytes) -> bytes:
 
 
 def damage_file(path: str, damage: str) -> None:
-  """Replaces the file at `path` (made if missing) by `damage` (DAMAGES)."""
+  """Replaces the file at `path` (made if missing) by `damage` (DAMAGES); `*` as its name:
+  the first file of that folder."""
+  if os.path.basename(path) == '*':
+    folder = os.path.dirname(path)
+    path = os.path.join(folder, sorted(os.listdir(folder))[0])
   original = b''
   if os.path.isfile(path):
     with open(path, 'rb') as f:
@@ -277,6 +336,9 @@ def damage_file(path: str, damage: str) -> None:
   if damage == 'folder':
     os.makedirs(os.path.join(path, 'inside'))
     return
+  if damage in ('fifo', 'link_loop'):
+    make_fs_object(path, damage)
+    return
   with open(path, 'wb') as f:
     f.write(_json_damage(damage, original or b'{"a": 1}\n'))
 
@@ -286,7 +348,13 @@ def make_fs_object(path: str, kind: str) -> str:
   give the flag."""
   folder = os.path.dirname(path)
   if kind == 'devnull':
-    return os.devnull
+    # A node with the null device's numbers in the case folder: a command that replaced its
+    # output path would otherwise replace the machine's /dev/null when the harness runs as root.
+    try:
+      os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+      return os.devnull  # not root: nothing can replace /dev/null
+    return path
   if kind == 'empty_name':
     return ''
   if kind == 'file':
@@ -347,6 +415,10 @@ class Fixtures:
       elif need == 'data_copy':
         shutil.copytree(self.data, os.path.join(case_dir, values['NAME']),
                         copy_function=os.link)
+      elif need == 'env_targets':  # what the environment cases point at
+        with open(os.path.join(case_dir, 'cache_file'), 'w') as f:
+          f.write('a plain file\n')
+        os.makedirs(os.path.join(case_dir, 'readonly'), mode=0o555)
       elif need == 'run_named':
         shutil.copytree(self.run, os.path.join(case_dir, values['NAME']), symlinks=True)
     target, damage = d.damage
@@ -362,5 +434,6 @@ class Fixtures:
     outputs = [fill(o) for o in d.outputs]
     outputs += [os.path.realpath(o) for o in outputs]  # written through a link to a folder
     return runner.Case(kind=d.kind, what=d.what, tool=d.tool, args=[fill(a) for a in d.args],
-                       cwd=case_dir, outputs=outputs, env=dict(d.env),
+                       cwd=case_dir, outputs=outputs,
+                       env={k: fill(v) for k, v in d.env},
                        timeout=timeout, elsewhere=d.elsewhere)

@@ -113,8 +113,12 @@ def changes(before: dict[str, str], after: dict[str, str], outputs: list[str]) -
     if path not in before and any(o.startswith(path + os.sep) for o in outputs):
       return True  # a missing folder above an output, made to hold it
     return any(path == o or path.startswith(o.rstrip(os.sep) + os.sep) for o in outputs)
+  def kept_special(path: str) -> bool:
+    # A device, FIFO or socket is never an output's rightful replacement, named or not.
+    return not before.get(path, '').startswith('special') or before.get(path) == after.get(path)
   paths = set(before) | set(after)
-  return sorted(p for p in paths if before.get(p) != after.get(p) and not named(p))
+  return sorted(p for p in paths if before.get(p) != after.get(p)
+                and (not named(p) or not kept_special(p)))
 
 
 # ----------------------------------------------------------------------------- processes

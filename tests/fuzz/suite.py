@@ -41,9 +41,9 @@ class Profile:
 
 PROFILES = {
     'fast': Profile({'config': 30, 'plan': 8, 'path': 20, 'name': 8, 'workdir_file': 12,
-                     'env': 2}, slow=False, timeout=60),
+                     'env': 1}, slow=False, timeout=60),
     'long': Profile({'config': 150, 'plan': 40, 'path': 150, 'name': 40, 'workdir_file': 120,
-                     'env': 40}, slow=True, timeout=120),
+                     'env': 60}, slow=True, timeout=120),
 }
 
 
@@ -55,7 +55,7 @@ def _strategies(slow: bool) -> dict[str, st.SearchStrategy[inputs.Draw]]:
   return {'config': st.one_of(inputs.config_overrides(), inputs.config_files()),
           'plan': inputs.plan_numbers(), 'path': inputs.path_flags(slow),
           'name': inputs.odd_names(slow), 'workdir_file': inputs.workdir_files(slow),
-          'env': inputs.environment()}
+          'env': inputs.environment(slow)}
 
 
 class FuzzTest(absltest.TestCase):

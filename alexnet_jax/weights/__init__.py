@@ -1,0 +1,1 @@
+"""Weights from and to other frameworks: layouts, readers, writers, imported runs."""
