@@ -213,6 +213,21 @@ class RingTest(absltest.TestCase):
       buffers = {id(next(it)['image']) for _ in range(9)}
     self.assertLen(buffers, 3)
 
+  def test_closing_the_feed_ends_the_gather_threads(self):
+    # The trainer closes only the feed: the gather's copy threads must end with it.
+    before = set(threading.enumerate())
+    feed = device_feed.DeviceFeed(_iterator(ring=3, threads=3), jax.device_put, depth=2)
+    for _ in range(3):
+      next(feed)
+    started = [t for t in threading.enumerate() if t not in before]
+    self.assertNotEmpty([t for t in started if t.name.startswith('gather')])
+    self.assertNotEmpty([t for t in started if t.name == 'device-feed'])
+    feed.close()
+    feed.close()
+    self.assertEmpty([t.name for t in threading.enumerate() if t not in before])
+    with self.assertRaises(StopIteration):
+      next(feed)
+
   def test_closed_iterator_stops(self):
     it = _iterator()
     next(it)

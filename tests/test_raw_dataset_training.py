@@ -8,6 +8,7 @@ with SIGKILL and resumed ends bitwise equal to an uninterrupted one.
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 
 from absl.testing import absltest
@@ -22,6 +23,7 @@ from alexnet_jax.data import raw_format
 from alexnet_jax.storage import checkpointing
 from alexnet_jax.training import dry_run
 from tests.helpers import faults
+from tests.helpers import subprocesses
 from tests.helpers import training
 
 STEPS = 12  # 3 checkpoints, every 3 steps; the kill lands after the first
@@ -87,37 +89,79 @@ class RawIteratorTest(absltest.TestCase):
 
 
 class RawKillResumeTest(absltest.TestCase):
+  """kill -9 and resume on a raw dataset, with one and with two processes.
 
-  def test_kill_9_and_resume_is_bitwise_the_uninterrupted_run(self):
-    config = _config()
-    config_file = training.write_config_file(os.path.join(ROOT, 'cfg.py'), config)
-    reference = os.path.join(ROOT, 'reference')
-    done = faults.launch(config_file, reference)
-    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+  Both runs are compared with one uninterrupted single-process run on two devices, made
+  once: the global batch sequence is the same for any process count, and a sum over two
+  devices is the same two numbers added whether they sit in one process or two, so the
+  two-process run too must end bitwise equal to it. The launches share one compilation
+  cache, so only the first compiles.
+  """
 
-    workdir = os.path.join(ROOT, 'killed')
-    log = os.path.join(ROOT, 'killed.log')
-    with open(log, 'w') as log_file:
-      proc = faults.start_launch(config_file, workdir, log_file)
-      try:
-        faults.wait_for_train_step(proc, workdir, 5, log)  # past the checkpoint of step 3
-        proc.send_signal(signal.SIGKILL)
-      finally:
-        proc.wait(60)
-    self.assertEqual(proc.returncode, -signal.SIGKILL)
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = _config(**{'mesh.data': -1})
+    cls.config_file = training.write_config_file(os.path.join(ROOT, 'cfg.py'), cls.config)
+    cls.reference = os.path.join(ROOT, 'reference')
+    done = faults.launch(cls.config_file, cls.reference, devices=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+  def _start(self, workdir: str, log_name: str, processes: int) -> list[subprocess.Popen]:
+    """launch.py as `processes` processes with 2 / processes CPU devices each."""
+    log_file = open(os.path.join(ROOT, log_name), 'w')  # pylint: disable=consider-using-with
+    self.addCleanup(log_file.close)
+    if processes == 1:
+      procs = [faults.start_launch(self.config_file, workdir, log_file, devices=2)]
+    else:
+      port = subprocesses.free_port()
+      procs = [faults.start_launch(
+          self.config_file, workdir, log_file if i == 0 else subprocess.DEVNULL,
+          f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
+          f'--process_id={i}', '--distributed_timeout=120', devices=1)
+               for i in range(processes)]
+    for proc in procs:
+      self.addCleanup(lambda p=proc: p.poll() is None and (p.kill(), p.wait()))
+    return procs
+
+  def _kill_and_resume(self, processes: int) -> str:
+    workdir = os.path.join(ROOT, f'killed_{processes}')
+    log = os.path.join(ROOT, f'killed_{processes}.log')
+    procs = self._start(workdir, os.path.basename(log), processes)
+    faults.wait_for_train_step(procs[0], workdir, 5, log)  # past the checkpoint of step 3
+    for proc in procs:
+      proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+      self.assertEqual(proc.wait(60), -signal.SIGKILL)
     self.assertLess(max(checkpointing.finished_steps(workdir)), STEPS)
-    resumed = faults.launch(config_file, workdir)
-    self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+    resumed = self._start(workdir, f'resumed_{processes}.log', processes)
+    resumed_log = os.path.join(ROOT, f'resumed_{processes}.log')
+    for proc in resumed:
+      self.assertEqual(proc.wait(300), 0, _tail(resumed_log))
+    self.assertIn('Resumed from step', _tail(resumed_log, 10**6))
+    return workdir
 
+  def _assert_same_run(self, workdir: str) -> None:
     trains, evals = faults.records(workdir)
-    ref_trains, ref_evals = faults.records(reference)
+    ref_trains, ref_evals = faults.records(self.reference)
     self.assertEqual(sorted({t[0] for t in trains}), list(range(1, STEPS + 1)))
     # The killed run's lines past its checkpoint are dropped on resume; the rest is exact.
     self.assertEqual(sorted(set(trains)), sorted(set(ref_trains)))  # floats compared exactly
     self.assertEqual(evals, ref_evals)
-    for got, want in zip(faults.params_of(config, workdir), faults.params_of(config, reference)):
+    for got, want in zip(faults.params_of(self.config, workdir),
+                         faults.params_of(self.config, self.reference)):
       np.testing.assert_array_equal(got, want)
 
+  def test_kill_9_and_resume_is_bitwise_the_uninterrupted_run(self):
+    self._assert_same_run(self._kill_and_resume(1))
+
+  def test_two_processes_killed_and_resumed_end_bitwise_as_one_uninterrupted(self):
+    self._assert_same_run(self._kill_and_resume(2))
+
+
+def _tail(path: str, chars: int = 3000) -> str:
+  with open(path) as f:
+    return f.read()[-chars:]
 
 if __name__ == '__main__':
   absltest.main()

@@ -30,6 +30,8 @@ from alexnet_jax.sharding import meshes
 # data.device_prefetch of configs that lack it (written before it existed); configs/imagenet.py
 # sets the same.
 DEFAULT_DEVICE_PREFETCH = 2
+# data.storage of configs written before it: automatic preparation wrote JPEG shards.
+DEFAULT_STORAGE = 'jpeg'
 
 # Feeding the step (docs/design.md, "Input pipeline on a GPU host"): what one core of the
 # train pipeline does, measured with benchmarks/loader_baseline.py on prepared 256x256
@@ -158,6 +160,8 @@ def resolve_auto(config: ml_collections.ConfigDict, *, platform: str | None = No
   config = ml_collections.ConfigDict(values)
   if 'device_prefetch' not in config.data:  # a config written before the field existed
     config.data.device_prefetch = DEFAULT_DEVICE_PREFETCH
+  if 'storage' not in config.data:
+    config.data.storage = DEFAULT_STORAGE
   platform = jax.default_backend() if platform is None else platform
   cores = (os.cpu_count() or 1) if cpu_count is None else cpu_count
   if config.model.dtype == 'auto':
@@ -303,6 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(isinstance(d.random_crop, bool), 'data.random_crop', 'True or False')
   need(d.lighting_std >= 0, 'data.lighting_std', '>= 0')
   need(d.mean in ('pixel', 'channel'), 'data.mean', "'pixel' or 'channel'")
+  need(d.storage in ('jpeg', 'raw'), 'data.storage', "'jpeg' or 'raw'")
   need(_is_int(d.num_threads) and d.num_threads >= 1, 'data.num_threads', 'a positive integer')
   need(_is_int(d.worker_count) and d.worker_count >= 0, 'data.worker_count', 'an integer >= 0')
   need(_is_int(d.device_prefetch) and d.device_prefetch >= 0, 'data.device_prefetch',

@@ -89,6 +89,8 @@ DECISIONS: dict[str, Decision] = {
                         'another dataset is refused'),
     'data.prepare_from': _accept('only where a missing dataset is prepared from; the dataset '
                                  'itself is compared as for data.dir'),
+    'data.storage': _accept('only how a missing dataset is prepared; a complete one is read in '
+                            'the storage it has, and compared as for data.dir'),
     'data.image_size': _refuse(_DATA),
     'data.crop_size': _refuse(f'{_DATA}; {_MODEL}'),
     'data.random_crop': _refuse(_DATA),

@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.source = 'prepared'  # 'prepared' (alexnet_jax.prepare output) | 'tfds'.
   config.data.dir = ''  # Prepared dataset folder (or tfds data_dir for source='tfds').
   config.data.prepare_from = ''  # If set and `dir` holds no dataset: prepare it from this source.
+  config.data.storage = 'jpeg'  # What prepare_from writes: 'jpeg' shards | 'raw' pixels (no
+  #   decoding: ~7x the disk, a few threads feed a GPU). A complete dataset in `dir` is read
+  #   in the storage it has (docs/design.md, "Raw storage").
   config.data.image_size = 256  # Side of the stored square images, pixels.
   config.data.crop_size = 224  # Train/eval crop side, pixels (227 with conv1_padding=0).
   config.data.random_crop = True  # Random crops in training; False: the central crop.

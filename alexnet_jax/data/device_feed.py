@@ -24,7 +24,8 @@ copying it, the feed copies the batch before `put`.
 An error in the thread (a damaged shard, a failed transfer) is raised in the
 caller's thread by the `next` that would have returned that batch, with the
 thread's traceback; a grain worker process that died (killed) is raised as one
-user error. `close` stops the thread; the trainer enters the feed into its
+user error. `close` stops the thread, then closes the reader (its own threads
+or worker processes end with it); the trainer enters the feed into its
 ExitStack, so it stops on every way out (the end, Ctrl-C, a NaN, preemption).
 """
 
@@ -196,11 +197,20 @@ class DeviceFeed(Generic[Local, Fed]):
         continue
 
   def close(self) -> None:
-    """Stops the thread and drops the batches it read ahead. Idempotent."""
+    """Stops the thread, drops the batches it read ahead, then closes the reader.
+
+    Idempotent. The reader's `close` (grain's iterators, the gather) ends its own
+    threads or worker processes, so none outlives the feed.
+    """
     self._stop.set()
     thread, self._thread = self._thread, None
-    if thread is None:
-      return
+    if thread is not None:
+      self._stop_thread(thread)
+    close_reader = getattr(self._batches, 'close', None)
+    if close_reader is not None:
+      close_reader()
+
+  def _stop_thread(self, thread: threading.Thread) -> None:
     while True:  # unblock a thread waiting on the full queue
       try:
         self._queue.get_nowait()

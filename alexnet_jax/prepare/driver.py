@@ -143,17 +143,23 @@ def _run_parts(todo: list[parts.Part], work_dir: str, s: _Settings) -> None:
 
 def ensure_prepared(source: str, output: str, *, image_size: int = 256,
                     strict: bool = False, workers: int = 1,
-                    jpeg_quality: int = 95, storage: str | None = None) -> dict[str, Any]:
+                    jpeg_quality: int = 95, storage: str = 'jpeg') -> dict[str, Any]:
   """`prepare` for callers such as training.trainer: returns at once when `output` is complete.
 
-  storage None takes a complete `output` in either storage and prepares a new one as JPEG.
+  `storage` is the one a missing or unfinished dataset is prepared in. A complete `output`
+  is used in the storage it has (readers take either), with a warning when that is the
+  other one: it holds the same images, and preparing again would mean deleting it.
 
   Call it from one process per output folder or let the others wait: a file lock
   serialises concurrent calls, and the waiting ones then find the dataset complete.
   """
   description = prepared_format.read_dataset_json(output) if output else None
   if description is not None and prepared_format.is_complete(output):
+    stored = prepared_format.storage(description)
+    if stored != storage:
+      logging.warning('%s holds a dataset in %s storage, not %s; using it as it is (prepare '
+                      'into another folder for %s storage)', output, stored, storage, storage)
     return output_dir.noop_report(os.path.abspath(output), description, image_size, source,
-                                  storage)
+                                  None)
   return prepare(source, output, image_size=image_size, strict=strict,
-                 workers=workers, jpeg_quality=jpeg_quality, storage=storage or 'jpeg')
+                 workers=workers, jpeg_quality=jpeg_quality, storage=storage)

@@ -211,8 +211,8 @@ def _read_dataset(config: ml_collections.ConfigDict, target: Target
     info = input_pipeline.load_info(config.data)
   except FileNotFoundError:
     if config.data.prepare_from:
-      note = (f'{config.data.dir} will be prepared from {config.data.prepare_from!r} on the '
-              'first run')
+      note = (f'{config.data.dir} will be prepared from {config.data.prepare_from!r} in '
+              f'{config.data.storage} storage on the first run')
     else:
       note = (f'no prepared dataset at {config.data.dir} on this machine' if config.data.dir
               else 'config.data.dir is not set')

@@ -81,6 +81,7 @@ class FeedPlan:
   cores_from: str
   need: float  # images/s the step takes from one process
   need_from: str
+  to_raw: str = 'prepare with --format=raw'  # how this run would get a raw dataset
 
   def _option(self, storage: str) -> str:
     loaders = loaders_needed(storage, self.need, self.cores)
@@ -100,7 +101,7 @@ class FeedPlan:
              f'  {self._option(self.storage)}']
     if wait_share(supply(self.storage, loaders_needed(self.storage, self.need, self.cores)),
                   self.need) > 0:
-      advice = ('; prepare with --format=raw' if other == 'raw' else '')
+      advice = f'; {self.to_raw}' if other == 'raw' else ''
       lines.append(f'  {self._option(other)}{advice}')
     return lines
 
@@ -129,6 +130,10 @@ def plan_feed(data_config: ml_collections.ConfigDict, feeding: resolution.Feedin
   storage_from = f'dataset.json of {data_config.dir}'
   if data_config.source != 'prepared':
     storage_from = f'{data_config.source}: full-size JPEGs, decoded and resized'
+  elif storage is None and data_config.get('prepare_from'):
+    storage, storage_from = data_config.storage, 'config.data.storage, which prepare_from writes'
   elif storage is None:
     storage, storage_from = 'jpeg', "no dataset.json to read here: prepare's default"
-  return FeedPlan(storage, storage_from, int(cores), cores_from, float(need), need_from)
+  to_raw = ("set config.data.storage='raw' (prepare_from then prepares a data.dir without a dataset)"
+            if data_config.get('prepare_from') else 'prepare with --format=raw')
+  return FeedPlan(storage, storage_from, int(cores), cores_from, float(need), need_from, to_raw)

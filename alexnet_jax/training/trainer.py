@@ -62,7 +62,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInf
   if config.data.prepare_from and jax.process_index() == 0:
     from alexnet_jax import prepare  # pylint: disable=g-import-not-at-top
     prepare.ensure_prepared(config.data.prepare_from, config.data.dir,
-                            image_size=config.data.image_size)
+                            image_size=config.data.image_size, storage=config.data.storage)
   startup.sync_hosts('dataset prepared')
   info = input_pipeline.load_info(config.data)
   dataset_info.check_trainable(info, config.data.dir or config.data.source)

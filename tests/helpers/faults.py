@@ -30,25 +30,27 @@ from tests.helpers import subprocesses
 from tests.helpers import training
 
 
-def _env() -> dict[str, str]:
+def _env(devices: int = 8) -> dict[str, str]:
   """Log lines keep absl's prefix (ALEXNET_JAX_LOG_PREFIX), which tells them from messages."""
-  return subprocesses.launch_env(compile_cache=True, ALEXNET_JAX_LOG_PREFIX='1')
+  return subprocesses.launch_env(devices, compile_cache=True, ALEXNET_JAX_LOG_PREFIX='1')
 
 
 def launch(config_file: str, workdir: str, *args: str, timeout: float = 300,
-           python_args: tuple[str, ...] = ()):
-  """Runs launch.py to its end: the CompletedProcess (stdout, stderr as text)."""
+           python_args: tuple[str, ...] = (), devices: int = 8):
+  """Runs launch.py on `devices` CPU devices to its end: the CompletedProcess (stdout,
+  stderr as text)."""
   cmd = [sys.executable, *python_args, os.path.join(REPO, 'launch.py'),
          f'--config={config_file}', f'--workdir={workdir}', *args]
-  return subprocess.run(cmd, cwd=REPO, env=_env(),
+  return subprocess.run(cmd, cwd=REPO, env=_env(devices),
                         capture_output=True, text=True, timeout=timeout)
 
 
-def start_launch(config_file: str, workdir: str, log_file) -> subprocess.Popen:
+def start_launch(config_file: str, workdir: str, log_file, *args: str,
+                 devices: int = 8) -> subprocess.Popen:
   """Starts launch.py with its output going to `log_file` (a pipe nobody reads would fill)."""
   cmd = [sys.executable, os.path.join(REPO, 'launch.py'), f'--config={config_file}',
-         f'--workdir={workdir}']
-  return subprocess.Popen(cmd, cwd=REPO, env=_env(),
+         f'--workdir={workdir}', *args]
+  return subprocess.Popen(cmd, cwd=REPO, env=_env(devices),
                           stdout=log_file, stderr=subprocess.STDOUT)
 
 
