@@ -135,8 +135,8 @@ class Case:
 
 
 def forward_macs(model) -> int:
-  from alexnet_jax.model import alexnet  # pylint: disable=g-import-not-at-top
-  return sum(row.macs for row in alexnet.layer_table(model, CROP))
+  from alexnet_jax.model import cost  # pylint: disable=g-import-not-at-top
+  return sum(row.macs for row in cost.layer_table(model, CROP))
 
 
 def numpy_batch(batch: int, seed: int = 0) -> dict[str, Any]:

@@ -661,7 +661,7 @@ CASES = (
          'name or address of the node that runs process 0'),
     Case('num_processes_zero', 'cluster', '--num_processes=0', 'launch',
          _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=0', '--process_id=0'),
-         2, 'error: --num_processes must be >= 1, got 0'),
+         2, 'error: --num_processes must be in [1, 65536], got 0'),
     Case('process_id_out_of_range', 'cluster', '--process_id not below --num_processes',
          'launch',
          _launch('--coordinator_address=127.0.0.1:23456', '--num_processes=2', '--process_id=2'),
