@@ -54,6 +54,12 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
   workers = pool.checked_workers(workers)
   if not output:
     raise errors.InputError('no output folder given: pass --output=DIR')
+  if source == 'tfds' and storage != 'jpeg':
+    # tfds' imagenet2012 is read in place, its JPEGs decoded per record: there is nothing
+    # of it to store raw, and computing its statistics alone would pass for a raw dataset.
+    raise errors.InputError(
+        f'--source=tfds is read in place as JPEG, not converted, so --format={storage} does '
+        'not apply; for raw storage prepare from the official tars or an ImageFolder')
   output = output_dir.checked_output(source, output, jpeg_quality, storage)
   if source == 'tfds':
     return tfds_stats.prepare_tfds_stats(output, image_size=image_size, workers=workers,
