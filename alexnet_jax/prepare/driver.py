@@ -28,6 +28,20 @@ from alexnet_jax.prepare import sources
 from alexnet_jax.prepare import tfds_stats
 
 
+def _check_request(source: str, output: str, image_size: int, storage: str) -> None:
+  """Raises errors.InputError for arguments no source could be prepared with."""
+  if image_size < 8:
+    raise errors.InputError(f'image_size must be at least 8, got {image_size}')
+  if not output:
+    raise errors.InputError('no output folder given: pass --output=DIR')
+  if source == 'tfds' and storage != 'jpeg':
+    # tfds' imagenet2012 is read in place, its JPEGs decoded per record: there is nothing
+    # of it to store raw, and computing its statistics alone would pass for a raw dataset.
+    raise errors.InputError(
+        f'--source=tfds is read in place as JPEG, not converted, so --format={storage} does '
+        'not apply; for raw storage prepare from the official tars or an ImageFolder')
+
+
 def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = False,
             workers: int = 1, jpeg_quality: int = 95, progress: bool = True,
             storage: str = 'jpeg', verify: bool = False) -> dict[str, Any]:
@@ -49,17 +63,8 @@ def prepare(source: str, output: str, *, image_size: int = 256, strict: bool = F
       (report['verified']: the images read) instead of only answering that it is.
   Raises errors.UserError (one line) for an unusable source or output.
   """
-  if image_size < 8:
-    raise errors.InputError(f'image_size must be at least 8, got {image_size}')
+  _check_request(source, output, image_size, storage)
   workers = pool.checked_workers(workers)
-  if not output:
-    raise errors.InputError('no output folder given: pass --output=DIR')
-  if source == 'tfds' and storage != 'jpeg':
-    # tfds' imagenet2012 is read in place, its JPEGs decoded per record: there is nothing
-    # of it to store raw, and computing its statistics alone would pass for a raw dataset.
-    raise errors.InputError(
-        f'--source=tfds is read in place as JPEG, not converted, so --format={storage} does '
-        'not apply; for raw storage prepare from the official tars or an ImageFolder')
   output = output_dir.checked_output(source, output, jpeg_quality, storage)
   if source == 'tfds':
     return tfds_stats.prepare_tfds_stats(output, image_size=image_size, workers=workers,
